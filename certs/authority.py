@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certs.keys import BACKDATE, KeyKind, load_certificate, load_private_key, new_private_key, private_key_pem
+from certs.keys import (
+    BACKDATE,
+    KeyKind,
+    load_certificate,
+    load_private_key,
+    new_private_key,
+    private_key_pem,
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,7 @@ class CertificateAuthority:
     def create(cls, common_name: str, *, valid_days: int = 3650, kind: KeyKind = "ec") -> CertificateAuthority:
         key = new_private_key(kind)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -110,7 +117,7 @@ class CertificateAuthority:
         key = new_private_key(kind)
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name(attrs))

@@ -78,7 +78,7 @@ def generate_key_pair(common_name: str, *, valid_days: int = 3650, kind: KeyKind
     """A key pair whose certificate is self-signed with ``CN=common_name``."""
     key = new_private_key(kind)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

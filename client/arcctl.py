@@ -1,13 +1,142 @@
-"""`arcctl` command line (placeholder until the end-to-end issue lands)."""
+"""``arcctl``: manage clusters registered at the relay, and run the demo.
+
+Subcommands are registered in ``COMMANDS`` so the lifecycle set (connect,
+delete, role) slots in later without touching the dispatcher.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from client.auth import CachedTokenSource, TokenSource
+from client.config import load_config
+from client.errors import run_cli
+from client.output import FORMATS, render
+from client.relay_client import RelayApi
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
+    p.add_argument("--config", type=Path, help="client config (default: $ARC_CONFIG or "
+                   "~/.config/cluster-connect/config.yaml)")
+    if output:
+        p.add_argument("-o", "--output", choices=FORMATS, default="json",
+                       help="output format (default json)")
+    p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``arcctl list [-g GROUP]``."""
+    config = load_config(args.config)
+
+    async def go() -> list[dict[str, Any]]:
+        async with RelayApi(config, TokenSource(config.auth)) as api:
+            return await api.list_clusters(args.group)
+    print(render(asyncio.run(go()), args.output))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``arcctl show -n NAME [-g GROUP]``."""
+    config = load_config(args.config)
+    group = args.group or config.resource_group
+
+    async def go() -> dict[str, Any]:
+        async with RelayApi(config, TokenSource(config.auth)) as api:
+            return await api.get_cluster(group, args.name)
+    print(render(asyncio.run(go()), args.output))
+    return 0
+
+
+def cmd_get_token(args: argparse.Namespace) -> int:
+    """``arcctl get-token``: a client-go exec credential plugin. Prints an
+    ``ExecCredential`` (client.authentication.k8s.io/v1) with the user's token."""
+    config = load_config(args.config)
+    token = asyncio.run(CachedTokenSource(config.auth).get_token())
+    expires = dt.datetime.fromtimestamp(token.expires_at, dt.UTC)
+    cred = {
+        "kind": "ExecCredential",
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "spec": {"interactive": False},
+        "status": {
+            "token": token.access_token,
+            "expirationTimestamp": expires.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        },
+    }
+    print(json.dumps(cred))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``arcctl demo``: see client.demo."""
+    from client.demo import run_demo
+
+    return run_demo(args)
+
+
+def _add_list(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("list", help="list registered clusters")
+    p.add_argument("-g", "--resource-group", dest="group", help="only this resource group")
+    _common(p)
+    p.set_defaults(func=cmd_list)
+
+
+def _add_show(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("show", help="show one cluster, with connectivityStatus")
+    p.add_argument("-n", "--name", required=True, help="cluster name")
+    p.add_argument("-g", "--resource-group", dest="group", help="resource group (default: from config)")
+    _common(p)
+    p.set_defaults(func=cmd_show)
+
+
+def _add_get_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("get-token", help="print an ExecCredential (kubectl exec credential plugin)")
+    _common(p, output=False)
+    p.set_defaults(func=cmd_get_token)
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="run sandbox API server, OIDC issuer, relay and agent on loopback")
+    p.add_argument("--state-dir", type=Path, help="keep all files here (default: a temp dir, removed on exit)")
+    p.add_argument("--relay-port", type=int, default=0, help="relay port (default: any free port)")
+    p.add_argument("--kube-version", default="1.33.0", help="version the sandbox API server reports")
+    _common(p, output=False)
+    p.set_defaults(func=cmd_demo)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_demo, _add_list, _add_show, _add_get_token,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="arcctl", description=__doc__)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in COMMANDS:
+        add(sub)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("arcctl: not yet available (arrives with the end-to-end issue)", file=sys.stderr)
-    return 1
+    """Entry point of ``arcctl``."""
+    args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    func: Handler = args.func
+    return run_cli(f"arcctl {args.command}", lambda: func(args), debug=debug)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,194 @@
-"""`arc-proxy` command line (placeholder until the end-to-end issue lands)."""
+"""``arc-proxy``: serve one cluster on 127.0.0.1:PORT through the relay and
+merge a matching context into the kubeconfig."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
 import sys
+from pathlib import Path
+from typing import Any
+
+from client import kubeconfig
+from client.auth import TokenSource
+from client.config import load_config
+from client.errors import AgentOffline, CliError, run_cli
+from client.listener import LocalListener, refusal_error
+from client.relay_client import RelayApi, RelaySessionKeeper
+
+__all__ = ["main"]
+
+log = logging.getLogger("client")
+
+DEFAULT_PORT = 47011
+PROBE_TIMEOUT = 15.0
+
+EPILOG = """\
+On exit (Ctrl-C or SIGTERM) the proxy stops and current-context is put back to
+what it was before, if it still names this cluster's context. The cluster, user
+and context entries stay in the kubeconfig (server https://127.0.0.1:PORT) so the
+next arc-proxy run reuses them; with --token the token stays in the user entry
+(the file is mode 0600). Nothing else in the file is changed.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="arc-proxy", description=__doc__, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", "--name", required=True, help="cluster name")
+    p.add_argument("-g", "--resource-group", dest="group", help="resource group (default: from config)")
+    p.add_argument("--token", help="a service-account token to put in the kubeconfig user; "
+                   "default: an exec credential plugin (arcctl get-token) with your OIDC token")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"local port (default {DEFAULT_PORT})")
+    p.add_argument("-f", "--file", help="kubeconfig to merge into (default: $KUBECONFIG or "
+                   "~/.kube/config); '-' prints the kubeconfig to stdout instead")
+    p.add_argument("--kube-context", help="context name (default: the cluster name)")
+    p.add_argument("--config", type=Path, help="client config (default: $ARC_CONFIG or "
+                   "~/.config/cluster-connect/config.yaml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log connections")
+    p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    return p
+
+
+def _arcctl_command() -> tuple[str, list[str]]:
+    # Prefer the arcctl installed next to this interpreter (the venv), so the
+    # kubeconfig works from any shell.
+    candidate = Path(sys.executable).parent / "arcctl"
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate), []
+    found = shutil.which("arcctl")
+    if found:
+        return found, []
+    return sys.executable, ["-m", "client.arcctl"]
+
+
+def _display(path: Path) -> str:
+    home = str(Path.home())
+    s = str(path)
+    return "~" + s[len(home):] if s.startswith(home + os.sep) else s
+
+
+async def _probe(keeper: RelaySessionKeeper, target: bytes) -> None:
+    """Open and cancel one stream so agent-offline / forbidden show up now, as
+    one line, rather than as a kubectl connection error later."""
+    import tunnel
+
+    session = await keeper.session()
+    try:
+        stream = await session.open_stream(target, timeout=PROBE_TIMEOUT)
+    except tunnel.StreamRefused as err:
+        raise refusal_error(err.code, err.reason, target.decode()) from None
+    except TimeoutError:
+        raise AgentOffline(f"cluster {target.decode()} did not answer within {PROBE_TIMEOUT:.0f} s: "
+                           "check that its agent is running") from None
+    stream.reset(tunnel.ErrorCode.CANCEL, "probe")
+
+
+def _kube_user(args: argparse.Namespace, config_path: Path | None) -> dict[str, Any]:
+    if args.token:
+        return kubeconfig.token_user(args.token)
+    command, prefix = _arcctl_command()
+    extra = ["--config", str(config_path.resolve())] if config_path else []
+    return kubeconfig.exec_user(command, [*prefix, "get-token", *extra])
+
+
+async def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    group = args.group or config.resource_group
+    cluster_id = f"{group}/{args.name}"
+    target = cluster_id.encode()
+    context = args.kube_context or args.name
+    if args.file == "-":
+        kube_path = None
+    else:
+        kube_path = Path(args.file).expanduser() if args.file else kubeconfig.default_kubeconfig_path()
+        kubeconfig.load(kube_path)  # fail early on an unreadable kubeconfig
+
+    tokens = TokenSource(config.auth)
+    keeper = RelaySessionKeeper(config, tokens, name=f"arc-proxy:{cluster_id}")
+    listener = LocalListener(keeper, target, port=args.port)
+    await listener.bind()
+    previous: str | None = None
+    merged = False
+    # Ctrl-C/SIGTERM at any point (also during start-up) ends the wait below or
+    # cancels the step in progress; the finally block then undoes what was done.
+    stop = asyncio.Event()
+    main_task = asyncio.current_task()
+    ready = False
+
+    def on_signal() -> None:
+        stop.set()
+        if not ready and main_task is not None:
+            main_task.cancel()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        async with RelayApi(config, tokens) as api:
+            reg = await api.get_cluster(group, args.name)
+        if reg.get("connectivityStatus") == "Offline":
+            raise AgentOffline(f"cluster {cluster_id} is offline (its agent is not connected to the "
+                               "relay): check that arc-agent is running in the cluster")
+        ca = reg.get("servingCaCertificate")
+        if not ca:
+            raise CliError(f"cluster {cluster_id} has no servingCaCertificate in its registration: "
+                           "re-register it")
+        await keeper.start()
+        await _probe(keeper, target)
+
+        entry = kubeconfig.KubeconfigEntry(
+            context=context, server=f"https://127.0.0.1:{listener.port}", ca_pem=str(ca).encode(),
+            tls_server_name=reg.get("tlsServerName"), user=_kube_user(args, config.path))
+        if kube_path is None:
+            doc = kubeconfig.load(Path(os.devnull))
+            kubeconfig.merge(doc, entry)
+            sys.stdout.write(kubeconfig.dump(doc))
+            sys.stdout.flush()
+            where = "printed on stdout"
+        else:
+            doc = kubeconfig.load(kube_path)
+            previous = kubeconfig.merge(doc, entry)
+            kubeconfig.write_atomic(kube_path, doc)
+            merged = True
+            where = f"in {_display(kube_path)}"
+        await listener.serve()
+        out = sys.stderr if kube_path is None else sys.stdout
+        print(f"Proxy for cluster {cluster_id} on https://127.0.0.1:{listener.port} \u2014 "
+              f"kubeconfig context '{context}' {where}. Ctrl-C to stop.", file=out, flush=True)
+
+        ready = True
+        await stop.wait()
+        log.info("= stopping")
+        return 0
+    except asyncio.CancelledError:
+        if stop.is_set():  # interrupted during start-up: not an error to report
+            return 130
+        raise
+    finally:
+        await listener.close()
+        await keeper.close()
+        if merged and kube_path is not None:
+            try:
+                kubeconfig.restore_current_context(kube_path, context, previous)
+            except OSError as err:
+                log.warning("x could not restore current-context in %s: %s", kube_path, err.strerror)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("arc-proxy: not yet available (arrives with the end-to-end issue)", file=sys.stderr)
-    return 1
+    """Entry point of ``arc-proxy``."""
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not 0 <= args.port <= 65535:
+        print(f"arc-proxy: --port {args.port} is not a TCP port (0-65535)", file=sys.stderr)
+        return 2
+
+    return run_cli("arc-proxy", lambda: asyncio.run(_run(args)), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,342 @@
+"""The agent connector: dial out to the relay, keep a tunnel session up, and
+pipe every stream the relay opens to a local TCP target (kube-aad-proxy, or
+``forward_to``).
+
+Theory of operation: one dial loop. Each dial signs a fresh assertion and opens
+``wss://relay/agent/v1/connect``; the session then runs in its own task. When
+the relay sends GOAWAY (shutdown, or a newer session of ours replaced this one)
+the loop dials again at once while the old session drains its streams (unless
+the session was only seconds old: then another agent probably replaced it, and the loop
+backs off from 1 s to 30 s so two agents do not evict each other in a loop). When a
+session ends or a dial fails the loop sleeps a jittered exponential backoff
+(100 ms doubling to 2 s; at most 0.5 s during the 30 s after losing a
+session, the usual cause being a relay restart), reset once a session has been
+up for ``stable_after`` seconds.
+
+Metadata goes up a stream with target ``b"control"``: one JSON object per line,
+on connect and every ``metadata_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from agent.connector_dial import (
+    Backoff,
+    agent_audience,
+    agent_connect_url,
+    relay_ssl_context,
+    resolve_proxy,
+)
+from agent.connector_metadata import MetadataSource, static_metadata
+from identity import TokenInvalid, sign_agent_assertion
+from tunnel import (
+    ErrorCode,
+    StreamRefused,
+    StreamReset,
+    TunnelClosed,
+    TunnelConfig,
+    TunnelSession,
+    TunnelStream,
+    splice,
+    ws_connect_kwargs,
+)
+
+log = logging.getLogger("agent")
+
+UPSTREAM_TARGET = b"kube-aad-proxy"
+CONTROL_TARGET = b"control"
+# kube-aad-proxy is on loopback: a connect that takes longer is a dead process.
+UPSTREAM_CONNECT_TIMEOUT = 5.0
+# How often the dial loop looks for a GOAWAY on the live session. The adapter
+# has no callback for it; 50 ms is invisible next to the 2 s reconnect goal.
+GOAWAY_POLL = 0.05
+# A refused assertion will not fix itself quickly; back off longer than for
+# network errors, but keep trying (the cluster may be re-registered).
+AUTH_FAILURE_CAP = 30.0
+# For this long after losing an established session, redial at most every
+# FAST_CAP seconds instead of the usual 2 s cap: the usual cause is a relay
+# restart, and the relay being back should mean the cluster is back within
+# ~0.5 s (the e2e goal is a working kubectl call within 2 s). A refused TCP
+# connect every 0.25-0.5 s for half a minute costs the relay nothing.
+FAST_WINDOW = 30.0
+FAST_CAP = 0.5
+# A GOAWAY within this many seconds of connecting counts as being replaced by
+# another agent; the first delay after one is CHURN_INITIAL (then doubling).
+CHURN_WINDOW = 3.0
+CHURN_INITIAL = 1.0
+# On stop, how long open streams may finish after our GOAWAY before the
+# session is closed (a pod gets 30 s between SIGTERM and SIGKILL by default).
+STOP_DRAIN = 10.0
+
+
+def goaway_received(session: TunnelSession) -> bool:
+    """Whether the relay sent GOAWAY on ``session``.
+
+    TunnelSession exposes no public flag or callback for this yet (see the
+    report to the tunnel owner); read the adapter's own flag defensively.
+    """
+    return bool(getattr(session, "_goaway_received", False))
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    """What the connector needs (``arc-agent`` builds it from ``AgentConfig``).
+
+    Attributes:
+        relay_url: relay base URL, ``https://host[:port]`` (``wss://`` accepted).
+        cluster_id: ``<resourceGroup>/<name>``.
+        private_key_pem: the agent's key; signs each assertion.
+        relay_ca_pem: CA of the relay's certificate (None: system store).
+        proxy_https / proxy_http / no_proxy / proxy_ca_pem: outbound proxy
+            (None: the standard environment variables).
+        upstream: (host, port) each stream is piped to.
+        tunnel: tunnel limits and timeouts.
+        metadata_interval: seconds between metadata reports.
+        backoff_initial / backoff_cap / stable_after: reconnect policy.
+    """
+
+    relay_url: str
+    cluster_id: str
+    private_key_pem: bytes
+    upstream: tuple[str, int]
+    relay_ca_pem: bytes | None = None
+    proxy_https: str | None = None
+    proxy_http: str | None = None
+    no_proxy: str | None = None
+    proxy_ca_pem: bytes | None = None
+    tunnel: TunnelConfig = field(default_factory=TunnelConfig)
+    metadata_interval: float = 300.0
+    backoff_initial: float = 0.1
+    backoff_cap: float = 2.0
+    stable_after: float = 10.0
+    assertion_lifetime: int = 120
+
+
+class Connector:
+    """Keeps one tunnel session to the relay and serves its streams.
+
+    Call ``await run()`` (returns after ``stop()``); ``wait_connected()`` lets
+    a caller wait for the first (or next) session.
+    """
+
+    def __init__(self, config: ConnectorConfig, *, metadata: MetadataSource | None = None) -> None:
+        self.config = config
+        self.metadata = metadata or static_metadata()
+        self.session: TunnelSession | None = None
+        self.sessions_started = 0
+        self.last_error = ""
+        self._stopping = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True while a session is up and not draining."""
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a live session; True if there is one."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Leave the dial loop: GOAWAY the live session, let its streams finish
+        (at most ``STOP_DRAIN`` seconds), then close. ``run()`` returns after."""
+        self._stopping.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def run(self) -> None:
+        """The dial loop; returns after ``stop()`` once sessions are closed."""
+        cfg = self.config
+        connector = aiohttp.TCPConnector(limit=0, ssl=relay_ssl_context(cfg.relay_ca_pem, cfg.proxy_ca_pem))
+        self._http = aiohttp.ClientSession(connector=connector)
+        backoff = Backoff(cfg.backoff_initial, cfg.backoff_cap)
+        auth_backoff = Backoff(cfg.backoff_initial, AUTH_FAILURE_CAP)
+        churn_backoff = Backoff(CHURN_INITIAL, AUTH_FAILURE_CAP)
+        loop = asyncio.get_running_loop()
+        lost_at: float | None = None  # when the last established session ended
+        try:
+            while not self._stopping.is_set():
+                session = await self._dial()
+                if session is None:
+                    if self.last_error.startswith("relay refused"):
+                        await self._sleep(auth_backoff.next_delay())
+                    else:
+                        recently_lost = lost_at is not None and loop.time() - lost_at < FAST_WINDOW
+                        await self._sleep(backoff.next_delay(FAST_CAP if recently_lost else None))
+                    continue
+                auth_backoff.reset()
+                started = loop.time()
+                run_task = self._spawn(self._serve(session))
+                ended_by_goaway = await self._watch(session, run_task)
+                lost_at = loop.time()
+                lived = lost_at - started
+                if lived >= cfg.stable_after:
+                    backoff.reset()
+                    churn_backoff.reset()
+                if not ended_by_goaway:
+                    await self._sleep(backoff.next_delay())
+                elif lived < CHURN_WINDOW:
+                    # GOAWAY soon after connecting: most likely another agent
+                    # for this cluster replaced us (e.g. two pods during a
+                    # rolling update). Redialling at once would make the two
+                    # replace each other in a tight loop; slow down instead.
+                    await self._sleep(churn_backoff.next_delay())
+        finally:
+            await self._shutdown()
+
+    async def _sleep(self, delay: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _dial(self) -> TunnelSession | None:
+        cfg = self.config
+        assert self._http is not None
+        try:
+            token = sign_agent_assertion(cfg.private_key_pem, cluster_id=cfg.cluster_id,
+                                         audience=agent_audience(cfg.relay_url),
+                                         lifetime=cfg.assertion_lifetime)
+        except TokenInvalid as exc:
+            self.last_error = f"cannot sign assertion: {exc.reason}"
+            log.error("agent %s", self.last_error)
+            return None
+        url = agent_connect_url(cfg.relay_url)
+        proxy = resolve_proxy(cfg.relay_url, cfg.proxy_https, cfg.proxy_http, cfg.no_proxy)
+        try:
+            async with asyncio.timeout(cfg.tunnel.handshake_timeout or None):
+                ws = await self._http.ws_connect(
+                    url, headers={"Authorization": f"Bearer {token}"}, proxy=proxy,
+                    **ws_connect_kwargs(cfg.tunnel),
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status in (401, 403):
+                self._dial_failed(url, f"relay refused the agent ({exc.status}): "
+                                       "check the cluster registration and agent key")
+            else:
+                self._dial_failed(url, f"relay answered {exc.status} to the websocket upgrade")
+            return None
+        except aiohttp.ClientConnectorCertificateError:
+            self._dial_failed(url, "relay TLS certificate not trusted: set relay.ca_file to its CA")
+            return None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._dial_failed(url, f"cannot reach relay: {type(exc).__name__}")
+            return None
+        self.sessions_started += 1
+        self.last_error = ""
+        session = TunnelSession(ws, is_client=True, config=cfg.tunnel, name=f"agent:{cfg.cluster_id}",
+                                on_stream=self._on_stream)
+        self.session = session
+        log.info("agent connected relay=%s cluster=%s proxy=%s", cfg.relay_url, cfg.cluster_id,
+                 "yes" if proxy else "no")
+        return session
+
+    def _dial_failed(self, url: str, error: str) -> None:
+        # While the relay is down the loop retries every few hundred ms; log
+        # a failure once per distinct cause, not once per attempt.
+        level = logging.DEBUG if error == self.last_error else logging.WARNING
+        self.last_error = error
+        log.log(level, "agent dial failed url=%s error=%r", url, error)
+
+    async def _serve(self, session: TunnelSession) -> None:
+        reporter = self._spawn(self._report_metadata(session))
+        try:
+            await session.run()
+        finally:
+            reporter.cancel()
+            log.info("agent session ended cluster=%s reason=%r", self.config.cluster_id, session.close_reason)
+
+    async def _watch(self, session: TunnelSession, run_task: asyncio.Task[None]) -> bool:
+        """Wait until the session ends, a GOAWAY arrives, or ``stop()``.
+
+        Returns:
+            True when the relay asked us to go away (redial at once).
+        """
+        self._connected.set()
+        try:
+            while not run_task.done():
+                if goaway_received(session):
+                    log.info("agent got GOAWAY cluster=%s: redialling while streams drain",
+                             self.config.cluster_id)
+                    return True
+                if self._stopping.is_set():
+                    await session.goaway()
+                    return False
+                await asyncio.wait({run_task}, timeout=GOAWAY_POLL)
+            return False
+        finally:
+            self._connected.clear()
+            # On stop the session stays referenced so _shutdown can drain it.
+            if self.session is session and not self._stopping.is_set():
+                self.session = None
+
+    async def _report_metadata(self, session: TunnelSession) -> None:
+        """Open the control stream and send metadata now and every interval;
+        close it on GOAWAY so the old session can drain."""
+        stream: TunnelStream | None = None
+        try:
+            stream = await session.open_stream(CONTROL_TARGET)
+            loop = asyncio.get_running_loop()
+            next_report = 0.0
+            while not (session.closed or goaway_received(session) or self._stopping.is_set()):
+                if loop.time() >= next_report:
+                    data = await self.metadata()
+                    await stream.write(json.dumps(data, separators=(",", ":")).encode() + b"\n")
+                    next_report = loop.time() + self.config.metadata_interval
+                await asyncio.sleep(min(GOAWAY_POLL * 4, self.config.metadata_interval))
+        except (StreamRefused, StreamReset, TunnelClosed) as exc:
+            log.info("agent metadata stream ended reason=%r", getattr(exc, "reason", str(exc)))
+        finally:
+            if stream is not None:
+                with contextlib.suppress(StreamReset, TunnelClosed):
+                    await stream.write_eof()
+                await stream.aclose()
+
+    async def _on_stream(self, stream: TunnelStream) -> None:
+        """Pipe one relay-opened stream to the upstream TCP target."""
+        if stream.target != UPSTREAM_TARGET:
+            stream.reject(ErrorCode.NOT_FOUND, "unknown target")
+            return
+        host, port = self.config.upstream
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                    UPSTREAM_CONNECT_TIMEOUT)
+        except (TimeoutError, OSError) as exc:
+            log.warning("agent upstream connect failed target=%s:%d error=%s", host, port,
+                        type(exc).__name__)
+            stream.reject(ErrorCode.CONNECT_FAILED, "agent cannot reach kube-aad-proxy")
+            return
+        stream.accept()
+        await splice(stream, reader, writer)
+
+    async def _shutdown(self) -> None:
+        session = self.session
+        if session is not None and not session.closed:
+            # GOAWAY was sent by _watch; let open streams finish, bounded.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.wait_closed(), STOP_DRAIN)
+            await session.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        if self._http is not None:
+            await self._http.close()
+        log.info("agent connector stopped cluster=%s", self.config.cluster_id)

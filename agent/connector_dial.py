@@ -1,0 +1,96 @@
+"""How the agent reaches the relay: URL, TLS trust, outbound proxy, backoff.
+
+Proxy: ``proxy.https`` from the config wins; otherwise the standard
+``HTTPS_PROXY`` / ``https_proxy`` (then ``WSS_PROXY``) environment. ``NO_PROXY``
+(config ``proxy.no_proxy`` or the environment) exempts hosts. aiohttp's own
+``trust_env`` looks up a proxy by URL scheme, i.e. ``WSS_PROXY`` for ``wss://``,
+which nobody sets, so the lookup is done here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from certs import client_ssl_context
+
+
+def agent_connect_url(relay_url: str) -> str:
+    """``wss://host[:port][/prefix]/agent/v1/connect`` for a relay base URL."""
+    parts = urlsplit(relay_url.rstrip("/"))
+    return f"wss://{parts.netloc}{parts.path}/agent/v1/connect"
+
+
+def agent_audience(relay_url: str) -> str:
+    """The ``aud`` of the agent's assertion: the https form of the endpoint URL."""
+    parts = urlsplit(relay_url.rstrip("/"))
+    return f"https://{parts.netloc}{parts.path}/agent/v1/connect"
+
+
+def relay_ssl_context(relay_ca_pem: bytes | None, proxy_ca_pem: bytes | None) -> ssl.SSLContext:
+    """Trust the relay's CA (else the system store) plus a TLS-inspecting
+    proxy's CA when one is configured."""
+    bundle = b"\n".join(p.strip() for p in (relay_ca_pem, proxy_ca_pem) if p)
+    return client_ssl_context(bundle + b"\n" if bundle else None)
+
+
+def _bypassed(host: str, no_proxy: str) -> bool:
+    """``NO_PROXY`` semantics: ``*``, exact host, ``.suffix``/``suffix`` domain,
+    or an IP in a listed CIDR."""
+    host = host.strip("[]").lower()
+    for raw in no_proxy.split(","):
+        entry = raw.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        if "/" in entry:
+            try:
+                if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        entry = entry.split(":")[0] if entry.count(":") == 1 else entry
+        domain = entry.lstrip(".")
+        if host == domain or host.endswith("." + domain):
+            return True
+    return False
+
+
+def resolve_proxy(relay_url: str, https: str | None = None, http: str | None = None,
+                  no_proxy: str | None = None) -> str | None:
+    """The proxy URL for dialling ``relay_url``, or None for a direct connection."""
+    host = urlsplit(relay_url).hostname or ""
+    env = os.environ
+    exempt = no_proxy if no_proxy is not None else (env.get("NO_PROXY") or env.get("no_proxy") or "")
+    if exempt and _bypassed(host, exempt):
+        return None
+    proxy = https or http or env.get("HTTPS_PROXY") or env.get("https_proxy") or env.get("WSS_PROXY") \
+        or env.get("wss_proxy")
+    return proxy or None
+
+
+@dataclass
+class Backoff:
+    """Jittered exponential backoff: ``initial`` doubling up to ``cap``; each
+    delay is drawn in [d/2, d] so many agents do not redial in lockstep."""
+
+    initial: float = 0.1
+    cap: float = 2.0
+    attempt: int = 0
+
+    def next_delay(self, cap: float | None = None) -> float:
+        """The delay before the next attempt (advances the sequence); ``cap``
+        overrides the configured cap for this one delay."""
+        delay = min(self.cap if cap is None else cap, self.initial * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        """Start again from ``initial`` (after a stable connection)."""
+        self.attempt = 0

@@ -1,0 +1,157 @@
+"""The OIDC side of the header policy: which bearer tokens are ours to
+validate, and a cache so a token's signature is verified once, not per request.
+
+The validator itself is ``identity.TokenValidator`` (docs/INTERFACES.md §5);
+this module only needs its ``validate`` coroutine, so it is typed by a Protocol.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+# Distinct live tokens kept validated; each entry is a few hundred bytes.
+TOKEN_CACHE_SIZE = 10_000
+# Cached answers for tokens that are not ours (service-account tokens), so the
+# pass-through path does not base64-decode and JSON-parse every request.
+ISSUER_CACHE_SIZE = 10_000
+
+
+class PrincipalLike(Protocol):
+    """The parts of ``identity.Principal`` used here."""
+
+    oid: str
+    upn: str | None
+    tid: str | None
+    groups: Sequence[str]
+    expires_at: float
+    claims: Mapping[str, Any]
+    has_group_overage: bool
+
+
+class TokenValidatorLike(Protocol):
+    """The parts of ``identity.TokenValidator`` used here."""
+
+    async def validate(self, token: str) -> Any:
+        """A principal, or raise ``identity.TokenInvalid``."""
+        ...
+
+
+def token_key(token: str) -> bytes:
+    """Cache key for a token: its SHA-256, so raw tokens are not kept around."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def peek_issuer(token: str) -> str | None:
+    """``iss`` of a JWT without verifying it (to pick the path), else None."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 16384:
+        return None
+    payload = parts[1]
+    try:
+        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        claims = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):  # hostile nesting too
+        return None
+    iss = claims.get("iss") if isinstance(claims, dict) else None
+    return iss if isinstance(iss, str) else None
+
+
+def issuers_of(validator: object) -> frozenset[str]:
+    """Trusted ``iss`` values of an ``identity.TokenValidator``.
+
+    Reads ``issuers`` (or ``trusted_issuers``): strings or ``TrustedIssuer``
+    objects with an ``issuer`` attribute, or a mapping keyed by ``iss``.
+    ``_issuers`` is the fallback: identity.TokenValidator keeps its issuers
+    there and has no public accessor yet (pass ``trusted_issuers`` to avoid it).
+    """
+    found: Iterable[object] = (
+        getattr(validator, "issuers", None)
+        or getattr(validator, "trusted_issuers", None)
+        or getattr(validator, "_issuers", None)
+        or ()
+    )
+    if isinstance(found, Mapping):
+        found = list(found.keys())
+    out = set()
+    for item in found:
+        out.add(item if isinstance(item, str) else str(getattr(item, "issuer", "")))
+    out.discard("")
+    return frozenset(out)
+
+
+class _Lru:
+    """A small bounded LRU dict."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._d: OrderedDict[bytes, Any] = OrderedDict()
+
+    def get(self, key: bytes) -> Any:
+        v = self._d.get(key)
+        if v is not None:
+            self._d.move_to_end(key)
+        return v
+
+    def put(self, key: bytes, value: Any) -> None:
+        self._d[key] = value
+        self._d.move_to_end(key)
+        while len(self._d) > self._size:
+            self._d.popitem(last=False)
+
+    def pop(self, key: bytes) -> None:
+        self._d.pop(key, None)
+
+
+class OidcGate:
+    """Chooses the OIDC path for tokens from trusted issuers and caches
+    validated principals by token hash until they expire.
+
+    Args:
+        validator: ``identity.TokenValidator``.
+        trusted_issuers: ``iss`` values that select the OIDC path.
+    """
+
+    def __init__(self, validator: TokenValidatorLike, trusted_issuers: frozenset[str]) -> None:
+        self.validator = validator
+        self.trusted_issuers = trusted_issuers
+        self._principals = _Lru(TOKEN_CACHE_SIZE)
+        self._not_ours = _Lru(ISSUER_CACHE_SIZE)
+        #: validator calls made (the hot path must not grow this per request)
+        self.validations = 0
+
+    def is_ours(self, token: str, key: bytes) -> bool:
+        """Whether ``token`` is a JWT from a trusted issuer."""
+        if self._principals.get(key) is not None:
+            return True
+        if self._not_ours.get(key) is not None:
+            return False
+        ours = peek_issuer(token) in self.trusted_issuers
+        if not ours:
+            self._not_ours.put(key, True)
+        return ours
+
+    def cached(self, key: bytes) -> PrincipalLike | None:
+        """The principal of a token validated before and not yet expired."""
+        p: PrincipalLike | None = self._principals.get(key)
+        if p is not None and p.expires_at <= time.time():
+            self._principals.pop(key)
+            return None
+        return p
+
+    async def validate(self, token: str, key: bytes) -> PrincipalLike:
+        """Validate (signature, claims, groups) and cache the principal.
+
+        Raises:
+            Whatever the validator raises (``TokenInvalid``, ``GroupResolutionError``).
+        """
+        self.validations += 1
+        p: PrincipalLike = await self.validator.validate(token)
+        self._principals.put(key, p)
+        return p

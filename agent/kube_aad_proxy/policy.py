@@ -1,0 +1,181 @@
+"""Header policy: what of a request head may reach the API server.
+
+Order matters and is fixed:
+
+1. every client-supplied ``Impersonate-*`` header is removed (any case, any
+   suffix: User, Group, Uid, Extra-*), whatever path the request takes;
+2. more than one ``Authorization`` header is refused (400): the two sides
+   could pick different ones;
+3. a bearer JWT from a trusted issuer is validated; the request then carries
+   the agent's own token and impersonation headers we set (never appended to
+   anything the client sent); an invalid one is refused (401), an unresolved
+   group overage too (403, fail closed);
+4. anything else (service-account tokens, client certificates, no
+   credentials) goes on unchanged for the API server to judge.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.kube_aad_proxy.heads import RequestHead
+from agent.kube_aad_proxy.oidc import OidcGate, PrincipalLike, token_key
+from identity import GroupResolutionError, TokenInvalid
+
+log = logging.getLogger("agent.kube_aad_proxy")
+
+PASSTHROUGH = "passthrough"
+UNAUTHENTICATED = "-"  # audit principal of a request refused before anyone was identified
+_IMPERSONATE = b"impersonate-"
+_AUTHORIZATION = b"authorization"
+
+
+@dataclass(slots=True)
+class Forward:
+    """Send ``head`` upstream; ``principal`` is for the audit line."""
+
+    head: bytes
+    principal: str
+
+
+@dataclass(slots=True)
+class Refuse:
+    """Answer ``status`` with a Status body, forward nothing, close."""
+
+    status: int
+    message: str
+    principal: str = UNAUTHENTICATED
+
+
+@dataclass(slots=True)
+class Validate:
+    """The token needs a (network-bound) validation before a decision."""
+
+    token: str
+    key: bytes
+    headers: list[tuple[bytes, bytes]]
+
+
+Decision = Forward | Refuse | Validate
+
+
+def _claims_overage(claims: Mapping[str, Any]) -> bool:
+    names = claims.get("_claim_names")
+    return isinstance(names, Mapping) and "groups" in names
+
+
+def _header_value(value: str) -> bytes | None:
+    """Encode a claim as a header value; None if it could break the head."""
+    b = value.encode("utf-8")
+    if not b or any(c < 0x20 or c == 0x7F for c in b):
+        return None
+    return b
+
+
+class HeaderPolicy:
+    """Applies the policy above to one request head at a time.
+
+    Args:
+        gate: The OIDC gate, or None for pure pass-through.
+        upstream_token: The agent's own bearer token (OIDC path only).
+        impersonate_with: ``"oid"`` or ``"upn"``.
+    """
+
+    def __init__(self, gate: OidcGate | None, upstream_token: str | None, impersonate_with: str) -> None:
+        self.gate = gate
+        self._auth = f"Bearer {upstream_token}".encode() if upstream_token else b""
+        self._with = impersonate_with
+
+    def decide(self, head: RequestHead) -> Decision:
+        """Decide without waiting; returns :class:`Validate` when :meth:`finish` must run."""
+        kept: list[tuple[bytes, bytes]] = []
+        auth: list[bytes] = []
+        stripped = False
+        for name, value in head.headers:
+            lower = name.lower()
+            if lower.startswith(_IMPERSONATE):
+                stripped = True
+                continue
+            if lower == _AUTHORIZATION:
+                auth.append(value)
+            kept.append((name, value))
+        if stripped:
+            log.info("stripped client Impersonate-* headers method=%s path=%s", head.method, head.path)
+        if len(auth) > 1:
+            log.warning("refused: %d Authorization headers path=%s", len(auth), head.path)
+            return Refuse(400, "more than one Authorization header")
+        if self.gate is not None and auth and auth[0][:7].lower() == b"bearer ":
+            token = auth[0][7:].strip().decode("latin-1")
+            key = token_key(token)
+            if self.gate.is_ours(token, key):
+                without_auth = [(n, v) for n, v in kept if n.lower() != _AUTHORIZATION]
+                principal = self.gate.cached(key)
+                if principal is None:
+                    return Validate(token, key, without_auth)
+                return self._impersonate(head, without_auth, principal)
+        if not stripped:
+            return Forward(head.raw, PASSTHROUGH)  # byte for byte
+        return Forward(_build(head.raw, kept, []), PASSTHROUGH)
+
+    async def finish(self, head: RequestHead, pending: Validate) -> Forward | Refuse:
+        """Validate the token of a :class:`Validate` decision and decide."""
+        assert self.gate is not None
+        try:
+            principal = await self.gate.validate(pending.token, pending.key)
+        except GroupResolutionError as exc:
+            log.warning("refused: groups unresolved reason=%s path=%s", exc.reason, head.path)
+            return Refuse(403, f"group membership could not be resolved: {exc.reason}")
+        except TokenInvalid as exc:
+            # identity reports an unresolved overage as TokenInvalid("group overage ...");
+            # the token itself is fine, the caller's groups are unknown: 403, fail closed.
+            if "group overage" in exc.reason:
+                log.warning("refused: groups unresolved reason=%s path=%s", exc.reason, head.path)
+                return Refuse(403, f"group membership could not be resolved: {exc.reason}")
+            log.warning("refused: invalid token reason=%s path=%s", exc.reason, head.path)
+            return Refuse(401, f"invalid bearer token: {exc.reason}")
+        except Exception as exc:  # a validator bug must not let the request through
+            log.error("token validation error kind=%s path=%s", exc.__class__.__name__, head.path)
+            return Refuse(401, "invalid bearer token: validation failed")
+        return self._impersonate(head, pending.headers, principal)
+
+    def _impersonate(
+        self, head: RequestHead, headers: list[tuple[bytes, bytes]], p: PrincipalLike
+    ) -> Forward | Refuse:
+        user_claim = p.oid if self._with == "oid" else p.upn
+        # Audit under the name the API server will see (its own audit log then lines up).
+        name = user_claim or p.oid
+        if _claims_overage(p.claims) and not p.has_group_overage:
+            # The token said "groups elsewhere" and nobody fetched them: fail closed.
+            return Refuse(403, "token has a group overage and no group source resolved it", name)
+        if not user_claim:
+            return Refuse(403, f"token has no {self._with} claim to impersonate", name)
+        user = _header_value(user_claim)
+        if user is None:
+            return Refuse(403, "token identity is not a valid header value", name)
+        extra: list[tuple[bytes, bytes]] = [(b"Authorization", self._auth), (b"Impersonate-User", user)]
+        for g in p.groups:
+            gv = _header_value(g)
+            if gv is None:
+                return Refuse(403, "token group is not a valid header value", name)
+            extra.append((b"Impersonate-Group", gv))
+        for key, value in (("oid", p.oid), ("tid", p.tid)):
+            if value:
+                ev = _header_value(value)
+                if ev is None:
+                    return Refuse(403, "token identity is not a valid header value", name)
+                extra.append((b"Impersonate-Extra-" + key.encode(), ev))
+        return Forward(_build(head.raw, headers, extra), name)
+
+
+def _build(raw: bytes, headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]) -> bytes:
+    """Request line as sent, then ``headers`` and ``extra``, then the blank line."""
+    parts = [raw[: raw.index(b"\r\n") + 2]]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

@@ -1,0 +1,231 @@
+"""Token acquisition for the user: OIDC token endpoint grants (password,
+client credentials, refresh), an external ``token_command``, or a fixed token.
+
+Tokens are never logged nor put into an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+
+from certs import client_ssl_context
+from client.config import AuthConfig
+from client.errors import AuthError, ConfigError
+
+__all__ = ["CachedTokenSource", "Token", "TokenSource", "ssl_context_for"]
+
+log = logging.getLogger("client")
+
+# Refresh this long before expiry so a token never expires in flight.
+REFRESH_MARGIN = 60.0
+HTTP_TIMEOUT = 15.0
+TOKEN_COMMAND_TIMEOUT = 30.0
+
+
+def ssl_context_for(ca_file: str | None, what: str) -> ssl.SSLContext:
+    """A verifying client context trusting ``ca_file`` (else the system store).
+
+    Raises:
+        ConfigError: the CA file cannot be read.
+    """
+    if not ca_file:
+        return client_ssl_context(None)
+    try:
+        pem = Path(ca_file).expanduser().read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} CA file {ca_file}: {err.strerror}") from None
+    return client_ssl_context(pem)
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access token and when it stops being valid (epoch seconds)."""
+
+    access_token: str
+    expires_at: float
+    refresh_token: str | None = None
+
+    def fresh(self, margin: float = REFRESH_MARGIN) -> bool:
+        return time.time() + margin < self.expires_at
+
+
+def _expiry(access_token: str, expires_in: Any) -> float:
+    try:
+        claims = jwt.decode(access_token, options={"verify_signature": False})
+        if isinstance(claims.get("exp"), (int, float)):
+            return float(claims["exp"])
+    except jwt.PyJWTError:
+        pass  # opaque token: fall back to expires_in
+    try:
+        return time.time() + float(expires_in)
+    except (TypeError, ValueError):
+        return time.time() + 300.0
+
+
+class TokenSource:
+    """Gets and refreshes the user's token per the client config ``auth``.
+
+    Call :meth:`get` whenever a token is needed; it returns the cached one
+    while fresh, refreshes with the refresh token when it can, and falls back
+    to the configured grant.
+    """
+
+    def __init__(self, auth: AuthConfig, *, static_token: str | None = None) -> None:
+        self._auth = auth
+        self._token: Token | None = None
+        if static_token is not None:
+            self._token = Token(static_token, _expiry(static_token, 10 * 365 * 86400))
+        self._static = static_token is not None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> str:
+        """A valid access token.
+
+        Raises:
+            AuthError: no token could be obtained.
+            ConfigError: the config names no way to get one.
+        """
+        return (await self.get_token()).access_token
+
+    async def get_token(self) -> Token:
+        """Like :meth:`get` but with the expiry (for ExecCredential)."""
+        async with self._lock:
+            if self._token is not None and (self._static or self._token.fresh()):
+                return self._token
+            self._token = await self._acquire(self._token)
+            return self._token
+
+    def invalidate(self) -> None:
+        """Forget the cached token (the relay refused it)."""
+        if not self._static:
+            self._token = None
+
+    async def _acquire(self, old: Token | None) -> Token:
+        a = self._auth
+        if a.token_command:
+            return await self._run_command(a.token_command)
+        if not a.token_endpoint:
+            raise ConfigError("client config has no auth.token_endpoint nor auth.token_command: "
+                              "add one, or pass --token")
+        base = {"client_id": a.client_id or "arc-cli", "scope": a.scope}
+        if old is not None and old.refresh_token:
+            try:
+                return await self._post({**base, "grant_type": "refresh_token",
+                                         "refresh_token": old.refresh_token})
+            except AuthError:
+                log.info("= token refresh refused; using the configured grant again")
+        if a.username:
+            if a.password is None:
+                raise ConfigError("client config auth.username is set but auth.password is not")
+            form = {**base, "grant_type": "password", "username": a.username, "password": a.password}
+        elif a.client_secret:
+            form = {**base, "grant_type": "client_credentials", "client_secret": a.client_secret}
+        else:
+            raise ConfigError("client config auth has neither username/password nor client_secret: "
+                              "add one, set auth.token_command, or pass --token")
+        return await self._post(form)
+
+    async def _post(self, form: dict[str, str]) -> Token:
+        url = self._auth.token_endpoint or ""
+        ctx = ssl_context_for(self._auth.ca_file, "identity provider")
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as s:
+                async with s.post(url, data=form, ssl=ctx) as resp:
+                    body: dict[str, Any] = {}
+                    try:
+                        body = await resp.json(content_type=None)
+                    except (ValueError, aiohttp.ContentTypeError):
+                        pass
+                    if resp.status != 200 or "access_token" not in body:
+                        code = body.get("error") or f"HTTP {resp.status}"
+                        raise AuthError(f"the identity provider refused the {form['grant_type']} "
+                                        f"grant ({code}): check auth in the client config")
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            raise AuthError(f"cannot reach the identity provider at {url} "
+                            f"({type(err).__name__}): is it running?") from None
+        access = str(body["access_token"])
+        log.info("= token acquired via %s grant", form["grant_type"])
+        return Token(access, _expiry(access, body.get("expires_in")), body.get("refresh_token"))
+
+    async def _run_command(self, command: str) -> Token:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *shlex.split(command), stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL)
+            out, _ = await asyncio.wait_for(proc.communicate(), TOKEN_COMMAND_TIMEOUT)
+        except (TimeoutError, OSError) as err:
+            raise AuthError(f"auth.token_command failed to run ({type(err).__name__})") from None
+        token = out.decode(errors="replace").strip()
+        if proc.returncode != 0 or not token:
+            raise AuthError(f"auth.token_command exited with {proc.returncode} and printed no token")
+        return Token(token, _expiry(token, 300))
+
+
+def _cache_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cluster-connect" / "tokens"
+
+
+def _cache_key(auth: AuthConfig) -> str:
+    import hashlib
+
+    ident = "\0".join(str(x) for x in (auth.token_endpoint, auth.client_id, auth.scope,
+                                        auth.username, auth.token_command))
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+class CachedTokenSource(TokenSource):
+    """A :class:`TokenSource` that keeps the token in a private file between
+    processes (``arcctl get-token`` runs once per kubectl call; without a cache
+    every kubectl call would be a round trip to the identity provider). The
+    file is mode 0600 in ``$XDG_CACHE_HOME/cluster-connect/tokens``, like
+    other CLIs' token caches."""
+
+    def __init__(self, auth: AuthConfig, cache_dir: Path | None = None) -> None:
+        super().__init__(auth)
+        self._path = (cache_dir or _cache_dir()) / f"{_cache_key(auth)}.json"
+        self._load()
+
+    def _load(self) -> None:
+        import json
+
+        try:
+            doc = json.loads(self._path.read_text())
+            self._token = Token(str(doc["access_token"]), float(doc["expires_at"]),
+                                doc.get("refresh_token"))
+        except (OSError, ValueError, KeyError, TypeError):
+            self._token = None  # no cache or a damaged one: acquire afresh
+
+    async def get_token(self) -> Token:
+        before = self._token
+        token = await super().get_token()
+        if token is not before:
+            self._save(token)
+        return token
+
+    def _save(self, token: Token) -> None:
+        import json
+        import os
+        import tempfile
+
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".tok-")
+            with os.fdopen(fd, "w") as f:  # mkstemp files are 0600 already
+                json.dump({"access_token": token.access_token, "expires_at": token.expires_at,
+                           "refresh_token": token.refresh_token}, f)
+            os.replace(tmp, self._path)
+        except OSError as err:
+            log.debug("! token cache not written: %s", err.strerror)

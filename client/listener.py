@@ -1,0 +1,144 @@
+"""The local listener: each accepted TCP connection becomes one tunnel stream
+to the cluster, and bytes are spliced both ways untouched (kubectl's TLS ends
+inside the cluster, not here)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from typing import Any
+
+from client.errors import AgentOffline, CliError, ClusterNotFound, Forbidden, PortInUse
+from client.relay_client import RelaySessionKeeper
+
+__all__ = ["LocalListener", "refusal_error"]
+
+log = logging.getLogger("client")
+
+OPEN_TIMEOUT = 15.0
+# StreamReader buffer per connection: bulk reads (port-forward, cp) move up to
+# this much per read instead of asyncio's 64 KiB default, so fewer, larger DATA writes.
+READ_LIMIT = 1 << 20
+
+
+def refusal_error(code: Any, reason: str, cluster: str) -> CliError:
+    """Turn a stream refusal at OPEN into the user's one-line error."""
+    name = getattr(code, "name", str(code))
+    if name == "TARGET_UNAVAILABLE":
+        return AgentOffline(f"cluster {cluster} is offline (its agent is not connected to the relay): "
+                            "check that arc-agent is running in the cluster")
+    if name == "FORBIDDEN":
+        return Forbidden(f"{reason or 'forbidden'}: ask an admin for the cluster-user role on {cluster}")
+    if name == "NOT_FOUND":
+        return ClusterNotFound(f"cluster {cluster} is not registered at the relay: "
+                               "check the name and -g, or 'arcctl list'")
+    if name == "OPEN_TIMEOUT":
+        return AgentOffline(f"cluster {cluster} did not answer the stream open in time: "
+                            "check that its agent is running")
+    if name == "CONNECT_FAILED":
+        return AgentOffline(f"the agent of {cluster} could not reach its API server proxy "
+                            f"({reason or 'connect failed'})")
+    return CliError(f"the relay refused the stream to {cluster} ({name}: {reason or 'no reason'})")
+
+
+class LocalListener:
+    """Listens on ``host:port`` and pipes every connection into a stream.
+
+    Args:
+        keeper: the relay session keeper (connects lazily when down).
+        target: the stream OPEN target, ``b"<rg>/<name>"``.
+        host: loopback address to bind.
+        port: TCP port (0 = any).
+    """
+
+    def __init__(self, keeper: RelaySessionKeeper, target: bytes, *, host: str = "127.0.0.1",
+                 port: int = 47011) -> None:
+        self.keeper = keeper
+        self.target = target
+        self.host = host
+        self.port = port
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self.accepted = 0
+
+    async def bind(self) -> int:
+        """Bind and listen (before anything slow, so a taken port fails fast).
+
+        Returns:
+            The bound port.
+
+        Raises:
+            PortInUse: the port is taken.
+        """
+        try:
+            self._server = await asyncio.start_server(
+                self._on_connection, self.host, self.port, reuse_address=True,
+                start_serving=False, limit=READ_LIMIT)
+        except OSError as err:
+            if err.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise PortInUse(f"port {self.port} on {self.host} is in use: stop what uses it "
+                                "or choose another with --port") from None
+            raise CliError(f"cannot listen on {self.host}:{self.port}: {err.strerror}") from None
+        sock = self._server.sockets[0]
+        self.port = int(sock.getsockname()[1])
+        return self.port
+
+    async def serve(self) -> None:
+        """Start accepting connections."""
+        assert self._server is not None, "call bind() first"
+        await self._server.start_serving()
+
+    async def _on_connection(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        # asyncio runs this in its own task; track it so close() can cancel it.
+        task = asyncio.current_task()
+        if task is not None:
+            self._conns.add(task)
+            task.add_done_callback(self._conns.discard)
+        await self._pipe(reader, writer)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import tunnel
+
+        self.accepted += 1
+        conn_no = self.accepted
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            # Small requests (kubectl GETs) must not wait for Nagle.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            session = await self.keeper.session()
+            stream = await session.open_stream(self.target, timeout=OPEN_TIMEOUT)
+        except tunnel.StreamRefused as err:
+            log.warning("x conn %d: %s", conn_no, refusal_error(err.code, err.reason,
+                                                                self.target.decode()))
+            writer.close()
+            return
+        except (TimeoutError, CliError, tunnel.TunnelClosed, OSError) as err:
+            log.warning("x conn %d: no stream to the relay (%s)", conn_no,
+                        str(err) if isinstance(err, CliError) else type(err).__name__)
+            writer.close()
+            return
+        log.debug("> conn %d -> stream %s", conn_no, getattr(stream, "id", "?"))
+        try:
+            await tunnel.splice(stream, reader, writer)
+        except Exception as err:  # splice reports errors as resets; never crash the listener
+            log.debug("! conn %d splice ended: %s", conn_no, type(err).__name__)
+        finally:
+            if not writer.is_closing():
+                writer.close()
+
+    async def close(self) -> None:
+        """Stop listening and abort live connections."""
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._conns):
+            t.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+        if self._server is not None:
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            except TimeoutError:
+                pass

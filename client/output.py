@@ -1,0 +1,62 @@
+"""``-o json|yaml|table`` rendering shared by every ``arcctl`` command."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+__all__ = ["FORMATS", "render"]
+
+FORMATS = ("json", "yaml", "table")
+
+# Columns shown by ``-o table``, in order; anything else stays in json/yaml.
+TABLE_COLUMNS = ("name", "resourceGroup", "connectivityStatus", "kubernetesVersion",
+                 "agentVersion", "totalNodeCount", "lastConnectivityTime")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "No resources found."
+    columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows)]
+    if not columns:  # not a cluster listing: every key, in first-seen order
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    header = [c.upper() for c in columns]
+    body = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=False)]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
+             for line in [header, *body]]
+    return "\n".join(lines)
+
+
+def render(value: Any, fmt: str = "json") -> str:
+    """Render a JSON-like value.
+
+    Args:
+        value: a dict (one resource) or a list of dicts.
+        fmt: ``json`` (default, as ``az``), ``yaml`` or ``table``.
+
+    Returns:
+        The text to print, without a trailing newline.
+
+    Raises:
+        ValueError: unknown format.
+    """
+    if fmt == "json":
+        return json.dumps(value, indent=2, sort_keys=False)
+    if fmt == "yaml":
+        return yaml.safe_dump(value, sort_keys=False, default_flow_style=False).rstrip("\n")
+    if fmt == "table":
+        rows = value if isinstance(value, list) else [value]
+        return _table(rows)
+    raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -1,0 +1,138 @@
+"""Child processes of ``arcctl demo`` (and of the end-to-end tests): start
+with logs to a file, wait for a ready file, stop with SIGTERM then SIGKILL.
+
+Children get ``PR_SET_PDEATHSIG`` on Linux so they die with their parent even
+if it is killed with SIGKILL: the demo must leave nothing behind. (The signal
+fires when the *thread* that started the child exits: start children from the
+main thread, as the demo, the tests and the bench do.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from client.errors import CliError
+
+__all__ = ["Child", "wait_until"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's cleanup is the only guard
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, *, interval: float = 0.05,
+               alive: Callable[[], None] | None = None) -> Any:
+    """Poll ``predicate`` until it returns a truthy value.
+
+    Args:
+        predicate: returns a truthy value when done.
+        timeout: seconds before giving up.
+        what: names the wait in the error.
+        interval: poll interval.
+        alive: called each round; raises if a process we wait for has died.
+
+    Raises:
+        CliError: timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if alive is not None:
+            alive()
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise CliError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Child:
+    """One child process with its log file and optional ready file.
+
+    Args:
+        name: short name used in messages and file names.
+        argv: the command line.
+        log_dir: where ``NAME.log`` (stdout+stderr) goes.
+        env: extra environment variables.
+    """
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_dir / f"{name}.log"
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Child:
+        """Start the process (appending to its log)."""
+        env = {**os.environ, **self.env}
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        with open(self.log_path, "ab") as log:
+            # Own session: a terminal Ctrl-C reaches only the parent, which then
+            # stops the children in order (agent first) instead of all at once.
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        """Raise a one-line error with the log's tail if the child has exited."""
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log_tail()
+            raise CliError(f"{self.name} exited with code {self.proc.returncode}"
+                           + (f": {tail}" if tail else f" (see {self.log_path})"))
+
+    def log_tail(self, lines: int = 1) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])[:300]
+
+    def wait_ready_file(self, path: Path, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait for the JSON object the child writes to ``path`` when serving."""
+        def read() -> dict[str, Any] | None:
+            try:
+                text = path.read_text()
+                return dict(json.loads(text)) if text.strip() else None
+            except (OSError, ValueError):
+                return None  # not there yet, or half written
+        return dict(wait_until(read, timeout, f"{self.name} to be ready", alive=self.check_alive))
+
+    def stop(self, timeout: float = 8.0) -> None:
+        """SIGTERM, wait, then SIGKILL; idempotent."""
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)

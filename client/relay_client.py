@@ -1,0 +1,294 @@
+"""Talk to the relay: the management REST API (``/api/v1``) and the one
+client websocket session (``/client/v1/connect``) that ``arc-proxy`` keeps up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from client.auth import TokenSource, ssl_context_for
+from client.config import ClientConfig
+from client.errors import AuthError, CliError, ClusterNotFound, Forbidden, RelayUnreachable
+
+__all__ = ["RelayApi", "RelaySessionKeeper"]
+
+log = logging.getLogger("client")
+
+HTTP_TIMEOUT = 15.0
+CONNECT_TIMEOUT = 10.0
+# Reconnect backoff: short, because a relay restart must be invisible to
+# kubectl within ~2 s (issue 3 "Done when").
+BACKOFF_START = 0.05
+BACKOFF_CAP = 1.0
+
+
+def _error_message(body: Any) -> str:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message") or body["error"].get("code") or "")
+    return ""
+
+
+class RelayApi:
+    """The relay's management REST API, authenticated with the user's token.
+
+    Use as ``async with RelayApi(config, tokens) as api: await api.get_cluster(...)``.
+    """
+
+    def __init__(self, config: ClientConfig, tokens: TokenSource) -> None:
+        self.config = config
+        self.tokens = tokens
+        self._ssl = ssl_context_for(config.relay_ca_file, "relay")
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> RelayApi:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      params: dict[str, str] | None = None, what: str = "") -> Any:
+        """One REST call; maps failures to one-line ``CliError``s.
+
+        Args:
+            method: HTTP method.
+            path: path under the relay URL, e.g. ``/api/v1/clusters``.
+            json: request body.
+            params: query parameters.
+            what: names the resource in a 404 message (e.g. ``cluster default/demo``).
+
+        Returns:
+            The decoded JSON body (``None`` for an empty 2xx body).
+        """
+        assert self._http is not None, "use RelayApi as an async context manager"
+        token = await self.tokens.get()
+        url = self.config.relay_url + path
+        try:
+            async with self._http.request(method, url, json=json, params=params, ssl=self._ssl,
+                                          headers={"Authorization": f"Bearer {token}"}) as resp:
+                text = await resp.text()
+                body: Any = None
+                if text:
+                    try:
+                        body = await resp.json(content_type=None)
+                    except ValueError:
+                        body = None
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            raise RelayUnreachable(
+                f"cannot reach the relay at {self.config.relay_url} ({type(err).__name__}): "
+                "is it running? check relay.url in the client config") from None
+        if status < 300:
+            return body
+        msg = _error_message(body)
+        if status == 401:
+            self.tokens.invalidate()
+            raise AuthError(f"the relay refused the token ({msg or 'unauthorized'}): "
+                            "it may be expired or from an untrusted issuer; get a new one")
+        if status == 403:
+            raise Forbidden(f"{msg or 'forbidden'}: ask an admin for a role assignment")
+        if status == 404:
+            raise ClusterNotFound(f"{what or path} not found at the relay"
+                                  + (f" ({msg})" if msg else "")
+                                  + ": check the name and -g/--resource-group, or 'arcctl list'")
+        raise CliError(f"relay answered {status} to {method} {path}: {msg or text[:200]}")
+
+    @staticmethod
+    def cluster_path(resource_group: str, name: str) -> str:
+        return f"/api/v1/resourceGroups/{quote(resource_group, safe='')}/clusters/{quote(name, safe='')}"
+
+    async def get_cluster(self, resource_group: str, name: str) -> dict[str, Any]:
+        """The registration of ``resource_group/name``.
+
+        Raises:
+            ClusterNotFound: no such cluster (admins see this).
+            Forbidden: no such cluster or no role on it; the relay does not
+                tell the two apart to callers without a role, so neither do we.
+        """
+        cid = f"{resource_group}/{name}"
+        try:
+            body = await self.request("GET", self.cluster_path(resource_group, name),
+                                      what=f"cluster {cid}")
+        except Forbidden:
+            raise Forbidden(f"cluster {cid} does not exist or you have no role on it: check the "
+                            "name and -g ('arcctl list'), or ask an admin for the cluster-user "
+                            "role") from None
+        return dict(body or {})
+
+    async def list_clusters(self, resource_group: str | None = None) -> list[dict[str, Any]]:
+        """Registered clusters, optionally in one resource group."""
+        params = {"resourceGroup": resource_group} if resource_group else None
+        body = await self.request("GET", "/api/v1/clusters", params=params)
+        if isinstance(body, dict):
+            body = body.get("value", body.get("items", []))
+        return list(body or [])
+
+    async def put_cluster(self, resource_group: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Register (or update) a cluster."""
+        body = await self.request("PUT", self.cluster_path(resource_group, name), json=spec)
+        return dict(body or {})
+
+    async def put_role_assignment(self, assignment_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Create a role assignment."""
+        body = await self.request("PUT", f"/api/v1/roleAssignments/{quote(assignment_id, safe='')}",
+                                  json=spec)
+        return dict(body or {})
+
+
+class RelaySessionKeeper:
+    """Keeps one tunnel session to ``/client/v1/connect`` up.
+
+    :meth:`start` connects once (errors surface to the caller); afterwards a
+    background task reconnects with a short backoff whenever the session ends
+    (relay restart), and :meth:`session` connects on demand if a local
+    connection arrives while the session is down.
+    """
+
+    def __init__(self, config: ClientConfig, tokens: TokenSource, *, name: str = "client") -> None:
+        self.config = config
+        self.tokens = tokens
+        self.name = name
+        self._ssl = ssl_context_for(config.relay_ca_file, "relay")
+        self._tunnel: Any = None
+        self._tcfg: Any = None
+        self._http: aiohttp.ClientSession | None = None
+        self._session: Any = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._kick = asyncio.Event()
+        self._stopping = False
+        self.connects = 0
+
+    @property
+    def url(self) -> str:
+        base = self.config.relay_url
+        if base.startswith("https://"):
+            base = "wss://" + base[len("https://"):]
+        elif base.startswith("http://"):
+            base = "ws://" + base[len("http://"):]
+        return base + "/client/v1/connect"
+
+    async def start(self) -> Any:
+        """Connect now (raising one-line errors) and start the reconnect loop.
+
+        Returns:
+            The connected ``TunnelSession``.
+        """
+        import tunnel  # lazy: the REST-only commands never load the adapter
+
+        self._tunnel = tunnel
+        self._tcfg = tunnel.TunnelConfig()
+        self._http = aiohttp.ClientSession()
+        session = await self._connect()
+        self._runner = asyncio.create_task(self._keep_up(), name="relay-session-keeper")
+        return session
+
+    async def session(self, timeout: float = CONNECT_TIMEOUT) -> Any:
+        """The live session, connecting if it is down.
+
+        Raises:
+            CliError: could not connect within ``timeout``.
+        """
+        s = self._session
+        if s is not None and not s.closed:
+            return s
+        self._kick.set()
+        return await asyncio.wait_for(self._connect(), timeout)
+
+    async def _connect(self) -> Any:
+        async with self._lock:
+            s = self._session
+            if s is not None and not s.closed:
+                return s
+            assert self._http is not None
+            token = await self.tokens.get()
+            try:
+                ws = await self._http.ws_connect(
+                    self.url, headers={"Authorization": f"Bearer {token}"}, ssl=self._ssl,
+                    **self._tunnel.ws_connect_kwargs(self._tcfg))
+            except aiohttp.WSServerHandshakeError as err:
+                if err.status == 401:
+                    self.tokens.invalidate()
+                    raise AuthError("the relay refused the token (expired or invalid): "
+                                    "get a new one and retry") from None
+                if err.status == 403:
+                    raise Forbidden("the relay refused the connection (forbidden): "
+                                    "ask an admin for the cluster-user role") from None
+                raise RelayUnreachable(f"relay refused the websocket (HTTP {err.status}) at "
+                                       f"{self.url}") from None
+            except (TimeoutError, aiohttp.ClientError, OSError) as err:
+                raise RelayUnreachable(
+                    f"cannot reach the relay at {self.config.relay_url} ({type(err).__name__}): "
+                    "is it running? check relay.url in the client config") from None
+            session = self._tunnel.TunnelSession(ws, is_client=True, config=self._tcfg,
+                                                 name=self.name, on_stream=self._refuse)
+            # Keep a reference: the event loop holds tasks only weakly.
+            self._run_task = asyncio.create_task(self._run(session), name=f"{self.name}-run")
+            self._session = session
+            self.connects += 1
+            log.info("= %s connected to relay (connect #%d)", self.name, self.connects)
+            return session
+
+    async def _run(self, session: Any) -> None:
+        try:
+            await session.run()
+        except Exception as err:  # the session's end is reported by close_reason
+            log.debug("! session run ended with %s", type(err).__name__)
+
+    async def _refuse(self, stream: Any) -> None:
+        # The relay never opens streams towards a client.
+        stream.reject(self._tunnel.ErrorCode.REFUSED_STREAM, "client accepts no streams")
+
+    async def _keep_up(self) -> None:
+        backoff = BACKOFF_START
+        while not self._stopping:
+            s = self._session
+            run = self._run_task
+            if s is not None and not s.closed and run is not None:
+                await asyncio.shield(run)
+                if self._stopping:
+                    return
+                log.info("x %s session to relay ended (%s); reconnecting", self.name,
+                         getattr(s, "close_reason", "") or "closed")
+                backoff = BACKOFF_START
+            try:
+                await self._connect()
+                backoff = BACKOFF_START
+                continue
+            except AuthError:
+                self.tokens.invalidate()
+            except CliError as err:
+                log.debug("! reconnect failed: %s", err)
+            self._kick.clear()
+            try:
+                await asyncio.wait_for(self._kick.wait(), backoff * (0.5 + random.random()))
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, BACKOFF_CAP)
+
+    async def close(self) -> None:
+        """Stop reconnecting, close the session (GOAWAY + websocket close)."""
+        self._stopping = True
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+        s = self._session
+        if s is not None and not s.closed:
+            try:
+                await asyncio.wait_for(s.close(), 3.0)
+            except (TimeoutError, Exception) as err:  # closing best effort
+                log.debug("! close: %s", type(err).__name__)
+        if self._run_task is not None:
+            self._run_task.cancel()
+            await asyncio.gather(self._run_task, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()

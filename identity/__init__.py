@@ -1,0 +1,38 @@
+"""Identity checks shared by the relay and kube-aad-proxy.
+
+``TokenValidator`` validates OIDC access tokens (discovery, cached JWKS with a
+rate-limited refresh, algorithm allow-list, ``iss``/``aud``/time/``tid`` checks,
+a validated-token cache) and returns a ``Principal``; a ``GroupResolver``
+answers Entra's group overage. See docs/INTERFACES.md §5.
+"""
+
+from __future__ import annotations
+
+from identity.errors import GroupResolutionError, IdentityError, TokenInvalid
+from identity.groups import ClientCredentialsToken, GroupResolver, HttpGroupResolver
+from identity.jwks import JwksCache
+from identity.oidc import ALLOWED_ALGORITHMS, TokenValidator, TrustedIssuer
+from identity.principal import Principal
+
+__all__ = [
+    "ALLOWED_ALGORITHMS",
+    "ClientCredentialsToken",
+    "GroupResolutionError",
+    "GroupResolver",
+    "HttpGroupResolver",
+    "IdentityError",
+    "JwksCache",
+    "Principal",
+    "TokenInvalid",
+    "TokenValidator",
+    "TrustedIssuer",
+]
+
+# identity/agent_assertion.py is written by another helper; re-export it once
+# it exists so `from identity import sign_agent_assertion` works either way.
+try:
+    from identity.agent_assertion import AgentAssertionVerifier, sign_agent_assertion
+except ImportError:  # pragma: no cover - until that module lands
+    pass
+else:
+    __all__ += ["AgentAssertionVerifier", "sign_agent_assertion"]

@@ -1,0 +1,269 @@
+"""The relay server: one aiohttp TLS application with every endpoint.
+
+Use :class:`RelayServer` (``start`` / ``stop``); ``arc-relay`` is a thin CLI
+around it. :func:`ensure_dev_tls` makes a development CA and serving
+certificate in the state dir when no certificate is configured (the demo and
+tests use it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from certs import CertificateAuthority, IssuedCertificate, server_ssl_context, write_pem_pair
+from identity import Principal, TokenInvalid, TokenValidator, TrustedIssuer
+from identity.agent_assertion import AgentAssertionVerifier
+from relay import agent_endpoint, client_endpoint, management_api
+from relay.config import ConfigError, RelayConfig
+from relay.directory import LocalDirectory
+from relay.metrics import CONTENT_TYPE_LATEST, RelayMetrics
+from relay.registry import SqliteDatabase, SqliteRegistry
+from relay.roles import RoleStore
+from relay.router import DataRecorder
+from relay.state import STATE, RelayState
+from tunnel import TunnelConfig, TunnelSession
+from tunnel.limits import Limits
+
+log = logging.getLogger("relay")
+
+
+@dataclass(frozen=True)
+class DevTls:
+    """Development TLS material in the state dir (reused across restarts so
+    agents and clients keep trusting the same CA)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca_file.read_bytes()
+
+
+def ensure_dev_tls(
+    state_dir: str | Path,
+    dns_names: tuple[str, ...] = ("localhost",),
+    ip_addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
+) -> DevTls:
+    """Create (once) a dev CA and a relay serving certificate under
+    ``state_dir/tls``; later calls return the existing files.
+
+    Returns:
+        Paths of the serving chain, its key and the CA certificate (what agents
+        and clients configure as ``relay.ca_file``).
+    """
+    tls_dir = Path(state_dir) / "tls"
+    cert, key, ca = tls_dir / "relay.crt", tls_dir / "relay.key", tls_dir / "ca.crt"
+    if not (cert.is_file() and key.is_file() and ca.is_file()):
+        authority = CertificateAuthority.create("arc-relay development CA")
+        issued = authority.issue_server(dns_names, ip_addresses, common_name="arc-relay")
+        write_pem_pair(tls_dir, "relay", issued)
+        ca.write_bytes(authority.certificate_pem)
+        log.info("dev TLS created dir=%s", tls_dir)
+    return DevTls(cert, key, ca)
+
+
+def _tunnel_config(config: RelayConfig) -> TunnelConfig:
+    raw = dict(config.tunnel)
+    try:
+        limits = Limits(**raw.pop("limits", {}))
+        return TunnelConfig(limits=limits, **raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"limits.tunnel: {exc}") from None
+
+
+def _ssl_context(config: RelayConfig) -> tuple[ssl.SSLContext, DevTls | None]:
+    dev = None
+    if config.tls_cert_file and config.tls_key_file:
+        cert_file, key_file = Path(config.tls_cert_file), Path(config.tls_key_file)
+    else:
+        dev = ensure_dev_tls(config.state_dir)
+        cert_file, key_file = dev.cert_file, dev.key_file
+    try:
+        chain, key = cert_file.read_bytes(), key_file.read_bytes()
+        # server_ssl_context wants leaf and CA separately only to rebuild the chain.
+        ctx = server_ssl_context(IssuedCertificate(chain, key, b""))
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file: {exc.filename}: {exc.strerror}") from None
+    except ssl.SSLError:
+        raise ConfigError(f"tls.cert_file {cert_file} / key_file {key_file} are not a matching PEM pair") from None
+    return ctx, dev
+
+
+class NoIssuers:
+    """Stands in for ``TokenValidator`` when no issuer is configured: agents
+    can still connect, every user token is refused with a clear reason."""
+
+    async def validate(self, token: str) -> Principal:
+        raise TokenInvalid("no trusted OIDC issuer is configured on this relay")
+
+    async def close(self) -> None:
+        return None
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: accepting connections and the database answers."""
+    state = request.app[STATE]
+    if not state.accepting:
+        return web.Response(status=503, text="shutting down\n")
+    if not state.registry.ping():
+        return web.Response(status=503, text="database unreachable\n")
+    return web.Response(text="ready\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def openapi_document() -> dict[str, Any]:
+    """The management API's OpenAPI document (``relay/openapi.json``)."""
+    return json.loads(resources.files("relay").joinpath("openapi.json").read_text())  # type: ignore[no-any-return]
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document of the management API."""
+    return web.json_response(openapi_document())
+
+
+class RelayServer:
+    """One relay: ``await start()``, serve, ``await stop()``.
+
+    Attributes (after ``start``): ``port``, ``url`` (``https://host:port``),
+    ``ca_file`` / ``ca_pem`` (the dev CA when no certificate is configured,
+    else None), ``state``.
+    """
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.port = 0
+        self.url = ""
+        self.ca_file: Path | None = None
+        self.ca_pem: bytes | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.state: RelayState | None = None
+        self._db: SqliteDatabase | None = None
+
+    def _validator(self) -> TokenValidator | NoIssuers:
+        if not self.config.issuers:
+            log.warning("no oidc.issuers configured: every user token will be refused")
+            return NoIssuers()
+        issuers = []
+        for raw in self.config.issuers:
+            ca_pem = None
+            if raw.ca_file:
+                try:
+                    ca_pem = Path(raw.ca_file).read_bytes()
+                except OSError as exc:
+                    raise ConfigError(f"oidc issuer ca_file {raw.ca_file}: {exc.strerror}") from None
+            try:
+                issuers.append(TrustedIssuer(issuer=raw.issuer, audiences=list(raw.audiences),
+                                             ca_pem=ca_pem, tenant_ids=raw.tenant_ids))
+            except ValueError as exc:
+                raise ConfigError(f"oidc issuer {raw.issuer}: {exc}") from None
+        return TokenValidator(issuers)
+
+    async def start(self) -> None:
+        """Open the database, bind and serve.
+
+        Raises:
+            ConfigError: unreadable TLS/CA files, bad limits, port in use.
+        """
+        config = self.config
+        ssl_ctx, dev = _ssl_context(config)
+        if dev is not None:
+            self.ca_file, self.ca_pem = dev.ca_file, dev.ca_pem
+        tunnel_config = _tunnel_config(config)
+        validator = self._validator()
+        try:
+            self._db = SqliteDatabase(config.database_path)
+        except Exception as exc:  # sqlite3.Error or OSError: both operator-fixable
+            raise ConfigError(f"cannot open database {config.database_path}: {exc}") from None
+        self.state = RelayState(
+            config=config,
+            registry=SqliteRegistry(self._db),
+            roles=RoleStore(self._db, config.admins),
+            directory=LocalDirectory[TunnelSession](),
+            metrics=RelayMetrics(),
+            validator=validator,
+            verifier=AgentAssertionVerifier([]),
+            tunnel_config=tunnel_config,
+            recorder=DataRecorder(config.record_data_file) if config.record_data_file else None,
+        )
+        app = web.Application(client_max_size=64 * 1024)
+        app[STATE] = self.state
+        app.router.add_get("/healthz", healthz, allow_head=False)
+        app.router.add_get("/readyz", readyz, allow_head=False)
+        app.router.add_get("/metrics", metrics, allow_head=False)
+        app.router.add_get("/openapi.json", openapi, allow_head=False)
+        management_api.add_routes(app)
+        agent_endpoint.add_routes(app)
+        client_endpoint.add_routes(app)
+        # Access logs would be one line per kubectl stream setup; events are
+        # logged by the handlers instead.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, config.host, config.port, ssl_context=ssl_ctx,
+                                 reuse_address=True)
+        try:
+            await self._site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            await validator.close()
+            self._db.close()
+            self._runner = None
+            raise ConfigError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror}; "
+                "pick a free port in 'listen'"
+            ) from None
+        addresses = self._runner.addresses
+        self.port = int(addresses[0][1]) if addresses else config.port
+        host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        self.url = f"https://{f'[{host}]' if ':' in host else host}:{self.port}"
+        self.state.verifier.audiences = config.agent_audiences(self.port)
+        log.info("relay listening url=%s agent_audience=%s dev_tls=%s", self.url,
+                 self.state.verifier.audiences[0], dev is not None)
+
+    async def stop(self, drain_seconds: float | None = None) -> None:
+        """Stop accepting, GOAWAY every session, wait up to ``drain_seconds``
+        (default ``config.drain_seconds``) for streams to finish, then close."""
+        if self._runner is None or self.state is None:
+            return
+        state = self.state
+        state.accepting = False
+        if self._site is not None:
+            await self._site.stop()
+        sessions = list(state.sessions)
+        log.info("relay draining sessions=%d", len(sessions))
+        await asyncio.gather(*(s.goaway() for s in sessions), return_exceptions=True)
+        drain = self.config.drain_seconds if drain_seconds is None else drain_seconds
+        if sessions:
+            await asyncio.wait([asyncio.ensure_future(s.wait_closed()) for s in sessions],
+                               timeout=drain)
+        await asyncio.gather(*(s.close() for s in list(state.sessions)), return_exceptions=True)
+        await self._runner.cleanup()
+        await state.validator.close()
+        if state.recorder is not None:
+            state.recorder.close()
+        if self._db is not None:
+            self._db.close()
+        self._runner = None
+        log.info("relay stopped")

@@ -1,0 +1,57 @@
+"""``GET /client/v1/connect``: where ``arc-proxy`` dials in.
+
+The OIDC bearer is validated before the websocket upgrade (401 otherwise).
+Each stream OPEN names a cluster ``<rg>/<name>`` and is routed by
+``relay.router.route_stream``. When the token expires the session gets GOAWAY:
+open streams finish, and the client reconnects with a fresh token for new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from functools import partial
+
+from aiohttp import web
+
+from relay.router import route_stream
+from relay.state import STATE, authenticate, json_error
+from tunnel import TunnelSession, server_websocket_response
+
+log = logging.getLogger("relay")
+
+async def client_connect(request: web.Request) -> web.StreamResponse:
+    """Authenticate a client, then serve its tunnel session until it ends."""
+    state = request.app[STATE]
+    if not state.accepting:
+        return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
+    principal = await authenticate(request, "client")
+    if isinstance(principal, web.Response):
+        return principal
+    ws = server_websocket_response(state.tunnel_config)
+    await ws.prepare(request)
+    handler = partial(route_stream, state, principal, recorder=state.recorder)
+    session = TunnelSession(ws, is_client=False, config=state.tunnel_config,
+                            name=f"client:{principal.name}", on_stream=handler)
+    state.sessions.add(session)
+    state.metrics.sessions.labels("client").inc()
+    state.metrics.sessions_total.labels("client").inc()
+    log.info("client connected principal=%s peer=%s", principal.name, request.remote)
+    loop = asyncio.get_running_loop()
+    expiry = loop.call_later(max(0.0, principal.expires_at - time.time()),
+                             lambda: state.spawn(session.goaway()))
+    try:
+        await session.run()
+    finally:
+        expiry.cancel()
+        state.sessions.discard(session)
+        state.metrics.sessions.labels("client").dec()
+        log.info("client disconnected principal=%s reason=%r", principal.name,
+                 str(getattr(session, "close_reason", "") or "")[:200])
+    return ws
+
+
+def add_routes(app: web.Application) -> None:
+    """Register ``/client/v1/connect`` on ``app``."""
+    app.router.add_get("/client/v1/connect", client_connect, allow_head=False)

@@ -1,0 +1,183 @@
+"""``arc-relay`` configuration (docs/INTERFACES.md §6), loaded from YAML.
+
+Example::
+
+    listen: "0.0.0.0:8443"
+    public_url: "https://relay.example.com"     # what agents put in their assertion's aud
+    state_dir: /var/lib/arc-relay                # dev TLS material and the default database
+    tls: {cert_file: /etc/arc-relay/tls.crt, key_file: /etc/arc-relay/tls.key}   # omit: dev CA
+    database: /var/lib/arc-relay/relay.db
+    oidc:
+      issuers:
+        - {issuer: "https://login.example.com/TENANT/v2.0", audiences: ["api://cluster-connect"],
+           ca_file: null, tenant_ids: null}
+    admins: ["<object id or upn>"]
+    limits: {agent_grace_seconds: 5, drain_seconds: 10, open_timeout_seconds: 10,
+             tunnel: {}}                         # tunnel: keyword arguments of tunnel.TunnelConfig
+    debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A configuration problem the operator can fix; the message says how."""
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    """One trusted OIDC issuer."""
+
+    issuer: str
+    audiences: tuple[str, ...] = ("api://cluster-connect",)
+    ca_file: str | None = None
+    tenant_ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Everything ``RelayServer`` needs. Paths are absolute after loading."""
+
+    host: str = "127.0.0.1"
+    port: int = 8443
+    public_url: str | None = None
+    state_dir: str = ""
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    database: str | None = None
+    issuers: tuple[IssuerConfig, ...] = ()
+    admins: tuple[str, ...] = ()
+    agent_grace_seconds: float = 5.0
+    drain_seconds: float = 10.0
+    open_timeout_seconds: float = 10.0
+    tunnel: dict[str, Any] = field(default_factory=dict)
+    record_data_file: str | None = None
+
+    @property
+    def database_path(self) -> str:
+        return self.database or str(Path(self.state_dir) / "relay.db")
+
+    def agent_audiences(self, port: int | None = None) -> list[str]:
+        """The ``aud`` values an agent assertion may carry: the agent endpoint
+        URL under ``public_url`` (or ``https://listen``), in https and wss form."""
+        base = self.public_url
+        if not base:
+            host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
+            base = f"https://{host}:{port if port is not None else self.port}"
+        return agent_audiences_for(base)
+
+
+def agent_endpoint_url(relay_url: str) -> str:
+    """``https://relay/agent/v1/connect`` for a relay base URL (https or wss)."""
+    parts = urlsplit(relay_url.rstrip("/"))
+    scheme = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
+    return f"{scheme}://{parts.netloc}{parts.path}/agent/v1/connect"
+
+
+def agent_audiences_for(relay_url: str) -> list[str]:
+    """Both spellings (https and wss) of the agent endpoint URL."""
+    https = agent_endpoint_url(relay_url)
+    return [https, "wss" + https[len("https"):] if https.startswith("https") else https]
+
+
+def default_state_dir() -> str:
+    """``$XDG_STATE_HOME/cluster-connect/relay`` (``~/.local/state/...``)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "cluster-connect" / "relay")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:port`` for IPv6) -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen {value!r} is not host:port; write e.g. '127.0.0.1:8443'")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _resolve(base: Path, value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    path = Path(os.path.expanduser(str(value)))
+    return str(path if path.is_absolute() else (base / path))
+
+
+def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> RelayConfig:
+    """Build a ``RelayConfig`` from parsed YAML; relative paths are resolved
+    against ``base_dir`` (the config file's folder).
+
+    Raises:
+        ConfigError: a value is missing or malformed.
+    """
+    base = base_dir or Path.cwd()
+    if not isinstance(data, dict):
+        raise ConfigError("relay config must be a YAML mapping")
+    host, port = parse_listen(str(data.get("listen", "127.0.0.1:8443")))
+    public_url = data.get("public_url")
+    if public_url is not None and urlsplit(str(public_url)).scheme not in ("https", "wss"):
+        raise ConfigError(f"public_url {public_url!r} must start with https://")
+    tls = data.get("tls") or {}
+    cert_file, key_file = _resolve(base, tls.get("cert_file")), _resolve(base, tls.get("key_file"))
+    if bool(cert_file) != bool(key_file):
+        raise ConfigError("tls needs both cert_file and key_file (or neither, for a dev certificate)")
+    issuers = []
+    for i, raw in enumerate((data.get("oidc") or {}).get("issuers") or []):
+        if not isinstance(raw, dict) or not raw.get("issuer"):
+            raise ConfigError(f"oidc.issuers[{i}] needs an 'issuer' URL")
+        tenants = raw.get("tenant_ids")
+        issuers.append(IssuerConfig(
+            issuer=str(raw["issuer"]),
+            audiences=tuple(raw.get("audiences") or ("api://cluster-connect",)),
+            ca_file=_resolve(base, raw.get("ca_file")),
+            tenant_ids=tuple(tenants) if tenants else None,
+        ))
+    limits = data.get("limits") or {}
+    debug = data.get("debug") or {}
+    try:
+        return RelayConfig(
+            host=host,
+            port=port,
+            public_url=str(public_url).rstrip("/") if public_url else None,
+            state_dir=_resolve(base, data.get("state_dir")) or default_state_dir(),
+            tls_cert_file=cert_file,
+            tls_key_file=key_file,
+            database=_resolve(base, data.get("database")),
+            issuers=tuple(issuers),
+            admins=tuple(str(a) for a in data.get("admins") or ()),
+            agent_grace_seconds=float(limits.get("agent_grace_seconds", 5.0)),
+            drain_seconds=float(limits.get("drain_seconds", 10.0)),
+            open_timeout_seconds=float(limits.get("open_timeout_seconds", 10.0)),
+            tunnel=dict(limits.get("tunnel") or {}),
+            record_data_file=_resolve(base, debug.get("record_data_file"))
+            or os.environ.get("ARC_RELAY_RECORD_DATA_FILE") or None,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"limits: {exc}") from None
+
+
+def load_relay_config(path: str | os.PathLike[str] | None) -> RelayConfig:
+    """Read the config file (None: embedded defaults).
+
+    Raises:
+        ConfigError: missing/unreadable file or bad values.
+    """
+    if path is None:
+        return relay_config_from_dict({})
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist; pass an existing file to --config") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    return relay_config_from_dict(data, base_dir=p.resolve().parent)

@@ -1,0 +1,270 @@
+"""Management REST API under ``/api/v1`` (documented in ``relay/openapi.json``).
+
+Every call carries the user's OIDC bearer and is authorised by role
+assignments (``relay.roles``). Authorisation is decided on the scope before
+looking anything up, so a caller without a role learns nothing about what
+exists (403 whether or not the cluster is there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+
+from identity import Principal
+from relay.registry import Cluster, cluster_id, valid_name
+from relay.roles import (
+    Action,
+    RoleAssignment,
+    assignment_errors,
+    cluster_scope,
+    valid_assignment_id,
+)
+from relay.state import STATE, authenticate, json_error, principal_ids
+
+log = logging.getLogger("relay")
+
+MAX_BODY = 64 * 1024
+
+
+async def _principal(request: web.Request) -> Principal:
+    result = await authenticate(request, "api")
+    if isinstance(result, web.Response):
+        raise _Abort(result)
+    return result
+
+
+class _Abort(Exception):
+    """Carries a ready response out of a helper."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__()
+        self.response = response
+
+
+def _require(request: web.Request, principal: Principal, action: Action, scope: str, role_hint: str) -> None:
+    state = request.app[STATE]
+    if not state.roles.allowed(principal_ids(principal), action, scope):
+        state.metrics.auth_failures.labels("api", "forbidden").inc()
+        log.info("api forbidden principal=%s action=%s scope=%s", principal.name, action, scope)
+        raise _Abort(json_error(
+            403, "Forbidden", f"principal {principal.name} has no {role_hint} role on {scope}"
+        ))
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise _Abort(json_error(413, "PayloadTooLarge", f"request body exceeds {MAX_BODY} bytes"))
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise _Abort(json_error(413, "PayloadTooLarge", f"request body exceeds {MAX_BODY} bytes"))
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        raise _Abort(json_error(400, "InvalidRequest", "request body is not valid JSON")) from None
+    if not isinstance(body, dict):
+        raise _Abort(json_error(400, "InvalidRequest", "request body must be a JSON object"))
+    return body
+
+
+def _names(request: web.Request) -> tuple[str, str]:
+    rg, name = request.match_info["rg"], request.match_info["name"]
+    for label, value in (("resource group", rg), ("cluster name", name)):
+        if not valid_name(value):
+            raise _Abort(json_error(
+                400, "InvalidName",
+                f"{label} {value!r} must be 1-63 letters, digits, '.', '_' or '-', starting alphanumeric",
+            ))
+    return rg, name
+
+
+def _valid_pem_certificate(value: Any) -> bool:
+    if not isinstance(value, str) or "BEGIN CERTIFICATE" not in value:
+        return False
+    try:
+        x509.load_pem_x509_certificates(value.encode())
+    except ValueError:
+        return False
+    return True
+
+
+def _handler(fn: Any) -> Any:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await fn(request)  # type: ignore[no-any-return]
+        except _Abort as abort:
+            return abort.response
+    wrapped.__name__ = fn.__name__
+    return wrapped
+
+
+@_handler
+async def put_cluster(request: web.Request) -> web.Response:
+    """PUT /api/v1/resourceGroups/{rg}/clusters/{name}: register or update."""
+    state = request.app[STATE]
+    principal = await _principal(request)
+    rg, name = _names(request)
+    _require(request, principal, "write", cluster_scope(rg, name), "onboarding")
+    body = await _json_body(request)
+    if not _valid_pem_certificate(body.get("agentPublicKeyCertificate")):
+        return json_error(400, "InvalidRequest", "agentPublicKeyCertificate must be a PEM certificate")
+    serving_ca = body.get("servingCaCertificate") or ""
+    if serving_ca and not _valid_pem_certificate(serving_ca):
+        return json_error(400, "InvalidRequest", "servingCaCertificate must be PEM certificates")
+    for key in ("location", "tlsServerName"):
+        if not isinstance(body.get(key, ""), str):
+            return json_error(400, "InvalidRequest", f"{key} must be a string")
+    cluster, created = state.registry.put(Cluster(
+        name=name,
+        resource_group=rg,
+        agent_public_key_certificate=body["agentPublicKeyCertificate"],
+        location=body.get("location", ""),
+        serving_ca_certificate=serving_ca,
+        tls_server_name=body.get("tlsServerName", ""),
+    ))
+    log.info("cluster %s id=%s principal=%s", "registered" if created else "updated", cluster.id,
+             principal.name)
+    return web.json_response(cluster.to_json(), status=201 if created else 200)
+
+
+@_handler
+async def get_cluster(request: web.Request) -> web.Response:
+    """GET /api/v1/resourceGroups/{rg}/clusters/{name}."""
+    state = request.app[STATE]
+    principal = await _principal(request)
+    rg, name = _names(request)
+    _require(request, principal, "read", cluster_scope(rg, name), "viewer or cluster-user")
+    cluster = state.registry.get(cluster_id(rg, name))
+    if cluster is None:
+        return json_error(404, "NotFound", f"cluster {rg}/{name} is not registered")
+    return web.json_response(cluster.to_json())
+
+
+@_handler
+async def delete_cluster(request: web.Request) -> web.Response:
+    """DELETE /api/v1/resourceGroups/{rg}/clusters/{name}; ends its agent session."""
+    state = request.app[STATE]
+    principal = await _principal(request)
+    rg, name = _names(request)
+    _require(request, principal, "delete", cluster_scope(rg, name), "onboarding")
+    cid = cluster_id(rg, name)
+    if not state.registry.delete(cid):
+        return json_error(404, "NotFound", f"cluster {cid} is not registered")
+    session = state.directory.get(cid)
+    if session is not None:
+        state.directory.unregister(cid, session)
+        await session.close()
+    log.info("cluster deleted id=%s principal=%s", cid, principal.name)
+    return web.Response(status=204)
+
+
+@_handler
+async def list_clusters(request: web.Request) -> web.Response:
+    """GET /api/v1/clusters[?resourceGroup=RG]: the clusters the caller may read."""
+    state = request.app[STATE]
+    principal = await _principal(request)
+    rg = request.query.get("resourceGroup")
+    if rg is not None and not valid_name(rg):
+        return json_error(400, "InvalidName", f"resource group {rg!r} is not a valid name")
+    ids = principal_ids(principal)
+    clusters = [
+        c.to_json() for c in state.registry.list(rg)
+        if state.roles.allowed(ids, "read", cluster_scope(c.resource_group, c.name))
+    ]
+    return web.json_response({"value": clusters})
+
+
+def _assignment_id(request: web.Request) -> str:
+    value = request.match_info["id"]
+    if not valid_assignment_id(value):
+        raise _Abort(json_error(400, "InvalidName", "role assignment id must be 1-128 letters, digits, '.', '_' or '-'"))
+    return value
+
+
+@_handler
+async def put_role_assignment(request: web.Request) -> web.Response:
+    """PUT /api/v1/roleAssignments/{id}: admin at the assignment's scope."""
+    state = request.app[STATE]
+    principal = await _principal(request)
+    aid = _assignment_id(request)
+    body = await _json_body(request)
+    errors = assignment_errors(body)
+    if errors:
+        return json_error(400, "InvalidRequest", "; ".join(errors))
+    _require(request, principal, "manage_roles", body["scope"], "admin")
+    existing = state.roles.get(aid)
+    if existing is not None:
+        _require(request, principal, "manage_roles", existing.scope, "admin")
+    stored, created = state.roles.put(RoleAssignment(
+        aid, body["principalId"], body.get("principalType", "User"), body["role"], body["scope"]
+    ))
+    log.info("role assignment %s id=%s role=%s scope=%s by=%s", "created" if created else "updated",
+             aid, stored.role, stored.scope, principal.name)
+    return web.json_response(stored.to_json(), status=201 if created else 200)
+
+
+@_handler
+async def get_role_assignment(request: web.Request) -> web.Response:
+    """GET /api/v1/roleAssignments/{id}."""
+    state = request.app[STATE]
+    principal = await _principal(request)
+    aid = _assignment_id(request)
+    found = state.roles.get(aid)
+    if found is None or not state.roles.allowed(principal_ids(principal), "manage_roles", found.scope):
+        # Without admin at its scope an assignment is indistinguishable from none.
+        _require(request, principal, "manage_roles", found.scope if found else "/", "admin")
+        return json_error(404, "NotFound", f"role assignment {aid} does not exist")
+    return web.json_response(found.to_json())
+
+
+@_handler
+async def delete_role_assignment(request: web.Request) -> web.Response:
+    """DELETE /api/v1/roleAssignments/{id}."""
+    state = request.app[STATE]
+    principal = await _principal(request)
+    aid = _assignment_id(request)
+    found = state.roles.get(aid)
+    if found is None:
+        _require(request, principal, "manage_roles", "/", "admin")
+        return json_error(404, "NotFound", f"role assignment {aid} does not exist")
+    _require(request, principal, "manage_roles", found.scope, "admin")
+    state.roles.delete(aid)
+    log.info("role assignment deleted id=%s by=%s", aid, principal.name)
+    return web.Response(status=204)
+
+
+@_handler
+async def list_role_assignments(request: web.Request) -> web.Response:
+    """GET /api/v1/roleAssignments[?principalId=&scope=]: those the caller administers."""
+    state = request.app[STATE]
+    principal = await _principal(request)
+    ids = principal_ids(principal)
+    want_principal, want_scope = request.query.get("principalId"), request.query.get("scope")
+    value = [
+        a.to_json() for a in state.roles.list_all()
+        if state.roles.allowed(ids, "manage_roles", a.scope)
+        and (want_principal is None or a.principal_id == want_principal)
+        and (want_scope is None or a.scope == want_scope)
+    ]
+    return web.json_response({"value": value})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the ``/api/v1`` routes on ``app``."""
+    cluster = "/api/v1/resourceGroups/{rg}/clusters/{name}"
+    assignment = "/api/v1/roleAssignments/{id}"
+    app.router.add_put(cluster, put_cluster)
+    app.router.add_get(cluster, get_cluster, allow_head=False)
+    app.router.add_delete(cluster, delete_cluster)
+    app.router.add_get("/api/v1/clusters", list_clusters, allow_head=False)
+    app.router.add_put(assignment, put_role_assignment)
+    app.router.add_get(assignment, get_role_assignment, allow_head=False)
+    app.router.add_delete(assignment, delete_role_assignment)
+    app.router.add_get("/api/v1/roleAssignments", list_role_assignments, allow_head=False)
+
+
+__all__ = ["add_routes"]

@@ -1,0 +1,170 @@
+"""Role assignments: who may do what, where.
+
+Roles (ARCHITECTURE.md, identity and authorization):
+
+- ``admin``: everything, including role assignments, at its scope.
+- ``onboarding``: register (create/update) and delete clusters, and read them.
+- ``viewer``: list and show clusters.
+- ``cluster-user``: show a cluster and connect to it.
+
+Scopes: ``/`` (everything), ``/resourceGroups/RG`` (a resource group and its
+clusters), ``/resourceGroups/RG/clusters/NAME`` (one cluster). An assignment at
+a scope covers every scope below it. ``admins`` from the relay config are
+bootstrap admins on ``/`` and are not stored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from relay.registry import SqliteDatabase, utc_now
+
+Action = Literal["read", "write", "delete", "connect", "manage_roles"]
+ROLES: dict[str, frozenset[str]] = {
+    "admin": frozenset({"read", "write", "delete", "connect", "manage_roles"}),
+    "onboarding": frozenset({"read", "write", "delete"}),
+    "viewer": frozenset({"read"}),
+    "cluster-user": frozenset({"read", "connect"}),
+}
+PRINCIPAL_TYPES = ("User", "Group", "ServicePrincipal")
+_SCOPE_RE = re.compile(
+    r"^/$|^/resourceGroups/[A-Za-z0-9][A-Za-z0-9._-]{0,62}(/clusters/[A-Za-z0-9][A-Za-z0-9._-]{0,62})?$"
+)
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def cluster_scope(resource_group: str, name: str) -> str:
+    """The scope string of one cluster."""
+    return f"/resourceGroups/{resource_group}/clusters/{name}"
+
+
+def group_scope(resource_group: str) -> str:
+    """The scope string of one resource group."""
+    return f"/resourceGroups/{resource_group}"
+
+
+def valid_scope(scope: str) -> bool:
+    """Whether ``scope`` is one of the three scope shapes."""
+    return bool(_SCOPE_RE.match(scope))
+
+
+def valid_assignment_id(value: str) -> bool:
+    """Assignment ids are URL path segments: short, no slash."""
+    return bool(_ID_RE.match(value))
+
+
+def scope_covers(outer: str, inner: str) -> bool:
+    """Whether an assignment at ``outer`` applies to ``inner``."""
+    if outer == "/":
+        return True
+    return inner == outer or inner.startswith(outer + "/")
+
+
+@dataclass(frozen=True)
+class RoleAssignment:
+    """One assignment of ``role`` to a principal at ``scope``."""
+
+    id: str
+    principal_id: str
+    principal_type: str
+    role: str
+    scope: str
+    created_at: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "principalId": self.principal_id,
+            "principalType": self.principal_type,
+            "role": self.role,
+            "scope": self.scope,
+            "createdAt": self.created_at,
+        }
+
+
+def assignment_errors(body: dict[str, Any]) -> list[str]:
+    """What is wrong with a roleAssignment request body (empty when valid)."""
+    errors = []
+    if not isinstance(body.get("principalId"), str) or not body["principalId"]:
+        errors.append("principalId is required")
+    if body.get("principalType", "User") not in PRINCIPAL_TYPES:
+        errors.append(f"principalType must be one of {', '.join(PRINCIPAL_TYPES)}")
+    if body.get("role") not in ROLES:
+        errors.append(f"role must be one of {', '.join(ROLES)}")
+    if not isinstance(body.get("scope"), str) or not valid_scope(body["scope"]):
+        errors.append("scope must be '/', '/resourceGroups/RG' or '/resourceGroups/RG/clusters/NAME'")
+    return errors
+
+
+class RoleStore:
+    """Role assignments in the relay's SQLite file, plus the bootstrap admins."""
+
+    def __init__(self, db: SqliteDatabase, bootstrap_admins: Iterable[str] = ()) -> None:
+        self.db = db
+        self.bootstrap_admins = frozenset(bootstrap_admins)
+
+    @staticmethod
+    def _row(row: Any) -> RoleAssignment:
+        return RoleAssignment(
+            row["id"], row["principal_id"], row["principal_type"], row["role"], row["scope"],
+            row["created_at"],
+        )
+
+    def put(self, assignment: RoleAssignment) -> tuple[RoleAssignment, bool]:
+        """Create or replace; returns (stored, created)."""
+        with self.db.transaction() as cur:
+            old = cur.execute(
+                "SELECT created_at FROM role_assignments WHERE id = ?", (assignment.id,)
+            ).fetchone()
+            created_at = old["created_at"] if old else utc_now()
+            cur.execute(
+                "INSERT OR REPLACE INTO role_assignments "
+                "(id, principal_id, principal_type, role, scope, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (assignment.id, assignment.principal_id, assignment.principal_type,
+                 assignment.role, assignment.scope, created_at),
+            )
+        return RoleAssignment(
+            assignment.id, assignment.principal_id, assignment.principal_type, assignment.role,
+            assignment.scope, created_at,
+        ), old is None
+
+    def get(self, assignment_id: str) -> RoleAssignment | None:
+        with self.db.transaction() as cur:
+            row = cur.execute("SELECT * FROM role_assignments WHERE id = ?", (assignment_id,)).fetchone()
+        return self._row(row) if row else None
+
+    def delete(self, assignment_id: str) -> bool:
+        with self.db.transaction() as cur:
+            cur.execute("DELETE FROM role_assignments WHERE id = ?", (assignment_id,))
+            return cur.rowcount > 0
+
+    def list_all(self) -> list[RoleAssignment]:
+        with self.db.transaction() as cur:
+            rows = cur.execute("SELECT * FROM role_assignments ORDER BY id").fetchall()
+        return [self._row(r) for r in rows]
+
+    def for_principals(self, principal_ids: Iterable[str]) -> list[RoleAssignment]:
+        """Assignments held by any of ``principal_ids`` (a user and its groups)."""
+        ids = sorted(set(principal_ids))
+        if not ids:
+            return []
+        marks = ", ".join("?" for _ in ids)
+        with self.db.transaction() as cur:
+            rows = cur.execute(
+                f"SELECT * FROM role_assignments WHERE principal_id IN ({marks})", ids
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def allowed(self, principal_ids: Iterable[str], action: Action, scope: str) -> bool:
+        """Whether any of ``principal_ids`` holds a role granting ``action`` at
+        ``scope`` (directly or through a covering scope)."""
+        ids = set(principal_ids)
+        if ids & self.bootstrap_admins:
+            return True
+        return any(
+            action in ROLES.get(a.role, ()) and scope_covers(a.scope, scope)
+            for a in self.for_principals(ids)
+        )

@@ -1,0 +1,186 @@
+"""Routes one client stream to the cluster's agent session.
+
+For each OPEN on a client session: authorise (cluster-user or admin on the
+cluster), find the live agent session (waiting a short grace for an agent that
+is reconnecting, e.g. after a relay restart), open a stream on it, and only
+then accept the client's stream and splice the two. Nothing inside DATA is
+parsed; memory per stream is bounded by the tunnel's windows because bytes
+move from one stream to the other only as fast as the far side grants credit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from identity import Principal
+from relay.registry import cluster_id, valid_name
+from relay.roles import cluster_scope
+from relay.state import RelayState, principal_ids
+from tunnel import (
+    ErrorCode,
+    StreamRefused,
+    TunnelClosed,
+    TunnelSession,
+    TunnelStream,
+    splice_streams,
+)
+
+log = logging.getLogger("relay")
+
+AGENT_TARGET = b"kube-aad-proxy"
+# Codes that mean "this agent session cannot take new streams" rather than
+# "the cluster refused": the router then waits for the agent's next session.
+_RETRY_ON_OTHER_SESSION = {ErrorCode.GOING_AWAY, ErrorCode.REFUSED_STREAM}
+# Default read size (one tunnel frame payload).
+_CHUNK = 64 * 1024
+
+
+class DataRecorder:
+    """Test hook: appends every DATA byte the router forwards to a file, so a
+    test can prove the relay never saw plaintext. Off unless configured
+    (``debug.record_data_file`` or ``$ARC_RELAY_RECORD_DATA_FILE``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("ab", buffering=0)
+
+    def record(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def parse_target(target: bytes) -> tuple[str, str] | None:
+    """``b"<rg>/<name>"`` -> (rg, name), or None when malformed."""
+    try:
+        text = target.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    rg, sep, name = text.partition("/")
+    if not sep or not valid_name(rg) or not valid_name(name):
+        return None
+    return rg, name
+
+
+async def _open_upstream(state: RelayState, cid: str) -> TunnelStream | tuple[ErrorCode | int, str]:
+    """A stream on the cluster's live agent session, or (code, reason) to reset with."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + state.config.agent_grace_seconds
+    session: TunnelSession | None = state.directory.get(cid)
+    if session is None:
+        session = await state.directory.wait_for(cid, state.config.agent_grace_seconds)
+    while session is not None:
+        try:
+            return await session.open_stream(AGENT_TARGET, timeout=state.config.open_timeout_seconds)
+        except StreamRefused as exc:
+            if exc.code not in _RETRY_ON_OTHER_SESSION:
+                return exc.code, exc.reason or "agent refused the stream"
+        except TunnelClosed:
+            pass
+        # That session is going away: an agent honouring GOAWAY redials at
+        # once, so wait for its new session within what is left of the grace.
+        session = await state.directory.wait_for(
+            cid, max(0.0, deadline - loop.time()), not_this=session
+        )
+    return ErrorCode.TARGET_UNAVAILABLE, f"cluster {cid} is offline"
+
+
+class _Metered:
+    """A ``TunnelStream`` seen through ``read``: counts (and optionally
+    records) every chunk read, delegating everything else. Lets the router
+    use ``tunnel.splice_streams`` unchanged and still expose bytes metrics."""
+
+    def __init__(self, stream: TunnelStream, on_read: Callable[[bytes], None]) -> None:
+        self._stream = stream
+        self._on_read = on_read
+
+    async def read(self, max_bytes: int = _CHUNK) -> bytes:
+        data = await self._stream.read(max_bytes)
+        if data:
+            self._on_read(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _meter(stream: TunnelStream, counter: Any, recorder: DataRecorder | None) -> TunnelStream:
+    inc = counter.inc
+    if recorder is None:
+        def on_read(data: bytes) -> None:
+            inc(len(data))
+    else:
+        record = recorder.record
+
+        def on_read(data: bytes) -> None:
+            inc(len(data))
+            record(data)
+    return cast(TunnelStream, _Metered(stream, on_read))
+
+
+async def route_stream(state: RelayState, principal: Principal, stream: TunnelStream,
+                       recorder: DataRecorder | None = None) -> None:
+    """``on_stream`` handler of a client session: authorise, route, splice.
+
+    Args:
+        state: the relay's shared state.
+        principal: who the client session authenticated as.
+        stream: the pending stream (OPEN received, not yet accepted).
+        recorder: test hook that records forwarded DATA (None: off).
+    """
+    metrics = state.metrics
+    started = time.monotonic()
+    parsed = parse_target(stream.target)
+    if parsed is None:
+        metrics.streams_total.labels("bad_target").inc()
+        stream.reject(ErrorCode.NOT_FOUND, "target must be '<resourceGroup>/<clusterName>'")
+        return
+    rg, name = parsed
+    cid = cluster_id(rg, name)
+    if principal.expires_at < time.time():
+        metrics.streams_total.labels("forbidden").inc()
+        stream.reject(ErrorCode.FORBIDDEN, "token expired; reconnect with a fresh token")
+        return
+    if not state.roles.allowed(principal_ids(principal), "connect", cluster_scope(rg, name)):
+        metrics.streams_total.labels("forbidden").inc()
+        log.info("stream forbidden principal=%s cluster=%s", principal.name, cid)
+        stream.reject(ErrorCode.FORBIDDEN, f"principal {principal.name} has no cluster-user role on {cid}")
+        return
+    if state.registry.get(cid) is None:
+        metrics.streams_total.labels("not_found").inc()
+        stream.reject(ErrorCode.NOT_FOUND, f"cluster {cid} is not registered")
+        return
+    upstream = await _open_upstream(state, cid)
+    if isinstance(upstream, tuple):
+        code, reason = upstream
+        outcome = "offline" if code == ErrorCode.TARGET_UNAVAILABLE else "refused"
+        metrics.streams_total.labels(outcome).inc()
+        log.info("stream %s principal=%s cluster=%s code=%s", outcome, principal.name, cid,
+                 getattr(code, "name", code))
+        stream.reject(cast(ErrorCode, code), reason)
+        return
+    try:
+        stream.accept()
+    except Exception:
+        # The client gave up while we were opening upstream.
+        upstream.reset(ErrorCode.CANCEL, "client went away")
+        metrics.streams_total.labels("client_gone").inc()
+        return
+    metrics.open_latency.observe(time.monotonic() - started)
+    metrics.streams_total.labels("routed").inc()
+    metrics.streams_open.inc()
+    log.debug("stream routed principal=%s cluster=%s", principal.name, cid)
+    try:
+        await splice_streams(
+            _meter(stream, metrics.bytes.labels("client_to_agent"), recorder),
+            _meter(upstream, metrics.bytes.labels("agent_to_client"), recorder),
+        )
+    finally:
+        metrics.streams_open.dec()

@@ -1,0 +1,118 @@
+"""What every relay handler shares: stores, metrics, validators, live sessions.
+
+Handlers find it under ``request.app[STATE]``. Also the small HTTP helpers
+(bearer extraction, JSON errors, OIDC authentication) used by several endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from identity import Principal, TokenInvalid, TokenValidator
+from identity.agent_assertion import AgentAssertionVerifier
+from relay.config import RelayConfig
+from relay.directory import SessionDirectory
+from relay.metrics import RelayMetrics
+from relay.registry import ClusterRegistry
+from relay.roles import RoleStore
+
+if TYPE_CHECKING:
+    from relay.router import DataRecorder
+    from tunnel import TunnelConfig, TunnelSession
+
+log = logging.getLogger("relay")
+
+# Bearer tokens longer than this are refused before any parsing.
+MAX_BEARER_LENGTH = 16384
+
+
+@dataclass
+class RelayState:
+    """Per-relay shared objects; one instance per ``RelayServer``."""
+
+    config: RelayConfig
+    registry: ClusterRegistry
+    roles: RoleStore
+    directory: SessionDirectory[TunnelSession]
+    metrics: RelayMetrics
+    validator: TokenValidator | Any  # TokenValidator, or app.NoIssuers
+    verifier: AgentAssertionVerifier
+    tunnel_config: TunnelConfig
+    # Every open tunnel session (agent and client) so shutdown can GOAWAY them.
+    sessions: set[TunnelSession] = field(default_factory=set)
+    accepting: bool = True
+    # Test hook recording routed DATA (RelayConfig.record_data_file); None: off.
+    recorder: DataRecorder | None = None
+    # Fire-and-forget tasks (GOAWAY of a replaced session), kept referenced.
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background, holding a reference until it ends."""
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+
+STATE: web.AppKey[RelayState] = web.AppKey("relay_state", RelayState)
+
+
+def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    """An error response ``{"error": {"code", "message"}}``."""
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers or None
+    )
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of ``Authorization: Bearer <token>``, or None."""
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_BEARER_LENGTH:
+        return None
+    return token
+
+
+def principal_ids(principal: Principal) -> set[str]:
+    """Ids a role assignment may name for this principal: object id, upn, groups."""
+    ids = {principal.oid, *principal.groups}
+    if principal.upn:
+        ids.add(principal.upn)
+    return ids
+
+
+async def authenticate(request: web.Request, endpoint: str) -> Principal | web.Response:
+    """Validate the OIDC bearer; returns the principal or a 401 response to send.
+
+    The failure is logged (reason only, never the token) and counted.
+    """
+    state = request.app[STATE]
+    token = bearer_token(request)
+    if token is None:
+        state.metrics.auth_failures.labels(endpoint, "missing bearer token").inc()
+        log.info("auth refused endpoint=%s reason=%r peer=%s", endpoint, "missing bearer token",
+                 request.remote)
+        return json_error(401, "Unauthorized", "an 'Authorization: Bearer <OIDC token>' header is required",
+                          **{"WWW-Authenticate": "Bearer"})
+    try:
+        return await state.validator.validate(token)
+    except TokenInvalid as exc:
+        state.metrics.auth_failures.labels(endpoint, exc.reason).inc()
+        log.info("auth refused endpoint=%s reason=%r peer=%s", endpoint, exc.reason, request.remote)
+        return json_error(401, "InvalidToken", f"token refused: {exc.reason}",
+                          **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+def log_fields(**fields: Any) -> str:
+    """``k=v`` pairs for a one-line log record (values repr'd when needed)."""
+    out = []
+    for key, value in fields.items():
+        text = str(value)
+        out.append(f"{key}={text!r}" if (" " in text or not text) else f"{key}={text}")
+    return " ".join(out)

@@ -1,0 +1,193 @@
+"""The agent connector against a real relay on loopback: GOAWAY, proxies, backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.connector_dial import Backoff, agent_audience, agent_connect_url, resolve_proxy
+from agent.connector_metadata import parse_cpu
+from tests.relay.harness import (
+    WAIT,
+    RelayEnv,
+    roundtrip,
+    running_env,
+    server_port,
+    start_echo_server,
+)
+
+
+@pytest.fixture
+async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
+    """A started relay and sandbox issuer."""
+    async with running_env(tmp_path) as env:
+        yield env
+
+
+class ConnectProxy:
+    """A minimal HTTP CONNECT proxy on 127.0.0.1 that records what it tunnelled."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{server_port(self.server)}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+            line = head.split(b"\r\n", 1)[0].decode()
+            self.requests.append(line)
+            method, target, _ = line.split(" ", 2)
+            host, port = target.rsplit(":", 1)
+            if method != "CONNECT" or host not in ("127.0.0.1", "localhost"):
+                writer.write(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+                return
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(OSError):
+                    while data := await r.read(65536):
+                        w.write(data)
+                        await w.drain()
+                with contextlib.suppress(OSError):
+                    w.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_connector_backoff_grows_jittered_and_capped() -> None:
+    """Delays start near 100 ms, double, stay within [d/2, d], cap at 2 s, reset."""
+    backoff = Backoff(0.1, 2.0)
+    delays = [backoff.next_delay() for _ in range(10)]
+    assert 0.05 <= delays[0] <= 0.1
+    assert all(1.0 <= d <= 2.0 for d in delays[5:])
+    backoff.reset()
+    assert backoff.next_delay() <= 0.1
+
+
+def test_connector_resolves_proxy_from_config_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Config wins over HTTPS_PROXY; NO_PROXY exempts hosts, suffixes and CIDRs."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://env-proxy:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example,10.0.0.0/8")
+    assert resolve_proxy("https://relay.example.com") == "http://env-proxy:3128"
+    assert resolve_proxy("https://relay.example.com", https="http://cfg:8080") == "http://cfg:8080"
+    assert resolve_proxy("https://a.internal.example") is None
+    assert resolve_proxy("https://10.1.2.3:443") is None
+    assert resolve_proxy("https://relay.example.com", no_proxy="*") is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    assert resolve_proxy("https://relay.example.com") is None
+
+
+def test_connector_builds_urls_and_parses_cpu() -> None:
+    """The dial URL is wss, the audience https, for either relay URL spelling."""
+    assert agent_connect_url("https://r.example:8443") == "wss://r.example:8443/agent/v1/connect"
+    assert agent_audience("wss://r.example:8443/") == "https://r.example:8443/agent/v1/connect"
+    assert parse_cpu("4") == 4 and parse_cpu("3500m") == 3.5 and parse_cpu("junk") == 0
+
+
+async def test_connector_honours_goaway_and_old_streams_drain(relay_env: RelayEnv) -> None:
+    """On GOAWAY the agent redials at once; a stream open on the old session keeps working."""
+    echo = await start_echo_server()
+    keys = relay_env.register("rg1", "alpha")
+    connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
+    old = await relay_env.wait_agent("rg1/alpha")
+    client = await relay_env.client(relay_env.token("admin"))
+    stream = await client.open_stream(b"rg1/alpha", timeout=WAIT)
+    await stream.write(b"before ")
+    await old.goaway()
+    new = await relay_env.wait_agent("rg1/alpha", not_this=old)
+    assert new is not old and connector.sessions_started == 2
+    await stream.write(b"after")
+    await stream.write_eof()
+    received = b""
+    async with asyncio.timeout(WAIT):
+        while data := await stream.read():
+            received += data
+    assert received == b"before after"
+    async with asyncio.timeout(WAIT):
+        await old.wait_closed()
+    assert await roundtrip(client, b"rg1/alpha", b"new") == b"new"
+    echo.close()
+
+
+async def test_connector_dials_through_https_proxy(relay_env: RelayEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HTTPS_PROXY set the agent tunnels to the relay via CONNECT."""
+    proxy = ConnectProxy()
+    await proxy.start()
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    echo = await start_echo_server()
+    keys = relay_env.register("rg1", "alpha")
+    await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
+    await relay_env.wait_agent("rg1/alpha")
+    assert proxy.requests and proxy.requests[0].startswith(f"CONNECT 127.0.0.1:{relay_env.relay.port} ")
+    client = await relay_env.client(relay_env.token("admin"))
+    assert await roundtrip(client, b"rg1/alpha", b"via proxy") == b"via proxy"
+    echo.close()
+
+
+async def test_connector_keeps_retrying_when_refused(relay_env: RelayEnv) -> None:
+    """An unregistered agent is refused (401) and retries without crashing;
+    once registered it connects."""
+    from certs import generate_key_pair
+
+    keys = generate_key_pair("rg1/late")
+    connector = await relay_env.start_agent("rg1/late", keys, ("127.0.0.1", 9))
+    for _ in range(int(WAIT / 0.05)):
+        if connector.last_error:
+            break
+        await asyncio.sleep(0.05)
+    assert connector.last_error.startswith("relay refused the agent (401)")
+    assert not connector.connected
+    relay_env.register("rg1", "late", keys)
+    await relay_env.wait_agent("rg1/late")
+
+
+async def test_connector_stop_drains_open_streams(relay_env: RelayEnv) -> None:
+    """stop() sends GOAWAY but lets an open stream finish before closing."""
+    echo = await start_echo_server()
+    keys = relay_env.register("rg1", "alpha")
+    connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
+    await relay_env.wait_agent("rg1/alpha")
+    client = await relay_env.client(relay_env.token("admin"))
+    stream = await client.open_stream(b"rg1/alpha", timeout=WAIT)
+    await stream.write(b"one ")
+    await connector.stop()
+    await asyncio.sleep(0.2)
+    await stream.write(b"two")
+    await stream.write_eof()
+    received = b""
+    async with asyncio.timeout(WAIT):
+        while data := await stream.read():
+            received += data
+    assert received == b"one two"
+    echo.close()
+
+
+async def test_connector_names_untrusted_relay_certificate(relay_env: RelayEnv) -> None:
+    """Without the relay's CA the agent says the certificate is not trusted (and retries)."""
+    keys = relay_env.register("rg1", "alpha")
+    connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", 9), relay_ca_pem=None)
+    for _ in range(int(WAIT / 0.05)):
+        if connector.last_error:
+            break
+        await asyncio.sleep(0.05)
+    assert connector.last_error.startswith("relay TLS certificate not trusted")
+    assert not connector.connected

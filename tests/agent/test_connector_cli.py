@@ -1,0 +1,167 @@
+"""``arc-agent`` as a real process: config errors, forward_to, and the default
+mode (kube-aad-proxy in front of the sandbox API server) through a real relay."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from certs import CertificateAuthority, client_ssl_context, write_pem_pair
+from sandbox.apiserver.server import SandboxApiServer
+from tests.relay.harness import (
+    WAIT,
+    RelayEnv,
+    roundtrip,
+    running_env,
+    server_port,
+    start_echo_server,
+)
+from tunnel import TunnelSession, splice
+
+
+@pytest.fixture
+async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
+    """A started relay and sandbox issuer."""
+    async with running_env(tmp_path) as env:
+        yield env
+
+
+def _write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run_cli(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _agent_base(env: RelayEnv, tmp: Path, rg: str, name: str) -> dict[str, Any]:
+    keys = env.register(rg, name)
+    key_file = tmp / f"{name}.key"
+    key_file.write_bytes(keys.private_key_pem)
+    assert env.relay.ca_file is not None
+    return {"relay": {"url": env.relay.url, "ca_file": str(env.relay.ca_file)},
+            "cluster": {"resource_group": rg, "name": name},
+            "agent_key_file": str(key_file)}
+
+
+class AgentProcess:
+    """``python -m agent.cli`` in the background; SIGTERM on exit."""
+
+    def __init__(self, config: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--config", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "NO_PROXY": "*"})
+
+    async def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.proc.wait, 30)
+
+
+def test_agent_cli_reports_operator_errors_in_one_line(tmp_path: Path) -> None:
+    """Missing config, unreadable key, invalid relay URL: one line each, non-zero exit."""
+    key = tmp_path / "agent.key"
+    key.write_text("not a key")
+    good_key = tmp_path / "good.key"
+    from certs import generate_key_pair
+    good_key.write_bytes(generate_key_pair("x").private_key_pem)
+    base = {"relay": {"url": "https://relay.example"}, "cluster": {"resource_group": "rg", "name": "c"},
+            "forward_to": "127.0.0.1:1"}
+    cases = [
+        (tmp_path / "missing.yaml", "does not exist"),
+        (_write_config(tmp_path / "a.yaml", {**base, "agent_key_file": str(tmp_path / "nokey")}),
+         "agent_key_file"),
+        (_write_config(tmp_path / "b.yaml", {**base, "agent_key_file": str(key)}), "PEM private key"),
+        (_write_config(tmp_path / "c.yaml", {**base, "agent_key_file": str(good_key),
+                                             "relay": {"url": "ftp://x"}}), "relay.url"),
+    ]
+    for config, expected in cases:
+        result = _run_cli(config)
+        assert result.returncode != 0
+        assert expected in result.stderr, result.stderr
+        assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+async def test_agent_cli_forward_to_pipes_streams_to_tcp(relay_env: RelayEnv, tmp_path: Path) -> None:
+    """With forward_to the agent process pipes each stream to that TCP address."""
+    echo = await start_echo_server()
+    config = _write_config(tmp_path / "agent.yaml", {
+        **_agent_base(relay_env, tmp_path, "rg1", "fwd"),
+        "forward_to": f"127.0.0.1:{server_port(echo)}"})
+    agent = AgentProcess(config)
+    try:
+        await relay_env.wait_agent("rg1/fwd")
+        client = await relay_env.client(relay_env.token("admin"))
+        payload = os.urandom(256 * 1024)
+        assert await roundtrip(client, b"rg1/fwd", payload) == payload
+    finally:
+        assert await agent.stop() == 0
+        echo.close()
+
+
+async def _bridge(client: TunnelSession, target: bytes) -> asyncio.Server:
+    """What arc-proxy does: a local listener whose connections become streams."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stream = await client.open_stream(target, timeout=WAIT)
+        await splice(stream, reader, writer)
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def test_agent_cli_default_mode_serves_api_through_kube_aad_proxy(
+    relay_env: RelayEnv, tmp_path: Path
+) -> None:
+    """Default mode: kube-aad-proxy terminates TLS end to end, the API server answers,
+    and the agent reports kubernetesVersion and node counts."""
+    api = SandboxApiServer(tmp_path / "api", kube_version="1.33.0")
+    await api.start()
+    ca = CertificateAuthority.create("cluster serving CA")
+    serving = ca.issue_server(["kube-aad-proxy.demo.local"], [], common_name="kube-aad-proxy")
+    cert_file, key_file = write_pem_pair(tmp_path, "serving", serving)
+    token_file = tmp_path / "token"
+    token_file.write_text(api.admin_token)
+    config = _write_config(tmp_path / "agent.yaml", {
+        **_agent_base(relay_env, tmp_path, "rg1", "demo"),
+        "kube_aad_proxy": {"listen": "127.0.0.1:0", "serving_cert_file": str(cert_file),
+                           "serving_key_file": str(key_file), "upstream_url": api.url,
+                           "upstream_ca_file": str(api.ca_file), "upstream_token_file": str(token_file)}})
+    agent = AgentProcess(config)
+    bridge = None
+    try:
+        await relay_env.wait_agent("rg1/demo")
+        client = await relay_env.client(relay_env.token("admin"))
+        bridge = await _bridge(client, b"rg1/demo")
+        ssl_ctx = client_ssl_context(ca.certificate_pem)
+        async with aiohttp.ClientSession() as http, http.get(
+            f"https://127.0.0.1:{server_port(bridge)}/version", ssl=ssl_ctx,
+            server_hostname="kube-aad-proxy.demo.local",
+            headers={"Authorization": f"Bearer {api.admin_token}"},
+        ) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["gitVersion"].startswith("v1.33")
+        registry = relay_env.state.registry
+        for _ in range(int(WAIT / 0.1)):
+            if registry.get("rg1/demo").total_node_count is not None:
+                break
+            await asyncio.sleep(0.1)
+        cluster = registry.get("rg1/demo")
+        assert cluster.kubernetes_version.startswith("v1.33")
+        assert cluster.total_node_count >= 1 and cluster.total_core_count >= 1
+    finally:
+        if bridge is not None:
+            bridge.close()
+        assert await agent.stop() == 0, agent.proc.stderr.read() if agent.proc.stderr else ""
+        await api.stop()

@@ -1,0 +1,42 @@
+"""A relay restart is invisible: arc-proxy and the agent reconnect on their own
+and a new kubectl call succeeds within a 2 s retry budget."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from client.demo import DemoEnvironment
+from tests.e2e.helpers import Kubectl, Proxy
+from tests.kubectl import require_kubectl
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kubectl]
+
+RETRY_BUDGET = 2.0
+
+
+def test_relay_restart_new_kubectl_call_succeeds_within_2s(demo_env: DemoEnvironment, proxy: Proxy) -> None:
+    """Stop and start the relay; without touching arc-proxy or the agent, kubectl
+    succeeds again within 2 s of the relay being back."""
+    k = Kubectl(require_kubectl("1.33"), proxy.kubeconfig)
+    k.run("get", "namespaces")
+    agent_pid = demo_env.children["agent"].pid
+    demo_env.stop_relay()
+    demo_env.start_relay()  # returns once /readyz answers
+    t0 = time.monotonic()
+    attempts, last_err = 0, b""
+    while True:
+        attempts += 1
+        r = k.run("get", "namespaces", "--request-timeout=2s", check=False, timeout=10)
+        if r.returncode == 0:
+            break
+        last_err = r.stderr
+        if time.monotonic() - t0 > RETRY_BUDGET:
+            break
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 0, f"kubectl still failing after {elapsed:.2f} s: {last_err[-500:]!r}"
+    assert elapsed <= RETRY_BUDGET, f"first success after {elapsed:.2f} s ({attempts} attempts)"
+    assert proxy.proc.poll() is None, "arc-proxy must not have exited"
+    assert demo_env.children["agent"].pid == agent_pid and demo_env.children["agent"].running()

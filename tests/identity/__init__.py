@@ -1,0 +1,1 @@
+"""Tests of the identity package (token validation against the sandbox issuer)."""

@@ -1,0 +1,135 @@
+"""Agent authentication at /agent/v1/connect with real signed assertions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import jwt
+import pytest
+
+from certs import generate_key_pair, load_private_key
+from identity import AgentAssertionVerifier, TokenInvalid, sign_agent_assertion
+from identity.agent_assertion import unverified_cluster_id
+from tests.relay.harness import WAIT, RelayEnv, running_env
+from tunnel import TunnelSession, ws_connect_kwargs
+
+
+@pytest.fixture
+async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
+    """A started relay and sandbox issuer."""
+    async with running_env(tmp_path) as env:
+        yield env
+
+
+async def _dial(env: RelayEnv, token: str | None) -> tuple[int, str]:
+    """Dial the agent endpoint; (101, "") when upgraded, else (status, error message)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = env.relay.url + "/agent/v1/connect"
+    try:
+        ws = await env.http.ws_connect(url, headers=headers, **ws_connect_kwargs())
+    except aiohttp.WSServerHandshakeError as exc:
+        async with env.http.get(url, headers=headers) as resp:
+            body = await resp.json(content_type=None)
+        return exc.status, body["error"]["message"]
+    session = TunnelSession(ws, is_client=True, name="test-agent")
+    await session.close()
+    return 101, ""
+
+
+def _audience(env: RelayEnv) -> str:
+    return env.relay.url + "/agent/v1/connect"
+
+
+async def test_agent_auth_accepts_good_assertion(relay_env: RelayEnv) -> None:
+    """A fresh assertion signed with the registered key is accepted (101)."""
+    keys = relay_env.register("rg1", "alpha")
+    token = sign_agent_assertion(keys.private_key_pem, "rg1/alpha", _audience(relay_env))
+    assert await _dial(relay_env, token) == (101, "")
+
+
+async def test_agent_auth_refuses_other_clusters_key(relay_env: RelayEnv) -> None:
+    """Cluster A's key claiming cluster B is refused: a cluster name cannot be taken over."""
+    keys_a = relay_env.register("rg1", "alpha")
+    relay_env.register("rg1", "beta")
+    token = sign_agent_assertion(keys_a.private_key_pem, "rg1/beta", _audience(relay_env))
+    status, message = await _dial(relay_env, token)
+    assert status == 401 and "signature" in message
+
+
+async def test_agent_auth_refuses_replayed_jti(relay_env: RelayEnv) -> None:
+    """The same assertion presented twice is refused the second time."""
+    keys = relay_env.register("rg1", "alpha")
+    token = sign_agent_assertion(keys.private_key_pem, "rg1/alpha", _audience(relay_env))
+    assert (await _dial(relay_env, token))[0] == 101
+    status, message = await _dial(relay_env, token)
+    assert status == 401 and "replayed" in message
+
+
+async def test_agent_auth_refuses_expired_unknown_and_missing(relay_env: RelayEnv) -> None:
+    """Expired, unknown cluster, wrong audience and missing assertions are 401 and counted."""
+    keys = relay_env.register("rg1", "alpha")
+    expired = sign_agent_assertion(keys.private_key_pem, "rg1/alpha", _audience(relay_env), lifetime=-300)
+    assert (await _dial(relay_env, expired)) == (401, "agent refused: assertion expired")
+    unknown = sign_agent_assertion(keys.private_key_pem, "rg1/ghost", _audience(relay_env))
+    assert (await _dial(relay_env, unknown)) == (401, "agent refused: unknown cluster")
+    wrong_aud = sign_agent_assertion(keys.private_key_pem, "rg1/alpha", "https://elsewhere/agent/v1/connect")
+    assert (await _dial(relay_env, wrong_aud))[0] == 401
+    assert (await _dial(relay_env, None))[0] == 401
+    async with relay_env.http.get(relay_env.relay.url + "/metrics") as resp:
+        text = await resp.text()
+    assert 'arc_relay_auth_failures_total{endpoint="agent",reason="assertion expired"}' in text
+    assert 'reason="unknown cluster"' in text
+
+
+async def test_agent_auth_marks_cluster_connected_then_offline(relay_env: RelayEnv) -> None:
+    """connectivityStatus follows the agent session; metadata from the control stream is stored."""
+    import asyncio
+
+    keys = relay_env.register("rg1", "alpha")
+    connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", 9))
+    await relay_env.wait_agent("rg1/alpha")
+    registry = relay_env.state.registry
+    for _ in range(int(WAIT / 0.05)):
+        if registry.get("rg1/alpha").agent_version:
+            break
+        await asyncio.sleep(0.05)
+    cluster = registry.get("rg1/alpha")
+    assert cluster.connectivity_status == "Connected" and cluster.agent_version
+    await connector.stop()
+    for _ in range(int(WAIT / 0.05)):
+        if registry.get("rg1/alpha").connectivity_status == "Offline":
+            break
+        await asyncio.sleep(0.05)
+    assert registry.get("rg1/alpha").connectivity_status == "Offline"
+
+
+def test_assertion_verifier_checks_claims() -> None:
+    """Unit checks of the verifier: iss != sub, too long lifetime, RSA keys, garbage."""
+    aud = "https://relay.test/agent/v1/connect"
+    ec_keys = generate_key_pair("ec")
+    rsa_keys = generate_key_pair("rsa", kind="rsa")
+    verifier = AgentAssertionVerifier(aud)
+    assert verifier.verify(sign_agent_assertion(rsa_keys.private_key_pem, "rg/r", aud),
+                           rsa_keys.certificate_pem) == "rg/r"
+    key = load_private_key(ec_keys.private_key_pem)
+    now = int(time.time())
+    base = {"iss": "rg/a", "sub": "rg/a", "aud": aud, "iat": now, "exp": now + 60, "jti": "j" * 16}
+    with pytest.raises(TokenInvalid, match="subject"):
+        verifier.verify(jwt.encode({**base, "sub": "rg/b"}, key, algorithm="ES256"),  # type: ignore[arg-type]
+                        ec_keys.certificate_pem)
+    with pytest.raises(TokenInvalid, match="lifetime"):
+        verifier.verify(jwt.encode({**base, "exp": now + 3600}, key, algorithm="ES256"),  # type: ignore[arg-type]
+                        ec_keys.certificate_pem)
+    with pytest.raises(TokenInvalid, match=r"jti|claim"):
+        verifier.verify(jwt.encode({k: v for k, v in base.items() if k != "jti"}, key,  # type: ignore[arg-type]
+                                   algorithm="ES256"), ec_keys.certificate_pem)
+    # An RSA-signed token presented against an EC certificate: algorithm mismatch.
+    with pytest.raises(TokenInvalid):
+        verifier.verify(sign_agent_assertion(rsa_keys.private_key_pem, "rg/a", aud), ec_keys.certificate_pem)
+    with pytest.raises(TokenInvalid):
+        unverified_cluster_id("not.a.jwt")
+    with pytest.raises(TokenInvalid):
+        sign_agent_assertion(b"not a key", "rg/a", aud)

@@ -1,0 +1,43 @@
+"""The asyncio adapter of tunnel v1: drives the sans-I/O core over aiohttp.
+
+Public names (re-exported lazily by ``tunnel/__init__.py``)::
+
+    TunnelConfig, ws_connect_kwargs, server_websocket_response   (aio_config)
+    TunnelSession                                               (aio_session)
+    TunnelStream                                                (aio_stream)
+    splice, splice_streams                                      (aio_splice)
+    StreamError, StreamReset, StreamRefused, TunnelClosed       (aio_errors)
+    tune_allocator                                              (aio_alloc)
+
+Internals: aio_io.py (writer, keepalive, shutdown), aio_writer.py (batching
+frames onto the websocket).
+
+Only ``tunnel/aio*.py`` import asyncio or aiohttp; the core never does.
+"""
+
+from __future__ import annotations
+
+from tunnel import SUBPROTOCOL
+from tunnel.aio_alloc import tune_allocator
+from tunnel.aio_config import TunnelConfig, server_websocket_response, ws_connect_kwargs
+from tunnel.aio_errors import StreamError, StreamRefused, StreamReset, TunnelClosed
+from tunnel.aio_session import StreamHandler, TunnelSession
+from tunnel.aio_splice import splice, splice_streams
+from tunnel.aio_stream import TunnelStream
+
+__all__ = [
+    "SUBPROTOCOL",
+    "StreamError",
+    "StreamHandler",
+    "StreamRefused",
+    "StreamReset",
+    "TunnelClosed",
+    "TunnelConfig",
+    "TunnelSession",
+    "TunnelStream",
+    "server_websocket_response",
+    "splice",
+    "splice_streams",
+    "tune_allocator",
+    "ws_connect_kwargs",
+]

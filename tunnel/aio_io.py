@@ -1,0 +1,249 @@
+"""The I/O half of a tunnel session: writer, keepalive and shutdown.
+
+Theory of operation. ``SessionIO`` owns what touches the websocket on the way
+out and the session's lifetime; ``TunnelSession`` (aio_session.py) adds the
+reader, the dispatch of core events to streams, and the public stream API.
+
+* Writing: every call that queues frames to the core then calls ``_kick``.
+  When the writer task is idle (nothing in flight) and the transport is not
+  paused, ``_kick`` frames the batch right there (``BatchSender.send_now``):
+  no task hop, which is what keeps small round trips close to raw TCP. Else
+  it wakes the writer task, which sends with ``send_bytes`` (awaiting
+  aiohttp's drain when paused); kicks coalesce while it runs.
+* Keepalive: PING every ``ping_interval``; a PING unanswered within
+  ``ping_timeout`` means the peer is dead: GOAWAY(PING_TIMEOUT) and close.
+* Shutdown happens once, in its own task (``_begin_shutdown``): mark closed
+  and wake every waiter with ``TunnelClosed``, let the writer flush what the
+  core queued (GOAWAY included), close the websocket with a bounded wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import struct
+from typing import Any
+
+from aiohttp import WSCloseCode
+
+from tunnel.aio_config import TunnelConfig
+from tunnel.aio_errors import TunnelClosed
+from tunnel.aio_writer import BatchSender
+from tunnel.connection import Connection
+from tunnel.errors import ErrorCode, LocalProtocolError
+
+__all__ = ["SessionIO"]
+
+log = logging.getLogger("tunnel")
+
+_PING = struct.Struct("!Q")
+# Bound on how long shutdown waits for the writer to flush and for tasks to
+# finish after being cancelled: a stuck peer must not stall our exit.
+FLUSH_TIMEOUT = 5.0
+# The same bound once the peer is known dead (no PONG).
+_DEAD_PEER_FLUSH_TIMEOUT = 0.5
+
+
+class SessionIO:
+    """Writer, pings and lifetime of one session; subclassed by TunnelSession.
+
+    Args:
+        ws: The websocket (aiohttp, client or server side).
+        core: The sans-I/O connection it drives.
+        config: Limits and timeouts.
+        name: Shown in every log record.
+    """
+
+    def __init__(self, ws: Any, core: Connection, config: TunnelConfig, name: str) -> None:
+        self._ws = ws
+        self._core = core
+        self.config = config
+        self.name = name
+        self._loop = asyncio.get_running_loop()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._helpers: list[asyncio.Task[None]] = []
+        self._wakeup: asyncio.Future[None] | None = None
+        self._kicked = False
+        self._pending: list[bytes] = []
+        self._sender = BatchSender(ws)
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._ping_ids = itertools.count(1)
+        self._closed = False
+        self.close_reason = ""
+        self._close_cause: BaseException | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._closed_event = asyncio.Event()
+        self.rtt: float | None = None
+        self.debug = log.isEnabledFor(logging.DEBUG)
+
+    def _session_closed(self, exc: TunnelClosed) -> None:
+        """Hook: wake every stream waiter with ``exc`` (TunnelSession)."""
+
+    def _on_pong(self, payload: bytes) -> None:
+        entry = self._pings.get(payload)
+        if entry is not None and not entry[0].done():
+            self.rtt = self._loop.time() - entry[1]
+            entry[0].set_result(self.rtt)
+
+    @property
+    def closed(self) -> bool:
+        """True once the session is closing or closed."""
+        return self._closed
+
+    async def wait_closed(self) -> None:
+        """Wait until the session has fully ended (websocket closed)."""
+        await self._closed_event.wait()
+
+    async def ping(self, timeout: float | None = None) -> float:
+        """Send a PING and wait for its PONG.
+
+        Args:
+            timeout: Seconds to wait (default ``config.ping_timeout``; 0 = forever).
+
+        Returns:
+            The round-trip time in seconds (also stored in ``self.rtt``).
+
+        Raises:
+            TimeoutError: No PONG in time.
+            TunnelClosed: The session closed meanwhile.
+        """
+        if self._closed:
+            raise self._closed_error()
+        payload = _PING.pack(next(self._ping_ids))
+        fut: asyncio.Future[float] = self._loop.create_future()
+        self._pings[payload] = (fut, self._loop.time())
+        self._core.ping(payload)
+        self._kick()
+        wait = self.config.ping_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(wait or None):
+                return await fut
+        finally:
+            self._pings.pop(payload, None)
+
+    def _kick(self) -> None:
+        """Something may have been queued to the core: send it now if the
+        writer is idle and the transport accepts it, else wake the writer."""
+        if self._kicked:
+            return  # the writer task is already due to run
+        fut = self._wakeup
+        if fut is not None and not fut.done():
+            # Writer idle: nothing in flight, so writing here keeps the order.
+            messages = self._core.data_to_send()
+            if not messages:
+                return
+            try:
+                if self._sender.send_now(messages):
+                    return
+            except (ConnectionError, RuntimeError, OSError) as exc:
+                self._lost(exc)
+                return
+            self._pending = messages
+            self._kicked = True
+            fut.set_result(None)
+        else:
+            self._kicked = True
+
+    def _closed_error(self) -> TunnelClosed:
+        exc = TunnelClosed(self.close_reason or "tunnel closed")
+        if self._close_cause is not None:
+            exc.__cause__ = self._close_cause
+            exc.__suppress_context__ = True
+        return exc
+
+    async def _write_loop(self) -> None:
+        core = self._core
+        send = self._sender.send
+        debug = self.debug
+        try:
+            while True:
+                if not self._kicked:
+                    if self._closed:
+                        return
+                    self._wakeup = self._loop.create_future()
+                    try:
+                        await self._wakeup
+                    finally:
+                        self._wakeup = None
+                self._kicked = False
+                messages = self._pending + core.data_to_send()
+                self._pending = []
+                if debug and messages:
+                    log.debug(
+                        "%s > %d messages, %d bytes",
+                        self.name,
+                        len(messages),
+                        sum(map(len, messages)),
+                    )
+                if messages:
+                    await send(messages)
+        except (ConnectionError, RuntimeError, OSError) as exc:
+            # aiohttp raises ClientConnectionResetError (a ConnectionError) or
+            # RuntimeError once the transport is closing.
+            self._lost(exc)
+
+    def _lost(self, exc: BaseException) -> None:
+        if not self._closed:
+            log.info("%s x connection lost while sending: %s", self.name, type(exc).__name__)
+            self._close_cause = exc
+            self._begin_shutdown("connection lost")
+
+    async def _keepalive_loop(self) -> None:
+        interval = self.config.ping_interval
+        while not self._closed:
+            await asyncio.sleep(interval)
+            try:
+                rtt = await self.ping()
+            except TimeoutError:
+                log.warning(
+                    "%s ! no PONG within %g s: peer is dead", self.name, self.config.ping_timeout
+                )
+                if not self._closed:
+                    with contextlib.suppress(LocalProtocolError):
+                        self._core.goaway(ErrorCode.PING_TIMEOUT, "ping timeout")
+                # The peer is not reading: waiting long to flush or for its
+                # close frame would only delay the reconnect.
+                self._begin_shutdown(
+                    "ping timeout",
+                    ws_code=WSCloseCode.GOING_AWAY,
+                    flush_timeout=_DEAD_PEER_FLUSH_TIMEOUT,
+                )
+                return
+            except TunnelClosed:
+                return
+            if self.debug:
+                log.debug("%s = rtt %.3f ms", self.name, rtt * 1e3)
+
+    def _begin_shutdown(
+        self, reason: str, *, ws_code: int = WSCloseCode.OK, flush_timeout: float = FLUSH_TIMEOUT
+    ) -> None:
+        """Mark the session closed (once) and start the shutdown task."""
+        if self._shutdown_task is not None:
+            return
+        self._closed = True
+        self.close_reason = reason
+        exc = self._closed_error()
+        self._session_closed(exc)
+        for fut, _ in self._pings.values():
+            if not fut.done():
+                fut.set_exception(self._closed_error())
+        self._kick()
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)  # let the writer see _closed and return
+        self._shutdown_task = self._loop.create_task(self._shutdown(reason, ws_code, flush_timeout))
+
+    async def _shutdown(self, reason: str, ws_code: int, flush_timeout: float) -> None:
+        try:
+            if self._writer_task is not None:
+                with contextlib.suppress(TimeoutError, Exception):
+                    async with asyncio.timeout(flush_timeout):
+                        await asyncio.shield(self._writer_task)
+            message = reason.encode()[:120]  # a close reason must fit one control frame
+            with contextlib.suppress(TimeoutError, Exception):
+                async with asyncio.timeout(max(flush_timeout, 0.1)):
+                    await self._ws.close(code=ws_code, message=message)
+            log.info("%s x session closed: %s", self.name, reason)
+        finally:
+            self._closed_event.set()

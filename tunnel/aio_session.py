@@ -1,0 +1,395 @@
+"""``TunnelSession``: drives the sans-I/O core over one aiohttp websocket.
+
+Theory of operation. The session's own task (``run``) is the reader:
+``ws.receive()`` -> ``core.receive()`` -> dispatch the events to
+``TunnelStream`` objects, waking their futures; nothing here parses frames.
+DATA and WINDOW, nearly all the traffic, are dispatched first. The writer,
+the keepalive and the shutdown sequence live in ``SessionIO`` (aio_io.py);
+an optional sweeper resets streams silent for ``idle_timeout``.
+
+Each OPEN from the peer runs ``on_stream`` in its own task; the session keeps
+every task it starts and cancels and awaits them before ``run`` returns.
+GOAWAY either way drains: no new streams, and once the last stream is done
+the session closes by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from tunnel import SUBPROTOCOL
+from tunnel import events as ev
+from tunnel.aio_config import TunnelConfig
+from tunnel.aio_errors import StreamError, StreamRefused, TunnelClosed
+from tunnel.aio_io import FLUSH_TIMEOUT, SessionIO
+from tunnel.aio_stream import TunnelStream
+from tunnel.connection import Connection
+from tunnel.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+
+__all__ = ["StreamHandler", "TunnelSession"]
+
+log = logging.getLogger("tunnel")
+
+StreamHandler = Callable[[TunnelStream], Awaitable[None]]
+
+# Payload bytes appear in debug logs only when this is set: they may be secrets.
+_DEBUG_PAYLOAD = os.environ.get("ARC_TUNNEL_DEBUG_PAYLOAD") == "1"
+_BINARY = WSMsgType.BINARY
+_DATA = ev.DataReceived
+_WINDOW = ev.WindowUpdated
+
+
+def _negotiated_subprotocol(ws: Any) -> str | None:
+    # web.WebSocketResponse calls it ws_protocol, ClientWebSocketResponse protocol.
+    if isinstance(ws, web.WebSocketResponse):
+        return ws.ws_protocol
+    protocol: str | None = getattr(ws, "protocol", None)
+    return protocol
+
+
+class TunnelSession(SessionIO):
+    """One tunnel over one websocket (see the module docstring).
+
+    Args:
+        ws: A prepared ``web.WebSocketResponse`` or a ``ClientWebSocketResponse``
+            made with ``server_websocket_response`` / ``ws_connect_kwargs``.
+        is_client: True on the side that dialled (opens odd stream ids).
+        config: Limits and timeouts.
+        name: Shown in every log record, e.g. ``"agent:rg/demo"``.
+        on_stream: ``async handler(stream)`` run in its own task for each
+            OPEN from the peer; it must call ``stream.accept()`` or
+            ``stream.reject()``. When it returns the stream is closed
+            (``aclose``); without a handler every OPEN is refused.
+
+    Call ``await run()`` next (it returns when the session ends).
+    """
+
+    def __init__(
+        self,
+        ws: Any,
+        *,
+        is_client: bool,
+        config: TunnelConfig | None = None,
+        name: str = "tunnel",
+        on_stream: StreamHandler | None = None,
+    ) -> None:
+        config = config or TunnelConfig()
+        super().__init__(ws, Connection(is_client=is_client, limits=config.limits), config, name)
+        self.is_client = is_client
+        self._on_stream = on_stream
+        self._streams: dict[int, TunnelStream] = {}
+        self._blocked_writers: set[TunnelStream] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._goaway_sent = False
+        self._goaway_received = False
+
+    def __repr__(self) -> str:
+        return f"<TunnelSession {self.name} streams={len(self._streams)}>"
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def streams(self) -> int:
+        """Number of streams still in use."""
+        return len(self._streams)
+
+    @property
+    def goaway_received(self) -> bool:
+        """True once the peer sent GOAWAY (e.g. the relay is shutting down):
+        open no new streams here; dial a new session for new work."""
+        return self._goaway_received
+
+    @property
+    def draining(self) -> bool:
+        """True once a GOAWAY went either way: ``open_stream`` is refused."""
+        return self._goaway_sent or self._goaway_received
+
+    async def run(self) -> None:
+        """Serve the session until it ends; ``close_reason`` then says why.
+
+        Never raises for a peer's misbehaviour or a lost connection: streams
+        and waiters see ``TunnelClosed`` instead.
+        """
+        try:
+            if _negotiated_subprotocol(self._ws) != SUBPROTOCOL:
+                log.warning("%s ! websocket subprotocol is not %s: refused", self.name, SUBPROTOCOL)
+                self._begin_shutdown(
+                    f"websocket subprotocol {SUBPROTOCOL} not negotiated",
+                    ws_code=WSCloseCode.PROTOCOL_ERROR,
+                )
+            else:
+                log.info("%s = session open", self.name)
+                self._writer_task = self._loop.create_task(self._write_loop())
+                if self.config.ping_interval > 0:
+                    self._helpers.append(self._loop.create_task(self._keepalive_loop()))
+                if self.config.idle_timeout > 0:
+                    self._helpers.append(self._loop.create_task(self._idle_loop()))
+                await self._read_loop()
+                self._begin_shutdown("websocket closed")
+            assert self._shutdown_task is not None
+            await asyncio.shield(self._shutdown_task)
+        finally:
+            if self._shutdown_task is None:  # cancelled before anything else
+                self._begin_shutdown("session cancelled")
+            await self._reap()
+
+    async def open_stream(self, target: bytes, timeout: float | None = None) -> TunnelStream:
+        """Open a stream to ``target`` and wait for the peer's OPEN_OK.
+
+        Args:
+            target: Opaque bytes for the peer (cluster id, host:port, ...).
+            timeout: Seconds to wait for OPEN_OK (default ``config.open_timeout``;
+                0 waits forever).
+
+        Returns:
+            The accepted stream: ``read``/``write`` next.
+
+        Raises:
+            StreamRefused: The peer refused (its code and reason), the open timed
+                out (OPEN_TIMEOUT), or a GOAWAY forbids new streams.
+            TunnelClosed: The session is closed.
+        """
+        if self._closed:
+            raise self._closed_error()
+        if self._goaway_sent or self._goaway_received:
+            raise StreamRefused(ErrorCode.GOING_AWAY, "session is draining")
+        try:
+            sid = self._core.open_stream(target)
+        except LocalProtocolError as exc:
+            raise StreamRefused(exc.error_code, "cannot open stream") from exc
+        stream = TunnelStream(self, sid, target, incoming=False)
+        self._streams[sid] = stream
+        fut: asyncio.Future[None] = self._loop.create_future()
+        stream._open_waiter = fut
+        self._kick()
+        if self.debug:
+            log.debug("%s > OPEN %d %r", self.name, sid, target)
+        wait = self.config.open_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(wait or None):
+                await fut
+        except TimeoutError:
+            stream.reset(ErrorCode.OPEN_TIMEOUT, "open timed out")
+            raise StreamRefused(ErrorCode.OPEN_TIMEOUT, f"no OPEN_OK within {wait:g} s") from None
+        except asyncio.CancelledError:
+            stream.reset(ErrorCode.CANCEL, "open cancelled")
+            raise
+        finally:
+            stream._open_waiter = None
+        if stream._error is not None:
+            raise StreamRefused(stream._error.code, stream._error.reason)
+        return stream
+
+    async def goaway(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Drain: no new streams either way; existing ones finish, then the
+        session closes by itself (``run`` returns)."""
+        if self._closed or self._goaway_sent:
+            return
+        self._goaway_sent = True
+        with contextlib.suppress(LocalProtocolError):
+            self._core.goaway(code, reason)
+        self._kick()
+        log.info("%s > GOAWAY %s %s", self.name, code.name, reason)
+        self._maybe_drained()
+
+    async def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """GOAWAY, then close the websocket now; open streams see TunnelClosed."""
+        if not self._closed and not self._goaway_sent:
+            await self.goaway(code, reason)
+        self._begin_shutdown(reason or "closed locally")
+        assert self._shutdown_task is not None
+        await asyncio.shield(self._shutdown_task)
+
+    # ------------------------------------------------------------- internals
+
+    def _forget(self, stream: TunnelStream) -> None:
+        if self._streams.pop(stream.id, None) is not None:
+            self._blocked_writers.discard(stream)
+            self._maybe_drained()
+
+    def _maybe_forget(self, stream: TunnelStream) -> None:
+        if stream.done:
+            self._forget(stream)
+
+    def _maybe_drained(self) -> None:
+        if (self._goaway_sent or self._goaway_received) and not self._streams and not self._closed:
+            self._begin_shutdown("drained after GOAWAY")
+
+    async def _read_loop(self) -> None:
+        ws = self._ws
+        core = self._core
+        dispatch = self._dispatch
+        while True:
+            msg = await ws.receive()
+            try:
+                if msg.type is _BINARY:
+                    events = core.receive(msg.data)
+                    if events:
+                        dispatch(events)
+                        # A lone DATA event never queues output (credit goes
+                        # back only when the app reads): skip the kick.
+                        if len(events) == 1 and type(events[0]) is _DATA:
+                            continue
+                    self._kick()
+                    continue
+                if msg.type is WSMsgType.TEXT:
+                    core.receive_text()
+            except RemoteProtocolError as exc:
+                log.warning(
+                    "%s ! peer broke the protocol: %s (%s)", self.name, exc.error_code.name, exc
+                )
+                self._close_cause = exc
+                self._begin_shutdown(
+                    f"protocol error: {exc.error_code.name}", ws_code=WSCloseCode.PROTOCOL_ERROR
+                )
+                return
+            if msg.type is WSMsgType.ERROR:
+                self._close_cause = msg.data if isinstance(msg.data, BaseException) else None
+                log.info("%s x websocket error: %s", self.name, type(msg.data).__name__)
+            return
+
+    def _dispatch(self, events: list[ev.Event]) -> None:
+        streams = self._streams
+        for event in events:
+            # DATA and WINDOW first: they are nearly all the traffic.
+            if isinstance(event, _DATA):
+                if self.debug:
+                    self._log_data(event)
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._on_data(event.data)
+                else:
+                    self._discard(event)
+            elif isinstance(event, _WINDOW):
+                if event.stream_id == 0:
+                    for stream in list(self._blocked_writers):
+                        stream._on_credit()
+                else:
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream._on_credit()
+            else:
+                self._dispatch_control(event)
+
+    def _dispatch_control(self, event: ev.Event) -> None:
+        if self.debug:
+            log.debug("%s < %s", self.name, event)
+        if isinstance(event, ev.StreamOpened):
+            self._on_open(event)
+        elif isinstance(event, ev.StreamAccepted):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._on_accepted()
+        elif isinstance(event, ev.StreamEnded):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._on_fin()
+                self._maybe_forget(stream)
+        elif isinstance(event, ev.StreamReset):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._on_reset(event.error_code, event.reason)
+                self._forget(stream)
+        elif isinstance(event, ev.PongReceived):
+            self._on_pong(event.payload)
+        elif isinstance(event, ev.GoAwayReceived):
+            log.info("%s < GOAWAY %s %s", self.name, event.error_code.name, event.reason)
+            self._goaway_received = True
+            self._maybe_drained()
+
+    def _discard(self, event: ev.DataReceived) -> None:
+        # DATA for a stream we already let go of (aclose with the peer still
+        # sending): acknowledge it so that its session credit comes back.
+        with contextlib.suppress(LocalProtocolError):
+            self._core.acknowledge_received_data(event.stream_id, len(event.data))
+
+    def _log_data(self, event: ev.DataReceived) -> None:
+        if _DEBUG_PAYLOAD:
+            log.debug(
+                "%s < DATA %d %d %r", self.name, event.stream_id, len(event.data), event.data[:64]
+            )
+        else:
+            log.debug("%s < DATA %d %d", self.name, event.stream_id, len(event.data))
+
+    def _on_open(self, event: ev.StreamOpened) -> None:
+        stream = TunnelStream(self, event.stream_id, event.target, incoming=True)
+        self._streams[event.stream_id] = stream
+        if self._on_stream is None or self._goaway_sent:
+            stream.reject(ErrorCode.REFUSED_STREAM, "not accepting streams")
+            return
+        task = self._loop.create_task(self._run_handler(stream))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _run_handler(self, stream: TunnelStream) -> None:
+        assert self._on_stream is not None
+        try:
+            await self._on_stream(stream)
+        except (StreamError, TunnelClosed):
+            pass  # the stream or the session already ended: nothing to add
+        except asyncio.CancelledError:
+            stream.reset(ErrorCode.CANCEL, "handler cancelled")
+            raise
+        except Exception:
+            log.exception("%s ! stream handler failed on stream %d", self.name, stream.id)
+            stream.reset(ErrorCode.INTERNAL_ERROR, "internal error")
+        finally:
+            if not stream.done and not self._closed:
+                with contextlib.suppress(StreamError, TunnelClosed):
+                    await stream.aclose()
+
+    async def _idle_loop(self) -> None:
+        # Per stream: (bytes moved either way, when that count last changed).
+        # Comparing counters keeps the clock off the DATA path; a stream is
+        # reset within idle_timeout + period of its last byte.
+        idle = self.config.idle_timeout
+        period = min(idle / 4, 5.0)
+        seen: dict[TunnelStream, tuple[int, float]] = {}
+        while not self._closed:
+            await asyncio.sleep(period)
+            now = self._loop.time()
+            current: dict[TunnelStream, tuple[int, float]] = {}
+            for stream in list(self._streams.values()):
+                if not stream._accepted:
+                    continue
+                moved = stream.bytes_received + stream.bytes_sent
+                last = seen.get(stream)
+                since = last[1] if last is not None and last[0] == moved else now
+                if now - since >= idle:
+                    log.info("%s x stream %d idle for %g s: reset", self.name, stream.id, idle)
+                    stream.reset(ErrorCode.IDLE_TIMEOUT, "idle timeout")
+                else:
+                    current[stream] = (moved, since)
+            seen = current
+
+    def _session_closed(self, exc: TunnelClosed) -> None:
+        for stream in list(self._streams.values()):
+            stream._on_session_closed(exc)
+
+    async def _reap(self) -> None:
+        """Cancel and await every task the session owns (nothing leaks)."""
+        tasks = [
+            t
+            for t in (self._writer_task, *self._helpers, *self._handlers)
+            if t is not None and not t.done()
+        ]
+        current = asyncio.current_task()
+        for task in tasks:
+            if task is not current:
+                task.cancel()
+        if self._shutdown_task is not None and not self._shutdown_task.done():
+            tasks.append(self._shutdown_task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=FLUSH_TIMEOUT)
+        for fut in [s._open_waiter for s in self._streams.values()]:
+            if fut is not None and not fut.done():
+                fut.cancel()
+        self._streams.clear()
+        self._blocked_writers.clear()

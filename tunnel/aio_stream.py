@@ -1,0 +1,371 @@
+"""``TunnelStream``: one multiplexed byte stream, with real back-pressure.
+
+Theory of operation: the stream holds no credit of its own. ``write`` asks the
+core how much it may send (``send_window``: min of stream and session credit),
+queues that much with ``send_data`` and, when the credit is zero, parks until
+the session sees a WINDOW for this stream or for the session. ``read`` hands
+out buffered DATA and only then tells the core the bytes were consumed
+(``acknowledge_received_data``), which is what returns credit to the peer. So
+a reader that stops reading stops the sender of that stream only, and the
+bytes buffered here never exceed the window we granted.
+
+Waiters are plain futures (one reader, one writer at a time, as with asyncio
+streams); the session wakes them from its dispatch loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from tunnel.aio_errors import StreamRefused, StreamReset, TunnelClosed
+from tunnel.errors import ErrorCode, LocalProtocolError
+
+if TYPE_CHECKING:
+    from tunnel.aio_session import TunnelSession
+
+__all__ = ["TunnelStream"]
+
+DEFAULT_READ_SIZE = 65536
+
+
+class TunnelStream:
+    """One stream of a ``TunnelSession``; created by the session, never directly.
+
+    Attributes:
+        id: The stream id (odd when the client side opened it).
+        target: The OPEN payload, e.g. ``b"rg/cluster"`` or ``b"127.0.0.1:6443"``.
+    """
+
+    def __init__(
+        self, session: TunnelSession, stream_id: int, target: bytes, *, incoming: bool
+    ) -> None:
+        self._session = session
+        self._core = session._core
+        self.id = stream_id
+        self.target = target
+        self.incoming = incoming
+        # accepted: OPEN_OK sent (incoming) or received (outgoing).
+        self._accepted = False
+        self._rejected = False
+        self._buf: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False  # peer sent FIN: the read side is complete
+        self._fin_sent = False
+        self._error: StreamReset | None = None
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._open_waiter: asyncio.Future[None] | None = None
+        # Byte counters (DATA payload) for metrics and the idle sweeper; the
+        # sweeper compares them over time, so the hot path needs no clock.
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    def __repr__(self) -> str:
+        return f"<TunnelStream {self.id} {self.target!r}>"
+
+    # ----------------------------------------------------------- state helpers
+
+    @property
+    def done(self) -> bool:
+        """True once both directions are finished or the stream was reset."""
+        return self._error is not None or (self._eof and self._fin_sent) or self._rejected
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not read yet (never more than the granted window)."""
+        return self._buffered
+
+    def _raise_if_broken(self) -> None:
+        if self._error is not None:
+            raise StreamReset(self._error.code, self._error.reason)
+        if self._session._closed:
+            raise self._session._closed_error()
+
+    # ----------------------------------------------------------------- reading
+
+    async def read(self, max_bytes: int = DEFAULT_READ_SIZE) -> bytes:
+        """Read up to ``max_bytes`` bytes; returns b"" once the peer sent FIN.
+
+        Consumed bytes are acknowledged to the core, which returns credit to
+        the peer (WINDOW frames are batched by the core).
+
+        Raises:
+            StreamReset: The stream was reset (by the peer, a timeout, or us).
+            TunnelClosed: The session died before the peer finished sending.
+            ValueError: ``max_bytes`` < 1 (b"" is reserved for FIN).
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        while True:
+            if self._error is not None:
+                raise StreamReset(self._error.code, self._error.reason)
+            if self._buf:
+                return self._take(max_bytes)
+            if self._eof:
+                return b""
+            if self._session._closed:
+                raise self._session._closed_error()
+            if self._read_waiter is not None:
+                raise RuntimeError("read() called while another coroutine is already reading")
+            fut = self._read_waiter = self._session._loop.create_future()
+            try:
+                await fut
+            finally:
+                self._read_waiter = None
+
+    def _take(self, max_bytes: int) -> bytes:
+        buf = self._buf
+        first = buf[0]
+        if len(first) >= max_bytes:
+            if len(first) == max_bytes:
+                data = buf.popleft()
+            else:
+                data = first[:max_bytes]
+                buf[0] = first[max_bytes:]
+        else:
+            # Join whole chunks up to max_bytes: one copy is cheaper than a
+            # read() call per 16 KiB frame.
+            parts = [buf.popleft()]
+            size = len(first)
+            while buf and size + len(buf[0]) <= max_bytes:
+                chunk = buf.popleft()
+                parts.append(chunk)
+                size += len(chunk)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        n = len(data)
+        self._buffered -= n
+        session = self._session
+        if not session._closed and self._error is None:
+            try:
+                self._core.acknowledge_received_data(self.id, n)
+            except LocalProtocolError:
+                # The core already forgot the stream (closed both ways) and
+                # returned its credit to the session itself.
+                pass
+            session._kick()
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        """Read exactly ``n`` bytes.
+
+        Raises:
+            asyncio.IncompleteReadError: FIN came first.
+            StreamReset, TunnelClosed: as for ``read``.
+        """
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            chunk = await self.read(n - got)
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"".join(parts), n)
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    def at_eof(self) -> bool:
+        """True when the peer sent FIN and everything was read."""
+        return self._eof and not self._buf
+
+    # ----------------------------------------------------------------- writing
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data`` to the core, waiting for credit as needed.
+
+        Returns once every byte is queued (credit was available for it); the
+        session's writer task puts the frames on the websocket.
+
+        Raises:
+            StreamReset: The stream was reset.
+            TunnelClosed: The session is closed.
+            RuntimeError: ``write_eof`` was already called, or the stream is
+                an incoming one not accepted yet.
+        """
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        total = len(view)
+        self._raise_if_broken()
+        if self._fin_sent:
+            raise RuntimeError("write() after write_eof()")
+        if not self._accepted:
+            raise RuntimeError("write() before accept()")
+        if not total:
+            return
+        core = self._core
+        sid = self.id
+        session = self._session
+        offset = 0
+        while True:
+            credit = core.send_window(sid)
+            if credit > 0:
+                n = total - offset
+                if n > credit:
+                    n = credit
+                if offset == 0 and n == total:
+                    core.send_data(sid, view)
+                else:
+                    core.send_data(sid, memoryview(view)[offset : offset + n])
+                offset += n
+                session._kick()
+                if offset >= total:
+                    self.bytes_sent += total
+                    return
+            else:
+                await self._wait_credit()
+                self._raise_if_broken()
+
+    async def _wait_credit(self) -> None:
+        if self._write_waiter is not None:
+            raise RuntimeError("write() called while another coroutine is waiting for credit")
+        fut = self._write_waiter = self._session._loop.create_future()
+        self._session._blocked_writers.add(self)
+        try:
+            await fut
+        finally:
+            self._write_waiter = None
+            self._session._blocked_writers.discard(self)
+
+    async def drain(self) -> None:
+        """Compatibility with asyncio.StreamWriter: ``write`` already waited."""
+        self._raise_if_broken()
+
+    async def write_eof(self) -> None:
+        """Send FIN (half close): the peer's reader sees b"" after our data.
+
+        Raises:
+            StreamReset, TunnelClosed: The stream can no longer be used.
+        """
+        if self._fin_sent:
+            return
+        self._raise_if_broken()
+        if not self._accepted:
+            raise RuntimeError("write_eof() before accept()")
+        self._fin_sent = True
+        self._core.send_fin(self.id)
+        self._session._kick()
+        self._session._maybe_forget(self)
+
+    def can_write_eof(self) -> bool:
+        """Always True: streams support half close."""
+        return True
+
+    # -------------------------------------------------------- open / accept / close
+
+    def accept(self) -> None:
+        """Accept an incoming stream (queues OPEN_OK). Call once, in ``on_stream``."""
+        if self._accepted or not self.incoming:
+            return
+        self._raise_if_broken()
+        self._accepted = True
+        self._core.accept_stream(self.id)
+        self._session._kick()
+
+    def reject(self, code: ErrorCode = ErrorCode.REFUSED_STREAM, reason: str = "") -> None:
+        """Refuse an incoming stream: the opener's ``open_stream`` raises StreamRefused.
+
+        Args:
+            code: Wire error code, e.g. CONNECT_FAILED or FORBIDDEN.
+            reason: A short reason for the peer (never exception text).
+        """
+        if self._accepted:
+            self.reset(code, reason)
+            return
+        if self._rejected or self._error is not None:
+            return
+        self._rejected = True
+        self._reset_core(code, reason)
+        self._error = StreamReset(code, reason)
+        self._session._forget(self)
+
+    def reset(self, code: ErrorCode = ErrorCode.CANCEL, reason: str = "") -> None:
+        """Abort the stream both ways; frees its credit. Never raises.
+
+        Args:
+            code: Wire error code sent to the peer.
+            reason: A short reason for the peer (never exception text).
+        """
+        if self._error is not None:
+            return
+        self._error = StreamReset(code, reason)
+        self._reset_core(code, reason)
+        self._wake_all()
+        self._session._forget(self)
+
+    def _reset_core(self, code: ErrorCode, reason: str) -> None:
+        if self._session._closed:
+            return
+        try:
+            self._core.reset_stream(self.id, code, reason)
+        except LocalProtocolError:
+            # Already closed in the core (both FINs seen): nothing to abort.
+            pass
+        self._session._kick()
+
+    async def aclose(self) -> None:
+        """Finish with the stream: FIN if not sent; reset with CANCEL if the peer
+        is still sending (so its credit is freed); release the buffer.
+
+        To end gracefully, call ``write_eof()`` and read until b"" first.
+        """
+        if self._error is not None or self._session._closed:
+            self._release()
+            return
+        if self.incoming and not self._accepted:
+            self.reject(ErrorCode.REFUSED_STREAM)
+            return
+        if not self._eof:
+            self.reset(ErrorCode.CANCEL)
+        elif not self._fin_sent:
+            await self.write_eof()
+        self._release()
+
+    def _release(self) -> None:
+        self._buf.clear()
+        self._buffered = 0
+        self._session._forget(self)
+
+    # ------------------------------------------------- called by the session
+
+    def _on_data(self, data: bytes) -> None:
+        self._buf.append(data)
+        n = len(data)
+        self._buffered += n
+        self.bytes_received += n
+        fut = self._read_waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _on_fin(self) -> None:
+        self._eof = True
+        self._wake(self._read_waiter)
+
+    def _on_reset(self, code: int, reason: str) -> None:
+        if self._error is None:
+            self._error = StreamReset(code, reason)
+        self._buf.clear()
+        self._buffered = 0
+        if self._open_waiter is not None and not self._open_waiter.done():
+            self._open_waiter.set_exception(StreamRefused(code, reason))
+        self._wake_all()
+
+    def _on_accepted(self) -> None:
+        self._accepted = True
+        self._wake(self._open_waiter)
+
+    def _on_credit(self) -> None:
+        self._wake(self._write_waiter)
+
+    def _on_session_closed(self, exc: TunnelClosed) -> None:
+        if self._open_waiter is not None and not self._open_waiter.done():
+            self._open_waiter.set_exception(exc)
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        self._wake(self._read_waiter)
+        self._wake(self._write_waiter)
+        self._wake(self._open_waiter)
+
+    @staticmethod
+    def _wake(fut: asyncio.Future[None] | None) -> None:
+        if fut is not None and not fut.done():
+            fut.set_result(None)

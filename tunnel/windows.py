@@ -1,0 +1,87 @@
+"""Flow-control window arithmetic (integers only; the connection makes frames).
+
+Modelled on h2's ``WindowManager``: the receiver tracks how much credit the peer
+still has, counts bytes the application has *consumed*, and decides when to return
+credit. Returning credit in batches (once at least half the window is consumed)
+keeps the WINDOW frame rate low without ever letting a fast sender run dry.
+"""
+
+from __future__ import annotations
+
+from tunnel.errors import ErrorCode, LocalProtocolError
+from tunnel.limits import MAX_WINDOW_SIZE
+
+__all__ = ["WindowManager"]
+
+
+class WindowManager:
+    """Our receive window for one stream or for the session.
+
+    Attributes:
+        max_window_size: The window we aim to keep granted.
+        current_window_size: Credit the peer has left (bytes it may still send).
+    """
+
+    __slots__ = ("_bytes_processed", "current_window_size", "max_window_size")
+
+    def __init__(self, max_window_size: int) -> None:
+        self.max_window_size = max_window_size
+        self.current_window_size = max_window_size
+        self._bytes_processed = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes consumed by the application whose credit is not returned yet."""
+        return self._bytes_processed
+
+    def window_consumed(self, size: int) -> None:
+        """Record that the peer sent ``size`` flow-controlled bytes.
+
+        Raises:
+            LocalProtocolError: FLOW_CONTROL_ERROR if the peer sent more than granted.
+        """
+        self.current_window_size -= size
+        if self.current_window_size < 0:
+            raise LocalProtocolError("peer exceeded its window", ErrorCode.FLOW_CONTROL_ERROR)
+
+    def window_opened(self, size: int) -> None:
+        """Record that we granted ``size`` more bytes outside :meth:`process_bytes`.
+
+        Raises:
+            LocalProtocolError: FLOW_CONTROL_ERROR if the window would pass 2**31-1.
+        """
+        self.current_window_size += size
+        if self.current_window_size > MAX_WINDOW_SIZE:
+            raise LocalProtocolError("window above 2**31-1", ErrorCode.FLOW_CONTROL_ERROR)
+        self.max_window_size = max(self.current_window_size, self.max_window_size)
+
+    def process_bytes(self, size: int) -> int | None:
+        """Record that the application consumed ``size`` bytes.
+
+        Args:
+            size: Bytes consumed.
+
+        Returns:
+            The increment to send in a WINDOW frame now, or None to wait.
+        """
+        self._bytes_processed += size
+        return self._maybe_update_window()
+
+    def _maybe_update_window(self) -> int | None:
+        # h2's rule: send when at least half the window is consumed, or when the
+        # peer is completely out of credit and a little (min(1 KiB, window/4)) can
+        # be returned - otherwise a small window could stall forever.
+        processed = self._bytes_processed
+        if not processed:
+            return None
+        max_increment = self.max_window_size - self.current_window_size
+        if (
+            self.current_window_size == 0 and processed > min(1024, self.max_window_size // 4)
+        ) or processed >= self.max_window_size // 2:
+            increment = min(processed, max_increment)
+            self._bytes_processed = 0
+            if increment <= 0:
+                return None
+            self.current_window_size += increment
+            return increment
+        return None
