@@ -20,6 +20,7 @@ from agent.config import AgentConfig, AgentConfigError, load_agent_config
 from agent.connector import Connector, ConnectorConfig
 from agent.connector_metadata import api_server_metadata, static_metadata
 from certs import IssuedCertificate
+from tunnel.aio_alloc import tune_allocator
 
 log = logging.getLogger("agent")
 
@@ -50,7 +51,7 @@ def _start_kube_aad_proxy(config: AgentConfig) -> Any:
             TrustedIssuer(issuer=i.issuer, audiences=list(i.audiences), ca_pem=i.ca_pem,
                           tenant_ids=list(i.tenant_ids) if i.tenant_ids else None)
             for i in kap.issuers
-        ])
+        ], group_resolver=kap.group_source.build() if kap.group_source else None)
     try:
         proxy_config = KubeAadProxyConfig(
             upstream_url=kap.upstream_url,
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = load_agent_config(args.config)
+        tune_allocator()  # bulk frames: see tunnel/aio_alloc.py
         asyncio.run(_main(config))
     except AgentConfigError as exc:
         if args.debug:

@@ -12,7 +12,11 @@ Example::
       upstream_url: "https://kubernetes.default.svc"
       upstream_ca_file: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt
       upstream_token_file: /var/run/secrets/kubernetes.io/serviceaccount/token
-      oidc: {issuers: [{issuer: ..., audiences: [...], ca_file: ..., tenant_ids: [...]}]}
+      oidc:
+        issuers: [{issuer: ..., audiences: [...], ca_file: ..., tenant_ids: [...]}]
+        group_source: {token_endpoint: ..., client_id: ..., client_secret_file: ..., scope: ...,
+                       allowed_hosts: [...], ca_file: ...}   # overage; see identity/group_source.py
+      impersonate_with: oid                       # or upn
     proxy: {https: "http://proxy:3128", http: null, no_proxy: "10.0.0.0/8,.svc", ca_file: null}
     forward_to: "127.0.0.1:9000"    # optional: pipe streams there instead of kube-aad-proxy
     metadata_interval_seconds: 300
@@ -33,6 +37,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from certs import load_private_key
+from identity.group_source import GroupSourceSettings, parse_group_source
 
 # Files we read whole: PEM keys, certificates, tokens. Anything larger is a mistake.
 MAX_FILE_BYTES = 1 << 20
@@ -65,6 +70,8 @@ class KubeAadProxySettings:
     upstream_token: str | None = None
     issuers: tuple[IssuerSettings, ...] = ()
     impersonate_with: str = "oid"
+    # Overage (>200 groups) resolution; None: overage tokens are refused.
+    group_source: GroupSourceSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,14 @@ def _kube_aad_proxy(base: Path, raw: dict[str, Any], needed: bool) -> KubeAadPro
             ca_pem=_read(base, item.get("ca_file"), f"kube_aad_proxy.oidc.issuers[{i}].ca_file"),
             tenant_ids=tuple(tenants) if tenants else None,
         ))
+    try:
+        group_source = parse_group_source((raw.get("oidc") or {}).get("group_source"), base,
+                                          "kube_aad_proxy.oidc.group_source")
+    except ValueError as exc:
+        raise AgentConfigError(str(exc)) from None
+    impersonate_with = str(raw.get("impersonate_with", "oid"))
+    if impersonate_with not in ("oid", "upn"):
+        raise AgentConfigError(f"kube_aad_proxy.impersonate_with {impersonate_with!r} must be 'oid' or 'upn'")
     token = _read(base, raw.get("upstream_token_file"), "kube_aad_proxy.upstream_token_file")
     upstream_url = str(raw.get("upstream_url") or "")
     if urlsplit(upstream_url).scheme != "https":
@@ -161,7 +176,8 @@ def _kube_aad_proxy(base: Path, raw: dict[str, Any], needed: bool) -> KubeAadPro
                               required=True) or b"",
         upstream_token=token.decode().strip() if token else None,
         issuers=tuple(issuers),
-        impersonate_with=str(raw.get("impersonate_with", "oid")),
+        impersonate_with=impersonate_with,
+        group_source=group_source,
     )
 
 

@@ -79,12 +79,8 @@ STOP_DRAIN = 10.0
 
 
 def goaway_received(session: TunnelSession) -> bool:
-    """Whether the relay sent GOAWAY on ``session``.
-
-    TunnelSession exposes no public flag or callback for this yet (see the
-    report to the tunnel owner); read the adapter's own flag defensively.
-    """
-    return bool(getattr(session, "_goaway_received", False))
+    """Whether the relay sent GOAWAY on ``session``."""
+    return session.goaway_received
 
 
 @dataclass(frozen=True)

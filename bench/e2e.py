@@ -10,6 +10,11 @@
    (arc-proxy → relay → agent → kube-aad-proxy) against the API server direct.
 
 Every server runs in its own process; prints a table, then one JSON line.
+Each bulk row also gives the CPU seconds per GB of that path's own processes
+(arc-proxy, relay, agent; ssh and sshd): on a loaded machine MB/s swings, CPU
+per byte much less. ``--variant`` adds more full paths to the same run (another
+source tree, or environment knobs such as ``ARC_TUNNEL_SEND_PAYLOAD=16384`` or
+``ARC_TUNNEL_FASTPATH=0``), alternating with the others round by round.
 Goals (issue 3): throughput >= ssh -R; added p50 <= 0.5 ms.
 """
 
@@ -31,6 +36,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    # Run as a script (the --variant children): bench/tunnel.py must not
+    # shadow the tunnel package of the tree under test.
+    sys.path.pop(0)
 CHUNK = 1 << 20
 
 
@@ -113,6 +122,92 @@ def _child_kap(state: Path) -> None:
         (state / "kap.port").write_text(str(proxy.port))
         await asyncio.Event().wait()
     asyncio.run(main())
+
+
+def _child_fullpath(state: Path, label: str, sink_port: int) -> None:
+    """One full path (demo relay + agent forwarding to the sink, plus arc-proxy)
+    from the source tree on PYTHONPATH; writes ``<label>.json`` (port, pids),
+    runs until stdin closes. Lets one run compare two trees side by side."""
+    import signal
+
+    # Stopped by SIGTERM too: leave through ``finally`` so no child outlives us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    work = state / label
+    work.mkdir()
+    env, proxy, port = start_tunnel(work, sink_port)
+    try:
+        pids = {"arc-proxy": proxy.pid, **{n: int(p) for n, p in env.info()["pids"].items()
+                                           if n in ("relay", "agent")}}
+        (state / f"{label}.json").write_text(json.dumps({"port": port, "pids": pids}))
+        sys.stdin.buffer.read()
+    finally:
+        _stop([proxy])
+        env.stop()
+
+
+def _start_fullpath(work: Path, label: str, root: Path, sink_port: int,
+                    extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int, dict[str, int]]:
+    """Start ``_child_fullpath`` with ``root`` first on the path (this file is
+    run as a script, so the tree under test provides every other module)."""
+    # An extra PYTHONPATH (e.g. a sitecustomize.py that switches the event
+    # loop) goes after the tree under test.
+    path = [str(root)] + ([extra_env["PYTHONPATH"]] if extra_env.get("PYTHONPATH") else [])
+    env = {**os.environ, **extra_env, "PYTHONPATH": os.pathsep.join(path)}
+    with open(work / f"{label}-fullpath.log", "ab") as f:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--child", "fullpath", "--state",
+             str(work), "--label", label, "--sink-port", str(sink_port)],
+            stdin=subprocess.PIPE, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(root))
+    info = json.loads(_wait_file(work / f"{label}.json", timeout=120))
+    return proc, int(info["port"]), {k: int(v) for k, v in info["pids"].items()}
+
+
+def _stop_paths(paths: list[subprocess.Popen[bytes]]) -> None:
+    """Let each full path stop its processes (stdin EOF), then make sure."""
+    for proc in paths:
+        if proc.stdin is not None and not proc.stdin.closed:
+            proc.stdin.close()
+    for proc in paths:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+    _stop(paths)
+
+
+def _clock_ticks(pid: int) -> int:
+    """utime + stime of one process, in clock ticks (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (sshd forks one child per connection)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each named process tree."""
+    tck = os.sysconf("SC_CLK_TCK")
+    return {name: sum(_clock_ticks(p) for p in _tree(pid)) / tck for name, pid in pids.items()}
 
 
 def _spawn(*args: str, log: Path) -> subprocess.Popen[bytes]:
@@ -272,7 +367,8 @@ def start_tunnel(work: Path, sink_port: int) -> tuple[Any, subprocess.Popen[byte
         [sys.executable, "-m", "client.proxy_cli", "-n", "demo", "--port", str(port),
          "--file", str(work / "kubeconfig"), "--token", "bench"],
         stdout=subprocess.PIPE, stderr=open(work / "arc-proxy.log", "wb"),
-        env={**os.environ, "PYTHONPATH": str(ROOT), "ARC_CONFIG": str(work / "client.yaml")})
+        env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(ROOT),
+             "ARC_CONFIG": str(work / "client.yaml")})
     assert proxy.stdout is not None
     line = proxy.stdout.readline().decode()
     if "Ctrl-C to stop" not in line:
@@ -313,6 +409,14 @@ def full_path_latency(work: Path, n: int) -> tuple[tuple[float, float], tuple[fl
         env.stop()
 
 
+def _parse_variant(text: str) -> tuple[str, Path, dict[str, str]]:
+    """``LABEL[=ROOT][:VAR=VALUE,...]`` -> (label, source tree, extra environment)."""
+    head, _, envs = text.partition(":")
+    label, _, root = head.partition("=")
+    extra = dict(kv.split("=", 1) for kv in envs.split(",") if kv)
+    return label, Path(root).resolve() if root else ROOT, extra
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -321,8 +425,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="bulk rounds per path, best kept (default 3)")
     p.add_argument("--no-ssh", action="store_true", help="skip the ssh -R comparison")
     p.add_argument("--no-install", action="store_true", help="never apt-get install openssh")
-    p.add_argument("--child", choices=["sink", "upstream", "kap"], help=argparse.SUPPRESS)
+    p.add_argument("--bulk-only", action="store_true", help="skip the latency measurements")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL[=ROOT][:VAR=VAL,...]",
+                   help="another full path measured side by side: from source tree ROOT "
+                        "and/or with environment VAR=VAL (e.g. 'f16k:ARC_TUNNEL_SEND_PAYLOAD=16384'"
+                        " or 'before=/tmp/old-tree'); repeatable")
+    p.add_argument("--child", choices=["sink", "upstream", "kap", "fullpath"], help=argparse.SUPPRESS)
     p.add_argument("--state", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--label", help=argparse.SUPPRESS)
+    p.add_argument("--sink-port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child == "sink":
         _child_sink(args.state / "sink.port")
@@ -333,37 +444,70 @@ def main(argv: list[str] | None = None) -> int:
     if args.child == "kap":
         _child_kap(args.state)
         return 0
+    if args.child == "fullpath":
+        _child_fullpath(args.state, args.label, args.sink_port)
+        return 0
 
     work = Path(tempfile.mkdtemp(prefix="arc-bench-e2e-"))
     nbytes = args.mb * 1_000_000
     procs: list[subprocess.Popen[bytes]] = []
-    env: Any = None
+    paths: list[subprocess.Popen[bytes]] = []
     result: dict[str, Any] = {"bytes": nbytes, "requests": args.requests}
     rows: list[tuple[str, str]] = []
     try:
         procs.append(_spawn("--child", "sink", "--state", str(work), log=work / "sink.log"))
         sink = int(_wait_file(work / "sink.port"))
-        env, proxy, proxy_port = start_tunnel(work, sink)
+        ports: dict[str, int] = {"direct": sink}
+        pids: dict[str, dict[str, int]] = {"direct": {}}
+        for label, root, extra in [("tunnel", ROOT, {})] + [_parse_variant(v) for v in args.variant]:
+            proc, ports[label], pids[label] = _start_fullpath(work, label, root, sink, extra)
+            paths.append(proc)
         why_no_ssh = "skipped (--no-ssh)" if args.no_ssh else ensure_ssh(not args.no_install)
-        ports = {"direct": sink, "tunnel": proxy_port}
         ssh_procs: list[subprocess.Popen[bytes]] = []
         if why_no_ssh is None:
             ssh_procs, ports["ssh_R"] = start_ssh_r(work, sink)
+            pids["ssh_R"] = {"ssh": ssh_procs[0].pid, "sshd": ssh_procs[1].pid}
         else:
             result["ssh_R_note"] = why_no_ssh
         # The machine is shared: alternate the paths over a few rounds and keep
         # each path's best, so a burst of foreign load does not decide the result.
-        tp: dict[str, float | None] = {"direct": 0.0, "tunnel": 0.0, "ssh_R": None}
+        # CPU seconds of each path's own processes (not the sink's or ours) per
+        # GB moved barely depend on that load: the robust comparison.
+        tp: dict[str, float] = {name: 0.0 for name in ports}
+        cpu: dict[str, dict[str, float]] = {name: {} for name in ports}
+        moved: dict[str, int] = {name: 0 for name in ports}
         for _ in range(args.rounds):
             for name, port in ports.items():
-                tp[name] = max(tp[name] or 0.0, bulk(port, nbytes))
-        _stop([proxy, *ssh_procs])
-        env.stop()
-        env = None
-        for k, v in tp.items():
-            rows.append((f"throughput {k} (1 stream, {args.mb} MB, best of {args.rounds})",
-                         f"{v:8.1f} MB/s" if v is not None else f"n/a: {why_no_ssh}"))
-        result["throughput_MBps"] = {k: (round(v, 1) if v is not None else None) for k, v in tp.items()}
+                before = cpu_seconds(pids[name])
+                tp[name] = max(tp[name], bulk(port, nbytes))
+                after = cpu_seconds(pids[name])
+                for proc_name, t in after.items():
+                    cpu[name][proc_name] = cpu[name].get(proc_name, 0.0) + t - before[proc_name]
+                moved[name] += nbytes
+        _stop_paths(paths)
+        _stop(ssh_procs)
+        paths = []
+        cpu_per_gb = {name: {k: v / (moved[name] / 1e9) for k, v in c.items()}
+                      for name, c in cpu.items()}
+        for name, v in tp.items():
+            per = cpu_per_gb[name]
+            detail = ", ".join(f"{k} {x:.2f}" for k, x in per.items())
+            rows.append((f"throughput {name} (1 stream, {args.mb} MB, best of {args.rounds})",
+                         f"{v:8.1f} MB/s" + (f"  CPU s/GB {sum(per.values()):.2f} ({detail})"
+                                             if per else "")))
+        if why_no_ssh is not None:
+            rows.append(("throughput ssh_R", f"n/a: {why_no_ssh}"))
+        result["throughput_MBps"] = {k: round(v, 1) for k, v in tp.items()}
+        result["cpu_s_per_GB"] = {k: {p: round(x, 3) for p, x in v.items()}
+                                  for k, v in cpu_per_gb.items() if v}
+        ssh_tp = tp.get("ssh_R")
+        result["goals"] = {
+            "throughput_ge_ssh_R": None if ssh_tp is None else bool(tp["tunnel"] >= ssh_tp),
+        }
+        if ssh_tp:
+            rows.append(("throughput tunnel / ssh_R", f"{tp['tunnel'] / ssh_tp:.2f}"))
+        if args.bulk_only:
+            return 0
 
         procs.append(_spawn("--child", "upstream", "--state", str(work), log=work / "upstream.log"))
         up_port = int(_wait_file(work / "upstream.port"))
@@ -384,21 +528,17 @@ def main(argv: list[str] | None = None) -> int:
                                 "apiserver_direct": {"p50": round(a50, 3), "p99": round(a99, 3)},
                                 "full_path": {"p50": round(f50, 3), "p99": round(f99, 3)},
                                 "full_path_added_p50": round(f50 - a50, 3)}
-        ssh_tp = tp.get("ssh_R")
-        result["goals"] = {
-            "throughput_ge_ssh_R": (None if ssh_tp is None else bool((tp["tunnel"] or 0) >= ssh_tp)),
-            "added_p50_le_0.5ms": bool(k50 - d50 <= 0.5),
-        }
+        result["goals"]["added_p50_le_0.5ms"] = bool(k50 - d50 <= 0.5)
     finally:
+        _stop_paths(paths)
         _stop(procs)
-        if env is not None:
-            env.stop()
         shutil.rmtree(work, ignore_errors=True)
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure'.ljust(width)}  value")
-    for name, value in rows:
-        print(f"{name.ljust(width)}  {value}")
-    print(json.dumps(result))
+        if rows:
+            width = max(len(r[0]) for r in rows)
+            print(f"{'measure'.ljust(width)}  value")
+            for name, value in rows:
+                print(f"{name.ljust(width)}  {value}")
+            print(json.dumps(result))
     return 0
 
 

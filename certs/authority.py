@@ -19,6 +19,7 @@ from certs.keys import (
     load_private_key,
     new_private_key,
     private_key_pem,
+    self_signed_builder,
 )
 
 
@@ -49,17 +50,8 @@ class CertificateAuthority:
     @classmethod
     def create(cls, common_name: str, *, valid_days: int = 3650, kind: KeyKind = "ec") -> CertificateAuthority:
         key = new_private_key(kind)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = dt.datetime.now(dt.UTC)
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + dt.timedelta(days=valid_days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            self_signed_builder(key, common_name, valid_days=valid_days, ca=True)
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True, content_commitment=False, key_encipherment=False,

@@ -74,12 +74,13 @@ class KeyPair:
         return fingerprint_sha256(self.certificate_pem)
 
 
-def generate_key_pair(common_name: str, *, valid_days: int = 3650, kind: KeyKind = "ec") -> KeyPair:
-    """A key pair whose certificate is self-signed with ``CN=common_name``."""
-    key = new_private_key(kind)
+def self_signed_builder(
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, common_name: str, *, valid_days: int, ca: bool
+) -> x509.CertificateBuilder:
+    """The common part of every self-signed certificate here (a CA's, an agent's)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -87,7 +88,12 @@ def generate_key_pair(common_name: str, *, valid_days: int = 3650, kind: KeyKind
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + dt.timedelta(days=valid_days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
+
+
+def generate_key_pair(common_name: str, *, valid_days: int = 3650, kind: KeyKind = "ec") -> KeyPair:
+    """A key pair whose certificate is self-signed with ``CN=common_name``."""
+    key = new_private_key(kind)
+    cert = self_signed_builder(key, common_name, valid_days=valid_days, ca=False).sign(key, hashes.SHA256())
     return KeyPair(private_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))

@@ -16,6 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from client.arcctl_connect import add_connect
+from client.arcctl_delete import add_delete
+from client.arcctl_role import add_role
 from client.auth import CachedTokenSource, TokenSource
 from client.config import load_config
 from client.errors import run_cli
@@ -117,6 +120,8 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_demo, _add_list, _add_show, _add_get_token,
+    add_connect, add_delete,
+    add_role,
 ]
 
 

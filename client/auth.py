@@ -54,9 +54,23 @@ class Token:
     access_token: str
     expires_at: float
     refresh_token: str | None = None
+    # When it was obtained (0: unknown); short-lived tokens renew earlier in
+    # proportion to their lifetime instead of at a fixed margin they never clear.
+    issued_at: float = 0.0
 
-    def fresh(self, margin: float = REFRESH_MARGIN) -> bool:
-        return time.time() + margin < self.expires_at
+    def margin(self) -> float:
+        """Seconds before expiry at which this token is renewed: ``REFRESH_MARGIN``,
+        or a quarter of the lifetime when that is shorter."""
+        if self.issued_at <= 0 or self.expires_at <= self.issued_at:
+            return REFRESH_MARGIN
+        return min(REFRESH_MARGIN, (self.expires_at - self.issued_at) / 4)
+
+    def renew_at(self) -> float:
+        """Epoch seconds after which the token should be replaced."""
+        return self.expires_at - self.margin()
+
+    def fresh(self, margin: float | None = None) -> bool:
+        return time.time() + (self.margin() if margin is None else margin) < self.expires_at
 
 
 def _expiry(access_token: str, expires_in: Any) -> float:
@@ -118,6 +132,8 @@ class TokenSource:
             raise ConfigError("client config has no auth.token_endpoint nor auth.token_command: "
                               "add one, or pass --token")
         base = {"client_id": a.client_id or "arc-cli", "scope": a.scope}
+        if a.lifetime:
+            base["lifetime"] = str(a.lifetime)  # sandbox issuer extension (tests: short tokens)
         if old is not None and old.refresh_token:
             try:
                 return await self._post({**base, "grant_type": "refresh_token",
@@ -155,7 +171,8 @@ class TokenSource:
                             f"({type(err).__name__}): is it running?") from None
         access = str(body["access_token"])
         log.info("= token acquired via %s grant", form["grant_type"])
-        return Token(access, _expiry(access, body.get("expires_in")), body.get("refresh_token"))
+        return Token(access, _expiry(access, body.get("expires_in")), body.get("refresh_token"),
+                     issued_at=time.time())
 
     async def _run_command(self, command: str) -> Token:
         try:
@@ -168,7 +185,7 @@ class TokenSource:
         token = out.decode(errors="replace").strip()
         if proc.returncode != 0 or not token:
             raise AuthError(f"auth.token_command exited with {proc.returncode} and printed no token")
-        return Token(token, _expiry(token, 300))
+        return Token(token, _expiry(token, 300), issued_at=time.time())
 
 
 def _cache_dir() -> Path:
@@ -182,7 +199,7 @@ def _cache_key(auth: AuthConfig) -> str:
     import hashlib
 
     ident = "\0".join(str(x) for x in (auth.token_endpoint, auth.client_id, auth.scope,
-                                        auth.username, auth.token_command))
+                                        auth.username, auth.token_command, auth.lifetime))
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
@@ -204,7 +221,7 @@ class CachedTokenSource(TokenSource):
         try:
             doc = json.loads(self._path.read_text())
             self._token = Token(str(doc["access_token"]), float(doc["expires_at"]),
-                                doc.get("refresh_token"))
+                                doc.get("refresh_token"), float(doc.get("issued_at", 0.0)))
         except (OSError, ValueError, KeyError, TypeError):
             self._token = None  # no cache or a damaged one: acquire afresh
 
@@ -225,7 +242,7 @@ class CachedTokenSource(TokenSource):
             fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".tok-")
             with os.fdopen(fd, "w") as f:  # mkstemp files are 0600 already
                 json.dump({"access_token": token.access_token, "expires_at": token.expires_at,
-                           "refresh_token": token.refresh_token}, f)
+                           "refresh_token": token.refresh_token, "issued_at": token.issued_at}, f)
             os.replace(tmp, self._path)
         except OSError as err:
             log.debug("! token cache not written: %s", err.strerror)

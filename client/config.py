@@ -12,6 +12,7 @@
       password: ...
       client_secret: ...               # client-credentials grant, or
       token_command: "cmd that prints a token"
+      lifetime: 5                        # sandbox issuer only: short-lived tokens (tests)
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class AuthConfig:
     username: str | None = None
     password: str | None = None
     token_command: str | None = None
+    # Requested token lifetime in seconds, sent as the sandbox issuer's
+    # ``lifetime`` extension (tests use a few seconds); None: the issuer's default.
+    lifetime: str | None = None
 
 
 @dataclass

@@ -57,6 +57,9 @@ class DemoIdentity:
     admin_password: str
     admin_oid: str
     client_id: str
+    # The service principal that reads group memberships for overage users.
+    group_reader_client_id: str = ""
+    group_reader_secret: str = ""
 
 
 def load_demo_identity() -> DemoIdentity:
@@ -68,10 +71,13 @@ def load_demo_identity() -> DemoIdentity:
     users = {u["username"]: u for u in doc["users"]}
     demo, admin = users["demo@contoso.example"], users["admin@contoso.example"]
     clients = doc.get("public_clients") or [{"client_id": "arc-cli"}]
+    sps = doc.get("service_principals") or [{}]
     return DemoIdentity(
         tenant_id=str(doc["tenant_id"]), user=demo["username"], password=str(demo["password"]),
         user_oid=str(demo["oid"]), admin=admin["username"], admin_password=str(admin["password"]),
-        admin_oid=str(admin["oid"]), client_id=str(clients[0]["client_id"]))
+        admin_oid=str(admin["oid"]), client_id=str(clients[0]["client_id"]),
+        group_reader_client_id=str(sps[0].get("client_id", "")),
+        group_reader_secret=str(sps[0].get("client_secret", "")))
 
 
 def free_port() -> int:
@@ -155,6 +161,25 @@ class DemoEnvironment:
         if child is not None:
             child.stop()
 
+    def _oidc(self, secret_dir: Path) -> dict[str, Any]:
+        """The ``oidc`` section of relay and agent: the sandbox issuer, its tenant
+        only, and its member-groups endpoint as the overage group source."""
+        secret = secret_dir / "group-source.secret"
+        secret.write_text(self.identity.group_reader_secret)
+        secret.chmod(0o600)
+        host = str(self.idp["url"]).split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
+        return {
+            "issuers": [{"issuer": self.idp["issuer"], "audiences": [AUDIENCE],
+                         "ca_file": self.idp["ca_file"], "tenant_ids": [self.identity.tenant_id]}],
+            "group_source": {"token_endpoint": self.idp["token_endpoint"],
+                             "client_id": self.identity.group_reader_client_id,
+                             "client_secret_file": str(secret),
+                             "scope": "https://graph.microsoft.com/.default",
+                             # The oid comes from the validated token, never from a URL in it.
+                             "endpoint_template": f"{self.idp['url']}/v1.0/users/{{oid}}/getMemberObjects",
+                             "allowed_hosts": [host], "ca_file": self.idp["ca_file"]},
+        }
+
     def _write_relay_config(self) -> None:
         d = self.dir / "relay"
         d.mkdir(exist_ok=True)
@@ -167,8 +192,7 @@ class DemoEnvironment:
             "state_dir": str(d),
             "tls": {"cert_file": str(d / "tls.crt"), "key_file": str(d / "tls.key")},
             "database": str(d / "relay.db"),
-            "oidc": {"issuers": [{"issuer": self.idp["issuer"], "audiences": [AUDIENCE],
-                                  "ca_file": self.idp["ca_file"]}]},
+            "oidc": self._oidc(d),
             "admins": [self.identity.admin_oid],
             "limits": {"agent_grace_seconds": 5},
         }
@@ -234,8 +258,7 @@ class DemoEnvironment:
                 "upstream_url": self.api["url"],
                 "upstream_ca_file": self.api["ca_file"],
                 "upstream_token_file": str(token),
-                "oidc": {"issuers": [{"issuer": self.idp["issuer"], "audiences": [AUDIENCE],
-                                      "ca_file": self.idp["ca_file"]}]},
+                "oidc": self._oidc(d),
             },
         }
         if self.agent_forward_to:

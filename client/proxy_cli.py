@@ -19,6 +19,7 @@ from client.config import load_config
 from client.errors import AgentOffline, CliError, run_cli
 from client.listener import LocalListener, refusal_error
 from client.relay_client import RelayApi, RelaySessionKeeper
+from tunnel.aio_alloc import tune_allocator
 
 __all__ = ["main"]
 
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"arc-proxy: --port {args.port} is not a TCP port (0-65535)", file=sys.stderr)
         return 2
 
+    tune_allocator()  # bulk frames: see tunnel/aio_alloc.py
     return run_cli("arc-proxy", lambda: asyncio.run(_run(args)), debug=args.debug)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +27,11 @@ CONNECT_TIMEOUT = 10.0
 # kubectl within ~2 s (issue 3 "Done when").
 BACKOFF_START = 0.05
 BACKOFF_CAP = 1.0
+# The keeper checks its session at least this often (seconds): renewal time,
+# or a session that went draining and was replaced on demand.
+RENEW_TICK = 1.0
+# Floor between two renewals (seconds), whatever the token's lifetime says.
+MIN_RENEW_INTERVAL = 1.0
 
 
 def _error_message(body: Any) -> str:
@@ -149,7 +155,14 @@ class RelaySessionKeeper:
     :meth:`start` connects once (errors surface to the caller); afterwards a
     background task reconnects with a short backoff whenever the session ends
     (relay restart), and :meth:`session` connects on demand if a local
-    connection arrives while the session is down.
+    connection arrives while the session is down or draining.
+
+    Token renewal without dropping streams (no wire change): the relay
+    authenticates a session once, at the websocket upgrade, and sends GOAWAY
+    when that token expires. Shortly before (``Token.renew_at``) the keeper
+    dials a second session with a fresh token, moves new streams to it, and
+    sends GOAWAY on the old one itself: streams already open there (``get -w``,
+    ``logs -f``, exec) run on until they end, then the old session closes.
     """
 
     def __init__(self, config: ClientConfig, tokens: TokenSource, *, name: str = "client") -> None:
@@ -167,6 +180,11 @@ class RelaySessionKeeper:
         self._kick = asyncio.Event()
         self._stopping = False
         self.connects = 0
+        self.renewals = 0
+        # When the live session's token must be replaced (epoch seconds).
+        self._renew_at = float("inf")
+        # Sessions replaced by a renewal, draining their open streams.
+        self._old_runs: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -199,22 +217,29 @@ class RelaySessionKeeper:
             CliError: could not connect within ``timeout``.
         """
         s = self._session
-        if s is not None and not s.closed:
+        if self._usable(s):
             return s
         self._kick.set()
         return await asyncio.wait_for(self._connect(), timeout)
 
-    async def _connect(self) -> Any:
+    @staticmethod
+    def _usable(s: Any) -> bool:
+        # A draining session (GOAWAY either way) refuses new streams.
+        return s is not None and not s.closed and not s.draining
+
+    async def _connect(self, *, renew: bool = False) -> Any:
         async with self._lock:
             s = self._session
-            if s is not None and not s.closed:
+            if self._usable(s) and not (renew and time.time() >= self._renew_at):
                 return s
             assert self._http is not None
-            token = await self.tokens.get()
+            token_info = await self.tokens.get_token()
+            token = token_info.access_token
             try:
-                ws = await self._http.ws_connect(
-                    self.url, headers={"Authorization": f"Bearer {token}"}, ssl=self._ssl,
-                    **self._tunnel.ws_connect_kwargs(self._tcfg))
+                async with asyncio.timeout(self._tcfg.handshake_timeout or None):
+                    ws = await self._http.ws_connect(
+                        self.url, headers={"Authorization": f"Bearer {token}"}, ssl=self._ssl,
+                        **self._tunnel.ws_connect_kwargs(self._tcfg))
             except aiohttp.WSServerHandshakeError as err:
                 if err.status == 401:
                     self.tokens.invalidate()
@@ -231,11 +256,26 @@ class RelaySessionKeeper:
                     "is it running? check relay.url in the client config") from None
             session = self._tunnel.TunnelSession(ws, is_client=True, config=self._tcfg,
                                                  name=self.name, on_stream=self._refuse)
+            old, old_run = self._session, self._run_task
             # Keep a reference: the event loop holds tasks only weakly.
             self._run_task = asyncio.create_task(self._run(session), name=f"{self.name}-run")
             self._session = session
+            # Never renew more often than MIN_RENEW_INTERVAL, even for a token
+            # that cannot be refreshed (token_command printing the same one).
+            self._renew_at = max(token_info.renew_at(), time.time() + MIN_RENEW_INTERVAL)
             self.connects += 1
-            log.info("= %s connected to relay (connect #%d)", self.name, self.connects)
+            if old is not None and not old.closed and old_run is not None:
+                self.renewals += 1
+                self._old_runs.add(old_run)
+                old_run.add_done_callback(self._old_runs.discard)
+                try:
+                    await old.goaway()  # its open streams finish; new ones use `session`
+                except Exception as err:  # the old session may be closing already
+                    log.debug("! goaway on replaced session: %s", type(err).__name__)
+                log.info("= %s renewed its relay session (connect #%d); previous session drains "
+                         "%d open stream(s)", self.name, self.connects, old.streams)
+            else:
+                log.info("= %s connected to relay (connect #%d)", self.name, self.connects)
             return session
 
     async def _run(self, session: Any) -> None:
@@ -253,15 +293,25 @@ class RelaySessionKeeper:
         while not self._stopping:
             s = self._session
             run = self._run_task
-            if s is not None and not s.closed and run is not None:
-                await asyncio.shield(run)
+            renew = False
+            if self._usable(s) and run is not None:
+                # Wake when the session ends, at renewal time, or every tick
+                # (a session replaced on demand by session() is noticed then).
+                delay = min(RENEW_TICK, max(0.0, self._renew_at - time.time()))
+                done, _ = await asyncio.wait({run}, timeout=delay)
                 if self._stopping:
                     return
-                log.info("x %s session to relay ended (%s); reconnecting", self.name,
-                         getattr(s, "close_reason", "") or "closed")
+                if not done:
+                    if time.time() < self._renew_at:
+                        continue
+                    renew = True
+                    log.info("= %s relay token is due for renewal; opening a new session", self.name)
+                else:
+                    log.info("x %s session to relay ended (%s); reconnecting", self.name,
+                             getattr(s, "close_reason", "") or "closed")
                 backoff = BACKOFF_START
             try:
-                await self._connect()
+                await self._connect(renew=renew)
                 backoff = BACKOFF_START
                 continue
             except AuthError:
@@ -287,8 +337,10 @@ class RelaySessionKeeper:
                 await asyncio.wait_for(s.close(), 3.0)
             except (TimeoutError, Exception) as err:  # closing best effort
                 log.debug("! close: %s", type(err).__name__)
+        for old_run in list(self._old_runs):
+            old_run.cancel()
         if self._run_task is not None:
             self._run_task.cancel()
-            await asyncio.gather(self._run_task, return_exceptions=True)
+            await asyncio.gather(self._run_task, *self._old_runs, return_exceptions=True)
         if self._http is not None:
             await self._http.close()

@@ -9,6 +9,7 @@ answers Entra's group overage. See docs/INTERFACES.md §5.
 from __future__ import annotations
 
 from identity.errors import GroupResolutionError, IdentityError, TokenInvalid
+from identity.group_source import GroupSourceSettings, parse_group_source
 from identity.groups import ClientCredentialsToken, GroupResolver, HttpGroupResolver
 from identity.jwks import JwksCache
 from identity.oidc import ALLOWED_ALGORITHMS, TokenValidator, TrustedIssuer
@@ -19,6 +20,7 @@ __all__ = [
     "ClientCredentialsToken",
     "GroupResolutionError",
     "GroupResolver",
+    "GroupSourceSettings",
     "HttpGroupResolver",
     "IdentityError",
     "JwksCache",
@@ -26,6 +28,7 @@ __all__ = [
     "TokenInvalid",
     "TokenValidator",
     "TrustedIssuer",
+    "parse_group_source",
 ]
 
 # identity/agent_assertion.py is written by another helper; re-export it once

@@ -14,6 +14,7 @@ relay never writes on that stream.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from functools import partial
@@ -102,7 +103,17 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         return _refuse(state, request, exc.reason, claimed)
 
     ws = server_websocket_response(state.tunnel_config)
-    await ws.prepare(request)
+    try:
+        # A peer that stalls the upgrade must not hold a handler forever.
+        async with asyncio.timeout(state.tunnel_config.handshake_timeout or None):
+            await ws.prepare(request)
+    except TimeoutError:
+        log.info("agent handshake timed out cluster=%s peer=%s", cid, request.remote)
+        if not ws.prepared:
+            return json_error(504, "HandshakeTimeout", "websocket handshake timed out")
+        if request.transport is not None:
+            request.transport.abort()
+        return ws
     session = TunnelSession(ws, is_client=False, config=state.tunnel_config, name=f"agent:{cid}",
                             on_stream=partial(control_stream, state, cid))
     state.sessions.add(session)

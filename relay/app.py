@@ -31,6 +31,7 @@ from relay.roles import RoleStore
 from relay.router import DataRecorder
 from relay.state import STATE, RelayState
 from tunnel import TunnelConfig, TunnelSession
+from tunnel.aio_config import ADAPTER_SEND_PAYLOAD
 from tunnel.limits import Limits
 
 log = logging.getLogger("relay")
@@ -76,7 +77,9 @@ def ensure_dev_tls(
 def _tunnel_config(config: RelayConfig) -> TunnelConfig:
     raw = dict(config.tunnel)
     try:
-        limits = Limits(**raw.pop("limits", {}))
+        # Send the adapter's DATA frame size unless configured (the core's
+        # default is smaller; see tunnel/aio_config.py for the measurement).
+        limits = Limits(**{"max_send_payload": ADAPTER_SEND_PAYLOAD, **raw.pop("limits", {})})
         return TunnelConfig(limits=limits, **raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"limits.tunnel: {exc}") from None
@@ -128,7 +131,16 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
-    body = request.app[STATE].metrics.render()
+    state = request.app[STATE]
+    # The validator counts signatures it verified (cache hits excluded): the
+    # proof that the hot path verifies a token once, not per stream.
+    verified = int(getattr(state.validator, "signature_verifications", 0))
+    body = state.metrics.render() + (
+        "# HELP relay_token_signature_verifications_total OIDC token signatures verified "
+        "(validated-token cache misses).\n"
+        "# TYPE relay_token_signature_verifications_total counter\n"
+        f"relay_token_signature_verifications_total {verified}\n"
+    ).encode()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -178,7 +190,8 @@ class RelayServer:
                                              ca_pem=ca_pem, tenant_ids=raw.tenant_ids))
             except ValueError as exc:
                 raise ConfigError(f"oidc issuer {raw.issuer}: {exc}") from None
-        return TokenValidator(issuers)
+        resolver = self.config.group_source.build() if self.config.group_source else None
+        return TokenValidator(issuers, group_resolver=resolver)
 
     async def start(self) -> None:
         """Open the database, bind and serve.

@@ -15,6 +15,7 @@ import sys
 
 from relay.app import RelayServer
 from relay.config import ConfigError, load_relay_config
+from tunnel.aio_alloc import tune_allocator
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = load_relay_config(args.config)
+        tune_allocator()  # bulk frames: see tunnel/aio_alloc.py
         asyncio.run(_serve(RelayServer(config)))
     except ConfigError as exc:
         if args.debug:

@@ -26,11 +26,22 @@ async def client_connect(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if not state.accepting:
         return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
-    principal = await authenticate(request, "client")
-    if isinstance(principal, web.Response):
-        return principal
     ws = server_websocket_response(state.tunnel_config)
-    await ws.prepare(request)
+    try:
+        # Authentication plus the upgrade, bounded: a stalling peer must not
+        # hold a handler forever.
+        async with asyncio.timeout(state.tunnel_config.handshake_timeout or None):
+            principal = await authenticate(request, "client")
+            if isinstance(principal, web.Response):
+                return principal
+            await ws.prepare(request)
+    except TimeoutError:
+        log.info("client handshake timed out peer=%s", request.remote)
+        if not ws.prepared:
+            return json_error(504, "HandshakeTimeout", "authentication or handshake timed out")
+        if request.transport is not None:
+            request.transport.abort()
+        return ws
     handler = partial(route_stream, state, principal, recorder=state.recorder)
     session = TunnelSession(ws, is_client=False, config=state.tunnel_config,
                             name=f"client:{principal.name}", on_stream=handler)

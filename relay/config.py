@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from identity.group_source import GroupSourceSettings, parse_group_source
+
 
 class ConfigError(Exception):
     """A configuration problem the operator can fix; the message says how."""
@@ -54,6 +56,7 @@ class RelayConfig:
     tls_key_file: str | None = None
     database: str | None = None
     issuers: tuple[IssuerConfig, ...] = ()
+    group_source: GroupSourceSettings | None = None
     admins: tuple[str, ...] = ()
     agent_grace_seconds: float = 5.0
     drain_seconds: float = 10.0
@@ -139,6 +142,10 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             ca_file=_resolve(base, raw.get("ca_file")),
             tenant_ids=tuple(tenants) if tenants else None,
         ))
+    try:
+        group_source = parse_group_source((data.get("oidc") or {}).get("group_source"), base)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     limits = data.get("limits") or {}
     debug = data.get("debug") or {}
     try:
@@ -151,6 +158,7 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             tls_key_file=key_file,
             database=_resolve(base, data.get("database")),
             issuers=tuple(issuers),
+            group_source=group_source,
             admins=tuple(str(a) for a in data.get("admins") or ()),
             agent_grace_seconds=float(limits.get("agent_grace_seconds", 5.0)),
             drain_seconds=float(limits.get("drain_seconds", 10.0)),

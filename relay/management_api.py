@@ -52,7 +52,8 @@ def _require(request: web.Request, principal: Principal, action: Action, scope: 
         state.metrics.auth_failures.labels("api", "forbidden").inc()
         log.info("api forbidden principal=%s action=%s scope=%s", principal.name, action, scope)
         raise _Abort(json_error(
-            403, "Forbidden", f"principal {principal.name} has no {role_hint} role on {scope}"
+            403, "Forbidden", f"principal {principal.name} has no {role_hint} role at scope {scope} "
+            "(nor at a scope containing it)"
         ))
 
 

@@ -267,8 +267,9 @@ class SqliteRegistry:
                 updates[column] = kind(value) if kind is int else str(value)[:100]
             except (TypeError, ValueError):
                 continue
-        if not updates:
-            return
+        # A report is proof of connectivity: lastConnectivityTime means "last
+        # seen connected" (as in Azure Arc), not "last status change".
+        updates["last_connectivity_time"] = utc_now()
         assignments = ", ".join(f"{c} = ?" for c in updates)
         with self.db.transaction() as cur:
             cur.execute(

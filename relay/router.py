@@ -3,9 +3,11 @@
 For each OPEN on a client session: authorise (cluster-user or admin on the
 cluster), find the live agent session (waiting a short grace for an agent that
 is reconnecting, e.g. after a relay restart), open a stream on it, and only
-then accept the client's stream and splice the two. Nothing inside DATA is
-parsed; memory per stream is bounded by the tunnel's windows because bytes
-move from one stream to the other only as fast as the far side grants credit.
+then accept the client's stream and join the two at the frame level
+(``tunnel.splice_streams``). Nothing inside DATA is parsed; memory per stream
+is bounded by the tunnel's windows because bytes move from one stream to the
+other only as fast as the far side grants credit, and the near side gets its
+credit back only for bytes passed on.
 """
 
 from __future__ import annotations
@@ -36,8 +38,6 @@ AGENT_TARGET = b"kube-aad-proxy"
 # Codes that mean "this agent session cannot take new streams" rather than
 # "the cluster refused": the router then waits for the agent's next session.
 _RETRY_ON_OTHER_SESSION = {ErrorCode.GOING_AWAY, ErrorCode.REFUSED_STREAM}
-# Default read size (one tunnel frame payload).
-_CHUNK = 64 * 1024
 
 
 class DataRecorder:
@@ -50,7 +50,7 @@ class DataRecorder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("ab", buffering=0)
 
-    def record(self, data: bytes) -> None:
+    def record(self, data: bytes | memoryview) -> None:
         self._file.write(data)
 
     def close(self) -> None:
@@ -92,37 +92,20 @@ async def _open_upstream(state: RelayState, cid: str) -> TunnelStream | tuple[Er
     return ErrorCode.TARGET_UNAVAILABLE, f"cluster {cid} is offline"
 
 
-class _Metered:
-    """A ``TunnelStream`` seen through ``read``: counts (and optionally
-    records) every chunk read, delegating everything else. Lets the router
-    use ``tunnel.splice_streams`` unchanged and still expose bytes metrics."""
-
-    def __init__(self, stream: TunnelStream, on_read: Callable[[bytes], None]) -> None:
-        self._stream = stream
-        self._on_read = on_read
-
-    async def read(self, max_bytes: int = _CHUNK) -> bytes:
-        data = await self._stream.read(max_bytes)
-        if data:
-            self._on_read(data)
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-def _meter(stream: TunnelStream, counter: Any, recorder: DataRecorder | None) -> TunnelStream:
+def _meter(counter: Any, recorder: DataRecorder | None) -> Callable[[bytes | memoryview], None]:
+    """The per-chunk callback of one direction: count (and optionally record)
+    every chunk the bridge forwards."""
     inc = counter.inc
     if recorder is None:
-        def on_read(data: bytes) -> None:
+        def on_bytes(data: bytes | memoryview) -> None:
             inc(len(data))
     else:
         record = recorder.record
 
-        def on_read(data: bytes) -> None:
+        def on_bytes(data: bytes | memoryview) -> None:
             inc(len(data))
             record(data)
-    return cast(TunnelStream, _Metered(stream, on_read))
+    return on_bytes
 
 
 async def route_stream(state: RelayState, principal: Principal, stream: TunnelStream,
@@ -151,7 +134,9 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
     if not state.roles.allowed(principal_ids(principal), "connect", cluster_scope(rg, name)):
         metrics.streams_total.labels("forbidden").inc()
         log.info("stream forbidden principal=%s cluster=%s", principal.name, cid)
-        stream.reject(ErrorCode.FORBIDDEN, f"principal {principal.name} has no cluster-user role on {cid}")
+        scope = cluster_scope(rg, name)
+        stream.reject(ErrorCode.FORBIDDEN, f"principal {principal.name} has no cluster-user or admin "
+                                           f"role at scope {scope} (or /resourceGroups/{rg} or /)")
         return
     if state.registry.get(cid) is None:
         metrics.streams_total.labels("not_found").inc()
@@ -178,9 +163,12 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
     metrics.streams_open.inc()
     log.debug("stream routed principal=%s cluster=%s", principal.name, cid)
     try:
+        # Frame-level forwarding (no task per pair, no copy): DATA is passed
+        # from one session to the other as credit allows; see tunnel/aio_forward.py.
         await splice_streams(
-            _meter(stream, metrics.bytes.labels("client_to_agent"), recorder),
-            _meter(upstream, metrics.bytes.labels("agent_to_client"), recorder),
+            stream, upstream,
+            on_a_to_b=_meter(metrics.bytes.labels("client_to_agent"), recorder),
+            on_b_to_a=_meter(metrics.bytes.labels("agent_to_client"), recorder),
         )
     finally:
         metrics.streams_open.dec()

@@ -9,8 +9,11 @@ Public names (re-exported lazily by ``tunnel/__init__.py``)::
     StreamError, StreamReset, StreamRefused, TunnelClosed       (aio_errors)
     tune_allocator                                              (aio_alloc)
 
-Internals: aio_io.py (writer, keepalive, shutdown), aio_writer.py (batching
-frames onto the websocket).
+Internals: aio_io.py (writer, keepalive, idle sweep, shutdown, write batches),
+aio_writer.py (batching frames onto the websocket), aio_fastpath.py (dispatch
+from aiohttp's parser without a task hop), aio_forward.py (stream <-> stream
+at the frame level, the relay), aio_socket.py (stream <-> TCP socket without
+tasks, arc-proxy and the agent).
 
 Only ``tunnel/aio*.py`` import asyncio or aiohttp; the core never does.
 """

@@ -10,6 +10,7 @@ tunnel), and a message size cap derived from the frame limits.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from aiohttp import ClientWSTimeout, web
@@ -29,9 +30,14 @@ _FRAME_OVERHEAD = 64
 # accepts up to PROTOCOL_MAX_PAYLOAD, so this is a local choice. Measured with
 # bench/tunnel.py (allocator tuned): 64 KiB frames cost ~35 % less CPU per byte
 # than 16 KiB on both ends (0.46 vs 0.70 s/GB sender, 0.48 vs 0.73 receiver),
-# because the per-frame Python work (framing, masking, dispatch) dominates.
+# because the per-frame Python work (framing, masking, dispatch) dominates. On
+# the full TLS path (bench/e2e.py, arc-proxy + relay + agent, same run, 16 KiB
+# as a --variant): 5.51 vs 6.64 CPU-s/GB, i.e. 17 % less for 64 KiB.
 # Latency for other streams does not suffer: frames leave in FIFO batches.
-ADAPTER_SEND_PAYLOAD = _limits.PROTOCOL_MAX_PAYLOAD
+# ``$ARC_TUNNEL_SEND_PAYLOAD`` overrides it (bench/e2e.py compares sizes that way).
+ADAPTER_SEND_PAYLOAD = int(
+    os.environ.get("ARC_TUNNEL_SEND_PAYLOAD") or _limits.PROTOCOL_MAX_PAYLOAD
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +59,9 @@ class TunnelConfig:
             from it (the PONG also measures ``session.rtt``).
         ping_timeout: A ping unanswered for this long means the peer is dead:
             the session is closed.
+        fast_dispatch: Dispatch binary messages synchronously from aiohttp's
+            parser (aio_fastpath.py) instead of through ``ws.receive()``;
+            default on unless ``$ARC_TUNNEL_FASTPATH`` is ``0``.
     """
 
     limits: Limits = dataclasses.field(
@@ -63,6 +72,9 @@ class TunnelConfig:
     handshake_timeout: float = _limits.HANDSHAKE_TIMEOUT
     ping_interval: float = _limits.PING_INTERVAL
     ping_timeout: float = _limits.PING_TIMEOUT
+    fast_dispatch: bool = dataclasses.field(
+        default_factory=lambda: os.environ.get("ARC_TUNNEL_FASTPATH", "1") != "0"
+    )
 
     def __post_init__(self) -> None:
         for name in (

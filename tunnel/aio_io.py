@@ -12,6 +12,7 @@ reader, the dispatch of core events to streams, and the public stream API.
   aiohttp's drain when paused); kicks coalesce while it runs.
 * Keepalive: PING every ``ping_interval``; a PING unanswered within
   ``ping_timeout`` means the peer is dead: GOAWAY(PING_TIMEOUT) and close.
+  Streams silent for ``idle_timeout`` are reset (IDLE_TIMEOUT).
 * Shutdown happens once, in its own task (``_begin_shutdown``): mark closed
   and wake every waiter with ``TunnelClosed``, let the writer flush what the
   core queued (GOAWAY included), close the websocket with a bounded wait.
@@ -24,7 +25,8 @@ import contextlib
 import itertools
 import logging
 import struct
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSCloseCode
 
@@ -34,7 +36,10 @@ from tunnel.aio_writer import BatchSender
 from tunnel.connection import Connection
 from tunnel.errors import ErrorCode, LocalProtocolError
 
-__all__ = ["SessionIO"]
+if TYPE_CHECKING:
+    from tunnel.aio_stream import TunnelStream
+
+__all__ = ["SessionIO", "WriteBatch"]
 
 log = logging.getLogger("tunnel")
 
@@ -44,6 +49,55 @@ _PING = struct.Struct("!Q")
 FLUSH_TIMEOUT = 5.0
 # The same bound once the peer is known dead (no PONG).
 _DEAD_PEER_FLUSH_TIMEOUT = 0.5
+
+
+class _Deferred(Protocol):
+    """What a WriteBatch defers: a session, or a socket splice (aio_socket.py)."""
+
+    _batched: bool
+
+    def _kick(self) -> None: ...
+
+
+class _BatchState(threading.local):
+    """Kicks deferred while the fast path dispatches one socket read.
+
+    One read of a busy websocket holds several frames; the DATA among them
+    may go on to other sessions (the relay's bridge) or queue WINDOW frames.
+    Sending after each frame would cost one TLS write and one send() system
+    call per frame per session; deferring the kicks to the end of the read
+    sends each session's frames as one batch. Nothing waits longer: the
+    batch ends before the loop runs anything else. Per thread, since each
+    event loop (one per thread) batches its own sessions.
+    """
+
+    depth = 0
+
+    def __init__(self) -> None:
+        self.pending: list[_Deferred] = []
+
+
+BATCH = _BatchState()
+
+
+class WriteBatch:
+    """Context manager (reusable): defer every session's ``_kick`` until the
+    outermost block ends, then kick each session once (see ``_BatchState``)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        BATCH.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        state = BATCH
+        state.depth -= 1
+        if state.depth == 0 and state.pending:
+            pending = state.pending
+            state.pending = []
+            for deferred in pending:
+                deferred._batched = False
+                deferred._kick()
 
 
 class SessionIO:
@@ -66,6 +120,7 @@ class SessionIO:
         self._helpers: list[asyncio.Task[None]] = []
         self._wakeup: asyncio.Future[None] | None = None
         self._kicked = False
+        self._batched = False  # in BATCH.pending
         self._pending: list[bytes] = []
         self._sender = BatchSender(ws)
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
@@ -77,6 +132,31 @@ class SessionIO:
         self._closed_event = asyncio.Event()
         self.rtt: float | None = None
         self.debug = log.isEnabledFor(logging.DEBUG)
+        self._streams: dict[int, TunnelStream] = {}  # the session's live streams
+
+    async def _idle_loop(self) -> None:
+        # Per stream: (bytes moved either way, when that count last changed).
+        # Comparing counters keeps the clock off the DATA path; a stream is
+        # reset within idle_timeout + period of its last byte.
+        idle = self.config.idle_timeout
+        period = min(idle / 4, 5.0)
+        seen: dict[TunnelStream, tuple[int, float]] = {}
+        while not self._closed:
+            await asyncio.sleep(period)
+            now = self._loop.time()
+            current: dict[TunnelStream, tuple[int, float]] = {}
+            for stream in list(self._streams.values()):
+                if not stream._accepted:
+                    continue
+                moved = stream.bytes_received + stream.bytes_sent
+                last = seen.get(stream)
+                since = last[1] if last is not None and last[0] == moved else now
+                if now - since >= idle:
+                    log.info("%s x stream %d idle for %g s: reset", self.name, stream.id, idle)
+                    stream.reset(ErrorCode.IDLE_TIMEOUT, "idle timeout")
+                else:
+                    current[stream] = (moved, since)
+            seen = current
 
     def _session_closed(self, exc: TunnelClosed) -> None:
         """Hook: wake every stream waiter with ``exc`` (TunnelSession)."""
@@ -128,6 +208,12 @@ class SessionIO:
         writer is idle and the transport accepts it, else wake the writer."""
         if self._kicked:
             return  # the writer task is already due to run
+        batch = BATCH
+        if batch.depth:
+            if not self._batched:
+                self._batched = True
+                batch.pending.append(self)
+            return
         fut = self._wakeup
         if fut is not None and not fut.done():
             # Writer idle: nothing in flight, so writing here keeps the order.

@@ -28,6 +28,7 @@ from tunnel import SUBPROTOCOL
 from tunnel import events as ev
 from tunnel.aio_config import TunnelConfig
 from tunnel.aio_errors import StreamError, StreamRefused, TunnelClosed
+from tunnel.aio_fastpath import FastPath, install_fast_path
 from tunnel.aio_io import FLUSH_TIMEOUT, SessionIO
 from tunnel.aio_stream import TunnelStream
 from tunnel.connection import Connection
@@ -84,11 +85,11 @@ class TunnelSession(SessionIO):
         super().__init__(ws, Connection(is_client=is_client, limits=config.limits), config, name)
         self.is_client = is_client
         self._on_stream = on_stream
-        self._streams: dict[int, TunnelStream] = {}
         self._blocked_writers: set[TunnelStream] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._goaway_sent = False
         self._goaway_received = False
+        self._fast: FastPath | None = None
 
     def __repr__(self) -> str:
         return f"<TunnelSession {self.name} streams={len(self._streams)}>"
@@ -131,6 +132,8 @@ class TunnelSession(SessionIO):
                     self._helpers.append(self._loop.create_task(self._keepalive_loop()))
                 if self.config.idle_timeout > 0:
                     self._helpers.append(self._loop.create_task(self._idle_loop()))
+                if self.config.fast_dispatch:
+                    self._fast = install_fast_path(self._ws, self._on_binary)
                 await self._read_loop()
                 self._begin_shutdown("websocket closed")
             assert self._shutdown_task is not None
@@ -222,7 +225,44 @@ class TunnelSession(SessionIO):
         if (self._goaway_sent or self._goaway_received) and not self._streams and not self._closed:
             self._begin_shutdown("drained after GOAWAY")
 
+    def _on_binary(self, data: bytes) -> bool:
+        """One binary message from the fast path (aio_fastpath.py), on the
+        loop thread inside the protocol's ``data_received``.
+
+        Returns:
+            False once the session no longer takes messages this way.
+        """
+        if self._closed:
+            return False
+        try:
+            events = self._core.receive(data)
+            if events:
+                self._dispatch(events)
+                if len(events) == 1 and type(events[0]) is _DATA:
+                    return True  # see _read_loop: no output to kick
+            self._kick()
+        except RemoteProtocolError as exc:
+            self._on_protocol_error(exc)
+            return False
+        except Exception:
+            # A bug here must not escape into aiohttp's protocol callback.
+            log.exception("%s ! dispatch failed", self.name)
+            with contextlib.suppress(LocalProtocolError):
+                self._core.goaway(ErrorCode.INTERNAL_ERROR, "internal error")
+            self._begin_shutdown("internal error", ws_code=WSCloseCode.INTERNAL_ERROR)
+            return False
+        return True
+
+    def _on_protocol_error(self, exc: RemoteProtocolError) -> None:
+        log.warning("%s ! peer broke the protocol: %s (%s)", self.name, exc.error_code.name, exc)
+        self._close_cause = exc
+        self._begin_shutdown(
+            f"protocol error: {exc.error_code.name}", ws_code=WSCloseCode.PROTOCOL_ERROR
+        )
+
     async def _read_loop(self) -> None:
+        # With the fast path, binary messages rarely come this way (only
+        # those queued behind a control message); the rest is the same.
         ws = self._ws
         core = self._core
         dispatch = self._dispatch
@@ -242,13 +282,7 @@ class TunnelSession(SessionIO):
                 if msg.type is WSMsgType.TEXT:
                     core.receive_text()
             except RemoteProtocolError as exc:
-                log.warning(
-                    "%s ! peer broke the protocol: %s (%s)", self.name, exc.error_code.name, exc
-                )
-                self._close_cause = exc
-                self._begin_shutdown(
-                    f"protocol error: {exc.error_code.name}", ws_code=WSCloseCode.PROTOCOL_ERROR
-                )
+                self._on_protocol_error(exc)
                 return
             if msg.type is WSMsgType.ERROR:
                 self._close_cause = msg.data if isinstance(msg.data, BaseException) else None
@@ -344,30 +378,6 @@ class TunnelSession(SessionIO):
             if not stream.done and not self._closed:
                 with contextlib.suppress(StreamError, TunnelClosed):
                     await stream.aclose()
-
-    async def _idle_loop(self) -> None:
-        # Per stream: (bytes moved either way, when that count last changed).
-        # Comparing counters keeps the clock off the DATA path; a stream is
-        # reset within idle_timeout + period of its last byte.
-        idle = self.config.idle_timeout
-        period = min(idle / 4, 5.0)
-        seen: dict[TunnelStream, tuple[int, float]] = {}
-        while not self._closed:
-            await asyncio.sleep(period)
-            now = self._loop.time()
-            current: dict[TunnelStream, tuple[int, float]] = {}
-            for stream in list(self._streams.values()):
-                if not stream._accepted:
-                    continue
-                moved = stream.bytes_received + stream.bytes_sent
-                last = seen.get(stream)
-                since = last[1] if last is not None and last[0] == moved else now
-                if now - since >= idle:
-                    log.info("%s x stream %d idle for %g s: reset", self.name, stream.id, idle)
-                    stream.reset(ErrorCode.IDLE_TIMEOUT, "idle timeout")
-                else:
-                    current[stream] = (moved, since)
-            seen = current
 
     def _session_closed(self, exc: TunnelClosed) -> None:
         for stream in list(self._streams.values()):

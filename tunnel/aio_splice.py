@@ -1,8 +1,10 @@
 """Bidirectional copies: stream <-> socket (``splice``) and stream <-> stream
-(``splice_streams``, the relay's router).
+(``splice_streams``, the relay's router, see aio_forward.py).
 
-Both directions run as two tasks owned by the call; the call returns only when
-both ended, whatever happened, so no task outlives it. Half closes travel
+``splice`` hands the socket to aio_socket.py (no tasks, no read buffers); only
+where that cannot attach does it run both directions as two tasks owned by the
+call. Either way the call returns only when both ended, whatever happened, so
+nothing outlives it. Half closes travel
 (EOF -> FIN, FIN -> ``write_eof`` or close); an error on one side aborts both:
 a socket error resets the stream, a RESET (or a dead session) aborts the
 socket, a RESET on one stream resets the other with the same code.
@@ -13,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from tunnel.aio_errors import StreamError, StreamReset, TunnelClosed
+from tunnel.aio_errors import StreamError, TunnelClosed
+from tunnel.aio_forward import BytesCallback, forward_streams
+from tunnel.aio_socket import attach
 from tunnel.aio_stream import TunnelStream
 from tunnel.errors import ErrorCode
 
@@ -39,6 +43,32 @@ async def splice(
     Never raises for the ends' errors (they end the copy); re-raises
     cancellation after resetting the stream and aborting the socket.
     """
+    transport = writer.transport
+    joined = attach(stream, reader, transport)
+    if joined is not None:
+        # No tasks, no read buffers: see aio_socket.py.
+        try:
+            await asyncio.shield(joined.done)
+        except BaseException:
+            stream.reset(ErrorCode.CANCEL, "cancelled")
+            transport.abort()
+            raise
+        finally:
+            if not joined.failed:
+                transport.close()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_CLOSE_TIMEOUT):
+                        await asyncio.shield(joined.lost)
+            with contextlib.suppress(StreamError, TunnelClosed):
+                await stream.aclose()
+        return
+    await _splice_tasks(stream, reader, writer)
+
+
+async def _splice_tasks(
+    stream: TunnelStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """``splice`` with two copy tasks: where aio_socket.attach cannot be used."""
     failed = False
 
     def fail() -> None:
@@ -98,47 +128,25 @@ async def splice(
             await stream.aclose()
 
 
-async def splice_streams(a: TunnelStream, b: TunnelStream) -> None:
-    """Copy between two streams (possibly on two sessions) until both finish.
+async def splice_streams(
+    a: TunnelStream,
+    b: TunnelStream,
+    *,
+    on_a_to_b: BytesCallback | None = None,
+    on_b_to_a: BytesCallback | None = None,
+) -> None:
+    """Join two accepted streams (possibly on two sessions) until both finish.
 
-    FIN is forwarded as FIN; a RESET on one side resets the other with the
-    same code and reason; a dead session resets the other side with CANCEL.
+    Frame-level forwarding without tasks (``aio_forward.forward_streams``):
+    DATA goes from one stream's session to the other's as credit allows, and
+    credit is returned only for what was passed on. FIN is forwarded as FIN;
+    a RESET on one side resets the other with the same code and reason; a dead
+    session resets the other side with CANCEL.
 
     Args:
         a: One stream.
         b: The other stream.
+        on_a_to_b: Called with each chunk forwarded from ``a`` to ``b`` (metrics).
+        on_b_to_a: Called with each chunk forwarded from ``b`` to ``a``.
     """
-
-    def abort(exc: BaseException) -> None:
-        code: ErrorCode | int = ErrorCode.CANCEL
-        reason = "other side closed"
-        if isinstance(exc, StreamReset):
-            code, reason = exc.code, exc.reason
-        for stream in (a, b):
-            stream.reset(code, reason)  # type: ignore[arg-type]
-
-    async def pump(src: TunnelStream, dst: TunnelStream) -> None:
-        try:
-            while True:
-                data = await src.read(_CHUNK)
-                if not data:
-                    await dst.write_eof()
-                    return
-                await dst.write(data)
-        except (StreamError, TunnelClosed) as exc:
-            abort(exc)
-
-    tasks = [asyncio.ensure_future(pump(a, b)), asyncio.ensure_future(pump(b, a))]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        a.reset(ErrorCode.CANCEL, "cancelled")
-        b.reset(ErrorCode.CANCEL, "cancelled")
-        raise
-    finally:
-        for stream in (a, b):
-            with contextlib.suppress(StreamError, TunnelClosed):
-                await stream.aclose()
+    await forward_streams(a, b, on_a_to_b=on_a_to_b, on_b_to_a=on_b_to_a)

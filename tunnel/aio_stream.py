@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tunnel.aio_errors import StreamRefused, StreamReset, TunnelClosed
 from tunnel.errors import ErrorCode, LocalProtocolError
@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 __all__ = ["TunnelStream"]
 
 DEFAULT_READ_SIZE = 65536
+
+
+class StreamHook(Protocol):
+    """Takes a stream's events instead of its waiters while a join runs:
+    ``StreamBridge`` (aio_forward.py) or ``SocketSplice`` (aio_socket.py)."""
+
+    def on_data(self, stream: TunnelStream, data: bytes) -> None: ...
+    def on_credit(self, stream: TunnelStream) -> None: ...
+    def on_fin(self, stream: TunnelStream) -> None: ...
+    def on_reset(self, stream: TunnelStream) -> None: ...
+    def on_closed(self, stream: TunnelStream) -> None: ...
 
 
 class TunnelStream:
@@ -61,6 +72,9 @@ class TunnelStream:
         # sweeper compares them over time, so the hot path needs no clock.
         self.bytes_received = 0
         self.bytes_sent = 0
+        # Set while forward_streams joins this stream to another (aio_forward.py):
+        # the session's events then go to the bridge instead of the waiters.
+        self._bridge: StreamHook | None = None
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.id} {self.target!r}>"
@@ -290,6 +304,8 @@ class TunnelStream:
         self._reset_core(code, reason)
         self._wake_all()
         self._session._forget(self)
+        if self._bridge is not None:
+            self._bridge.on_reset(self)
 
     def _reset_core(self, code: ErrorCode, reason: str) -> None:
         if self._session._closed:
@@ -327,6 +343,9 @@ class TunnelStream:
     # ------------------------------------------------- called by the session
 
     def _on_data(self, data: bytes) -> None:
+        if self._bridge is not None:
+            self._bridge.on_data(self, data)
+            return
         self._buf.append(data)
         n = len(data)
         self._buffered += n
@@ -338,6 +357,8 @@ class TunnelStream:
     def _on_fin(self) -> None:
         self._eof = True
         self._wake(self._read_waiter)
+        if self._bridge is not None:
+            self._bridge.on_fin(self)
 
     def _on_reset(self, code: int, reason: str) -> None:
         if self._error is None:
@@ -347,18 +368,25 @@ class TunnelStream:
         if self._open_waiter is not None and not self._open_waiter.done():
             self._open_waiter.set_exception(StreamRefused(code, reason))
         self._wake_all()
+        if self._bridge is not None:
+            self._bridge.on_reset(self)
 
     def _on_accepted(self) -> None:
         self._accepted = True
         self._wake(self._open_waiter)
 
     def _on_credit(self) -> None:
-        self._wake(self._write_waiter)
+        if self._bridge is not None:
+            self._bridge.on_credit(self)
+        else:
+            self._wake(self._write_waiter)
 
     def _on_session_closed(self, exc: TunnelClosed) -> None:
         if self._open_waiter is not None and not self._open_waiter.done():
             self._open_waiter.set_exception(exc)
         self._wake_all()
+        if self._bridge is not None:
+            self._bridge.on_closed(self)
 
     def _wake_all(self) -> None:
         self._wake(self._read_waiter)

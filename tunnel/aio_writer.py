@@ -27,6 +27,9 @@ from typing import Any
 from aiohttp import WSMsgType
 
 _BINARY = int(WSMsgType.BINARY)
+# aiohttp writes an unmasked frame with a payload up to this size as one
+# piece (header + payload joined), larger ones in two writes.
+_ONE_WRITE = 16384
 
 __all__ = ["BatchSender"]
 
@@ -86,9 +89,11 @@ class BatchSender:
         if frame is None or writer is None or writer._closing or writer.protocol._paused:
             return False
         real = writer.transport
-        if len(messages) == 1:
-            frame(messages[0], _BINARY, 0)
+        if len(messages) == 1 and (writer.use_mask or len(messages[0]) <= _ONE_WRITE):
+            frame(messages[0], _BINARY, 0)  # aiohttp writes it in one piece
             return True
+        # Corked even for one large unmasked message: aiohttp writes it as
+        # header + payload, i.e. two TLS records and two send() calls.
         cork = _Cork(real)
         writer.transport = cork
         try:

@@ -78,9 +78,12 @@ PING_PAYLOAD_LENGTH = 8
 
 # --- local policy defaults (see Limits) ----------------------------------------
 
-# DATA payload size used when sending. 16 KiB frames were measured fastest through
-# aiohttp's websocket writer on this project's machines (~2.7 GB/s one way), larger
-# frames gained nothing and cost latency for other streams sharing the websocket.
+# DATA payload size the core uses when sending unless told otherwise. 16 KiB frames
+# were measured fastest through aiohttp's plain websocket writer early on; once the
+# allocator is tuned and frames are batched (tunnel/aio_*.py), 64 KiB frames cost
+# less per byte: the asyncio adapter, hence relay, agent and arc-proxy, sends
+# PROTOCOL_MAX_PAYLOAD (tunnel/aio_config.py ADAPTER_SEND_PAYLOAD; measured on the
+# full path, bench/e2e.py, same run: 5.5 vs 6.6 CPU-s/GB for 64 vs 16 KiB).
 MAX_SEND_PAYLOAD = 16 * 1024
 
 # Largest payload accepted from the peer (any frame type). Equal to the protocol

@@ -11,10 +11,13 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
+
+log = logging.getLogger("agent.kube_aad_proxy")
 
 # Distinct live tokens kept validated; each entry is a few hundred bytes.
 TOKEN_CACHE_SIZE = 10_000
@@ -48,8 +51,7 @@ def token_key(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
-def peek_issuer(token: str) -> str | None:
-    """``iss`` of a JWT without verifying it (to pick the path), else None."""
+def _peek_claims(token: str) -> dict[str, Any] | None:
     parts = token.split(".")
     if len(parts) != 3 or len(parts[1]) > 16384:
         return None
@@ -59,8 +61,30 @@ def peek_issuer(token: str) -> str | None:
         claims = json.loads(raw)
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):  # hostile nesting too
         return None
-    iss = claims.get("iss") if isinstance(claims, dict) else None
+    return claims if isinstance(claims, dict) else None
+
+
+def peek_issuer(token: str) -> str | None:
+    """``iss`` of a JWT without verifying it (to pick the path), else None."""
+    claims = _peek_claims(token)
+    iss = claims.get("iss") if claims is not None else None
     return iss if isinstance(iss, str) else None
+
+
+def peek_audiences(token: str) -> frozenset[str]:
+    """``aud`` values of a JWT without verifying it (to pick the path)."""
+    claims = _peek_claims(token)
+    aud = claims.get("aud") if claims is not None else None
+    values = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    return frozenset(a for a in values if isinstance(a, str))
+
+
+def audiences_of(validator: object) -> frozenset[str]:
+    """Every ``aud`` a trusted issuer of ``validator`` accepts (its ``issuers``)."""
+    out: set[str] = set()
+    for item in getattr(validator, "issuers", None) or ():
+        out.update(a for a in getattr(item, "audiences", ()) or () if isinstance(a, str))
+    return frozenset(out)
 
 
 def issuers_of(validator: object) -> frozenset[str]:
@@ -113,14 +137,23 @@ class OidcGate:
     """Chooses the OIDC path for tokens from trusted issuers and caches
     validated principals by token hash until they expire.
 
+    A token is ours when its ``iss`` is trusted, and also when it is addressed
+    to one of our audiences whatever its ``iss``: such a token was minted for
+    this service, so it is validated here (and refused: untrusted issuer)
+    rather than passed on for the API server to judge. Service-account tokens
+    carry the API server's audiences and still pass through.
+
     Args:
         validator: ``identity.TokenValidator``.
         trusted_issuers: ``iss`` values that select the OIDC path.
+        trusted_audiences: ``aud`` values that select it too.
     """
 
-    def __init__(self, validator: TokenValidatorLike, trusted_issuers: frozenset[str]) -> None:
+    def __init__(self, validator: TokenValidatorLike, trusted_issuers: frozenset[str],
+                 trusted_audiences: frozenset[str] = frozenset()) -> None:
         self.validator = validator
         self.trusted_issuers = trusted_issuers
+        self.trusted_audiences = trusted_audiences
         self._principals = _Lru(TOKEN_CACHE_SIZE)
         self._not_ours = _Lru(ISSUER_CACHE_SIZE)
         #: validator calls made (the hot path must not grow this per request)
@@ -132,7 +165,8 @@ class OidcGate:
             return True
         if self._not_ours.get(key) is not None:
             return False
-        ours = peek_issuer(token) in self.trusted_issuers
+        ours = peek_issuer(token) in self.trusted_issuers or bool(
+            self.trusted_audiences and peek_audiences(token) & self.trusted_audiences)
         if not ours:
             self._not_ours.put(key, True)
         return ours
@@ -154,4 +188,8 @@ class OidcGate:
         self.validations += 1
         p: PrincipalLike = await self.validator.validate(token)
         self._principals.put(key, p)
+        # One line per validation (not per request): the hot path's proof
+        # that a token's signature is checked once. Never the token itself.
+        log.info("oidc token validated principal=%s groups=%d overage=%s validations=%d",
+                 p.oid, len(p.groups), p.has_group_overage, self.validations)
         return p

@@ -13,7 +13,7 @@ from agent.kube_aad_proxy.config import (
     KubeAadProxyConfig,
 )
 from agent.kube_aad_proxy.connection import ProxyConnection
-from agent.kube_aad_proxy.oidc import OidcGate, issuers_of
+from agent.kube_aad_proxy.oidc import OidcGate, audiences_of, issuers_of
 from agent.kube_aad_proxy.policy import HeaderPolicy
 from agent.kube_aad_proxy.upstream import upstream_ssl_context
 from certs import server_ssl_context
@@ -40,7 +40,7 @@ class KubeAadProxy:
             issuers = config.trusted_issuers if config.trusted_issuers is not None else issuers_of(config.validator)
             if not issuers:
                 raise ValueError("validator has no trusted issuers; pass trusted_issuers")
-            gate = OidcGate(config.validator, issuers)
+            gate = OidcGate(config.validator, issuers, audiences_of(config.validator))
         self.gate = gate
         self.policy = HeaderPolicy(gate, config.upstream_token, config.impersonate_with)
         self.upstream_ssl = upstream_ssl_context(config)

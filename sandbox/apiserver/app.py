@@ -109,6 +109,8 @@ class App:
         if not info.is_resource:
             self._authorize(user, Attributes(req.method.lower() if req.method != "HEAD" else "get",
                                              path=req.path), req.path)
+            if req.path == "/debug/audit":
+                return self._debug_audit(user)
             return self._non_resource(req, info)
         attrs = Attributes(info.verb, info.group, info.resource, info.subresource, info.namespace, info.name)
         # Authorization comes before the lookup, as upstream: unknown types are 403 for the unauthorized.
@@ -135,6 +137,17 @@ class App:
         if info.subresource == "log" and rt.plural == "pods" and info.verb == "get":
             return serve_log(self, req, info)
         return await rest.handle(self, req, info, rt)
+
+    def _debug_audit(self, user: UserInfo) -> Response:
+        """``GET /debug/audit`` (sandbox only, static admin only): the audit trail as
+        JSON, so tests driving a separate API server process can prove that a
+        refused request never reached it. Not a Kubernetes API."""
+        if user.name != "admin" or "system:masters" not in user.groups:
+            raise st.forbidden(user.name, "get", "", "", "", "", "", "/debug/audit",
+                               "only the sandbox admin may read the audit trail")
+        items = [{"user": r.user, "verb": r.verb, "path": r.path, "status": r.status,
+                  "impersonatedBy": r.impersonated_by} for r in self.audit]
+        return codec.json_response(200, {"items": items})
 
     def _non_resource(self, req: Request, info: routing.RequestInfo) -> Response:
         path = req.path.rstrip("/") or "/"

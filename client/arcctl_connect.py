@@ -1,0 +1,275 @@
+"""``arcctl connect``: register a cluster at the relay and deploy its agent.
+
+Theory of operation (each step prints one progress line):
+
+1. Read the registration at the relay and, in the cluster of the kubeconfig
+   context, the agent's Secret and ConfigMap left by an earlier connect.
+2. Decide the keys. A registration whose certificate matches the Secret's:
+   reuse everything (a second run changes nothing). A registration with another
+   certificate: refuse, the name belongs to another agent. No registration but a
+   Secret of the same cluster written for another relay: reuse the key (moving to
+   a new relay). Anything else left in the cluster is a leftover (e.g. after
+   ``delete --force``): fresh keys, and the objects are overwritten.
+3. Apply Namespace and Secret, then register (so a registration never names a
+   key that is not stored in the cluster), then the other objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jwt
+import yaml
+
+from certs import CertificateAuthority, fingerprint_sha256, generate_key_pair
+from client.auth import TokenSource
+from client.config import ClientConfig, load_config
+from client.errors import CliError, ClusterNotFound, ConfigError
+from client.manifests import AGENT_NAME, NAMESPACE, AgentValues, build_manifests, dump_manifests
+from client.relay_client import RelayApi
+
+if TYPE_CHECKING:
+    from client.kube_apply import KubeTarget
+
+__all__ = ["add_connect", "cmd_connect", "tls_server_name"]
+
+SECRET_REF = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": AGENT_NAME, "namespace": NAMESPACE}}
+CONFIGMAP_REF = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": AGENT_NAME, "namespace": NAMESPACE}}
+STEPS = 6
+
+
+def tls_server_name(resource_group: str, name: str) -> str:
+    """The name kube-aad-proxy's serving certificate is issued for; arc-proxy
+    writes it as the kubeconfig's ``tls-server-name``."""
+    return f"{name}.{resource_group}.kube-aad-proxy.cluster-connect.local"
+
+
+def _say(step: int, text: str) -> None:
+    print(f"[{step}/{STEPS}] {text}", flush=True)
+
+
+def _read_file(path: str | None, what: str) -> str:
+    if not path:
+        return ""
+    try:
+        return Path(path).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {what} {path}: {getattr(err, 'strerror', None) or err}; "
+                          "fix the path") from None
+
+
+@dataclass(frozen=True)
+class InCluster:
+    """What an earlier connect left in the cluster."""
+
+    secret: dict[str, str]       # Secret key -> decoded text
+    relay_url: str               # from the ConfigMap's agent.yaml
+    cluster_id: str              # "rg/name" from the ConfigMap
+
+
+def read_in_cluster(target: KubeTarget) -> InCluster | None:
+    """The agent Secret/ConfigMap in ``arc-system``, or None when there is no Secret."""
+    live = target.get(SECRET_REF)
+    if live is None:
+        return None
+    secret = {k: base64.b64decode(v or "").decode(errors="replace")
+              for k, v in (live.get("data") or {}).items()}
+    relay_url, cid = "", ""
+    cm = target.get(CONFIGMAP_REF)
+    if cm is not None:
+        try:
+            doc = yaml.safe_load((cm.get("data") or {}).get("agent.yaml") or "") or {}
+            relay_url = str((doc.get("relay") or {}).get("url") or "")
+            cluster = doc.get("cluster") or {}
+            cid = f"{cluster.get('resource_group', '')}/{cluster.get('name', '')}"
+        except (yaml.YAMLError, AttributeError):
+            pass
+    return InCluster(secret, relay_url, cid)
+
+
+def _same_pem(a: str, b: str) -> bool:
+    return bool(a.strip()) and a.strip() == b.strip()
+
+
+def fresh_keys(values: AgentValues) -> AgentValues:
+    """A new agent key pair, serving CA and kube-aad-proxy serving certificate.
+    The CA's key is dropped: nothing needs to issue from it again."""
+    cid = f"{values.resource_group}/{values.cluster_name}"
+    agent = generate_key_pair(cid)
+    ca = CertificateAuthority.create(f"{cid} serving CA")
+    serving = ca.issue_server([tls_server_name(values.resource_group, values.cluster_name)], ["127.0.0.1"])
+    return replace(values, agent_key=agent.private_key_pem.decode(), agent_cert=agent.certificate_pem.decode(),
+                   serving_cert=serving.certificate_pem.decode(), serving_key=serving.private_key_pem.decode(),
+                   serving_ca=ca.certificate_pem.decode())
+
+
+def _reuse_keys(values: AgentValues, found: InCluster) -> AgentValues:
+    s = found.secret
+    return replace(values, agent_key=s.get("agent.key", ""), agent_cert=s.get("agent.crt", ""),
+                   serving_cert=s.get("serving.crt", ""), serving_key=s.get("serving.key", ""),
+                   serving_ca=s.get("serving-ca.crt", ""))
+
+
+def choose_keys(values: AgentValues, registration: dict[str, Any] | None,
+                found: InCluster | None, relay_url: str) -> tuple[AgentValues, str]:
+    """Step 2 of the theory above; returns the values with keys and a note.
+
+    Raises:
+        CliError: the name is registered with another agent's key.
+    """
+    cid = f"{values.resource_group}/{values.cluster_name}"
+    complete = found is not None and all(found.secret.get(k, "").strip() for k in
+                                         ("agent.key", "agent.crt", "serving.crt", "serving.key"))
+    if registration is not None:
+        registered = str(registration.get("agentPublicKeyCertificate") or "")
+        if found is not None and complete and _same_pem(found.secret.get("agent.crt", ""), registered):
+            return _reuse_keys(values, found), "reusing the agent key stored in the cluster"
+        raise CliError(f"cluster {cid} is already registered at the relay with another agent key: choose "
+                       f"another name, or remove it first with 'arcctl delete -n {values.cluster_name} "
+                       f"-g {values.resource_group}'")
+    if found is not None and complete and found.cluster_id == cid and found.relay_url \
+            and found.relay_url.rstrip("/") != relay_url.rstrip("/"):
+        return _reuse_keys(values, found), f"reusing the agent key of {cid} (moving from {found.relay_url})"
+    note = "generated a new agent key pair and serving certificate"
+    if found is not None:
+        note += " (replacing leftovers of an earlier registration)"
+    return fresh_keys(values), note
+
+
+def _summary(manifests: list[dict[str, Any]], outcomes: Sequence[str]) -> str:
+    return ", ".join(f"{m['kind']} {m['metadata']['name']} {o}" for m, o in zip(manifests, outcomes,
+                                                                               strict=True))
+
+
+def _registration_spec(values: AgentValues, location: str) -> dict[str, Any]:
+    return {
+        "location": location,
+        "agentPublicKeyCertificate": values.agent_cert,
+        "servingCaCertificate": values.serving_ca,
+        "tlsServerName": tls_server_name(values.resource_group, values.cluster_name),
+    }
+
+
+async def _token_claims(tokens: TokenSource) -> dict[str, Any]:
+    token = await tokens.get()
+    try:
+        # Only to learn which issuer the user signs in with; the relay and
+        # kube-aad-proxy verify signatures, we do not need to.
+        return dict(jwt.decode(token, options={"verify_signature": False}))
+    except jwt.PyJWTError:
+        return {}
+
+
+def base_values(args: argparse.Namespace, config: ClientConfig, group: str,
+                claims: dict[str, Any]) -> AgentValues:
+    """Values from the flags and the client config (no keys yet)."""
+    issuer = args.oidc_issuer or str(claims.get("iss") or "")
+    if not issuer:
+        raise ConfigError("cannot tell which OIDC issuer kube-aad-proxy should trust: pass --oidc-issuer URL")
+    aud = claims.get("aud")
+    audience = args.oidc_audience or (aud[0] if isinstance(aud, list) and aud else aud) \
+        or "api://cluster-connect"
+    return AgentValues(
+        cluster_name=args.name, resource_group=group, relay_url=config.relay_url,
+        oidc_issuer=issuer, oidc_audience=str(audience), image=args.image,
+        proxy_https=args.proxy_https or "", proxy_http=args.proxy_http or "",
+        no_proxy=args.proxy_skip_range or "",
+        relay_ca=_read_file(config.relay_ca_file, "relay CA file"),
+        proxy_ca=_read_file(args.proxy_cert, "proxy CA file"),
+        oidc_ca=_read_file(config.auth.ca_file, "OIDC issuer CA file"),
+    )
+
+
+async def connect(args: argparse.Namespace) -> int:
+    """The whole command (see the module docstring)."""
+    config = load_config(args.config)
+    group = args.group or config.resource_group
+    cid = f"{group}/{args.name}"
+    tokens = TokenSource(config.auth)
+    claims = {} if args.oidc_issuer and args.oidc_audience else await _token_claims(tokens)
+    values = base_values(args, config, group, claims)
+    if args.dry_run:
+        # Keys are made and registered only by a real connect; the Secret's data stays empty.
+        print(dump_manifests(build_manifests(values)), end="")
+        return 0
+    async with RelayApi(config, tokens) as api:
+        try:
+            registration: dict[str, Any] | None = await api.get_cluster(group, args.name)
+        except ClusterNotFound:
+            registration = None
+        _say(1, f"relay {config.relay_url}: cluster {cid} "
+                + ("is registered" if registration else "is not registered yet"))
+        from client.kube_apply import KubeTarget  # lazy: the kubernetes package is slow to import
+
+        target = KubeTarget(args.kube_config, args.kube_context)
+        try:
+            found = await asyncio.to_thread(read_in_cluster, target)
+            _say(2, f"cluster {target.host} (context {target.context or '-'}): "
+                    + ("found an agent Secret" if found else "no agent installed yet"))
+            values, note = choose_keys(values, registration, found, config.relay_url)
+            fp = fingerprint_sha256(values.agent_cert.encode())
+            _say(3, f"keys: {note} (agent certificate sha256 {fp[:16]}...)")
+            manifests = build_manifests(values)
+            outcomes = [await asyncio.to_thread(target.apply, m) for m in manifests[:2]]
+            _say(4, f"cluster: {_summary(manifests[:2], outcomes)}")
+            location = args.location if args.location is not None else \
+                str((registration or {}).get("location") or "")
+            spec = _registration_spec(values, location)
+            if registration is not None and all(registration.get(k) == v for k, v in spec.items()):
+                _say(5, f"relay: registration of {cid} unchanged")
+            else:
+                await api.put_cluster(group, args.name, spec)
+                _say(5, f"relay: {'updated' if registration else 'registered'} {cid}")
+            rest = [await asyncio.to_thread(target.apply, m) for m in manifests[2:]]
+            summary = _summary(manifests[2:], rest)
+            config_changed = any(o == "updated" for m, o in zip(manifests, outcomes + rest, strict=True)
+                                 if m["kind"] in ("Secret", "ConfigMap"))
+            if config_changed and rest[-1] == "unchanged":
+                await asyncio.to_thread(target.restart, manifests[-1])
+                summary += " (restarted: its Secret/ConfigMap changed)"
+            _say(6, f"cluster: {summary}")
+            outcomes += rest
+        finally:
+            target.close()
+    changed = any(o != "unchanged" for o in outcomes)
+    print(f"Cluster {cid} is registered at {config.relay_url} and its agent is deployed"
+          + ("" if changed else " (nothing changed)")
+          + f". Check it with: arcctl show -n {args.name} -g {group}")
+    return 0
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    """``arcctl connect``."""
+    return asyncio.run(connect(args))
+
+
+def add_connect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``arcctl connect`` (client.arcctl's COMMANDS table)."""
+    p = sub.add_parser("connect", help="register a cluster and deploy its agent (or --dry-run: print)")
+    p.add_argument("-n", "--name", required=True, help="cluster name")
+    p.add_argument("-g", "--resource-group", dest="group", help="resource group (default: from config)")
+    p.add_argument("--location", help="location recorded with the registration")
+    p.add_argument("--kube-config", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    p.add_argument("--kube-context", help="kubeconfig context (default: the current one)")
+    p.add_argument("--proxy-https", help="HTTPS proxy the agent dials the relay through")
+    p.add_argument("--proxy-http", help="HTTP proxy (used when no HTTPS proxy is set)")
+    p.add_argument("--proxy-skip-range", help="comma-separated CIDRs and host suffixes reached directly")
+    # The two spellings of az connectedk8s; the later one on the command line wins.
+    p.add_argument("--proxy-cert", "--custom-ca-cert", dest="proxy_cert",
+                   help="extra CA (PEM) the agent trusts: a TLS-inspecting proxy's, or the relay's")
+    p.add_argument("--oidc-issuer", help="issuer kube-aad-proxy trusts (default: your token's iss)")
+    p.add_argument("--oidc-audience", help="audience kube-aad-proxy expects (default: your token's aud)")
+    p.add_argument("--image", default=AgentValues.__dataclass_fields__["image"].default,
+                   help="agent container image")
+    p.add_argument("--dry-run", action="store_true", help="print the manifests (YAML) instead")
+    p.add_argument("--config", type=Path, help="client config (default: $ARC_CONFIG or "
+                   "~/.config/cluster-connect/config.yaml)")
+    p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    p.set_defaults(func=cmd_connect)
+

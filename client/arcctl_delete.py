@@ -1,0 +1,129 @@
+"""``arcctl delete``: remove a cluster's agent from the cluster and its
+registration from the relay.
+
+Without ``--force`` the in-cluster objects must be removed first; if the
+cluster cannot be reached the command stops and the registration stays, so
+the user can retry or choose ``--force``. With ``--force`` a failure in the
+cluster is reported and the registration is removed anyway; the next
+``arcctl connect`` to that cluster replaces the leftovers (fresh keys).
+Deleting the registration also ends the agent's session at the relay and
+makes its key worthless there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from client.arcctl_connect import read_in_cluster
+from client.auth import TokenSource
+from client.config import load_config
+from client.errors import CliError, ClusterNotFound
+from client.manifests import AgentValues, build_manifests
+from client.relay_client import RelayApi
+
+if TYPE_CHECKING:
+    from client.kube_apply import KubeTarget
+
+__all__ = ["add_delete", "cmd_delete"]
+
+
+def confirm(question: str) -> bool:
+    """Ask on the terminal.
+
+    Raises:
+        CliError: stdin is not a terminal (a script must pass ``-y``).
+    """
+    if not sys.stdin.isatty():
+        raise CliError("refusing to delete without confirmation: stdin is not a terminal; pass -y/--yes")
+    answer = input(f"{question} [y/N]: ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def remove_in_cluster(target: KubeTarget, cluster_id: str, relay_url: str) -> list[str]:
+    """Delete the agent's objects (reverse apply order, namespace last but
+    one, cluster-scoped RBAC last). Returns ``"Kind name outcome"`` lines.
+
+    An agent that was moved to another relay is left alone: deleting the old
+    registration must not take the cluster off the new relay.
+
+    Raises:
+        CliError: the Kubernetes cluster runs the agent of another cluster id.
+    """
+    found = read_in_cluster(target)
+    if found is not None and found.cluster_id not in ("", "/", cluster_id):
+        raise CliError(f"the Kubernetes cluster at {target.host} runs the agent of {found.cluster_id}, "
+                       f"not {cluster_id}: check --kube-context")
+    if found is not None and found.relay_url and found.relay_url.rstrip("/") != relay_url.rstrip("/"):
+        return [f"agent left in place (it now connects to {found.relay_url})"]
+    # Names and kinds are all that delete needs; the values do not matter.
+    objects = build_manifests(AgentValues("x", "x", "https://x", "https://x"))
+    order = [o for o in reversed(objects) if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding")]
+    order += [o for o in objects if o["kind"] == "Namespace"]
+    order += [o for o in reversed(objects) if o["kind"] in ("ClusterRoleBinding", "ClusterRole")]
+    return [f"{o['kind']} {o['metadata']['name']} {target.delete(o)}" for o in order]
+
+
+async def delete(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    group = args.group or config.resource_group
+    cid = f"{group}/{args.name}"
+    if not args.yes and not confirm(f"Delete cluster {cid}: its agent in the cluster and its registration?"):
+        print("Nothing deleted.")
+        return 1
+    async with RelayApi(config, TokenSource(config.auth)) as api:
+        # Authorisation and existence first: a user without the role must not
+        # get as far as deleting objects in the cluster.
+        try:
+            await api.get_cluster(group, args.name)
+            registered = True
+        except ClusterNotFound:
+            if not args.force:
+                raise
+            registered = False
+        try:
+            from client.kube_apply import KubeTarget  # lazy: slow to import
+
+            target = KubeTarget(args.kube_config, args.kube_context)
+            try:
+                lines = await asyncio.to_thread(remove_in_cluster, target, cid, config.relay_url)
+            finally:
+                target.close()
+            print(f"[1/2] cluster: {', '.join(lines)}", flush=True)
+        except CliError as err:
+            if not args.force:
+                raise CliError(f"{err}; nothing was deleted (use --force to remove only the "
+                               "registration)") from None
+            print(f"[1/2] cluster: skipped ({err}); a later 'arcctl connect' replaces the leftovers",
+                  flush=True)
+        if registered:
+            await api.request("DELETE", api.cluster_path(group, args.name), what=f"cluster {cid}")
+            print(f"[2/2] relay: registration of {cid} deleted", flush=True)
+        else:
+            print(f"[2/2] relay: {cid} was not registered", flush=True)
+    print(f"Cluster {cid} deleted.")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """``arcctl delete``."""
+    return asyncio.run(delete(args))
+
+
+def add_delete(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``arcctl delete`` (client.arcctl's COMMANDS table)."""
+    p = sub.add_parser("delete", help="remove a cluster's agent and its registration")
+    p.add_argument("-n", "--name", required=True, help="cluster name")
+    p.add_argument("-g", "--resource-group", dest="group", help="resource group (default: from config)")
+    p.add_argument("--kube-config", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    p.add_argument("--kube-context", help="kubeconfig context (default: the current one)")
+    p.add_argument("--force", action="store_true",
+                   help="remove the registration even when the cluster cannot be reached")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--config", type=Path, help="client config (default: $ARC_CONFIG or "
+                   "~/.config/cluster-connect/config.yaml)")
+    p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    p.set_defaults(func=cmd_delete)

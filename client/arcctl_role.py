@@ -1,0 +1,266 @@
+"""``arcctl role assign|list|delete|export|import``: role assignments at the relay.
+
+Roles (relay/roles.py): ``cluster-user`` (connect), ``viewer`` (list/show),
+``onboarding`` (register/delete clusters), ``admin`` (everything, including
+role assignments). Scopes: one cluster (``-n NAME [-g GROUP]``), a resource
+group (``-g GROUP``), everything (``--scope /``), or any of them spelled out
+with ``--scope``. The principal is an object id (user or service principal)
+or a group id, as in the token's ``oid`` / ``groups`` claims.
+
+``export`` prints every assignment the caller administers as one document
+(JSON or YAML); ``import`` reads such a document back and PUTs each
+assignment under its id, so exporting from one relay and importing into
+another (or the same one after a database loss) is idempotent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+
+from client.auth import TokenSource
+from client.config import ClientConfig, load_config
+from client.errors import CliError, ConfigError
+from client.output import FORMATS, render
+from client.relay_client import RelayApi
+
+__all__ = ["add_role", "export_document", "parse_import_document"]
+
+ROLES = ("cluster-user", "viewer", "onboarding", "admin")
+PRINCIPAL_TYPES = ("User", "Group", "ServicePrincipal")
+EXPORT_KIND = "RoleAssignmentList"
+EXPORT_API_VERSION = "cluster-connect.dev/v1"
+# An import file is a list of small records; anything bigger is the wrong file.
+MAX_IMPORT_BYTES = 4 * 1024 * 1024
+_FIELDS = ("principalId", "principalType", "role", "scope")
+
+
+def _scope(args: argparse.Namespace, config: ClientConfig, *, required: bool) -> str | None:
+    """The scope from ``--scope``, ``-n``/``-g``, or None when none was given."""
+    if args.scope:
+        if args.name or args.group:
+            raise ConfigError("give either --scope or -n/-g, not both")
+        return str(args.scope)
+    if args.name:
+        group = args.group or config.resource_group
+        return f"/resourceGroups/{group}/clusters/{args.name}"
+    if args.group:
+        return f"/resourceGroups/{args.group}"
+    if required:
+        raise ConfigError("name the scope: -n CLUSTER [-g GROUP], -g GROUP, or --scope / for everything")
+    return None
+
+
+def assignment_id(principal_id: str, role: str, scope: str) -> str:
+    """A stable id for (principal, role, scope): assigning twice is a no-op."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cluster-connect:{principal_id}|{role}|{scope}"))
+
+
+def _path(aid: str) -> str:
+    return f"/api/v1/roleAssignments/{quote(aid, safe='')}"
+
+
+def _run(config: ClientConfig, body: Any) -> Any:
+    async def go() -> Any:
+        async with RelayApi(config, TokenSource(config.auth)) as api:
+            return await body(api)
+    return asyncio.run(go())
+
+
+async def _list(api: RelayApi, principal: str | None, scope: str | None) -> list[dict[str, Any]]:
+    params = {k: v for k, v in (("principalId", principal), ("scope", scope)) if v}
+    doc = await api.request("GET", "/api/v1/roleAssignments", params=params or None)
+    value = doc.get("value", []) if isinstance(doc, dict) else []
+    return [dict(a) for a in value if isinstance(a, dict)]
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    """``arcctl role assign --role R --assignee ID [--assignee-type T] SCOPE``."""
+    config = load_config(args.config)
+    scope = _scope(args, config, required=True)
+    assert scope is not None
+    aid = args.id or assignment_id(args.assignee, args.role, scope)
+    spec = {"principalId": args.assignee, "principalType": args.assignee_type,
+            "role": args.role, "scope": scope}
+
+    async def body(api: RelayApi) -> Any:
+        return await api.request("PUT", _path(aid), json=spec, what=f"role assignment {aid}")
+    print(render(_run(config, body), args.output))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``arcctl role list [--assignee ID] [SCOPE]``: assignments the caller administers."""
+    config = load_config(args.config)
+    scope = _scope(args, config, required=False)
+
+    async def body(api: RelayApi) -> list[dict[str, Any]]:
+        return await _list(api, args.assignee, scope)
+    print(render(_run(config, body), args.output))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """``arcctl role delete --id ID`` or ``--assignee ID [--role R] [SCOPE]``."""
+    config = load_config(args.config)
+    scope = _scope(args, config, required=False)
+    if not args.id and not args.assignee:
+        raise ConfigError("name what to delete: --id ID, or --assignee ID [--role R] [-n/-g/--scope]")
+
+    async def body(api: RelayApi) -> list[str]:
+        if args.id:
+            ids = [args.id]
+        else:
+            found = await _list(api, args.assignee, scope)
+            ids = [a["id"] for a in found if not args.role or a.get("role") == args.role]
+            if not ids:
+                raise CliError(f"no role assignment of {args.assignee} matches"
+                               + (f" role {args.role}" if args.role else "")
+                               + (f" at scope {scope}" if scope else "")
+                               + ": see 'arcctl role list'")
+        for aid in ids:
+            await api.request("DELETE", _path(aid), what=f"role assignment {aid}")
+        return ids
+    deleted = _run(config, body)
+    print(render({"deleted": deleted}, args.output))
+    return 0
+
+
+def export_document(assignments: list[dict[str, Any]]) -> dict[str, Any]:
+    """The export format: ``{apiVersion, kind, items: [{id, principalId, ...}]}``."""
+    items = [{"id": a["id"], **{k: a.get(k) for k in _FIELDS}}
+             for a in sorted(assignments, key=lambda a: str(a.get("id")))]
+    return {"apiVersion": EXPORT_API_VERSION, "kind": EXPORT_KIND, "items": items}
+
+
+def parse_import_document(text: str, source: str) -> list[dict[str, Any]]:
+    """Assignments from an export document (JSON or YAML; a bare list works too).
+
+    Raises:
+        ConfigError: one line naming the first problem and where it is.
+    """
+    try:
+        doc = yaml.safe_load(text)  # YAML 1.2 reads JSON as well
+    except yaml.YAMLError:
+        raise ConfigError(f"{source} is neither JSON nor YAML") from None
+    items = doc.get("items") if isinstance(doc, dict) else doc
+    if isinstance(doc, dict) and doc.get("kind") not in (None, EXPORT_KIND):
+        raise ConfigError(f"{source}: kind {doc.get('kind')!r} is not {EXPORT_KIND}")
+    if not isinstance(items, list):
+        raise ConfigError(f"{source} must hold a list of role assignments (or {{items: [...]}})")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{source}: item {i} is not a mapping")
+        missing = [k for k in ("principalId", "role", "scope") if not item.get(k)]
+        if missing:
+            raise ConfigError(f"{source}: item {i} lacks {', '.join(missing)}")
+        if item["role"] not in ROLES:
+            raise ConfigError(f"{source}: item {i} has role {item['role']!r}; use one of {', '.join(ROLES)}")
+        ptype = item.get("principalType") or "User"
+        if ptype not in PRINCIPAL_TYPES:
+            raise ConfigError(f"{source}: item {i} has principalType {ptype!r}; use one of "
+                              f"{', '.join(PRINCIPAL_TYPES)}")
+        principal, role, scope = str(item["principalId"]), str(item["role"]), str(item["scope"])
+        out.append({"id": str(item.get("id") or assignment_id(principal, role, scope)),
+                    "principalId": principal, "principalType": ptype, "role": role, "scope": scope})
+    return out
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``arcctl role export [-o json|yaml] [--file F]``."""
+    config = load_config(args.config)
+
+    async def body(api: RelayApi) -> list[dict[str, Any]]:
+        return await _list(api, None, None)
+    text = render(export_document(_run(config, body)), "yaml" if args.output == "yaml" else "json")
+    if args.file and args.file != "-":
+        Path(args.file).write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """``arcctl role import --file F [--dry-run]``: PUT each assignment under its id."""
+    config = load_config(args.config)
+    source = "stdin" if args.file == "-" else str(args.file)
+    try:
+        text = sys.stdin.read(MAX_IMPORT_BYTES + 1) if args.file == "-" else \
+            Path(args.file).read_text()[: MAX_IMPORT_BYTES + 1]
+    except OSError as err:
+        raise ConfigError(f"cannot read {source}: {err.strerror}") from None
+    if len(text) > MAX_IMPORT_BYTES:
+        raise ConfigError(f"{source} is larger than {MAX_IMPORT_BYTES} bytes")
+    items = parse_import_document(text, source)
+    if args.dry_run:
+        print(render({"wouldApply": items}, args.output))
+        return 0
+
+    async def body(api: RelayApi) -> dict[str, Any]:
+        applied = []
+        for item in items:
+            spec = {k: item[k] for k in _FIELDS}
+            await api.request("PUT", _path(item["id"]), json=spec, what=f"role assignment {item['id']}")
+            applied.append(item["id"])
+        return {"applied": applied}
+    print(render(_run(config, body), args.output))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, *, scope: bool = True) -> None:
+    if scope:
+        p.add_argument("-n", "--name", help="scope: this cluster (in -g, default from config)")
+        p.add_argument("-g", "--resource-group", dest="group", help="scope: this resource group")
+        p.add_argument("--scope", help="scope spelled out: '/', '/resourceGroups/RG' or "
+                       "'/resourceGroups/RG/clusters/NAME'")
+    p.add_argument("--config", type=Path, help="client config (default: $ARC_CONFIG or "
+                   "~/.config/cluster-connect/config.yaml)")
+    p.add_argument("-o", "--output", choices=FORMATS, default="json", help="output format (default json)")
+    p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+
+
+def add_role(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``arcctl role ...`` (an entry of ``client.arcctl.COMMANDS``)."""
+    role = sub.add_parser("role", help="manage role assignments at the relay")
+    verbs = role.add_subparsers(dest="role_command", metavar="VERB")
+    verbs.required = True
+
+    p = verbs.add_parser("assign", help="give a principal a role at a scope")
+    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--assignee", required=True, help="object id of a user/service principal, or a group id")
+    p.add_argument("--assignee-type", default="User", choices=PRINCIPAL_TYPES)
+    p.add_argument("--id", help="assignment id (default: derived from assignee, role and scope)")
+    _common(p)
+    p.set_defaults(func=cmd_assign)
+
+    p = verbs.add_parser("list", help="list the role assignments you administer")
+    p.add_argument("--assignee", help="only this principal")
+    _common(p)
+    p.set_defaults(func=cmd_list)
+
+    p = verbs.add_parser("delete", help="delete role assignments")
+    p.add_argument("--id", help="the assignment id")
+    p.add_argument("--assignee", help="every assignment of this principal (narrowed by --role and scope)")
+    p.add_argument("--role", choices=ROLES)
+    _common(p)
+    p.set_defaults(func=cmd_delete)
+
+    p = verbs.add_parser("export", help="print every assignment you administer (JSON or YAML)")
+    p.add_argument("--file", help="write here instead of stdout")
+    _common(p, scope=False)
+    p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("import", help="create/update assignments from an export document")
+    p.add_argument("--file", required=True, help="JSON or YAML export document ('-': stdin)")
+    p.add_argument("--dry-run", action="store_true", help="validate and print, change nothing")
+    _common(p, scope=False)
+    p.set_defaults(func=cmd_import)
+

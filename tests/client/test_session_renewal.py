@@ -1,0 +1,88 @@
+"""arc-proxy's relay session renews its token before expiry without dropping
+streams (RelaySessionKeeper against a real in-process relay, sandbox issuer and
+agent; 3-second tokens)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from client.auth import Token, TokenSource
+from client.config import AuthConfig, ClientConfig
+from client.relay_client import RelaySessionKeeper
+from tests.relay.harness import (
+    DEMO_OID,
+    WAIT,
+    RelayEnv,
+    running_env,
+    server_port,
+    start_echo_server,
+)
+
+LIFETIME = 3
+
+
+@pytest.fixture
+async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
+    """A started relay and sandbox issuer."""
+    async with running_env(tmp_path) as env:
+        yield env
+
+
+def test_token_renews_at_a_quarter_of_a_short_lifetime() -> None:
+    """Long tokens renew 60 s before expiry; short ones at 3/4 of their life."""
+    assert Token("t", 1000.0 + 3600, issued_at=1000.0).renew_at() == 1000.0 + 3600 - 60
+    assert Token("t", 1004.0, issued_at=1000.0).renew_at() == 1003.0
+    assert Token("t", 5000.0).renew_at() == 5000.0 - 60  # issue time unknown: fixed margin
+
+
+async def _echo(stream: object, data: bytes) -> bytes:
+    await stream.write(data)  # type: ignore[attr-defined]
+    got = b""
+    async with asyncio.timeout(WAIT):
+        while len(got) < len(data):
+            got += await stream.read()  # type: ignore[attr-defined]
+    return got
+
+
+async def test_keeper_renews_session_and_open_stream_survives_token_expiry(relay_env: RelayEnv) -> None:
+    """A stream opened on the first session keeps echoing after two renewals
+    (its session's token expired and the relay sent GOAWAY); new streams go to
+    the newest session; the old session closes once its stream ends."""
+    echo = await start_echo_server()
+    keys = relay_env.register("rg1", "alpha")
+    relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+    await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
+    await relay_env.wait_agent("rg1/alpha")
+    idp = relay_env.idp
+    auth = AuthConfig(token_endpoint=idp.token_endpoint, ca_file=str(idp.ca_file), client_id=idp.cli_client_id,
+                      username="demo@contoso.example", password="demo-password", lifetime=str(LIFETIME))
+    assert relay_env.relay.ca_file is not None
+    config = ClientConfig(relay_url=relay_env.relay.url, relay_ca_file=str(relay_env.relay.ca_file), auth=auth)
+    keeper = RelaySessionKeeper(config, TokenSource(auth), name="renewal-test")
+    try:
+        first = await keeper.start()
+        stream = await (await keeper.session()).open_stream(b"rg1/alpha", timeout=WAIT)
+        assert await _echo(stream, b"before") == b"before"
+        async with asyncio.timeout(WAIT):
+            while keeper.renewals < 2:
+                await asyncio.sleep(0.1)
+        assert first.draining  # we sent GOAWAY on it; its token has expired by now
+        payload = os.urandom(256 * 1024)
+        assert await _echo(stream, payload) == payload
+        current = await keeper.session()
+        assert current is not first and not current.draining
+        other = await current.open_stream(b"rg1/alpha", timeout=WAIT)
+        assert await _echo(other, b"new session") == b"new session"
+        await other.aclose()
+        await stream.write_eof()
+        await stream.aclose()
+        async with asyncio.timeout(WAIT):
+            await first.wait_closed()
+    finally:
+        await keeper.close()
+        echo.close()

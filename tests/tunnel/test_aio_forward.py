@@ -1,0 +1,303 @@
+"""Tests of the task-free joins: frame-level forwarding between two sessions
+(``splice_streams``, tunnel/aio_forward.py) and stream <-> TCP socket
+(``splice``, tunnel/aio_socket.py), over real loopback websockets and sockets.
+
+The "relay" here is a session pair in the middle: a client session talks to
+a relay server session, whose handler opens a stream on a second session (the
+relay as client of a far server) and joins the two, as relay/router.py does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.tunnel.test_aio import (
+    WAIT,
+    Handler,
+    Pair,
+    _tcp_server,
+    echo,
+    read_all,
+    tunnel_pair,
+    wait_until,
+)
+from tunnel import ErrorCode, StreamReset, TunnelStream, splice, splice_streams
+from tunnel.limits import INITIAL_STREAM_WINDOW
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Relay:
+    """Client -> relay (server session) -> far server, joined per stream."""
+
+    def __init__(self) -> None:
+        self.near: Pair | None = None
+        self.far: Pair | None = None
+        self.joined: list[tuple[TunnelStream, TunnelStream]] = []
+        self.forwarded = {"a_to_b": 0, "b_to_a": 0}
+        self.hold_before_join = asyncio.Event()
+        self.hold_before_join.set()
+
+    async def handler(self, stream: TunnelStream) -> None:
+        assert self.far is not None
+        onward = await self.far.client.open_stream(stream.target)
+        stream.accept()
+        self.joined.append((stream, onward))
+        await self.hold_before_join.wait()
+
+        def count(key: str):  # type: ignore[no-untyped-def]
+            def on_bytes(data: bytes | memoryview) -> None:
+                self.forwarded[key] += len(data)
+
+            return on_bytes
+
+        await splice_streams(
+            stream, onward, on_a_to_b=count("a_to_b"), on_b_to_a=count("b_to_a")
+        )
+
+
+@contextlib.asynccontextmanager
+async def relay_path(far_handler: Handler) -> AsyncIterator[Relay]:
+    """A client session whose streams the relay joins to ``far_handler``."""
+    relay = Relay()
+    async with tunnel_pair(far_handler) as far:
+        relay.far = far
+        async with tunnel_pair(relay.handler) as near:
+            relay.near = near
+            yield relay
+
+
+async def test_splice_streams_forwards_bytes_exactly_both_ways_through_a_relay() -> None:
+    """Three streams of random-sized writes through the relay to an echo
+    server: every byte comes back exactly, FIN travels end to end, and the
+    metering callbacks saw every byte once each way."""
+    rng = random.Random(3)
+    async with relay_path(echo) as relay:
+        assert relay.near is not None
+
+        async def one(size: int) -> None:
+            assert relay.near is not None
+            stream = await relay.near.client.open_stream(b"echo")
+            payload = os.urandom(size)
+
+            async def send() -> None:
+                view = memoryview(payload)
+                while view:
+                    n = rng.randint(1, 300_000)
+                    await stream.write(view[:n])
+                    view = view[n:]
+                await stream.write_eof()
+
+            sender = asyncio.create_task(send())
+            assert await read_all(stream) == payload
+            await sender
+
+        sizes = [3_000_000, 500_000, 1]
+        async with asyncio.timeout(WAIT):
+            await asyncio.gather(*(one(n) for n in sizes))
+            await wait_until(lambda: relay.forwarded["b_to_a"] == sum(sizes), "metered")
+        assert relay.forwarded == {"a_to_b": sum(sizes), "b_to_a": sum(sizes)}
+
+
+async def test_splice_streams_holds_at_most_the_window_when_the_consumer_stalls() -> None:
+    """A far reader that stops reading stops the client's writer; the relay
+    holds no more than the stream window it granted (it returns credit only
+    for bytes passed on); once the reader resumes every byte arrives."""
+    release = asyncio.Event()
+    got: list[bytes] = []
+
+    async def stalled_sink(stream: TunnelStream) -> None:
+        stream.accept()
+        await release.wait()
+        got.append(await read_all(stream))
+
+    async with relay_path(stalled_sink) as relay:
+        assert relay.near is not None
+        stream = await relay.near.client.open_stream(b"sink")
+        blob = os.urandom(8 * INITIAL_STREAM_WINDOW)
+
+        async def fill() -> None:
+            await stream.write(blob)
+            await stream.write_eof()
+
+        filler = asyncio.create_task(fill())
+        await wait_until(lambda: stream._write_waiter is not None, "writer parked on credit")
+        near_side, far_side = relay.joined[0]
+        # What the relay holds is bounded by the window it granted the client;
+        # what went on is bounded by the far side's window.
+        assert near_side.buffered <= INITIAL_STREAM_WINDOW
+        assert stream.bytes_sent <= 2 * INITIAL_STREAM_WINDOW
+        assert far_side.bytes_sent <= INITIAL_STREAM_WINDOW
+        assert not filler.done()
+        release.set()
+        async with asyncio.timeout(WAIT):
+            await filler
+            await wait_until(lambda: bool(got), "far side read everything")
+        assert got[0] == blob
+
+
+async def test_splice_streams_forwards_data_that_arrived_before_the_join() -> None:
+    """A far server that speaks first: its bytes wait in the relay's stream
+    until the join starts, then reach the client exactly, before its FIN."""
+    greeting = os.urandom(200_000)
+
+    async def speaks_first(stream: TunnelStream) -> None:
+        stream.accept()
+        await stream.write(greeting)
+        await stream.write_eof()
+        await read_all(stream)
+
+    async with relay_path(speaks_first) as relay:
+        assert relay.near is not None
+        relay.hold_before_join.clear()
+        stream = await relay.near.client.open_stream(b"greet")
+        await wait_until(
+            lambda: bool(relay.joined) and relay.joined[0][1].at_eof() is False
+            and relay.joined[0][1]._eof,
+            "the far side's bytes and FIN wait at the relay",
+        )
+        relay.hold_before_join.set()
+        async with asyncio.timeout(WAIT):
+            assert await read_all(stream) == greeting
+        await stream.write_eof()
+
+
+async def test_splice_streams_resets_the_client_when_the_far_session_dies() -> None:
+    """When the far session closes, the client's stream is reset (CANCEL)
+    instead of hanging."""
+    release = asyncio.Event()
+
+    async def waits(stream: TunnelStream) -> None:
+        stream.accept()
+        await release.wait()
+
+    async with relay_path(waits) as relay:
+        assert relay.near is not None and relay.far is not None
+        stream = await relay.near.client.open_stream(b"x")
+        await stream.write(b"hello")
+        await wait_until(lambda: bool(relay.joined), "joined")
+        await relay.far.client.close()
+        with pytest.raises(StreamReset) as info:
+            async with asyncio.timeout(WAIT):
+                await read_all(stream)
+        assert info.value.code == ErrorCode.CANCEL
+        release.set()
+
+
+async def test_splice_socket_moves_bytes_exactly_with_random_chunks_and_half_close() -> None:
+    """splice() to a TCP server that answers only after EOF, with random write
+    sizes: our FIN arrives as EOF, the answer and its FIN come back exactly."""
+    rng = random.Random(5)
+
+    async def digest_after_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read()
+        writer.write(data[::-1])
+        await writer.drain()
+        writer.close()
+
+    tcp, port = await _tcp_server(digest_after_eof)
+
+    async def handler(stream: TunnelStream) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        stream.accept()
+        await splice(stream, reader, writer)
+
+    try:
+        async with tunnel_pair(handler) as pair:
+            stream = await pair.client.open_stream(b"tcp")
+            payload = os.urandom(2_500_000)
+            view = memoryview(payload)
+            while view:
+                n = rng.randint(1, 250_000)
+                await stream.write(view[:n])
+                view = view[n:]
+            await stream.write_eof()
+            async with asyncio.timeout(WAIT):
+                assert await read_all(stream) == payload[::-1]
+    finally:
+        tcp.close()
+        await tcp.wait_closed()
+
+
+async def test_splice_socket_forwards_bytes_the_reader_buffered_before_splice() -> None:
+    """A TCP server that speaks first: what asyncio's StreamReader already
+    buffered before splice() took over the socket reaches the client."""
+    greeting = os.urandom(100_000)
+
+    async def speaks_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+        writer.write_eof()
+        await reader.read()
+        writer.close()
+
+    tcp, port = await _tcp_server(speaks_first)
+
+    async def handler(stream: TunnelStream) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(WAIT):
+            while not reader.at_eof() and len(reader._buffer) < len(greeting):
+                await asyncio.sleep(0.01)
+        stream.accept()
+        await splice(stream, reader, writer)
+
+    try:
+        async with tunnel_pair(handler) as pair:
+            stream = await pair.client.open_stream(b"tcp")
+            async with asyncio.timeout(WAIT):
+                assert await read_all(stream) == greeting
+            await stream.write_eof()
+    finally:
+        tcp.close()
+        await tcp.wait_closed()
+
+
+async def test_splice_socket_stops_the_writer_when_the_tcp_peer_stalls() -> None:
+    """A TCP peer that does not read: acknowledgements stop once the socket
+    buffer is full, so the client's writer parks on credit instead of the
+    agent buffering without bound; once the peer reads, all bytes arrive."""
+    release = asyncio.Event()
+    received: list[int] = []
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        total = 0
+        while data := await reader.read(1 << 20):
+            total += len(data)
+        received.append(total)
+        writer.close()
+
+    tcp, port = await _tcp_server(slow)
+
+    async def handler(stream: TunnelStream) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        stream.accept()
+        await splice(stream, reader, writer)
+
+    total = 256 * INITIAL_STREAM_WINDOW  # far more than any socket buffer
+    try:
+        async with tunnel_pair(handler) as pair:
+            stream = await pair.client.open_stream(b"tcp")
+
+            async def fill() -> None:
+                chunk = b"z" * INITIAL_STREAM_WINDOW
+                for _ in range(total // len(chunk)):
+                    await stream.write(chunk)
+                await stream.write_eof()
+
+            filler = asyncio.create_task(fill())
+            await wait_until(lambda: stream._write_waiter is not None, "writer parked on credit")
+            assert stream.bytes_sent < total
+            release.set()
+            async with asyncio.timeout(WAIT * 2):
+                await filler
+                await wait_until(lambda: bool(received), "peer read everything")
+            assert received[0] == total
+    finally:
+        tcp.close()
+        await tcp.wait_closed()

@@ -1,0 +1,227 @@
+"""Frame-level forwarding between two streams (the relay's router).
+
+Theory of operation. ``StreamBridge`` joins stream A and stream B (usually on
+two sessions: a client's and an agent's) without a task or a read buffer of
+its own. The sessions' dispatch calls into it (``TunnelStream`` delegates its
+``_on_*`` hooks while ``_bridge`` is set):
+
+* DATA for A is passed straight to B's core (``send_data``) as far as B's send
+  credit (stream and session) allows; the rest is held in A's receive buffer.
+  A's bytes are acknowledged to A's core, which returns credit to A's peer,
+  only once they were passed to B's session. So what the relay holds for a
+  pair never exceeds the windows it granted, whatever the far side does.
+* WINDOW for B (stream or session) forwards what A holds.
+* FIN on A becomes FIN on B once A's held bytes are gone; RESET on either
+  side resets the other with the same code and reason; a dead session resets
+  the other side with CANCEL.
+
+Nothing inside DATA is parsed; each chunk is passed as received (no copy) and
+shown to an optional ``on_bytes`` callback (the relay's metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tunnel.aio_errors import StreamError, TunnelClosed
+from tunnel.errors import ErrorCode, LocalProtocolError
+
+if TYPE_CHECKING:
+    from tunnel.aio_stream import TunnelStream
+
+__all__ = ["BytesCallback", "StreamBridge", "forward_streams"]
+
+# Gets each forwarded chunk (as received, or a part of it).
+BytesCallback = Callable[[bytes | memoryview], None]
+
+
+class StreamBridge:
+    """Joins two accepted streams; see the module docstring.
+
+    Args:
+        a: One stream (its DATA goes to ``b``).
+        b: The other stream (its DATA goes to ``a``).
+        on_a_to_b: Called with each chunk passed from ``a`` to ``b``.
+        on_b_to_a: Called with each chunk passed from ``b`` to ``a``.
+
+    Call ``start()`` next, then await ``wait()``; ``forward_streams`` does both.
+    """
+
+    def __init__(
+        self,
+        a: TunnelStream,
+        b: TunnelStream,
+        on_a_to_b: BytesCallback | None = None,
+        on_b_to_a: BytesCallback | None = None,
+    ) -> None:
+        self.a = a
+        self.b = b
+        self._on_bytes = {id(a): on_a_to_b, id(b): on_b_to_a}
+        # FIN from a stream forwarded to the other (id of the source).
+        self._fin_forwarded: set[int] = set()
+        self.finished = False
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def other(self, stream: TunnelStream) -> TunnelStream:
+        """The stream on the other side of ``stream``."""
+        return self.b if stream is self.a else self.a
+
+    def start(self) -> None:
+        """Attach to both streams and forward whatever they already hold."""
+        a, b = self.a, self.b
+        a._bridge = self
+        b._bridge = self
+        for stream in (a, b):
+            if stream._error is not None:
+                self.on_reset(stream)
+                return
+            if stream._session._closed:
+                self.on_closed(stream)
+                return
+        self._pump(a)
+        self._pump(b)
+
+    async def wait(self) -> None:
+        """Return once both directions ended (FIN both ways, or a reset)."""
+        await asyncio.shield(self._done)
+
+    # ------------------------------------------------ called by TunnelStream
+
+    def on_data(self, src: TunnelStream, data: bytes) -> None:
+        """DATA arrived for ``src``: pass it on (or hold it without credit)."""
+        n = len(data)
+        src.bytes_received += n
+        src._buf.append(data)
+        src._buffered += n
+        self._pump(src)
+
+    def on_credit(self, dst: TunnelStream) -> None:
+        """``dst`` (or its session) got WINDOW: forward what the other side holds."""
+        self._pump(self.other(dst))
+
+    def on_fin(self, src: TunnelStream) -> None:
+        """``src``'s peer sent FIN: forward it after the held bytes."""
+        self._pump(src)
+
+    def on_reset(self, stream: TunnelStream) -> None:
+        """``stream`` was reset (either way): reset the other with the same code."""
+        if self.finished:
+            return
+        err = stream._error
+        code: ErrorCode | int = err.code if err is not None else ErrorCode.CANCEL
+        reason = err.reason if err is not None else "other side closed"
+        self._finish()
+        self.other(stream).reset(code, reason)  # type: ignore[arg-type]
+
+    def on_closed(self, stream: TunnelStream) -> None:
+        """``stream``'s session died: reset the other side with CANCEL."""
+        if self.finished:
+            return
+        self._finish()
+        self.other(stream).reset(ErrorCode.CANCEL, "other side closed")
+
+    # ------------------------------------------------------------- internals
+
+    def _pump(self, src: TunnelStream) -> None:
+        if self.finished:
+            return
+        dst = self.other(src)
+        buf = src._buf
+        if buf:
+            core = dst._core
+            sid = dst.id
+            on_bytes = self._on_bytes[id(src)]
+            moved = 0
+            try:
+                while buf:
+                    credit = core.send_window(sid)
+                    if credit <= 0:
+                        break
+                    chunk = buf[0]
+                    if len(chunk) <= credit:
+                        buf.popleft()
+                    else:
+                        # Partial credit: rare (credit comes back in half
+                        # windows, frames are 64 KiB), so a copy is fine.
+                        buf[0] = chunk[credit:]
+                        chunk = chunk[:credit]
+                    core.send_data(sid, chunk)
+                    moved += len(chunk)
+                    if on_bytes is not None:
+                        on_bytes(chunk)
+            except LocalProtocolError:
+                # dst can no longer send (closed under us): abort the pair.
+                self._finish()
+                src.reset(ErrorCode.CANCEL, "other side closed")
+                dst.reset(ErrorCode.CANCEL, "other side closed")
+                return
+            if moved:
+                src._buffered -= moved
+                dst.bytes_sent += moved
+                dst._session._kick()
+                if not src._session._closed:
+                    with contextlib.suppress(LocalProtocolError):
+                        src._core.acknowledge_received_data(src.id, moved)
+                    src._session._kick()
+            blocked = dst._session._blocked_writers
+            if buf:
+                blocked.add(dst)  # a session WINDOW must reach on_credit
+                return
+            blocked.discard(dst)
+        if src._eof and id(src) not in self._fin_forwarded:
+            self._fin_forwarded.add(id(src))
+            if not dst._fin_sent and dst._error is None and not dst._session._closed:
+                dst._fin_sent = True
+                with contextlib.suppress(LocalProtocolError):
+                    dst._core.send_fin(dst.id)
+                dst._session._kick()
+                dst._session._maybe_forget(dst)
+            if len(self._fin_forwarded) == 2:
+                self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        for stream in (self.a, self.b):
+            stream._bridge = None
+            stream._session._blocked_writers.discard(stream)
+        if not self._done.done():
+            self._done.set_result(None)
+
+
+async def forward_streams(
+    a: TunnelStream,
+    b: TunnelStream,
+    *,
+    on_a_to_b: BytesCallback | None = None,
+    on_b_to_a: BytesCallback | None = None,
+) -> None:
+    """Forward frames between two accepted streams until both directions end.
+
+    FIN is forwarded as FIN; a RESET on one side resets the other with the
+    same code and reason; a dead session resets the other side with CANCEL.
+    Both streams are closed (``aclose``) when it returns.
+
+    Args:
+        a: One stream.
+        b: The other stream.
+        on_a_to_b: Called with each chunk forwarded from ``a`` to ``b``.
+        on_b_to_a: Called with each chunk forwarded from ``b`` to ``a``.
+    """
+    bridge = StreamBridge(a, b, on_a_to_b, on_b_to_a)
+    try:
+        bridge.start()
+        await bridge.wait()
+    except BaseException:
+        bridge._finish()
+        a.reset(ErrorCode.CANCEL, "cancelled")
+        b.reset(ErrorCode.CANCEL, "cancelled")
+        raise
+    finally:
+        for stream in (a, b):
+            with contextlib.suppress(StreamError, TunnelClosed):
+                await stream.aclose()
