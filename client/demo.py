@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shlex
 import shutil
 import signal
 import socket
@@ -369,6 +371,23 @@ class DemoEnvironment:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _runnable(script: str) -> str:
+    """How the user can run one of our console scripts from another shell:
+    the bare name when PATH finds this installation's copy (venv activated),
+    else its path — `./run demo` does not activate the venv. A non-default
+    $ARC_CONFIG is carried along, since the other shell will not have it."""
+    ours = Path(sys.executable).parent / script
+    found = shutil.which(script)
+    command = script if found and Path(found).resolve() == ours.resolve() else str(ours)
+    if ours.exists() and command != script:
+        try:
+            command = str(ours.relative_to(Path.cwd()))
+        except ValueError:
+            pass
+    config = os.environ.get("ARC_CONFIG")
+    return f"ARC_CONFIG={shlex.quote(config)} {command}" if config else command
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo in the foreground until Ctrl-C/SIGTERM."""
     def say(msg: str) -> None:
@@ -388,8 +407,9 @@ def run_demo(args: argparse.Namespace) -> int:
         env.start()
         say("")
         say("Ready. In another shell run:")
-        say("  arc-proxy -n demo")
-        say("  kubectl get pods -A")
+        say(f"  {_runnable('arc-proxy')} -n demo")
+        kubectl_note = "" if shutil.which("kubectl") else "   (kubectl is not on PATH: install it first)"
+        say(f"  kubectl get pods -A{kubectl_note}")
         say("Ctrl-C here stops the demo and removes what it created.")
         while True:
             env.check_children()
