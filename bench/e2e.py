@@ -15,6 +15,10 @@ Each bulk row also gives the CPU seconds per GB of that path's own processes
 per byte much less. ``--variant`` adds more full paths to the same run (another
 source tree, or environment knobs such as ``ARC_TUNNEL_SEND_PAYLOAD=16384`` or
 ``ARC_TUNNEL_FASTPATH=0``), alternating with the others round by round.
+A "floor" path (bench/floor.py) runs beside them: three processes doing only
+the I/O and TLS the architecture requires (plain → TLS, TLS → TLS, TLS →
+plain), no framing, no asyncio; where it is slower than ssh -R, so is any
+implementation of the architecture on that machine.
 Goals (issue 3): throughput >= ssh -R; added p50 <= 0.5 ms.
 """
 
@@ -425,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="bulk rounds per path, best kept (default 3)")
     p.add_argument("--no-ssh", action="store_true", help="skip the ssh -R comparison")
     p.add_argument("--no-install", action="store_true", help="never apt-get install openssh")
+    p.add_argument("--no-floor", action="store_true", help="skip the floor path (bench/floor.py)")
+    p.add_argument("--floor-pyopenssl", action="store_true",
+                   help="also a floor path with pyOpenSSL's TLS (if installed)")
     p.add_argument("--bulk-only", action="store_true", help="skip the latency measurements")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL[=ROOT][:VAR=VAL,...]",
                    help="another full path measured side by side: from source tree ROOT "
@@ -448,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         _child_fullpath(args.state, args.label, args.sink_port)
         return 0
 
+    from bench import floor
+
     work = Path(tempfile.mkdtemp(prefix="arc-bench-e2e-"))
     nbytes = args.mb * 1_000_000
     procs: list[subprocess.Popen[bytes]] = []
@@ -462,6 +471,17 @@ def main(argv: list[str] | None = None) -> int:
         for label, root, extra in [("tunnel", ROOT, {})] + [_parse_variant(v) for v in args.variant]:
             proc, ports[label], pids[label] = _start_fullpath(work, label, root, sink, extra)
             paths.append(proc)
+        floor_libs = [] if args.no_floor else ["stdlib"]
+        if args.floor_pyopenssl:
+            why = floor.pyopenssl_missing()
+            if why is None:
+                floor_libs.append("pyopenssl")
+            else:
+                rows.append(("throughput floor_pyopenssl", f"n/a: {why}"))
+        for lib in floor_libs:
+            name = "floor" if lib == "stdlib" else f"floor_{lib}"
+            floor_procs, ports[name], pids[name] = floor.start_floor(work, sink, lib)
+            procs.extend(floor_procs)
         why_no_ssh = "skipped (--no-ssh)" if args.no_ssh else ensure_ssh(not args.no_install)
         ssh_procs: list[subprocess.Popen[bytes]] = []
         if why_no_ssh is None:
@@ -506,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         if ssh_tp:
             rows.append(("throughput tunnel / ssh_R", f"{tp['tunnel'] / ssh_tp:.2f}"))
+            for name in (n for n in tp if n.startswith("floor")):
+                rows.append((f"throughput {name} / ssh_R", f"{tp[name] / ssh_tp:.2f}"))
+                result["goals"][f"{name}_ge_ssh_R"] = bool(tp[name] >= ssh_tp)
+        if "floor" in tp:
+            rows.append(("throughput tunnel / floor", f"{tp['tunnel'] / tp['floor']:.2f}"))
         if args.bulk_only:
             return 0
 

@@ -1,0 +1,304 @@
+"""The least work the full path's architecture requires, run as a path of its own.
+
+``bench.e2e`` measures it beside the tunnel and ``ssh -R`` (the "floor" row).
+Three processes stand where arc-proxy, arc-relay and arc-agent stand and do
+only what the architecture makes unavoidable for one stream:
+
+    client ─TCP─▶ A ══TLS══▶ B ══TLS══▶ C ─TCP─▶ sink
+               (like arc-proxy) (like the relay) (like the agent)
+
+B ends one TLS session and starts another because the relay is the public
+endpoint both sides dial and must see which cluster a byte is for; A and C
+each end one. Nothing else: no websocket, no tunnel framing, no
+multiplexing, no flow control, no asyncio. Blocking sockets, a thread per
+direction, 256 KiB reads, TLS through memory BIOs of the same ``ssl`` module
+and the same certificate set-up (``certs``) as the daemons, the allocator
+tuned as theirs is. What this path costs per byte bounds any implementation
+of the architecture from below; where it moves fewer bytes per second than
+``ssh -R`` in the same run (one encrypted leg, two processes), no tunnel can
+meet the "throughput >= ssh -R" goal on that machine.
+
+``--tls pyopenssl`` runs the TLS hops with pyOpenSSL instead, when it is
+installed: the OpenSSL that ``cryptography`` bundles (4.0 here, with the
+AVX-512 AES-GCM code: ~1.9x the system OpenSSL 3.0's AES-GCM speed) and
+AES-128-GCM: to tell the cost of the architecture from that of one OpenSSL
+build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+READ = 256 * 1024
+# Where each hop reads and writes: (name, in, out), listed sink side first so
+# each hop's upstream port is known when it starts.
+HOPS = (("C", "tls", "plain"), ("B", "tls", "tls"), ("A", "plain", "tls"))
+
+
+class _End(Protocol):
+    def send(self, data: memoryview) -> None: ...
+    def recv_into(self, buf: bytearray) -> int: ...
+    def close_write(self) -> None: ...
+
+
+class _Plain:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, data: memoryview) -> None:
+        self.sock.sendall(data)
+
+    def recv_into(self, buf: bytearray) -> int:
+        return self.sock.recv_into(buf)
+
+    def close_write(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+
+class _StdlibTls:
+    """TLS over memory BIOs, as asyncio's own TLS transport does it, but with
+    one read of up to 256 KiB feeding as many records as it holds."""
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server: bool) -> None:
+        self.sock = sock
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server,
+                                server_hostname=None if server else "localhost")
+        self.raw = bytearray(READ)
+        self.raw_view = memoryview(self.raw)
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._fill():
+                    raise ConnectionError("peer closed during the TLS handshake") from None
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        n = self.sock.recv_into(self.raw)
+        if n:
+            self.incoming.write(self.raw_view[:n])
+        return bool(n)
+
+    def send(self, data: memoryview) -> None:
+        self.tls.write(data)
+        self._flush()
+
+    def recv_into(self, buf: bytearray) -> int:
+        while True:
+            try:
+                return self.tls.read(len(buf), buf)
+            except ssl.SSLWantReadError:
+                if not self._fill():
+                    return 0
+            except ssl.SSLZeroReturnError:
+                return 0
+
+    def close_write(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+
+class _PyOpenSslTls:
+    """The same over pyOpenSSL, as lean as it goes: OpenSSL's own calls on
+    buffers we keep (``OpenSSL._util``: no bytes made per call), and
+    AES-128-GCM first, which stdlib ``ssl`` cannot ask of TLS 1.3."""
+
+    def __init__(self, sock: socket.socket, state: Path, server: bool) -> None:
+        from OpenSSL import SSL
+        from OpenSSL._util import ffi, lib
+
+        self.ffi, self.lib = ffi, lib
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        lib.SSL_CTX_set_ciphersuites(ctx._context, b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384")
+        if server:
+            ctx.use_certificate_chain_file(str(state / "hop.crt"))
+            ctx.use_privatekey_file(str(state / "hop.key"))
+        else:
+            ctx.load_verify_locations(str(state / "ca.crt"))
+            ctx.set_verify(SSL.VERIFY_PEER)
+        self.sock = sock
+        self.conn = SSL.Connection(ctx, None)
+        if server:
+            self.conn.set_accept_state()
+        else:
+            self.conn.set_connect_state()
+        self.raw = bytearray(READ)
+        self.raw_c = ffi.from_buffer(self.raw)
+        self.out = bytearray(4 * READ)
+        self.out_c, self.out_view = ffi.from_buffer(self.out), memoryview(self.out)
+        while True:
+            try:
+                self.conn.do_handshake()
+                break
+            except SSL.WantReadError:
+                self._flush()
+                if not self._fill():
+                    raise ConnectionError("peer closed during the TLS handshake") from None
+        self._flush()
+
+    def _flush(self) -> None:
+        while (n := int(self.lib.BIO_read(self.conn._from_ssl, self.out_c, len(self.out)))) > 0:
+            self.sock.sendall(self.out_view[:n])
+
+    def _fill(self) -> bool:
+        n = self.sock.recv_into(self.raw)
+        if n:
+            self.lib.BIO_write(self.conn._into_ssl, self.raw_c, n)
+        return bool(n)
+
+    def send(self, data: memoryview) -> None:
+        source, done = self.ffi.from_buffer(data), 0
+        while done < len(data):
+            n = int(self.lib.SSL_write(self.conn._ssl, source + done, len(data) - done))
+            if n <= 0:
+                raise ConnectionError("TLS write failed")
+            done += n
+            self._flush()
+
+    def recv_into(self, buf: bytearray) -> int:
+        target = self.ffi.from_buffer(buf)
+        while True:
+            n = int(self.lib.SSL_read(self.conn._ssl, target, len(buf)))
+            if n > 0:
+                return n
+            if not self._fill():
+                return 0
+
+    def close_write(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+
+def pyopenssl_missing() -> str | None:
+    """Why the pyOpenSSL floor cannot run here, or None."""
+    try:
+        import OpenSSL  # noqa: F401
+    except ImportError:
+        return "pyOpenSSL not installed (pip install pyopenssl)"
+    return None
+
+
+def _pump(src: _End, dst: _End) -> None:
+    buf = bytearray(READ)
+    view = memoryview(buf)
+    try:
+        while n := src.recv_into(buf):
+            dst.send(view[:n])
+        dst.close_write()
+    except OSError:
+        pass  # the other side went away: this connection is over
+
+
+def _hop(listen: socket.socket, upstream_port: int, kind_in: str, kind_out: str,
+         tls_lib: str, state: Path) -> None:
+    """Serve connections forever: each one is piped both ways to the upstream."""
+    from certs import client_ssl_context, server_ssl_context
+    from certs.authority import IssuedCertificate
+
+    ca_pem = (state / "ca.crt").read_bytes()
+    leaf = IssuedCertificate((state / "hop-leaf.crt").read_bytes(),
+                             (state / "hop.key").read_bytes(), ca_pem)
+    server_ctx, client_ctx = server_ssl_context(leaf), client_ssl_context(ca_pem)
+
+    def end(sock: socket.socket, kind: str, server: bool) -> _End:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if kind == "plain":
+            return _Plain(sock)
+        if tls_lib == "pyopenssl":
+            return _PyOpenSslTls(sock, state, server)
+        return _StdlibTls(sock, server_ctx if server else client_ctx, server)
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                down_end = end(conn, kind_in, True)  # no upstream for a failed handshake
+            except Exception:  # ssl.SSLError, OpenSSL.SSL.Error, OSError: this connection only
+                return
+            with socket.create_connection(("127.0.0.1", upstream_port)) as up:
+                try:
+                    up_end = end(up, kind_out, False)
+                except Exception:  # as above
+                    return
+                back = threading.Thread(target=_pump, args=(up_end, down_end), daemon=True)
+                back.start()
+                _pump(down_end, up_end)
+                back.join()
+
+    while True:
+        conn, _ = listen.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def start_floor(work: Path, sink_port: int, tls_lib: str = "stdlib"
+                ) -> tuple[list[subprocess.Popen[bytes]], int, dict[str, int]]:
+    """Start hops C, B, A in front of the sink (each one's port is written
+    to ``floor-LIB/NAME.port`` under ``work``).
+
+    Returns:
+        The processes, the port to send to (hop A), and each hop's pid by name.
+    """
+    from certs import CertificateAuthority
+
+    state = work / f"floor-{tls_lib}"
+    state.mkdir()
+    ca = CertificateAuthority.create("bench floor CA")
+    leaf = ca.issue_server(["localhost"], ["127.0.0.1"])
+    (state / "ca.crt").write_bytes(ca.certificate_pem)
+    (state / "hop-leaf.crt").write_bytes(leaf.certificate_pem)
+    (state / "hop.crt").write_bytes(leaf.chain_pem)
+    (state / "hop.key").write_bytes(leaf.private_key_pem)
+    procs: list[subprocess.Popen[bytes]] = []
+    pids: dict[str, int] = {}
+    port = sink_port
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name, kind_in, kind_out in HOPS:
+        listen = socket.create_server(("127.0.0.1", 0))
+        with listen, open(state / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.floor", "--fd", str(listen.fileno()),
+                 "--upstream-port", str(port), "--in", kind_in, "--out", kind_out,
+                 "--tls", tls_lib, "--state", str(state)],
+                pass_fds=[listen.fileno()], stdout=log, stderr=subprocess.STDOUT, env=env)
+            port = int(listen.getsockname()[1])
+        (state / f"{name}.port").write_text(str(port))
+        procs.append(proc)
+        pids[name] = proc.pid
+    return procs, port, pids
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fd", type=int, required=True, help="listening socket (inherited)")
+    p.add_argument("--upstream-port", type=int, required=True)
+    p.add_argument("--in", dest="kind_in", choices=["plain", "tls"], required=True)
+    p.add_argument("--out", dest="kind_out", choices=["plain", "tls"], required=True)
+    p.add_argument("--tls", choices=["stdlib", "pyopenssl"], default="stdlib")
+    p.add_argument("--state", type=Path, required=True)
+    args = p.parse_args(argv)
+    from tunnel.aio_alloc import tune_allocator
+
+    tune_allocator()
+    listen = socket.socket(fileno=args.fd)
+    _hop(listen, args.upstream_port, args.kind_in, args.kind_out, args.tls, args.state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
