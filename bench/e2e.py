@@ -309,13 +309,19 @@ def ensure_ssh(install: bool) -> str | None:
     return None
 
 
-def start_ssh_r(work: Path, sink_port: int) -> tuple[list[subprocess.Popen[bytes]], int]:
+def start_ssh_r(work: Path, sink_port: int, *, jump: bool = False
+                ) -> tuple[list[subprocess.Popen[bytes]], int]:
     """sshd on a loopback port with throwaway keys, and ``ssh -N -R`` to it.
+
+    With ``jump``, ssh reaches that sshd through itself as a ProxyJump host:
+    the shape of a relay (4 AEAD passes, 3+ processes: the target's sshd, the
+    jump host's sshd, ``ssh`` and its ``ssh -W``), for comparison with the
+    tunnel's (4 AEAD passes, 3 processes). Plain ``ssh -R`` has 2 and 2.
 
     Returns:
         The processes and the remote-forward port (connect there to reach the sink).
     """
-    d = work / "ssh"
+    d = work / ("ssh-jump" if jump else "ssh")
     d.mkdir()
     for name in ("host", "user"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
@@ -329,14 +335,21 @@ def start_ssh_r(work: Path, sink_port: int) -> tuple[list[subprocess.Popen[bytes
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\n"
         "UsePAM no\nStrictModes no\nPasswordAuthentication no\nPermitRootLogin yes\n"
         "AllowTcpForwarding yes\nGatewayPorts no\n")
+    # Options in a file, not on the command line: only a file (-F) reaches
+    # the ``ssh -W`` that ProxyJump starts.
+    (d / "ssh_config").write_text(
+        "Host bench-target bench-jump\n  HostName 127.0.0.1\n"
+        f"  Port {sshd_port}\n  User {user}\n  IdentityFile {d / 'user'}\n"
+        f"  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking no\n"
+        "  BatchMode yes\n  ExitOnForwardFailure yes\n"
+        + ("Host bench-target\n  ProxyJump bench-jump\n" if jump else ""))
     sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
                             stdout=subprocess.DEVNULL, stderr=open(d / "sshd.log", "wb"))
     _wait_port(sshd_port)
     ssh = subprocess.Popen(
-        ["ssh", "-N", "-i", str(d / "user"), "-p", str(sshd_port), "-o", "StrictHostKeyChecking=no",
-         "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "ExitOnForwardFailure=yes",
-         "-o", "BatchMode=yes", "-R", f"127.0.0.1:{fwd_port}:127.0.0.1:{sink_port}",
-         f"{user}@127.0.0.1"], stdout=subprocess.DEVNULL, stderr=open(d / "ssh.log", "wb"))
+        ["ssh", "-F", str(d / "ssh_config"), "-N",
+         "-R", f"127.0.0.1:{fwd_port}:127.0.0.1:{sink_port}", "bench-target"],
+        stdout=subprocess.DEVNULL, stderr=open(d / "ssh.log", "wb"))
     _wait_port(fwd_port)
     return [ssh, sshd], fwd_port
 
@@ -430,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ssh", action="store_true", help="skip the ssh -R comparison")
     p.add_argument("--no-install", action="store_true", help="never apt-get install openssh")
     p.add_argument("--no-floor", action="store_true", help="skip the floor path (bench/floor.py)")
+    p.add_argument("--no-ssh-jump", action="store_true",
+                   help="skip ssh -R through a ProxyJump host (a relay-shaped ssh path)")
     p.add_argument("--floor-pyopenssl", action="store_true",
                    help="also a floor path with pyOpenSSL's TLS (if installed)")
     p.add_argument("--bulk-only", action="store_true", help="skip the latency measurements")
@@ -487,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
         if why_no_ssh is None:
             ssh_procs, ports["ssh_R"] = start_ssh_r(work, sink)
             pids["ssh_R"] = {"ssh": ssh_procs[0].pid, "sshd": ssh_procs[1].pid}
+            if not args.no_ssh_jump:
+                jump_procs, ports["ssh_R_jump"] = start_ssh_r(work, sink, jump=True)
+                pids["ssh_R_jump"] = {"ssh": jump_procs[0].pid, "sshd": jump_procs[1].pid}
+                ssh_procs += jump_procs
         else:
             result["ssh_R_note"] = why_no_ssh
         # The machine is shared: alternate the paths over a few rounds and keep
@@ -526,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if ssh_tp:
             rows.append(("throughput tunnel / ssh_R", f"{tp['tunnel'] / ssh_tp:.2f}"))
+            if tp.get("ssh_R_jump"):
+                rows.append(("throughput tunnel / ssh_R_jump", f"{tp['tunnel'] / tp['ssh_R_jump']:.2f}"))
             for name in (n for n in tp if n.startswith("floor")):
                 rows.append((f"throughput {name} / ssh_R", f"{tp[name] / ssh_tp:.2f}"))
                 result["goals"][f"{name}_ge_ssh_R"] = bool(tp[name] >= ssh_tp)

@@ -31,8 +31,7 @@ from relay.roles import RoleStore
 from relay.router import DataRecorder
 from relay.state import STATE, RelayState
 from tunnel import TunnelConfig, TunnelSession
-from tunnel.aio_config import ADAPTER_SEND_PAYLOAD
-from tunnel.limits import Limits
+from tunnel.aio_config import adapter_limits
 
 log = logging.getLogger("relay")
 
@@ -77,9 +76,9 @@ def ensure_dev_tls(
 def _tunnel_config(config: RelayConfig) -> TunnelConfig:
     raw = dict(config.tunnel)
     try:
-        # Send the adapter's DATA frame size unless configured (the core's
-        # default is smaller; see tunnel/aio_config.py for the measurement).
-        limits = Limits(**{"max_send_payload": ADAPTER_SEND_PAYLOAD, **raw.pop("limits", {})})
+        # The adapter's frame size and stream window unless configured (the
+        # core's defaults are smaller; tunnel/aio_config.py has the measurements).
+        limits = adapter_limits(**raw.pop("limits", {}))
         return TunnelConfig(limits=limits, **raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"limits.tunnel: {exc}") from None

@@ -11,19 +11,18 @@ import hashlib
 import os
 import socket
 import ssl
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bench import e2e, floor
+from tests.tcp_server import threaded_tcp_server
 
 
-def _digest_sink() -> tuple[socket.socket, list[str]]:
-    """A sink that answers each connection's SHA-256 once the sender half-closes."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    seen: list[str] = []
+def _digest_server(seen: list[str]) -> Callable[[socket.socket], None]:
+    """Answers each connection's SHA-256 once the sender half-closes; notes it in ``seen``."""
 
     def serve(conn: socket.socket) -> None:
         with conn:
@@ -31,26 +30,22 @@ def _digest_sink() -> tuple[socket.socket, list[str]]:
             while chunk := conn.recv(1 << 16):
                 h.update(chunk)
             seen.append(h.hexdigest())
-            conn.sendall(bytes.fromhex(seen[-1]))
+            conn.sendall(h.digest())
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return srv, seen
+    return serve
 
 
 @pytest.mark.parametrize("tls_lib", ["stdlib", "pyopenssl"])
 def test_floor_path_carries_bytes_intact_both_ways(tmp_path: Path, tls_lib: str) -> None:
     if tls_lib == "pyopenssl" and (why := floor.pyopenssl_missing()):
         pytest.skip(why)
-    srv, seen = _digest_sink()
-    procs, port, pids = floor.start_floor(tmp_path, srv.getsockname()[1], tls_lib)
+    seen: list[str] = []
+    with threaded_tcp_server(_digest_server(seen)) as sink_port:
+        _run_floor(tmp_path, tls_lib, sink_port, seen)
+
+
+def _run_floor(tmp_path: Path, tls_lib: str, sink_port: int, seen: list[str]) -> None:
+    procs, port, pids = floor.start_floor(tmp_path, sink_port, tls_lib)
     try:
         assert set(pids) == {"A", "B", "C"} and len(set(pids.values())) == 3
         payload = os.urandom(3 * 1024 * 1024 + 17)  # not a multiple of any buffer
@@ -84,4 +79,3 @@ def test_floor_path_carries_bytes_intact_both_ways(tmp_path: Path, tls_lib: str)
         assert set(seen) <= {hashlib.sha256(payload).hexdigest(), hashlib.sha256(b"").hexdigest()}
     finally:
         e2e._stop(procs)
-        srv.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from client.demo import DemoEnvironment
 from tests.e2e.helpers import Kubectl, Proxy, stop
 from tests.kubectl import require_kubectl
+from tests.tcp_server import threaded_tcp_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kubectl]
 
@@ -107,7 +107,6 @@ def _pattern(n: int) -> bytes:
 def pf_target() -> Iterator[int]:
     """A loopback TCP target: reads an 8-byte length and that many bytes, answers
     their sha256, then sends PF_DOWN pattern bytes and closes."""
-    srv = socket.create_server(("127.0.0.1", 0))
     down = _pattern(PF_DOWN)
 
     def serve(conn: socket.socket) -> None:
@@ -125,17 +124,8 @@ def pf_target() -> Iterator[int]:
             conn.sendall(h.digest())
             conn.sendall(down)
 
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield int(srv.getsockname()[1])
-    srv.close()
+    with threaded_tcp_server(serve) as port:
+        yield port
 
 
 def test_kubectl_port_forward_moves_100mb_byte_exact(kubectl: Kubectl, namespace: str,

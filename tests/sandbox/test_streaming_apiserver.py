@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from tests.kubectl import require_kubectl
 from tests.sandbox.conftest import RunningApiServer
+from tests.tcp_server import threaded_tcp_server
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.timeout(120)]
 
@@ -27,9 +27,6 @@ WAIT = 30.0
 @pytest.fixture(scope="module")
 def echo_target() -> Iterator[int]:
     """A loopback TCP server: 'D' -> send PAYLOAD; else reply sha256 of the rest."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    srv.settimeout(0.2)
-    stop = threading.Event()
 
     def serve(conn: socket.socket) -> None:
         with conn:
@@ -43,20 +40,8 @@ def echo_target() -> Iterator[int]:
                 h.update(chunk)
             conn.sendall(h.hexdigest().encode())
 
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    t.join(5)
-    srv.close()
+    with threaded_tcp_server(serve) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")

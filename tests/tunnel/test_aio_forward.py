@@ -120,7 +120,8 @@ async def test_splice_streams_holds_at_most_the_window_when_the_consumer_stalls(
     async with relay_path(stalled_sink) as relay:
         assert relay.near is not None
         stream = await relay.near.client.open_stream(b"sink")
-        blob = os.urandom(8 * INITIAL_STREAM_WINDOW)
+        window = relay.near.client.config.limits.stream_window  # each receiver grants this
+        blob = os.urandom(8 * window)
 
         async def fill() -> None:
             await stream.write(blob)
@@ -131,9 +132,9 @@ async def test_splice_streams_holds_at_most_the_window_when_the_consumer_stalls(
         near_side, far_side = relay.joined[0]
         # What the relay holds is bounded by the window it granted the client;
         # what went on is bounded by the far side's window.
-        assert near_side.buffered <= INITIAL_STREAM_WINDOW
-        assert stream.bytes_sent <= 2 * INITIAL_STREAM_WINDOW
-        assert far_side.bytes_sent <= INITIAL_STREAM_WINDOW
+        assert near_side.buffered <= window
+        assert stream.bytes_sent <= 2 * window
+        assert far_side.bytes_sent <= window
         assert not filler.done()
         release.set()
         async with asyncio.timeout(WAIT):
