@@ -257,7 +257,9 @@ async def _fairness(session: TunnelSession) -> tuple[float, float, float]:
     for _ in range(FAIRNESS_ROUNDS):
         alone.append(await _timed_bulk(7, _tunnel_sink(session), DURATION / 3))
         stalled = await session.open_stream(b"stall")
-        filler = asyncio.create_task(stalled.write(CHUNK * 4))
+        # More than the window the peer grants, so the writer must park.
+        more_than_window = session.config.limits.stream_window // len(CHUNK) + 4
+        filler = asyncio.create_task(stalled.write(CHUNK * more_than_window))
         while stalled._write_waiter is None:  # parked on credit: the window is full
             await asyncio.sleep(0.01)
         beside.append(await _timed_bulk(7, _tunnel_sink(session), DURATION / 3))
