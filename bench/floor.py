@@ -34,6 +34,7 @@ import ssl
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -64,6 +65,22 @@ class _Plain:
         self.sock.shutdown(socket.SHUT_WR)
 
 
+def _handshake(step: Callable[[], object], want_read: type[Exception],
+               flush: Callable[[], None], fill: Callable[[], bool]) -> None:
+    """Drive a memory-BIO handshake over a blocking socket: ``step`` until it
+    stops wanting to read, sending what it produced (``flush``) and reading
+    what it needs (``fill``, False at EOF)."""
+    while True:
+        try:
+            step()
+            break
+        except want_read:
+            flush()
+            if not fill():
+                raise ConnectionError("peer closed during the TLS handshake") from None
+    flush()
+
+
 class _StdlibTls:
     """TLS over memory BIOs, as asyncio's own TLS transport does it, but with
     one read of up to 256 KiB feeding as many records as it holds."""
@@ -75,15 +92,7 @@ class _StdlibTls:
                                 server_hostname=None if server else "localhost")
         self.raw = bytearray(READ)
         self.raw_view = memoryview(self.raw)
-        while True:
-            try:
-                self.tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                self._flush()
-                if not self._fill():
-                    raise ConnectionError("peer closed during the TLS handshake") from None
-        self._flush()
+        _handshake(self.tls.do_handshake, ssl.SSLWantReadError, self._flush, self._fill)
 
     def _flush(self) -> None:
         data = self.outgoing.read()
@@ -143,15 +152,7 @@ class _PyOpenSslTls:
         self.raw_c = ffi.from_buffer(self.raw)
         self.out = bytearray(4 * READ)
         self.out_c, self.out_view = ffi.from_buffer(self.out), memoryview(self.out)
-        while True:
-            try:
-                self.conn.do_handshake()
-                break
-            except SSL.WantReadError:
-                self._flush()
-                if not self._fill():
-                    raise ConnectionError("peer closed during the TLS handshake") from None
-        self._flush()
+        _handshake(self.conn.do_handshake, SSL.WantReadError, self._flush, self._fill)
 
     def _flush(self) -> None:
         while (n := int(self.lib.BIO_read(self.conn._from_ssl, self.out_c, len(self.out)))) > 0:
