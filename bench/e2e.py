@@ -49,7 +49,9 @@ CHUNK = 1 << 20
 
 # -- child processes -----------------------------------------------------------------
 def _child_sink(port_file: Path) -> None:
-    """Counts bytes until EOF, answers the count (8 bytes), closes. Threads per conn."""
+    """Reads an 8-byte length, counts that many bytes (or until EOF), answers
+    the count (8 bytes), closes. Threads per connection. Not waiting for EOF
+    lets paths that cannot half-close (asyncio's TLS transport) be measured."""
     import threading
 
     srv = socket.create_server(("127.0.0.1", 0))
@@ -59,8 +61,12 @@ def _child_sink(port_file: Path) -> None:
         buf = bytearray(CHUNK)
         with conn:
             try:
-                while True:
-                    n = conn.recv_into(buf)
+                announced = b""
+                while len(announced) < 8 and (part := conn.recv(8 - len(announced))):
+                    announced += part
+                want = int.from_bytes(announced, "big") if len(announced) == 8 else 0
+                while total < want:
+                    n = conn.recv_into(buf, min(len(buf), want - total))
                     if not n:
                         break
                     total += n
@@ -243,7 +249,8 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
 
 # -- measurements --------------------------------------------------------------------
 def bulk(port: int, nbytes: int) -> float:
-    """Send ``nbytes`` on one connection, half-close, wait for the sink's count.
+    """Announce ``nbytes`` (8 bytes), send them on one connection, half-close,
+    wait for the sink's count.
 
     Returns:
         MB/s (10^6 bytes per second).
@@ -252,6 +259,7 @@ def bulk(port: int, nbytes: int) -> float:
     with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         t0 = time.perf_counter()
+        s.sendall(nbytes.to_bytes(8, "big"))
         left = nbytes
         while left:
             n = min(left, CHUNK)
@@ -447,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip ssh -R through a ProxyJump host (a relay-shaped ssh path)")
     p.add_argument("--floor-pyopenssl", action="store_true",
                    help="also a floor path with pyOpenSSL's TLS (if installed)")
+    p.add_argument("--floor-asyncio", action="store_true",
+                   help="also a floor path on asyncio's transports and TLS")
     p.add_argument("--bulk-only", action="store_true", help="skip the latency measurements")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL[=ROOT][:VAR=VAL,...]",
                    help="another full path measured side by side: from source tree ROOT "
@@ -486,16 +496,17 @@ def main(argv: list[str] | None = None) -> int:
         for label, root, extra in [("tunnel", ROOT, {})] + [_parse_variant(v) for v in args.variant]:
             proc, ports[label], pids[label] = _start_fullpath(work, label, root, sink, extra)
             paths.append(proc)
-        floor_libs = [] if args.no_floor else ["stdlib"]
+        floors = [] if args.no_floor else [("floor", "stdlib", "threads")]
+        if args.floor_asyncio:
+            floors.append(("floor_asyncio", "stdlib", "asyncio"))
         if args.floor_pyopenssl:
             why = floor.pyopenssl_missing()
             if why is None:
-                floor_libs.append("pyopenssl")
+                floors.append(("floor_pyopenssl", "pyopenssl", "threads"))
             else:
                 rows.append(("throughput floor_pyopenssl", f"n/a: {why}"))
-        for lib in floor_libs:
-            name = "floor" if lib == "stdlib" else f"floor_{lib}"
-            floor_procs, ports[name], pids[name] = floor.start_floor(work, sink, lib)
+        for name, lib, io in floors:
+            floor_procs, ports[name], pids[name] = floor.start_floor(work, sink, lib, io)
             procs.extend(floor_procs)
         why_no_ssh = "skipped (--no-ssh)" if args.no_ssh else ensure_ssh(not args.no_install)
         ssh_procs: list[subprocess.Popen[bytes]] = []

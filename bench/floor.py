@@ -18,6 +18,12 @@ of the architecture from below; where it moves fewer bytes per second than
 ``ssh -R`` in the same run (one encrypted leg, two processes), no tunnel can
 meet the "throughput >= ssh -R" goal on that machine.
 
+``--io asyncio`` runs the same hops on asyncio's transports and TLS
+(``sslproto``, what aiohttp uses) with flow control, still without framing:
+it tells what the event loop and its TLS layer cost from what the websocket
+and tunnel layers cost. (asyncio's TLS transport cannot half-close; the
+benchmark's sink does not need it.)
+
 ``--tls pyopenssl`` runs the TLS hops with pyOpenSSL instead, when it is
 installed: the OpenSSL that ``cryptography`` bundles (4.0 here, with the
 AVX-512 AES-GCM code: ~1.9x the system OpenSSL 3.0's AES-GCM speed) and
@@ -28,6 +34,7 @@ build.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import ssl
@@ -36,7 +43,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 READ = 256 * 1024
@@ -207,7 +214,7 @@ def _pump(src: _End, dst: _End) -> None:
 
 
 def _hop(listen: socket.socket, upstream_port: int, kind_in: str, kind_out: str,
-         tls_lib: str, state: Path) -> None:
+         tls_lib: str, state: Path, io: str = "threads") -> None:
     """Serve connections forever: each one is piped both ways to the upstream."""
     from certs import client_ssl_context, server_ssl_context
     from certs.authority import IssuedCertificate
@@ -216,6 +223,9 @@ def _hop(listen: socket.socket, upstream_port: int, kind_in: str, kind_out: str,
     leaf = IssuedCertificate((state / "hop-leaf.crt").read_bytes(),
                              (state / "hop.key").read_bytes(), ca_pem)
     server_ctx, client_ctx = server_ssl_context(leaf), client_ssl_context(ca_pem)
+    if io == "asyncio":
+        asyncio.run(_hop_asyncio(listen, upstream_port, kind_in, kind_out, server_ctx, client_ctx))
+        return
 
     def end(sock: socket.socket, kind: str, server: bool) -> _End:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -246,17 +256,94 @@ def _hop(listen: socket.socket, upstream_port: int, kind_in: str, kind_out: str,
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
-def start_floor(work: Path, sink_port: int, tls_lib: str = "stdlib"
+class _AsyncPump(asyncio.Protocol):
+    """One side of an asyncio hop: what it receives its peer's transport
+    writes; each side's write buffer pauses the other side's reading."""
+
+    def __init__(self, on_made: Callable[[_AsyncPump], None] | None = None) -> None:
+        self.on_made = on_made
+        self.transport: Any = None
+        self.peer: _AsyncPump | None = None
+        self.early: list[bytes] = []  # received before the upstream was connected
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        if self.on_made is not None:
+            self.on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None:
+            self.early.append(data)
+        else:
+            self.peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        # A TLS transport cannot half-close (the sink does not need it).
+        if self.peer is not None and self.peer.transport.can_write_eof():
+            self.peer.transport.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            self.peer.transport.close()
+
+
+async def _hop_asyncio(listen: socket.socket, upstream_port: int, kind_in: str, kind_out: str,
+                       server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
+    """The same hop on asyncio's transports (its TLS is ``sslproto``)."""
+    loop = asyncio.get_running_loop()
+    joining: set[asyncio.Task[None]] = set()
+
+    async def join(down: _AsyncPump) -> None:
+        up = _AsyncPump()
+        try:
+            await loop.create_connection(
+                lambda: up, "127.0.0.1", upstream_port,
+                ssl=client_ctx if kind_out == "tls" else None,
+                server_hostname="localhost" if kind_out == "tls" else None)
+        except OSError:
+            down.transport.close()
+            return
+        down.peer, up.peer = up, down
+        for chunk in down.early:
+            up.transport.write(chunk)
+        down.early.clear()
+        if down.eof and up.transport.can_write_eof():
+            up.transport.write_eof()
+        down.transport.resume_reading()
+
+    def accepted(down: _AsyncPump) -> None:
+        down.transport.pause_reading()  # until the upstream is there
+        task = loop.create_task(join(down))
+        joining.add(task)
+        task.add_done_callback(joining.discard)
+
+    server = await loop.create_server(lambda: _AsyncPump(accepted), sock=listen,
+                                      ssl=server_ctx if kind_in == "tls" else None)
+    await server.serve_forever()
+
+
+def start_floor(work: Path, sink_port: int, tls_lib: str = "stdlib", io: str = "threads"
                 ) -> tuple[list[subprocess.Popen[bytes]], int, dict[str, int]]:
     """Start hops C, B, A in front of the sink (each one's port is written
-    to ``floor-LIB/NAME.port`` under ``work``).
+    to ``floor-LIB-IO/NAME.port`` under ``work``).
 
     Returns:
         The processes, the port to send to (hop A), and each hop's pid by name.
     """
     from certs import CertificateAuthority
 
-    state = work / f"floor-{tls_lib}"
+    state = work / f"floor-{tls_lib}-{io}"
     state.mkdir()
     ca = CertificateAuthority.create("bench floor CA")
     leaf = ca.issue_server(["localhost"], ["127.0.0.1"])
@@ -274,7 +361,7 @@ def start_floor(work: Path, sink_port: int, tls_lib: str = "stdlib"
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.floor", "--fd", str(listen.fileno()),
                  "--upstream-port", str(port), "--in", kind_in, "--out", kind_out,
-                 "--tls", tls_lib, "--state", str(state)],
+                 "--tls", tls_lib, "--io", io, "--state", str(state)],
                 pass_fds=[listen.fileno()], stdout=log, stderr=subprocess.STDOUT, env=env)
             port = int(listen.getsockname()[1])
         (state / f"{name}.port").write_text(str(port))
@@ -291,13 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in", dest="kind_in", choices=["plain", "tls"], required=True)
     p.add_argument("--out", dest="kind_out", choices=["plain", "tls"], required=True)
     p.add_argument("--tls", choices=["stdlib", "pyopenssl"], default="stdlib")
+    p.add_argument("--io", choices=["threads", "asyncio"], default="threads")
     p.add_argument("--state", type=Path, required=True)
     args = p.parse_args(argv)
     from tunnel.aio_alloc import tune_allocator
 
     tune_allocator()
     listen = socket.socket(fileno=args.fd)
-    _hop(listen, args.upstream_port, args.kind_in, args.kind_out, args.tls, args.state)
+    _hop(listen, args.upstream_port, args.kind_in, args.kind_out, args.tls, args.state, args.io)
     return 0
 
 

@@ -22,36 +22,41 @@ from tests.tcp_server import threaded_tcp_server
 
 
 def _digest_server(seen: list[str]) -> Callable[[socket.socket], None]:
-    """Answers each connection's SHA-256 once the sender half-closes; notes it in ``seen``."""
+    """Like the benchmark's sink, reads an 8-byte length and then that many
+    bytes (or up to EOF); answers their SHA-256 and notes it in ``seen``."""
 
     def serve(conn: socket.socket) -> None:
         with conn:
+            f = conn.makefile("rb")
+            announced = f.read(8)
+            want = int.from_bytes(announced, "big") if len(announced) == 8 else 0
             h = hashlib.sha256()
-            while chunk := conn.recv(1 << 16):
+            while want and (chunk := f.read1(min(want, 1 << 16))):
                 h.update(chunk)
+                want -= len(chunk)
             seen.append(h.hexdigest())
             conn.sendall(h.digest())
 
     return serve
 
 
-@pytest.mark.parametrize("tls_lib", ["stdlib", "pyopenssl"])
-def test_floor_path_carries_bytes_intact_both_ways(tmp_path: Path, tls_lib: str) -> None:
+@pytest.mark.parametrize(("tls_lib", "io"), [("stdlib", "threads"), ("pyopenssl", "threads"),
+                                             ("stdlib", "asyncio")])
+def test_floor_path_carries_bytes_intact_both_ways(tmp_path: Path, tls_lib: str, io: str) -> None:
     if tls_lib == "pyopenssl" and (why := floor.pyopenssl_missing()):
         pytest.skip(why)
     seen: list[str] = []
     with threaded_tcp_server(_digest_server(seen)) as sink_port:
-        _run_floor(tmp_path, tls_lib, sink_port, seen)
+        _run_floor(tmp_path, tls_lib, io, sink_port, seen)
 
 
-def _run_floor(tmp_path: Path, tls_lib: str, sink_port: int, seen: list[str]) -> None:
-    procs, port, pids = floor.start_floor(tmp_path, sink_port, tls_lib)
+def _run_floor(tmp_path: Path, tls_lib: str, io: str, sink_port: int, seen: list[str]) -> None:
+    procs, port, pids = floor.start_floor(tmp_path, sink_port, tls_lib, io)
     try:
         assert set(pids) == {"A", "B", "C"} and len(set(pids.values())) == 3
         payload = os.urandom(3 * 1024 * 1024 + 17)  # not a multiple of any buffer
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-            s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)
+            s.sendall(len(payload).to_bytes(8, "big") + payload)
             answer = b""
             while len(answer) < 32 and (part := s.recv(32 - len(answer))):
                 answer += part
@@ -59,7 +64,7 @@ def _run_floor(tmp_path: Path, tls_lib: str, sink_port: int, seen: list[str]) ->
         assert seen == [hashlib.sha256(payload).hexdigest()]
         # Hop C's side towards B is TLS with the floor CA's certificate, and
         # plaintext sent there is refused, not passed on to the sink.
-        state = tmp_path / f"floor-{tls_lib}"
+        state = tmp_path / f"floor-{tls_lib}-{io}"
         c_port = int((state / "C.port").read_text())
         ctx = ssl.create_default_context(cafile=str(state / "ca.crt"))
         with socket.create_connection(("127.0.0.1", c_port), timeout=30) as raw, \
