@@ -18,7 +18,9 @@ source tree, or environment knobs such as ``ARC_TUNNEL_SEND_PAYLOAD=16384`` or
 A "floor" path (bench/floor.py) runs beside them: three processes doing only
 the I/O and TLS the architecture requires (plain → TLS, TLS → TLS, TLS →
 plain), no framing, no asyncio; where it is slower than ssh -R, so is any
-implementation of the architecture on that machine.
+implementation of the architecture on that machine. ``--floor-ws`` adds the
+same with the websocket and tunnel DATA framing the architecture requires on
+its TLS legs (``--floor-pyopenssl`` with it: on pyOpenSSL's TLS as well).
 Goals (issue 3): throughput >= ssh -R; added p50 <= 0.5 ms.
 """
 
@@ -455,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip ssh -R through a ProxyJump host (a relay-shaped ssh path)")
     p.add_argument("--floor-pyopenssl", action="store_true",
                    help="also a floor path with pyOpenSSL's TLS (if installed)")
+    p.add_argument("--floor-ws", action="store_true",
+                   help="also floor paths that carry websocket + tunnel DATA frames on their TLS legs")
     p.add_argument("--floor-asyncio", action="store_true",
                    help="also a floor path on asyncio's transports and TLS")
     p.add_argument("--bulk-only", action="store_true", help="skip the latency measurements")
@@ -496,17 +500,21 @@ def main(argv: list[str] | None = None) -> int:
         for label, root, extra in [("tunnel", ROOT, {})] + [_parse_variant(v) for v in args.variant]:
             proc, ports[label], pids[label] = _start_fullpath(work, label, root, sink, extra)
             paths.append(proc)
-        floors = [] if args.no_floor else [("floor", "stdlib", "threads")]
+        floors = [] if args.no_floor else [("floor", "stdlib", "threads", "none")]
+        if args.floor_ws:
+            floors.append(("floor_ws", "stdlib", "threads", "ws"))
         if args.floor_asyncio:
-            floors.append(("floor_asyncio", "stdlib", "asyncio"))
+            floors.append(("floor_asyncio", "stdlib", "asyncio", "none"))
         if args.floor_pyopenssl:
             why = floor.pyopenssl_missing()
             if why is None:
-                floors.append(("floor_pyopenssl", "pyopenssl", "threads"))
+                floors.append(("floor_pyopenssl", "pyopenssl", "threads", "none"))
+                if args.floor_ws:
+                    floors.append(("floor_ws_pyopenssl", "pyopenssl", "threads", "ws"))
             else:
                 rows.append(("throughput floor_pyopenssl", f"n/a: {why}"))
-        for name, lib, io in floors:
-            floor_procs, ports[name], pids[name] = floor.start_floor(work, sink, lib, io)
+        for name, lib, io, framing in floors:
+            floor_procs, ports[name], pids[name] = floor.start_floor(work, sink, lib, io, framing)
             procs.extend(floor_procs)
         why_no_ssh = "skipped (--no-ssh)" if args.no_ssh else ensure_ssh(not args.no_install)
         ssh_procs: list[subprocess.Popen[bytes]] = []
@@ -561,8 +569,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in (n for n in tp if n.startswith("floor")):
                 rows.append((f"throughput {name} / ssh_R", f"{tp[name] / ssh_tp:.2f}"))
                 result["goals"][f"{name}_ge_ssh_R"] = bool(tp[name] >= ssh_tp)
-        if "floor" in tp:
-            rows.append(("throughput tunnel / floor", f"{tp['tunnel'] / tp['floor']:.2f}"))
+        for name in ("floor", "floor_ws"):
+            if tp.get(name):
+                rows.append((f"throughput tunnel / {name}", f"{tp['tunnel'] / tp[name]:.2f}"))
         if args.bulk_only:
             return 0
 

@@ -24,6 +24,15 @@ it tells what the event loop and its TLS layer cost from what the websocket
 and tunnel layers cost. (asyncio's TLS transport cannot half-close; the
 benchmark's sink does not need it.)
 
+``--framing ws`` adds the one more thing the architecture requires on its
+TLS legs: RFC 6455 websocket frames (the agent and arc-proxy dial out over a
+websocket), each one carrying a tunnel DATA frame of the adapter's payload
+size (``tunnel.frames`` header, 64 KiB), masked by the websocket client
+(A and C) with the C mask of the ``websockets`` package, unmasked by the
+relay, which also rewrites the stream id as the relay's router does.
+Still no multiplexing, flow control or asyncio: what is left between this
+path and the tunnel is the cost of our own layers, not of the architecture.
+
 ``--tls pyopenssl`` runs the TLS hops with pyOpenSSL instead, when it is
 installed: the OpenSSL that ``cryptography`` bundles (4.0 here, with the
 AVX-512 AES-GCM code: ~1.9x the system OpenSSL 3.0's AES-GCM speed) and
@@ -36,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import socket
 import ssl
 import subprocess
@@ -54,8 +64,18 @@ HOPS = (("C", "tls", "plain"), ("B", "tls", "tls"), ("A", "plain", "tls"))
 
 class _End(Protocol):
     def send(self, data: memoryview) -> None: ...
-    def recv_into(self, buf: bytearray) -> int: ...
+    def send_parts(self, parts: list[bytes | memoryview]) -> None: ...
+    def recv_into(self, buf: bytearray | memoryview) -> int: ...
     def close_write(self) -> None: ...
+
+
+def _chunks(end: _End) -> Any:
+    """What ``end`` receives, as views of one reused buffer (valid until the
+    next one is taken)."""
+    buf = bytearray(READ)
+    view = memoryview(buf)
+    while n := end.recv_into(buf):
+        yield view[:n]
 
 
 class _Plain:
@@ -65,7 +85,11 @@ class _Plain:
     def send(self, data: memoryview) -> None:
         self.sock.sendall(data)
 
-    def recv_into(self, buf: bytearray) -> int:
+    def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        for part in parts:
+            self.sock.sendall(part)
+
+    def recv_into(self, buf: bytearray | memoryview) -> int:
         return self.sock.recv_into(buf)
 
     def close_write(self) -> None:
@@ -116,7 +140,12 @@ class _StdlibTls:
         self.tls.write(data)
         self._flush()
 
-    def recv_into(self, buf: bytearray) -> int:
+    def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        for part in parts:
+            self.tls.write(part)
+        self._flush()
+
+    def recv_into(self, buf: bytearray | memoryview) -> int:
         while True:
             try:
                 return self.tls.read(len(buf), buf)
@@ -171,16 +200,24 @@ class _PyOpenSslTls:
             self.lib.BIO_write(self.conn._into_ssl, self.raw_c, n)
         return bool(n)
 
-    def send(self, data: memoryview) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         source, done = self.ffi.from_buffer(data), 0
         while done < len(data):
             n = int(self.lib.SSL_write(self.conn._ssl, source + done, len(data) - done))
             if n <= 0:
                 raise ConnectionError("TLS write failed")
             done += n
-            self._flush()
 
-    def recv_into(self, buf: bytearray) -> int:
+    def send(self, data: memoryview) -> None:
+        self._write(data)
+        self._flush()
+
+    def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        for part in parts:
+            self._write(part)
+        self._flush()
+
+    def recv_into(self, buf: bytearray | memoryview) -> int:
         target = self.ffi.from_buffer(buf)
         while True:
             n = int(self.lib.SSL_read(self.conn._ssl, target, len(buf)))
@@ -193,6 +230,100 @@ class _PyOpenSslTls:
         self.sock.shutdown(socket.SHUT_WR)
 
 
+class _Websocket:
+    """RFC 6455 binary frames, each one tunnel DATA frame, over a TLS end.
+
+    Args:
+        inner: The TLS end.
+        client: True where this hop is the websocket's client (it masks what
+            it sends and expects unmasked frames), False for the relay.
+        stream_id: The id its DATA frames carry on this leg.
+    """
+
+    def __init__(self, inner: _End, client: bool, stream_id: int) -> None:
+        from websockets.speedups import apply_mask
+
+        from tunnel.aio_config import ADAPTER_SEND_PAYLOAD
+        from tunnel.frames import HEADER, FrameType
+
+        self.inner, self.client = inner, client
+        self.apply_mask = apply_mask
+        self.payload = ADAPTER_SEND_PAYLOAD
+        self.header_size = HEADER.size
+        self.data_header = HEADER.pack(FrameType.DATA, 0, stream_id)
+        self.data_type = int(FrameType.DATA)
+        # The payload's mask starts where the tunnel header ends (6 bytes in).
+        self.shift = HEADER.size % 4
+
+    def _ws_header(self, length: int) -> bytes:
+        bit = 0x80 if self.client else 0
+        if length < 126:
+            return bytes((0x82, bit | length))
+        if length < 65536:
+            return bytes((0x82, bit | 126)) + length.to_bytes(2, "big")
+        return bytes((0x82, bit | 127)) + length.to_bytes(8, "big")
+
+    def send(self, data: memoryview) -> None:
+        for at in range(0, len(data), self.payload):
+            chunk = data[at:at + self.payload]
+            head = self._ws_header(self.header_size + len(chunk))
+            if self.client:
+                key = random.getrandbits(32).to_bytes(4, "big")
+                shifted = key[self.shift:] + key[:self.shift]
+                self.inner.send_parts([head + key + self.apply_mask(self.data_header, key),
+                                       self.apply_mask(chunk, shifted)])
+            else:
+                self.inner.send_parts([head + self.data_header, chunk])
+
+    def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        for part in parts:
+            self.send(memoryview(part))
+
+    def recv_into(self, buf: bytearray | memoryview) -> int:
+        raise NotImplementedError("read a websocket end with chunks()")
+
+    def close_write(self) -> None:
+        self.inner.close_write()
+
+    def chunks(self) -> Any:
+        """The DATA payloads received, each a view valid until the next."""
+        buf = bytearray(4 * READ)
+        view = memoryview(buf)
+        start = end = 0
+
+        def need(n: int) -> bool:
+            """At least ``n`` bytes from ``start`` in the buffer (False at EOF)."""
+            nonlocal start, end
+            while end - start < n:
+                if len(buf) - start < n:  # move what is left to the front
+                    buf[:end - start] = view[start:end]
+                    start, end = 0, end - start
+                got = self.inner.recv_into(view[end:])
+                if not got:
+                    return False
+                end += got
+            return True
+
+        while need(2):
+            masked, length = buf[start + 1] & 0x80, buf[start + 1] & 0x7F
+            if buf[start] != 0x82 or bool(masked) == self.client:
+                raise ConnectionError("not a binary frame masked as RFC 6455 requires")
+            size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if masked else 0)
+            if not need(size):
+                break
+            if length >= 126:
+                length = int.from_bytes(view[start + 2:start + size - (4 if masked else 0)], "big")
+            if length > self.header_size + self.payload or not need(size + length):
+                raise ConnectionError("websocket frame too large or cut short")
+            frame = view[start + size:start + size + length]
+            if masked:
+                frame = memoryview(self.apply_mask(frame, view[start + size - 4:start + size]))
+            if frame[0] != self.data_type:
+                raise ConnectionError("not a tunnel DATA frame")
+            start += size + length
+            yield frame[self.header_size:]
+
+
 def pyopenssl_missing() -> str | None:
     """Why the pyOpenSSL floor cannot run here, or None."""
     try:
@@ -203,18 +334,16 @@ def pyopenssl_missing() -> str | None:
 
 
 def _pump(src: _End, dst: _End) -> None:
-    buf = bytearray(READ)
-    view = memoryview(buf)
     try:
-        while n := src.recv_into(buf):
-            dst.send(view[:n])
+        for chunk in src.chunks() if isinstance(src, _Websocket) else _chunks(src):
+            dst.send(chunk)
         dst.close_write()
     except OSError:
-        pass  # the other side went away: this connection is over
+        pass  # the other side went away (or broke the framing): this connection is over
 
 
 def _hop(listen: socket.socket, upstream_port: int, kind_in: str, kind_out: str,
-         tls_lib: str, state: Path, io: str = "threads") -> None:
+         tls_lib: str, state: Path, io: str = "threads", framing: str = "none") -> None:
     """Serve connections forever: each one is piped both ways to the upstream."""
     from certs import client_ssl_context, server_ssl_context
     from certs.authority import IssuedCertificate
@@ -227,13 +356,23 @@ def _hop(listen: socket.socket, upstream_port: int, kind_in: str, kind_out: str,
         asyncio.run(_hop_asyncio(listen, upstream_port, kind_in, kind_out, server_ctx, client_ctx))
         return
 
+    # A hop with one plain side stands where arc-proxy or the agent stands:
+    # the websocket's client on its TLS leg; the relay serves both legs.
+    ws_client = "plain" in (kind_in, kind_out)
+    stream_ids = iter(range(1, 2**31, 2))
+
     def end(sock: socket.socket, kind: str, server: bool) -> _End:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if kind == "plain":
             return _Plain(sock)
+        tls: _End
         if tls_lib == "pyopenssl":
-            return _PyOpenSslTls(sock, state, server)
-        return _StdlibTls(sock, server_ctx if server else client_ctx, server)
+            tls = _PyOpenSslTls(sock, state, server)
+        else:
+            tls = _StdlibTls(sock, server_ctx if server else client_ctx, server)
+        if framing == "ws":
+            return _Websocket(tls, ws_client, next(stream_ids))
+        return tls
 
     def serve(conn: socket.socket) -> None:
         with conn:
@@ -333,17 +472,24 @@ async def _hop_asyncio(listen: socket.socket, upstream_port: int, kind_in: str, 
     await server.serve_forever()
 
 
-def start_floor(work: Path, sink_port: int, tls_lib: str = "stdlib", io: str = "threads"
-                ) -> tuple[list[subprocess.Popen[bytes]], int, dict[str, int]]:
+def state_dir(work: Path, tls_lib: str, io: str, framing: str) -> Path:
+    """Where ``start_floor`` keeps one floor path's certificates and ports."""
+    return work / f"floor-{tls_lib}-{io}-{framing}"
+
+
+def start_floor(work: Path, sink_port: int, tls_lib: str = "stdlib", io: str = "threads",
+                framing: str = "none") -> tuple[list[subprocess.Popen[bytes]], int, dict[str, int]]:
     """Start hops C, B, A in front of the sink (each one's port is written
-    to ``floor-LIB-IO/NAME.port`` under ``work``).
+    to ``NAME.port`` in ``state_dir(...)``).
 
     Returns:
         The processes, the port to send to (hop A), and each hop's pid by name.
     """
     from certs import CertificateAuthority
 
-    state = work / f"floor-{tls_lib}-{io}"
+    if framing == "ws" and io != "threads":
+        raise ValueError("the websocket-framed floor runs on threads only")
+    state = state_dir(work, tls_lib, io, framing)
     state.mkdir()
     ca = CertificateAuthority.create("bench floor CA")
     leaf = ca.issue_server(["localhost"], ["127.0.0.1"])
@@ -361,7 +507,7 @@ def start_floor(work: Path, sink_port: int, tls_lib: str = "stdlib", io: str = "
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.floor", "--fd", str(listen.fileno()),
                  "--upstream-port", str(port), "--in", kind_in, "--out", kind_out,
-                 "--tls", tls_lib, "--io", io, "--state", str(state)],
+                 "--tls", tls_lib, "--io", io, "--framing", framing, "--state", str(state)],
                 pass_fds=[listen.fileno()], stdout=log, stderr=subprocess.STDOUT, env=env)
             port = int(listen.getsockname()[1])
         (state / f"{name}.port").write_text(str(port))
@@ -379,13 +525,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", dest="kind_out", choices=["plain", "tls"], required=True)
     p.add_argument("--tls", choices=["stdlib", "pyopenssl"], default="stdlib")
     p.add_argument("--io", choices=["threads", "asyncio"], default="threads")
+    p.add_argument("--framing", choices=["none", "ws"], default="none")
     p.add_argument("--state", type=Path, required=True)
     args = p.parse_args(argv)
     from tunnel.aio_alloc import tune_allocator
 
     tune_allocator()
     listen = socket.socket(fileno=args.fd)
-    _hop(listen, args.upstream_port, args.kind_in, args.kind_out, args.tls, args.state, args.io)
+    _hop(listen, args.upstream_port, args.kind_in, args.kind_out, args.tls, args.state, args.io,
+         args.framing)
     return 0
 
 

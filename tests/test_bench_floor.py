@@ -40,18 +40,21 @@ def _digest_server(seen: list[str]) -> Callable[[socket.socket], None]:
     return serve
 
 
-@pytest.mark.parametrize(("tls_lib", "io"), [("stdlib", "threads"), ("pyopenssl", "threads"),
-                                             ("stdlib", "asyncio")])
-def test_floor_path_carries_bytes_intact_both_ways(tmp_path: Path, tls_lib: str, io: str) -> None:
+@pytest.mark.parametrize(("tls_lib", "io", "framing"), [
+    ("stdlib", "threads", "none"), ("pyopenssl", "threads", "none"),
+    ("stdlib", "asyncio", "none"), ("stdlib", "threads", "ws"), ("pyopenssl", "threads", "ws")])
+def test_floor_path_carries_bytes_intact_both_ways(
+        tmp_path: Path, tls_lib: str, io: str, framing: str) -> None:
     if tls_lib == "pyopenssl" and (why := floor.pyopenssl_missing()):
         pytest.skip(why)
     seen: list[str] = []
     with threaded_tcp_server(_digest_server(seen)) as sink_port:
-        _run_floor(tmp_path, tls_lib, io, sink_port, seen)
+        _run_floor(tmp_path, tls_lib, io, framing, sink_port, seen)
 
 
-def _run_floor(tmp_path: Path, tls_lib: str, io: str, sink_port: int, seen: list[str]) -> None:
-    procs, port, pids = floor.start_floor(tmp_path, sink_port, tls_lib, io)
+def _run_floor(tmp_path: Path, tls_lib: str, io: str, framing: str, sink_port: int,
+               seen: list[str]) -> None:
+    procs, port, pids = floor.start_floor(tmp_path, sink_port, tls_lib, io, framing)
     try:
         assert set(pids) == {"A", "B", "C"} and len(set(pids.values())) == 3
         payload = os.urandom(3 * 1024 * 1024 + 17)  # not a multiple of any buffer
@@ -64,7 +67,7 @@ def _run_floor(tmp_path: Path, tls_lib: str, io: str, sink_port: int, seen: list
         assert seen == [hashlib.sha256(payload).hexdigest()]
         # Hop C's side towards B is TLS with the floor CA's certificate, and
         # plaintext sent there is refused, not passed on to the sink.
-        state = tmp_path / f"floor-{tls_lib}-{io}"
+        state = floor.state_dir(tmp_path, tls_lib, io, framing)
         c_port = int((state / "C.port").read_text())
         ctx = ssl.create_default_context(cafile=str(state / "ca.crt"))
         with socket.create_connection(("127.0.0.1", c_port), timeout=30) as raw, \
@@ -84,3 +87,65 @@ def _run_floor(tmp_path: Path, tls_lib: str, io: str, sink_port: int, seen: list
         assert set(seen) <= {hashlib.sha256(payload).hexdigest(), hashlib.sha256(b"").hexdigest()}
     finally:
         e2e._stop(procs)
+
+
+class _Collect:
+    """A TLS end that keeps what is sent and hands it back when read."""
+
+    def __init__(self) -> None:
+        self.wire = bytearray()
+        self.at = 0
+
+    def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        for part in parts:
+            self.wire += part
+
+    def recv_into(self, buf: bytearray | memoryview) -> int:
+        n = min(len(buf), len(self.wire) - self.at, 7000)  # cut frames anywhere
+        buf[:n] = self.wire[self.at:self.at + n]
+        self.at += n
+        return n
+
+
+@pytest.mark.parametrize("client", [True, False])
+def test_floor_websocket_framing_is_rfc6455_with_tunnel_data_frames(client: bool) -> None:
+    """What the websocket-framed floor writes is what a real websocket peer
+    reads: binary frames, masked only by the client, each holding one tunnel
+    DATA frame of at most the adapter's payload; and it reads them back."""
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    from tunnel.aio_config import ADAPTER_SEND_PAYLOAD
+    from tunnel.frames import Frame as TunnelFrame
+    from tunnel.frames import FrameType
+
+    wire = _Collect()
+    sender = floor._Websocket(wire, client, stream_id=7)
+    payload = os.urandom(3 * ADAPTER_SEND_PAYLOAD + 5)
+    sender.send(memoryview(payload))
+
+    reader = StreamReader()
+    reader.feed_data(bytes(wire.wire))
+    reader.feed_eof()
+    received = b""
+    while reader.buffer:
+        # mask=True: parse as the server would, i.e. require the client's mask.
+        parse = Frame.parse(reader.read_exact, mask=client)
+        with pytest.raises(StopIteration) as done:
+            next(parse)
+        frame = done.value.value
+        assert frame.opcode is Opcode.BINARY and frame.fin
+        data = TunnelFrame.parse(frame.data)
+        assert data.type is FrameType.DATA and data.stream_id == 7
+        assert 0 < len(data.payload) <= ADAPTER_SEND_PAYLOAD
+        received += data.payload
+    assert received == payload
+    if client:  # masked: the payload does not travel as itself
+        assert payload[:64] not in bytes(wire.wire)
+
+    back = floor._Websocket(wire, not client, stream_id=9)
+    assert b"".join(bytes(c) for c in back.chunks()) == payload
+    # A peer that masks the other way is refused.
+    wire.at = 0
+    with pytest.raises(ConnectionError):
+        list(floor._Websocket(wire, client, stream_id=9).chunks())
