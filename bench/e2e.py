@@ -537,7 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for name, port in ports.items():
                 before = cpu_seconds(pids[name])
-                tp[name] = max(tp[name], bulk(port, nbytes))
+                try:
+                    tp[name] = max(tp[name], bulk(port, nbytes))
+                except (RuntimeError, OSError) as exc:
+                    raise RuntimeError(f"bulk transfer through {name} failed: {exc}") from exc
                 after = cpu_seconds(pids[name])
                 for proc_name, t in after.items():
                     cpu[name][proc_name] = cpu[name].get(proc_name, 0.0) + t - before[proc_name]

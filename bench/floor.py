@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -69,13 +70,13 @@ class _End(Protocol):
     def close_write(self) -> None: ...
 
 
-def _chunks(end: _End) -> Any:
-    """What ``end`` receives, as views of one reused buffer (valid until the
-    next one is taken)."""
+def _batches(end: _End) -> Any:
+    """What ``end`` receives, one read at a time, as views of one reused
+    buffer (valid until the next batch is taken)."""
     buf = bytearray(READ)
     view = memoryview(buf)
     while n := end.recv_into(buf):
-        yield view[:n]
+        yield [view[:n]]
 
 
 class _Plain:
@@ -86,8 +87,11 @@ class _Plain:
         self.sock.sendall(data)
 
     def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        sent = self.sock.sendmsg(parts)  # one system call for the lot
         for part in parts:
-            self.sock.sendall(part)
+            if sent < len(part):
+                self.sock.sendall(memoryview(part)[sent:])
+            sent = max(0, sent - len(part))
 
     def recv_into(self, buf: bytearray | memoryview) -> int:
         return self.sock.recv_into(buf)
@@ -114,46 +118,66 @@ def _handshake(step: Callable[[], object], want_read: type[Exception],
 
 class _StdlibTls:
     """TLS over memory BIOs, as asyncio's own TLS transport does it, but with
-    one read of up to 256 KiB feeding as many records as it holds."""
+    one read of up to 256 KiB feeding as many records as it holds.
+
+    Two threads use one end, one sending and one receiving, and OpenSSL
+    releases the GIL: ``lock`` keeps them out of the TLS state at the same
+    time (never held across a blocking socket call).
+    """
 
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server: bool) -> None:
         self.sock = sock
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server,
                                 server_hostname=None if server else "localhost")
+        self.lock = threading.Lock()
         self.raw = bytearray(READ)
         self.raw_view = memoryview(self.raw)
         _handshake(self.tls.do_handshake, ssl.SSLWantReadError, self._flush, self._fill)
 
     def _flush(self) -> None:
-        data = self.outgoing.read()
+        with self.lock:
+            data = self.outgoing.read()
         if data:
             self.sock.sendall(data)
 
     def _fill(self) -> bool:
         n = self.sock.recv_into(self.raw)
         if n:
-            self.incoming.write(self.raw_view[:n])
+            with self.lock:
+                self.incoming.write(self.raw_view[:n])
         return bool(n)
 
+    def _read(self, view: memoryview) -> int:
+        with self.lock:
+            return self.tls.read(len(view), view)
+
     def send(self, data: memoryview) -> None:
-        self.tls.write(data)
-        self._flush()
+        self.send_parts([data])
 
     def send_parts(self, parts: list[bytes | memoryview]) -> None:
-        for part in parts:
-            self.tls.write(part)
+        with self.lock:
+            for part in parts:
+                self.tls.write(part)
         self._flush()
 
     def recv_into(self, buf: bytearray | memoryview) -> int:
+        """Wait for one record, then add every whole record already read
+        from the socket (one call per socket read, not per 16 KiB record)."""
+        view = memoryview(buf)
         while True:
             try:
-                return self.tls.read(len(buf), buf)
+                n = self._read(view)
+                break
             except ssl.SSLWantReadError:
                 if not self._fill():
                     return 0
             except ssl.SSLZeroReturnError:
                 return 0
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            while n < len(view) and (got := self._read(view[n:])):
+                n += got
+        return n
 
     def close_write(self) -> None:
         self.sock.shutdown(socket.SHUT_WR)
@@ -162,7 +186,8 @@ class _StdlibTls:
 class _PyOpenSslTls:
     """The same over pyOpenSSL, as lean as it goes: OpenSSL's own calls on
     buffers we keep (``OpenSSL._util``: no bytes made per call), and
-    AES-128-GCM first, which stdlib ``ssl`` cannot ask of TLS 1.3."""
+    AES-128-GCM first, which stdlib ``ssl`` cannot ask of TLS 1.3. Locked
+    as ``_StdlibTls`` is (cffi releases the GIL too)."""
 
     def __init__(self, sock: socket.socket, state: Path, server: bool) -> None:
         from OpenSSL import SSL
@@ -179,6 +204,7 @@ class _PyOpenSslTls:
             ctx.load_verify_locations(str(state / "ca.crt"))
             ctx.set_verify(SSL.VERIFY_PEER)
         self.sock = sock
+        self.lock = threading.Lock()
         self.conn = SSL.Connection(ctx, None)
         if server:
             self.conn.set_accept_state()
@@ -191,14 +217,23 @@ class _PyOpenSslTls:
         _handshake(self.conn.do_handshake, SSL.WantReadError, self._flush, self._fill)
 
     def _flush(self) -> None:
-        while (n := int(self.lib.BIO_read(self.conn._from_ssl, self.out_c, len(self.out)))) > 0:
+        while True:
+            with self.lock:
+                n = int(self.lib.BIO_read(self.conn._from_ssl, self.out_c, len(self.out)))
+            if n <= 0:
+                return
             self.sock.sendall(self.out_view[:n])
 
     def _fill(self) -> bool:
         n = self.sock.recv_into(self.raw)
         if n:
-            self.lib.BIO_write(self.conn._into_ssl, self.raw_c, n)
+            with self.lock:
+                self.lib.BIO_write(self.conn._into_ssl, self.raw_c, n)
         return bool(n)
+
+    def _read(self, target: Any, size: int) -> int:
+        with self.lock:
+            return int(self.lib.SSL_read(self.conn._ssl, target, size))
 
     def _write(self, data: bytes | memoryview) -> None:
         source, done = self.ffi.from_buffer(data), 0
@@ -209,22 +244,23 @@ class _PyOpenSslTls:
             done += n
 
     def send(self, data: memoryview) -> None:
-        self._write(data)
-        self._flush()
+        self.send_parts([data])
 
     def send_parts(self, parts: list[bytes | memoryview]) -> None:
-        for part in parts:
-            self._write(part)
+        with self.lock:
+            for part in parts:
+                self._write(part)
         self._flush()
 
     def recv_into(self, buf: bytearray | memoryview) -> int:
-        target = self.ffi.from_buffer(buf)
-        while True:
-            n = int(self.lib.SSL_read(self.conn._ssl, target, len(buf)))
-            if n > 0:
-                return n
+        """As ``_StdlibTls.recv_into``: one record waited for, then all there are."""
+        target, size = self.ffi.from_buffer(buf), len(buf)
+        while (n := self._read(target, size)) <= 0:
             if not self._fill():
                 return 0
+        while n < size and (got := self._read(target + n, size - n)) > 0:
+            n += got
+        return n
 
     def close_write(self) -> None:
         self.sock.shutdown(socket.SHUT_WR)
@@ -264,64 +300,78 @@ class _Websocket:
         return bytes((0x82, bit | 127)) + length.to_bytes(8, "big")
 
     def send(self, data: memoryview) -> None:
+        self.send_parts([data])
+
+    def send_parts(self, data_parts: list[bytes | memoryview]) -> None:
+        """Frame every part and write them with one flush (one TLS write
+        pass and one send() for what one read brought)."""
+        parts: list[bytes | memoryview] = []
+        for data in data_parts:
+            self._frame(memoryview(data), parts)
+        self.inner.send_parts(parts)
+
+    def _frame(self, data: memoryview, parts: list[bytes | memoryview]) -> None:
         for at in range(0, len(data), self.payload):
             chunk = data[at:at + self.payload]
             head = self._ws_header(self.header_size + len(chunk))
             if self.client:
                 key = random.getrandbits(32).to_bytes(4, "big")
                 shifted = key[self.shift:] + key[:self.shift]
-                self.inner.send_parts([head + key + self.apply_mask(self.data_header, key),
-                                       self.apply_mask(chunk, shifted)])
+                parts += (head + key + self.apply_mask(self.data_header, key),
+                          self.apply_mask(chunk, shifted))
             else:
-                self.inner.send_parts([head + self.data_header, chunk])
-
-    def send_parts(self, parts: list[bytes | memoryview]) -> None:
-        for part in parts:
-            self.send(memoryview(part))
+                parts += (head + self.data_header, chunk)
 
     def recv_into(self, buf: bytearray | memoryview) -> int:
-        raise NotImplementedError("read a websocket end with chunks()")
+        raise NotImplementedError("read a websocket end with batches()")
 
     def close_write(self) -> None:
         self.inner.close_write()
 
-    def chunks(self) -> Any:
-        """The DATA payloads received, each a view valid until the next."""
+    def batches(self) -> Any:
+        """The DATA payloads received, a list per read of the TLS end, each
+        a view valid until the next list is taken."""
         buf = bytearray(4 * READ)
         view = memoryview(buf)
         start = end = 0
+        while True:
+            if start:  # an unfinished frame moves to the front
+                buf[:end - start] = view[start:end]
+                start, end = 0, end - start
+            got = self.inner.recv_into(view[end:])
+            if not got:
+                return
+            end += got
+            batch = []
+            while (parsed := self._parse(view, start, end)) is not None:
+                payload, start = parsed
+                batch.append(payload)
+            if batch:
+                yield batch
 
-        def need(n: int) -> bool:
-            """At least ``n`` bytes from ``start`` in the buffer (False at EOF)."""
-            nonlocal start, end
-            while end - start < n:
-                if len(buf) - start < n:  # move what is left to the front
-                    buf[:end - start] = view[start:end]
-                    start, end = 0, end - start
-                got = self.inner.recv_into(view[end:])
-                if not got:
-                    return False
-                end += got
-            return True
-
-        while need(2):
-            masked, length = buf[start + 1] & 0x80, buf[start + 1] & 0x7F
-            if buf[start] != 0x82 or bool(masked) == self.client:
-                raise ConnectionError("not a binary frame masked as RFC 6455 requires")
-            size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if masked else 0)
-            if not need(size):
-                break
-            if length >= 126:
-                length = int.from_bytes(view[start + 2:start + size - (4 if masked else 0)], "big")
-            if length > self.header_size + self.payload or not need(size + length):
-                raise ConnectionError("websocket frame too large or cut short")
-            frame = view[start + size:start + size + length]
-            if masked:
-                frame = memoryview(self.apply_mask(frame, view[start + size - 4:start + size]))
-            if frame[0] != self.data_type:
-                raise ConnectionError("not a tunnel DATA frame")
-            start += size + length
-            yield frame[self.header_size:]
+    def _parse(self, view: memoryview, start: int, end: int) -> tuple[memoryview, int] | None:
+        """The DATA payload of the whole frame at ``start`` and where the next
+        one starts, or None while the frame is incomplete."""
+        if end - start < 2:
+            return None
+        masked, length = view[start + 1] & 0x80, view[start + 1] & 0x7F
+        if view[start] != 0x82 or bool(masked) == self.client:
+            raise ConnectionError("not a binary frame masked as RFC 6455 requires")
+        size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if masked else 0)
+        if end - start < size:
+            return None
+        if length >= 126:
+            length = int.from_bytes(view[start + 2:start + size - (4 if masked else 0)], "big")
+        if length > self.header_size + self.payload:
+            raise ConnectionError("websocket frame too large for a tunnel DATA frame")
+        if end - start < size + length:
+            return None
+        frame = view[start + size:start + size + length]
+        if masked:
+            frame = memoryview(self.apply_mask(frame, view[start + size - 4:start + size]))
+        if frame[0] != self.data_type:
+            raise ConnectionError("not a tunnel DATA frame")
+        return frame[self.header_size:], start + size + length
 
 
 def pyopenssl_missing() -> str | None:
@@ -335,8 +385,8 @@ def pyopenssl_missing() -> str | None:
 
 def _pump(src: _End, dst: _End) -> None:
     try:
-        for chunk in src.chunks() if isinstance(src, _Websocket) else _chunks(src):
-            dst.send(chunk)
+        for parts in src.batches() if isinstance(src, _Websocket) else _batches(src):
+            dst.send_parts(parts)
         dst.close_write()
     except OSError:
         pass  # the other side went away (or broke the framing): this connection is over
