@@ -11,9 +11,10 @@ B ends one TLS session and starts another because the relay is the public
 endpoint both sides dial and must see which cluster a byte is for; A and C
 each end one. Nothing else: no websocket, no tunnel framing, no
 multiplexing, no flow control, no asyncio. Blocking sockets, a thread per
-direction, 256 KiB reads, TLS through memory BIOs of the same ``ssl`` module
-and the same certificate set-up (``certs``) as the daemons, the allocator
-tuned as theirs is. What this path costs per byte bounds any implementation
+direction, 256 KiB socket reads with every whole TLS record in them
+decrypted at once (as asyncio's TLS layer does), TLS through memory BIOs of
+the same ``ssl`` module and the same certificate set-up (``certs``) as the
+daemons, the allocator tuned as theirs is. What this path costs per byte bounds any implementation
 of the architecture from below; where it moves fewer bytes per second than
 ``ssh -R`` in the same run (one encrypted leg, two processes), no tunnel can
 meet the "throughput >= ssh -R" goal on that machine.

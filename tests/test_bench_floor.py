@@ -144,8 +144,8 @@ def test_floor_websocket_framing_is_rfc6455_with_tunnel_data_frames(client: bool
         assert payload[:64] not in bytes(wire.wire)
 
     back = floor._Websocket(wire, not client, stream_id=9)
-    assert b"".join(bytes(c) for c in back.chunks()) == payload
+    assert b"".join(bytes(c) for batch in back.batches() for c in batch) == payload
     # A peer that masks the other way is refused.
     wire.at = 0
     with pytest.raises(ConnectionError):
-        list(floor._Websocket(wire, client, stream_id=9).chunks())
+        list(floor._Websocket(wire, client, stream_id=9).batches())
