@@ -24,7 +24,7 @@ from relay.roles import (
     cluster_scope,
     valid_assignment_id,
 )
-from relay.state import STATE, authenticate, json_error, principal_ids
+from relay.state import STATE, authenticate, json_error
 
 log = logging.getLogger("relay")
 
@@ -48,7 +48,7 @@ class _Abort(Exception):
 
 def _require(request: web.Request, principal: Principal, action: Action, scope: str, role_hint: str) -> None:
     state = request.app[STATE]
-    if not state.roles.allowed(principal_ids(principal), action, scope):
+    if not state.roles.allowed(state.principal_ids(principal), action, scope):
         state.metrics.auth_failures.labels("api", "forbidden").inc()
         log.info("api forbidden principal=%s action=%s scope=%s", principal.name, action, scope)
         raise _Abort(json_error(
@@ -171,7 +171,7 @@ async def list_clusters(request: web.Request) -> web.Response:
     rg = request.query.get("resourceGroup")
     if rg is not None and not valid_name(rg):
         return json_error(400, "InvalidName", f"resource group {rg!r} is not a valid name")
-    ids = principal_ids(principal)
+    ids = state.principal_ids(principal)
     clusters = [
         c.to_json() for c in state.registry.list(rg)
         if state.roles.allowed(ids, "read", cluster_scope(c.resource_group, c.name))
@@ -215,7 +215,7 @@ async def get_role_assignment(request: web.Request) -> web.Response:
     principal = await _principal(request)
     aid = _assignment_id(request)
     found = state.roles.get(aid)
-    if found is None or not state.roles.allowed(principal_ids(principal), "manage_roles", found.scope):
+    if found is None or not state.roles.allowed(state.principal_ids(principal), "manage_roles", found.scope):
         # Without admin at its scope an assignment is indistinguishable from none.
         _require(request, principal, "manage_roles", found.scope if found else "/", "admin")
         return json_error(404, "NotFound", f"role assignment {aid} does not exist")
@@ -243,7 +243,7 @@ async def list_role_assignments(request: web.Request) -> web.Response:
     """GET /api/v1/roleAssignments[?principalId=&scope=]: those the caller administers."""
     state = request.app[STATE]
     principal = await _principal(request)
-    ids = principal_ids(principal)
+    ids = state.principal_ids(principal)
     want_principal, want_scope = request.query.get("principalId"), request.query.get("scope")
     value = [
         a.to_json() for a in state.roles.list_all()

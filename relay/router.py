@@ -22,7 +22,7 @@ from typing import Any, cast
 from identity import Principal
 from relay.registry import cluster_id, valid_name
 from relay.roles import cluster_scope
-from relay.state import RelayState, principal_ids
+from relay.state import RelayState
 from tunnel import (
     ErrorCode,
     StreamRefused,
@@ -131,7 +131,7 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
         metrics.streams_total.labels("forbidden").inc()
         stream.reject(ErrorCode.FORBIDDEN, "token expired; reconnect with a fresh token")
         return
-    if not state.roles.allowed(principal_ids(principal), "connect", cluster_scope(rg, name)):
+    if not state.roles.allowed(state.principal_ids(principal), "connect", cluster_scope(rg, name)):
         metrics.streams_total.labels("forbidden").inc()
         log.info("stream forbidden principal=%s cluster=%s", principal.name, cid)
         scope = cluster_scope(rg, name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,11 @@ class RelayState:
     # Fire-and-forget tasks (GOAWAY of a replaced session), kept referenced.
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
+    def principal_ids(self, principal: Principal) -> set[str]:
+        """The ids role assignments may name for ``principal`` under this
+        relay's ``authorization.match_mutable_claims``."""
+        return principal_ids(principal, self.config.match_mutable_claims)
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, holding a reference until it ends."""
         task = asyncio.ensure_future(coro)
@@ -79,12 +84,15 @@ def bearer_token(request: web.Request) -> str | None:
     return token
 
 
-def principal_ids(principal: Principal) -> set[str]:
-    """Ids a role assignment may name for this principal: object id, upn, groups."""
-    ids = {principal.oid, *principal.groups}
-    if principal.upn:
-        ids.add(principal.upn)
-    return ids
+def principal_ids(principal: Principal, mutable_claims: Iterable[str] = ()) -> set[str]:
+    """Ids a role assignment (or ``admins``) may name for this principal.
+
+    Only immutable ids by default: ``oid``, ``<iss>#<sub>`` and group object
+    ids. ``mutable_claims`` (``authorization.match_mutable_claims``, e.g.
+    ``upn``) adds those claims' values: an explicit, logged opt-in, because a
+    user who can change their own ``upn`` could take someone else's role.
+    """
+    return set(principal.immutable_ids | principal.claim_values(mutable_claims))
 
 
 async def authenticate(request: web.Request, endpoint: str) -> Principal | web.Response:
