@@ -15,7 +15,9 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
+from certs import fingerprint_sha256
 from identity import Principal
+from relay.agent_endpoint import end_sessions_of_old_key
 from relay.registry import Cluster, cluster_id, valid_name
 from relay.roles import (
     Action,
@@ -119,6 +121,7 @@ async def put_cluster(request: web.Request) -> web.Response:
     for key in ("location", "tlsServerName"):
         if not isinstance(body.get(key, ""), str):
             return json_error(400, "InvalidRequest", f"{key} must be a string")
+    previous = state.registry.get(cluster_id(rg, name))
     cluster, created = state.registry.put(Cluster(
         name=name,
         resource_group=rg,
@@ -129,7 +132,34 @@ async def put_cluster(request: web.Request) -> web.Response:
     ))
     log.info("cluster %s id=%s principal=%s", "registered" if created else "updated", cluster.id,
              principal.name)
+    if previous is not None:
+        await _on_credentials_changed(request, principal, previous, cluster)
     return web.json_response(cluster.to_json(), status=201 if created else 200)
+
+
+def _fingerprint(pem: str) -> str:
+    return fingerprint_sha256(pem.encode()) if pem else "-"
+
+
+async def _on_credentials_changed(request: web.Request, principal: Principal, old: Cluster,
+                                  new: Cluster) -> None:
+    """Log a change of the agent key or serving CA (one line each, with both
+    fingerprints) and end the agent sessions that proved the old key.
+
+    Changing either is as strong as registering the cluster: the caller passed
+    the same ``write`` check at the cluster's scope (onboarding or admin).
+    """
+    state = request.app[STATE]
+    who = f"principal={principal.name!r} oid={principal.oid!r}"
+    old_ca, new_ca = _fingerprint(old.serving_ca_certificate), _fingerprint(new.serving_ca_certificate)
+    if old_ca != new_ca:
+        log.warning("cluster serving CA changed id=%s %s old=%s new=%s", new.id, who, old_ca, new_ca)
+    old_key = _fingerprint(old.agent_public_key_certificate)
+    new_key = _fingerprint(new.agent_public_key_certificate)
+    if old_key != new_key:
+        ended = await end_sessions_of_old_key(state, new.id, new_key)
+        log.warning("cluster agent key changed id=%s %s old=%s new=%s sessions_ended=%d",
+                    new.id, who, old_key, new_key, ended)
 
 
 @_handler

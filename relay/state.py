@@ -49,6 +49,9 @@ class RelayState:
     accepting: bool = True
     # Test hook recording routed DATA (RelayConfig.record_data_file); None: off.
     recorder: DataRecorder | None = None
+    # Agent sessions -> (cluster id, SHA-256 fingerprint of the certificate
+    # they authenticated with): a key change ends the sessions of the old key.
+    agent_fingerprints: dict[TunnelSession, tuple[str, str]] = field(default_factory=dict)
     # Fire-and-forget tasks (GOAWAY of a replaced session), kept referenced.
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
