@@ -273,6 +273,7 @@ class RelayServer:
             await asyncio.wait([asyncio.ensure_future(s.wait_closed()) for s in sessions],
                                timeout=drain)
         await asyncio.gather(*(s.close() for s in list(state.sessions)), return_exceptions=True)
+        await state.live_streams.close()
         await self._runner.cleanup()
         await state.validator.close()
         if state.recorder is not None:

@@ -235,6 +235,8 @@ async def put_role_assignment(request: web.Request) -> web.Response:
     ))
     log.info("role assignment %s id=%s role=%s scope=%s by=%s", "created" if created else "updated",
              aid, stored.role, stored.scope, principal.name)
+    if existing is not None:
+        state.live_streams.wake()  # a replaced assignment may have taken a role away
     return web.json_response(stored.to_json(), status=201 if created else 200)
 
 
@@ -264,6 +266,7 @@ async def delete_role_assignment(request: web.Request) -> web.Response:
         return json_error(404, "NotFound", f"role assignment {aid} does not exist")
     _require(request, principal, "manage_roles", found.scope, "admin")
     state.roles.delete(aid)
+    state.live_streams.wake()  # open streams of whoever held it are re-checked now
     log.info("role assignment deleted id=%s by=%s", aid, principal.name)
     return web.Response(status=204)
 

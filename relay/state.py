@@ -20,6 +20,7 @@ from relay.config import RelayConfig
 from relay.directory import SessionDirectory
 from relay.metrics import RelayMetrics
 from relay.registry import ClusterRegistry
+from relay.revocation import LiveStreams
 from relay.roles import RoleStore
 
 if TYPE_CHECKING:
@@ -54,6 +55,19 @@ class RelayState:
     agent_fingerprints: dict[TunnelSession, tuple[str, str]] = field(default_factory=dict)
     # Fire-and-forget tasks (GOAWAY of a replaced session), kept referenced.
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    # Routed client streams, re-authorised while open (relay/revocation.py).
+    live_streams: LiveStreams = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.live_streams = LiveStreams(
+            self.config.recheck_seconds, self.may_connect,
+            on_ended=lambda outcome: self.metrics.streams_total.labels(outcome).inc(),
+        )
+
+    def may_connect(self, principal: Principal, scope: str) -> bool:
+        """Whether ``principal`` holds a role allowing ``connect`` at ``scope``."""
+        return bool(self.roles.allowed(self.principal_ids(principal), "connect", scope))
 
     def principal_ids(self, principal: Principal) -> set[str]:
         """The ids role assignments may name for ``principal`` under this
