@@ -41,6 +41,10 @@ CONTROL_TARGET = b"control"
 # longer the cluster's registered key.
 WS_POLICY_VIOLATION = 1008
 KEY_CHANGED_REASON = "agent key changed: reconnect with the newly registered key"
+# Every refusal after the cluster lookup takes at least this long: well above
+# the cost of any verification (~0.1-1 ms), so its timing says nothing about
+# the registered key; short enough to cost an honest agent nothing.
+REFUSAL_FLOOR_SECONDS = 0.01
 # A metadata line is a few hundred bytes; anything longer is not ours.
 MAX_CONTROL_LINE = 4096
 
@@ -120,15 +124,20 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         claimed = unverified_cluster_id(token)
     except TokenInvalid as exc:  # before any lookup: says nothing about clusters
         return _refuse(state, request, exc.reason, None)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     cluster = state.registry.get(claimed)
     certificate = cluster.agent_public_key_certificate.encode() if cluster else _decoy_certificate()
     try:
         cid = state.verifier.verify(token, certificate)
+        if cluster is None:  # only whoever holds the decoy's private key gets here: nobody
+            raise TokenInvalid("unknown cluster")
     except TokenInvalid as exc:
+        # Verification cost differs by key type (an algorithm mismatch needs no
+        # crypto at all); a fixed floor hides that, and so which key is registered.
+        await asyncio.sleep(max(0.0, started + REFUSAL_FLOOR_SECONDS - loop.time()))
         reason = exc.reason if cluster else "unknown cluster"
         return _refuse(state, request, reason, claimed, public_reason=NOT_ACCEPTED)
-    if cluster is None:  # only whoever holds the decoy's private key gets here: nobody
-        return _refuse(state, request, "unknown cluster", claimed, public_reason=NOT_ACCEPTED)
 
     ws = server_websocket_response(state.tunnel_config)
     try:
