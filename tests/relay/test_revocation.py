@@ -129,3 +129,23 @@ async def test_relay_role_update_to_viewer_revokes(relay_env: RelayEnv) -> None:
     assert status == 200
     reset = await _reset_of(demo_stream)
     assert (reset.code, reset.reason) == (ErrorCode.FORBIDDEN, ACCESS_REVOKED)
+
+
+async def test_relay_short_token_ends_on_time_despite_long_recheck(tmp_path: Path) -> None:
+    """With the largest recheck interval (60 s) and a long-lived stream already
+    open, a stream opened later with a 3-second token is still reset at its
+    token's expiry: the checker re-plans for the earliest expiry, it does not
+    wait out the interval."""
+    async with running_env(tmp_path, recheck_seconds=60.0) as env:
+        echo = await start_echo_server()
+        keys = env.register("rg1", "alpha")
+        await env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
+        await env.wait_agent("rg1/alpha")
+        env.grant(DEMO_OID, "cluster-user", SCOPE)
+        env.grant(BOB_OID, "cluster-user", SCOPE)
+        _, bob_stream = await _live_stream(env, env.token("bob"))
+        _, short_stream = await _live_stream(env, env.token("demo", lifetime=3))
+        reset = await _reset_of(short_stream)
+        assert (reset.code, reset.reason) == (ErrorCode.FORBIDDEN, TOKEN_EXPIRED)
+        assert await _echo(bob_stream, b"untouched") == b"untouched"
+        echo.close()
