@@ -132,8 +132,8 @@ class LiveStreams:
         self._streams.discard(live)
         live.client.reset(ErrorCode.FORBIDDEN, reason)
         live.upstream.reset(ErrorCode.FORBIDDEN, reason)  # no-op once the bridge passed it on
-        log.info("stream ended reason=%r principal=%r cluster=%s", reason, live.principal.name,
-                 live.cluster)
+        log.info("stream ended reason=%r principal=%r cluster=%s check=%d", reason,
+                 live.principal.name, live.cluster, self.passes + 1)
         if self._on_ended is not None:
             self._on_ended(outcome)
 

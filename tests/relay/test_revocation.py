@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -93,9 +94,12 @@ async def test_relay_resets_stream_when_role_deleted(relay_env: RelayEnv) -> Non
     assert refused.value.code == ErrorCode.FORBIDDEN
 
 
-async def test_relay_periodic_recheck_ends_stream_within_bound(relay_env: RelayEnv) -> None:
+async def test_relay_periodic_recheck_ends_stream_within_bound(
+    relay_env: RelayEnv, caplog: pytest.LogCaptureFixture
+) -> None:
     """A role removed behind the API's back (another replica, a database edit)
     is noticed by the next periodic pass, i.e. within recheck_seconds."""
+    caplog.set_level(logging.INFO, logger="relay")
     _, demo_stream = await _live_stream(relay_env, relay_env.token("demo"))
     _, bob_stream = await _live_stream(relay_env, relay_env.token("bob"))
     live = relay_env.state.live_streams
@@ -104,7 +108,9 @@ async def test_relay_periodic_recheck_ends_stream_within_bound(relay_env: RelayE
     reset = await _reset_of(demo_stream)
     assert (reset.code, reset.reason) == (ErrorCode.FORBIDDEN, ACCESS_REVOKED)
     # The first pass after the deletion ended it: the bound is one interval.
-    assert live.passes == passes_before + 1
+    ended = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stream ended")]
+    assert ended == [f"stream ended reason='access revoked' principal='demo@contoso.example' "
+                     f"cluster=rg1/alpha check={passes_before + 1}"]
     assert live.recheck_seconds == RECHECK_SECONDS
     assert await _echo(bob_stream, b"untouched") == b"untouched"
 
