@@ -41,6 +41,7 @@ def split_chain(chain_pem: bytes) -> tuple[bytes, bytes]:
 def _start_kube_aad_proxy(config: AgentConfig) -> Any:
     """A ``KubeAadProxy`` configured from the same file (not started)."""
     from agent import KubeAadProxy, KubeAadProxyConfig
+    from agent.kube_aad_proxy.names import NamePrefixes
     from identity import TokenValidator, TrustedIssuer
 
     kap = config.kube_aad_proxy
@@ -61,6 +62,8 @@ def _start_kube_aad_proxy(config: AgentConfig) -> Any:
             validator=validator,
             impersonate_with=kap.impersonate_with,  # type: ignore[arg-type]
             cluster_name=config.cluster_id,
+            name_prefixes={i.issuer: NamePrefixes(i.username_prefix, i.groups_prefix)
+                           for i in kap.issuers},
         )
     except ValueError as exc:
         raise AgentConfigError(f"kube_aad_proxy: {exc}") from None

@@ -13,7 +13,9 @@ Example::
       upstream_ca_file: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt
       upstream_token_file: /var/run/secrets/kubernetes.io/serviceaccount/token
       oidc:
-        issuers: [{issuer: ..., audiences: [...], ca_file: ..., tenant_ids: [...]}]
+        issuers: [{issuer: ..., audiences: [...], ca_file: ..., tenant_ids: [...],
+                   username_prefix: "", groups_prefix: ""}]   # e.g. "oidc:"; "": system: names
+                                                              # refused (user) / dropped (groups)
         group_source: {token_endpoint: ..., client_id: ..., client_secret_file: ..., scope: ...,
                        allowed_hosts: [...], ca_file: ...}   # overage; see identity/group_source.py
       impersonate_with: oid                       # or upn
@@ -55,6 +57,11 @@ class IssuerSettings:
     audiences: tuple[str, ...]
     ca_pem: bytes | None = None
     tenant_ids: tuple[str, ...] | None = None
+    # Prepended to every user name / group of this issuer (the API server's
+    # --oidc-username-prefix / --oidc-groups-prefix); "" = none: system: names
+    # are then refused (user) or dropped (groups).
+    username_prefix: str = ""
+    groups_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,17 @@ def _relay_url(value: Any) -> str:
     return url.rstrip("/")
 
 
+def name_prefix_setting(item: dict[str, Any], key: str, index: int) -> str:
+    """``kube_aad_proxy.oidc.issuers[index].<key>`` (a name prefix), checked."""
+    value = item.get(key) or ""
+    label = f"kube_aad_proxy.oidc.issuers[{index}].{key}"
+    if not isinstance(value, str):
+        raise AgentConfigError(f"{label} must be a string such as 'oidc:'")
+    if value[:7].lower() == "system:" or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+        raise AgentConfigError(f"{label} {value!r} must not start with 'system:' or contain spaces")
+    return value
+
+
 def _kube_aad_proxy(base: Path, raw: dict[str, Any], needed: bool) -> KubeAadProxySettings:
     if not needed:
         return KubeAadProxySettings()
@@ -149,6 +167,8 @@ def _kube_aad_proxy(base: Path, raw: dict[str, Any], needed: bool) -> KubeAadPro
             audiences=tuple(item.get("audiences") or ("api://cluster-connect",)),
             ca_pem=_read(base, item.get("ca_file"), f"kube_aad_proxy.oidc.issuers[{i}].ca_file"),
             tenant_ids=tuple(tenants) if tenants else None,
+            username_prefix=name_prefix_setting(item, "username_prefix", i),
+            groups_prefix=name_prefix_setting(item, "groups_prefix", i),
         ))
     try:
         group_source = parse_group_source((raw.get("oidc") or {}).get("group_source"), base,

@@ -162,7 +162,9 @@ class RelaySessionKeeper:
     when that token expires. Shortly before (``Token.renew_at``) the keeper
     dials a second session with a fresh token, moves new streams to it, and
     sends GOAWAY on the old one itself: streams already open there (``get -w``,
-    ``logs -f``, exec) run on until they end, then the old session closes.
+    ``logs -f``, exec) run on until they end, then the old session closes. The
+    relay ends them (RESET FORBIDDEN "token expired") when the token that
+    opened them expires: a stream lives no longer than its credential.
     """
 
     def __init__(self, config: ClientConfig, tokens: TokenSource, *, name: str = "client") -> None:

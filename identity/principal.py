@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,28 @@ class Principal:
     def is_app(self) -> bool:
         """True for an application (service principal) token: Entra's ``idtyp: app``."""
         return self.claims.get("idtyp") == "app"
+
+    @property
+    def immutable_ids(self) -> frozenset[str]:
+        """Ids that name this principal and cannot be changed by whoever
+        controls its profile: the ``oid`` claim, ``<iss>#<sub>`` (a ``sub`` is
+        unique only within its issuer; the form is the API server's default
+        ``--oidc-username-prefix``), and the group object ids. ``upn``,
+        ``preferred_username`` and ``email`` are mutable in Entra ("nOAuth")
+        and are never among them."""
+        ids = set(self.groups)
+        oid = self.claims.get("oid")
+        if isinstance(oid, str) and oid:
+            ids.add(oid)
+        sub = self.claims.get("sub")
+        if isinstance(sub, str) and sub:
+            ids.add(f"{self.issuer}#{sub}")
+        return frozenset(ids)
+
+    def claim_values(self, names: Iterable[str]) -> frozenset[str]:
+        """The non-empty string values of the claims ``names`` (for an opt-in
+        match on mutable claims such as ``upn``)."""
+        return frozenset(v for n in names if isinstance(v := self.claims.get(n), str) and v)
 
     @property
     def name(self) -> str:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from functools import partial
+from functools import cache, partial
 
 from aiohttp import web
 
+from certs import fingerprint_sha256, generate_key_pair
 from identity import TokenInvalid
 from identity.agent_assertion import unverified_cluster_id
 from relay.state import STATE, RelayState, bearer_token, json_error
@@ -36,16 +37,43 @@ from tunnel import (
 log = logging.getLogger("relay")
 
 CONTROL_TARGET = b"control"
+# Close code and GOAWAY reason when the key an agent session proved is no
+# longer the cluster's registered key.
+WS_POLICY_VIOLATION = 1008
+KEY_CHANGED_REASON = "agent key changed: reconnect with the newly registered key"
+# Every refusal after the cluster lookup takes at least this long: well above
+# the cost of any verification (~0.1-1 ms), so its timing says nothing about
+# the registered key; short enough to cost an honest agent nothing.
+REFUSAL_FLOOR_SECONDS = 0.01
 # A metadata line is a few hundred bytes; anything longer is not ours.
 MAX_CONTROL_LINE = 4096
 
 
-def _refuse(state: RelayState, request: web.Request, reason: str, claimed: str | None) -> web.Response:
-    state.metrics.auth_failures.labels("agent", reason).inc()
+# What every refusal after the cluster lookup says, whatever the cause (unknown
+# cluster, another key, wrong key type, expired, replayed): an unauthenticated
+# caller must not learn which clusters exist or what key they have. The cause
+# goes to the relay log only.
+NOT_ACCEPTED = "assertion not accepted"
+
+
+def _refuse(state: RelayState, request: web.Request, reason: str, claimed: str | None,
+            *, public_reason: str | None = None) -> web.Response:
+    """401 for a refused agent. ``reason`` is logged; the response and the
+    metric label carry ``public_reason`` (default: ``reason``)."""
+    shown = public_reason or reason
+    state.metrics.auth_failures.labels("agent", shown).inc()
     log.info("agent refused reason=%r claimed_cluster=%r peer=%s", reason,
              (claimed or "")[:160], request.remote)
-    return json_error(401, "InvalidAssertion", f"agent refused: {reason}",
+    return json_error(401, "InvalidAssertion", f"agent refused: {shown}",
                       **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+@cache
+def _decoy_certificate() -> bytes:
+    """A certificate no agent holds the key of: an assertion for an unknown
+    cluster is verified against it, so that refusal costs what a wrong-key
+    refusal costs (no timing oracle for which clusters exist)."""
+    return generate_key_pair("decoy").certificate_pem
 
 
 async def control_stream(state: RelayState, cid: str, stream: TunnelStream) -> None:
@@ -92,15 +120,24 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     token = bearer_token(request)
     if token is None:
         return _refuse(state, request, "missing assertion", None)
-    claimed: str | None = None
     try:
         claimed = unverified_cluster_id(token)
-        cluster = state.registry.get(claimed)
-        if cluster is None:
+    except TokenInvalid as exc:  # before any lookup: says nothing about clusters
+        return _refuse(state, request, exc.reason, None)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    cluster = state.registry.get(claimed)
+    certificate = cluster.agent_public_key_certificate.encode() if cluster else _decoy_certificate()
+    try:
+        cid = state.verifier.verify(token, certificate)
+        if cluster is None:  # only whoever holds the decoy's private key gets here: nobody
             raise TokenInvalid("unknown cluster")
-        cid = state.verifier.verify(token, cluster.agent_public_key_certificate)
     except TokenInvalid as exc:
-        return _refuse(state, request, exc.reason, claimed)
+        # Verification cost differs by key type (an algorithm mismatch needs no
+        # crypto at all); a fixed floor hides that, and so which key is registered.
+        await asyncio.sleep(max(0.0, started + REFUSAL_FLOOR_SECONDS - loop.time()))
+        reason = exc.reason if cluster else "unknown cluster"
+        return _refuse(state, request, reason, claimed, public_reason=NOT_ACCEPTED)
 
     ws = server_websocket_response(state.tunnel_config)
     try:
@@ -116,6 +153,16 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         return ws
     session = TunnelSession(ws, is_client=False, config=state.tunnel_config, name=f"agent:{cid}",
                             on_stream=partial(control_stream, state, cid))
+    fingerprint = fingerprint_sha256(certificate)
+    current = state.registry.get(cid)
+    if current is None or fingerprint_sha256(current.agent_public_key_certificate.encode()) != fingerprint:
+        # The key changed (or the cluster went) while this agent was upgrading:
+        # the key it proved is no longer the registered one.
+        log.info("agent refused after upgrade cluster=%s reason='agent key changed' peer=%s",
+                 cid, request.remote)
+        await ws.close(code=WS_POLICY_VIOLATION, message=b"agent key changed")
+        return ws
+    state.agent_fingerprints[session] = (cid, fingerprint)
     state.sessions.add(session)
     state.metrics.sessions.labels("agent").inc()
     state.metrics.sessions_total.labels("agent").inc()
@@ -129,11 +176,28 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         await session.run()
     finally:
         state.sessions.discard(session)
+        state.agent_fingerprints.pop(session, None)
         state.metrics.sessions.labels("agent").dec()
         if state.directory.unregister(cid, session):
             state.registry.set_connectivity(cid, "Offline")
         log.info("agent disconnected cluster=%s reason=%r", cid, _reason(session))
     return ws
+
+
+async def end_sessions_of_old_key(state: RelayState, cid: str, new_fingerprint: str) -> int:
+    """End every agent session of ``cid`` that authenticated with a key other
+    than ``new_fingerprint`` (the cluster's agent key was changed): GOAWAY with
+    the reason, then close, so its streams end and new ones wait for an agent
+    holding the new key. Returns how many sessions were ended."""
+    stale = [s for s, (c, fp) in list(state.agent_fingerprints.items())
+             if c == cid and fp != new_fingerprint]
+    for session in stale:
+        state.agent_fingerprints.pop(session, None)
+        if state.directory.unregister(cid, session):
+            state.registry.set_connectivity(cid, "Offline")
+    await asyncio.gather(*(s.close(ErrorCode.FORBIDDEN, KEY_CHANGED_REASON) for s in stale),
+                         return_exceptions=True)
+    return len(stale)
 
 
 def _reason(session: TunnelSession) -> str:
@@ -142,4 +206,5 @@ def _reason(session: TunnelSession) -> str:
 
 def add_routes(app: web.Application) -> None:
     """Register ``/agent/v1/connect`` on ``app``."""
+    _decoy_certificate()  # made now, so the first unknown-cluster refusal is not slower
     app.router.add_get("/agent/v1/connect", agent_connect, allow_head=False)

@@ -23,7 +23,7 @@ from certs import CertificateAuthority, IssuedCertificate, server_ssl_context, w
 from identity import Principal, TokenInvalid, TokenValidator, TrustedIssuer
 from identity.agent_assertion import AgentAssertionVerifier
 from relay import agent_endpoint, client_endpoint, management_api
-from relay.config import ConfigError, RelayConfig
+from relay.config import ConfigError, RelayConfig, authorization_warnings
 from relay.directory import LocalDirectory
 from relay.metrics import CONTENT_TYPE_LATEST, RelayMetrics
 from relay.registry import SqliteDatabase, SqliteRegistry
@@ -203,6 +203,8 @@ class RelayServer:
         if dev is not None:
             self.ca_file, self.ca_pem = dev.ca_file, dev.ca_pem
         tunnel_config = _tunnel_config(config)
+        for warning in authorization_warnings(config):
+            log.warning("%s", warning)
         validator = self._validator()
         try:
             self._db = SqliteDatabase(config.database_path)
@@ -271,6 +273,7 @@ class RelayServer:
             await asyncio.wait([asyncio.ensure_future(s.wait_closed()) for s in sessions],
                                timeout=drain)
         await asyncio.gather(*(s.close() for s in list(state.sessions)), return_exceptions=True)
+        await state.live_streams.close()
         await self._runner.cleanup()
         await state.validator.close()
         if state.recorder is not None:

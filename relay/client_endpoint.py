@@ -2,8 +2,9 @@
 
 The OIDC bearer is validated before the websocket upgrade (401 otherwise).
 Each stream OPEN names a cluster ``<rg>/<name>`` and is routed by
-``relay.router.route_stream``. When the token expires the session gets GOAWAY:
-open streams finish, and the client reconnects with a fresh token for new ones.
+``relay.router.route_stream``. When the token expires the session gets GOAWAY
+and its open streams are reset (``relay.revocation``: a stream lives no longer
+than its credential); the client reconnects with a fresh token for new ones.
 """
 
 from __future__ import annotations

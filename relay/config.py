@@ -11,7 +11,10 @@ Example::
       issuers:
         - {issuer: "https://login.example.com/TENANT/v2.0", audiences: ["api://cluster-connect"],
            ca_file: null, tenant_ids: null}
-    admins: ["<object id or upn>"]
+    admins: ["<object id or group object id>"]   # upn only with authorization.match_mutable_claims
+    authorization:
+      match_mutable_claims: []                   # opt-in, e.g. [upn]: mutable in Entra ("nOAuth")
+      recheck_seconds: 30                        # open streams re-authorised this often (role revoked)
     limits: {agent_grace_seconds: 5, drain_seconds: 10, open_timeout_seconds: 10,
              tunnel: {}}                         # tunnel: keyword arguments of tunnel.TunnelConfig
     debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
@@ -28,6 +31,14 @@ from urllib.parse import urlsplit
 import yaml
 
 from identity.group_source import GroupSourceSettings, parse_group_source
+
+# Claims a role assignment may name only by explicit opt-in: whoever controls
+# the user's profile (or an Entra app's multi-tenant sign-in) can change them.
+MUTABLE_CLAIMS = ("upn", "preferred_username", "email", "unique_name")
+# How often open client streams are re-authorised; a revoked role or an expired
+# token ends them within this. The issue bounds it at 60 s.
+DEFAULT_RECHECK_SECONDS = 30.0
+MAX_RECHECK_SECONDS = 60.0
 
 
 class ConfigError(Exception):
@@ -63,6 +74,8 @@ class RelayConfig:
     open_timeout_seconds: float = 10.0
     tunnel: dict[str, Any] = field(default_factory=dict)
     record_data_file: str | None = None
+    match_mutable_claims: tuple[str, ...] = ()
+    recheck_seconds: float = DEFAULT_RECHECK_SECONDS
 
     @property
     def database_path(self) -> str:
@@ -77,6 +90,19 @@ class RelayConfig:
             host = f"[{host}]" if ":" in host else host
             base = f"https://{host}:{port if port is not None else self.port}"
         return agent_audiences_for(base)
+
+
+def authorization_warnings(config: RelayConfig) -> list[str]:
+    """One WARNING line per risky authorization setting, logged at start-up."""
+    out = []
+    if config.match_mutable_claims:
+        out.append(f"authorization.match_mutable_claims={list(config.match_mutable_claims)!r}: role "
+                   "assignments and admins also match these mutable claims; a user able to change "
+                   "them can take another user's roles")
+    if "upn" not in config.match_mutable_claims and any("@" in a for a in config.admins):
+        out.append("admins lists an email-like name, which matches nobody: name admins by object id "
+                   "(or add upn to authorization.match_mutable_claims)")
+    return out
 
 
 def agent_endpoint_url(relay_url: str) -> str:
@@ -148,6 +174,7 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
         raise ConfigError(str(exc)) from None
     limits = data.get("limits") or {}
     debug = data.get("debug") or {}
+    mutable_claims, recheck_seconds = _authorization(data.get("authorization") or {})
     try:
         return RelayConfig(
             host=host,
@@ -166,9 +193,27 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             tunnel=dict(limits.get("tunnel") or {}),
             record_data_file=_resolve(base, debug.get("record_data_file"))
             or os.environ.get("ARC_RELAY_RECORD_DATA_FILE") or None,
+            match_mutable_claims=mutable_claims,
+            recheck_seconds=recheck_seconds,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"limits: {exc}") from None
+
+
+def _authorization(raw: Any) -> tuple[tuple[str, ...], float]:
+    """``authorization.{match_mutable_claims, recheck_seconds}``, checked."""
+    if not isinstance(raw, dict):
+        raise ConfigError("authorization must be a mapping")
+    claims = raw.get("match_mutable_claims") or []
+    if not isinstance(claims, list) or any(c not in MUTABLE_CLAIMS for c in claims):
+        raise ConfigError(f"authorization.match_mutable_claims must be a list of {', '.join(MUTABLE_CLAIMS)}")
+    try:
+        recheck = float(raw.get("recheck_seconds", DEFAULT_RECHECK_SECONDS))
+    except (TypeError, ValueError):
+        recheck = -1.0
+    if not 0 < recheck <= MAX_RECHECK_SECONDS:
+        raise ConfigError(f"authorization.recheck_seconds must be a number in (0, {MAX_RECHECK_SECONDS:g}]")
+    return tuple(dict.fromkeys(str(c) for c in claims)), recheck
 
 
 def load_relay_config(path: str | os.PathLike[str] | None) -> RelayConfig:

@@ -15,7 +15,9 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
+from certs import fingerprint_sha256
 from identity import Principal
+from relay.agent_endpoint import end_sessions_of_old_key
 from relay.registry import Cluster, cluster_id, valid_name
 from relay.roles import (
     Action,
@@ -24,7 +26,7 @@ from relay.roles import (
     cluster_scope,
     valid_assignment_id,
 )
-from relay.state import STATE, authenticate, json_error, principal_ids
+from relay.state import STATE, authenticate, json_error
 
 log = logging.getLogger("relay")
 
@@ -48,7 +50,7 @@ class _Abort(Exception):
 
 def _require(request: web.Request, principal: Principal, action: Action, scope: str, role_hint: str) -> None:
     state = request.app[STATE]
-    if not state.roles.allowed(principal_ids(principal), action, scope):
+    if not state.roles.allowed(state.principal_ids(principal), action, scope):
         state.metrics.auth_failures.labels("api", "forbidden").inc()
         log.info("api forbidden principal=%s action=%s scope=%s", principal.name, action, scope)
         raise _Abort(json_error(
@@ -119,6 +121,7 @@ async def put_cluster(request: web.Request) -> web.Response:
     for key in ("location", "tlsServerName"):
         if not isinstance(body.get(key, ""), str):
             return json_error(400, "InvalidRequest", f"{key} must be a string")
+    previous = state.registry.get(cluster_id(rg, name))
     cluster, created = state.registry.put(Cluster(
         name=name,
         resource_group=rg,
@@ -129,7 +132,34 @@ async def put_cluster(request: web.Request) -> web.Response:
     ))
     log.info("cluster %s id=%s principal=%s", "registered" if created else "updated", cluster.id,
              principal.name)
+    if previous is not None:
+        await _on_credentials_changed(request, principal, previous, cluster)
     return web.json_response(cluster.to_json(), status=201 if created else 200)
+
+
+def _fingerprint(pem: str) -> str:
+    return fingerprint_sha256(pem.encode()) if pem else "-"
+
+
+async def _on_credentials_changed(request: web.Request, principal: Principal, old: Cluster,
+                                  new: Cluster) -> None:
+    """Log a change of the agent key or serving CA (one line each, with both
+    fingerprints) and end the agent sessions that proved the old key.
+
+    Changing either is as strong as registering the cluster: the caller passed
+    the same ``write`` check at the cluster's scope (onboarding or admin).
+    """
+    state = request.app[STATE]
+    who = f"principal={principal.name!r} oid={principal.oid!r}"
+    old_ca, new_ca = _fingerprint(old.serving_ca_certificate), _fingerprint(new.serving_ca_certificate)
+    if old_ca != new_ca:
+        log.warning("cluster serving CA changed id=%s %s old=%s new=%s", new.id, who, old_ca, new_ca)
+    old_key = _fingerprint(old.agent_public_key_certificate)
+    new_key = _fingerprint(new.agent_public_key_certificate)
+    if old_key != new_key:
+        ended = await end_sessions_of_old_key(state, new.id, new_key)
+        log.warning("cluster agent key changed id=%s %s old=%s new=%s sessions_ended=%d",
+                    new.id, who, old_key, new_key, ended)
 
 
 @_handler
@@ -171,7 +201,7 @@ async def list_clusters(request: web.Request) -> web.Response:
     rg = request.query.get("resourceGroup")
     if rg is not None and not valid_name(rg):
         return json_error(400, "InvalidName", f"resource group {rg!r} is not a valid name")
-    ids = principal_ids(principal)
+    ids = state.principal_ids(principal)
     clusters = [
         c.to_json() for c in state.registry.list(rg)
         if state.roles.allowed(ids, "read", cluster_scope(c.resource_group, c.name))
@@ -205,6 +235,8 @@ async def put_role_assignment(request: web.Request) -> web.Response:
     ))
     log.info("role assignment %s id=%s role=%s scope=%s by=%s", "created" if created else "updated",
              aid, stored.role, stored.scope, principal.name)
+    if existing is not None:
+        state.live_streams.wake()  # a replaced assignment may have taken a role away
     return web.json_response(stored.to_json(), status=201 if created else 200)
 
 
@@ -215,7 +247,7 @@ async def get_role_assignment(request: web.Request) -> web.Response:
     principal = await _principal(request)
     aid = _assignment_id(request)
     found = state.roles.get(aid)
-    if found is None or not state.roles.allowed(principal_ids(principal), "manage_roles", found.scope):
+    if found is None or not state.roles.allowed(state.principal_ids(principal), "manage_roles", found.scope):
         # Without admin at its scope an assignment is indistinguishable from none.
         _require(request, principal, "manage_roles", found.scope if found else "/", "admin")
         return json_error(404, "NotFound", f"role assignment {aid} does not exist")
@@ -234,6 +266,7 @@ async def delete_role_assignment(request: web.Request) -> web.Response:
         return json_error(404, "NotFound", f"role assignment {aid} does not exist")
     _require(request, principal, "manage_roles", found.scope, "admin")
     state.roles.delete(aid)
+    state.live_streams.wake()  # open streams of whoever held it are re-checked now
     log.info("role assignment deleted id=%s by=%s", aid, principal.name)
     return web.Response(status=204)
 
@@ -243,7 +276,7 @@ async def list_role_assignments(request: web.Request) -> web.Response:
     """GET /api/v1/roleAssignments[?principalId=&scope=]: those the caller administers."""
     state = request.app[STATE]
     principal = await _principal(request)
-    ids = principal_ids(principal)
+    ids = state.principal_ids(principal)
     want_principal, want_scope = request.query.get("principalId"), request.query.get("scope")
     value = [
         a.to_json() for a in state.roles.list_all()

@@ -22,7 +22,7 @@ from typing import Any, cast
 from identity import Principal
 from relay.registry import cluster_id, valid_name
 from relay.roles import cluster_scope
-from relay.state import RelayState, principal_ids
+from relay.state import RelayState
 from tunnel import (
     ErrorCode,
     StreamRefused,
@@ -131,7 +131,7 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
         metrics.streams_total.labels("forbidden").inc()
         stream.reject(ErrorCode.FORBIDDEN, "token expired; reconnect with a fresh token")
         return
-    if not state.roles.allowed(principal_ids(principal), "connect", cluster_scope(rg, name)):
+    if not state.may_connect(principal, cluster_scope(rg, name)):
         metrics.streams_total.labels("forbidden").inc()
         log.info("stream forbidden principal=%s cluster=%s", principal.name, cid)
         scope = cluster_scope(rg, name)
@@ -162,6 +162,8 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
     metrics.streams_total.labels("routed").inc()
     metrics.streams_open.inc()
     log.debug("stream routed principal=%s cluster=%s", principal.name, cid)
+    # Revoking the role or the token's expiry ends the stream (relay/revocation.py).
+    live = state.live_streams.add(principal, cluster_scope(rg, name), cid, stream, upstream)
     try:
         # Frame-level forwarding (no task per pair, no copy): DATA is passed
         # from one session to the other as credit allows; see tunnel/aio_forward.py.
@@ -171,4 +173,5 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
             on_b_to_a=_meter(metrics.bytes.labels("agent_to_client"), recorder),
         )
     finally:
+        state.live_streams.discard(live)
         metrics.streams_open.dec()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from relay.config import RelayConfig
 from relay.directory import SessionDirectory
 from relay.metrics import RelayMetrics
 from relay.registry import ClusterRegistry
+from relay.revocation import LiveStreams
 from relay.roles import RoleStore
 
 if TYPE_CHECKING:
@@ -49,8 +50,29 @@ class RelayState:
     accepting: bool = True
     # Test hook recording routed DATA (RelayConfig.record_data_file); None: off.
     recorder: DataRecorder | None = None
+    # Agent sessions -> (cluster id, SHA-256 fingerprint of the certificate
+    # they authenticated with): a key change ends the sessions of the old key.
+    agent_fingerprints: dict[TunnelSession, tuple[str, str]] = field(default_factory=dict)
     # Fire-and-forget tasks (GOAWAY of a replaced session), kept referenced.
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    # Routed client streams, re-authorised while open (relay/revocation.py).
+    live_streams: LiveStreams = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.live_streams = LiveStreams(
+            self.config.recheck_seconds, self.may_connect,
+            on_ended=lambda outcome: self.metrics.streams_total.labels(outcome).inc(),
+        )
+
+    def may_connect(self, principal: Principal, scope: str) -> bool:
+        """Whether ``principal`` holds a role allowing ``connect`` at ``scope``."""
+        return bool(self.roles.allowed(self.principal_ids(principal), "connect", scope))
+
+    def principal_ids(self, principal: Principal) -> set[str]:
+        """The ids role assignments may name for ``principal`` under this
+        relay's ``authorization.match_mutable_claims``."""
+        return principal_ids(principal, self.config.match_mutable_claims)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, holding a reference until it ends."""
@@ -79,12 +101,15 @@ def bearer_token(request: web.Request) -> str | None:
     return token
 
 
-def principal_ids(principal: Principal) -> set[str]:
-    """Ids a role assignment may name for this principal: object id, upn, groups."""
-    ids = {principal.oid, *principal.groups}
-    if principal.upn:
-        ids.add(principal.upn)
-    return ids
+def principal_ids(principal: Principal, mutable_claims: Iterable[str] = ()) -> set[str]:
+    """Ids a role assignment (or ``admins``) may name for this principal.
+
+    Only immutable ids by default: ``oid``, ``<iss>#<sub>`` and group object
+    ids. ``mutable_claims`` (``authorization.match_mutable_claims``, e.g.
+    ``upn``) adds those claims' values: an explicit, logged opt-in, because a
+    user who can change their own ``upn`` could take someone else's role.
+    """
+    return set(principal.immutable_ids | principal.claim_values(mutable_claims))
 
 
 async def authenticate(request: web.Request, endpoint: str) -> Principal | web.Response:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from agent.kube_aad_proxy.names import NamePrefixes
     from agent.kube_aad_proxy.oidc import TokenValidatorLike
     from certs import IssuedCertificate
 
@@ -47,6 +49,10 @@ class KubeAadProxyConfig:
             takes them from ``validator`` (its ``issuers`` attribute).
         impersonate_with: Which claim becomes ``Impersonate-User``.
         cluster_name: Written into each audit line.
+        name_prefixes: Issuer (exact ``iss``) -> prefixes of its user names and
+            groups (agent config ``oidc.issuers[].username_prefix`` /
+            ``groups_prefix``). Without one, ``system:`` groups are dropped and
+            a ``system:`` user name is refused (names.py).
         max_head_bytes: Largest request or response head accepted.
         upstream_connect_timeout: Seconds for TCP connect plus TLS handshake upstream.
         head_timeout: Seconds a partial request head may wait for the rest.
@@ -61,6 +67,7 @@ class KubeAadProxyConfig:
     trusted_issuers: frozenset[str] | None = None
     impersonate_with: Literal["oid", "upn"] = "oid"
     cluster_name: str = ""
+    name_prefixes: Mapping[str, NamePrefixes] | None = None
     max_head_bytes: int = MAX_HEAD_BYTES
     upstream_connect_timeout: float = UPSTREAM_CONNECT_TIMEOUT
     head_timeout: float = HEAD_TIMEOUT

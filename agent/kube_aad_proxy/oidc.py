@@ -32,6 +32,7 @@ class PrincipalLike(Protocol):
     oid: str
     upn: str | None
     tid: str | None
+    issuer: str
     groups: Sequence[str]
     expires_at: float
     claims: Mapping[str, Any]

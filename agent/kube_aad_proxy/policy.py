@@ -9,7 +9,8 @@ Order matters and is fixed:
 3. a bearer JWT from a trusted issuer is validated; the request then carries
    the agent's own token and impersonation headers we set (never appended to
    anything the client sent); an invalid one is refused (401), an unresolved
-   group overage too (403, fail closed);
+   group overage too (403, fail closed); reserved ``system:`` names are
+   prefixed, dropped (groups) or refused (user name, 403): see names.py;
 4. anything else (service-account tokens, client certificates, no
    credentials) goes on unchanged for the API server to judge.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.kube_aad_proxy.heads import RequestHead
+from agent.kube_aad_proxy.names import MappedNames, NameMapper
 from agent.kube_aad_proxy.oidc import OidcGate, PrincipalLike, token_key
 from identity import GroupResolutionError, TokenInvalid
 
@@ -84,10 +86,12 @@ class HeaderPolicy:
         impersonate_with: ``"oid"`` or ``"upn"``.
     """
 
-    def __init__(self, gate: OidcGate | None, upstream_token: str | None, impersonate_with: str) -> None:
+    def __init__(self, gate: OidcGate | None, upstream_token: str | None, impersonate_with: str,
+                 names: NameMapper | None = None) -> None:
         self.gate = gate
         self._auth = f"Bearer {upstream_token}".encode() if upstream_token else b""
         self._with = impersonate_with
+        self._names = names or NameMapper()
 
     def decide(self, head: RequestHead) -> Decision:
         """Decide without waiting; returns :class:`Validate` when :meth:`finish` must run."""
@@ -139,24 +143,40 @@ class HeaderPolicy:
         except Exception as exc:  # a validator bug must not let the request through
             log.error("token validation error kind=%s path=%s", exc.__class__.__name__, head.path)
             return Refuse(401, "invalid bearer token: validation failed")
+        mapped = self._map(principal)
+        if mapped.username is None or mapped.dropped_groups:
+            # Once per validated token, not per request: the cache serves the rest.
+            log.warning("reserved names in token principal=%s username_refused=%s dropped_groups=%d",
+                        principal.oid, mapped.username is None, mapped.dropped_groups)
         return self._impersonate(head, pending.headers, principal)
+
+    def _user_claim(self, p: PrincipalLike) -> str | None:
+        return p.oid if self._with == "oid" else p.upn
+
+    def _map(self, p: PrincipalLike) -> MappedNames:
+        return self._names.map(getattr(p, "issuer", ""), self._user_claim(p) or "", p.groups)
 
     def _impersonate(
         self, head: RequestHead, headers: list[tuple[bytes, bytes]], p: PrincipalLike
     ) -> Forward | Refuse:
-        user_claim = p.oid if self._with == "oid" else p.upn
+        user_claim = self._user_claim(p)
+        mapped = self._map(p)
         # Audit under the name the API server will see (its own audit log then lines up).
-        name = user_claim or p.oid
+        name = mapped.username or p.oid
         if _claims_overage(p.claims) and not p.has_group_overage:
             # The token said "groups elsewhere" and nobody fetched them: fail closed.
             return Refuse(403, "token has a group overage and no group source resolved it", name)
         if not user_claim:
             return Refuse(403, f"token has no {self._with} claim to impersonate", name)
-        user = _header_value(user_claim)
+        if mapped.username is None:
+            return Refuse(403, f"token {self._with} {user_claim[:100]!r} is a reserved Kubernetes name "
+                               "(system:); set username_prefix on this issuer in kube_aad_proxy.oidc",
+                          UNAUTHENTICATED)
+        user = _header_value(mapped.username)
         if user is None:
             return Refuse(403, "token identity is not a valid header value", name)
         extra: list[tuple[bytes, bytes]] = [(b"Authorization", self._auth), (b"Impersonate-User", user)]
-        for g in p.groups:
+        for g in mapped.groups:
             gv = _header_value(g)
             if gv is None:
                 return Refuse(403, "token group is not a valid header value", name)

@@ -13,6 +13,7 @@ from agent.kube_aad_proxy.config import (
     KubeAadProxyConfig,
 )
 from agent.kube_aad_proxy.connection import ProxyConnection
+from agent.kube_aad_proxy.names import NameMapper
 from agent.kube_aad_proxy.oidc import OidcGate, audiences_of, issuers_of
 from agent.kube_aad_proxy.policy import HeaderPolicy
 from agent.kube_aad_proxy.upstream import upstream_ssl_context
@@ -42,7 +43,8 @@ class KubeAadProxy:
                 raise ValueError("validator has no trusted issuers; pass trusted_issuers")
             gate = OidcGate(config.validator, issuers, audiences_of(config.validator))
         self.gate = gate
-        self.policy = HeaderPolicy(gate, config.upstream_token, config.impersonate_with)
+        self.policy = HeaderPolicy(gate, config.upstream_token, config.impersonate_with,
+                                   NameMapper(config.name_prefixes))
         self.upstream_ssl = upstream_ssl_context(config)
         self.write_high = WRITE_HIGH_WATER
         self.write_low = WRITE_LOW_WATER

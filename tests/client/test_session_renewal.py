@@ -1,11 +1,11 @@
-"""arc-proxy's relay session renews its token before expiry without dropping
-streams (RelaySessionKeeper against a real in-process relay, sandbox issuer and
-agent; 3-second tokens)."""
+"""arc-proxy's relay session renews its token before expiry; open streams run
+on the old session until the token that opened them expires
+(RelaySessionKeeper against a real in-process relay, sandbox issuer and agent;
+3-second tokens)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from tests.relay.harness import (
     server_port,
     start_echo_server,
 )
+from tunnel import ErrorCode, StreamReset
 
 LIFETIME = 3
 
@@ -49,10 +50,12 @@ async def _echo(stream: object, data: bytes) -> bytes:
     return got
 
 
-async def test_keeper_renews_session_and_open_stream_survives_token_expiry(relay_env: RelayEnv) -> None:
-    """A stream opened on the first session keeps echoing after two renewals
-    (its session's token expired and the relay sent GOAWAY); new streams go to
-    the newest session; the old session closes once its stream ends."""
+async def test_keeper_renews_session_and_old_stream_ends_at_token_expiry(relay_env: RelayEnv) -> None:
+    """A stream opened on the first session runs on after the keeper renewed
+    the session (GOAWAY on the old one) but not past the expiry of the token
+    that opened it: the relay resets it with FORBIDDEN "token expired" (issue
+    12 item 6). New streams go to the newest session; the old session closes
+    once its stream ended."""
     echo = await start_echo_server()
     keys = relay_env.register("rg1", "alpha")
     relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
@@ -69,17 +72,19 @@ async def test_keeper_renews_session_and_open_stream_survives_token_expiry(relay
         stream = await (await keeper.session()).open_stream(b"rg1/alpha", timeout=WAIT)
         assert await _echo(stream, b"before") == b"before"
         async with asyncio.timeout(WAIT):
-            while keeper.renewals < 2:
+            while keeper.renewals < 1:
                 await asyncio.sleep(0.1)
-        assert first.draining  # we sent GOAWAY on it; its token has expired by now
-        payload = os.urandom(256 * 1024)
-        assert await _echo(stream, payload) == payload
+        assert first.draining  # we sent GOAWAY on it
+        with pytest.raises(StreamReset) as reset:
+            async with asyncio.timeout(WAIT):
+                while await stream.read():
+                    pass
+        assert (reset.value.code, reset.value.reason) == (ErrorCode.FORBIDDEN, "token expired")
         current = await keeper.session()
         assert current is not first and not current.draining
         other = await current.open_stream(b"rg1/alpha", timeout=WAIT)
         assert await _echo(other, b"new session") == b"new session"
         await other.aclose()
-        await stream.write_eof()
         await stream.aclose()
         async with asyncio.timeout(WAIT):
             await first.wait_closed()

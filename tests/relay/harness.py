@@ -83,7 +83,7 @@ class RelayEnv:
             port=overrides.pop("port", 0),
             state_dir=str(tmp / "relay"),
             issuers=(IssuerConfig(idp.issuer, ("api://cluster-connect",), idp.ca_file),),
-            admins=(ADMIN_OID,),
+            admins=overrides.pop("admins", (ADMIN_OID,)),
             agent_grace_seconds=overrides.pop("agent_grace_seconds", 1.0),
             drain_seconds=overrides.pop("drain_seconds", 2.0),
             **overrides,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -56,7 +57,37 @@ async def test_agent_auth_refuses_other_clusters_key(relay_env: RelayEnv) -> Non
     relay_env.register("rg1", "beta")
     token = sign_agent_assertion(keys_a.private_key_pem, "rg1/beta", _audience(relay_env))
     status, message = await _dial(relay_env, token)
-    assert status == 401 and "signature" in message
+    assert status == 401 and message == "agent refused: assertion not accepted"
+
+
+async def _raw_refusal(env: RelayEnv, token: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, headers (all but Date) and body of the agent endpoint's answer."""
+    async with env.http.get(env.relay.url + "/agent/v1/connect",
+                            headers={"Authorization": f"Bearer {token}"}) as resp:
+        headers = sorted((k, v) for k, v in resp.headers.items() if k.lower() != "date")
+        return resp.status, headers, await resp.read()
+
+
+async def test_agent_auth_refuses_unknown_and_wrong_key_alike(
+    relay_env: RelayEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An assertion for an unregistered cluster and one signed with the wrong
+    key (also of another key type) get byte-identical answers; the log tells
+    them apart."""
+    caplog.set_level(logging.INFO, logger="relay")
+    relay_env.register("rg1", "alpha")
+    relay_env.register("rg1", "beta", generate_key_pair("rsa", kind="rsa"))
+    stranger = generate_key_pair("stranger")
+    aud = _audience(relay_env)
+    unknown = await _raw_refusal(relay_env, sign_agent_assertion(stranger.private_key_pem, "rg1/ghost", aud))
+    wrong_key = await _raw_refusal(relay_env, sign_agent_assertion(stranger.private_key_pem, "rg1/alpha", aud))
+    wrong_type = await _raw_refusal(relay_env, sign_agent_assertion(stranger.private_key_pem, "rg1/beta", aud))
+    assert unknown[0] == 401
+    assert unknown == wrong_key == wrong_type
+    reasons = [r.getMessage() for r in caplog.records if r.getMessage().startswith("agent refused")]
+    assert any("'unknown cluster'" in m and "rg1/ghost" in m for m in reasons)
+    assert any("signature does not match" in m and "rg1/alpha" in m for m in reasons)
+    assert any("algorithm does not match" in m and "rg1/beta" in m for m in reasons)
 
 
 async def test_agent_auth_refuses_replayed_jti(relay_env: RelayEnv) -> None:
@@ -65,23 +96,24 @@ async def test_agent_auth_refuses_replayed_jti(relay_env: RelayEnv) -> None:
     token = sign_agent_assertion(keys.private_key_pem, "rg1/alpha", _audience(relay_env))
     assert (await _dial(relay_env, token))[0] == 101
     status, message = await _dial(relay_env, token)
-    assert status == 401 and "replayed" in message
+    assert status == 401 and message == "agent refused: assertion not accepted"
 
 
 async def test_agent_auth_refuses_expired_unknown_and_missing(relay_env: RelayEnv) -> None:
     """Expired, unknown cluster, wrong audience and missing assertions are 401 and counted."""
     keys = relay_env.register("rg1", "alpha")
     expired = sign_agent_assertion(keys.private_key_pem, "rg1/alpha", _audience(relay_env), lifetime=-300)
-    assert (await _dial(relay_env, expired)) == (401, "agent refused: assertion expired")
+    assert (await _dial(relay_env, expired)) == (401, "agent refused: assertion not accepted")
     unknown = sign_agent_assertion(keys.private_key_pem, "rg1/ghost", _audience(relay_env))
-    assert (await _dial(relay_env, unknown)) == (401, "agent refused: unknown cluster")
+    assert (await _dial(relay_env, unknown)) == (401, "agent refused: assertion not accepted")
     wrong_aud = sign_agent_assertion(keys.private_key_pem, "rg1/alpha", "https://elsewhere/agent/v1/connect")
     assert (await _dial(relay_env, wrong_aud))[0] == 401
     assert (await _dial(relay_env, None))[0] == 401
     async with relay_env.http.get(relay_env.relay.url + "/metrics") as resp:
         text = await resp.text()
-    assert 'arc_relay_auth_failures_total{endpoint="agent",reason="assertion expired"}' in text
-    assert 'reason="unknown cluster"' in text
+    # The metric label is the public reason too (/metrics must not be an oracle).
+    assert 'arc_relay_auth_failures_total{endpoint="agent",reason="assertion not accepted"}' in text
+    assert 'reason="missing assertion"' in text and 'reason="unknown cluster"' not in text
 
 
 async def test_agent_auth_marks_cluster_connected_then_offline(relay_env: RelayEnv) -> None:
