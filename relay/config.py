@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from identity.group_source import GroupSourceSettings, parse_group_source
+from relay.edge_limits import EdgeLimits, edge_limits_from
 
 
 class ConfigError(Exception):
@@ -63,6 +64,8 @@ class RelayConfig:
     open_timeout_seconds: float = 10.0
     tunnel: dict[str, Any] = field(default_factory=dict)
     record_data_file: str | None = None
+    # listener.* and the pre-authentication limits.* (relay/edge_limits.py).
+    edge: EdgeLimits = field(default_factory=EdgeLimits)
 
     @property
     def database_path(self) -> str:
@@ -166,6 +169,7 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             tunnel=dict(limits.get("tunnel") or {}),
             record_data_file=_resolve(base, debug.get("record_data_file"))
             or os.environ.get("ARC_RELAY_RECORD_DATA_FILE") or None,
+            edge=edge_limits_from(data.get("listener") or {}, limits),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"limits: {exc}") from None
