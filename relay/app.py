@@ -179,6 +179,13 @@ class RelayServer:
         self.state: RelayState | None = None
         self._db: SqliteDatabase | None = None
 
+    @property
+    def listener(self) -> RelayListener:
+        """The listening socket's guards and counters (after ``start``)."""
+        if self._listener is None:
+            raise RuntimeError("relay is not started")
+        return self._listener
+
     def _validator(self) -> TokenValidator | NoIssuers:
         if not self.config.issuers:
             log.warning("no oidc.issuers configured: every user token will be refused")

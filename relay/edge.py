@@ -109,6 +109,7 @@ class HeadGuard(asyncio.Protocol):
         self._tail = b""
         self._timer: asyncio.TimerHandle | None = None
         self._forwarding = False
+        self._closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -123,7 +124,7 @@ class HeadGuard(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self._forwarding or self.transport is None:
+        if not self._forwarding or self._closing or self.transport is None:
             return
         window = self._tail + data
         if any(end in window for end in _HEAD_ENDS):
@@ -148,10 +149,11 @@ class HeadGuard(asyncio.Protocol):
 
     def _close(self, reason: str, detail: str) -> None:
         self._cancel()
+        self._closing = True
         self.gate.stats.closed[reason] += 1
         if self.transport is not None:
             log.info("edge closed peer=%s reason=%r detail=%r", peer_label(self.transport), reason, detail)
-            self.transport.abort()
+            self.transport.close()
 
     def _cancel(self) -> None:
         if self._timer is not None:
