@@ -212,6 +212,10 @@ async def measure(engine: str, agents: int, streams: int, trace: bool) -> dict[s
             if snap0 is not None and snap1 is not None and snap2 is not None:
                 result["top_agents"] = top(snap1, snap0, agents)
                 result["top_streams"] = top(snap2, snap1, max(1, streams))
+                # What Python objects account for; the rest of the RSS is C
+                # (OpenSSL sessions and buffers, allocator overhead).
+                result["traced_kib_per_agent"] = traced_kib(snap1, snap0, agents)
+                result["traced_kib_per_stream"] = traced_kib(snap2, snap1, max(1, streams))
         finally:
             await fleet.close()
             relay.stop()
@@ -227,6 +231,11 @@ def top(after: tracemalloc.Snapshot, before: tracemalloc.Snapshot, per: int) -> 
         rows.append({"site": f"{frame.filename.split('site-packages/')[-1]}:{frame.lineno}",
                      "bytes_per": round(stat.size_diff / per), "count_per": round(stat.count_diff / per, 2)})
     return rows
+
+
+def traced_kib(after: tracemalloc.Snapshot, before: tracemalloc.Snapshot, per: int) -> float:
+    """Python-allocated KiB added per agent / stream."""
+    return round(sum(s.size_diff for s in after.compare_to(before, "filename")) / per / 1024, 2)
 
 
 def serve(config_path: str, trace: bool) -> None:
@@ -280,8 +289,12 @@ def main() -> None:
     out: dict[str, Any] = {"bench": "relay_memory", "results": results}
     if args.tracemalloc:
         traced = asyncio.run(measure(engines[0], args.agents, args.streams, True))
-        out["tracemalloc"] = {"engine": engines[0], "top_agents": traced["top_agents"],
-                              "top_streams": traced["top_streams"]}
+        out["tracemalloc"] = {key: traced[key] for key in (
+            "engine", "kib_per_agent", "kib_per_stream", "traced_kib_per_agent", "traced_kib_per_stream",
+            "top_agents", "top_streams")}
+        print(f"traced run ({engines[0]}): RSS {traced['kib_per_agent']} KiB/agent, of which Python "
+              f"{traced['traced_kib_per_agent']}; {traced['kib_per_stream']} KiB/stream, of which "
+              f"Python {traced['traced_kib_per_stream']}", file=sys.stderr)
         for title, rows in (("per agent", traced["top_agents"]), ("per stream", traced["top_streams"])):
             print(f"tracemalloc top 15 {title} ({engines[0]}):", file=sys.stderr)
             for row in rows:
