@@ -61,6 +61,7 @@ def _start_kube_aad_proxy(config: AgentConfig) -> Any:
             validator=validator,
             impersonate_with=kap.impersonate_with,  # type: ignore[arg-type]
             cluster_name=config.cluster_id,
+            **kap.limits,
         )
     except ValueError as exc:
         raise AgentConfigError(f"kube_aad_proxy: {exc}") from None

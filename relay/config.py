@@ -13,7 +13,10 @@ Example::
            ca_file: null, tenant_ids: null}
     admins: ["<object id or upn>"]
     limits: {agent_grace_seconds: 5, drain_seconds: 10, open_timeout_seconds: 10,
-             tunnel: {}}                         # tunnel: keyword arguments of tunnel.TunnelConfig
+             tunnel: {},                         # tunnel: keyword arguments of tunnel.TunnelConfig
+             tls_handshake_timeout_seconds: 10, head_timeout_seconds: 10, max_head_bytes: 65536,
+             max_preauth_connections: 1024, keepalive_timeout_seconds: 75}  # relay/edge_limits.py
+    listener: {tls_engine: memorybio}            # or asyncio (asyncio's TLS: ~240 KiB more per connection)
     debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
 """
 
@@ -152,6 +155,10 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
     limits = data.get("limits") or {}
     debug = data.get("debug") or {}
     try:
+        edge = edge_limits_from(data.get("listener") or {}, limits)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    try:
         return RelayConfig(
             host=host,
             port=port,
@@ -169,7 +176,7 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             tunnel=dict(limits.get("tunnel") or {}),
             record_data_file=_resolve(base, debug.get("record_data_file"))
             or os.environ.get("ARC_RELAY_RECORD_DATA_FILE") or None,
-            edge=edge_limits_from(data.get("listener") or {}, limits),
+            edge=edge,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"limits: {exc}") from None

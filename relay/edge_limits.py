@@ -63,11 +63,11 @@ class EdgeLimits:
             raise ValueError(f"listener.tls_engine {self.tls_engine!r} must be one of {', '.join(TLS_ENGINES)}")
         for name in ("tls_handshake_timeout", "head_timeout", "keepalive_timeout"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name}_seconds must be > 0")
+                raise ValueError(f"limits.{name}_seconds must be > 0")
         if self.max_head_bytes < 1024:
-            raise ValueError("max_head_bytes must be >= 1024")
+            raise ValueError("limits.max_head_bytes must be >= 1024")
         if self.max_preauth_connections < 1:
-            raise ValueError("max_preauth_connections must be >= 1")
+            raise ValueError("limits.max_preauth_connections must be >= 1")
 
 
 def edge_limits_from(listener: dict[str, Any], limits: dict[str, Any]) -> EdgeLimits:
@@ -76,6 +76,8 @@ def edge_limits_from(listener: dict[str, Any], limits: dict[str, Any]) -> EdgeLi
     Raises:
         ValueError / TypeError: a malformed value (the caller turns it into ConfigError).
     """
+    if not isinstance(listener, dict) or not isinstance(limits, dict):
+        raise ValueError("listener and limits must be YAML mappings")
     return EdgeLimits(
         tls_engine=str(listener.get("tls_engine", "memorybio")),
         tls_handshake_timeout=float(limits.get("tls_handshake_timeout_seconds", TLS_HANDSHAKE_TIMEOUT)),
