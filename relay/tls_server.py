@@ -3,9 +3,9 @@
 Why: asyncio's TLS transport keeps a 256 KiB read buffer per connection for
 its whole life, most of what an idle agent costs the relay. Here the socket
 transport is plain TCP (asyncio allocates each read and frees it), TLS runs in
-an ``ssl.SSLObject`` over two ``MemoryBIO`` objects, and ciphertext is fed and
-drained in slices of at most ``_SLICE`` bytes so neither BIO (which never
-shrinks) grows past a couple of TLS records.
+an ``ssl.SSLObject`` over two ``MemoryBIO`` objects, and ciphertext is fed in
+slices of ``_SLICE`` bytes and drained every ``_FLUSH_SIZE`` bytes so neither
+BIO (OpenSSL's memory BIO never shrinks) grows past a few TLS records.
 
 Theory of operation. :class:`TlsTerminator` is the socket's protocol. On
 accept it takes a pre-authentication slot (or closes at once) and arms the
@@ -31,11 +31,17 @@ from relay.edge import PreAuthGate, PreAuthSlot, peer_label
 
 log = logging.getLogger("relay")
 
-# Ciphertext fed to / drained from a BIO at a time: one full TLS record plus
-# header and tag, so a BIO never holds more than about two records.
+# Ciphertext fed to the incoming BIO at a time: one full TLS record plus
+# header and tag, so it never holds more than about two records.
 _SLICE = 16 * 1024 + 512
 # Plaintext read per SSLObject.read call: OpenSSL returns one record at most.
 _READ_SIZE = 16 * 1024
+# Plaintext handed to the application per call, at most (one socket read of
+# asyncio's, 256 KiB, decrypts to less).
+_DELIVER_SIZE = 256 * 1024
+# Ciphertext sent per socket write while encrypting a large write: fewer
+# send() calls, and the outgoing BIO still stays at a few records.
+_FLUSH_SIZE = 64 * 1024
 
 
 class TlsTerminator(asyncio.Protocol):
@@ -148,13 +154,14 @@ class TlsTerminator(asyncio.Protocol):
         """Feed ciphertext, finish the handshake, hand plaintext to the application."""
         tls = self._tls
         assert tls is not None
+        plaintext: list[bytes] = []
+        size = 0
         try:
             while not self._closed:
                 if not self._handshaken:
-                    if not self._handshake_step(tls):
-                        if not self._feed():
-                            break
-                        continue
+                    if not self._handshake_step(tls) and not self._feed():
+                        break
+                    continue
                 if not self._app_reading:
                     break
                 try:
@@ -164,19 +171,30 @@ class TlsTerminator(asyncio.Protocol):
                         break
                     continue
                 except ssl.SSLZeroReturnError:
-                    self._peer_closed()
-                    break
+                    chunk = b""
                 if not chunk:
+                    self._deliver(plaintext)
+                    plaintext = []
                     self._peer_closed()
                     break
-                assert self.app is not None
-                self.app.data_received(chunk)
+                plaintext.append(chunk)
+                size += len(chunk)
+                if size >= _DELIVER_SIZE:
+                    self._deliver(plaintext)
+                    plaintext, size = [], 0
         except ssl.SSLError as exc:
             self._fail("tls error", exc.reason or exc.__class__.__name__)
             return
+        self._deliver(plaintext)
         self.flush()
         if self._app_reading and self.sock is not None and not self._closed and not self.sock.is_reading():
             self.sock.resume_reading()
+
+    def _deliver(self, plaintext: list[bytes]) -> None:
+        """One ``data_received`` for the records of one socket read (as asyncio's
+        TLS transport does): the application's per-call work is paid once."""
+        if plaintext and self.app is not None and not self._closed:
+            self.app.data_received(plaintext[0] if len(plaintext) == 1 else b"".join(plaintext))
 
     def _feed(self) -> bool:
         """Move up to one slice of ciphertext into the BIO; False when none is left."""
@@ -255,7 +273,7 @@ class TlsTerminator(asyncio.Protocol):
         try:
             for i in range(0, len(view), _READ_SIZE):
                 self._tls.write(view[i:i + _READ_SIZE])
-                if self._outgoing.pending >= _SLICE:
+                if self._outgoing.pending >= _FLUSH_SIZE:
                     self.flush()
         except ssl.SSLError as exc:
             self._fail("tls error", exc.reason or exc.__class__.__name__)
