@@ -24,7 +24,7 @@ from aiohttp import web
 
 from relay.edge import EdgeStats, HeadGuard, PreAuthGate, PreAuthSlot
 from relay.edge_limits import EdgeLimits
-from relay.tls_server import TlsTerminator
+from relay.tls_server import SharedReadBuffer, TlsTerminator
 
 log = logging.getLogger("relay")
 
@@ -45,6 +45,7 @@ class RelayListener:
         self.stats = EdgeStats()
         self.gate = PreAuthGate(limits.max_preauth_connections, self.stats)
         self._handshaking: set[TlsTerminator] = set()
+        self._read_buffer = SharedReadBuffer()
         self._server: asyncio.Server | None = None
 
     @property
@@ -75,7 +76,7 @@ class RelayListener:
 
     def _terminator(self) -> TlsTerminator:
         return TlsTerminator(self.ssl_context, self._guard, self.gate,
-                             self.limits.tls_handshake_timeout, self._handshaking)
+                             self.limits.tls_handshake_timeout, self._handshaking, self._read_buffer)
 
     def _guard(self, slot: PreAuthSlot | None) -> HeadGuard:
         server = self.runner.server

@@ -2,7 +2,9 @@
 
 Why: asyncio's TLS transport keeps a 256 KiB read buffer per connection for
 its whole life, most of what an idle agent costs the relay. Here the socket
-transport is plain TCP (asyncio allocates each read and frees it), TLS runs in
+transport is plain TCP reading into one :class:`SharedReadBuffer` per listener
+(each read is fed to TLS before the loop reads any other socket; only bytes the
+application is not ready for are copied out), TLS runs in
 an ``ssl.SSLObject`` over two ``MemoryBIO`` objects, and ciphertext is fed in
 slices of ``_SLICE`` bytes and drained every ``_FLUSH_SIZE`` bytes so neither
 BIO (OpenSSL's memory BIO never shrinks) grows past a few TLS records.
@@ -31,20 +33,38 @@ from relay.edge import PreAuthGate, PreAuthSlot, peer_label
 
 log = logging.getLogger("relay")
 
-# Ciphertext fed to the incoming BIO at a time: one full TLS record plus
-# header and tag, so it never holds more than about two records.
-_SLICE = 16 * 1024 + 512
+# Ciphertext fed to the incoming BIO at a time. The BIO keeps its largest
+# size, so a connection that carried bulk data keeps ~this plus one partial
+# record (~80 KiB; an idle agent's stays at a few KiB). Smaller slices cost
+# CPU (bench/relay_tls.py, 512 MiB up: 16 KiB slices +17-31 % CPU per GB over
+# asyncio's TLS, 32 KiB +7 %, 64 KiB +3 %).
+_SLICE = 64 * 1024
 # Plaintext read per SSLObject.read call: OpenSSL returns one record at most.
 _READ_SIZE = 16 * 1024
+# One socket read at most (asyncio's own default read size).
+_SOCKET_READ_SIZE = 256 * 1024
 # Plaintext handed to the application per call, at most (one socket read of
 # asyncio's, 256 KiB, decrypts to less).
 _DELIVER_SIZE = 256 * 1024
 # Ciphertext sent per socket write while encrypting a large write: fewer
-# send() calls, and the outgoing BIO still stays at a few records.
+# send() calls; the outgoing BIO stays at ~this plus one record (as _SLICE).
 _FLUSH_SIZE = 64 * 1024
 
 
-class TlsTerminator(asyncio.Protocol):
+class SharedReadBuffer:
+    """The buffer every connection of one listener reads its socket into.
+
+    Safe because one event loop runs them all and :meth:`TlsTerminator.buffer_updated`
+    consumes (or copies) the bytes before it returns.
+    """
+
+    __slots__ = ("view",)
+
+    def __init__(self, size: int = _SOCKET_READ_SIZE) -> None:
+        self.view = memoryview(bytearray(size))
+
+
+class TlsTerminator(asyncio.BufferedProtocol):
     """The socket side of one TLS connection (module docstring).
 
     Args:
@@ -53,6 +73,7 @@ class TlsTerminator(asyncio.Protocol):
         gate: The pre-authentication gate.
         handshake_timeout: Seconds from accept to a finished TLS handshake.
         live: The set of terminators still in their handshake (closed on stop).
+        read_buffer: The listener's shared socket read buffer.
     """
 
     __slots__ = (
@@ -71,6 +92,7 @@ class TlsTerminator(asyncio.Protocol):
         "gate",
         "handshake_timeout",
         "live",
+        "read_buffer",
         "slot",
         "sock",
         "ssl_context",
@@ -78,12 +100,14 @@ class TlsTerminator(asyncio.Protocol):
 
     def __init__(self, ssl_context: ssl.SSLContext,
                  app_factory: Callable[[PreAuthSlot], asyncio.Protocol],
-                 gate: PreAuthGate, handshake_timeout: float, live: set[TlsTerminator]) -> None:
+                 gate: PreAuthGate, handshake_timeout: float, live: set[TlsTerminator],
+                 read_buffer: SharedReadBuffer) -> None:
         self.ssl_context = ssl_context
         self.app_factory = app_factory
         self.gate = gate
         self.handshake_timeout = handshake_timeout
         self.live = live
+        self.read_buffer = read_buffer
         self.sock: asyncio.Transport | None = None
         self.app: asyncio.Protocol | None = None
         self.app_transport: TlsAppTransport | None = None
@@ -113,11 +137,21 @@ class TlsTerminator(asyncio.Protocol):
         self.live.add(self)
         self._timer = asyncio.get_running_loop().call_later(self.handshake_timeout, self._handshake_timed_out)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.read_buffer.view
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self._closed:
             return
-        self._backlog = memoryview(self._backlog.tobytes() + data) if self._backlog else memoryview(data)
+        data = self.read_buffer.view[:nbytes]
+        if self._backlog:  # not expected: the socket is paused while a backlog exists
+            self._backlog = memoryview(self._backlog.tobytes() + data.tobytes())
+        else:
+            self._backlog = data
         self._pump()
+        if self._backlog and self._backlog.obj is self.read_buffer.view.obj:
+            # The application paused mid-read: keep the rest, out of the shared buffer.
+            self._backlog = memoryview(self._backlog.tobytes())
 
     def eof_received(self) -> bool | None:
         # A TCP FIN without close_notify: the application sees the end either way.
