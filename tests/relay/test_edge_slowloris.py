@@ -26,7 +26,7 @@ SHORT = 0.5  # seconds: the head and handshake timeouts of these relays
 async def edge_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RelayEnv]:
     """A relay with short edge timeouts, on each TLS engine."""
     limits = EdgeLimits(tls_engine=request.param, tls_handshake_timeout=SHORT, head_timeout=SHORT,
-                        max_head_bytes=4096, max_preauth_connections=64)
+                        max_head_bytes=4096, max_preauth_connections=64, keepalive_timeout=SHORT)
     async with running_env(tmp_path, edge=limits) as env:
         yield env
 
@@ -95,6 +95,20 @@ async def test_relay_closes_connection_with_partial_upgrade_head(edge_env: Relay
     assert await closed_by_relay(reader) == b""
     writer.close()
     assert await metric(edge_env, "relay_edge_preauth_connections") == 0
+
+
+async def test_relay_closes_partial_second_head_on_kept_alive_connection(edge_env: RelayEnv) -> None:
+    """After a first request is answered, a partial next head is closed by the
+    keep-alive timeout (the first-head guard has stepped out by then)."""
+    reader, writer = await tls_open(edge_env)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    async with asyncio.timeout(WAIT):
+        first = await reader.readuntil(b"ok\n")
+    assert first.startswith(b"HTTP/1.1 200")
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: local")
+    await writer.drain()
+    assert await closed_by_relay(reader) == b""
+    writer.close()
 
 
 async def test_relay_closes_connection_that_never_starts_tls(edge_env: RelayEnv) -> None:

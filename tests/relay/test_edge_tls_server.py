@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -65,7 +65,7 @@ async def upload(request: web.Request) -> web.Response:
     return web.Response(text=digest.hexdigest())
 
 
-def download(buffer_sizes: list[int], high_water: list[int]) -> web.Handler:
+def download(buffer_sizes: list[int], high_water: list[int]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         """BIG deterministic bytes; records the transport's buffer after each drain."""
         resp = web.StreamResponse()
