@@ -117,6 +117,9 @@ async def test_relay_closes_connection_that_never_starts_tls(edge_env: RelayEnv)
     assert await served(edge_env)
     assert await closed_by_relay(reader) == b""
     writer.close()
+    if edge_env.relay.config.edge.tls_engine == "memorybio":  # asyncio's engine times out inside asyncio
+        assert await metric(edge_env, 'relay_edge_closed_total{reason="tls_handshake_timeout"}') == 1
+    assert edge_env.relay.listener.preauth_connections == 0
 
 
 async def test_relay_closes_oversized_first_head(edge_env: RelayEnv) -> None:
