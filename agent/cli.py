@@ -64,6 +64,7 @@ def _start_kube_aad_proxy(config: AgentConfig) -> Any:
             cluster_name=config.cluster_id,
             name_prefixes={i.issuer: NamePrefixes(i.username_prefix, i.groups_prefix)
                            for i in kap.issuers},
+            **kap.limits,
         )
     except ValueError as exc:
         raise AgentConfigError(f"kube_aad_proxy: {exc}") from None

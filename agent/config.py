@@ -19,6 +19,8 @@ Example::
         group_source: {token_endpoint: ..., client_id: ..., client_secret_file: ..., scope: ...,
                        allowed_hosts: [...], ca_file: ...}   # overage; see identity/group_source.py
       impersonate_with: oid                       # or upn
+      limits: {head_timeout_seconds: 30, tls_handshake_timeout_seconds: 10,
+               max_preauth_connections: 256, idle_timeout_seconds: 300}   # slow-loris bounds
     proxy: {https: "http://proxy:3128", http: null, no_proxy: "10.0.0.0/8,.svc", ca_file: null}
     forward_to: "127.0.0.1:9000"    # optional: pipe streams there instead of kube-aad-proxy
     metadata_interval_seconds: 300
@@ -31,7 +33,7 @@ one line before anything starts.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -79,6 +81,8 @@ class KubeAadProxySettings:
     impersonate_with: str = "oid"
     # Overage (>200 groups) resolution; None: overage tokens are refused.
     group_source: GroupSourceSettings | None = None
+    # kube_aad_proxy.limits as KubeAadProxyConfig keyword arguments (_proxy_limits).
+    limits: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -198,7 +202,23 @@ def _kube_aad_proxy(base: Path, raw: dict[str, Any], needed: bool) -> KubeAadPro
         issuers=tuple(issuers),
         impersonate_with=impersonate_with,
         group_source=group_source,
+        limits=_proxy_limits(raw.get("limits") or {}),
     )
+
+
+# kube_aad_proxy.limits keys -> KubeAadProxyConfig fields (slow-loris and idle bounds).
+_PROXY_LIMITS = {"head_timeout_seconds": "head_timeout", "tls_handshake_timeout_seconds": "tls_handshake_timeout",
+                 "idle_timeout_seconds": "idle_timeout", "max_preauth_connections": "max_preauth_connections"}
+
+
+def _proxy_limits(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict) or set(raw) - set(_PROXY_LIMITS):
+        raise AgentConfigError(f"kube_aad_proxy.limits takes only {', '.join(_PROXY_LIMITS)}")
+    try:
+        return {_PROXY_LIMITS[key]: int(value) if key == "max_preauth_connections" else float(value)
+                for key, value in raw.items()}
+    except (TypeError, ValueError):
+        raise AgentConfigError("kube_aad_proxy.limits values must be numbers") from None
 
 
 def agent_config_from_dict(data: Any, *, base_dir: Path | None = None) -> AgentConfig:

@@ -25,6 +25,7 @@ from identity.agent_assertion import AgentAssertionVerifier
 from relay import agent_endpoint, client_endpoint, management_api
 from relay.config import ConfigError, RelayConfig, authorization_warnings
 from relay.directory import LocalDirectory
+from relay.listener import RelayListener
 from relay.metrics import CONTENT_TYPE_LATEST, RelayMetrics
 from relay.registry import SqliteDatabase, SqliteRegistry
 from relay.roles import RoleStore
@@ -34,6 +35,9 @@ from tunnel import TunnelConfig, TunnelSession
 from tunnel.aio_config import adapter_limits
 
 log = logging.getLogger("relay")
+
+# The listener, for /metrics (its slow-loris counters).
+LISTENER: web.AppKey[RelayListener] = web.AppKey("relay_listener", RelayListener)
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,9 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE relay_token_signature_verifications_total counter\n"
         f"relay_token_signature_verifications_total {verified}\n"
     ).encode()
+    listener = request.app.get(LISTENER)
+    if listener is not None:
+        body += listener.render_metrics()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -168,9 +175,16 @@ class RelayServer:
         self.ca_file: Path | None = None
         self.ca_pem: bytes | None = None
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._listener: RelayListener | None = None
         self.state: RelayState | None = None
         self._db: SqliteDatabase | None = None
+
+    @property
+    def listener(self) -> RelayListener:
+        """The listening socket's guards and counters (after ``start``)."""
+        if self._listener is None:
+            raise RuntimeError("relay is not started")
+        return self._listener
 
     def _validator(self) -> TokenValidator | NoIssuers:
         if not self.config.issuers:
@@ -233,12 +247,15 @@ class RelayServer:
         # Access logs would be one line per kubectl stream setup; events are
         # logged by the handlers instead.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=1.0)
+                                     shutdown_timeout=1.0,
+                                     keepalive_timeout=config.edge.keepalive_timeout)
+        # Our own listener, not a TCPSite: it terminates TLS with small buffers
+        # and bounds what a connection holds before its first request head.
+        self._listener = RelayListener(self._runner, ssl_ctx, config.edge)
+        app[LISTENER] = self._listener
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, config.host, config.port, ssl_context=ssl_ctx,
-                                 reuse_address=True)
         try:
-            await self._site.start()
+            await self._listener.start(config.host, config.port)
         except OSError as exc:
             await self._runner.cleanup()
             await validator.close()
@@ -248,13 +265,12 @@ class RelayServer:
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror}; "
                 "pick a free port in 'listen'"
             ) from None
-        addresses = self._runner.addresses
-        self.port = int(addresses[0][1]) if addresses else config.port
+        self.port = self._listener.port
         host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         self.url = f"https://{f'[{host}]' if ':' in host else host}:{self.port}"
         self.state.verifier.audiences = config.agent_audiences(self.port)
-        log.info("relay listening url=%s agent_audience=%s dev_tls=%s", self.url,
-                 self.state.verifier.audiences[0], dev is not None)
+        log.info("relay listening url=%s agent_audience=%s dev_tls=%s tls_engine=%s", self.url,
+                 self.state.verifier.audiences[0], dev is not None, config.edge.tls_engine)
 
     async def stop(self, drain_seconds: float | None = None) -> None:
         """Stop accepting, GOAWAY every session, wait up to ``drain_seconds``
@@ -263,8 +279,8 @@ class RelayServer:
             return
         state = self.state
         state.accepting = False
-        if self._site is not None:
-            await self._site.stop()
+        if self._listener is not None:
+            self._listener.close()
         sessions = list(state.sessions)
         log.info("relay draining sessions=%d", len(sessions))
         await asyncio.gather(*(s.goaway() for s in sessions), return_exceptions=True)

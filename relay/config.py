@@ -16,7 +16,10 @@ Example::
       match_mutable_claims: []                   # opt-in, e.g. [upn]: mutable in Entra ("nOAuth")
       recheck_seconds: 30                        # open streams re-authorised this often (role revoked)
     limits: {agent_grace_seconds: 5, drain_seconds: 10, open_timeout_seconds: 10,
-             tunnel: {}}                         # tunnel: keyword arguments of tunnel.TunnelConfig
+             tunnel: {},                         # tunnel: keyword arguments of tunnel.TunnelConfig
+             tls_handshake_timeout_seconds: 10, head_timeout_seconds: 10, max_head_bytes: 65536,
+             max_preauth_connections: 1024, keepalive_timeout_seconds: 75}  # relay/edge_limits.py
+    listener: {tls_engine: memorybio}            # or asyncio (asyncio's TLS: ~240 KiB more per connection)
     debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
 """
 
@@ -31,6 +34,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from identity.group_source import GroupSourceSettings, parse_group_source
+from relay.edge_limits import EdgeLimits, edge_limits_from
 
 # Claims a role assignment may name only by explicit opt-in: whoever controls
 # the user's profile (or an Entra app's multi-tenant sign-in) can change them.
@@ -76,6 +80,8 @@ class RelayConfig:
     record_data_file: str | None = None
     match_mutable_claims: tuple[str, ...] = ()
     recheck_seconds: float = DEFAULT_RECHECK_SECONDS
+    # listener.* and the pre-authentication limits.* (relay/edge_limits.py).
+    edge: EdgeLimits = field(default_factory=EdgeLimits)
 
     @property
     def database_path(self) -> str:
@@ -176,6 +182,10 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
     debug = data.get("debug") or {}
     mutable_claims, recheck_seconds = _authorization(data.get("authorization") or {})
     try:
+        edge = edge_limits_from(data.get("listener") or {}, limits)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    try:
         return RelayConfig(
             host=host,
             port=port,
@@ -195,6 +205,7 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             or os.environ.get("ARC_RELAY_RECORD_DATA_FILE") or None,
             match_mutable_claims=mutable_claims,
             recheck_seconds=recheck_seconds,
+            edge=edge,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"limits: {exc}") from None

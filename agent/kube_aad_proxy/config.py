@@ -24,9 +24,14 @@ WRITE_LOW_WATER = 64 * 1024
 UPSTREAM_CONNECT_TIMEOUT = 10.0
 # kubectl's TLS handshake with us may not take longer.
 SSL_HANDSHAKE_TIMEOUT = 10.0
-# A started request head must be complete within this (slow-loris guard); Go's
+# A request head must be complete within this from its first byte (for the
+# first head: from the end of the TLS handshake) -- the slow-loris guard; Go's
 # client writes a head in one go, so anything slower is broken or hostile.
 HEAD_TIMEOUT = 30.0
+# Connections held at once before their first request head is complete (TLS
+# handshake included); beyond it new ones are closed at once. kubectl opens a
+# handful per command; each costs a TLS session of ~300 KiB in asyncio's TLS.
+MAX_PREAUTH_CONNECTIONS = 256
 # A kept-alive connection with nothing in flight is closed after this; kubectl's
 # pool reopens transparently. Watches, logs -f and spliced exec/port-forward are
 # never idle in this sense.
@@ -55,7 +60,11 @@ class KubeAadProxyConfig:
             a ``system:`` user name is refused (names.py).
         max_head_bytes: Largest request or response head accepted.
         upstream_connect_timeout: Seconds for TCP connect plus TLS handshake upstream.
-        head_timeout: Seconds a partial request head may wait for the rest.
+        head_timeout: Seconds from the start of a request head (for the first
+            head: from the end of the TLS handshake) until it is complete.
+        tls_handshake_timeout: Seconds from TCP accept to a finished TLS handshake.
+        max_preauth_connections: Connections held before their first request
+            head is complete; beyond it new ones are closed at once.
         idle_timeout: Seconds a connection with nothing in flight is kept.
     """
 
@@ -71,6 +80,8 @@ class KubeAadProxyConfig:
     max_head_bytes: int = MAX_HEAD_BYTES
     upstream_connect_timeout: float = UPSTREAM_CONNECT_TIMEOUT
     head_timeout: float = HEAD_TIMEOUT
+    tls_handshake_timeout: float = SSL_HANDSHAKE_TIMEOUT
+    max_preauth_connections: int = MAX_PREAUTH_CONNECTIONS
     idle_timeout: float = IDLE_TIMEOUT
     _parsed: tuple[str, int] = field(init=False, repr=False, compare=False)
 
@@ -82,6 +93,10 @@ class KubeAadProxyConfig:
             raise ValueError("upstream_url must not have a path or query (kube-aad-proxy forwards paths as sent)")
         if self.validator is not None and not self.upstream_token:
             raise ValueError("a validator needs upstream_token: impersonation is sent with the agent's own credentials")
+        if not (self.head_timeout > 0 and self.tls_handshake_timeout > 0 and self.idle_timeout > 0):
+            raise ValueError("head_timeout, tls_handshake_timeout and idle_timeout must be > 0")
+        if self.max_preauth_connections < 1:
+            raise ValueError("max_preauth_connections must be >= 1")
         if self.impersonate_with not in ("oid", "upn"):
             raise ValueError("impersonate_with must be 'oid' or 'upn'")
         object.__setattr__(self, "_parsed", (url.hostname, url.port or 443))

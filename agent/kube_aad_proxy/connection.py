@@ -39,7 +39,7 @@ from agent.kube_aad_proxy.status import status_response
 from agent.kube_aad_proxy.upstream import UpstreamProtocol, open_upstream
 
 if TYPE_CHECKING:
-    from agent.kube_aad_proxy.proxy import KubeAadProxy
+    from agent.kube_aad_proxy.proxy import KubeAadProxy, PreAuthSlot
 
 log = logging.getLogger("agent.kube_aad_proxy")
 
@@ -47,8 +47,10 @@ log = logging.getLogger("agent.kube_aad_proxy")
 class ProxyConnection(asyncio.Protocol):
     """The downstream (kubectl) side of one proxied connection."""
 
-    def __init__(self, proxy: KubeAadProxy) -> None:
+    def __init__(self, proxy: KubeAadProxy, slot: PreAuthSlot | None = None) -> None:
         self.proxy = proxy
+        # Held until the first request head is complete (proxy.PreAuthGate).
+        self._slot = slot
         self.config = proxy.config
         self.transport: asyncio.Transport | None = None
         self._reader = RequestReader(self.config.max_head_bytes)
@@ -62,6 +64,10 @@ class ProxyConnection(asyncio.Protocol):
         self._spliced = False
         self._closing = False
         self.last_activity = time.monotonic()
+        # When the head being read began (the first: at the end of TLS); None
+        # between requests. The head timeout counts from here, not from the last
+        # byte, so a trickle of bytes cannot keep a head open.
+        self._head_started: float | None = None
 
     # -- downstream transport callbacks ---------------------------------------------
 
@@ -70,6 +76,7 @@ class ProxyConnection(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(self.proxy.write_high, self.proxy.write_low)
         self.proxy.connections.add(self)
+        self._head_started = time.monotonic()
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
@@ -79,7 +86,15 @@ class ProxyConnection(asyncio.Protocol):
             return
         if self._closing or self._refusal is not None:
             return
-        self._backlog.extend(self._reader.feed(data))
+        events = self._reader.feed(data)
+        if events:
+            if self._slot is not None:
+                self._slot.release()  # a whole head arrived: no longer pre-authentication
+                self._slot = None
+            self._head_started = self.last_activity if self._reader.partial_head else None
+        elif self._head_started is None and self._reader.partial_head:
+            self._head_started = self.last_activity
+        self._backlog.extend(events)
         if self._reader.holding:
             self._pause("upgrade")  # held bytes stay bounded until the 101 (or not)
         if self._task is None:
@@ -91,6 +106,9 @@ class ProxyConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._closing = True
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
         self.proxy.connections.discard(self)
         if self._task is not None:
             self._task.cancel()
@@ -315,9 +333,9 @@ class ProxyConnection(asyncio.Protocol):
         if self._spliced or self._pending or self._task is not None or self._closing or self._backlog:
             return
         quiet = now - self.last_activity
-        if self._reader.partial_head:
-            if quiet > self.config.head_timeout:
-                log.info("closing: request head incomplete after %.0fs", quiet)
+        if self._head_started is not None:
+            if now - self._head_started > self.config.head_timeout:
+                log.info("closing: request head incomplete after %.1fs", now - self._head_started)
                 ex = Exchange("-", "-", "-", time.perf_counter(), False, False)
                 self._refuse(408, "request head not completed in time", ex)
         elif quiet > self.config.idle_timeout:

@@ -1,13 +1,22 @@
-"""kube-aad-proxy: the TLS listener kubectl's bytes arrive at (through the agent)."""
+"""kube-aad-proxy: the TLS listener kubectl's bytes arrive at (through the agent).
+
+Slow-loris guards. The socket is plain TCP; :class:`TlsAcceptor` takes a
+pre-authentication slot at accept (none left: the connection is closed at
+once, one log line per burst) and runs the TLS handshake with ``start_tls``
+(bounded by ``tls_handshake_timeout``). The :class:`ProxyConnection` keeps the
+slot until its first request head is complete; the sweep closes a connection
+whose head (the first one: counted from the end of the handshake) takes longer
+than ``head_timeout``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 
 from agent.kube_aad_proxy.config import (
-    SSL_HANDSHAKE_TIMEOUT,
     WRITE_HIGH_WATER,
     WRITE_LOW_WATER,
     KubeAadProxyConfig,
@@ -20,6 +29,107 @@ from agent.kube_aad_proxy.upstream import upstream_ssl_context
 from certs import server_ssl_context
 
 log = logging.getLogger("agent.kube_aad_proxy")
+
+
+class PreAuthSlot:
+    """One connection's place in the :class:`PreAuthGate`; ``release`` is idempotent."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: PreAuthGate) -> None:
+        self._gate: PreAuthGate | None = gate
+
+    def release(self) -> None:
+        """The first request head is complete (or the connection is gone)."""
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.held -= 1
+
+
+class PreAuthGate:
+    """Bounds connections held before their first request head is complete.
+    The first refusal of a burst is logged; the rest are only counted."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.refused = 0
+        self._in_burst = False
+
+    def admit(self) -> PreAuthSlot | None:
+        """A slot for a new connection, or None: close it now."""
+        if self.held >= self.limit:
+            self.refused += 1
+            if not self._in_burst:
+                self._in_burst = True
+                log.warning("refusing new connections: %d held before their first request head "
+                            "(max_preauth_connections=%d)", self.held, self.limit)
+            return None
+        self._in_burst = False
+        self.held += 1
+        return PreAuthSlot(self)
+
+
+class TlsAcceptor(asyncio.Protocol):
+    """A freshly accepted TCP connection, until its TLS handshake is done."""
+
+    def __init__(self, proxy: KubeAadProxy, ssl_context: ssl.SSLContext) -> None:
+        self.proxy = proxy
+        self.ssl_context = ssl_context
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        # Not one byte before start_tls: the ClientHello belongs to TLS.
+        transport.pause_reading()
+        slot = self.proxy.preauth.admit()
+        if slot is None:
+            transport.abort()
+            return
+        self.transport = transport
+        self.proxy.handshaking.add(self)
+        self.task = asyncio.get_running_loop().create_task(self._handshake(transport, slot))
+
+    async def _handshake(self, transport: asyncio.Transport, slot: PreAuthSlot) -> None:
+        conn = ProxyConnection(self.proxy, slot)
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(transport, conn, self.ssl_context, server_side=True,
+                                       ssl_handshake_timeout=self.proxy.config.tls_handshake_timeout)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError and resets are OSErrors
+            slot.release()
+            log.info("tls handshake failed peer=%r reason=%r", _peer(transport), _tls_reason(exc))
+            transport.abort()
+            return
+        except asyncio.CancelledError:
+            slot.release()
+            transport.abort()
+            raise
+        finally:
+            self.proxy.handshaking.discard(self)
+        assert tls is not None  # start_tls returns a transport or raises
+        conn.connection_made(tls)
+
+    def abort(self) -> None:
+        """Drop the connection (proxy stop)."""
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc.__class__.__name__)
+    if isinstance(exc, (TimeoutError, ConnectionAbortedError)):
+        return "handshake not complete in time or aborted"
+    return exc.__class__.__name__
 
 
 class KubeAadProxy:
@@ -49,6 +159,8 @@ class KubeAadProxy:
         self.write_high = WRITE_HIGH_WATER
         self.write_low = WRITE_LOW_WATER
         self.connections: set[ProxyConnection] = set()
+        self.handshaking: set[TlsAcceptor] = set()
+        self.preauth = PreAuthGate(config.max_preauth_connections)
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -70,14 +182,10 @@ class KubeAadProxy:
         """
         ctx = server_ssl_context(self.config.serving_cert, alpn=["http/1.1"])
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ProxyConnection(self),
-            host,
-            port,
-            ssl=ctx,
-            ssl_handshake_timeout=SSL_HANDSHAKE_TIMEOUT,
-            reuse_address=True,
-        )
+        # Plain TCP here and TLS per connection (TlsAcceptor): the handshake
+        # counts against the pre-authentication bound.
+        self._server = await loop.create_server(lambda: TlsAcceptor(self, ctx), host, port,
+                                                reuse_address=True)
         self._sweeper = loop.create_task(self._sweep())
         log.info("listening host=%s port=%d upstream=%s oidc=%s",
                  host, self.port, self.config.upstream_url, self.gate is not None)
@@ -91,6 +199,8 @@ class KubeAadProxy:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        for acceptor in list(self.handshaking):
+            acceptor.abort()
         for conn in list(self.connections):
             conn.abort()
         try:
@@ -98,6 +208,11 @@ class KubeAadProxy:
         except TimeoutError:
             log.warning("connections still closing at stop")
         log.info("stopped")
+
+    @property
+    def preauth_connections(self) -> int:
+        """Connections held now before their first request head is complete."""
+        return self.preauth.held
 
     async def _sweep(self) -> None:
         """Apply head and idle timeouts; one timer for all connections, not one each."""

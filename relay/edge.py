@@ -1,0 +1,181 @@
+"""Slow-loris guards of the relay's listening port.
+
+Theory of operation. A connection is *pre-authentication* from TCP accept
+(``memorybio`` engine) or from the end of the TLS handshake (``asyncio``
+engine, whose handshake is inside asyncio) until its first request head is
+complete. While it is, it holds one slot of the :class:`PreAuthGate`; a
+connection that finds the gate full is closed at once. :class:`HeadGuard`
+sits between the TLS transport and aiohttp's protocol until the first head is
+complete: it closes the connection when the head is not complete within
+``head_timeout`` or grows past ``max_head_bytes``, then steps out of the way
+(``transport.set_protocol``) so the hot path has no extra hop. From there the
+endpoints' handshake timeout bounds authentication and the upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+log = logging.getLogger("relay")
+
+# Both spellings aiohttp's parser accepts as the end of a head.
+_HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
+
+
+class EdgeStats:
+    """Counters of the listener, rendered on ``/metrics`` (relay/app.py)."""
+
+    def __init__(self) -> None:
+        #: connections closed by a guard, by reason
+        self.closed: Counter[str] = Counter()
+        #: connections refused because the pre-authentication gate was full
+        self.refused = 0
+
+
+class PreAuthSlot:
+    """One admitted connection's place in the gate; ``release`` is idempotent."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: PreAuthGate) -> None:
+        self._gate: PreAuthGate | None = gate
+
+    def release(self) -> None:
+        """The connection is past its first head (or gone): stop counting it."""
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.held -= 1
+
+
+class PreAuthGate:
+    """Bounds the connections held before their first request head is complete.
+
+    Refusals are logged once per burst: the first refusal logs, the rest are
+    counted until a connection is admitted again.
+
+    Args:
+        limit: Most connections held at once.
+        stats: Where refusals are counted.
+    """
+
+    def __init__(self, limit: int, stats: EdgeStats) -> None:
+        self.limit = limit
+        self.held = 0
+        self.stats = stats
+        self._in_burst = False
+
+    def admit(self) -> PreAuthSlot | None:
+        """A slot for a new connection, or None: close it now."""
+        if self.held >= self.limit:
+            self.stats.refused += 1
+            if not self._in_burst:
+                self._in_burst = True
+                log.warning("edge refusing new connections: %d held before authentication "
+                            "(limits.max_preauth_connections=%d)", self.held, self.limit)
+            return None
+        self._in_burst = False
+        self.held += 1
+        return PreAuthSlot(self)
+
+
+def peer_label(transport: asyncio.BaseTransport) -> str:
+    """``'host:port'`` of the peer, quoted for a log line."""
+    peer = transport.get_extra_info("peername")
+    return repr(f"{peer[0]}:{peer[1]}") if isinstance(peer, tuple) and len(peer) >= 2 else "'-'"
+
+
+class HeadGuard(asyncio.Protocol):
+    """Wraps aiohttp's protocol until the first request head is complete (module docstring).
+
+    Args:
+        inner: aiohttp's protocol (``runner.server()``).
+        gate: The pre-authentication gate.
+        slot: The slot taken at TCP accept; None: take one in ``connection_made``.
+        head_timeout: Seconds for the first head.
+        max_head_bytes: Largest first head.
+    """
+
+    def __init__(self, inner: asyncio.Protocol, gate: PreAuthGate, slot: PreAuthSlot | None,
+                 head_timeout: float, max_head_bytes: int) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.slot = slot
+        self.head_timeout = head_timeout
+        self.max_head_bytes = max_head_bytes
+        self.transport: asyncio.Transport | None = None
+        self._seen = 0
+        self._tail = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._forwarding = False
+        self._closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.slot is None:
+            self.slot = self.gate.admit()
+            if self.slot is None:
+                transport.abort()
+                return
+        self._timer = asyncio.get_running_loop().call_later(self.head_timeout, self._timed_out)
+        self._forwarding = True
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._forwarding or self._closing or self.transport is None:
+            return
+        window = self._tail + data
+        if any(end in window for end in _HEAD_ENDS):
+            self._head_completed()
+        else:
+            self._seen += len(data)
+            self._tail = window[-3:]
+            if self._seen > self.max_head_bytes:
+                self._close("head too large", f"first request head over {self.max_head_bytes} bytes")
+                return
+        self.inner.data_received(data)
+
+    def _head_completed(self) -> None:
+        self._cancel()
+        if self.transport is not None:
+            # Step out: aiohttp's protocol gets the transport's callbacks directly.
+            self.transport.set_protocol(self.inner)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._close("head timeout", f"first request head not complete after {self.head_timeout:g}s")
+
+    def _close(self, reason: str, detail: str) -> None:
+        self._cancel()
+        self._closing = True
+        self.gate.stats.closed[reason] += 1
+        if self.transport is not None:
+            log.info("edge closed peer=%s reason=%r detail=%r", peer_label(self.transport), reason, detail)
+            self.transport.close()
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.slot is not None:
+            self.slot.release()
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self._forwarding else None
+
+    def pause_writing(self) -> None:
+        if self._forwarding:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._forwarding:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+        self.transport = None
+        if self._forwarding:
+            self._forwarding = False
+            self.inner.connection_lost(exc)

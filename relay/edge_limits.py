@@ -1,0 +1,88 @@
+"""Bounds on what the relay's listening port holds before a request is known.
+
+A connection is *pre-authentication* from TCP accept until its first request
+head is complete (``relay/edge.py``); from there the endpoints' own handshake
+timeout (``limits.tunnel.handshake_timeout``) bounds authentication and the
+websocket upgrade, and aiohttp's keep-alive timeout bounds a later, partial
+head on a kept-alive connection.
+
+YAML::
+
+    listener: {tls_engine: memorybio}          # or asyncio (aiohttp's own TLS site)
+    limits: {tls_handshake_timeout_seconds: 10, head_timeout_seconds: 10,
+             max_head_bytes: 65536, max_preauth_connections: 1024,
+             keepalive_timeout_seconds: 75}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# A TLS handshake is one or two round trips; ten seconds covers a slow mobile
+# link and still frees a stalled socket quickly.
+TLS_HANDSHAKE_TIMEOUT = 10.0
+# Agents and arc-proxy send their upgrade head in one write right after TLS.
+HEAD_TIMEOUT = 10.0
+# The longest head we expect: a 16 KiB bearer (relay.state.MAX_BEARER_LENGTH)
+# plus ordinary headers, with room to spare.
+MAX_HEAD_BYTES = 64 * 1024
+# Each pre-authentication connection costs a TLS session (~20 KiB); 1024 of
+# them is ~20 MiB, and 1024 handshakes in flight is far beyond a normal burst
+# of reconnecting agents (they back off with jitter).
+MAX_PREAUTH_CONNECTIONS = 1024
+# aiohttp's default: a kept-alive connection with no request in progress.
+KEEPALIVE_TIMEOUT = 75.0
+TLS_ENGINES = ("memorybio", "asyncio")
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """Listener bounds (module docstring).
+
+    Args:
+        tls_engine: ``memorybio`` (``relay/tls_server.py``: small per-connection
+            buffers) or ``asyncio`` (aiohttp's TLS site: asyncio's TLS transport).
+        tls_handshake_timeout: Seconds from TCP accept to a finished TLS handshake.
+        head_timeout: Seconds from the TLS handshake to a complete first request head.
+        max_head_bytes: Largest first request head; a longer one is closed.
+        max_preauth_connections: Connections held before their first head is
+            complete; beyond it new ones are closed at once.
+        keepalive_timeout: Seconds an idle kept-alive HTTP connection is held.
+    """
+
+    tls_engine: str = "memorybio"
+    tls_handshake_timeout: float = TLS_HANDSHAKE_TIMEOUT
+    head_timeout: float = HEAD_TIMEOUT
+    max_head_bytes: int = MAX_HEAD_BYTES
+    max_preauth_connections: int = MAX_PREAUTH_CONNECTIONS
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if self.tls_engine not in TLS_ENGINES:
+            raise ValueError(f"listener.tls_engine {self.tls_engine!r} must be one of {', '.join(TLS_ENGINES)}")
+        for name in ("tls_handshake_timeout", "head_timeout", "keepalive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"limits.{name}_seconds must be > 0")
+        if self.max_head_bytes < 1024:
+            raise ValueError("limits.max_head_bytes must be >= 1024")
+        if self.max_preauth_connections < 1:
+            raise ValueError("limits.max_preauth_connections must be >= 1")
+
+
+def edge_limits_from(listener: dict[str, Any], limits: dict[str, Any]) -> EdgeLimits:
+    """``EdgeLimits`` from the ``listener`` and ``limits`` YAML mappings.
+
+    Raises:
+        ValueError / TypeError: a malformed value (the caller turns it into ConfigError).
+    """
+    if not isinstance(listener, dict) or not isinstance(limits, dict):
+        raise ValueError("listener and limits must be YAML mappings")
+    return EdgeLimits(
+        tls_engine=str(listener.get("tls_engine", "memorybio")),
+        tls_handshake_timeout=float(limits.get("tls_handshake_timeout_seconds", TLS_HANDSHAKE_TIMEOUT)),
+        head_timeout=float(limits.get("head_timeout_seconds", HEAD_TIMEOUT)),
+        max_head_bytes=int(limits.get("max_head_bytes", MAX_HEAD_BYTES)),
+        max_preauth_connections=int(limits.get("max_preauth_connections", MAX_PREAUTH_CONNECTIONS)),
+        keepalive_timeout=float(limits.get("keepalive_timeout_seconds", KEEPALIVE_TIMEOUT)),
+    )

@@ -1,0 +1,109 @@
+"""The relay's listening socket: TLS, slow-loris guards, aiohttp behind them.
+
+Two TLS engines (``listener.tls_engine``):
+
+* ``memorybio`` (default): ``relay/tls_server.py`` terminates TLS with small
+  per-connection buffers; the pre-authentication gate counts a connection from
+  TCP accept, the handshake has ``limits.tls_handshake_timeout_seconds``.
+* ``asyncio``: asyncio's TLS transport (``create_server(ssl=...)``, what
+  aiohttp's ``TCPSite`` does): ~240 KiB more per connection; the handshake is
+  bounded by asyncio's ``ssl_handshake_timeout`` and the gate counts from the
+  end of the handshake. Kept for comparison (``bench/relay_memory.py``).
+
+Both put ``relay.edge.HeadGuard`` in front of aiohttp's protocol
+(``runner.server()``, the public ``web.Server`` protocol factory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from aiohttp import web
+
+from relay.edge import EdgeStats, HeadGuard, PreAuthGate, PreAuthSlot
+from relay.edge_limits import EdgeLimits
+from relay.tls_server import SharedReadBuffer, TlsTerminator
+
+log = logging.getLogger("relay")
+
+
+class RelayListener:
+    """Serves ``runner``'s application on one TLS port.
+
+    Args:
+        runner: A set-up ``web.AppRunner`` (no site is added).
+        ssl_context: The server TLS context.
+        limits: The edge bounds.
+    """
+
+    def __init__(self, runner: web.AppRunner, ssl_context: ssl.SSLContext, limits: EdgeLimits) -> None:
+        self.runner = runner
+        self.ssl_context = ssl_context
+        self.limits = limits
+        self.stats = EdgeStats()
+        self.gate = PreAuthGate(limits.max_preauth_connections, self.stats)
+        self._handshaking: set[TlsTerminator] = set()
+        self._read_buffer = SharedReadBuffer()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (after :meth:`start`)."""
+        if self._server is None:
+            raise RuntimeError("listener is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def preauth_connections(self) -> int:
+        """Connections held now before their first request head is complete."""
+        return self.gate.held
+
+    async def start(self, host: str, port: int) -> None:
+        """Bind ``host:port`` and serve.
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        loop = asyncio.get_running_loop()
+        if self.limits.tls_engine == "memorybio":
+            self._server = await loop.create_server(self._terminator, host, port, reuse_address=True)
+        else:
+            self._server = await loop.create_server(
+                lambda: self._guard(None), host, port, ssl=self.ssl_context,
+                ssl_handshake_timeout=self.limits.tls_handshake_timeout, reuse_address=True)
+
+    def _terminator(self) -> TlsTerminator:
+        return TlsTerminator(self.ssl_context, self._guard, self.gate,
+                             self.limits.tls_handshake_timeout, self._handshaking, self._read_buffer)
+
+    def _guard(self, slot: PreAuthSlot | None) -> HeadGuard:
+        server = self.runner.server
+        assert server is not None, "runner.setup() must run before the listener starts"
+        return HeadGuard(server(), self.gate, slot, self.limits.head_timeout, self.limits.max_head_bytes)
+
+    def close(self) -> None:
+        """Stop accepting; drop connections still in their TLS handshake. Served
+        connections are closed by the runner's shutdown."""
+        if self._server is not None:
+            self._server.close()
+        for terminator in list(self._handshaking):
+            terminator.abort()
+
+    def render_metrics(self) -> bytes:
+        """Prometheus lines of the listener's gauges and counters."""
+        lines = [
+            "# HELP relay_edge_preauth_connections Connections held before their first request head.",
+            "# TYPE relay_edge_preauth_connections gauge",
+            f"relay_edge_preauth_connections {self.gate.held}",
+            "# HELP relay_edge_refused_total Connections closed at accept: pre-authentication limit reached.",
+            "# TYPE relay_edge_refused_total counter",
+            f"relay_edge_refused_total {self.stats.refused}",
+            "# HELP relay_edge_closed_total Connections closed by a slow-loris guard, by reason.",
+            "# TYPE relay_edge_closed_total counter",
+        ]
+        for reason in ("tls handshake timeout", "tls error", "head timeout", "head too large"):
+            label = reason.replace(" ", "_")
+            lines.append(f'relay_edge_closed_total{{reason="{label}"}} {self.stats.closed[reason]}')
+        return ("\n".join(lines) + "\n").encode()

@@ -1,0 +1,50 @@
+"""The relay's listener keys (``listener.*``, edge ``limits.*``): parsed,
+defaulted, and refused in one line when wrong."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from relay.config import ConfigError, relay_config_from_dict
+from relay.edge_limits import EdgeLimits
+
+
+def test_relay_config_reads_listener_and_edge_limits() -> None:
+    """Every edge key lands in RelayConfig.edge; absent keys keep the defaults."""
+    config = relay_config_from_dict({
+        "listener": {"tls_engine": "asyncio"},
+        "limits": {"tls_handshake_timeout_seconds": 3, "head_timeout_seconds": 4, "max_head_bytes": 8192,
+                   "max_preauth_connections": 7, "keepalive_timeout_seconds": 9},
+    })
+    assert config.edge == EdgeLimits(tls_engine="asyncio", tls_handshake_timeout=3.0, head_timeout=4.0,
+                                     max_head_bytes=8192, max_preauth_connections=7, keepalive_timeout=9.0)
+    assert relay_config_from_dict({}).edge == EdgeLimits()
+
+
+@pytest.mark.parametrize(("data", "named"), [
+    ({"listener": {"tls_engine": "openssl"}}, "listener.tls_engine"),
+    ({"limits": {"head_timeout_seconds": 0}}, "limits.head_timeout_seconds"),
+    ({"limits": {"max_preauth_connections": 0}}, "limits.max_preauth_connections"),
+    ({"limits": {"max_head_bytes": "lots"}}, "invalid literal"),
+    ({"listener": "memorybio"}, "listener and limits must be YAML mappings"),
+])
+def test_relay_config_refuses_bad_edge_values(data: dict[str, object], named: str) -> None:
+    """A bad edge value is a ConfigError naming the key."""
+    with pytest.raises(ConfigError, match=named):
+        relay_config_from_dict(data)
+
+
+def test_relay_cli_reports_bad_tls_engine_in_one_line(tmp_path: Path) -> None:
+    """arc-relay with an unknown tls_engine: one line, exit 2, no traceback."""
+    config = tmp_path / "relay.yaml"
+    config.write_text(yaml.safe_dump({"listener": {"tls_engine": "boringssl"}}))
+    result = subprocess.run([sys.executable, "-m", "relay.cli", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("arc-relay: listener.tls_engine 'boringssl'")
+    assert result.stderr.strip().count("\n") == 0
