@@ -23,7 +23,14 @@ from aiohttp import web
 
 from identity import TokenInvalid
 from identity.agent_assertion import unverified_cluster_id
-from relay.state import STATE, RelayState, bearer_token, json_error
+from relay.state import (
+    STATE,
+    RelayState,
+    admission_refused,
+    bearer_token,
+    json_error,
+    upgrade_aborted,
+)
 from tunnel import (
     ErrorCode,
     StreamReset,
@@ -85,10 +92,28 @@ def _store_metadata(state: RelayState, cid: str, line: bytes) -> None:
 
 
 async def agent_connect(request: web.Request) -> web.StreamResponse:
-    """Authenticate an agent, then serve its tunnel session until it ends."""
+    """Admit, authenticate and upgrade an agent, then serve its tunnel session."""
     state = request.app[STATE]
     if not state.accepting:
         return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
+    if not state.admission.try_admit():
+        return admission_refused(state, "agent")
+    state.metrics.handshakes_in_flight.inc()
+    try:
+        upgraded = await _agent_handshake(state, request)
+    finally:
+        state.admission.done()
+        state.metrics.handshakes_in_flight.dec()
+    if isinstance(upgraded, web.StreamResponse):
+        return upgraded
+    cid, ws = upgraded
+    await serve_agent_session(state, request, cid, ws)
+    return ws
+
+
+async def _agent_handshake(state: RelayState, request: web.Request
+                           ) -> tuple[str, web.WebSocketResponse] | web.StreamResponse:
+    """Verify the assertion and upgrade; (cluster id, websocket) or the answer to send."""
     token = bearer_token(request)
     if token is None:
         return _refuse(state, request, "missing assertion", None)
@@ -101,7 +126,6 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         cid = state.verifier.verify(token, cluster.agent_public_key_certificate)
     except TokenInvalid as exc:
         return _refuse(state, request, exc.reason, claimed)
-
     ws = server_websocket_response(state.tunnel_config)
     try:
         # A peer that stalls the upgrade must not hold a handler forever.
@@ -114,6 +138,14 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.abort()
         return ws
+    except ConnectionError as exc:
+        return upgrade_aborted(state, request, "agent", exc, cluster=cid)
+    return cid, ws
+
+
+async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
+                              ws: web.WebSocketResponse) -> None:
+    """Run an upgraded agent's session: live in the directory until it ends."""
     session = TunnelSession(ws, is_client=False, config=state.tunnel_config, name=f"agent:{cid}",
                             on_stream=partial(control_stream, state, cid))
     state.sessions.add(session)
@@ -133,7 +165,6 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         if state.directory.unregister(cid, session):
             state.registry.set_connectivity(cid, "Offline")
         log.info("agent disconnected cluster=%s reason=%r", cid, _reason(session))
-    return ws
 
 
 def _reason(session: TunnelSession) -> str:

@@ -13,7 +13,15 @@ Example::
            ca_file: null, tenant_ids: null}
     admins: ["<object id or upn>"]
     limits: {agent_grace_seconds: 5, drain_seconds: 10, open_timeout_seconds: 10,
+             streams_per_principal_per_cluster: 256,  # one user's share of one agent session
+             streams_per_client_session: 512,    # one arc-proxy session's share of all agents
+             authorization_cache_seconds: 5, authorization_cache_entries: 10000,
+             refusal_log_interval_seconds: 10,  # one refusal line per principal/cluster/reason
+             status_flush_seconds: 1,           # write-behind of connectivity and metadata
              tunnel: {}}                         # tunnel: keyword arguments of tunnel.TunnelConfig
+    admission: {max_concurrent_handshakes: 64,   # authentication + upgrade in flight
+                handshakes_per_second: 200,      # token bucket refilled at this rate (0: off)
+                retry_after_seconds: 2}          # the 503's Retry-After beyond either bound
     debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
 """
 
@@ -63,6 +71,30 @@ class RelayConfig:
     open_timeout_seconds: float = 10.0
     tunnel: dict[str, Any] = field(default_factory=dict)
     record_data_file: str | None = None
+    # Shares of an agent session's streams (item "one user can take all streams").
+    streams_per_principal_per_cluster: int = 256
+    streams_per_client_session: int = 512
+    # Authorization decisions of stream OPENs are cached this long (0: off).
+    authorization_cache_seconds: float = 5.0
+    authorization_cache_entries: int = 10000
+    refusal_log_interval_seconds: float = 10.0
+    status_flush_seconds: float = 1.0
+    # Admission of handshakes (authentication + websocket upgrade).
+    max_concurrent_handshakes: int = 64
+    handshakes_per_second: float = 200.0
+    retry_after_seconds: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("streams_per_principal_per_cluster", "streams_per_client_session",
+                     "max_concurrent_handshakes", "retry_after_seconds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("authorization_cache_seconds", "refusal_log_interval_seconds",
+                     "handshakes_per_second", "status_flush_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.authorization_cache_entries < 0:
+            raise ValueError("authorization_cache_entries must be >= 0")
 
     @property
     def database_path(self) -> str:
@@ -147,7 +179,10 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     limits = data.get("limits") or {}
+    admission = data.get("admission") or {}
     debug = data.get("debug") or {}
+    if not isinstance(limits, dict) or not isinstance(admission, dict):
+        raise ConfigError("limits and admission must be YAML mappings")
     try:
         return RelayConfig(
             host=host,
@@ -166,9 +201,18 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             tunnel=dict(limits.get("tunnel") or {}),
             record_data_file=_resolve(base, debug.get("record_data_file"))
             or os.environ.get("ARC_RELAY_RECORD_DATA_FILE") or None,
+            streams_per_principal_per_cluster=int(limits.get("streams_per_principal_per_cluster", 256)),
+            streams_per_client_session=int(limits.get("streams_per_client_session", 512)),
+            authorization_cache_seconds=float(limits.get("authorization_cache_seconds", 5.0)),
+            authorization_cache_entries=int(limits.get("authorization_cache_entries", 10000)),
+            refusal_log_interval_seconds=float(limits.get("refusal_log_interval_seconds", 10.0)),
+            status_flush_seconds=float(limits.get("status_flush_seconds", 1.0)),
+            max_concurrent_handshakes=int(admission.get("max_concurrent_handshakes", 64)),
+            handshakes_per_second=float(admission.get("handshakes_per_second", 200.0)),
+            retry_after_seconds=int(admission.get("retry_after_seconds", 2)),
         )
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"limits: {exc}") from None
+        raise ConfigError(f"limits/admission: {exc}") from None
 
 
 def load_relay_config(path: str | os.PathLike[str] | None) -> RelayConfig:
