@@ -71,14 +71,22 @@ class ConnectProxy:
             writer.close()
 
 
-def test_connector_backoff_grows_jittered_and_capped() -> None:
-    """Delays start near 100 ms, double, stay within [d/2, d], cap at 2 s, reset."""
+def test_connector_backoff_grows_with_full_jitter_and_caps() -> None:
+    """The ceiling starts at 100 ms, doubles, caps at 2 s and resets; each
+    delay is drawn over the whole [0, ceiling] (full jitter)."""
     backoff = Backoff(0.1, 2.0)
-    delays = [backoff.next_delay() for _ in range(10)]
-    assert 0.05 <= delays[0] <= 0.1
-    assert all(1.0 <= d <= 2.0 for d in delays[5:])
+    ceilings = []
+    for _ in range(10):
+        ceilings.append(backoff.ceiling())
+        assert 0.0 <= backoff.next_delay() <= ceilings[-1]
+    assert ceilings[:5] == [0.1, 0.2, 0.4, 0.8, 1.6] and set(ceilings[5:]) == {2.0}
+    at_cap = [backoff.next_delay() for _ in range(2000)]
+    assert all(0.0 <= d <= 2.0 for d in at_cap)
+    # Full jitter, not [d/2, d]: the draws cover the low end too.
+    assert min(at_cap) < 0.2 and max(at_cap) > 1.8
+    assert backoff.next_delay(cap=0.5) <= 0.5
     backoff.reset()
-    assert backoff.next_delay() <= 0.1
+    assert backoff.ceiling() == 0.1
 
 
 def test_connector_resolves_proxy_from_config_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,168 @@
+"""Handshake admission through a real relay, and what agents do with its answer.
+
+A burst of agent connects beyond the relay's admission gets ``503`` with
+``Retry-After`` at once while ``/readyz`` keeps answering; an agent refused
+that way redials after the hinted delay (bounded, jittered); a peer that goes
+away mid-upgrade costs one INFO line and no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.connector_dial import RETRY_AFTER_CAP, retry_after_delay, retry_after_seconds
+from relay.admission import HandshakeAdmission
+from tests.relay.harness import WAIT, RelayEnv, running_env
+
+RETRY_AFTER = 3
+
+
+@pytest.fixture
+async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
+    """A relay admitting 5 handshakes per second (bucket of 5)."""
+    async with running_env(tmp_path, handshakes_per_second=5.0,
+                           retry_after_seconds=RETRY_AFTER) as env:
+        yield env
+
+
+async def _get(env: RelayEnv, path: str, token: str = "x") -> tuple[int, str | None, str]:
+    headers = {"Authorization": f"Bearer {token}", "Upgrade": "websocket", "Connection": "Upgrade",
+               "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+    async with env.http.get(env.relay.url + path, headers=headers) as resp:
+        return resp.status, resp.headers.get("Retry-After"), await resp.text()
+
+
+async def _metric(env: RelayEnv, line_prefix: str) -> float:
+    async with env.http.get(env.relay.url + "/metrics") as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith(line_prefix + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_relay_answers_burst_beyond_admission_with_503_retry_after_while_readyz_answers(
+        relay_env: RelayEnv) -> None:
+    """40 agent handshakes at once: the few admitted are judged (401, a bad
+    assertion), every other one is answered 503 + Retry-After without being
+    judged; /readyz and /metrics answer throughout."""
+    burst = [asyncio.ensure_future(_get(relay_env, "/agent/v1/connect")) for _ in range(40)]
+    ready = [asyncio.ensure_future(relay_env.http.get(relay_env.relay.url + "/readyz")) for _ in range(5)]
+    results = await asyncio.gather(*burst)
+    for fut in ready:
+        resp = await fut
+        assert resp.status == 200
+        resp.release()
+    busy = [r for r in results if r[0] == 503]
+    judged = [r for r in results if r[0] == 401]
+    assert len(busy) + len(judged) == len(results)
+    assert judged, "the first handshakes are admitted"
+    assert len(busy) >= 30, f"only {len(busy)} of 40 refused"
+    assert all(r[1] == str(RETRY_AFTER) and '"Busy"' in r[2] for r in busy)
+    refused = await _metric(relay_env, 'arc_relay_admission_refused_total{endpoint="agent"}')
+    assert refused == len(busy)
+    # Refused handshakes never reached authentication.
+    failures = await _metric(relay_env, 'arc_relay_auth_failures_total{endpoint="agent",reason="malformed assertion"}')
+    assert failures == len(judged)
+    # The client endpoint shares the budget.
+    assert relay_env.state.admission.refused >= len(busy)
+
+
+async def test_agent_redials_after_the_hinted_delay(tmp_path: Path) -> None:
+    """An agent refused with 503 + Retry-After: 1 waits within [1, 2] s
+    (hint plus jitter) and then connects."""
+    async with running_env(tmp_path, handshakes_per_second=0.5, retry_after_seconds=1) as env:
+        keys = env.register("rg1", "alpha")
+        loop = asyncio.get_running_loop()
+        assert (await _get(env, "/agent/v1/connect"))[0] == 401  # takes the one token
+        started = loop.time()
+        connector = await env.start_agent("rg1/alpha", keys, ("127.0.0.1", 9))
+        assert await connector.wait_connected(WAIT)
+        elapsed = loop.time() - started
+        assert connector.busy_refusals >= 1
+        assert 1.0 <= connector.last_delay <= 2.0
+        # It honoured the hint: no connect before a full hinted delay had passed.
+        assert elapsed >= 1.0
+        refused = await _metric(env, 'arc_relay_admission_refused_total{endpoint="agent"}')
+        assert refused == connector.busy_refusals
+
+
+def test_retry_after_hint_is_parsed_capped_and_jittered() -> None:
+    """Retry-After delta-seconds are honoured up to a cap; the delay is the
+    hint plus up to one more hint; junk is ignored."""
+    assert retry_after_seconds({"Retry-After": "2"}) == 2.0
+    assert retry_after_seconds({"Retry-After": "86400"}) == RETRY_AFTER_CAP
+    for junk in ("soon", "-1", "nan", "Wed, 21 Oct 2015 07:28:00 GMT"):
+        assert retry_after_seconds({"Retry-After": junk}) is None
+    assert retry_after_seconds({}) is None and retry_after_seconds(None) is None
+    delays = [retry_after_delay(2.0) for _ in range(2000)]
+    assert all(2.0 <= d <= 4.0 for d in delays)
+    assert min(delays) < 2.2 and max(delays) > 3.8
+
+
+def test_admission_bounds_concurrency_and_rate() -> None:
+    """In-flight handshakes never exceed the cap; the token bucket holds at
+    most one second's worth and refills at the configured rate."""
+    now = [0.0]
+    admission = HandshakeAdmission(max_concurrent=3, per_second=10.0, retry_after=2,
+                                   clock=lambda: now[0])
+    assert [admission.try_admit() for _ in range(4)] == [True, True, True, False]
+    admission.done()
+    assert admission.try_admit() and admission.in_flight == 3
+    for _ in range(3):
+        admission.done()
+    # 4 tokens used of 10; 6 left, then empty.
+    assert sum(admission.try_admit() and (admission.done() or True) for _ in range(10)) == 6
+    now[0] += 0.5  # five tokens refilled
+    assert sum(admission.try_admit() and (admission.done() or True) for _ in range(10)) == 5
+    now[0] += 3600.0  # idle for an hour: still only one second's worth
+    assert sum(admission.try_admit() and (admission.done() or True) for _ in range(30)) == 10
+    assert admission.refused == 1 + 4 + 5 + 20
+
+
+async def test_relay_logs_aborted_upgrade_as_one_info_line(relay_env: RelayEnv,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A client that sends its upgrade and leaves before the relay answers: one
+    INFO line, no ERROR, no traceback (aiohttp would log the handler's
+    ConnectionResetError with a traceback)."""
+    token = relay_env.token("demo")
+    assert relay_env.relay.ca_pem is not None
+    ctx = ssl.create_default_context(cadata=relay_env.relay.ca_pem.decode())
+    port = relay_env.relay.port
+
+    def connect() -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        return ctx.wrap_socket(raw, server_hostname="localhost")
+
+    tls = await asyncio.to_thread(connect)
+    request = ("GET /client/v1/connect HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+               "Sec-WebSocket-Protocol: arc-tunnel.v1\r\n"
+               f"Authorization: Bearer {token}\r\n\r\n").encode()
+    caplog.set_level(logging.DEBUG)
+    # Without yielding to the event loop: the relay finds the request and the
+    # close together, and its first token validation (a JWKS fetch) lets it
+    # notice the close before it answers the upgrade.
+    tls.sendall(request)
+    tls.close()
+    async with asyncio.timeout(WAIT):
+        while await _metric(relay_env, 'arc_relay_upgrades_aborted_total{endpoint="client"}') < 1:
+            await asyncio.sleep(0.02)
+    lines = [r for r in caplog.records if r.name.startswith(("relay", "aiohttp"))]
+    aborted = [r for r in lines if "upgrade aborted" in r.getMessage()]
+    assert len(aborted) == 1 and aborted[0].levelno == logging.INFO
+    assert "client upgrade aborted" in aborted[0].getMessage()
+    assert not [r for r in lines if r.exc_info or r.levelno >= logging.ERROR], \
+        [r.getMessage() for r in lines if r.exc_info or r.levelno >= logging.ERROR]
+    assert not [r for r in lines if "client connected" in r.getMessage()]
