@@ -81,6 +81,9 @@ async def _open_upstream(state: RelayState, cid: str) -> TunnelStream | tuple[Er
         try:
             return await session.open_stream(AGENT_TARGET, timeout=state.config.open_timeout_seconds)
         except StreamRefused as exc:
+            if exc.code == ErrorCode.TOO_MANY_STREAMS:
+                return exc.code, (f"the agent of cluster {cid} has all its streams in use "
+                                  "(agent limits.max_concurrent_streams); retry when some close")
             if exc.code not in _RETRY_ON_OTHER_SESSION:
                 return exc.code, exc.reason or "agent refused the stream"
         except TunnelClosed:
