@@ -81,7 +81,7 @@ async def test_relay_answers_burst_beyond_admission_with_503_retry_after_while_r
 async def test_agent_redials_after_the_hinted_delay(tmp_path: Path) -> None:
     """An agent refused with 503 + Retry-After: 1 waits within [1, 2] s
     (hint plus jitter) and then connects."""
-    async with running_env(tmp_path, handshakes_per_second=0.5, retry_after_seconds=1) as env:
+    async with running_env(tmp_path, handshakes_per_second=0.3, retry_after_seconds=1) as env:
         keys = env.register("rg1", "alpha")
         loop = asyncio.get_running_loop()
         assert (await _get(env, "/agent/v1/connect"))[0] == 401  # takes the one token
@@ -166,3 +166,44 @@ async def test_relay_logs_aborted_upgrade_as_one_info_line(relay_env: RelayEnv,
     assert not [r for r in lines if r.exc_info or r.levelno >= logging.ERROR], \
         [r.getMessage() for r in lines if r.exc_info or r.levelno >= logging.ERROR]
     assert not [r for r in lines if "client connected" in r.getMessage()]
+
+
+async def test_arc_proxy_session_waits_out_a_busy_relay(tmp_path: Path) -> None:
+    """arc-proxy's session keeper, refused 503 + Retry-After: 1 at start, waits
+    the hinted delay (jittered within [1, 2] s) and then connects."""
+    from client.auth import TokenSource
+    from client.config import AuthConfig, ClientConfig
+    from client.relay_client import RelaySessionKeeper
+
+    async with running_env(tmp_path, handshakes_per_second=0.3, retry_after_seconds=1) as env:
+        token_file = tmp_path / "token"
+        token_file.write_text(env.token("demo"))
+        auth = AuthConfig(token_command=f"cat {token_file}")
+        config = ClientConfig(relay_url=env.relay.url, relay_ca_file=str(env.relay.ca_file), auth=auth)
+        keeper = RelaySessionKeeper(config, TokenSource(auth), name="busy-test")
+        loop = asyncio.get_running_loop()
+        assert (await _get(env, "/client/v1/connect"))[0] == 401  # takes the one token
+        started = loop.time()
+        try:
+            session = await asyncio.wait_for(keeper.start(), WAIT)
+            assert not session.closed
+            assert loop.time() - started >= 1.0
+            refused = await _metric(env, 'arc_relay_admission_refused_total{endpoint="client"}')
+            assert refused >= 1
+        finally:
+            await keeper.close()
+
+
+def test_arc_proxy_parses_retry_after_and_jitters() -> None:
+    """The client's Retry-After handling matches the agent's: capped, junk
+    ignored, delays within [hint, 2 * hint]."""
+    from client.relay_client import RETRY_AFTER_CAP as CLIENT_CAP
+    from client.relay_client import busy_delay
+    from client.relay_client import retry_after_seconds as client_retry_after
+
+    assert client_retry_after({"Retry-After": "1"}) == 1.0
+    assert client_retry_after({"Retry-After": "99999"}) == CLIENT_CAP
+    assert client_retry_after({"Retry-After": "later"}) is None
+    assert client_retry_after({"Retry-After": "nan"}) is None
+    assert client_retry_after({}) is None
+    assert all(1.0 <= busy_delay(1.0) <= 2.0 for _ in range(500))
