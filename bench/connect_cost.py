@@ -9,10 +9,17 @@ database, then per round:
    /healthz``): the relay CPU of TLS set-up plus one tiny request;
 2. ``--agents`` real agents (``agent.connector.Connector``, each with its own
    key, assertion, websocket upgrade and metadata report) connecting
-   ``--concurrency`` at a time, then waiting for the write-behind flush.
+   ``--concurrency`` at a time, then waiting for the write-behind flush; a
+   probe meanwhile sends ``GET /healthz`` back to back on one kept-alive
+   connection.
 
 The relay's CPU (user + system, all threads, from ``/proc/PID/stat``) is read
-before and after each phase, so each row is CPU milliseconds per connect.
+before and after each phase, so each row is CPU milliseconds per connect. CPU
+does not show time the event loop spends blocked in I/O (a synchronous SQLite
+commit waits for fsync): the wall time until every agent is connected and the
+probe's latency do.
+A third, in-process phase times the registry work of a connect on the event
+loop: synchronous commits (before) against the write-behind (now), same run.
 The ratio connect / bare TLS request is a same-run figure that does not depend
 on how loaded the machine is. Prints a table, then one JSON line.
 ``$BENCH_RELAY_PROFILE=FILE`` runs the relay under cProfile (to see where a
@@ -28,6 +35,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +45,7 @@ import yaml
 from agent.connector import Connector, ConnectorConfig
 from certs import KeyPair, client_ssl_context, generate_key_pair
 from relay.registry import Cluster, SqliteDatabase, SqliteRegistry
+from relay.status import LiveStatusRegistry
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # How long after the last connect the relay may still be writing status
@@ -120,12 +129,29 @@ async def bare_tls_requests(relay: RelayProcess, count: int, concurrency: int) -
     return relay.cpu() - before
 
 
-async def agent_connects(relay: RelayProcess, concurrency: int) -> tuple[float, list[Connector]]:
-    """Relay CPU seconds for every agent to connect (and its status to be
-    written); returns the connected agents for the caller to stop."""
+async def probe_latencies(relay: RelayProcess, stop: asyncio.Event) -> list[float]:
+    """``GET /healthz`` on one kept-alive connection, back to back, until
+    ``stop``: how long the relay's event loop makes a cheap request wait."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(ssl=client_ssl_context(relay.ca_pem), limit=1)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        while not stop.is_set():
+            started = loop.time()
+            async with http.get(relay.url + "/healthz") as resp:
+                await resp.read()
+            latencies.append(loop.time() - started)
+            await asyncio.sleep(0.005)
+    return latencies
+
+
+async def agent_connects(relay: RelayProcess, concurrency: int) -> dict[str, float]:
+    """Every agent connects (and its status is written): the relay CPU spent,
+    the wall time until all were connected, and /healthz latencies meanwhile."""
     gate = asyncio.Semaphore(concurrency)
     agents: list[Connector] = []
     tasks: list[asyncio.Task[None]] = []
+    loop = asyncio.get_running_loop()
 
     async def one(i: int, keys: KeyPair) -> None:
         async with gate:
@@ -137,14 +163,55 @@ async def agent_connects(relay: RelayProcess, concurrency: int) -> tuple[float, 
             if not await connector.wait_connected(READY_TIMEOUT):
                 raise SystemExit(f"agent {i} did not connect: {connector.last_error}")
 
-    before = relay.cpu()
+    stop = asyncio.Event()
+    prober = asyncio.ensure_future(probe_latencies(relay, stop))
+    before, started = relay.cpu(), loop.time()
     await asyncio.gather(*(one(i, k) for i, k in enumerate(relay.keys)))
+    wall = loop.time() - started
     await asyncio.sleep(SETTLE_SECONDS)
     spent = relay.cpu() - before
+    stop.set()
+    latencies = sorted(await prober)
     for connector in agents:
         await connector.stop()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return spent, agents
+    return {"cpu": spent, "wall": wall,
+            "probe_p50": latencies[len(latencies) // 2] if latencies else float("nan"),
+            "probe_max": latencies[-1] if latencies else float("nan")}
+
+
+async def registry_loop_time(n: int, tmp: Path) -> dict[str, float]:
+    """Event-loop milliseconds per connect spent on the registry, same run:
+    synchronous (look up, commit Connected, commit the metadata report: what
+    the relay did before) against ``LiveStatusRegistry`` (look up, queue two
+    writes; the batched commit runs on a worker thread, timed separately)."""
+    db = SqliteDatabase(tmp / f"registry-{os.urandom(3).hex()}.db")
+    store = SqliteRegistry(db)
+    cert = generate_key_pair("bench/r").certificate_pem.decode()
+    ids = []
+    for i in range(n):
+        stored, _ = store.put(Cluster(name=f"r{i}", resource_group="bench", agent_public_key_certificate=cert))
+        ids.append(stored.id)
+    metadata = {"agentVersion": "1.0", "kubernetesVersion": "v1.33.0", "totalNodeCount": 3}
+    started = time.perf_counter()
+    for cid in ids:
+        store.get(cid)
+        store.set_connectivity(cid, "Connected")
+        store.set_metadata(cid, metadata)
+    synchronous = time.perf_counter() - started
+    live = LiveStatusRegistry(store, lambda cid: False, flush_seconds=3600.0)
+    started = time.perf_counter()
+    for cid in ids:
+        live.get(cid)
+        live.set_connectivity(cid, "Connected")
+        live.set_metadata(cid, metadata)
+    queued = time.perf_counter() - started
+    started = time.perf_counter()
+    await live.flush()
+    flush = time.perf_counter() - started
+    db.close()
+    return {"sync_ms": 1000 * synchronous / n, "write_behind_ms": 1000 * queued / n,
+            "flush_ms": 1000 * flush / n}
 
 
 async def measure(label: str, source: str | None, keys: list[KeyPair], concurrency: int,
@@ -155,12 +222,14 @@ async def measure(label: str, source: str | None, keys: list[KeyPair], concurren
     await relay.start()
     try:
         tls = await bare_tls_requests(relay, len(keys), concurrency)
-        connect, _ = await agent_connects(relay, concurrency)
+        connects = await agent_connects(relay, concurrency)
     finally:
         await relay.stop()
     n = len(keys)
-    return {"tls_request_ms": 1000 * tls / n, "connect_ms": 1000 * connect / n,
-            "connect_per_tls_request": connect / tls if tls else float("nan")}
+    return {"tls_request_ms": 1000 * tls / n, "connect_ms": 1000 * connects["cpu"] / n,
+            "connect_per_tls_request": connects["cpu"] / tls if tls else float("nan"),
+            "all_connected_s": connects["wall"], "healthz_p50_ms": 1000 * connects["probe_p50"],
+            "healthz_max_ms": 1000 * connects["probe_max"]}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -175,17 +244,25 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 rows[label].append(await measure(label, source, keys, args.concurrency, Path(tmp)))
     result: dict[str, Any] = {"bench": "connect_cost", "agents": args.agents,
                               "concurrency": args.concurrency, "rounds": args.rounds}
-    print(f"{'relay':10} {'TLS request ms':>15} {'connect ms':>11} {'connect/TLS':>12}   (relay CPU per item, median)")
+    print(f"{'relay':10} {'TLS req ms':>10} {'connect ms':>10} {'conn/TLS':>8} {'all conn s':>10} "
+          f"{'healthz p50 ms':>14} {'max ms':>8}   (CPU per item; medians of rounds)")
     for label, runs in rows.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         result[label] = {k: round(v, 3) for k, v in med.items()}
-        print(f"{label:10} {med['tls_request_ms']:15.3f} {med['connect_ms']:11.3f} "
-              f"{med['connect_per_tls_request']:12.2f}")
+        print(f"{label:10} {med['tls_request_ms']:10.3f} {med['connect_ms']:10.3f} "
+              f"{med['connect_per_tls_request']:8.2f} {med['all_connected_s']:10.2f} "
+              f"{med['healthz_p50_ms']:14.2f} {med['healthz_max_ms']:8.1f}")
+    with tempfile.TemporaryDirectory(prefix="connect-cost-") as tmp:
+        registry = [await registry_loop_time(args.agents, Path(tmp)) for _ in range(args.rounds)]
+    loop_ms = {k: statistics.median(r[k] for r in registry) for k in registry[0]}
+    result["registry_loop_ms_per_connect"] = {k: round(v, 4) for k, v in loop_ms.items()}
+    result["registry_write_behind_over_sync"] = round(loop_ms["write_behind_ms"] / loop_ms["sync_ms"], 4)
+    print(f"registry work on the event loop per connect: synchronous {loop_ms['sync_ms']:.3f} ms, "
+          f"write-behind {loop_ms['write_behind_ms']:.3f} ms (+ {loop_ms['flush_ms']:.3f} ms "
+          "per connect on the flush thread)")
     if args.baseline_source:
-        result["connect_ms_this_over_baseline"] = round(
-            result["this"]["connect_ms"] / result["baseline"]["connect_ms"], 3)
-        result["connect_per_tls_this_over_baseline"] = round(
-            result["this"]["connect_per_tls_request"] / result["baseline"]["connect_per_tls_request"], 3)
+        for key in ("connect_ms", "connect_per_tls_request", "all_connected_s", "healthz_p50_ms"):
+            result[f"{key}_this_over_baseline"] = round(result["this"][key] / result["baseline"][key], 3)
     return result
 
 
