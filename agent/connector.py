@@ -265,7 +265,9 @@ class Connector:
             elif hint is not None:
                 self._retry_after = hint
                 self.busy_refusals += 1
-                self._dial_failed(url, f"relay busy ({exc.status}), retrying after about {hint:g} s")
+                # Expected during a reconnect storm: INFO, not WARNING.
+                self._dial_failed(url, f"relay busy ({exc.status}), retrying after about {hint:g} s",
+                                  level=logging.INFO)
             else:
                 self._dial_failed(url, f"relay answered {exc.status} to the websocket upgrade")
             return None
@@ -284,10 +286,10 @@ class Connector:
                  "yes" if proxy else "no")
         return session
 
-    def _dial_failed(self, url: str, error: str) -> None:
+    def _dial_failed(self, url: str, error: str, level: int = logging.WARNING) -> None:
         # While the relay is down the loop retries every few hundred ms; log
         # a failure once per distinct cause, not once per attempt.
-        level = logging.DEBUG if error == self.last_error else logging.WARNING
+        level = logging.DEBUG if error == self.last_error else level
         self.last_error = error
         log.log(level, "agent dial failed url=%s error=%r", url, error)
 

@@ -207,3 +207,35 @@ def test_arc_proxy_parses_retry_after_and_jitters() -> None:
     assert client_retry_after({"Retry-After": "nan"}) is None
     assert client_retry_after({}) is None
     assert all(1.0 <= busy_delay(1.0) <= 2.0 for _ in range(500))
+
+
+async def test_agent_storm_is_paced_by_admission_without_abandoned_sessions(tmp_path: Path) -> None:
+    """30 agents dial at once into a relay admitting 10 handshakes per second:
+    every agent connects, the relay sets up exactly one session per agent (none
+    abandoned by an agent that gave up), refusals were answered 503 +
+    Retry-After, and /readyz answered 200 throughout."""
+    agents = 30
+    async with running_env(tmp_path, handshakes_per_second=10.0, retry_after_seconds=1) as env:
+        keys = [env.register("storm", f"c{i}") for i in range(agents)]
+        stop = asyncio.Event()
+
+        async def probe_readyz() -> list[int]:
+            statuses = []
+            while not stop.is_set():
+                async with env.http.get(env.relay.url + "/readyz") as resp:
+                    statuses.append(resp.status)
+                await asyncio.sleep(0.05)
+            return statuses
+
+        prober = asyncio.ensure_future(probe_readyz())
+        connectors = [await env.start_agent(f"storm/c{i}", k, ("127.0.0.1", 9)) for i, k in enumerate(keys)]
+        connected = await asyncio.gather(*(c.wait_connected(WAIT) for c in connectors))
+        stop.set()
+        statuses = await prober
+        assert all(connected)
+        assert statuses and set(statuses) == {200}
+        accepted = await _metric(env, 'arc_relay_sessions_accepted_total{kind="agent"}')
+        assert accepted == agents, "a session was set up that its agent abandoned"
+        refused = await _metric(env, 'arc_relay_admission_refused_total{endpoint="agent"}')
+        assert refused >= 1 and refused == sum(c.busy_refusals for c in connectors)
+        assert all(c.sessions_started == 1 for c in connectors)
