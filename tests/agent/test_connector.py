@@ -199,3 +199,19 @@ async def test_connector_names_untrusted_relay_certificate(relay_env: RelayEnv) 
         await asyncio.sleep(0.05)
     assert connector.last_error.startswith("relay TLS certificate not trusted")
     assert not connector.connected
+
+
+def test_connector_dial_outlasts_the_relays_handshake_bound() -> None:
+    """By default an agent waits twice the tunnel handshake timeout for a
+    dial, so it never abandons a session the relay (bounded by one handshake
+    timeout) is about to finish; an explicit dial_timeout wins, 0 is unbounded."""
+    from agent.connector import ConnectorConfig
+    from tunnel import TunnelConfig
+
+    base = {"relay_url": "https://relay.test", "cluster_id": "rg/a", "private_key_pem": b"",
+            "upstream": ("127.0.0.1", 9)}
+    default = ConnectorConfig(**base)  # type: ignore[arg-type]
+    assert default.effective_dial_timeout == 2 * default.tunnel.handshake_timeout
+    assert default.effective_dial_timeout > TunnelConfig().handshake_timeout
+    assert ConnectorConfig(**base, dial_timeout=7.0).effective_dial_timeout == 7.0  # type: ignore[arg-type]
+    assert ConnectorConfig(**base, dial_timeout=0.0).effective_dial_timeout is None  # type: ignore[arg-type]
