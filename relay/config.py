@@ -21,7 +21,8 @@ Example::
              tunnel: {}}                         # tunnel: keyword arguments of tunnel.TunnelConfig
     admission: {max_concurrent_handshakes: 64,   # authentication + upgrade in flight
                 handshakes_per_second: 200,      # token bucket refilled at this rate (0: off)
-                retry_after_seconds: 2}          # the 503's Retry-After beyond either bound
+                retry_after_seconds: 2,          # the 503's Retry-After beyond either bound (least)
+                max_retry_after_seconds: 60}     # its most (it grows with refusals per second)
     debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
 """
 
@@ -83,10 +84,11 @@ class RelayConfig:
     max_concurrent_handshakes: int = 64
     handshakes_per_second: float = 200.0
     retry_after_seconds: int = 2
+    max_retry_after_seconds: int = 60
 
     def __post_init__(self) -> None:
         for name in ("streams_per_principal_per_cluster", "streams_per_client_session",
-                     "max_concurrent_handshakes", "retry_after_seconds"):
+                     "max_concurrent_handshakes", "retry_after_seconds", "max_retry_after_seconds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         for name in ("authorization_cache_seconds", "refusal_log_interval_seconds",
@@ -210,6 +212,7 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             max_concurrent_handshakes=int(admission.get("max_concurrent_handshakes", 64)),
             handshakes_per_second=float(admission.get("handshakes_per_second", 200.0)),
             retry_after_seconds=int(admission.get("retry_after_seconds", 2)),
+            max_retry_after_seconds=int(admission.get("max_retry_after_seconds", 60)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"limits/admission: {exc}") from None

@@ -65,7 +65,8 @@ class RelayState:
                                    config.streams_per_client_session)
         self.refusals = RefusalLog(log, config.refusal_log_interval_seconds)
         self.admission = HandshakeAdmission(config.max_concurrent_handshakes,
-                                            config.handshakes_per_second, config.retry_after_seconds)
+                                            config.handshakes_per_second, config.retry_after_seconds,
+                                            max_retry_after=config.max_retry_after_seconds)
         self.roles.cache.ttl = config.authorization_cache_seconds
         self.roles.cache.entries = config.authorization_cache_entries
 
@@ -90,9 +91,9 @@ def admission_refused(state: RelayState, endpoint: str) -> web.Response:
     """The answer to a handshake beyond admission: 503 with ``Retry-After``,
     counted, not logged per refusal (a storm would flood the log)."""
     state.metrics.admission_refused.labels(endpoint).inc()
-    return json_error(503, "Busy", "relay is admitting handshakes at its limit; retry after "
-                      f"{state.admission.retry_after} s",
-                      **{"Retry-After": str(state.admission.retry_after)})
+    hint = state.admission.retry_after_hint()
+    return json_error(503, "Busy", f"relay is admitting handshakes at its limit; retry after {hint} s",
+                      **{"Retry-After": str(hint)})
 
 
 def upgrade_aborted(state: RelayState, request: web.Request, endpoint: str, exc: BaseException,

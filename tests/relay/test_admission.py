@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import os
 import socket
 import ssl
@@ -68,7 +69,10 @@ async def test_relay_answers_burst_beyond_admission_with_503_retry_after_while_r
     assert len(busy) + len(judged) == len(results)
     assert judged, "the first handshakes are admitted"
     assert len(busy) >= 30, f"only {len(busy)} of 40 refused"
-    assert all(r[1] == str(RETRY_AFTER) and '"Busy"' in r[2] for r in busy)
+    # The hint is at least the configured one and grows with the refusals per second.
+    ceiling = max(RETRY_AFTER, math.ceil(len(busy) / 5))
+    assert all(r[1] is not None and RETRY_AFTER <= int(r[1]) <= ceiling and '"Busy"' in r[2]
+               for r in busy)
     refused = await _metric(relay_env, 'arc_relay_admission_refused_total{endpoint="agent"}')
     assert refused == len(busy)
     # Refused handshakes never reached authentication.
@@ -81,7 +85,8 @@ async def test_relay_answers_burst_beyond_admission_with_503_retry_after_while_r
 async def test_agent_redials_after_the_hinted_delay(tmp_path: Path) -> None:
     """An agent refused with 503 + Retry-After: 1 waits within [1, 2] s
     (hint plus jitter) and then connects."""
-    async with running_env(tmp_path, handshakes_per_second=0.3, retry_after_seconds=1) as env:
+    async with running_env(tmp_path, handshakes_per_second=0.3, retry_after_seconds=1,
+                           max_retry_after_seconds=1) as env:
         keys = env.register("rg1", "alpha")
         loop = asyncio.get_running_loop()
         assert (await _get(env, "/agent/v1/connect"))[0] == 401  # takes the one token
@@ -139,6 +144,31 @@ def test_admission_bounds_concurrency_and_rate() -> None:
     assert admission.refused == 1 + 4 + 5 + 20
 
 
+def test_admission_retry_after_grows_with_refusals_per_second() -> None:
+    """N refusals in the last second at R admitted per second: the hint is
+    N / R seconds (so refused peers return at about R per second), never
+    below the configured least nor above the configured most; it falls back
+    once the storm has passed."""
+    now = [0.0]
+    admission = HandshakeAdmission(max_concurrent=1000, per_second=10.0, retry_after=2,
+                                   clock=lambda: now[0], max_retry_after=30)
+    assert admission.retry_after_hint() == 2
+    for _ in range(10):
+        assert admission.try_admit()
+    for _ in range(100):
+        assert not admission.try_admit()
+    assert admission.retry_after_hint() == 10  # 100 refusals / 10 per second
+    for _ in range(500):
+        admission.try_admit()
+    assert admission.retry_after_hint() == 30  # capped
+    now[0] += 1.5  # next window: the previous one's count still counts
+    assert admission.retry_after_hint() == 30
+    now[0] += 5.0
+    admission.in_flight = 1000  # refuse one more, in a quiet window
+    assert not admission.try_admit()
+    assert admission.retry_after_hint() == 2
+
+
 async def test_relay_logs_aborted_upgrade_as_one_info_line(relay_env: RelayEnv,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     """A client that sends its upgrade and leaves before the relay answers: one
@@ -184,7 +214,8 @@ async def test_arc_proxy_session_waits_out_a_busy_relay(tmp_path: Path) -> None:
     from client.config import AuthConfig, ClientConfig
     from client.relay_client import RelaySessionKeeper
 
-    async with running_env(tmp_path, handshakes_per_second=0.3, retry_after_seconds=1) as env:
+    async with running_env(tmp_path, handshakes_per_second=0.3, retry_after_seconds=1,
+                           max_retry_after_seconds=1) as env:
         token_file = tmp_path / "token"
         token_file.write_text(env.token("demo"))
         auth = AuthConfig(token_command=f"cat {token_file}")
