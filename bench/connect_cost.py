@@ -19,7 +19,9 @@ does not show time the event loop spends blocked in I/O (a synchronous SQLite
 commit waits for fsync): the wall time until every agent is connected and the
 probe's latency do.
 A third, in-process phase times the registry work of a connect on the event
-loop: synchronous commits (before) against the write-behind (now), same run.
+loop: synchronous commits (before) against the write-behind (now), same run;
+a fourth the jti replay check with ``--live-jtis`` remembered: a scan of every
+entry (before) against the expiry-ordered cache (now).
 The ratio connect / bare TLS request is a same-run figure that does not depend
 on how loaded the machine is. Prints a table, then one JSON line.
 ``$BENCH_RELAY_PROFILE=FILE`` runs the relay under cProfile (to see where a
@@ -36,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ import yaml
 
 from agent.connector import Connector, ConnectorConfig
 from certs import KeyPair, client_ssl_context, generate_key_pair
+from identity.agent_assertion import ReplayCache
 from relay.registry import Cluster, SqliteDatabase, SqliteRegistry
 from relay.status import LiveStatusRegistry
 
@@ -214,6 +218,28 @@ async def registry_loop_time(n: int, tmp: Path) -> dict[str, float]:
             "flush_ms": 1000 * flush / n}
 
 
+def replay_check_ms(live: int, checks: int = 200) -> dict[str, float]:
+    """Milliseconds per connect of the jti replay check with ``live`` jtis
+    remembered, same run: a scan of every entry (what the verifier did before)
+    against ``ReplayCache`` (expiry-ordered heap + set)."""
+    now = 1000.0
+    seen = {(f"bench/c{i}", uuid.uuid4().hex): now + 100 + i % 100 for i in range(live)}
+    started = time.perf_counter()
+    for _ in range(checks):
+        for key in [k for k, exp in seen.items() if exp + 60 < now]:
+            del seen[key]
+        seen[("bench/x", uuid.uuid4().hex)] = now + 200
+    scan = (time.perf_counter() - started) / checks
+    cache = ReplayCache(max_entries=live + checks)
+    for i in range(live):
+        cache.add((f"bench/c{i}", uuid.uuid4().hex), now + 160 + i % 100, now)
+    started = time.perf_counter()
+    for _ in range(checks):
+        cache.add(("bench/x", uuid.uuid4().hex), now + 260, now)
+    ordered = (time.perf_counter() - started) / checks
+    return {"scan_ms": 1000 * scan, "expiry_ordered_ms": 1000 * ordered}
+
+
 async def measure(label: str, source: str | None, keys: list[KeyPair], concurrency: int,
                   tmp: Path) -> dict[str, float]:
     workdir = tmp / f"{label}-{os.urandom(3).hex()}"
@@ -260,6 +286,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     print(f"registry work on the event loop per connect: synchronous {loop_ms['sync_ms']:.3f} ms, "
           f"write-behind {loop_ms['write_behind_ms']:.3f} ms (+ {loop_ms['flush_ms']:.3f} ms "
           "per connect on the flush thread)")
+    replay = replay_check_ms(args.live_jtis)
+    result["replay_check_ms"] = {k: round(v, 4) for k, v in replay.items()}
+    result["replay_expiry_ordered_over_scan"] = round(replay["expiry_ordered_ms"] / replay["scan_ms"], 5)
+    print(f"replay check with {args.live_jtis} live jtis: scan {replay['scan_ms']:.3f} ms, "
+          f"expiry-ordered {replay['expiry_ordered_ms']:.4f} ms per connect")
     if args.baseline_source:
         for key in ("connect_ms", "connect_per_tls_request", "all_connected_s", "healthz_p50_ms"):
             result[f"{key}_this_over_baseline"] = round(result["this"][key] / result["baseline"][key], 3)
@@ -272,6 +303,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="connects in flight at once")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (each variant once per round)")
     parser.add_argument("--baseline-source", help="another source tree whose relay to measure as well")
+    parser.add_argument("--live-jtis", type=int, default=36000,
+                        help="jtis remembered for the replay-check phase (200/s x 180 s: a storm's worth)")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(main_async(args))))
 
