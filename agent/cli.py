@@ -20,7 +20,9 @@ from agent.config import AgentConfig, AgentConfigError, load_agent_config
 from agent.connector import Connector, ConnectorConfig
 from agent.connector_metadata import api_server_metadata, static_metadata
 from certs import IssuedCertificate
+from tunnel import TunnelConfig
 from tunnel.aio_alloc import tune_allocator
+from tunnel.aio_config import adapter_limits
 
 log = logging.getLogger("agent")
 
@@ -104,6 +106,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
         no_proxy=config.no_proxy,
         proxy_ca_pem=config.proxy_ca_pem,
         metadata_interval=config.metadata_interval,
+        tunnel=TunnelConfig(limits=adapter_limits(max_concurrent_streams=config.max_concurrent_streams)),
     ), metadata=metadata)
     task = asyncio.ensure_future(connector.run())
     try:

@@ -24,6 +24,7 @@ Example::
     proxy: {https: "http://proxy:3128", http: null, no_proxy: "10.0.0.0/8,.svc", ca_file: null}
     forward_to: "127.0.0.1:9000"    # optional: pipe streams there instead of kube-aad-proxy
     metadata_interval_seconds: 300
+    limits: {max_concurrent_streams: 1024}   # streams this agent's session accepts at once
 
 Relative paths are resolved against the config file's folder. Files named
 here are read at load time so that a missing or unreadable one is reported as
@@ -101,6 +102,9 @@ class AgentConfig:
     proxy_ca_pem: bytes | None = None
     forward_to: tuple[str, int] | None = None
     metadata_interval: float = 300.0
+    # Streams the agent's one session accepts at once, shared by every user
+    # (the relay gives each user and client session a share of it).
+    max_concurrent_streams: int = 1024
 
     @property
     def cluster_id(self) -> str:
@@ -248,6 +252,13 @@ def agent_config_from_dict(data: Any, *, base_dir: Path | None = None) -> AgentC
         interval = float(data.get("metadata_interval_seconds", 300))
     except (TypeError, ValueError):
         raise AgentConfigError("metadata_interval_seconds must be a number") from None
+    limits = data.get("limits") or {}
+    try:
+        max_streams = int(limits.get("max_concurrent_streams", 1024)) if isinstance(limits, dict) else 0
+    except (TypeError, ValueError):
+        max_streams = 0
+    if max_streams < 1:
+        raise AgentConfigError("limits.max_concurrent_streams must be a whole number >= 1")
     return AgentConfig(
         relay_url=_relay_url(relay.get("url")),
         relay_ca_pem=_read(base, relay.get("ca_file"), "relay.ca_file"),
@@ -261,6 +272,7 @@ def agent_config_from_dict(data: Any, *, base_dir: Path | None = None) -> AgentC
         proxy_ca_pem=_read(base, proxy.get("ca_file"), "proxy.ca_file"),
         forward_to=forward_to,
         metadata_interval=max(1.0, interval),
+        max_concurrent_streams=max_streams,
     )
 
 

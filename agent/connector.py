@@ -8,10 +8,18 @@ the relay sends GOAWAY (shutdown, or a newer session of ours replaced this one)
 the loop dials again at once while the old session drains its streams (unless
 the session was only seconds old: then another agent probably replaced it, and the loop
 backs off from 1 s to 30 s so two agents do not evict each other in a loop). When a
-session ends or a dial fails the loop sleeps a jittered exponential backoff
-(100 ms doubling to 2 s; at most 0.5 s during the 30 s after losing a
-session, the usual cause being a relay restart), reset once a session has been
-up for ``stable_after`` seconds.
+session ends or a dial fails the loop sleeps an exponential backoff with full
+jitter (a delay drawn in [0, ceiling], the ceiling 100 ms doubling to 2 s; at
+most 0.5 s during the 30 s after losing a session, the usual cause being a
+relay restart), reset once a session has been up for ``stable_after`` seconds.
+A relay whose admission is full answers 503 with ``Retry-After``: the loop
+then waits that hint plus up to one more (``retry_after_delay``), so a fleet
+redialling after a relay restart spreads itself over the relay's pace.
+
+A dial waits up to ``dial_timeout`` (default twice the tunnel's handshake
+timeout): the relay bounds its own side of a handshake by the handshake
+timeout, so an agent never abandons a session the relay is about to finish
+(an abandoned one costs the relay a set-up for nothing, in a storm thousands).
 
 Metadata goes up a stream with target ``b"control"``: one JSON object per line,
 on connect and every ``metadata_interval`` seconds.
@@ -35,6 +43,8 @@ from agent.connector_dial import (
     agent_connect_url,
     relay_ssl_context,
     resolve_proxy,
+    retry_after_delay,
+    retry_after_seconds,
 )
 from agent.connector_metadata import MetadataSource, static_metadata
 from identity import TokenInvalid, sign_agent_assertion
@@ -76,6 +86,8 @@ CHURN_INITIAL = 1.0
 # On stop, how long open streams may finish after our GOAWAY before the
 # session is closed (a pod gets 30 s between SIGTERM and SIGKILL by default).
 STOP_DRAIN = 10.0
+# Statuses that mean "the relay is busy, come back later" (with Retry-After).
+BUSY_STATUSES = (429, 503)
 
 
 def goaway_received(session: TunnelSession) -> bool:
@@ -98,6 +110,8 @@ class ConnectorConfig:
         tunnel: tunnel limits and timeouts.
         metadata_interval: seconds between metadata reports.
         backoff_initial / backoff_cap / stable_after: reconnect policy.
+        dial_timeout: bound of one dial (TCP, TLS, upgrade); None: twice
+            ``tunnel.handshake_timeout`` (see module docstring).
     """
 
     relay_url: str
@@ -115,6 +129,14 @@ class ConnectorConfig:
     backoff_cap: float = 2.0
     stable_after: float = 10.0
     assertion_lifetime: int = 120
+    dial_timeout: float | None = None
+
+    @property
+    def effective_dial_timeout(self) -> float | None:
+        """The dial bound in seconds (None: unbounded)."""
+        if self.dial_timeout is not None:
+            return self.dial_timeout or None
+        return 2 * self.tunnel.handshake_timeout or None
 
 
 class Connector:
@@ -130,6 +152,13 @@ class Connector:
         self.session: TunnelSession | None = None
         self.sessions_started = 0
         self.last_error = ""
+        # Why the last dial failed: the relay refused the agent, or is busy
+        # (then with its Retry-After hint in seconds).
+        self._auth_refused = False
+        self._retry_after: float | None = None
+        self.busy_refusals = 0
+        # The last delay the dial loop chose after a failed dial (seconds).
+        self.last_delay = 0.0
         self._stopping = asyncio.Event()
         self._connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -173,11 +202,14 @@ class Connector:
             while not self._stopping.is_set():
                 session = await self._dial()
                 if session is None:
-                    if self.last_error.startswith("relay refused"):
-                        await self._sleep(auth_backoff.next_delay())
+                    if self._retry_after is not None:
+                        self.last_delay = retry_after_delay(self._retry_after)
+                    elif self._auth_refused:
+                        self.last_delay = auth_backoff.next_delay()
                     else:
                         recently_lost = lost_at is not None and loop.time() - lost_at < FAST_WINDOW
-                        await self._sleep(backoff.next_delay(FAST_CAP if recently_lost else None))
+                        self.last_delay = backoff.next_delay(FAST_CAP if recently_lost else None)
+                    await self._sleep(self.last_delay)
                     continue
                 auth_backoff.reset()
                 started = loop.time()
@@ -206,6 +238,8 @@ class Connector:
     async def _dial(self) -> TunnelSession | None:
         cfg = self.config
         assert self._http is not None
+        self._auth_refused = False
+        self._retry_after = None
         try:
             token = sign_agent_assertion(cfg.private_key_pem, cluster_id=cfg.cluster_id,
                                          audience=agent_audience(cfg.relay_url),
@@ -217,15 +251,23 @@ class Connector:
         url = agent_connect_url(cfg.relay_url)
         proxy = resolve_proxy(cfg.relay_url, cfg.proxy_https, cfg.proxy_http, cfg.no_proxy)
         try:
-            async with asyncio.timeout(cfg.tunnel.handshake_timeout or None):
+            async with asyncio.timeout(cfg.effective_dial_timeout):
                 ws = await self._http.ws_connect(
                     url, headers={"Authorization": f"Bearer {token}"}, proxy=proxy,
                     **ws_connect_kwargs(cfg.tunnel),
                 )
         except aiohttp.WSServerHandshakeError as exc:
+            hint = retry_after_seconds(exc.headers) if exc.status in BUSY_STATUSES else None
             if exc.status in (401, 403):
+                self._auth_refused = True
                 self._dial_failed(url, f"relay refused the agent ({exc.status}): "
                                        "check the cluster registration and agent key")
+            elif hint is not None:
+                self._retry_after = hint
+                self.busy_refusals += 1
+                # Expected during a reconnect storm: INFO, not WARNING.
+                self._dial_failed(url, f"relay busy ({exc.status}), retrying after about {hint:g} s",
+                                  level=logging.INFO)
             else:
                 self._dial_failed(url, f"relay answered {exc.status} to the websocket upgrade")
             return None
@@ -244,10 +286,10 @@ class Connector:
                  "yes" if proxy else "no")
         return session
 
-    def _dial_failed(self, url: str, error: str) -> None:
+    def _dial_failed(self, url: str, error: str, level: int = logging.WARNING) -> None:
         # While the relay is down the loop retries every few hundred ms; log
         # a failure once per distinct cause, not once per attempt.
-        level = logging.DEBUG if error == self.last_error else logging.WARNING
+        level = logging.DEBUG if error == self.last_error else level
         self.last_error = error
         log.log(level, "agent dial failed url=%s error=%r", url, error)
 

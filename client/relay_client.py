@@ -17,21 +17,52 @@ from client.auth import TokenSource, ssl_context_for
 from client.config import ClientConfig
 from client.errors import AuthError, CliError, ClusterNotFound, Forbidden, RelayUnreachable
 
-__all__ = ["RelayApi", "RelaySessionKeeper"]
+__all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper"]
 
 log = logging.getLogger("client")
 
 HTTP_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 10.0
 # Reconnect backoff: short, because a relay restart must be invisible to
-# kubectl within ~2 s (issue 3 "Done when").
+# kubectl within ~2 s (issue 3 "Done when"). Each wait is drawn with full
+# jitter, uniform in [0, ceiling], the ceiling doubling from START to CAP.
 BACKOFF_START = 0.05
 BACKOFF_CAP = 1.0
+# A relay at its admission limit answers 503 + Retry-After; a hint longer
+# than this is treated as this (seconds).
+RETRY_AFTER_CAP = 60.0
+# How many busy answers ``start`` waits out before reporting the relay busy.
+START_BUSY_RETRIES = 3
 # The keeper checks its session at least this often (seconds): renewal time,
 # or a session that went draining and was replaced on demand.
 RENEW_TICK = 1.0
 # Floor between two renewals (seconds), whatever the token's lifetime says.
 MIN_RENEW_INTERVAL = 1.0
+
+
+class RelayBusy(RelayUnreachable):
+    """The relay refused the session for now (503/429 + Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """``Retry-After`` delta-seconds (capped), or None when absent or not a number."""
+    value = (headers or {}).get("Retry-After")
+    try:
+        seconds = float(str(value).strip()) if value is not None else -1.0
+    except ValueError:
+        return None
+    if not 0 <= seconds <= float("inf"):  # negative, NaN
+        return None
+    return min(seconds, RETRY_AFTER_CAP)
+
+
+def busy_delay(hint: float) -> float:
+    """Wait at least the hint, spread over one more: uniform in [hint, 2 * hint]."""
+    return hint + random.uniform(0.0, hint)
 
 
 def _error_message(body: Any) -> str:
@@ -183,6 +214,8 @@ class RelaySessionKeeper:
         self._stopping = False
         self.connects = 0
         self.renewals = 0
+        # The last wait of the reconnect loop after a failed connect (seconds).
+        self.last_delay = 0.0
         # When the live session's token must be replaced (epoch seconds).
         self._renew_at = float("inf")
         # Sessions replaced by a renewal, draining their open streams.
@@ -208,7 +241,16 @@ class RelaySessionKeeper:
         self._tunnel = tunnel
         self._tcfg = tunnel.TunnelConfig()
         self._http = aiohttp.ClientSession()
-        session = await self._connect()
+        for attempt in range(START_BUSY_RETRIES + 1):
+            try:
+                session = await self._connect()
+                break
+            except RelayBusy as busy:
+                if attempt == START_BUSY_RETRIES:
+                    raise
+                delay = busy_delay(busy.retry_after)
+                log.info("= relay busy; retrying in %.1f s", delay)
+                await asyncio.sleep(delay)
         self._runner = asyncio.create_task(self._keep_up(), name="relay-session-keeper")
         return session
 
@@ -250,6 +292,10 @@ class RelaySessionKeeper:
                 if err.status == 403:
                     raise Forbidden("the relay refused the connection (forbidden): "
                                     "ask an admin for the cluster-user role") from None
+                hint = retry_after_seconds(err.headers) if err.status in (429, 503) else None
+                if hint is not None:
+                    raise RelayBusy(f"the relay is busy (HTTP {err.status}); it asked to retry "
+                                    f"after {hint:g} s", hint) from None
                 raise RelayUnreachable(f"relay refused the websocket (HTTP {err.status}) at "
                                        f"{self.url}") from None
             except (TimeoutError, aiohttp.ClientError, OSError) as err:
@@ -291,7 +337,7 @@ class RelaySessionKeeper:
         stream.reject(self._tunnel.ErrorCode.REFUSED_STREAM, "client accepts no streams")
 
     async def _keep_up(self) -> None:
-        backoff = BACKOFF_START
+        backoff = BACKOFF_START  # the ceiling of the next full-jitter wait
         while not self._stopping:
             s = self._session
             run = self._run_task
@@ -299,8 +345,8 @@ class RelaySessionKeeper:
             if self._usable(s) and run is not None:
                 # Wake when the session ends, at renewal time, or every tick
                 # (a session replaced on demand by session() is noticed then).
-                delay = min(RENEW_TICK, max(0.0, self._renew_at - time.time()))
-                done, _ = await asyncio.wait({run}, timeout=delay)
+                tick = min(RENEW_TICK, max(0.0, self._renew_at - time.time()))
+                done, _ = await asyncio.wait({run}, timeout=tick)
                 if self._stopping:
                     return
                 if not done:
@@ -312,17 +358,26 @@ class RelaySessionKeeper:
                     log.info("x %s session to relay ended (%s); reconnecting", self.name,
                              getattr(s, "close_reason", "") or "closed")
                 backoff = BACKOFF_START
+            busy_wait: float | None = None
             try:
                 await self._connect(renew=renew)
                 backoff = BACKOFF_START
                 continue
             except AuthError:
                 self.tokens.invalidate()
+            except RelayBusy as busy:
+                # Honour the relay's pace; an on-demand session() does not cut this short.
+                busy_wait = busy_delay(busy.retry_after)
+                log.debug("! reconnect refused, relay busy: waiting %.1f s", busy_wait)
             except CliError as err:
                 log.debug("! reconnect failed: %s", err)
             self._kick.clear()
+            self.last_delay = busy_wait if busy_wait is not None else random.uniform(0.0, backoff)
             try:
-                await asyncio.wait_for(self._kick.wait(), backoff * (0.5 + random.random()))
+                if busy_wait is not None:
+                    await asyncio.sleep(busy_wait)
+                else:
+                    await asyncio.wait_for(self._kick.wait(), self.last_delay)
             except TimeoutError:
                 pass
             backoff = min(backoff * 2, BACKOFF_CAP)

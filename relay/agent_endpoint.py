@@ -24,7 +24,14 @@ from aiohttp import web
 from certs import fingerprint_sha256, generate_key_pair
 from identity import TokenInvalid
 from identity.agent_assertion import unverified_cluster_id
-from relay.state import STATE, RelayState, bearer_token, json_error
+from relay.state import (
+    STATE,
+    RelayState,
+    admission_refused,
+    bearer_token,
+    json_error,
+    upgrade_aborted,
+)
 from tunnel import (
     ErrorCode,
     StreamReset,
@@ -113,10 +120,29 @@ def _store_metadata(state: RelayState, cid: str, line: bytes) -> None:
 
 
 async def agent_connect(request: web.Request) -> web.StreamResponse:
-    """Authenticate an agent, then serve its tunnel session until it ends."""
+    """Admit, authenticate and upgrade an agent, then serve its tunnel session."""
     state = request.app[STATE]
     if not state.accepting:
         return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
+    if not state.admission.try_admit():
+        return admission_refused(state, "agent")
+    state.metrics.handshakes_in_flight.inc()
+    try:
+        upgraded = await _agent_handshake(state, request)
+    finally:
+        state.admission.done()
+        state.metrics.handshakes_in_flight.dec()
+    if isinstance(upgraded, web.StreamResponse):
+        return upgraded
+    cid, fingerprint, ws = upgraded
+    await serve_agent_session(state, request, cid, fingerprint, ws)
+    return ws
+
+
+async def _agent_handshake(state: RelayState, request: web.Request
+                           ) -> tuple[str, str, web.WebSocketResponse] | web.StreamResponse:
+    """Verify the assertion and upgrade; (cluster id, fingerprint of the key it
+    proved, websocket) or the answer to send."""
     token = bearer_token(request)
     if token is None:
         return _refuse(state, request, "missing assertion", None)
@@ -138,7 +164,6 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(max(0.0, started + REFUSAL_FLOOR_SECONDS - loop.time()))
         reason = exc.reason if cluster else "unknown cluster"
         return _refuse(state, request, reason, claimed, public_reason=NOT_ACCEPTED)
-
     ws = server_websocket_response(state.tunnel_config)
     try:
         # A peer that stalls the upgrade must not hold a handler forever.
@@ -151,9 +176,16 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.abort()
         return ws
+    except ConnectionError as exc:
+        return upgrade_aborted(state, request, "agent", exc, cluster=cid)
+    return cid, fingerprint_sha256(certificate), ws
+
+
+async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
+                              fingerprint: str, ws: web.WebSocketResponse) -> None:
+    """Run an upgraded agent's session: live in the directory until it ends."""
     session = TunnelSession(ws, is_client=False, config=state.tunnel_config, name=f"agent:{cid}",
                             on_stream=partial(control_stream, state, cid))
-    fingerprint = fingerprint_sha256(certificate)
     current = state.registry.get(cid)
     if current is None or fingerprint_sha256(current.agent_public_key_certificate.encode()) != fingerprint:
         # The key changed (or the cluster went) while this agent was upgrading:
@@ -161,7 +193,7 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         log.info("agent refused after upgrade cluster=%s reason='agent key changed' peer=%s",
                  cid, request.remote)
         await ws.close(code=WS_POLICY_VIOLATION, message=b"agent key changed")
-        return ws
+        return
     state.agent_fingerprints[session] = (cid, fingerprint)
     state.sessions.add(session)
     state.metrics.sessions.labels("agent").inc()
@@ -181,7 +213,6 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
         if state.directory.unregister(cid, session):
             state.registry.set_connectivity(cid, "Offline")
         log.info("agent disconnected cluster=%s reason=%r", cid, _reason(session))
-    return ws
 
 
 async def end_sessions_of_old_key(state: RelayState, cid: str, new_fingerprint: str) -> int:

@@ -31,6 +31,7 @@ from relay.registry import SqliteDatabase, SqliteRegistry
 from relay.roles import RoleStore
 from relay.router import DataRecorder
 from relay.state import STATE, RelayState
+from relay.status import LiveStatusRegistry
 from tunnel import TunnelConfig, TunnelSession
 from tunnel.aio_config import adapter_limits
 
@@ -178,6 +179,7 @@ class RelayServer:
         self._listener: RelayListener | None = None
         self.state: RelayState | None = None
         self._db: SqliteDatabase | None = None
+        self._status: LiveStatusRegistry | None = None
 
     @property
     def listener(self) -> RelayListener:
@@ -224,11 +226,16 @@ class RelayServer:
             self._db = SqliteDatabase(config.database_path)
         except Exception as exc:  # sqlite3.Error or OSError: both operator-fixable
             raise ConfigError(f"cannot open database {config.database_path}: {exc}") from None
+        # Status is derived from the directory of live sessions (relay/status.py).
+        directory = LocalDirectory[TunnelSession]()
+        self._status = LiveStatusRegistry(SqliteRegistry(self._db), directory.is_present,
+                                          config.status_flush_seconds)
+        await self._status.start()  # reconcile: nothing stays Connected without a session
         self.state = RelayState(
             config=config,
-            registry=SqliteRegistry(self._db),
+            registry=self._status,
             roles=RoleStore(self._db, config.admins),
-            directory=LocalDirectory[TunnelSession](),
+            directory=directory,
             metrics=RelayMetrics(),
             validator=validator,
             verifier=AgentAssertionVerifier([]),
@@ -259,6 +266,7 @@ class RelayServer:
         except OSError as exc:
             await self._runner.cleanup()
             await validator.close()
+            await self._status.stop()
             self._db.close()
             self._runner = None
             raise ConfigError(
@@ -294,6 +302,8 @@ class RelayServer:
         await state.validator.close()
         if state.recorder is not None:
             state.recorder.close()
+        if self._status is not None:
+            await self._status.stop()  # write what the write-behind still holds
         if self._db is not None:
             self._db.close()
         self._runner = None

@@ -16,17 +16,43 @@ from functools import partial
 
 from aiohttp import web
 
+from identity import Principal
 from relay.router import route_stream
-from relay.state import STATE, authenticate, json_error
+from relay.state import (
+    STATE,
+    RelayState,
+    admission_refused,
+    authenticate,
+    json_error,
+    upgrade_aborted,
+)
 from tunnel import TunnelSession, server_websocket_response
 
 log = logging.getLogger("relay")
 
 async def client_connect(request: web.Request) -> web.StreamResponse:
-    """Authenticate a client, then serve its tunnel session until it ends."""
+    """Admit, authenticate and upgrade a client, then serve its tunnel session."""
     state = request.app[STATE]
     if not state.accepting:
         return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
+    if not state.admission.try_admit():
+        return admission_refused(state, "client")
+    state.metrics.handshakes_in_flight.inc()
+    try:
+        upgraded = await _client_handshake(state, request)
+    finally:
+        state.admission.done()
+        state.metrics.handshakes_in_flight.dec()
+    if isinstance(upgraded, web.StreamResponse):
+        return upgraded
+    principal, ws = upgraded
+    await serve_client_session(state, request, principal, ws)
+    return ws
+
+
+async def _client_handshake(state: RelayState, request: web.Request
+                            ) -> tuple[Principal, web.WebSocketResponse] | web.StreamResponse:
+    """Validate the bearer and upgrade; (principal, websocket) or the answer to send."""
     ws = server_websocket_response(state.tunnel_config)
     try:
         # Authentication plus the upgrade, bounded: a stalling peer must not
@@ -43,7 +69,16 @@ async def client_connect(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.abort()
         return ws
-    handler = partial(route_stream, state, principal, recorder=state.recorder)
+    except ConnectionError as exc:
+        return upgrade_aborted(state, request, "client", exc)
+    return principal, ws
+
+
+async def serve_client_session(state: RelayState, request: web.Request, principal: Principal,
+                               ws: web.WebSocketResponse) -> None:
+    """Run an upgraded client's session until it ends (GOAWAY at token expiry)."""
+    handler = partial(route_stream, state, principal, recorder=state.recorder,
+                      share=state.shares.new_session())
     session = TunnelSession(ws, is_client=False, config=state.tunnel_config,
                             name=f"client:{principal.name}", on_stream=handler)
     state.sessions.add(session)
@@ -61,7 +96,6 @@ async def client_connect(request: web.Request) -> web.StreamResponse:
         state.metrics.sessions.labels("client").dec()
         log.info("client disconnected principal=%s reason=%r", principal.name,
                  str(getattr(session, "close_reason", "") or "")[:200])
-    return ws
 
 
 def add_routes(app: web.Application) -> None:

@@ -16,10 +16,18 @@ Example::
       match_mutable_claims: []                   # opt-in, e.g. [upn]: mutable in Entra ("nOAuth")
       recheck_seconds: 30                        # open streams re-authorised this often (role revoked)
     limits: {agent_grace_seconds: 5, drain_seconds: 10, open_timeout_seconds: 10,
-             tunnel: {},                         # tunnel: keyword arguments of tunnel.TunnelConfig
              tls_handshake_timeout_seconds: 10, head_timeout_seconds: 10, max_head_bytes: 65536,
-             max_preauth_connections: 1024, keepalive_timeout_seconds: 75}  # relay/edge_limits.py
-    listener: {tls_engine: memorybio}            # or asyncio (asyncio's TLS: ~240 KiB more per connection)
+             max_preauth_connections: 1024, keepalive_timeout_seconds: 75,  # relay/edge_limits.py
+             streams_per_principal_per_cluster: 256,  # one user's share of one agent session
+             streams_per_client_session: 512,    # one arc-proxy session's share of all agents
+             authorization_cache_seconds: 5, authorization_cache_entries: 10000,
+             refusal_log_interval_seconds: 10,  # one refusal line per principal/cluster/reason
+             status_flush_seconds: 1,           # write-behind of connectivity and metadata
+             tunnel: {}}                         # tunnel: keyword arguments of tunnel.TunnelConfig
+    admission: {max_concurrent_handshakes: 64,   # authentication + upgrade in flight
+                handshakes_per_second: 200,      # token bucket refilled at this rate (0: off)
+                retry_after_seconds: 2,          # the 503's Retry-After beyond either bound (least)
+                max_retry_after_seconds: 60}     # its most (it grows with refusals per second)
     debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
 """
 
@@ -82,6 +90,31 @@ class RelayConfig:
     recheck_seconds: float = DEFAULT_RECHECK_SECONDS
     # listener.* and the pre-authentication limits.* (relay/edge_limits.py).
     edge: EdgeLimits = field(default_factory=EdgeLimits)
+    # Shares of an agent session's streams (item "one user can take all streams").
+    streams_per_principal_per_cluster: int = 256
+    streams_per_client_session: int = 512
+    # Authorization decisions of stream OPENs are cached this long (0: off).
+    authorization_cache_seconds: float = 5.0
+    authorization_cache_entries: int = 10000
+    refusal_log_interval_seconds: float = 10.0
+    status_flush_seconds: float = 1.0
+    # Admission of handshakes (authentication + websocket upgrade).
+    max_concurrent_handshakes: int = 64
+    handshakes_per_second: float = 200.0
+    retry_after_seconds: int = 2
+    max_retry_after_seconds: int = 60
+
+    def __post_init__(self) -> None:
+        for name in ("streams_per_principal_per_cluster", "streams_per_client_session",
+                     "max_concurrent_handshakes", "retry_after_seconds", "max_retry_after_seconds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("authorization_cache_seconds", "refusal_log_interval_seconds",
+                     "handshakes_per_second", "status_flush_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.authorization_cache_entries < 0:
+            raise ValueError("authorization_cache_entries must be >= 0")
 
     @property
     def database_path(self) -> str:
@@ -179,7 +212,10 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     limits = data.get("limits") or {}
+    admission = data.get("admission") or {}
     debug = data.get("debug") or {}
+    if not isinstance(limits, dict) or not isinstance(admission, dict):
+        raise ConfigError("limits and admission must be YAML mappings")
     mutable_claims, recheck_seconds = _authorization(data.get("authorization") or {})
     try:
         edge = edge_limits_from(data.get("listener") or {}, limits)
@@ -206,9 +242,19 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             match_mutable_claims=mutable_claims,
             recheck_seconds=recheck_seconds,
             edge=edge,
+            streams_per_principal_per_cluster=int(limits.get("streams_per_principal_per_cluster", 256)),
+            streams_per_client_session=int(limits.get("streams_per_client_session", 512)),
+            authorization_cache_seconds=float(limits.get("authorization_cache_seconds", 5.0)),
+            authorization_cache_entries=int(limits.get("authorization_cache_entries", 10000)),
+            refusal_log_interval_seconds=float(limits.get("refusal_log_interval_seconds", 10.0)),
+            status_flush_seconds=float(limits.get("status_flush_seconds", 1.0)),
+            max_concurrent_handshakes=int(admission.get("max_concurrent_handshakes", 64)),
+            handshakes_per_second=float(admission.get("handshakes_per_second", 200.0)),
+            retry_after_seconds=int(admission.get("retry_after_seconds", 2)),
+            max_retry_after_seconds=int(admission.get("max_retry_after_seconds", 60)),
         )
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"limits: {exc}") from None
+        raise ConfigError(f"limits/admission: {exc}") from None
 
 
 def _authorization(raw: Any) -> tuple[tuple[str, ...], float]:

@@ -27,6 +27,11 @@ class SessionDirectory(Protocol[S]):
 
     def get(self, cluster_id: str) -> S | None: ...
 
+    def is_present(self, cluster_id: str) -> bool:
+        """Whether a live agent session of ``cluster_id`` exists (on any
+        replica, once presence is shared): what ``connectivityStatus`` reports."""
+        ...
+
     async def wait_for(self, cluster_id: str, timeout: float, *, not_this: S | None = None) -> S | None:
         """The live session, waiting up to ``timeout`` seconds for one (other
         than ``not_this``) to register; None when none came."""
@@ -61,6 +66,9 @@ class LocalDirectory(Generic[S]):
 
     def get(self, cluster_id: str) -> S | None:
         return self._live.get(cluster_id)
+
+    def is_present(self, cluster_id: str) -> bool:
+        return cluster_id in self._live
 
     async def wait_for(self, cluster_id: str, timeout: float, *, not_this: S | None = None) -> S | None:
         loop = asyncio.get_running_loop()

@@ -46,6 +46,21 @@ class RelayMetrics:
             ["endpoint", "reason"],
             registry=r,
         )
+        self.admission_refused = Counter(
+            "arc_relay_admission_refused_total",
+            "Handshakes answered 503 + Retry-After by admission, by endpoint (agent, client).",
+            ["endpoint"],
+            registry=r,
+        )
+        self.handshakes_in_flight = Gauge(
+            "arc_relay_handshakes_in_flight", "Admitted handshakes not yet finished.", registry=r
+        )
+        self.upgrades_aborted = Counter(
+            "arc_relay_upgrades_aborted_total",
+            "Websocket upgrades whose peer went away mid-handshake, by endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
         for kind in ("agent", "client"):
             self.sessions.labels(kind).set(0)
         for direction in ("client_to_agent", "agent_to_client"):

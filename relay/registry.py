@@ -151,6 +151,10 @@ METADATA_FIELDS = {
     "totalCoreCount": ("total_core_count", int),
 }
 
+# Columns the write-behind may set (never the registration itself).
+_WRITABLE = frozenset({"connectivity_status", "last_connectivity_time",
+                       *(column for column, _ in METADATA_FIELDS.values())})
+
 
 class SqliteDatabase:
     """One SQLite file shared by the registry and the role store.
@@ -186,6 +190,16 @@ class SqliteDatabase:
             finally:
                 cur.close()
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Cursor]:
+        """A cursor for one read-only statement (autocommit; no transaction)."""
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -202,7 +216,8 @@ class SqliteRegistry:
         return Cluster(**{c: row[c] for c in _COLUMNS})
 
     def get(self, cluster_id: str) -> Cluster | None:
-        with self.db.transaction() as cur:
+        # A single SELECT: autocommit, no BEGIN/COMMIT pair on the connect path.
+        with self.db.reading() as cur:
             row = cur.execute("SELECT * FROM clusters WHERE id = ?", (cluster_id,)).fetchone()
         return self._row(row) if row else None
 
@@ -256,6 +271,24 @@ class SqliteRegistry:
                 "UPDATE clusters SET connectivity_status = ?, last_connectivity_time = ? WHERE id = ?",
                 (status, utc_now(), cluster_id),
             )
+
+    def apply_updates(self, batch: dict[str, dict[str, Any]]) -> None:
+        """Write many clusters' status/metadata columns in one transaction
+        (the write-behind flush of ``relay.status``; safe from a worker thread).
+
+        Args:
+            batch: cluster id -> {column: value}; columns must be status or
+                metadata columns (``_WRITABLE``), anything else is a bug.
+        """
+        with self.db.transaction() as cur:
+            for cid, columns in batch.items():
+                unknown = set(columns) - _WRITABLE
+                if unknown:
+                    raise ValueError(f"not a status/metadata column: {sorted(unknown)}")
+                if not columns:
+                    continue
+                assignments = ", ".join(f"{c} = ?" for c in columns)
+                cur.execute(f"UPDATE clusters SET {assignments} WHERE id = ?", (*columns.values(), cid))
 
     def set_metadata(self, cluster_id: str, metadata: dict[str, Any]) -> None:
         updates: dict[str, Any] = {}

@@ -16,7 +16,9 @@ bootstrap admins on ``/`` and are not stored.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -99,12 +101,64 @@ def assignment_errors(body: dict[str, Any]) -> list[str]:
     return errors
 
 
-class RoleStore:
-    """Role assignments in the relay's SQLite file, plus the bootstrap admins."""
+class AuthorizationCache:
+    """Recent ``allowed`` decisions, so a flood of OPENs (allowed or not) costs
+    a dict lookup each instead of a database query.
 
-    def __init__(self, db: SqliteDatabase, bootstrap_admins: Iterable[str] = ()) -> None:
+    Bounded both ways: an entry lives ``ttl`` seconds, and at most ``entries``
+    are kept (least recently used leave first). Any change of role
+    assignments made through this relay clears it (:meth:`clear`); a change
+    made elsewhere (another replica) is seen within ``ttl``.
+    """
+
+    def __init__(self, ttl: float = 5.0, entries: int = 10000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.entries = entries
+        self.clock = clock
+        self.hits = 0
+        self.misses = 0
+        self._decisions: OrderedDict[tuple[frozenset[str], str, str], tuple[bool, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._decisions)
+
+    def get(self, key: tuple[frozenset[str], str, str]) -> bool | None:
+        """The cached decision, or None when absent or expired."""
+        found = self._decisions.get(key)
+        if found is None or found[1] <= self.clock():
+            if found is not None:
+                del self._decisions[key]
+            self.misses += 1
+            return None
+        self._decisions.move_to_end(key)
+        self.hits += 1
+        return found[0]
+
+    def put(self, key: tuple[frozenset[str], str, str], decision: bool) -> None:
+        if self.ttl <= 0 or self.entries <= 0:
+            return
+        self._decisions[key] = (decision, self.clock() + self.ttl)
+        self._decisions.move_to_end(key)
+        while len(self._decisions) > self.entries:
+            self._decisions.popitem(last=False)
+
+    def clear(self) -> None:
+        self._decisions.clear()
+
+
+class RoleStore:
+    """Role assignments in the relay's SQLite file, plus the bootstrap admins.
+
+    ``allowed`` answers from :class:`AuthorizationCache` when it can; ``put``
+    and ``delete`` clear that cache.
+    """
+
+    def __init__(self, db: SqliteDatabase, bootstrap_admins: Iterable[str] = (),
+                 cache: AuthorizationCache | None = None) -> None:
         self.db = db
         self.bootstrap_admins = frozenset(bootstrap_admins)
+        self.cache = cache or AuthorizationCache()
 
     @staticmethod
     def _row(row: Any) -> RoleAssignment:
@@ -120,6 +174,7 @@ class RoleStore:
                 "SELECT created_at FROM role_assignments WHERE id = ?", (assignment.id,)
             ).fetchone()
             created_at = old["created_at"] if old else utc_now()
+            self.cache.clear()
             cur.execute(
                 "INSERT OR REPLACE INTO role_assignments "
                 "(id, principal_id, principal_type, role, scope, created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -139,6 +194,7 @@ class RoleStore:
     def delete(self, assignment_id: str) -> bool:
         with self.db.transaction() as cur:
             cur.execute("DELETE FROM role_assignments WHERE id = ?", (assignment_id,))
+            self.cache.clear()
             return cur.rowcount > 0
 
     def list_all(self) -> list[RoleAssignment]:
@@ -161,10 +217,16 @@ class RoleStore:
     def allowed(self, principal_ids: Iterable[str], action: Action, scope: str) -> bool:
         """Whether any of ``principal_ids`` holds a role granting ``action`` at
         ``scope`` (directly or through a covering scope)."""
-        ids = set(principal_ids)
+        ids = frozenset(principal_ids)
         if ids & self.bootstrap_admins:
             return True
-        return any(
+        key = (ids, action, scope)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        decision = any(
             action in ROLES.get(a.role, ()) and scope_covers(a.scope, scope)
             for a in self.for_principals(ids)
         )
+        self.cache.put(key, decision)
+        return decision

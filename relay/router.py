@@ -22,6 +22,7 @@ from typing import Any, cast
 from identity import Principal
 from relay.registry import cluster_id, valid_name
 from relay.roles import cluster_scope
+from relay.shares import SessionShare
 from relay.state import RelayState
 from tunnel import (
     ErrorCode,
@@ -80,6 +81,9 @@ async def _open_upstream(state: RelayState, cid: str) -> TunnelStream | tuple[Er
         try:
             return await session.open_stream(AGENT_TARGET, timeout=state.config.open_timeout_seconds)
         except StreamRefused as exc:
+            if exc.code == ErrorCode.TOO_MANY_STREAMS:
+                return exc.code, (f"the agent of cluster {cid} has all its streams in use "
+                                  "(agent limits.max_concurrent_streams); retry when some close")
             if exc.code not in _RETRY_ON_OTHER_SESSION:
                 return exc.code, exc.reason or "agent refused the stream"
         except TunnelClosed:
@@ -108,8 +112,14 @@ def _meter(counter: Any, recorder: DataRecorder | None) -> Callable[[bytes | mem
     return on_bytes
 
 
+def principal_key(principal: Principal) -> str:
+    """Who holds a stream share: issuer plus immutable object id."""
+    return f"{principal.issuer} {principal.oid}"
+
+
 async def route_stream(state: RelayState, principal: Principal, stream: TunnelStream,
-                       recorder: DataRecorder | None = None) -> None:
+                       recorder: DataRecorder | None = None, *,
+                       share: SessionShare | None = None) -> None:
     """``on_stream`` handler of a client session: authorise, route, splice.
 
     Args:
@@ -117,6 +127,7 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
         principal: who the client session authenticated as.
         stream: the pending stream (OPEN received, not yet accepted).
         recorder: test hook that records forwarded DATA (None: off).
+        share: the client session's stream share (None: a share of its own).
     """
     metrics = state.metrics
     started = time.monotonic()
@@ -133,7 +144,7 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
         return
     if not state.may_connect(principal, cluster_scope(rg, name)):
         metrics.streams_total.labels("forbidden").inc()
-        log.info("stream forbidden principal=%s cluster=%s", principal.name, cid)
+        state.refusals.refused("stream forbidden", principal.name, cid, "no connect role")
         scope = cluster_scope(rg, name)
         stream.reject(ErrorCode.FORBIDDEN, f"principal {principal.name} has no cluster-user or admin "
                                            f"role at scope {scope} (or /resourceGroups/{rg} or /)")
@@ -142,13 +153,32 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
         metrics.streams_total.labels("not_found").inc()
         stream.reject(ErrorCode.NOT_FOUND, f"cluster {cid} is not registered")
         return
+    share = share if share is not None else state.shares.new_session()
+    holder = principal_key(principal)
+    over = state.shares.acquire(share, holder, cid)
+    if over is not None:
+        metrics.streams_total.labels("over_share").inc()
+        state.refusals.refused("stream over share", principal.name, cid, "too many streams")
+        stream.reject(ErrorCode.TOO_MANY_STREAMS, over)
+        return
+    try:
+        await _route_within_share(state, principal, stream, cid, cluster_scope(rg, name), started,
+                                  recorder)
+    finally:
+        state.shares.release(share, holder, cid)
+
+
+async def _route_within_share(state: RelayState, principal: Principal, stream: TunnelStream,
+                              cid: str, scope: str, started: float,
+                              recorder: DataRecorder | None) -> None:
+    """Open the agent's stream, accept the client's, splice until both end."""
+    metrics = state.metrics
     upstream = await _open_upstream(state, cid)
     if isinstance(upstream, tuple):
         code, reason = upstream
         outcome = "offline" if code == ErrorCode.TARGET_UNAVAILABLE else "refused"
         metrics.streams_total.labels(outcome).inc()
-        log.info("stream %s principal=%s cluster=%s code=%s", outcome, principal.name, cid,
-                 getattr(code, "name", code))
+        state.refusals.refused(f"stream {outcome}", principal.name, cid, str(getattr(code, "name", code)))
         stream.reject(cast(ErrorCode, code), reason)
         return
     try:
@@ -163,7 +193,7 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
     metrics.streams_open.inc()
     log.debug("stream routed principal=%s cluster=%s", principal.name, cid)
     # Revoking the role or the token's expiry ends the stream (relay/revocation.py).
-    live = state.live_streams.add(principal, cluster_scope(rg, name), cid, stream, upstream)
+    live = state.live_streams.add(principal, scope, cid, stream, upstream)
     try:
         # Frame-level forwarding (no task per pair, no copy): DATA is passed
         # from one session to the other as credit allows; see tunnel/aio_forward.py.

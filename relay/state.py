@@ -16,12 +16,15 @@ from aiohttp import web
 
 from identity import Principal, TokenInvalid, TokenValidator
 from identity.agent_assertion import AgentAssertionVerifier
+from relay.admission import HandshakeAdmission
 from relay.config import RelayConfig
 from relay.directory import SessionDirectory
+from relay.log_limit import RefusalLog
 from relay.metrics import RelayMetrics
 from relay.registry import ClusterRegistry
 from relay.revocation import LiveStreams
 from relay.roles import RoleStore
+from relay.shares import StreamShares
 
 if TYPE_CHECKING:
     from relay.router import DataRecorder
@@ -55,11 +58,23 @@ class RelayState:
     agent_fingerprints: dict[TunnelSession, tuple[str, str]] = field(default_factory=dict)
     # Fire-and-forget tasks (GOAWAY of a replaced session), kept referenced.
     background: set[asyncio.Task[Any]] = field(default_factory=set)
-
+    # Built from ``config`` in __post_init__ (relay/shares.py, log_limit.py, admission.py).
+    shares: StreamShares = field(init=False)
+    refusals: RefusalLog = field(init=False)
+    admission: HandshakeAdmission = field(init=False)
     # Routed client streams, re-authorised while open (relay/revocation.py).
     live_streams: LiveStreams = field(init=False)
 
     def __post_init__(self) -> None:
+        config = self.config
+        self.shares = StreamShares(config.streams_per_principal_per_cluster,
+                                   config.streams_per_client_session)
+        self.refusals = RefusalLog(log, config.refusal_log_interval_seconds)
+        self.admission = HandshakeAdmission(config.max_concurrent_handshakes,
+                                            config.handshakes_per_second, config.retry_after_seconds,
+                                            max_retry_after=config.max_retry_after_seconds)
+        self.roles.cache.ttl = config.authorization_cache_seconds
+        self.roles.cache.entries = config.authorization_cache_entries
         self.live_streams = LiveStreams(
             self.config.recheck_seconds, self.may_connect,
             on_ended=lambda outcome: self.metrics.streams_total.labels(outcome).inc(),
@@ -89,6 +104,26 @@ def json_error(status: int, code: str, message: str, **headers: str) -> web.Resp
     return web.json_response(
         {"error": {"code": code, "message": message}}, status=status, headers=headers or None
     )
+
+
+def admission_refused(state: RelayState, endpoint: str) -> web.Response:
+    """The answer to a handshake beyond admission: 503 with ``Retry-After``,
+    counted, not logged per refusal (a storm would flood the log)."""
+    state.metrics.admission_refused.labels(endpoint).inc()
+    hint = state.admission.retry_after_hint()
+    return json_error(503, "Busy", f"relay is admitting handshakes at its limit; retry after {hint} s",
+                      **{"Retry-After": str(hint)})
+
+
+def upgrade_aborted(state: RelayState, request: web.Request, endpoint: str, exc: BaseException,
+                    **fields: str) -> web.Response:
+    """The peer went away mid-handshake (e.g. an agent that gave up waiting):
+    one INFO line, counted, no traceback. Returns a response aiohttp will
+    fail to send quietly."""
+    state.metrics.upgrades_aborted.labels(endpoint).inc()
+    log.info("%s upgrade aborted %s peer=%s error=%s", endpoint, log_fields(**fields),
+             request.remote, type(exc).__name__)
+    return web.Response(status=499, text="client closed request\n")
 
 
 def bearer_token(request: web.Request) -> str | None:

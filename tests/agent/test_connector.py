@@ -71,14 +71,22 @@ class ConnectProxy:
             writer.close()
 
 
-def test_connector_backoff_grows_jittered_and_capped() -> None:
-    """Delays start near 100 ms, double, stay within [d/2, d], cap at 2 s, reset."""
+def test_connector_backoff_grows_with_full_jitter_and_caps() -> None:
+    """The ceiling starts at 100 ms, doubles, caps at 2 s and resets; each
+    delay is drawn over the whole [0, ceiling] (full jitter)."""
     backoff = Backoff(0.1, 2.0)
-    delays = [backoff.next_delay() for _ in range(10)]
-    assert 0.05 <= delays[0] <= 0.1
-    assert all(1.0 <= d <= 2.0 for d in delays[5:])
+    ceilings = []
+    for _ in range(10):
+        ceilings.append(backoff.ceiling())
+        assert 0.0 <= backoff.next_delay() <= ceilings[-1]
+    assert ceilings[:5] == [0.1, 0.2, 0.4, 0.8, 1.6] and set(ceilings[5:]) == {2.0}
+    at_cap = [backoff.next_delay() for _ in range(2000)]
+    assert all(0.0 <= d <= 2.0 for d in at_cap)
+    # Full jitter, not [d/2, d]: the draws cover the low end too.
+    assert min(at_cap) < 0.2 and max(at_cap) > 1.8
+    assert backoff.next_delay(cap=0.5) <= 0.5
     backoff.reset()
-    assert backoff.next_delay() <= 0.1
+    assert backoff.ceiling() == 0.1
 
 
 def test_connector_resolves_proxy_from_config_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,3 +199,19 @@ async def test_connector_names_untrusted_relay_certificate(relay_env: RelayEnv) 
         await asyncio.sleep(0.05)
     assert connector.last_error.startswith("relay TLS certificate not trusted")
     assert not connector.connected
+
+
+def test_connector_dial_outlasts_the_relays_handshake_bound() -> None:
+    """By default an agent waits twice the tunnel handshake timeout for a
+    dial, so it never abandons a session the relay (bounded by one handshake
+    timeout) is about to finish; an explicit dial_timeout wins, 0 is unbounded."""
+    from agent.connector import ConnectorConfig
+    from tunnel import TunnelConfig
+
+    base = {"relay_url": "https://relay.test", "cluster_id": "rg/a", "private_key_pem": b"",
+            "upstream": ("127.0.0.1", 9)}
+    default = ConnectorConfig(**base)  # type: ignore[arg-type]
+    assert default.effective_dial_timeout == 2 * default.tunnel.handshake_timeout
+    assert default.effective_dial_timeout > TunnelConfig().handshake_timeout
+    assert ConnectorConfig(**base, dial_timeout=7.0).effective_dial_timeout == 7.0  # type: ignore[arg-type]
+    assert ConnectorConfig(**base, dial_timeout=0.0).effective_dial_timeout is None  # type: ignore[arg-type]

@@ -165,3 +165,48 @@ async def test_agent_cli_default_mode_serves_api_through_kube_aad_proxy(
             bridge.close()
         assert await agent.stop() == 0, agent.proc.stderr.read() if agent.proc.stderr else ""
         await api.stop()
+
+
+async def test_agent_cli_limits_its_session_streams_from_config(relay_env: RelayEnv, tmp_path: Path) -> None:
+    """``limits.max_concurrent_streams`` bounds the agent's session: with 2,
+    a third concurrent stream is refused TOO_MANY_STREAMS, naming the agent's
+    limit; once one closes a new one opens."""
+    from tunnel import ErrorCode, StreamRefused
+
+    echo = await start_echo_server()
+    config = _write_config(tmp_path / "agent.yaml", {
+        **_agent_base(relay_env, tmp_path, "rg1", "small"),
+        "forward_to": f"127.0.0.1:{server_port(echo)}", "limits": {"max_concurrent_streams": 2}})
+    agent = AgentProcess(config)
+    try:
+        await relay_env.wait_agent("rg1/small")
+        client = await relay_env.client(relay_env.token("admin"))
+        held = [await client.open_stream(b"rg1/small", timeout=WAIT) for _ in range(2)]
+        with pytest.raises(StreamRefused) as refused:
+            await client.open_stream(b"rg1/small", timeout=WAIT)
+        assert refused.value.code == ErrorCode.TOO_MANY_STREAMS
+        assert "limits.max_concurrent_streams" in refused.value.reason
+        await held[0].write_eof()
+        async with asyncio.timeout(WAIT):
+            while await held[0].read():
+                pass
+        await held[0].aclose()
+        assert await roundtrip(client, b"rg1/small", b"again") == b"again"
+    finally:
+        assert await agent.stop() == 0
+        echo.close()
+
+
+def test_agent_config_rejects_a_bad_stream_limit_in_one_line(tmp_path: Path) -> None:
+    """A non-positive ``limits.max_concurrent_streams`` is a one-line error."""
+    from certs import generate_key_pair
+
+    key = tmp_path / "agent.key"
+    key.write_bytes(generate_key_pair("x").private_key_pem)
+    config = _write_config(tmp_path / "agent.yaml", {
+        "relay": {"url": "https://relay.example"}, "cluster": {"resource_group": "rg", "name": "c"},
+        "forward_to": "127.0.0.1:1", "agent_key_file": str(key), "limits": {"max_concurrent_streams": 0}})
+    result = _run_cli(config)
+    assert result.returncode != 0
+    assert "limits.max_concurrent_streams" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr

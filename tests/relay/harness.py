@@ -161,10 +161,13 @@ class RelayEnv:
             with contextlib.suppress(Exception):
                 await session.close()
             task.cancel()
-        for connector, task in self.connectors:
+        async def stop(connector: Connector, task: asyncio.Task[None]) -> None:
             await connector.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, WAIT)
+
+        # Concurrently: each agent drains its session before it returns.
+        await asyncio.gather(*(stop(c, t) for c, t in self.connectors))
         await self.relay.stop(drain_seconds=0.5)
         await self.http.close()
         await self.idp.stop()

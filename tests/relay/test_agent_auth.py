@@ -165,3 +165,28 @@ def test_assertion_verifier_checks_claims() -> None:
         unverified_cluster_id("not.a.jwt")
     with pytest.raises(TokenInvalid):
         sign_agent_assertion(b"not a key", "rg/a", aud)
+
+
+def test_unverified_cluster_id_reads_only_a_well_formed_payload() -> None:
+    """The claimed cluster comes from the payload of a three-part token;
+    anything else is one 'malformed assertion' refusal; the verifier still
+    refuses an unreadable registered certificate."""
+    import base64
+    import json
+
+    aud = "https://relay.test/agent/v1/connect"
+    keys = generate_key_pair("rg/a")
+    assert unverified_cluster_id(sign_agent_assertion(keys.private_key_pem, "rg/a", aud)) == "rg/a"
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    for bad in ("a.b", "a.b.c.d", f"x.{b64(b'not json')}.y", f"x.{b64(json.dumps([1]).encode())}.y",
+                "x.!!!.y", "x." + "A" * 9000 + ".y"):
+        with pytest.raises(TokenInvalid, match="malformed"):
+            unverified_cluster_id(bad)
+    with pytest.raises(TokenInvalid, match="issuer"):
+        unverified_cluster_id(f"x.{b64(json.dumps({'sub': 'rg/a'}).encode())}.y")
+    with pytest.raises(TokenInvalid, match="unreadable"):
+        AgentAssertionVerifier(aud).verify(sign_agent_assertion(keys.private_key_pem, "rg/a", aud),
+                                           b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")

@@ -1,0 +1,174 @@
+"""Connectivity status derived from live sessions, persisted write-behind.
+
+``connectivityStatus`` used to be a column written on connect and on
+disconnect (in a ``finally`` a crash never runs): a relay killed while its
+agent was away came back reporting ``Connected`` with no session. Now:
+
+- **derived**: :class:`LiveStatusRegistry` answers ``get``/``list`` with
+  ``Connected`` exactly when the session directory says a live session exists
+  (``SessionDirectory.is_present``: this replica's sessions today, a shared
+  presence store such as Redis behind the same method later), ``Connecting``
+  for a cluster never seen connected, ``Offline`` otherwise.
+  ``lastConnectivityTime`` (last seen connected) and agent metadata come from
+  the store, overlaid with writes not yet flushed.
+- **write-behind**: a connect, a disconnect and a metadata report no longer
+  commit to SQLite on the event loop. They are coalesced per cluster (so the
+  backlog is bounded by the number of clusters) and flushed every
+  ``limits.status_flush_seconds`` in one transaction on a worker thread.
+- **reconciled at start-up**: :meth:`LiveStatusRegistry.start` marks every
+  stored ``Connected`` row without a live session ``Offline`` (a crash leaves
+  no such row behind for long; the derived view never shows one at all).
+
+Losing the last flush interval in a crash costs at most that much of
+``lastConnectivityTime`` and of the newest metadata report; the status itself
+is never stale because it is never read from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from relay.registry import (
+    METADATA_FIELDS,
+    Cluster,
+    ConnectivityStatus,
+    SqliteRegistry,
+    utc_now,
+)
+
+log = logging.getLogger("relay")
+
+
+def metadata_columns(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The columns an agent's metadata report sets (unknown or bad keys dropped)."""
+    updates: dict[str, Any] = {}
+    for key, (column, kind) in METADATA_FIELDS.items():
+        value = metadata.get(key)
+        if value is None:
+            continue
+        try:
+            updates[column] = kind(value) if kind is int else str(value)[:100]
+        except (TypeError, ValueError):
+            continue
+    return updates
+
+
+class LiveStatusRegistry:
+    """A ``ClusterRegistry`` whose status comes from live sessions (module docstring).
+
+    Args:
+        store: the durable registry.
+        is_present: whether a live agent session exists for a cluster id
+            (``SessionDirectory.is_present``).
+        flush_seconds: how long writes are coalesced before one flush (0:
+            flush as soon as the event loop is free).
+    """
+
+    def __init__(self, store: SqliteRegistry, is_present: Callable[[str], bool],
+                 flush_seconds: float = 1.0) -> None:
+        self.store = store
+        self.is_present = is_present
+        self.flush_seconds = flush_seconds
+        self.flushes = 0
+        # cluster id -> columns to write; one entry per cluster at most.
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._dirty = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def reconcile(self) -> int:
+        """Mark stored ``Connected`` rows without a live session ``Offline``;
+        returns how many were changed. Run before serving."""
+        stale = [c.id for c in self.store.list()
+                 if c.connectivity_status == "Connected" and not self.is_present(c.id)]
+        if stale:
+            self.store.apply_updates({cid: {"connectivity_status": "Offline"} for cid in stale})
+        log.info("status reconciled offline=%d", len(stale))
+        return len(stale)
+
+    async def start(self) -> None:
+        """Reconcile, then start the write-behind flusher."""
+        await asyncio.to_thread(self.reconcile)
+        self._flusher = asyncio.ensure_future(self._flush_loop())
+
+    async def stop(self) -> None:
+        """Stop the flusher and write what is pending."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write every pending update now (one transaction, worker thread)."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        try:
+            await asyncio.to_thread(self.store.apply_updates, batch)
+        except sqlite3.Error as exc:
+            # Keep them for the next flush, under anything newer.
+            for cid, columns in batch.items():
+                self._pending[cid] = {**columns, **self._pending.get(cid, {})}
+            log.warning("status flush failed clusters=%d error=%s", len(batch), type(exc).__name__)
+            return
+        self.flushes += 1
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await asyncio.sleep(self.flush_seconds)
+            await self.flush()
+
+    def _queue(self, cluster_id: str, columns: dict[str, Any]) -> None:
+        self._pending.setdefault(cluster_id, {}).update(columns)
+        self._dirty.set()
+
+    # -- ClusterRegistry ---------------------------------------------------------
+    def _view(self, cluster: Cluster) -> Cluster:
+        pending = self._pending.get(cluster.id)
+        if pending:
+            cluster = replace(cluster, **pending)
+        if self.is_present(cluster.id):
+            status: ConnectivityStatus = "Connected"
+        elif cluster.connectivity_status == "Connecting" and cluster.last_connectivity_time is None:
+            status = "Connecting"
+        else:
+            status = "Offline"
+        return replace(cluster, connectivity_status=status)
+
+    def get(self, cluster_id: str) -> Cluster | None:
+        cluster = self.store.get(cluster_id)
+        return self._view(cluster) if cluster is not None else None
+
+    def list(self, resource_group: str | None = None) -> list[Cluster]:
+        return [self._view(c) for c in self.store.list(resource_group)]
+
+    def put(self, cluster: Cluster) -> tuple[Cluster, bool]:
+        stored, created = self.store.put(cluster)
+        return self._view(stored), created
+
+    def delete(self, cluster_id: str) -> bool:
+        self._pending.pop(cluster_id, None)
+        return self.store.delete(cluster_id)
+
+    def set_connectivity(self, cluster_id: str, status: ConnectivityStatus) -> None:
+        """Record a connect or disconnect (write-behind); the status reported
+        comes from the directory, the stored one only feeds reconciliation."""
+        self._queue(cluster_id, {"connectivity_status": status, "last_connectivity_time": utc_now()})
+
+    def set_metadata(self, cluster_id: str, metadata: dict[str, Any]) -> None:
+        # A report is proof of connectivity: lastConnectivityTime means "last
+        # seen connected" (as in Azure Arc), not "last status change".
+        self._queue(cluster_id, {**metadata_columns(metadata), "last_connectivity_time": utc_now()})
+
+    def ping(self) -> bool:
+        return self.store.ping()

@@ -1,0 +1,168 @@
+"""connectivityStatus is derived from live sessions, never left behind by a crash.
+
+In process: Connected exactly while a session is live, Offline the moment it
+ends (lastConnectivityTime kept), connect/disconnect/metadata persisted
+write-behind, stale ``Connected`` rows reconciled at start-up. As processes: a
+relay killed with SIGKILL while its agent was connected, restarted after the
+agent went away, reports the cluster Offline, and arc-proxy's start-up check
+says the agent is offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+from agent.connector import Connector, ConnectorConfig
+from certs import CertificateAuthority, client_ssl_context, generate_key_pair
+from relay.registry import Cluster, SqliteDatabase, SqliteRegistry
+from sandbox.idp import SandboxIdp
+from tests.relay.harness import ADMIN_OID, WAIT, RelayEnv, free_port, running_env
+
+
+@pytest.fixture
+async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
+    """A started relay and sandbox issuer."""
+    async with running_env(tmp_path) as env:
+        yield env
+
+
+def _stored_status(db_file: Path, cid: str) -> str | None:
+    """The status column as persisted (read-only, beside the relay's own connection)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_file}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT connectivity_status FROM clusters WHERE id = ?", (cid,)).fetchone()
+    return str(row[0]) if row else None
+
+
+async def test_relay_status_follows_live_session_and_is_written_behind(relay_env: RelayEnv) -> None:
+    """Connected while the session lives; Offline as soon as it ends, with
+    lastConnectivityTime kept; the store catches up at the next flush."""
+    keys = relay_env.register("rg1", "alpha")
+    registry = relay_env.state.registry
+    assert registry.get("rg1/alpha").connectivity_status == "Connecting"
+    connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", 9))
+    await relay_env.wait_agent("rg1/alpha")
+    assert registry.get("rg1/alpha").connectivity_status == "Connected"
+    await registry.flush()
+    assert registry.store.get("rg1/alpha").connectivity_status == "Connected"
+    await connector.stop()
+    async with asyncio.timeout(WAIT):
+        while relay_env.state.directory.is_present("rg1/alpha"):
+            await asyncio.sleep(0.01)
+    cluster = registry.get("rg1/alpha")
+    assert cluster.connectivity_status == "Offline" and cluster.last_connectivity_time
+    await registry.flush()
+    assert registry.store.get("rg1/alpha").connectivity_status == "Offline"
+    assert registry.flushes >= 2
+
+
+async def test_relay_reconciles_stale_connected_rows_at_start(tmp_path: Path) -> None:
+    """A database left saying Connected (a crash) is corrected before serving."""
+    db = SqliteDatabase(tmp_path / "relay" / "relay.db")
+    store = SqliteRegistry(db)
+    store.put(Cluster(name="alpha", resource_group="rg1",
+                      agent_public_key_certificate=generate_key_pair("a").certificate_pem.decode()))
+    store.set_connectivity("rg1/alpha", "Connected")
+    db.close()
+    async with running_env(tmp_path) as env:
+        assert env.state.registry.store.get("rg1/alpha").connectivity_status == "Offline"
+        status, body = await env.api("GET", "/api/v1/resourceGroups/rg1/clusters/alpha",
+                                     env.token("admin"))
+        assert status == 200 and body["connectivityStatus"] == "Offline"
+        assert body["lastConnectivityTime"]
+
+
+async def _start_relay_process(config_file: Path) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "relay.cli", "--config", str(config_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), WAIT)
+    assert line.startswith(b"arc-relay: serving"), line
+    return proc
+
+
+async def test_relay_killed_while_agent_connected_reports_offline_after_restart(tmp_path: Path) -> None:
+    """SIGKILL the relay while the agent is connected (the store says
+    Connected), let the agent go away, restart the relay: the cluster is
+    Offline with its lastConnectivityTime, and arc-proxy refuses to start
+    with the one-line "agent offline" error."""
+    idp = SandboxIdp(tmp_path / "idp")
+    await idp.start()
+    port = free_port()
+    state_dir = tmp_path / "relay"
+    config_file = tmp_path / "relay.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "listen": f"127.0.0.1:{port}", "state_dir": str(state_dir),
+        "oidc": {"issuers": [{"issuer": idp.issuer, "audiences": ["api://cluster-connect"],
+                              "ca_file": str(idp.ca_file)}]},
+        "admins": [ADMIN_OID], "limits": {"status_flush_seconds": 0.05}}))
+    relay = await _start_relay_process(config_file)
+    relay_url = f"https://127.0.0.1:{port}"
+    ca_pem = (state_dir / "tls" / "ca.crt").read_bytes()
+    keys = generate_key_pair("rg1/alpha")
+    serving_ca = CertificateAuthority.create("alpha serving CA").certificate_pem.decode()
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl_context(ca_pem)))
+    admin = {"Authorization": f"Bearer {idp.mint('admin')}"}
+    cluster_url = f"{relay_url}/api/v1/resourceGroups/rg1/clusters/alpha"
+    connector = Connector(ConnectorConfig(relay_url=relay_url, cluster_id="rg1/alpha",
+                                          private_key_pem=keys.private_key_pem, upstream=("127.0.0.1", 9),
+                                          relay_ca_pem=ca_pem))
+    agent = asyncio.ensure_future(connector.run())
+    try:
+        async with http.put(cluster_url, headers=admin, json={
+                "agentPublicKeyCertificate": keys.certificate_pem.decode(),
+                "servingCaCertificate": serving_ca, "tlsServerName": "kube-aad-proxy.alpha"}) as resp:
+            assert resp.status in (200, 201), await resp.text()
+        assert await connector.wait_connected(WAIT)
+        async with asyncio.timeout(WAIT):
+            while _stored_status(state_dir / "relay.db", "rg1/alpha") != "Connected":
+                await asyncio.sleep(0.02)
+        relay.send_signal(signal.SIGKILL)
+        await relay.wait()
+        await connector.stop()
+        await asyncio.wait_for(agent, WAIT)
+        assert _stored_status(state_dir / "relay.db", "rg1/alpha") == "Connected"  # what the crash left
+
+        relay = await _start_relay_process(config_file)
+        async with http.get(cluster_url, headers=admin) as resp:
+            body = await resp.json()
+        assert body["connectivityStatus"] == "Offline" and body["lastConnectivityTime"], body
+        assert _stored_status(state_dir / "relay.db", "rg1/alpha") == "Offline"
+
+        client_config = tmp_path / "client.yaml"
+        token_file = tmp_path / "token"
+        token_file.write_text(idp.mint("admin"))
+        client_config.write_text(yaml.safe_dump({
+            "relay": {"url": relay_url, "ca_file": str(state_dir / "tls" / "ca.crt")},
+            "auth": {"token_command": f"cat {token_file}"}}))
+        proxy = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "client.proxy_cli", "-n", "alpha", "-g", "rg1", "--port", "0",
+            "--file", str(tmp_path / "kubeconfig"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "ARC_CONFIG": str(client_config)})
+        _, err = await asyncio.wait_for(proxy.communicate(), WAIT * 2)
+        text = err.decode()
+        assert proxy.returncode != 0
+        assert "offline" in text and "rg1/alpha" in text and "Traceback" not in text, text
+        assert text.strip().count("\n") == 0, text
+    finally:
+        if relay.returncode is None:
+            relay.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(relay.wait(), WAIT)
+        if not agent.done():
+            await connector.stop()
+            await asyncio.wait_for(agent, WAIT)
+        await http.close()
+        await idp.stop()
