@@ -4,6 +4,13 @@ Modelled on h2's ``WindowManager``: the receiver tracks how much credit the peer
 still has, counts bytes the application has *consumed*, and decides when to return
 credit. Returning credit in batches (once at least half the window is consumed)
 keeps the WINDOW frame rate low without ever letting a fast sender run dry.
+
+Auto-tuning (clock-free, in the spirit of QUIC / gRPC BDP window growth): the
+manager remembers the lowest credit the peer had left since the last return
+(``_low_water``). If, when the reader's consumption triggers a return, the peer
+had been down to a quarter of the window or less, the window was what limited
+the sender, so the window doubles (as far as the caller's allowance lets it). A
+reader that stops never consumes, so its window never grows.
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ class WindowManager:
         current_window_size: Credit the peer has left (bytes it may still send).
     """
 
-    __slots__ = ("_bytes_processed", "current_window_size", "max_window_size")
+    __slots__ = ("_bytes_processed", "_low_water", "current_window_size", "max_window_size")
 
     def __init__(self, max_window_size: int) -> None:
         self.max_window_size = max_window_size
         self.current_window_size = max_window_size
         self._bytes_processed = 0
+        # Lowest credit the peer had since we last returned some (auto-tuning).
+        self._low_water = max_window_size
 
     @property
     def pending(self) -> int:
@@ -40,9 +49,12 @@ class WindowManager:
         Raises:
             LocalProtocolError: FLOW_CONTROL_ERROR if the peer sent more than granted.
         """
-        self.current_window_size -= size
-        if self.current_window_size < 0:
-            raise LocalProtocolError("peer exceeded its window", ErrorCode.FLOW_CONTROL_ERROR)
+        current = self.current_window_size - size
+        self.current_window_size = current
+        if current < self._low_water:
+            self._low_water = current
+            if current < 0:
+                raise LocalProtocolError("peer exceeded its window", ErrorCode.FLOW_CONTROL_ERROR)
 
     def window_opened(self, size: int) -> None:
         """Record that we granted ``size`` more bytes outside :meth:`process_bytes`.
@@ -55,19 +67,22 @@ class WindowManager:
             raise LocalProtocolError("window above 2**31-1", ErrorCode.FLOW_CONTROL_ERROR)
         self.max_window_size = max(self.current_window_size, self.max_window_size)
 
-    def process_bytes(self, size: int) -> int | None:
+    def process_bytes(self, size: int, growth_allowance: int = 0) -> int | None:
         """Record that the application consumed ``size`` bytes.
 
         Args:
             size: Bytes consumed.
+            growth_allowance: How much ``max_window_size`` may grow now if the
+                peer was window-limited (0: never grow). Growth is at most
+                doubling per return; read ``max_window_size`` to see it.
 
         Returns:
             The increment to send in a WINDOW frame now, or None to wait.
         """
         self._bytes_processed += size
-        return self._maybe_update_window()
+        return self._maybe_update_window(growth_allowance)
 
-    def _maybe_update_window(self) -> int | None:
+    def _maybe_update_window(self, growth_allowance: int) -> int | None:
         # h2's rule: send when at least half the window is consumed, or when the
         # peer is completely out of credit and a little (min(1 KiB, window/4)) can
         # be returned - otherwise a small window could stall forever.
@@ -80,8 +95,13 @@ class WindowManager:
         ) or processed >= self.max_window_size // 2:
             increment = min(processed, max_increment)
             self._bytes_processed = 0
+            if growth_allowance > 0 and self._low_water <= self.max_window_size // 4:
+                growth = min(self.max_window_size, growth_allowance)
+                self.max_window_size += growth
+                increment += growth
             if increment <= 0:
                 return None
             self.current_window_size += increment
+            self._low_water = self.current_window_size
             return increment
         return None
