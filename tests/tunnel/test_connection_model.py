@@ -28,7 +28,7 @@ from tunnel import (
     StreamState,
 )
 from tunnel.events import Event
-from tunnel.limits import INITIAL_SESSION_WINDOW, INITIAL_STREAM_WINDOW
+from tunnel.limits import INITIAL_SESSION_WINDOW
 
 
 def _open(pair: TunnelPair, opener: Connection) -> int:
