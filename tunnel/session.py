@@ -143,6 +143,13 @@ class SessionCore:
         return self._session_recv.pending
 
     @property
+    def queued_replies(self) -> int:
+        """Control replies to the peer (PONG, RESET answers) queued since the
+        last ``data_to_send()``; the session fails above
+        ``limits.max_queued_replies``."""
+        return self._queued_replies
+
+    @property
     def stream_window_growth(self) -> int:
         """Bytes of receive window our live streams hold above the initial one
         (never above ``limits.stream_window_budget``)."""
