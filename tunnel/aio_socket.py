@@ -286,6 +286,19 @@ def attach(stream: TunnelStream, reader: asyncio.StreamReader, transport: Any) -
     if not isinstance(buffered, bytearray) or not isinstance(eof, bool):
         return None
     splice = SocketSplice(stream, transport)
+    if reader.exception() is not None or transport.is_closing():
+        # The connection was reset (or closed) before the join: its
+        # connection_lost already went to the StreamReader, so the splice
+        # would never hear of it. End the stream now.
+        stream._bridge = splice
+        log.info(
+            "%s x stream %d: local connection gone before the stream opened: reset CANCEL",
+            stream._session.name, stream.id,
+        )
+        splice._abort_stream()
+        if not splice.lost.done():
+            splice.lost.set_result(None)
+        return splice
     transport.set_protocol(splice)
     stream._bridge = splice
     pending = bytes(buffered)
