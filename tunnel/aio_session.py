@@ -102,6 +102,18 @@ class TunnelSession(SessionIO):
         return len(self._streams)
 
     @property
+    def buffered(self) -> int:
+        """Bytes received on this session's streams and not yet consumed (read,
+        written to a socket, or passed on by the relay's bridge)."""
+        return sum(stream.buffered for stream in self._streams.values())
+
+    @property
+    def buffer_bound(self) -> int:
+        """What ``buffered`` can reach right now: the receive windows granted
+        to the live streams (never above ``config.limits.buffer_bound``)."""
+        return self._core.buffered_bound
+
+    @property
     def goaway_received(self) -> bool:
         """True once the peer sent GOAWAY (e.g. the relay is shutting down):
         open no new streams here; dial a new session for new work."""
