@@ -191,7 +191,9 @@ class Connection(FrameReceiver):
         if stream.machine.state in _PEER_MAY_SEND:
             window = stream.recv_window
             before = window.max_window_size
-            increment = window.process_bytes(n, self._growth_allowance(stream))
+            increment = window.process_bytes(
+                n, self._growth_allowance(stream), drained=not stream.unacked
+            )
             if increment:
                 self._stream_growth += window.max_window_size - before
                 stream.machine.process(StreamInput.SEND_WINDOW)

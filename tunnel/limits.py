@@ -170,8 +170,8 @@ class Limits:
         max_concurrent_streams: Streams the peer may have open at once.
         stream_window: Largest receive window a stream may grow to
             (>= INITIAL_STREAM_WINDOW). Every stream starts at
-            INITIAL_STREAM_WINDOW; its window doubles each time its reader
-            returns credit after the sender ran short of it, up to this value.
+            INITIAL_STREAM_WINDOW; its window doubles each time credit is
+            returned while its reader keeps up, up to this value.
         session_window: Receive window granted for the session
             (>= INITIAL_SESSION_WINDOW; the excess is granted at start-up).
             Bounds bytes in flight, not buffered bytes (credit comes back on receipt).

@@ -5,12 +5,14 @@ still has, counts bytes the application has *consumed*, and decides when to retu
 credit. Returning credit in batches (once at least half the window is consumed)
 keeps the WINDOW frame rate low without ever letting a fast sender run dry.
 
-Auto-tuning (clock-free, in the spirit of QUIC / gRPC BDP window growth): the
-manager remembers the lowest credit the peer had left since the last return
-(``_low_water``). If, when the reader's consumption triggers a return, the peer
-had been down to a quarter of the window or less, the window was what limited
-the sender, so the window doubles (as far as the caller's allowance lets it). A
-reader that stops never consumes, so its window never grows.
+Auto-tuning (clock-free, in the spirit of QUIC / gRPC BDP window growth): when
+the reader's consumption triggers a return and the reader keeps up - it has
+drained everything delivered, or the peer's credit had fallen to a quarter of
+the window or less since the last return (``_low_water``: the window limited
+the sender) - the window doubles, as far as the caller's allowance lets it.
+Bigger windows also mean fewer, larger batches per wake-up on both ends. A
+reader that stops never consumes, and a slow one never drains, so neither
+grows its window.
 """
 
 from __future__ import annotations
@@ -67,22 +69,25 @@ class WindowManager:
             raise LocalProtocolError("window above 2**31-1", ErrorCode.FLOW_CONTROL_ERROR)
         self.max_window_size = max(self.current_window_size, self.max_window_size)
 
-    def process_bytes(self, size: int, growth_allowance: int = 0) -> int | None:
+    def process_bytes(
+        self, size: int, growth_allowance: int = 0, *, drained: bool = False
+    ) -> int | None:
         """Record that the application consumed ``size`` bytes.
 
         Args:
             size: Bytes consumed.
             growth_allowance: How much ``max_window_size`` may grow now if the
-                peer was window-limited (0: never grow). Growth is at most
-                doubling per return; read ``max_window_size`` to see it.
+                reader keeps up (0: never grow). Growth is at most doubling
+                per return; read ``max_window_size`` to see it.
+            drained: The reader holds nothing more of this window's bytes.
 
         Returns:
             The increment to send in a WINDOW frame now, or None to wait.
         """
         self._bytes_processed += size
-        return self._maybe_update_window(growth_allowance)
+        return self._maybe_update_window(growth_allowance, drained)
 
-    def _maybe_update_window(self, growth_allowance: int) -> int | None:
+    def _maybe_update_window(self, growth_allowance: int, drained: bool = False) -> int | None:
         # h2's rule: send when at least half the window is consumed, or when the
         # peer is completely out of credit and a little (min(1 KiB, window/4)) can
         # be returned - otherwise a small window could stall forever.
@@ -95,7 +100,9 @@ class WindowManager:
         ) or processed >= self.max_window_size // 2:
             increment = min(processed, max_increment)
             self._bytes_processed = 0
-            if growth_allowance > 0 and self._low_water <= self.max_window_size // 4:
+            if growth_allowance > 0 and (
+                drained or self._low_water <= self.max_window_size // 4
+            ):
                 growth = min(self.max_window_size, growth_allowance)
                 self.max_window_size += growth
                 increment += growth
