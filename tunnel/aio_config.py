@@ -39,8 +39,8 @@ ADAPTER_SEND_PAYLOAD = int(
     os.environ.get("ARC_TUNNEL_SEND_PAYLOAD") or _limits.PROTOCOL_MAX_PAYLOAD
 )
 # Largest receive window a stream of this adapter grows to (every stream starts
-# at INITIAL_STREAM_WINDOW and doubles while its reader keeps up and the sender
-# is window-limited: auto-tuning, tunnel/windows.py). One stream moves at most
+# at INITIAL_STREAM_WINDOW and doubles while its reader keeps up: auto-tuning,
+# tunnel/windows.py). One stream moves at most
 # window / RTT, and on the full path the RTT is three busy event loops, not a
 # wire: bench/e2e.py, same run, 1 / 4 / 8 / 16 MiB: 294 / 353 / 353 / 364 MB/s
 # and 5.39 / 4.67 / 4.73 / 4.99 CPU-s/GB (fewer stalls also mean bigger batches

@@ -168,8 +168,8 @@ class Connection(FrameReceiver):
     def acknowledge_received_data(self, stream_id: int, n: int) -> None:
         """Tell the core that the app consumed ``n`` bytes of ``DataReceived`` data.
 
-        May queue a WINDOW frame returning the stream's credit, grown when the
-        peer was window-limited (auto-tuning, see ``tunnel/windows.py``). Session
+        May queue a WINDOW frame returning the stream's credit, grown while the
+        reader keeps up (auto-tuning, see ``tunnel/windows.py``). Session
         credit already went back on receipt. Acknowledging bytes of a stream that
         is reset or closed both ways is a no-op.
 
