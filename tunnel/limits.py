@@ -49,7 +49,7 @@ PROTOCOL_MAX_PAYLOAD = 64 * 1024
 # HTTP/2's 64 KiB. Small on purpose: a receiver holds up to a stream's window for
 # a reader that stopped reading, and a session may carry 1,024 streams, so this
 # value times the stream limit is the part of a receiver's memory bound that no
-# policy can take back (64 MiB per session at the defaults). Windows then grow
+# policy can take back (64 MiB per side's streams per session at the defaults). Windows then grow
 # while their reader drains them (auto-tuning, ``Limits.stream_window``), so one
 # fast stream still reaches the adapter's 4 MiB after a few round trips.
 INITIAL_STREAM_WINDOW = PROTOCOL_MAX_PAYLOAD
