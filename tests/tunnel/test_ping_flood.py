@@ -187,3 +187,51 @@ def test_queued_replies_cap_ends_the_session_in_the_core() -> None:
     assert goaway.error_code is ErrorCode.ENHANCE_YOUR_CALM
     with contextlib.suppress(Exception):
         conn.receive(ping)
+
+
+async def test_many_pings_from_a_reading_client_are_all_answered() -> None:
+    """The cap is about not reading, not about volume: a client that sends far
+    more PINGs than the cap (in modest batches) while reading its PONGs gets
+    every PONG and keeps its session."""
+    config = TunnelConfig(limits=adapter_limits(max_queued_replies=MAX_REPLIES))
+    sessions: list[TunnelSession] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws = server_websocket_response(config)
+        await ws.prepare(request)
+        session = TunnelSession(ws, is_client=False, config=config, name="server")
+        sessions.append(session)
+        await session.run()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/tunnel", handle)
+    runner, port = await _serve(app)
+    total = 40 * MAX_REPLIES
+    try:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(
+                f"http://127.0.0.1:{port}/tunnel", **ws_connect_kwargs(config)
+            )
+            pongs = 0
+
+            async def read_pongs() -> None:
+                nonlocal pongs
+                while pongs < total:
+                    msg = await ws.receive()
+                    assert msg.type is aiohttp.WSMsgType.BINARY, msg
+                    pongs += Frame.parse(msg.data).type == Frame.pong(b"12345678").type
+
+            reader = asyncio.create_task(read_pongs())
+            ping = Frame.ping(b"12345678").serialize()
+            async with asyncio.timeout(WAIT):
+                for _ in range(total // PINGS_PER_WRITE):
+                    for _ in range(PINGS_PER_WRITE):
+                        await ws.send_bytes(ping)
+                    await asyncio.sleep(0)  # let the reader run between batches
+                await reader
+            assert pongs == total
+            assert sessions and not sessions[0].closed
+            await ws.close()
+    finally:
+        await runner.cleanup()
