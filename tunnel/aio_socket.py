@@ -286,8 +286,8 @@ def attach(stream: TunnelStream, reader: asyncio.StreamReader, transport: Any) -
     if not isinstance(buffered, bytearray) or not isinstance(eof, bool):
         return None
     splice = SocketSplice(stream, transport)
-    if reader.exception() is not None or transport.is_closing():
-        # The connection was reset (or closed) before the join: its
+    if reader.exception() is not None or (transport.is_closing() and not eof):
+        # The connection was reset (or aborted) before the join: its
         # connection_lost already went to the StreamReader, so the splice
         # would never hear of it. End the stream now.
         stream._bridge = splice
