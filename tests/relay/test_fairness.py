@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -162,4 +163,65 @@ async def test_relay_many_stalled_readers_in_one_session_do_not_slow_its_other_s
         for s in stalled:
             s.reset()
     finally:
+        upstream.close()
+
+
+async def test_relay_stalled_kubectl_sockets_behind_arc_proxy_do_not_slow_a_live_one(
+    relay_env: RelayEnv,
+) -> None:
+    """The whole path: 8 kubectl-side sockets on arc-proxy's listener that
+    never read a byte (a ``logs -f | less`` each) while the upstream keeps
+    sending; a ninth socket on the same listener still moves 4 MiB both ways,
+    byte-exact, and the relay's agent leg stays within its bound."""
+    from client.listener import LocalListener
+
+    class Keeper:
+        def __init__(self, session: TunnelSession) -> None:
+            self.the_session = session
+
+        async def session(self) -> TunnelSession:
+            return self.the_session
+
+    upstream = await _start_upstream()
+    keys = relay_env.register("rg1", "alpha")
+    relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+    await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(upstream)))
+    agent_leg = await relay_env.wait_agent("rg1/alpha")
+    session = await relay_env.client(relay_env.token("demo"))
+    listener = LocalListener(Keeper(session), b"rg1/alpha", port=0)  # type: ignore[arg-type]
+    await listener.bind()
+    await listener.serve()
+    stalled: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(8):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", listener.port))
+            _, writer = await asyncio.open_connection(sock=sock)
+            writer.write(b"F")
+            stalled.append(writer)
+        # The stall reached the relay: each stalled stream's next window waits there.
+        await _until(lambda: agent_leg.buffered >= len(stalled) * INITIAL_STREAM_WINDOW,
+                     "the stall reached the relay")
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        payload = os.urandom(4 * 1024 * 1024)
+
+        async def send() -> None:
+            writer.write(b"E")
+            for i in range(0, len(payload), 65536):
+                writer.write(payload[i:i + 65536])
+                await writer.drain()
+
+        async with asyncio.timeout(WAIT * 3):
+            sender = asyncio.create_task(send())
+            assert await reader.readexactly(len(payload)) == payload
+            await sender
+        writer.close()
+        assert agent_leg.buffered <= agent_leg.buffer_bound <= agent_leg.config.limits.buffer_bound
+        assert not session.closed and not session.draining
+    finally:
+        for w in stalled:
+            w.transport.abort()
+        await listener.close()
         upstream.close()
