@@ -12,8 +12,9 @@ processes:
   the same stream with the core's 16 KiB frames instead of the adapter's 64 KiB;
 * round trip of a 64-byte message (echo ping-pong on one stream), p50/p99 and
   CPU microseconds per round trip; tunnel and raw TCP alternate in blocks;
-* fairness (tunnel only): throughput of 7 streams while an 8th stream's reader
-  is stalled (its sender parked on credit), divided by the throughput of the
+* fairness (tunnel only): throughput of 7 streams while 8 other streams'
+  readers are stalled (their senders parked on credit; 4 on the same session,
+  4 on a second session to the same peer), divided by the throughput of the
   same 7 streams with no stalled stream (median of alternating rounds).
 
 Both processes call ``tunnel.aio.tune_allocator()`` first, as the production
@@ -54,7 +55,8 @@ COUNT = struct.Struct("!Q")
 CHUNK = b"\x00" * (1 << 20)  # what a bulk sender writes per call (zeros: no compression anywhere)
 MESSAGE = b"m" * 64  # the round-trip message
 DURATION = float(os.environ.get("BENCH_DURATION", "2.5"))  # seconds per throughput figure
-FAIRNESS_ROUNDS = 5  # alternations of "7 alone" / "7 beside a stalled 8th"
+FAIRNESS_ROUNDS = 5  # alternations of "7 alone" / "7 beside 8 stalled"
+FAIRNESS_STALLED = 8  # stalled streams per round, half of them on a second session
 RTT_ROUNDS = 4000  # round trips per RTT measurement (after warm-up)
 RTT_BLOCK = 500  # tunnel and raw TCP alternate in blocks of this many
 WARMUP_ROUNDS = 300
@@ -245,27 +247,36 @@ async def _rtts(session: TunnelSession, port: int, peer_pid: int) -> dict[str, f
     return r
 
 
-async def _fairness(session: TunnelSession) -> tuple[float, float, float]:
-    """Return (7 streams alone MB/s, 7 beside a stalled 8th MB/s, fairness).
+async def _fairness(
+    session: TunnelSession, second: TunnelSession
+) -> tuple[float, float, float]:
+    """Return (7 streams alone MB/s, 7 beside FAIRNESS_STALLED stalled MB/s, fairness).
 
+    The stalled streams are spread over ``session`` (where the 7 run) and
+    ``second``; each one's sender writes more than any window the peer may
+    grant, so it parks on credit with the peer's reader never reading.
     The two cases alternate FAIRNESS_ROUNDS times, DURATION / 3 each, and the
     fairness is the median of the per-round ratios, so that load changes on a
     shared machine hit both sides of a ratio alike.
     """
     alone: list[float] = []
     beside: list[float] = []
+    more_than_window = session.config.limits.stream_window // len(CHUNK) + 4
     for _ in range(FAIRNESS_ROUNDS):
         alone.append(await _timed_bulk(7, _tunnel_sink(session), DURATION / 3))
-        stalled = await session.open_stream(b"stall")
-        # More than the window the peer grants, so the writer must park.
-        more_than_window = session.config.limits.stream_window // len(CHUNK) + 4
-        filler = asyncio.create_task(stalled.write(CHUNK * more_than_window))
-        while stalled._write_waiter is None:  # parked on credit: the window is full
+        stalled = [
+            await (session if n % 2 else second).open_stream(b"stall")
+            for n in range(FAIRNESS_STALLED)
+        ]
+        fillers = [asyncio.create_task(s.write(CHUNK * more_than_window)) for s in stalled]
+        # Parked on credit: the peer's window for each is full.
+        while any(s._write_waiter is None for s in stalled):
             await asyncio.sleep(0.01)
         beside.append(await _timed_bulk(7, _tunnel_sink(session), DURATION / 3))
-        assert not filler.done(), "the stalled stream's sender must stay blocked"
-        filler.cancel()
-        stalled.reset()
+        assert not any(f.done() for f in fillers), "the stalled senders must stay blocked"
+        for filler, stream in zip(fillers, stalled, strict=True):
+            filler.cancel()
+            stream.reset()
     ratio = statistics.median(b / a for a, b in zip(alone, beside, strict=True))
     return statistics.mean(alone), statistics.mean(beside), ratio
 
@@ -314,8 +325,16 @@ async def run_client() -> dict[str, float | str]:
             r["tunnel_8_MBps"] = await _timed_bulk(8, _tunnel_sink(session))
             r["raw_8_MBps"] = await _timed_bulk(8, _tcp_sink(ports["tcp"]))
             r.update(await _rtts(session, ports["tcp"], proc.pid))
-            alone, beside, fairness = await _fairness(session)
+            ws2 = await http.ws_connect(
+                f"http://127.0.0.1:{ports['ws']}/tunnel", **ws_connect_kwargs()
+            )
+            second = TunnelSession(ws2, is_client=True, config=TunnelConfig(), name="bench-2")
+            runner2 = asyncio.create_task(second.run())
+            alone, beside, fairness = await _fairness(session, second)
             r["fair_7_alone_MBps"], r["fair_7_beside_stalled_MBps"] = alone, beside
+            r["fair_stalled_streams"] = float(FAIRNESS_STALLED)
+            await second.close()
+            await runner2
             await session.close()
             await runner
     finally:
@@ -409,7 +428,8 @@ def print_table(r: dict[str, float | str]) -> None:
         f"{_f(r['tunnel_rtt_cpu_us']):.1f}, raw TCP {_f(r['raw_rtt_cpu_us']):.1f}"
     )
     print(
-        f"fairness: 7 streams beside a stalled 8th {_f(r['fair_7_beside_stalled_MBps']):.1f}"
+        f"fairness: 7 streams beside {FAIRNESS_STALLED} stalled (2 sessions) "
+        f"{_f(r['fair_7_beside_stalled_MBps']):.1f}"
         f" MB/s, alone {_f(r['fair_7_alone_MBps']):.1f} MB/s; median ratio of "
         f"{FAIRNESS_ROUNDS} alternating rounds {_f(r['fairness']):.2f}"
     )

@@ -5,6 +5,7 @@ inside the cluster, not here)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -21,6 +22,12 @@ OPEN_TIMEOUT = 15.0
 # StreamReader buffer per connection: bulk reads (port-forward, cp) move up to
 # this much per read instead of asyncio's 64 KiB default, so fewer, larger DATA writes.
 READ_LIMIT = 1 << 20
+# Connections accepted but still waiting for their stream to open (relay
+# session, OPEN -> OPEN_OK). kubectl opens a handful at once and a busy
+# script a few dozen; beyond this the relay or the agent is not answering,
+# and queuing more only holds sockets and tasks: excess connections are
+# closed at once (the client sees the connection closed and may retry).
+MAX_PENDING_OPENS = 128
 
 
 def refusal_error(code: Any, reason: str, cluster: str) -> CliError:
@@ -51,17 +58,24 @@ class LocalListener:
         target: the stream OPEN target, ``b"<rg>/<name>"``.
         host: loopback address to bind.
         port: TCP port (0 = any).
+        max_pending_opens: connections that may wait for their stream to open at
+            once; more are closed on accept, with one log line each.
     """
 
     def __init__(self, keeper: RelaySessionKeeper, target: bytes, *, host: str = "127.0.0.1",
-                 port: int = 47011) -> None:
+                 port: int = 47011, max_pending_opens: int = MAX_PENDING_OPENS) -> None:
+        if max_pending_opens < 1:
+            raise ValueError("max_pending_opens must be >= 1")
         self.keeper = keeper
         self.target = target
         self.host = host
         self.port = port
+        self.max_pending_opens = max_pending_opens
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self.accepted = 0
+        self.refused = 0  # connections closed because too many were pending
+        self._pending_opens = 0
 
     async def bind(self) -> int:
         """Bind and listen (before anything slow, so a taken port fails fast).
@@ -97,17 +111,33 @@ class LocalListener:
         if task is not None:
             self._conns.add(task)
             task.add_done_callback(self._conns.discard)
-        await self._pipe(reader, writer)
+        try:
+            await self._pipe(reader, writer)
+        except asyncio.CancelledError:
+            # Only close() cancels these tasks. Ending normally matters:
+            # asyncio's stream callback calls task.exception() on this task,
+            # which for a cancelled task logs a CancelledError traceback.
+            writer.transport.abort()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         import tunnel
 
         self.accepted += 1
         conn_no = self.accepted
+        if self._pending_opens >= self.max_pending_opens:
+            self.refused += 1
+            log.warning("x conn %d: closed: %d connections already wait for their stream "
+                        "to open (is the relay or the agent answering?)", conn_no,
+                        self._pending_opens)
+            writer.close()
+            return
         sock = writer.get_extra_info("socket")
         if sock is not None:
-            # Small requests (kubectl GETs) must not wait for Nagle.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Small requests (kubectl GETs) must not wait for Nagle. The client
+            # may already have reset the connection: splice will see that.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._pending_opens += 1
         try:
             session = await self.keeper.session()
             stream = await session.open_stream(self.target, timeout=OPEN_TIMEOUT)
@@ -121,6 +151,8 @@ class LocalListener:
                         str(err) if isinstance(err, CliError) else type(err).__name__)
             writer.close()
             return
+        finally:
+            self._pending_opens -= 1
         log.debug("> conn %d -> stream %s", conn_no, getattr(stream, "id", "?"))
         try:
             await tunnel.splice(stream, reader, writer)

@@ -38,17 +38,18 @@ _FRAME_OVERHEAD = 64
 ADAPTER_SEND_PAYLOAD = int(
     os.environ.get("ARC_TUNNEL_SEND_PAYLOAD") or _limits.PROTOCOL_MAX_PAYLOAD
 )
-# Receive window granted per stream by this adapter (the protocol starts every
-# stream at INITIAL_STREAM_WINDOW; the excess goes out in a WINDOW frame right
-# after OPEN/OPEN_OK). One stream moves at most window / RTT, and on the full
-# path the RTT is three busy event loops, not a wire: bench/e2e.py, same run,
-# 1 / 4 / 8 / 16 MiB: 294 / 353 / 353 / 364 MB/s and 5.39 / 4.67 / 4.73 /
-# 4.99 CPU-s/GB (fewer stalls also mean bigger batches per wake-up). 4 MiB
-# takes nearly all of it; a receiver's memory per stalled stream is bounded by
-# this, and per session by the session window whatever the number of streams.
+# Largest receive window a stream of this adapter grows to (every stream starts
+# at INITIAL_STREAM_WINDOW and doubles while its reader keeps up: auto-tuning,
+# tunnel/windows.py). One stream moves at most
+# window / RTT, and on the full path the RTT is three busy event loops, not a
+# wire: bench/e2e.py, same run, 1 / 4 / 8 / 16 MiB: 294 / 353 / 353 / 364 MB/s
+# and 5.39 / 4.67 / 4.73 / 4.99 CPU-s/GB (fewer stalls also mean bigger batches
+# per wake-up). 4 MiB takes nearly all of it. What a session's receiver holds
+# unread is bounded by ``Limits.buffer_bound`` (initial windows of every stream
+# plus the growth budget), whatever the number of stalled readers.
 # ``$ARC_TUNNEL_STREAM_WINDOW`` overrides it.
 ADAPTER_STREAM_WINDOW = int(
-    os.environ.get("ARC_TUNNEL_STREAM_WINDOW") or 4 * _limits.INITIAL_STREAM_WINDOW
+    os.environ.get("ARC_TUNNEL_STREAM_WINDOW") or 4 * 1024 * 1024
 )
 
 
@@ -66,7 +67,7 @@ class TunnelConfig:
     Attributes:
         limits: The core's limits (windows, frame sizes, stream counts); by
             default ``adapter_limits()``: the core's, but sending 64 KiB DATA
-            frames and granting 4 MiB per stream.
+            frames and letting stream windows grow to 4 MiB.
         open_timeout: How long ``open_stream`` waits for OPEN_OK before it
             resets the stream with OPEN_TIMEOUT.
         idle_timeout: A stream with no traffic in either direction for this

@@ -7,9 +7,11 @@ its own. The sessions' dispatch calls into it (``TunnelStream`` delegates its
 
 * DATA for A is passed straight to B's core (``send_data``) as far as B's send
   credit (stream and session) allows; the rest is held in A's receive buffer.
-  A's bytes are acknowledged to A's core, which returns credit to A's peer,
-  only once they were passed to B's session. So what the relay holds for a
-  pair never exceeds the windows it granted, whatever the far side does.
+  A's core returned the session credit on receipt; A's bytes are acknowledged
+  to A's core, which returns *stream* credit to A's peer, only once they were
+  passed to B's session. So what the relay holds for a pair never exceeds the
+  stream windows it granted, whatever the far side does, and a stalled pair
+  never holds session credit the other streams of either session need.
 * WINDOW for B (stream or session) forwards what A holds.
 * FIN on A becomes FIN on B once A's held bytes are gone; RESET on either
   side resets the other with the same code and reason; a dead session resets

@@ -48,7 +48,7 @@ _PING = struct.Struct("!Q")
 # finish after being cancelled: a stuck peer must not stall our exit.
 FLUSH_TIMEOUT = 5.0
 # The same bound once the peer is known dead (no PONG).
-_DEAD_PEER_FLUSH_TIMEOUT = 0.5
+DEAD_PEER_FLUSH_TIMEOUT = 0.5
 
 
 class _Deferred(Protocol):
@@ -294,7 +294,7 @@ class SessionIO:
                 self._begin_shutdown(
                     "ping timeout",
                     ws_code=WSCloseCode.GOING_AWAY,
-                    flush_timeout=_DEAD_PEER_FLUSH_TIMEOUT,
+                    flush_timeout=DEAD_PEER_FLUSH_TIMEOUT,
                 )
                 return
             except TunnelClosed:

@@ -29,7 +29,7 @@ from tunnel import events as ev
 from tunnel.aio_config import TunnelConfig
 from tunnel.aio_errors import StreamError, StreamRefused, TunnelClosed
 from tunnel.aio_fastpath import FastPath, install_fast_path
-from tunnel.aio_io import FLUSH_TIMEOUT, SessionIO
+from tunnel.aio_io import DEAD_PEER_FLUSH_TIMEOUT, FLUSH_TIMEOUT, SessionIO
 from tunnel.aio_stream import TunnelStream
 from tunnel.connection import Connection
 from tunnel.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
@@ -100,6 +100,18 @@ class TunnelSession(SessionIO):
     def streams(self) -> int:
         """Number of streams still in use."""
         return len(self._streams)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received on this session's streams and not yet consumed (read,
+        written to a socket, or passed on by the relay's bridge)."""
+        return sum(stream.buffered for stream in self._streams.values())
+
+    @property
+    def buffer_bound(self) -> int:
+        """What ``buffered`` can reach right now: the receive windows granted
+        to the live streams (never above ``config.limits.buffer_bound``)."""
+        return self._core.buffered_bound
 
     @property
     def goaway_received(self) -> bool:
@@ -256,6 +268,14 @@ class TunnelSession(SessionIO):
     def _on_protocol_error(self, exc: RemoteProtocolError) -> None:
         log.warning("%s ! peer broke the protocol: %s (%s)", self.name, exc.error_code.name, exc)
         self._close_cause = exc
+        if exc.error_code is ErrorCode.ENHANCE_YOUR_CALM:
+            # The peer does not read: flushing our GOAWAY can only wait.
+            self._begin_shutdown(
+                "peer does not read its replies: ENHANCE_YOUR_CALM",
+                ws_code=WSCloseCode.POLICY_VIOLATION,
+                flush_timeout=DEAD_PEER_FLUSH_TIMEOUT,
+            )
+            return
         self._begin_shutdown(
             f"protocol error: {exc.error_code.name}", ws_code=WSCloseCode.PROTOCOL_ERROR
         )
@@ -293,24 +313,55 @@ class TunnelSession(SessionIO):
         streams = self._streams
         for event in events:
             # DATA and WINDOW first: they are nearly all the traffic.
-            if isinstance(event, _DATA):
-                if self.debug:
-                    self._log_data(event)
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream._on_data(event.data)
-                else:
-                    self._discard(event)
-            elif isinstance(event, _WINDOW):
-                if event.stream_id == 0:
-                    for stream in list(self._blocked_writers):
-                        stream._on_credit()
-                else:
+            try:
+                if isinstance(event, _DATA):
+                    if self.debug:
+                        self._log_data(event)
                     stream = streams.get(event.stream_id)
                     if stream is not None:
-                        stream._on_credit()
-            else:
-                self._dispatch_control(event)
+                        stream._on_data(event.data)
+                    else:
+                        self._discard(event)
+                elif isinstance(event, _WINDOW):
+                    if event.stream_id == 0:
+                        self._on_session_credit()
+                    else:
+                        stream = streams.get(event.stream_id)
+                        if stream is not None:
+                            stream._on_credit()
+                else:
+                    self._dispatch_control(event)
+            except Exception as exc:
+                # One stream's hook failed (its socket, a bug in its handler):
+                # end that stream, never the session and its other streams.
+                self._stream_failed(getattr(event, "stream_id", 0), exc)
+
+    def _on_session_credit(self) -> None:
+        for stream in list(self._blocked_writers):
+            try:
+                stream._on_credit()
+            except Exception as exc:
+                self._stream_failed(stream.id, exc)
+
+    def _stream_failed(self, stream_id: int, exc: Exception) -> None:
+        """A stream's event hook raised: reset that stream, log one line."""
+        stream = self._streams.get(stream_id)
+        if isinstance(exc, OSError):
+            # The local end of the stream went away: expected, no traceback.
+            log.info(
+                "%s x stream %d: local connection failed (%s errno %s): reset CANCEL",
+                self.name, stream_id, type(exc).__name__, exc.errno,
+            )
+            code = ErrorCode.CANCEL
+        else:
+            log.error(
+                "%s ! stream %d: event hook failed: reset INTERNAL_ERROR",
+                self.name, stream_id, exc_info=exc,
+            )
+            code = ErrorCode.INTERNAL_ERROR
+        if stream is not None:
+            stream.reset(code, "local connection failed" if code is ErrorCode.CANCEL
+                         else "internal error")
 
     def _dispatch_control(self, event: ev.Event) -> None:
         if self.debug:

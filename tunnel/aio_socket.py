@@ -16,8 +16,10 @@ already buffered, and the stream's hook (``TunnelStream._bridge``):
   ``resume_writing``. So the socket's buffer never holds more than the
   transport's high-water mark plus the stream window. FIN becomes
   ``write_eof``.
-* A RESET or a dead session aborts the socket; a socket error resets the
-  stream with CANCEL.
+* A RESET or a dead session aborts the socket; a socket error (the local
+  peer closed or reset its connection at any moment, e.g. ENOTCONN from
+  ``write_eof``) resets only this stream with CANCEL, logged as one line: it
+  never reaches the session's dispatch, so every other stream goes on.
 
 It relies on two StreamReader attributes (``_buffer``, ``_eof``); ``attach``
 returns None when they are missing and ``splice`` then copies with two tasks.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
     from tunnel.aio_stream import TunnelStream
 
 __all__ = ["SocketSplice", "attach"]
+
+log = logging.getLogger("tunnel")
 
 
 class SocketSplice(asyncio.Protocol):
@@ -163,7 +168,11 @@ class SocketSplice(asyncio.Protocol):
         n = sum(map(len, out)) if len(out) > 1 else len(out[0])
         if self.transport.is_closing():
             return
-        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        try:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        except (OSError, RuntimeError) as exc:
+            self._socket_failed(exc)
+            return
         if self._write_paused:
             self._unacked += n
         else:
@@ -182,10 +191,16 @@ class SocketSplice(asyncio.Protocol):
         if self._eof_written or self.transport.is_closing():
             return
         self._eof_written = True
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        else:
-            self.transport.close()
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            else:
+                self.transport.close()
+        except (OSError, RuntimeError) as exc:
+            # The local peer is already gone (ENOTCONN after its RST): this
+            # stream ends, nothing else does.
+            self._socket_failed(exc)
+            return
         self._maybe_done()
 
     def on_reset(self, stream: TunnelStream) -> None:
@@ -222,6 +237,15 @@ class SocketSplice(asyncio.Protocol):
                 self.failed = True
             self._finish()
 
+    def _socket_failed(self, exc: BaseException) -> None:
+        """The local socket failed under a write: reset this stream only."""
+        stream = self.stream
+        log.info(
+            "%s x stream %d: local connection failed (%s): reset CANCEL",
+            self._session.name, stream.id, _describe(exc),
+        )
+        self._abort_stream()
+
     def _abort_stream(self) -> None:
         self.stream.reset(ErrorCode.CANCEL, "connection reset")
         self._fail()
@@ -244,6 +268,12 @@ class SocketSplice(asyncio.Protocol):
             self.done.set_result(None)
 
 
+def _describe(exc: BaseException) -> str:
+    """Exception type and errno name for a log line (no message text)."""
+    errno_ = getattr(exc, "errno", None)
+    return f"{type(exc).__name__} errno {errno_}" if errno_ is not None else type(exc).__name__
+
+
 def attach(stream: TunnelStream, reader: asyncio.StreamReader, transport: Any) -> SocketSplice | None:
     """Make a ``SocketSplice`` the transport's protocol and the stream's hook.
 
@@ -256,6 +286,19 @@ def attach(stream: TunnelStream, reader: asyncio.StreamReader, transport: Any) -
     if not isinstance(buffered, bytearray) or not isinstance(eof, bool):
         return None
     splice = SocketSplice(stream, transport)
+    if reader.exception() is not None or (transport.is_closing() and not eof):
+        # The connection was reset (or aborted) before the join: its
+        # connection_lost already went to the StreamReader, so the splice
+        # would never hear of it. End the stream now.
+        stream._bridge = splice
+        log.info(
+            "%s x stream %d: local connection gone before the stream opened: reset CANCEL",
+            stream._session.name, stream.id,
+        )
+        splice._abort_stream()
+        if not splice.lost.done():
+            splice.lost.set_result(None)
+        return splice
     transport.set_protocol(splice)
     stream._bridge = splice
     pending = bytes(buffered)

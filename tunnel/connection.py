@@ -73,7 +73,6 @@ class Connection(FrameReceiver):
         stream.machine.process(StreamInput.SEND_OPEN)
         self._streams[stream_id] = stream
         self._out.append(Frame.open(stream_id, target).serialize())
-        self._grant_extra_stream_window(stream)
         return stream_id
 
     def accept_stream(self, stream_id: int) -> None:
@@ -85,7 +84,6 @@ class Connection(FrameReceiver):
         stream = self._require(stream_id, StreamInput.SEND_OPEN_OK)
         stream.machine.process(StreamInput.SEND_OPEN_OK)
         self._out.append(Frame.open_ok(stream_id).serialize())
-        self._grant_extra_stream_window(stream)
 
     def send_window(self, stream_id: int) -> int:
         """Bytes that may be sent on the stream now: min(stream, session) credit.
@@ -146,12 +144,10 @@ class Connection(FrameReceiver):
     def reset_stream(self, stream_id: int, code: ErrorCode, reason: str = "") -> None:
         """Abort a stream both ways with a RESET (also how an OPEN is refused).
 
-        Its unacknowledged bytes go back to the session window at once: drop
-        whatever the app still buffers for it. On a stream that already closed
-        cleanly (FIN both ways) but still holds unacknowledged bytes, no frame is
-        sent and those bytes are released: this is how to drop unread data. On a
-        stream that is unknown or already reset it is a no-op (races with the
-        peer are normal), as is any call after the session failed.
+        Drop whatever the app still buffers for it (its session credit was
+        returned on receipt). On a stream that is unknown, already reset or
+        already closed both ways it is a no-op (races with the peer are
+        normal), as is any call after the session failed.
 
         Args:
             stream_id: The stream.
@@ -172,8 +168,10 @@ class Connection(FrameReceiver):
     def acknowledge_received_data(self, stream_id: int, n: int) -> None:
         """Tell the core that the app consumed ``n`` bytes of ``DataReceived`` data.
 
-        May queue WINDOW frames (stream and/or session) returning the credit. Bytes
-        of a reset stream were already returned: acknowledging them is a no-op.
+        May queue a WINDOW frame returning the stream's credit, grown while the
+        reader keeps up (auto-tuning, see ``tunnel/windows.py``). Session
+        credit already went back on receipt. Acknowledging bytes of a stream that
+        is reset or closed both ways is a no-op.
 
         Raises:
             LocalProtocolError: ``n`` is negative or more than was delivered.
@@ -190,17 +188,16 @@ class Connection(FrameReceiver):
                 "acknowledged more than was received", ErrorCode.INTERNAL_ERROR
             )
         stream.unacked -= n
-        increment = self._session_recv.process_bytes(n)
-        if increment:
-            self._out.append(Frame.window(0, increment).serialize())
-        state = stream.machine.state
-        if state in _PEER_MAY_SEND:
-            increment = stream.recv_window.process_bytes(n)
+        if stream.machine.state in _PEER_MAY_SEND:
+            window = stream.recv_window
+            before = window.max_window_size
+            increment = window.process_bytes(
+                n, self._growth_allowance(stream), drained=not stream.unacked
+            )
             if increment:
+                self._stream_growth += window.max_window_size - before
                 stream.machine.process(StreamInput.SEND_WINDOW)
                 self._out.append(Frame.window(stream_id, increment).serialize())
-        elif state is _CLOSED and not stream.unacked:
-            self._forget(stream)
 
     def ping(self, payload: bytes) -> None:
         """Queue PING; expect ``PongReceived`` with the same 8 bytes.

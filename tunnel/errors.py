@@ -54,6 +54,7 @@ class ErrorCode(IntEnum):
     GOING_AWAY = 0x0F
     PING_TIMEOUT = 0x10
     HANDSHAKE_TIMEOUT = 0x11
+    ENHANCE_YOUR_CALM = 0x12
 
 
 # Which HTTP status a relay/agent should answer with when a tunnel error has to be
@@ -79,6 +80,7 @@ _STATUS_HINTS: dict[ErrorCode, int] = {
     ErrorCode.GOING_AWAY: 503,
     ErrorCode.PING_TIMEOUT: 504,
     ErrorCode.HANDSHAKE_TIMEOUT: 504,
+    ErrorCode.ENHANCE_YOUR_CALM: 429,
 }
 
 

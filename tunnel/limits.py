@@ -21,6 +21,7 @@ __all__ = [
     "INITIAL_SESSION_WINDOW",
     "INITIAL_STREAM_WINDOW",
     "MAX_CONCURRENT_STREAMS",
+    "MAX_QUEUED_REPLIES",
     "MAX_REASON_LENGTH",
     "MAX_RECEIVE_PAYLOAD",
     "MAX_SEND_PAYLOAD",
@@ -32,6 +33,7 @@ __all__ = [
     "PING_PAYLOAD_LENGTH",
     "PING_TIMEOUT",
     "PROTOCOL_MAX_PAYLOAD",
+    "STREAM_WINDOW_BUDGET",
     "Limits",
 ]
 
@@ -43,16 +45,20 @@ __all__ = [
 # without thought, yet large enough that frame overhead is irrelevant.
 PROTOCOL_MAX_PAYLOAD = 64 * 1024
 
-# Per-stream credit each side starts with for the other (HTTP/2 starts at 64 KiB,
-# far too little here). Throughput of one stream is bounded by window / RTT; with
-# Python event-loop scheduling adding ~0.5-1 ms per hop, 1 MiB allows ~1-2 GB/s on
-# loopback. Memory bound per stream on the receiver is the same 1 MiB.
-INITIAL_STREAM_WINDOW = 1024 * 1024
+# Per-stream credit each side starts with for the other: one maximal frame, as
+# HTTP/2's 64 KiB. Small on purpose: a receiver holds up to a stream's window for
+# a reader that stopped reading, and a session may carry 1,024 streams, so this
+# value times the stream limit is the part of a receiver's memory bound that no
+# policy can take back (64 MiB per side's streams per session at the defaults). Windows then grow
+# while their reader drains them (auto-tuning, ``Limits.stream_window``), so one
+# fast stream still reaches the adapter's 4 MiB after a few round trips.
+INITIAL_STREAM_WINDOW = PROTOCOL_MAX_PAYLOAD
 
-# Per-session credit each side starts with. 16 stream windows: one websocket carries
-# many streams, and a few stalled readers (each pinning up to one stream window of
-# unacknowledged data) must not starve the rest; the relay's memory per session is
-# bounded by this value whatever the number of streams.
+# Per-session credit each side starts with. It bounds the bytes in flight on the
+# wire only: a receiver returns session credit as soon as DATA is received into its
+# stream's buffer (which the stream window bounds), never waiting for a reader, so
+# stalled readers - any number - cannot starve the session (nghttp2 / Go x/net
+# http2 practice). 16 MiB is several stream windows in flight at once.
 INITIAL_SESSION_WINDOW = 16 * 1024 * 1024
 
 # HTTP/2's limit (RFC 9113 section 6.9.1): a window, or a WINDOW increment, above
@@ -92,9 +98,32 @@ MAX_RECEIVE_PAYLOAD = PROTOCOL_MAX_PAYLOAD
 
 # Concurrent streams the PEER may have open on one session. kubectl opens a handful
 # of connections per command, arc-proxy multiplexes a whole laptop's worth; 1024
-# leaves room for many parallel watches while bounding per-stream bookkeeping
-# (session window still bounds buffered bytes). Above it: RESET TOO_MANY_STREAMS.
+# leaves room for many parallel watches while bounding per-stream bookkeeping and
+# buffers (each stream holds at most its window). A stream stops counting as soon
+# as it is closed both ways or reset. Above it: RESET TOO_MANY_STREAMS.
 MAX_CONCURRENT_STREAMS = 1024
+
+# Ceiling of the bytes all of a session's streams together may have grown their
+# receive windows above INITIAL_STREAM_WINDOW (auto-tuning). With it a receiver's
+# buffered bytes per session are at most (Limits.buffer_bound)
+#   2 * max_concurrent_streams * INITIAL_STREAM_WINDOW + stream_window_budget
+# (the peer's streams and ours, each side capped by the same stream limit: 128 +
+# 32 = 160 MiB at the defaults) whatever the readers do. 32 MiB lets 8 streams
+# run at the full 4 MiB adapter window at once; beyond it new growth is simply
+# not granted (those streams keep the window they have), so a stalled stream
+# never takes credit from another, it only stops others from growing further.
+STREAM_WINDOW_BUDGET = 32 * 1024 * 1024
+
+# Control frames the core queued in answer to the peer's frames (PONG, RESET
+# answers and refusals) that the adapter has not taken with data_to_send() yet.
+# The adapter takes them on every write unless the websocket is not draining, i.e.
+# the peer does not read; a peer that keeps sending PINGs (or frames that earn a
+# RESET) without reading would otherwise grow our memory without end (HTTP/2's
+# "ping flood", CVE-2019-9512; Go x/net/http2 caps it at 10,000). A legitimate
+# peer has at most one PING outstanding and at most a refusal per OPEN, so 4,096
+# is never reached by one; above it the session ends with GOAWAY
+# ENHANCE_YOUR_CALM. Memory: about 4,096 * 60 B.
+MAX_QUEUED_REPLIES = 4096
 
 # How many streams we reset ourselves are remembered so that DATA the peer had in
 # flight for them is dropped silently (credit returned) instead of answered with a
@@ -139,10 +168,18 @@ class Limits:
         max_send_payload: DATA payload size used when sending (1..PROTOCOL_MAX_PAYLOAD).
         max_receive_payload: Largest payload accepted (>= PROTOCOL_MAX_PAYLOAD).
         max_concurrent_streams: Streams the peer may have open at once.
-        stream_window: Receive window granted per stream (>= INITIAL_STREAM_WINDOW;
-            the excess is granted with a WINDOW frame right after OPEN/OPEN_OK).
+        stream_window: Largest receive window a stream may grow to
+            (>= INITIAL_STREAM_WINDOW). Every stream starts at
+            INITIAL_STREAM_WINDOW; its window doubles each time credit is
+            returned while its reader keeps up, up to this value.
         session_window: Receive window granted for the session
             (>= INITIAL_SESSION_WINDOW; the excess is granted at start-up).
+            Bounds bytes in flight, not buffered bytes (credit comes back on receipt).
+        stream_window_budget: Total growth above INITIAL_STREAM_WINDOW that the
+            session's streams may hold at once (see STREAM_WINDOW_BUDGET).
+        max_queued_replies: Control replies queued but not yet taken by
+            ``data_to_send()`` above which the session fails with
+            ENHANCE_YOUR_CALM (see MAX_QUEUED_REPLIES).
     """
 
     max_send_payload: int = MAX_SEND_PAYLOAD
@@ -150,6 +187,8 @@ class Limits:
     max_concurrent_streams: int = MAX_CONCURRENT_STREAMS
     stream_window: int = INITIAL_STREAM_WINDOW
     session_window: int = INITIAL_SESSION_WINDOW
+    stream_window_budget: int = STREAM_WINDOW_BUDGET
+    max_queued_replies: int = MAX_QUEUED_REPLIES
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_send_payload <= PROTOCOL_MAX_PAYLOAD:
@@ -164,3 +203,21 @@ class Limits:
             raise ValueError(
                 f"session_window must be in {INITIAL_SESSION_WINDOW}..{MAX_WINDOW_SIZE}"
             )
+        if self.stream_window_budget < 0:
+            raise ValueError("stream_window_budget must be >= 0")
+        if self.max_queued_replies < 1:
+            raise ValueError("max_queued_replies must be >= 1")
+
+    @property
+    def buffer_bound(self) -> int:
+        """Most bytes a receiver ever holds unread in one session: every stream
+        (the peer's and ours, each side capped at ``max_concurrent_streams``,
+        assuming the peer applies the same limit) at its initial window, plus
+        the whole growth budget."""
+        return (
+            2 * self.max_concurrent_streams * INITIAL_STREAM_WINDOW
+            + min(
+                self.stream_window_budget,
+                2 * self.max_concurrent_streams * (self.stream_window - INITIAL_STREAM_WINDOW),
+            )
+        )

@@ -114,15 +114,22 @@ class FrameReceiver(SessionCore):
             raise LocalProtocolError("frame payload too large", ErrorCode.FRAME_SIZE_ERROR)
         if not 0 < stream_id <= MAX_STREAM_ID:
             raise LocalProtocolError("DATA on stream 0 or reserved bit", ErrorCode.PROTOCOL_ERROR)
-        # Session credit is spent even for streams that are gone (RFC 9113 6.9).
-        self._session_recv.window_consumed(size)
+        # Session credit is spent even for streams that are gone (RFC 9113 6.9),
+        # and returned at once: the stream window bounds what waits for a
+        # reader, the session window only what is in flight. So a stalled
+        # reader never holds session credit that other streams need.
+        session = self._session_recv
+        session.window_consumed(size)
+        if size:
+            increment = session.process_bytes(size)
+            if increment:
+                self._out.append(Frame.window(0, increment).serialize())
         stream = self._streams.get(stream_id)
         if stream is None or stream.machine.state is _CLOSED:
-            return self._receive_on_inactive(stream_id, _DATA, size)
+            return self._receive_on_inactive(stream_id, _DATA)
         try:
             stream.machine.process(_RECV_DATA)
         except InvalidTransition as exc:
-            stream.unacked += size
             return self._stream_error(stream, exc.error_code)
         stream.recv_window.window_consumed(size)
         stream.unacked += size
@@ -153,7 +160,7 @@ class FrameReceiver(SessionCore):
     def _receive_open_ok(self, frame: Frame) -> list[Event]:
         stream = self._streams.get(frame.stream_id)
         if stream is None or stream.machine.state is _CLOSED:
-            return self._receive_on_inactive(frame.stream_id, frame.type, 0)
+            return self._receive_on_inactive(frame.stream_id, frame.type)
         try:
             stream.machine.process(StreamInput.RECV_OPEN_OK)
         except InvalidTransition as exc:
@@ -171,7 +178,7 @@ class FrameReceiver(SessionCore):
             return [WindowUpdated(0, increment)]
         stream = self._streams.get(stream_id)
         if stream is None or stream.machine.state is _CLOSED:
-            return self._receive_on_inactive(stream_id, frame.type, 0)
+            return self._receive_on_inactive(stream_id, frame.type)
         try:
             stream.machine.process(StreamInput.RECV_WINDOW)
         except InvalidTransition as exc:
@@ -185,7 +192,7 @@ class FrameReceiver(SessionCore):
     def _receive_fin(self, frame: Frame) -> list[Event]:
         stream = self._streams.get(frame.stream_id)
         if stream is None or stream.machine.state is _CLOSED:
-            return self._receive_on_inactive(frame.stream_id, frame.type, 0)
+            return self._receive_on_inactive(frame.stream_id, frame.type)
         try:
             stream.machine.process(StreamInput.RECV_FIN)
         except InvalidTransition as exc:
@@ -197,14 +204,14 @@ class FrameReceiver(SessionCore):
     def _receive_reset(self, frame: Frame) -> list[Event]:
         stream = self._streams.get(frame.stream_id)
         if stream is None or stream.machine.state is _CLOSED:
-            return self._receive_on_inactive(frame.stream_id, frame.type, 0)
+            return self._receive_on_inactive(frame.stream_id, frame.type)
         stream.machine.process(StreamInput.RECV_RESET)  # legal in every live state
         self._discard(stream)
         return [StreamReset(frame.stream_id, frame.error_code, frame.reason)]
 
     def _receive_ping(self, frame: Frame) -> list[Event]:
         self._machine.process(ConnectionInput.RECV_PING)
-        self._out.append(Frame.pong(frame.payload).serialize())
+        self._queue_reply(Frame.pong(frame.payload).serialize())
         return [PingReceived(frame.payload)]
 
     def _receive_pong(self, frame: Frame) -> list[Event]:
@@ -231,33 +238,29 @@ class FrameReceiver(SessionCore):
             self._machine.process(ConnectionInput.FAIL)
             self._streams.clear()
             self._their_stream_count = 0
+            self._stream_growth = 0
         return events
 
     # --- stream-level outcomes -------------------------------------------------
 
-    def _receive_on_inactive(self, stream_id: int, frame_type: int, size: int) -> list[Event]:
+    def _receive_on_inactive(self, stream_id: int, frame_type: int) -> list[Event]:
         """A frame for a stream that is closed (or never existed)."""
         if self._is_idle(stream_id):
             raise LocalProtocolError("frame on an idle stream", ErrorCode.PROTOCOL_ERROR)
-        if size:
-            # The bytes will never reach the app: return their session credit now.
-            increment = self._session_recv.process_bytes(size)
-            if increment:
-                self._out.append(Frame.window(0, increment).serialize())
         if (frame_type == _DATA or frame_type == FrameType.FIN) and (
             stream_id not in self._reset_by_us
         ):
             # DATA/FIN after the peer's own FIN or after our RESET was forgotten:
             # tell the peer (RFC 9113 5.1 STREAM_CLOSED). WINDOW, RESET and OPEN_OK
             # for a closed stream are normal races and are ignored.
-            self._out.append(Frame.reset(stream_id, ErrorCode.STREAM_CLOSED).serialize())
+            self._queue_reply(Frame.reset(stream_id, ErrorCode.STREAM_CLOSED).serialize())
         return []
 
     def _stream_error(self, stream: StreamRecord, code: ErrorCode) -> list[Event]:
         """The peer broke a stream-level rule: RESET just that stream."""
         if stream.machine.state is not _CLOSED:
             stream.machine.process(StreamInput.SEND_RESET)
-        self._out.append(Frame.reset(stream.id, code).serialize())
+        self._queue_reply(Frame.reset(stream.id, code).serialize())
         self._remember_reset(stream.id)
         self._discard(stream)
         return [StreamReset(stream.id, code, "")]

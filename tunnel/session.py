@@ -46,7 +46,7 @@ class StreamRecord:
         # Credit we granted the peer, and when to grant more.
         self.recv_window = WindowManager(INITIAL_STREAM_WINDOW)
         # Bytes delivered in DataReceived but not yet acknowledged by the app:
-        # they hold session credit, given back on ack or when the stream is reset.
+        # they hold stream credit only (session credit came back on receipt).
         self.unacked = 0
 
 
@@ -76,7 +76,13 @@ class SessionCore:
         self._reset_by_us: dict[int, None] = {}
         self._session_send_window = INITIAL_SESSION_WINDOW
         self._session_recv = WindowManager(INITIAL_SESSION_WINDOW)
+        # Sum over live streams of their receive window above the initial one
+        # (what auto-tuning granted; capped by limits.stream_window_budget).
+        self._stream_growth = 0
         self._out: list[bytes] = []
+        # Control frames queued in answer to the peer since the last
+        # data_to_send() (capped by limits.max_queued_replies).
+        self._queued_replies = 0
         # Set once a fatal error queued its GOAWAY (it is sent only once).
         self._failed = False
         extra = self._limits.session_window - INITIAL_SESSION_WINDOW
@@ -128,12 +134,32 @@ class SessionCore:
 
     @property
     def session_credit_pending(self) -> int:
-        """Session bytes consumed (or freed by resets) whose credit is not returned yet.
+        """Session bytes received whose credit is not returned yet (it goes back
+        in batches of half the session window, on receipt, not on consumption).
 
-        Invariant: session_receive_window + session_credit_pending + the
-        unacknowledged bytes of all streams == the session window we maintain.
+        Invariant: session_receive_window + session_credit_pending == the
+        session window we maintain.
         """
         return self._session_recv.pending
+
+    @property
+    def queued_replies(self) -> int:
+        """Control replies to the peer (PONG, RESET answers) queued since the
+        last ``data_to_send()``; the session fails above
+        ``limits.max_queued_replies``."""
+        return self._queued_replies
+
+    @property
+    def stream_window_growth(self) -> int:
+        """Bytes of receive window our live streams hold above the initial one
+        (never above ``limits.stream_window_budget``)."""
+        return self._stream_growth
+
+    @property
+    def buffered_bound(self) -> int:
+        """Most bytes the app can be holding unread right now: the sum of the
+        receive windows granted to the live streams."""
+        return sum(s.recv_window.max_window_size for s in self._streams.values())
 
     def stream_state(self, stream_id: int) -> StreamState:
         """Return a stream's state: IDLE if never used, CLOSED once forgotten."""
@@ -146,6 +172,11 @@ class SessionCore:
         """Credit the peer has left on a stream (0 for unknown streams)."""
         stream = self._streams.get(stream_id)
         return stream.recv_window.current_window_size if stream is not None else 0
+
+    def stream_window(self, stream_id: int) -> int:
+        """The receive window a stream has now (auto-tuned; 0 for unknown streams)."""
+        stream = self._streams.get(stream_id)
+        return stream.recv_window.max_window_size if stream is not None else 0
 
     def unacknowledged(self, stream_id: int) -> int:
         """Bytes delivered on a stream that the app has not acknowledged yet."""
@@ -162,6 +193,7 @@ class SessionCore:
         """
         out = self._out
         self._out = []
+        self._queued_replies = 0
         return out
 
     # --- helpers shared by both halves -----------------------------------------
@@ -171,8 +203,22 @@ class SessionCore:
             return stream_id >= self._next_our_id
         return stream_id > self._their_last_id
 
+    def _queue_reply(self, message: bytes) -> None:
+        """Queue a control frame that answers a peer's frame, within the cap.
+
+        Raises:
+            LocalProtocolError: ENHANCE_YOUR_CALM when the peer keeps earning
+                replies without reading them (see MAX_QUEUED_REPLIES).
+        """
+        self._queued_replies += 1
+        if self._queued_replies > self._limits.max_queued_replies:
+            raise LocalProtocolError(
+                "peer does not read the replies it causes", ErrorCode.ENHANCE_YOUR_CALM
+            )
+        self._out.append(message)
+
     def _refuse(self, stream_id: int, code: ErrorCode, reason: str) -> None:
-        self._out.append(Frame.reset(stream_id, code, reason).serialize())
+        self._queue_reply(Frame.reset(stream_id, code, reason).serialize())
         self._remember_reset(stream_id)
 
     def _remember_reset(self, stream_id: int) -> None:
@@ -181,12 +227,12 @@ class SessionCore:
         if len(memory) > CLOSED_STREAM_MEMORY:
             del memory[next(iter(memory))]
 
-    def _grant_extra_stream_window(self, stream: StreamRecord) -> None:
-        extra = self._limits.stream_window - INITIAL_STREAM_WINDOW
-        if extra > 0:
-            stream.recv_window.window_opened(extra)
-            stream.machine.process(StreamInput.SEND_WINDOW)
-            self._out.append(Frame.window(stream.id, extra).serialize())
+    def _growth_allowance(self, stream: StreamRecord) -> int:
+        """How much ``stream``'s receive window may grow now (auto-tuning)."""
+        return min(
+            self._limits.stream_window - stream.recv_window.max_window_size,
+            self._limits.stream_window_budget - self._stream_growth,
+        )
 
     def _require(self, stream_id: int, input_: StreamInput) -> StreamRecord:
         stream = self._streams.get(stream_id)
@@ -199,22 +245,21 @@ class SessionCore:
         return stream
 
     def _finish(self, stream: StreamRecord) -> None:
-        """Clean close (FIN both ways): keep the record until the app acked it all."""
-        if not stream.unacked:
-            self._forget(stream)
+        """Clean close (FIN both ways): forget it now. Its session credit came
+        back on receipt and no more stream credit is due, so a finished stream
+        stops counting against the stream limit even if the app has not read
+        its last bytes yet."""
+        self._forget(stream)
 
     def _discard(self, stream: StreamRecord) -> None:
-        """Reset or refused: return the stream's unacknowledged credit and forget it."""
-        if stream.unacked:
-            increment = self._session_recv.process_bytes(stream.unacked)
-            stream.unacked = 0
-            if increment:
-                self._out.append(Frame.window(0, increment).serialize())
+        """Reset or refused: forget it (its session credit came back on receipt)."""
         self._forget(stream)
 
     def _forget(self, stream: StreamRecord) -> None:
-        if self._streams.pop(stream.id, None) is not None and not stream.ours:
-            self._their_stream_count -= 1
+        if self._streams.pop(stream.id, None) is not None:
+            self._stream_growth -= stream.recv_window.max_window_size - INITIAL_STREAM_WINDOW
+            if not stream.ours:
+                self._their_stream_count -= 1
 
     def _fail(self, code: ErrorCode) -> None:
         """Fatal error: queue GOAWAY with the code only, close, drop every stream."""
@@ -227,3 +272,4 @@ class SessionCore:
         self._out.append(Frame.goaway(self._their_last_processed, code).serialize())
         self._streams.clear()
         self._their_stream_count = 0
+        self._stream_growth = 0

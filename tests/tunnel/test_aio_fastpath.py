@@ -191,7 +191,14 @@ async def test_fast_path_falls_back_to_receive_loop_when_aiohttp_differs(
         assert pair.client._fast is None and pair.server._fast is None
         stream = await pair.client.open_stream(b"echo")
         payload = os.urandom(300_000)
-        await stream.write(payload)
-        await stream.write_eof()
+
+        async def send() -> None:
+            # Echo needs its output read while we write: 300 KB is more than
+            # both initial stream windows together.
+            await stream.write(payload)
+            await stream.write_eof()
+
         async with asyncio.timeout(WAIT):
+            sender = asyncio.create_task(send())
             assert await read_all(stream) == payload
+            await sender

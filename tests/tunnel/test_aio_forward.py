@@ -145,8 +145,9 @@ async def test_splice_streams_holds_at_most_the_window_when_the_consumer_stalls(
 
 async def test_splice_streams_forwards_data_that_arrived_before_the_join() -> None:
     """A far server that speaks first: its bytes wait in the relay's stream
-    until the join starts, then reach the client exactly, before its FIN."""
-    greeting = os.urandom(200_000)
+    until the join starts, then reach the client exactly, before its FIN.
+    (Unread, the relay's stream holds its initial window: the greeting fits.)"""
+    greeting = os.urandom(INITIAL_STREAM_WINDOW - 1000)
 
     async def speaks_first(stream: TunnelStream) -> None:
         stream.accept()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -26,7 +27,6 @@ from tunnel import (
     StreamOpened,
     StreamResetEvent,
     StreamState,
-    WindowUpdated,
 )
 from tunnel.events import Event
 from tunnel.limits import (
@@ -169,20 +169,22 @@ def test_connection_unacknowledged_data_gets_no_credit() -> None:
     assert pair.client.send_window(other) == INITIAL_STREAM_WINDOW  # others unaffected
 
 
-def test_connection_session_window_returns_when_streams_are_reset() -> None:
-    """Eight unread 1 MiB streams reset by the receiver give back 8 MiB of session credit."""
+def test_connection_stalled_streams_never_hold_session_credit() -> None:
+    """More unread stream windows than the session window: session credit comes
+    back on receipt, so every stream still gets its full window and one more
+    stream still can send."""
     pair = TunnelPair()
-    sids = [_open(pair) for _ in range(8)]
+    count = 2 * INITIAL_SESSION_WINDOW // INITIAL_STREAM_WINDOW
+    sids = [_open(pair) for _ in range(count)]
     for sid in sids:
+        assert pair.client.send_window(sid) == INITIAL_STREAM_WINDOW
         pair.client.send_data(sid, bytes(INITIAL_STREAM_WINDOW))
-    pair.exchange()
-    assert pair.client.session_send_window == INITIAL_SESSION_WINDOW - 8 * INITIAL_STREAM_WINDOW
-    for sid in sids:
-        pair.server.reset_stream(sid, ErrorCode.CANCEL, "gone")
-    client_events, _ = pair.exchange()
-    assert [e.stream_id for e in client_events if isinstance(e, StreamResetEvent)] == sids
-    assert WindowUpdated(0, 8 * INITIAL_STREAM_WINDOW) in client_events
-    assert pair.client.session_send_window == INITIAL_SESSION_WINDOW
+        pair.exchange()
+    assert sum(pair.server.unacknowledged(sid) for sid in sids) == 2 * INITIAL_SESSION_WINDOW
+    assert pair.server.buffered_bound >= 2 * INITIAL_SESSION_WINDOW
+    other = _open(pair)
+    assert pair.client.send_window(other) == INITIAL_STREAM_WINDOW
+    assert pair.client.session_send_window > INITIAL_SESSION_WINDOW // 2
 
 
 def test_connection_reset_is_idempotent_and_drops_late_data_silently() -> None:
@@ -199,8 +201,9 @@ def test_connection_reset_is_idempotent_and_drops_late_data_silently() -> None:
     assert pair.server.data_to_send() == []  # no RESET STREAM_CLOSED storm
 
 
-def test_connection_extra_windows_from_limits_are_granted_up_front() -> None:
-    """Limits above the protocol's initial windows are granted with WINDOW frames."""
+def test_connection_extra_session_window_is_granted_up_front() -> None:
+    """A session window above the protocol's initial one is granted at start;
+    stream windows start at the initial size whatever the limit."""
     limits = Limits(stream_window=4 * INITIAL_STREAM_WINDOW, session_window=2**30)
     pair = TunnelPair(server_limits=limits)
     assert _frames(pair.server) == [Frame.window(0, 2**30 - INITIAL_SESSION_WINDOW)]
@@ -208,26 +211,82 @@ def test_connection_extra_windows_from_limits_are_granted_up_front() -> None:
     sid = pair.client.open_stream(b"t")
     pair.deliver(pair.server)
     pair.server.accept_stream(sid)
-    assert _frames(pair.server) == [Frame.open_ok(sid), Frame.window(sid, 3 * 2**20)]
+    assert _frames(pair.server) == [Frame.open_ok(sid)]
     pair.client.receive(Frame.open_ok(sid).serialize())
-    pair.client.receive(Frame.window(sid, 3 * 2**20).serialize())
-    assert pair.client.send_window(sid) == 4 * INITIAL_STREAM_WINDOW
+    assert pair.client.send_window(sid) == INITIAL_STREAM_WINDOW
 
 
-def test_connection_clean_close_keeps_credit_until_acknowledged() -> None:
-    """After FIN both ways the stream stays booked until the app acknowledged it."""
-    pair = TunnelPair()
+def _drain_window(pair: TunnelPair, sid: int) -> int:
+    """Fill the stream's window, have the receiver consume it all; return the
+    receive window the stream has afterwards."""
+    pair.client.send_data(sid, bytes(pair.client.send_window(sid)))
+    for event in pair.exchange()[1]:
+        if isinstance(event, DataReceived):
+            pair.server.acknowledge_received_data(sid, len(event.data))
+    pair.exchange()
+    return pair.server.stream_window(sid)
+
+
+def test_connection_stream_window_grows_while_the_reader_keeps_up() -> None:
+    """A window-limited sender whose reader consumes everything sees the window
+    grow (at most doubling per credit return) up to ``Limits.stream_window``."""
+    limits = Limits(stream_window=8 * INITIAL_STREAM_WINDOW)
+    pair = TunnelPair(server_limits=limits)
+    sid = _open(pair)
+    windows = [INITIAL_STREAM_WINDOW] + [_drain_window(pair, sid) for _ in range(8)]
+    assert windows[1] > INITIAL_STREAM_WINDOW
+    assert all(b >= a for a, b in itertools.pairwise(windows))
+    assert windows[-1] == 8 * INITIAL_STREAM_WINDOW
+    assert pair.server.stream_window_growth == 7 * INITIAL_STREAM_WINDOW
+    assert pair.client.send_window(sid) >= 4 * INITIAL_STREAM_WINDOW  # credit is batched
+
+
+def test_connection_stream_window_growth_stops_at_the_session_budget() -> None:
+    """Growth beyond ``stream_window_budget`` is not granted; a finished stream
+    gives its growth back."""
+    limits = Limits(stream_window=8 * INITIAL_STREAM_WINDOW,
+                    stream_window_budget=3 * INITIAL_STREAM_WINDOW)
+    pair = TunnelPair(server_limits=limits)
+    first, second = _open(pair), _open(pair)
+    for _ in range(6):
+        _drain_window(pair, first)
+    assert pair.server.stream_window(first) == 4 * INITIAL_STREAM_WINDOW  # 1 + budget 3
+    for _ in range(4):
+        assert _drain_window(pair, second) == INITIAL_STREAM_WINDOW  # budget spent
+    assert pair.server.stream_window_growth == 3 * INITIAL_STREAM_WINDOW
+    pair.server.reset_stream(first, ErrorCode.CANCEL)
+    pair.exchange()
+    assert pair.server.stream_window_growth == 0
+    assert _drain_window(pair, second) > INITIAL_STREAM_WINDOW
+
+
+def test_connection_stalled_reader_never_grows_its_window() -> None:
+    """A reader that does not consume keeps the initial window: the receiver
+    holds at most that much for it."""
+    pair = TunnelPair(server_limits=Limits(stream_window=8 * INITIAL_STREAM_WINDOW))
+    sid = _open(pair)
+    pair.client.send_data(sid, bytes(INITIAL_STREAM_WINDOW))
+    pair.exchange()
+    assert pair.client.send_window(sid) == 0
+    assert pair.server.stream_receive_window(sid) == 0
+    assert pair.server.buffered_bound == INITIAL_STREAM_WINDOW
+    assert pair.server.stream_window_growth == 0
+
+
+def test_connection_clean_close_stops_counting_at_once() -> None:
+    """After FIN both ways the stream is forgotten even with unread bytes: it no
+    longer counts against the stream limit; acknowledging it is a no-op."""
+    pair = TunnelPair(server_limits=Limits(max_concurrent_streams=1))
     sid = _open(pair)
     pair.client.send_data(sid, bytes(10))
     pair.client.send_fin(sid)
     pair.server.send_fin(sid)
     pair.exchange()
     assert pair.server.open_stream_count == 0
-    assert pair.server.unacknowledged(sid) == 10
-    pair.server.acknowledge_received_data(sid, 10)
     assert pair.server.unacknowledged(sid) == 0
-    assert pair.server.session_credit_pending == 10
+    assert pair.server.session_credit_pending == 10  # came back on receipt
     pair.server.acknowledge_received_data(sid, 10)  # forgotten stream: no-op
+    _open(pair)  # the limit of 1 is free again
 
 
 def test_connection_acknowledging_more_than_received_raises() -> None:

@@ -28,7 +28,7 @@ from tunnel import (
     StreamState,
 )
 from tunnel.events import Event
-from tunnel.limits import INITIAL_SESSION_WINDOW, INITIAL_STREAM_WINDOW
+from tunnel.limits import INITIAL_SESSION_WINDOW
 
 
 def _open(pair: TunnelPair, opener: Connection) -> int:
@@ -272,7 +272,9 @@ class TunnelModel(RuleBasedStateMachine):
     @invariant()
     def session_credit_is_conserved(self) -> None:
         """Per direction: sender credit + DATA in flight + WINDOW in flight == receiver
-        credit, and receiver credit + pending + unacknowledged == the window."""
+        credit; receiver credit + pending == the session window (session credit
+        comes back on receipt), and per stream credit + pending + unacknowledged
+        == that stream's (auto-tuned) window."""
         self.pair.collect()
         links = (
             (self.pair.client, self.pair.server, self.pair.to_server, self.pair.to_client),
@@ -312,11 +314,10 @@ class TunnelModel(RuleBasedStateMachine):
                     theirs.recv_window.current_window_size
                     + theirs.recv_window.pending
                     + theirs.unacked
-                    == INITIAL_STREAM_WINDOW
+                    == theirs.recv_window.max_window_size
                 ) or theirs.machine.state not in (StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL)
-            unacked = sum(receiver.unacknowledged(sid) for sid in self.streams)
             assert (
-                receiver.session_receive_window + receiver.session_credit_pending + unacked
+                receiver.session_receive_window + receiver.session_credit_pending
                 == INITIAL_SESSION_WINDOW
             )
             assert not sender.closed and not receiver.closed

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.tunnel.helpers import TunnelPair
 from tunnel.connection import Connection
-from tunnel.errors import ErrorCode, RemoteProtocolError
+from tunnel.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from tunnel.events import DataReceived, Event, StreamReset
 from tunnel.frames import Frame, FrameType
 from tunnel.limits import (
@@ -22,6 +22,7 @@ from tunnel.limits import (
     Limits,
 )
 from tunnel.state import STREAM_TRANSITIONS, StreamInput, StreamState
+from tunnel.windows import WindowManager
 
 # Bound on what one received message may make the core queue (e.g. RESET + WINDOW,
 # or WINDOW + GOAWAY): output never grows faster than input.
@@ -340,23 +341,33 @@ def test_hostile_data_beyond_stream_window_is_flow_control_error() -> None:
     )
 
 
-def test_hostile_data_beyond_session_window_is_flow_control_error() -> None:
-    """Filling every stream window up to the session window, then one byte more."""
+def test_hostile_data_on_every_stream_is_bounded_by_stream_windows() -> None:
+    """A peer that fills every stream window (more than the session window in
+    all) and never reads our WINDOW frames: session credit comes back on
+    receipt, so no error, and what we hold is the sum of the stream windows."""
     conn = Connection(is_client=False)
-    streams = INITIAL_SESSION_WINDOW // INITIAL_STREAM_WINDOW
+    streams = 2 * INITIAL_SESSION_WINDOW // INITIAL_STREAM_WINDOW
     chunk = bytes(MAX_RECEIVE_PAYLOAD)
-    for n in range(streams + 1):
+    for n in range(streams):
         sid = 2 * n + 1
         conn.receive(Frame.open(sid, b"t").serialize())
         conn.accept_stream(sid)
-    for n in range(streams):
-        message = Frame.data(2 * n + 1, chunk).serialize()
         for _ in range(INITIAL_STREAM_WINDOW // MAX_RECEIVE_PAYLOAD):
-            conn.receive(message)
-    assert conn.session_receive_window == 0
-    _expect_session_error(
-        conn, Frame.data(2 * streams + 1, b"x").serialize(), ErrorCode.FLOW_CONTROL_ERROR
-    )
+            conn.receive(Frame.data(sid, chunk).serialize())
+    held = sum(conn.unacknowledged(2 * n + 1) for n in range(streams))
+    assert held == conn.buffered_bound == streams * INITIAL_STREAM_WINDOW
+    assert held <= conn.limits.buffer_bound
+    assert conn.session_receive_window > 0 and not conn.closed
+
+
+def test_hostile_data_beyond_session_window_is_flow_control_error() -> None:
+    """The session window still bounds bytes in flight: more than we granted
+    (counting every WINDOW we queued) in one go ends the session."""
+    window = WindowManager(INITIAL_SESSION_WINDOW)
+    window.window_consumed(INITIAL_SESSION_WINDOW)
+    with pytest.raises(LocalProtocolError) as info:
+        window.window_consumed(1)
+    assert info.value.error_code is ErrorCode.FLOW_CONTROL_ERROR
 
 
 def test_hostile_open_after_peer_goaway_is_protocol_error() -> None:
