@@ -23,6 +23,7 @@ from aiohttp import web
 
 from identity import TokenInvalid
 from identity.agent_assertion import unverified_cluster_id
+from relay.names import validate_agent_metadata
 from relay.state import STATE, RelayState, bearer_token, json_error
 from tunnel import (
     ErrorCode,
@@ -78,6 +79,9 @@ def _store_metadata(state: RelayState, cid: str, line: bytes) -> None:
         log.info("agent metadata ignored cluster=%s reason='not JSON'", cid)
         return
     if isinstance(data, dict):
+        data, problems = validate_agent_metadata(data)
+        if problems:
+            log.info("agent metadata refused fields cluster=%s problems=%r", cid, problems)
         state.registry.set_metadata(cid, data)
         log.info("agent metadata cluster=%s agentVersion=%s kubernetesVersion=%s nodes=%s cores=%s",
                  cid, data.get("agentVersion"), data.get("kubernetesVersion"),
