@@ -11,11 +11,14 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
-__all__ = ["unexpected_error_middleware"]
+__all__ = ["ParserErrorFilter", "install_parser_error_filter", "unexpected_error_middleware"]
 
 log = logging.getLogger("relay")
+# aiohttp's server logger (documented name); it logs a malformed request with
+# its traceback at ERROR.
+AIOHTTP_SERVER_LOGGER = "aiohttp.server"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -41,3 +44,27 @@ async def unexpected_error_middleware(request: web.Request, handler: Handler) ->
                        "message": f"internal error; quote request id {request_id} to the operator"}},
             status=500, headers={"X-Request-Id": request_id},
         )
+
+
+class ParserErrorFilter(logging.Filter):
+    """Replaces aiohttp's ERROR-with-traceback for a malformed request (bad
+    request line, header over 8 KiB, invalid header...) by one INFO line of
+    the relay naming the error type. aiohttp has already answered 400; the
+    exception text is not logged because it quotes the peer's bytes (a bearer
+    token, for a too-long Authorization header)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, http_exceptions.HttpProcessingError):
+            log.info("http request refused by the parser status=%s error=%s", exc.code or 400,
+                     type(exc).__name__)
+            return False
+        return True
+
+
+_PARSER_ERROR_FILTER = ParserErrorFilter()
+
+
+def install_parser_error_filter() -> None:
+    """Attach :class:`ParserErrorFilter` to aiohttp's server logger (idempotent)."""
+    logging.getLogger(AIOHTTP_SERVER_LOGGER).addFilter(_PARSER_ERROR_FILTER)

@@ -291,3 +291,18 @@ async def test_agent_hostile_metadata_is_neither_stored_nor_logged_raw(
         assert "\n" not in text and "\x1b" not in text and "\x07" not in text, text
     assert any("agent metadata refused" in r.getMessage() for r in caplog.records)
     assert assignment_errors({"principalId": "a", "role": ["admin"], "scope": "/"})
+
+
+async def test_overlong_header_is_400_and_one_line_without_the_token(
+        relay_env: RelayEnv, caplog: pytest.LogCaptureFixture) -> None:
+    """A 20 KB Authorization header: aiohttp answers 400; the relay logs one
+    INFO line naming the parser error, no traceback and no token bytes."""
+    caplog.set_level(logging.INFO)
+    secret = "S3CRET" + "a" * 20_000
+    async with relay_env.http.get(relay_env.relay.url + "/api/v1/clusters",
+                                  headers={"Authorization": f"Bearer {secret}"}) as resp:
+        assert resp.status == 400
+    _no_tracebacks(caplog)
+    refused = [r.getMessage() for r in caplog.records if "refused by the parser" in r.getMessage()]
+    assert len(refused) == 1 and "LineTooLong" in refused[0]
+    assert "S3CRET" not in caplog.text
