@@ -13,6 +13,7 @@ Example::
            ca_file: null, tenant_ids: null}
     admins: ["<object id or upn>"]
     limits: {agent_grace_seconds: 5, drain_seconds: 10, open_timeout_seconds: 10,
+             api_max_body_bytes: 65536, api_max_body_depth: 32,
              tunnel: {}}                         # tunnel: keyword arguments of tunnel.TunnelConfig
     debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
 """
@@ -63,6 +64,9 @@ class RelayConfig:
     open_timeout_seconds: float = 10.0
     tunnel: dict[str, Any] = field(default_factory=dict)
     record_data_file: str | None = None
+    # Management API request bodies (relay.json_body): bytes (413 above) and nesting (400).
+    api_max_body_bytes: int = 64 * 1024
+    api_max_body_depth: int = 32
 
     @property
     def database_path(self) -> str:
@@ -164,11 +168,20 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             drain_seconds=float(limits.get("drain_seconds", 10.0)),
             open_timeout_seconds=float(limits.get("open_timeout_seconds", 10.0)),
             tunnel=dict(limits.get("tunnel") or {}),
+            api_max_body_bytes=_positive_int(limits, "api_max_body_bytes", 64 * 1024),
+            api_max_body_depth=_positive_int(limits, "api_max_body_depth", 32),
             record_data_file=_resolve(base, debug.get("record_data_file"))
             or os.environ.get("ARC_RELAY_RECORD_DATA_FILE") or None,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"limits: {exc}") from None
+
+
+def _positive_int(limits: dict[str, Any], key: str, default: int) -> int:
+    value = int(limits.get(key, default))
+    if value < 1:
+        raise ValueError(f"{key} must be a positive integer, got {value}")
+    return value
 
 
 def load_relay_config(path: str | os.PathLike[str] | None) -> RelayConfig:

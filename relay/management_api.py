@@ -64,8 +64,10 @@ def _require(request: web.Request, principal: Principal, action: Action, scope: 
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    config = request.app[STATE].config
     try:
-        return await read_json_object(request)
+        return await read_json_object(request, max_bytes=config.api_max_body_bytes,
+                                      max_depth=config.api_max_body_depth)
     except BodyRefused as refused:
         log.info("api body refused method=%s path=%r status=%d reason=%r", request.method,
                  request.rel_url.raw_path[:200], refused.status, refused.message)

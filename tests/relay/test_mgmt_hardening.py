@@ -306,3 +306,26 @@ async def test_overlong_header_is_400_and_one_line_without_the_token(
     refused = [r.getMessage() for r in caplog.records if "refused by the parser" in r.getMessage()]
     assert len(refused) == 1 and "LineTooLong" in refused[0]
     assert "S3CRET" not in caplog.text
+
+
+async def test_api_body_limits_follow_the_config(tmp_path: Path) -> None:
+    """limits.api_max_body_bytes / api_max_body_depth: a body over the configured
+    size is 413, deeper than the configured depth is 400, within both is 201."""
+    async with running_env(tmp_path, api_max_body_bytes=600, api_max_body_depth=2) as env:
+        admin = env.token("admin")
+        path = "/api/v1/roleAssignments/cfg"
+        status, body = await env.api("PUT", path, admin, _assignment(pad="x" * 600))
+        assert status == 413 and body["error"]["code"] == "PayloadTooLarge"
+        status, body = await env.api("PUT", path, admin, _assignment(pad=[[1]]))
+        assert status == 400 and "deeper than 2" in body["error"]["message"]
+        status, _ = await env.api("PUT", path, admin, _assignment(pad=[1]))
+        assert status == 201
+
+
+def test_relay_config_refuses_non_positive_body_limits() -> None:
+    """A zero or negative body limit is a one-line ConfigError."""
+    from relay.config import ConfigError, relay_config_from_dict
+
+    assert relay_config_from_dict({"limits": {"api_max_body_bytes": 1000}}).api_max_body_bytes == 1000
+    with pytest.raises(ConfigError, match="api_max_body_depth must be a positive integer"):
+        relay_config_from_dict({"limits": {"api_max_body_depth": 0}})
