@@ -37,6 +37,7 @@ from certs import CertificateAuthority, generate_key_pair, write_pem_pair, write
 from client.auth import TokenSource
 from client.config import AuthConfig, ClientConfig, default_config_path, write_config
 from client.demo_seed import SandboxAdmin, seed_demo
+from client.errors import CliError
 from client.procs import Child, wait_until
 from client.relay_client import RelayApi
 
@@ -470,8 +471,12 @@ def run_demo(args: argparse.Namespace) -> int:
     env: DemoEnvironment | None = None
     code = 0
     try:
-        env = DemoEnvironment(args.state_dir, relay_port=args.relay_port, say=say,
-                              kube_version=args.kube_version, checkpoint=stops.check)
+        try:
+            env = DemoEnvironment(args.state_dir, relay_port=args.relay_port, say=say,
+                                  kube_version=args.kube_version, checkpoint=stops.check)
+        except OSError as err:
+            raise CliError(f"cannot create the demo's files in {err.filename or args.state_dir}: "
+                           f"{err.strerror}; pass a writable --state-dir") from None
         say(f"Starting the cluster-connect demo (files in {env.dir})")
         env.start()
         say("")
@@ -493,5 +498,6 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"arcctl demo: {', '.join(stuck)} did not exit after SIGKILL; check it with ps",
                   file=sys.stderr)
             code = 1
-        say("Demo stopped.")
+        if env is not None:
+            say("Demo stopped.")
     return code
