@@ -20,6 +20,7 @@ from agent.config import AgentConfig, AgentConfigError, load_agent_config
 from agent.connector import Connector, ConnectorConfig
 from agent.connector_metadata import api_server_metadata, static_metadata
 from certs import IssuedCertificate
+from logfmt import add_log_format_argument, configure_logging
 from tunnel import TunnelConfig
 from tunnel.aio_alloc import tune_allocator
 from tunnel.aio_config import adapter_limits
@@ -132,12 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", metavar="FILE", default=DEFAULT_CONFIG,
                         help=f"agent config (YAML); default {DEFAULT_CONFIG}")
     parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    add_log_format_argument(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(logging.DEBUG if args.debug else logging.INFO, args.log_format)
     try:
         config = load_agent_config(args.config)
         tune_allocator()  # bulk frames: see tunnel/aio_alloc.py

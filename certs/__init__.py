@@ -8,6 +8,7 @@ material anywhere: files, a Secret, a SQLite column.
 from __future__ import annotations
 
 from certs.authority import CertificateAuthority, IssuedCertificate
+from certs.files import write_secret_file
 from certs.keys import (
     KeyPair,
     fingerprint_sha256,
@@ -30,4 +31,5 @@ __all__ = [
     "public_key_pem",
     "server_ssl_context",
     "write_pem_pair",
+    "write_secret_file",
 ]

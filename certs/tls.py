@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from certs.authority import IssuedCertificate
+from certs.files import write_secret_file
 
 
 def write_pem_pair(directory: str | os.PathLike[str], name: str, issued: IssuedCertificate) -> tuple[Path, Path]:
@@ -17,9 +18,7 @@ def write_pem_pair(directory: str | os.PathLike[str], name: str, issued: IssuedC
     d.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = d / f"{name}.crt", d / f"{name}.key"
     cert_path.write_bytes(issued.chain_pem)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(issued.private_key_pem)
+    write_secret_file(key_path, issued.private_key_pem)
     return cert_path, key_path
 
 
@@ -28,9 +27,7 @@ def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
     with tempfile.TemporaryDirectory(prefix="arc-tls-") as tmp:
         cert_path, key_path = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
         cert_path.write_bytes(cert_pem)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key_pem)
+        write_secret_file(key_path, key_pem)
         ctx.load_cert_chain(cert_path, key_path)
 
 

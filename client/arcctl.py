@@ -24,6 +24,7 @@ from client.config import load_config
 from client.errors import run_cli
 from client.output import FORMATS, render
 from client.relay_client import RelayApi
+from logfmt import add_log_format_argument, configure_logging
 
 __all__ = ["main"]
 
@@ -37,6 +38,7 @@ def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
         p.add_argument("-o", "--output", choices=FORMATS, default="json",
                        help="output format (default json)")
     p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    add_log_format_argument(p)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -138,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``arcctl``."""
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(logging.DEBUG if debug else logging.WARNING, getattr(args, "log_format", "text"))
     func: Handler = args.func
     return run_cli(f"arcctl {args.command}", lambda: func(args), debug=debug)
 

@@ -26,16 +26,18 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from certs import CertificateAuthority, generate_key_pair, write_pem_pair
+from certs import CertificateAuthority, generate_key_pair, write_pem_pair, write_secret_file
 from client.auth import TokenSource
 from client.config import AuthConfig, ClientConfig, default_config_path, write_config
 from client.demo_seed import SandboxAdmin, seed_demo
+from client.errors import CliError
 from client.procs import Child, wait_until
 from client.relay_client import RelayApi
 
@@ -101,17 +103,23 @@ class DemoEnvironment:
         relay_env: extra environment for the relay (tests: the DATA recording hook).
         agent_forward_to: ``host:port`` the agent pipes streams to instead of
             kube-aad-proxy (bench/e2e.py measures the raw path with it).
+        checkpoint: called between start-up steps and in every wait; raises to
+            abandon the start (``arcctl demo`` raises ``DemoInterrupted`` from it
+            once SIGINT/SIGTERM arrived). :meth:`stop` then cleans up.
     """
 
     def __init__(self, state_dir: Path | None = None, *, relay_port: int = 0,
                  client_config_path: Path | None = None, say: Any = None,
                  kube_version: str = "1.33.0", relay_env: dict[str, str] | None = None,
-                 agent_forward_to: str | None = None) -> None:
+                 agent_forward_to: str | None = None,
+                 checkpoint: Callable[[], None] | None = None) -> None:
         self.own_dir = state_dir is None
+        # mkdtemp and mode 0700: keys, tokens and logs below are the user's only.
         self.dir = Path(tempfile.mkdtemp(prefix="arc-demo-")) if state_dir is None else state_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.logs = self.dir / "logs"
-        self.logs.mkdir(exist_ok=True)
+        self.logs.mkdir(mode=0o700, exist_ok=True)
+        self._checkpoint = checkpoint or (lambda: None)
         self.relay_port = relay_port or free_port()
         self.relay_url = f"https://127.0.0.1:{self.relay_port}"
         self.client_config_path = client_config_path or default_config_path()
@@ -134,19 +142,29 @@ class DemoEnvironment:
 
     def _start_ready(self, name: str, module: str, *args: str) -> dict[str, Any]:
         sub = self.dir / name
-        sub.mkdir(exist_ok=True)
+        sub.mkdir(mode=0o700, exist_ok=True)
         ready = sub / "ready.json"
         ready.unlink(missing_ok=True)
         child = Child(name, self._python(module, "--port", "0", "--state-dir", str(sub),
-                                         "--ready-file", str(ready), *args), self.logs).start()
+                                         "--ready-file", str(ready), *args), self.logs)
         self.children[name] = child
-        return child.wait_ready_file(ready, READY_TIMEOUT)
+        child.start()
+        return child.wait_ready_file(ready, READY_TIMEOUT, checkpoint=self._checkpoint)
+
+    def _alive_check(self, child: Child | None) -> Callable[[], None]:
+        """What a wait calls each round: stop requested? child died?"""
+        def check() -> None:
+            self._checkpoint()
+            if child is not None:
+                child.check_alive()
+        return check
 
     def start_relay(self) -> None:
         """Start ``arc-relay`` with the config written by :meth:`start` and wait for /readyz."""
         child = Child("relay", self._python("relay.cli", "--config", str(self.dir / "relay" / "config.yaml")),
-                      self.logs, env=self.relay_env).start()
+                      self.logs, env=self.relay_env)
         self.children["relay"] = child
+        child.start()
         ctx = ssl.create_default_context(cafile=str(self.dir / "relay" / "ca.crt"))
 
         def ready() -> bool:
@@ -155,7 +173,7 @@ class DemoEnvironment:
                     return bool(r.status == 200)
             except OSError:
                 return False
-        wait_until(ready, READY_TIMEOUT, "the relay to be ready", alive=child.check_alive)
+        wait_until(ready, READY_TIMEOUT, "the relay to be ready", alive=self._alive_check(child))
 
     def stop_relay(self) -> None:
         """Stop the relay (tests restart it with :meth:`start_relay`)."""
@@ -166,9 +184,7 @@ class DemoEnvironment:
     def _oidc(self, secret_dir: Path) -> dict[str, Any]:
         """The ``oidc`` section of relay and agent: the sandbox issuer, its tenant
         only, and its member-groups endpoint as the overage group source."""
-        secret = secret_dir / "group-source.secret"
-        secret.write_text(self.identity.group_reader_secret)
-        secret.chmod(0o600)
+        secret = write_secret_file(secret_dir / "group-source.secret", self.identity.group_reader_secret)
         host = str(self.idp["url"]).split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
         return {
             "issuers": [{"issuer": self.idp["issuer"], "audiences": [AUDIENCE],
@@ -184,7 +200,7 @@ class DemoEnvironment:
 
     def _write_relay_config(self) -> None:
         d = self.dir / "relay"
-        d.mkdir(exist_ok=True)
+        d.mkdir(mode=0o700, exist_ok=True)
         ca = CertificateAuthority.create("cluster-connect demo relay CA")
         (d / "ca.crt").write_bytes(ca.certificate_pem)
         write_pem_pair(d, "tls", ca.issue_server(["localhost"], ["127.0.0.1", "::1"]))
@@ -241,14 +257,10 @@ class DemoEnvironment:
     def _write_agent(self, cluster_ca: CertificateAuthority, tls_server_name: str,
                      agent_key_pem: bytes) -> Path:
         d = self.dir / "agent"
-        d.mkdir(exist_ok=True)
-        key = d / "agent.key"
-        key.write_bytes(agent_key_pem)
-        key.chmod(0o600)
+        d.mkdir(mode=0o700, exist_ok=True)
+        key = write_secret_file(d / "agent.key", agent_key_pem)
         write_pem_pair(d, "serving", cluster_ca.issue_server([tls_server_name], ["127.0.0.1"]))
-        token = d / "upstream.token"
-        token.write_text(self.agent_token)
-        token.chmod(0o600)
+        token = write_secret_file(d / "upstream.token", self.agent_token)
         config: dict[str, Any] = {
             "relay": {"url": self.relay_url, "ca_file": str(self.dir / "relay" / "ca.crt")},
             "cluster": {"resource_group": RESOURCE_GROUP, "name": CLUSTER},
@@ -271,9 +283,10 @@ class DemoEnvironment:
 
     def start_agent(self) -> None:
         """Start ``arc-agent`` (restartable by tests)."""
-        self.children["agent"] = Child(
-            "agent", self._python("agent.cli", "--config", str(self.dir / "agent" / "config.yaml")),
-            self.logs).start()
+        child = Child("agent", self._python("agent.cli", "--config", str(self.dir / "agent" / "config.yaml")),
+                      self.logs)
+        self.children["agent"] = child
+        child.start()
 
     def stop_agent(self) -> None:
         child = self.children.pop("agent", None)
@@ -284,8 +297,7 @@ class DemoEnvironment:
         """Wait until the relay reports the cluster Connected."""
         agent = self.children.get("agent")
         wait_until(lambda: asyncio.run(self.cluster_status()) == "Connected", timeout,
-                   "the agent to connect to the relay", interval=0.2,
-                   alive=agent.check_alive if agent else None)
+                   "the agent to connect to the relay", interval=0.2, alive=self._alive_check(agent))
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -298,26 +310,32 @@ class DemoEnvironment:
             self._say(f"[1/7] sandbox API server     {self.api['url']}")
         self.idp = self._start_ready("idp", "sandbox.idp")
         self._say(f"[2/7] sandbox OIDC issuer    {self.idp['issuer']}")
+        self._checkpoint()
         self._write_relay_config()
         self.start_relay()
         self._say(f"[3/7] relay                  {self.relay_url}")
         tls_server_name = f"{CLUSTER}.{RESOURCE_GROUP}.kube-aad-proxy.cluster-connect.local"
         cluster_ca = CertificateAuthority.create(f"{RESOURCE_GROUP}/{CLUSTER} serving CA")
         agent_keys = generate_key_pair(f"{RESOURCE_GROUP}/{CLUSTER}")
+        self._checkpoint()
         asyncio.run(self._register(cluster_ca, tls_server_name, agent_keys.certificate_pem))
         self._say(f"[4/7] cluster registered     {RESOURCE_GROUP}/{CLUSTER}; "
                   f"{self.identity.user} has cluster-user")
+        self._checkpoint()
         if with_api:
             self.agent_token = seed_demo(self.sandbox_admin(), demo_user_oid=self.identity.user_oid)
             self._say("[5/7] sandbox seeded         RBAC for the demo user, agent ServiceAccount, "
                       "demo pods")
+        self._checkpoint()
         self._write_agent(cluster_ca, tls_server_name, agent_keys.private_key_pem)
         self.start_agent()
         self.wait_connected()
         self._say("[6/7] agent connected        arc-agent + kube-aad-proxy")
+        self._checkpoint()
         self._write_client_config()
         self._say(f"[7/7] client config          {self.client_config_path}")
-        (self.dir / "demo.json").write_text(json.dumps(self.info(), indent=2))
+        # Holds the sandbox API server's admin token.
+        write_secret_file(self.dir / "demo.json", json.dumps(self.info(), indent=2))
 
     def _write_client_config(self) -> None:
         p = self.client_config_path
@@ -346,14 +364,16 @@ class DemoEnvironment:
         for child in list(self.children.values()):
             child.check_alive()
 
-    def stop(self) -> None:
-        """Stop every child (agent first, API server last) and remove what we created."""
-        for name in ("agent", "relay", "idp", "apiserver"):
-            child = self.children.pop(name, None)
-            if child is not None:
-                child.stop()
-        for child in self.children.values():
-            child.stop()
+    def stop(self) -> list[str]:
+        """Stop every child (agent first, API server last) and remove what we
+        created. Never raises.
+
+        Returns:
+            ``"name (pid N)"`` of each child still there after SIGKILL (normally none).
+        """
+        order = ["agent", "relay", "idp", "apiserver"]
+        names = sorted(self.children, key=lambda n: order.index(n) if n in order else len(order))
+        stuck = [f"{name} (pid {self.children[name].pid})" for name in names if not self.children[name].stop()]
         self.children.clear()
         if self._wrote_config:
             try:
@@ -362,13 +382,17 @@ class DemoEnvironment:
                 current = None
             # Only undo our own write: another demo may have replaced the file since.
             if current == self._written_config:
-                if self._config_backup is not None:
-                    self.client_config_path.write_bytes(self._config_backup)
-                else:
-                    self.client_config_path.unlink(missing_ok=True)
+                try:
+                    if self._config_backup is not None:
+                        write_secret_file(self.client_config_path, self._config_backup)
+                    else:
+                        self.client_config_path.unlink(missing_ok=True)
+                except OSError:
+                    pass  # the directory went away: nothing of ours is left in it
             self._wrote_config = False
         if self.own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+        return stuck
 
 
 def _runnable(script: str) -> str:
@@ -388,22 +412,72 @@ def _runnable(script: str) -> str:
     return f"ARC_CONFIG={shlex.quote(config)} {command}" if config else command
 
 
+class DemoInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; raised only at a checkpoint of the demo."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """Records SIGINT/SIGTERM instead of raising where the main thread happens
+    to be. A ``KeyboardInterrupt`` thrown into ``subprocess``, ``print`` or the
+    event loop can leave a lock held or a child unrecorded, and the demo then
+    failed its own clean-up; here the signal only sets a flag and
+    :meth:`check` raises :class:`DemoInterrupted` at points that are safe.
+    A second signal during the stop is recorded and otherwise ignored: the stop
+    is bounded (``client.procs.STOP_TIMEOUT``) and leaves nothing behind."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._record)
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _record(self, signum: int, _frame: Any) -> None:
+        if not self.signum:
+            self.signum = signum
+
+    def check(self) -> None:
+        """Raise :class:`DemoInterrupted` once a stop signal has arrived."""
+        if self.signum:
+            raise DemoInterrupted(self.signum)
+
+
+# How often the foreground loop looks for a stop signal and dead children.
+POLL_INTERVAL = 0.2
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo in the foreground until Ctrl-C/SIGTERM."""
+    """Run the demo in the foreground until Ctrl-C/SIGTERM.
+
+    Exit codes: 0 when stopped by SIGINT/SIGTERM at any point (start-up
+    included) and everything was removed; a ``CliError`` code (one line) when a
+    step failed or a child died; 1 when a child could not be stopped.
+    """
     def say(msg: str) -> None:
         print(msg, flush=True)
 
-    stop = {"signal": 0}
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop["signal"] = signum
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    env = DemoEnvironment(args.state_dir, relay_port=args.relay_port, say=say,
-                          kube_version=args.kube_version)
-    say(f"Starting the cluster-connect demo (files in {env.dir})")
+    stops = StopSignals()
+    stops.install()
+    env: DemoEnvironment | None = None
+    code = 0
     try:
+        try:
+            env = DemoEnvironment(args.state_dir, relay_port=args.relay_port, say=say,
+                                  kube_version=args.kube_version, checkpoint=stops.check)
+        except OSError as err:
+            raise CliError(f"cannot create the demo's files in {err.filename or args.state_dir}: "
+                           f"{err.strerror}; pass a writable --state-dir") from None
+        say(f"Starting the cluster-connect demo (files in {env.dir})")
         env.start()
         say("")
         say("Ready. In another shell run:")
@@ -412,15 +486,18 @@ def run_demo(args: argparse.Namespace) -> int:
         say(f"  kubectl get pods -A{kubectl_note}")
         say("Ctrl-C here stops the demo and removes what it created.")
         while True:
+            stops.check()
             env.check_children()
-            time.sleep(0.5)
-    except KeyboardInterrupt:
+            time.sleep(POLL_INTERVAL)
+    except DemoInterrupted:
         say("Stopping the demo...")
-        return 0
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        env.stop()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        say("Demo stopped.")
+        stuck = env.stop() if env is not None else []
+        stops.restore()
+        if stuck:
+            print(f"arcctl demo: {', '.join(stuck)} did not exit after SIGKILL; check it with ps",
+                  file=sys.stderr)
+            code = 1
+        if env is not None:
+            say("Demo stopped.")
+    return code

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from logfmt import escape_control
+
 __all__ = ["FORMATS", "render"]
 
 FORMATS = ("json", "yaml", "table")
@@ -18,11 +20,15 @@ TABLE_COLUMNS = ("name", "resourceGroup", "connectivityStatus", "kubernetesVersi
 
 
 def _cell(value: Any) -> str:
+    """One table cell on one line. Values come from the relay and, through it,
+    from agents: control characters (newlines, ESC/OSC sequences, bidi
+    overrides) are escaped so a cell can neither drive the admin's terminal
+    nor fake a row."""
     if value is None:
         return ""
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"))
-    return str(value)
+    return escape_control(str(value))
 
 
 def _table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -31,7 +37,7 @@ def _table(rows: Sequence[Mapping[str, Any]]) -> str:
     columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows)]
     if not columns:  # not a cluster listing: every key, in first-seen order
         columns = list(dict.fromkeys(k for r in rows for k in r))
-    header = [c.upper() for c in columns]
+    header = [escape_control(c.upper()) for c in columns]
     body = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=False)]
     lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()

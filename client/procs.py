@@ -25,6 +25,10 @@ from client.errors import CliError
 __all__ = ["Child", "wait_until"]
 
 _PR_SET_PDEATHSIG = 1
+# A child gets this long to exit after SIGTERM (the relay drains its sessions),
+# then SIGKILL and this much longer to be reaped.
+STOP_TIMEOUT = 8.0
+KILL_TIMEOUT = 5.0
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -115,24 +119,42 @@ class Child:
             return ""
         return " | ".join(text[-lines:])[:300]
 
-    def wait_ready_file(self, path: Path, timeout: float = 30.0) -> dict[str, Any]:
-        """Wait for the JSON object the child writes to ``path`` when serving."""
+    def wait_ready_file(self, path: Path, timeout: float = 30.0,
+                        checkpoint: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Wait for the JSON object the child writes to ``path`` when serving.
+
+        ``checkpoint`` is called each round too (the demo raises from it when
+        asked to stop)."""
         def read() -> dict[str, Any] | None:
             try:
                 text = path.read_text()
                 return dict(json.loads(text)) if text.strip() else None
             except (OSError, ValueError):
                 return None  # not there yet, or half written
-        return dict(wait_until(read, timeout, f"{self.name} to be ready", alive=self.check_alive))
 
-    def stop(self, timeout: float = 8.0) -> None:
-        """SIGTERM, wait, then SIGKILL; idempotent."""
+        def alive() -> None:
+            if checkpoint is not None:
+                checkpoint()
+            self.check_alive()
+        return dict(wait_until(read, timeout, f"{self.name} to be ready", alive=alive))
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
+        """SIGTERM, wait, then SIGKILL; idempotent and never raises.
+
+        Returns:
+            False only when the process is still there after SIGKILL (stuck in
+            the kernel); the caller reports it.
+        """
         p = self.proc
         if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
+            return True
         try:
+            p.send_signal(signal.SIGTERM)
             p.wait(timeout)
         except subprocess.TimeoutExpired:
             p.kill()
-            p.wait(5)
+            try:
+                p.wait(KILL_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                return False
+        return True

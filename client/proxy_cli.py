@@ -19,6 +19,7 @@ from client.config import load_config
 from client.errors import AgentOffline, CliError, run_cli
 from client.listener import LocalListener, refusal_error
 from client.relay_client import RelayApi, RelaySessionKeeper
+from logfmt import add_log_format_argument, configure_logging
 from tunnel.aio_alloc import tune_allocator
 
 __all__ = ["main"]
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.config/cluster-connect/config.yaml)")
     p.add_argument("-v", "--verbose", action="store_true", help="log connections")
     p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    add_log_format_argument(p)
     return p
 
 
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``arc-proxy``."""
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(level, args.log_format)
     if not 0 <= args.port <= 65535:
         print(f"arc-proxy: --port {args.port} is not a TCP port (0-65535)", file=sys.stderr)
         return 2

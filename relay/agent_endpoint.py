@@ -24,6 +24,7 @@ from aiohttp import web
 from certs import fingerprint_sha256, generate_key_pair
 from identity import TokenInvalid
 from identity.agent_assertion import unverified_cluster_id
+from relay.names import validate_agent_metadata
 from relay.state import (
     STATE,
     RelayState,
@@ -109,10 +110,13 @@ async def control_stream(state: RelayState, cid: str, stream: TunnelStream) -> N
 def _store_metadata(state: RelayState, cid: str, line: bytes) -> None:
     try:
         data = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # a 4 KiB line of '[' is not JSON we take
         log.info("agent metadata ignored cluster=%s reason='not JSON'", cid)
         return
     if isinstance(data, dict):
+        data, problems = validate_agent_metadata(data)
+        if problems:
+            log.info("agent metadata refused fields cluster=%s problems=%r", cid, problems)
         state.registry.set_metadata(cid, data)
         log.info("agent metadata cluster=%s agentVersion=%s kubernetesVersion=%s nodes=%s cores=%s",
                  cid, data.get("agentVersion"), data.get("kubernetesVersion"),

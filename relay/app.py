@@ -32,6 +32,7 @@ from relay.roles import RoleStore
 from relay.router import DataRecorder
 from relay.state import STATE, RelayState
 from relay.status import LiveStatusRegistry
+from relay.unexpected_errors import install_parser_error_filter, unexpected_error_middleware
 from tunnel import TunnelConfig, TunnelSession
 from tunnel.aio_config import adapter_limits
 
@@ -242,7 +243,8 @@ class RelayServer:
             tunnel_config=tunnel_config,
             recorder=DataRecorder(config.record_data_file) if config.record_data_file else None,
         )
-        app = web.Application(client_max_size=64 * 1024)
+        install_parser_error_filter()
+        app = web.Application(client_max_size=64 * 1024, middlewares=[unexpected_error_middleware])
         app[STATE] = self.state
         app.router.add_get("/healthz", healthz, allow_head=False)
         app.router.add_get("/readyz", readyz, allow_head=False)

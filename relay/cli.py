@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 
+from logfmt import add_log_format_argument, configure_logging
 from relay.app import RelayServer
 from relay.config import ConfigError, load_relay_config
 from tunnel.aio_alloc import tune_allocator
@@ -22,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arc-relay", description="Serve the cluster-connect relay.")
     parser.add_argument("--config", metavar="FILE", help="relay config (YAML); default: embedded defaults")
     parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    add_log_format_argument(parser)
     return parser
 
 
@@ -40,11 +42,7 @@ async def _serve(server: RelayServer) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``arc-relay``; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(logging.DEBUG if args.debug else logging.INFO, args.log_format)
     try:
         config = load_relay_config(args.config)
         tune_allocator()  # bulk frames: see tunnel/aio_alloc.py

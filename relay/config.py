@@ -23,6 +23,7 @@ Example::
              authorization_cache_seconds: 5, authorization_cache_entries: 10000,
              refusal_log_interval_seconds: 10,  # one refusal line per principal/cluster/reason
              status_flush_seconds: 1,           # write-behind of connectivity and metadata
+             api_max_body_bytes: 65536, api_max_body_depth: 32,
              tunnel: {}}                         # tunnel: keyword arguments of tunnel.TunnelConfig
     admission: {max_concurrent_handshakes: 64,   # authentication + upgrade in flight
                 handshakes_per_second: 200,      # token bucket refilled at this rate (0: off)
@@ -115,6 +116,9 @@ class RelayConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.authorization_cache_entries < 0:
             raise ValueError("authorization_cache_entries must be >= 0")
+    # Management API request bodies (relay.json_body): bytes (413 above) and nesting (400).
+    api_max_body_bytes: int = 64 * 1024
+    api_max_body_depth: int = 32
 
     @property
     def database_path(self) -> str:
@@ -237,6 +241,8 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             drain_seconds=float(limits.get("drain_seconds", 10.0)),
             open_timeout_seconds=float(limits.get("open_timeout_seconds", 10.0)),
             tunnel=dict(limits.get("tunnel") or {}),
+            api_max_body_bytes=_positive_int(limits, "api_max_body_bytes", 64 * 1024),
+            api_max_body_depth=_positive_int(limits, "api_max_body_depth", 32),
             record_data_file=_resolve(base, debug.get("record_data_file"))
             or os.environ.get("ARC_RELAY_RECORD_DATA_FILE") or None,
             match_mutable_claims=mutable_claims,
@@ -271,6 +277,13 @@ def _authorization(raw: Any) -> tuple[tuple[str, ...], float]:
     if not 0 < recheck <= MAX_RECHECK_SECONDS:
         raise ConfigError(f"authorization.recheck_seconds must be a number in (0, {MAX_RECHECK_SECONDS:g}]")
     return tuple(dict.fromkeys(str(c) for c in claims)), recheck
+
+
+def _positive_int(limits: dict[str, Any], key: str, default: int) -> int:
+    value = int(limits.get(key, default))
+    if value < 1:
+        raise ValueError(f"{key} must be a positive integer, got {value}")
+    return value
 
 
 def load_relay_config(path: str | os.PathLike[str] | None) -> RelayConfig:

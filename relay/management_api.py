@@ -8,8 +8,8 @@ exists (403 whether or not the cluster is there).
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
@@ -18,7 +18,9 @@ from cryptography import x509
 from certs import fingerprint_sha256
 from identity import Principal
 from relay.agent_endpoint import end_sessions_of_old_key
-from relay.registry import Cluster, cluster_id, valid_name
+from relay.json_body import BodyRefused, read_json_object
+from relay.names import has_control_characters, valid_name
+from relay.registry import Cluster, cluster_id
 from relay.roles import (
     Action,
     RoleAssignment,
@@ -30,7 +32,11 @@ from relay.state import STATE, authenticate, json_error
 
 log = logging.getLogger("relay")
 
-MAX_BODY = 64 * 1024
+# What a cluster's optional descriptive fields may hold: they are shown in
+# arcctl's tables and logged, so no control characters and a short bound.
+MAX_LOCATION = 90
+_DNS_NAME_RE = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 
 async def _principal(request: web.Request) -> Principal:
@@ -60,18 +66,14 @@ def _require(request: web.Request, principal: Principal, action: Action, scope: 
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise _Abort(json_error(413, "PayloadTooLarge", f"request body exceeds {MAX_BODY} bytes"))
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise _Abort(json_error(413, "PayloadTooLarge", f"request body exceeds {MAX_BODY} bytes"))
+    config = request.app[STATE].config
     try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise _Abort(json_error(400, "InvalidRequest", "request body is not valid JSON")) from None
-    if not isinstance(body, dict):
-        raise _Abort(json_error(400, "InvalidRequest", "request body must be a JSON object"))
-    return body
+        return await read_json_object(request, max_bytes=config.api_max_body_bytes,
+                                      max_depth=config.api_max_body_depth)
+    except BodyRefused as refused:
+        log.info("api body refused method=%s path=%r status=%d reason=%r", request.method,
+                 request.rel_url.raw_path[:200], refused.status, refused.message)
+        raise _Abort(json_error(refused.status, refused.code, refused.message)) from None
 
 
 def _names(request: web.Request) -> tuple[str, str]:
@@ -93,6 +95,16 @@ def _valid_pem_certificate(value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _descriptive_field_problem(body: dict[str, Any]) -> str:
+    """What is wrong with ``location``/``tlsServerName`` (empty when both are fine)."""
+    location, server_name = body.get("location", ""), body.get("tlsServerName", "")
+    if not isinstance(location, str) or len(location) > MAX_LOCATION or has_control_characters(location):
+        return f"location must be a string of at most {MAX_LOCATION} characters without control characters"
+    if not isinstance(server_name, str) or (server_name and not _DNS_NAME_RE.fullmatch(server_name)):
+        return "tlsServerName must be a DNS name (letters, digits, '-' labels joined by '.')"
+    return ""
 
 
 def _handler(fn: Any) -> Any:
@@ -118,9 +130,9 @@ async def put_cluster(request: web.Request) -> web.Response:
     serving_ca = body.get("servingCaCertificate") or ""
     if serving_ca and not _valid_pem_certificate(serving_ca):
         return json_error(400, "InvalidRequest", "servingCaCertificate must be PEM certificates")
-    for key in ("location", "tlsServerName"):
-        if not isinstance(body.get(key, ""), str):
-            return json_error(400, "InvalidRequest", f"{key} must be a string")
+    problem = _descriptive_field_problem(body)
+    if problem:
+        return json_error(400, "InvalidRequest", problem)
     previous = state.registry.get(cluster_id(rg, name))
     cluster, created = state.registry.put(Cluster(
         name=name,

@@ -9,7 +9,6 @@ SQLite file (see ``relay.roles``) so one file is the whole state.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -18,11 +17,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from relay import names
+
 ConnectivityStatus = Literal["Connecting", "Connected", "Offline"]
 
-# Azure resource names: letters, digits, '.', '_', '-'; we keep them short and
-# slash free because "<rg>/<name>" is the cluster id and the stream target.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Names are checked by relay.names (fullmatch, closed alphabet).
+NAME_RE = names.NAME_RE
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
@@ -66,7 +66,7 @@ def cluster_id(resource_group: str, name: str) -> str:
 
 def valid_name(value: str) -> bool:
     """Whether ``value`` is acceptable as a resource group or cluster name."""
-    return bool(NAME_RE.match(value))
+    return names.valid_name(value)
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ bootstrap admins on ``/`` and are not stored.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from relay import names
 from relay.registry import SqliteDatabase, utc_now
 
 Action = Literal["read", "write", "delete", "connect", "manage_roles"]
@@ -32,10 +32,9 @@ ROLES: dict[str, frozenset[str]] = {
     "cluster-user": frozenset({"read", "connect"}),
 }
 PRINCIPAL_TYPES = ("User", "Group", "ServicePrincipal")
-_SCOPE_RE = re.compile(
-    r"^/$|^/resourceGroups/[A-Za-z0-9][A-Za-z0-9._-]{0,62}(/clusters/[A-Za-z0-9][A-Za-z0-9._-]{0,62})?$"
-)
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Checked by relay.names (fullmatch, closed alphabet).
+_SCOPE_RE = names.SCOPE_RE
+_ID_RE = names.ASSIGNMENT_ID_RE
 
 
 def cluster_scope(resource_group: str, name: str) -> str:
@@ -50,12 +49,12 @@ def group_scope(resource_group: str) -> str:
 
 def valid_scope(scope: str) -> bool:
     """Whether ``scope`` is one of the three scope shapes."""
-    return bool(_SCOPE_RE.match(scope))
+    return names.valid_scope(scope)
 
 
 def valid_assignment_id(value: str) -> bool:
     """Assignment ids are URL path segments: short, no slash."""
-    return bool(_ID_RE.match(value))
+    return names.valid_assignment_id(value)
 
 
 def scope_covers(outer: str, inner: str) -> bool:
@@ -90,11 +89,14 @@ class RoleAssignment:
 def assignment_errors(body: dict[str, Any]) -> list[str]:
     """What is wrong with a roleAssignment request body (empty when valid)."""
     errors = []
-    if not isinstance(body.get("principalId"), str) or not body["principalId"]:
-        errors.append("principalId is required")
-    if body.get("principalType", "User") not in PRINCIPAL_TYPES:
+    if not names.valid_principal_id(body.get("principalId")):
+        errors.append(f"principalId is required: 1-{names.MAX_PRINCIPAL_ID} characters, "
+                      "no whitespace or control characters")
+    principal_type = body.get("principalType", "User")
+    if not isinstance(principal_type, str) or principal_type not in PRINCIPAL_TYPES:
         errors.append(f"principalType must be one of {', '.join(PRINCIPAL_TYPES)}")
-    if body.get("role") not in ROLES:
+    role = body.get("role")
+    if not isinstance(role, str) or role not in ROLES:
         errors.append(f"role must be one of {', '.join(ROLES)}")
     if not isinstance(body.get("scope"), str) or not valid_scope(body["scope"]):
         errors.append("scope must be '/', '/resourceGroups/RG' or '/resourceGroups/RG/clusters/NAME'")
