@@ -1,0 +1,59 @@
+"""bench/scale.py runs end to end at a small N and keeps its output contract
+(a table, then one JSON line with every key), so the benchmark cannot rot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import scale
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENTS = 20
+# Generous: the run takes ~15 s alone; the bound only stops a hung bench.
+RUN_TIMEOUT = 180
+
+
+def test_bench_scale_small_run_prints_table_and_complete_json_line() -> None:
+    """20 agents in 2 workers, 20 idle streams, a kill -9 restart and the
+    fairness part: every agent connects (and reconnects), every key is in the
+    JSON line, every figure is a non-negative number, and the table names each
+    measure with its goal."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.scale", "--agents", str(AGENTS), "--streams", "20",
+         "--workers", "2", "--idle-seconds", "1", "--fairness-bytes", "4MiB",
+         "--fairness-timeout", "5", "--restart-timeout", "60"],
+        cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert set(result) == set(scale.ALL_KEYS)
+    assert result["agents_connected"] == AGENTS
+    assert result["streams_open"] == 20
+    assert result["restart_all_reconnected"] is True
+    for key, value in result.items():
+        if key in ("registration", "restart_all_reconnected"):
+            continue
+        assert isinstance(value, int | float) and not isinstance(value, bool), (key, value)
+        assert value >= 0, (key, value)
+    assert result["fairness_alone_mib_s"] > 0
+    header, rule, *rows = lines[:-1]
+    assert header.split() == ["measure", "value", "goal", "met"]
+    assert set(rule) <= {"-", " "}
+    shown = {row.split()[0] for row in rows}
+    assert set(scale.GOALS) <= shown
+
+
+def test_bench_scale_refuses_unknown_part_in_one_line() -> None:
+    """A typo in --only is one clear line and exit status 2, before anything starts."""
+    proc = subprocess.run([sys.executable, "-m", "bench.scale", "--only", "memory,speed"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2
+    assert "unknown part(s) speed" in proc.stderr
+    assert "Traceback" not in proc.stderr
