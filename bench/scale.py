@@ -91,6 +91,7 @@ class Options:
     connect_timeout: float
     restart_timeout: float
     only: frozenset[str]
+    work_dir: Path | None
 
 
 class Bench:
@@ -308,6 +309,8 @@ class Bench:
         self.result["restart_reconnect_seconds"] = round(back - spawned, 2)
         self.result["restart_reconnect_from_kill_seconds"] = round(back - killed, 2)
         self.result["restart_tracebacks"] = relay.tracebacks()
+        if self.result["restart_tracebacks"]:
+            say(f"tracebacks in {relay.log_files[-1].name}: {relay.traceback_kinds()}")
         self.result["restart_retry_after_seen"] = self.workers.total("retry_after") - retry_before
         for name, poller in pollers.items():
             self.result[f"{name}_worst_ms"] = round(poller.worst * 1000, 1)
@@ -396,16 +399,19 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--fairness-timeout", type=float, default=10.0, help="bound of one live download")
     p.add_argument("--dial-concurrency", type=int, default=64, help="handshakes in flight per worker")
     p.add_argument("--register-concurrency", type=int, default=16, help="management PUTs in flight")
-    p.add_argument("--connect-timeout", type=float, default=0.0, help="default: 60 s + 50 ms per agent")
-    p.add_argument("--restart-timeout", type=float, default=0.0, help="default: 60 s + 50 ms per agent")
+    p.add_argument("--connect-timeout", type=float, default=0.0, help="default: 120 s + 100 ms per agent")
+    p.add_argument("--restart-timeout", type=float, default=0.0, help="default: 120 s + 100 ms per agent")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {','.join(PARTS)}")
+    p.add_argument("--work-dir", type=Path, help="keep configs and logs here (default: a temp dir, removed)")
     args = p.parse_args(argv)
     only = frozenset(part.strip() for part in args.only.split(",") if part.strip())
     if unknown := only - set(PARTS):
         p.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     if args.agents < 1 or args.workers < 1 or args.streams < 1:
         p.error("--agents, --workers and --streams must be >= 1")
-    default_timeout = 60.0 + 0.05 * args.agents
+    if args.work_dir is not None and args.work_dir.exists() and any(args.work_dir.iterdir()):
+        p.error(f"--work-dir {args.work_dir} is not empty; name a new or empty directory")
+    default_timeout = 120.0 + 0.1 * args.agents
     return Options(
         agents=args.agents, workers=min(args.workers, args.agents), streams=args.streams,
         client_sessions=args.client_sessions or max(1, math.ceil(args.streams / 500)),
@@ -413,13 +419,18 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         fairness_timeout=args.fairness_timeout, dial_concurrency=args.dial_concurrency,
         register_concurrency=args.register_concurrency,
         connect_timeout=args.connect_timeout or default_timeout,
-        restart_timeout=args.restart_timeout or default_timeout, only=only)
+        restart_timeout=args.restart_timeout or default_timeout, only=only, work_dir=args.work_dir)
 
 
 async def amain(opts: Options) -> dict[str, Any]:
     tune_allocator()
-    with tempfile.TemporaryDirectory(prefix="arc-scale-") as tmp:
-        bench = Bench(opts, Path(tmp))
+    with contextlib.ExitStack() as stack:
+        if opts.work_dir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arc-scale-")))
+        else:
+            work = opts.work_dir.resolve()
+            work.mkdir(parents=True, exist_ok=True)
+        bench = Bench(opts, work)
         try:
             return await bench.run()
         finally:

@@ -127,6 +127,20 @@ class RelayProcess:
         """Tracebacks in the current process's log."""
         return self.log_files[-1].read_text(errors="replace").count(TRACEBACK) if self.log_files else 0
 
+    def traceback_kinds(self) -> dict[str, int]:
+        """The exception types ending the tracebacks of the current log, counted."""
+        kinds: dict[str, int] = {}
+        lines = self.log_files[-1].read_text(errors="replace").splitlines() if self.log_files else []
+        for i, line in enumerate(lines):
+            if TRACEBACK not in line:
+                continue
+            for follow in lines[i + 1:]:
+                if follow and not follow[0].isspace():
+                    kind = follow.split(":", 1)[0][:80]
+                    kinds[kind] = kinds.get(kind, 0) + 1
+                    break
+        return kinds
+
     def kill9(self) -> None:
         """SIGKILL, as an OOM kill or a node loss would."""
         assert self.proc is not None
@@ -184,7 +198,8 @@ class Poller:
     url: str
     headers: dict[str, str]
     interval: float = 0.1
-    timeout: float = 5.0
+    # A poll slower than this is recorded as this (ten times the goal).
+    timeout: float = 10.0
     worst: float = 0.0
     answered: int = 0
     failures: int = 0
