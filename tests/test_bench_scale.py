@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import scale
+from bench import scale_report
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENTS = 20
@@ -32,7 +32,7 @@ def test_bench_scale_small_run_prints_table_and_complete_json_line() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
-    assert set(result) == set(scale.ALL_KEYS)
+    assert set(result) == set(scale_report.ALL_KEYS)
     assert result["agents_connected"] == AGENTS
     assert result["streams_open"] == 20
     assert result["restart_all_reconnected"] is True
@@ -46,7 +46,7 @@ def test_bench_scale_small_run_prints_table_and_complete_json_line() -> None:
     assert header.split() == ["measure", "value", "goal", "met"]
     assert set(rule) <= {"-", " "}
     shown = {row.split()[0] for row in rows}
-    assert set(scale.GOALS) <= shown
+    assert set(scale_report.GOALS) <= shown
 
 
 def test_bench_scale_refuses_unknown_part_in_one_line() -> None:
