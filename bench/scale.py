@@ -184,11 +184,15 @@ class Bench:
                                            self.opts.workers, self.opts.dial_concurrency)
         base = await self.relay.settled_rss_kib()
         self.result["relay_rss_base_kib"] = base
-        cpu0, t0 = self.relay.cpu_seconds(), time.monotonic()
+        cpu0, workers_cpu0, t0 = self.relay.cpu_seconds(), self.workers.cpu_seconds(), time.monotonic()
         self.workers.connect()
         done = await self.wait_all_connected(self.opts.agents, self.opts.connect_timeout)
         elapsed = time.monotonic() - t0
         cpu = self.relay.cpu_seconds() - cpu0
+        # Either side near 100 % of a core says who limited the connect rate.
+        self.result["connect_relay_cpu_percent"] = round(cpu / elapsed * 100, 1)
+        self.result["connect_workers_cpu_percent"] = round(
+            (self.workers.cpu_seconds() - workers_cpu0) / elapsed * 100, 1)
         connected = int(await self.agent_sessions() or 0)
         self.result["agents_connected"] = connected
         self.result["connect_seconds"] = round(elapsed, 2)
@@ -284,13 +288,14 @@ class Bench:
             relay.kill9()
             say("relay killed (SIGKILL); restarting on the same port and state dir")
             tasks = [asyncio.ensure_future(p.run(stop)) for p in pollers.values()]
-            spawned = time.monotonic()
+            spawned, workers_cpu0 = time.monotonic(), self.workers.cpu_seconds()
             await relay.start()
             serving = time.monotonic()
             # All that were connected before the kill (N unless the connect phase timed out).
             want = int(self.result["agents_connected"])
             done = await self.wait_all_connected(want, self.opts.restart_timeout, polls)
             back = time.monotonic()
+            relay_cpu, workers_cpu = relay.cpu_seconds(), self.workers.cpu_seconds() - workers_cpu0
             stop.set()
             await asyncio.gather(*tasks)
         finally:
@@ -300,6 +305,8 @@ class Bench:
         self.result["restart_relay_start_seconds"] = round(serving - spawned, 2)
         self.result["restart_reconnect_seconds"] = round(back - spawned, 2)
         self.result["restart_reconnect_from_kill_seconds"] = round(back - killed, 2)
+        self.result["restart_relay_cpu_percent"] = round(relay_cpu / (back - spawned) * 100, 1)
+        self.result["restart_workers_cpu_percent"] = round(workers_cpu / (back - spawned) * 100, 1)
         self.result["restart_tracebacks"] = relay.tracebacks()
         if self.result["restart_tracebacks"]:
             say(f"tracebacks in {relay.log_files[-1].name}: {relay.traceback_kinds()}")

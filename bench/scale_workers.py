@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.scale_relay import proc_cpu_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT = 30.0
 
@@ -64,6 +66,16 @@ class Workers:
     @property
     def connected(self) -> int:
         return self.total("connected")
+
+    def cpu_seconds(self) -> float:
+        """CPU time of every worker so far (0 for one that is gone)."""
+        total = 0.0
+        for proc in self.procs:
+            try:
+                total += proc_cpu_seconds(proc.pid)
+            except OSError:
+                pass
+        return total
 
     def stats(self) -> dict[str, int]:
         keys = {k for stats in self.latest for k in stats}
