@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -40,7 +41,13 @@ import aiohttp
 import jwt
 
 from bench.scale_agents import raise_fd_limit
-from bench.scale_relay import Poller, RelayProcess, metric_value
+from bench.scale_relay import (
+    Poller,
+    RelayProcess,
+    connect_timing,
+    listen_overflows,
+    metric_value,
+)
 from bench.scale_report import ALL_KEYS, table
 from bench.scale_streams import (
     ClientSessions,
@@ -100,6 +107,8 @@ class Bench:
 
     # -- set-up ------------------------------------------------------------------------
     async def start(self) -> None:
+        # Other processes on the machine slow every phase: say how busy it was.
+        self.result["load_average_start"] = round(os.getloadavg()[0], 2)
         self.result["fd_limit"] = raise_fd_limit()
         await self.idp.start()
         self.admin_token = self.idp.mint("admin", lifetime=4 * 3600)
@@ -185,6 +194,7 @@ class Bench:
         base = await self.relay.settled_rss_kib()
         self.result["relay_rss_base_kib"] = base
         cpu0, workers_cpu0, t0 = self.relay.cpu_seconds(), self.workers.cpu_seconds(), time.monotonic()
+        overflows0 = listen_overflows()
         self.workers.connect()
         done = await self.wait_all_connected(self.opts.agents, self.opts.connect_timeout)
         elapsed = time.monotonic() - t0
@@ -193,6 +203,7 @@ class Bench:
         self.result["connect_relay_cpu_percent"] = round(cpu / elapsed * 100, 1)
         self.result["connect_workers_cpu_percent"] = round(
             (self.workers.cpu_seconds() - workers_cpu0) / elapsed * 100, 1)
+        self.result["connect_listen_overflows"] = listen_overflows() - overflows0
         connected = int(await self.agent_sessions() or 0)
         self.result["agents_connected"] = connected
         self.result["connect_seconds"] = round(elapsed, 2)
@@ -275,7 +286,8 @@ class Bench:
         relay = self.relay
         ssl_ctx = client_ssl_context(relay.ca_file.read_bytes())
         # Fresh connections for every poll: the killed relay's pooled ones are dead.
-        polls = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx, force_close=True))
+        polls = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_ctx, force_close=True),
+                                      trace_configs=[connect_timing()])
         admin = {"Authorization": f"Bearer {self.admin_token}"}
         get_cluster = f"/api/v1/resourceGroups/{self.clusters[0].replace('/', '/clusters/')}"
         pollers = {"readyz": Poller(polls, relay.url + "/readyz", {}),
@@ -284,7 +296,7 @@ class Bench:
         stop = asyncio.Event()
         retry_before = self.workers.total("retry_after")
         try:
-            killed = time.monotonic()
+            killed, overflows0 = time.monotonic(), listen_overflows()
             relay.kill9()
             say("relay killed (SIGKILL); restarting on the same port and state dir")
             tasks = [asyncio.ensure_future(p.run(stop)) for p in pollers.values()]
@@ -296,6 +308,7 @@ class Bench:
             done = await self.wait_all_connected(want, self.opts.restart_timeout, polls)
             back = time.monotonic()
             relay_cpu, workers_cpu = relay.cpu_seconds(), self.workers.cpu_seconds() - workers_cpu0
+            self.result["restart_listen_overflows"] = listen_overflows() - overflows0
             stop.set()
             await asyncio.gather(*tasks)
         finally:
@@ -313,6 +326,7 @@ class Bench:
         self.result["restart_retry_after_seen"] = self.workers.total("retry_after") - retry_before
         for name, poller in pollers.items():
             self.result[f"{name}_worst_ms"] = round(poller.worst * 1000, 1)
+        self.result["poll_worst_connect_ms"] = round(max(p.worst_connect for p in pollers.values()) * 1000, 1)
         self.result["poll_failures"] = sum(p.failures for p in pollers.values())
         say(f"all agents back {back - spawned:.1f} s after the restart" if done else
             f"not all agents back after {self.opts.restart_timeout} s (workers: {self.workers.stats()})")
@@ -329,6 +343,7 @@ class Bench:
             await self.fairness()
         if "restart" in only:
             await self.restart()
+        self.result["load_average_end"] = round(os.getloadavg()[0], 2)
         return self.result
 
     async def close(self) -> None:

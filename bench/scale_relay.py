@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import yaml
@@ -49,6 +50,17 @@ def proc_rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def listen_overflows() -> int:
+    """TcpExt ListenOverflows of this network namespace (/proc/net/netstat):
+    SYNs dropped because an accept queue was full; the client retransmits
+    after 1 s, then 3 s, 7 s... System-wide, so other listeners count too."""
+    with open("/proc/net/netstat") as f:
+        lines = [line.split() for line in f if line.startswith("TcpExt:")]
+    if len(lines) >= 2 and "ListenOverflows" in lines[0]:
+        return int(lines[1][lines[0].index("ListenOverflows")])
+    return 0
 
 
 class RelayFailed(Exception):
@@ -188,11 +200,31 @@ def metric_value(text: str, name: str, labels: str = "") -> float | None:
     return None
 
 
+def connect_timing() -> aiohttp.TraceConfig:
+    """A trace that stores how long each request's new connection (TCP + TLS)
+    took under ``"connect"`` in the dict passed as ``trace_request_ctx``."""
+
+    async def started(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object) -> None:
+        ctx.connect_started = time.monotonic()
+
+    async def ended(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: object) -> None:
+        if isinstance(ctx.trace_request_ctx, dict):
+            ctx.trace_request_ctx["connect"] = time.monotonic() - ctx.connect_started
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_start.append(started)
+    trace.on_connection_create_end.append(ended)
+    return trace
+
+
 @dataclass
 class Poller:
     """GETs one URL every ``interval`` seconds on fresh connections (as a load
     balancer's health check would); records the worst latency once the relay
-    has answered for the first time, and the failures after that."""
+    has answered for the first time, and the failures after that. With
+    ``connect_timing()`` on the session, ``worst_connect`` is the longest TCP +
+    TLS connect among the answered polls (accept queue and handshake, as
+    opposed to serving the request)."""
 
     http: aiohttp.ClientSession
     url: str
@@ -201,6 +233,7 @@ class Poller:
     # A poll slower than this is recorded as this (ten times the goal).
     timeout: float = 10.0
     worst: float = 0.0
+    worst_connect: float = 0.0
     answered: int = 0
     failures: int = 0
 
@@ -208,9 +241,10 @@ class Poller:
         while not stop.is_set():
             started = time.monotonic()
             ok = False
+            timing: dict[str, float] = {}
             try:
                 async with asyncio.timeout(self.timeout):
-                    async with self.http.get(self.url, headers=self.headers) as resp:
+                    async with self.http.get(self.url, headers=self.headers, trace_request_ctx=timing) as resp:
                         await resp.read()
                         ok = resp.status == 200
             except TimeoutError:
@@ -226,6 +260,7 @@ class Poller:
                 if ok:
                     self.answered += 1
                     self.worst = max(self.worst, time.monotonic() - started)
+                    self.worst_connect = max(self.worst_connect, timing.get("connect", 0.0))
             pause = self.interval - (time.monotonic() - started)
             if pause > 0:
                 try:

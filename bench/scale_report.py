@@ -22,19 +22,19 @@ GOALS = {
 # its keys null. Units are in the names.
 ALL_KEYS = (
     # set-up
-    "agents_requested", "agents_connected", "workers", "fd_limit", "registration", "keygen_seconds",
+    "load_average_start", "load_average_end", "agents_requested", "agents_connected", "workers", "fd_limit", "registration", "keygen_seconds",
     "register_seconds",
     # memory
     "relay_rss_base_kib", "relay_rss_agents_kib", "relay_rss_per_agent_kib", "streams_open",
     "relay_rss_per_stream_kib", "idle_seconds", "idle_cpu_percent",
     # connect
     "connect_seconds", "connect_cpu_ms_per_agent", "connect_relay_cpu_percent",
-    "connect_workers_cpu_percent",
+    "connect_workers_cpu_percent", "connect_listen_overflows",
     # restart
     "restart_all_reconnected", "restart_relay_start_seconds", "restart_reconnect_seconds",
     "restart_reconnect_from_kill_seconds", "restart_relay_cpu_percent", "restart_workers_cpu_percent",
-    "restart_tracebacks", "restart_retry_after_seen",
-    "readyz_worst_ms", "metrics_worst_ms", "api_worst_ms", "poll_failures",
+    "restart_listen_overflows", "restart_tracebacks", "restart_retry_after_seen",
+    "readyz_worst_ms", "metrics_worst_ms", "api_worst_ms", "poll_worst_connect_ms", "poll_failures",
     # fairness
     "fairness_alone_mib_s", "fairness_stalled_mib_s", "fairness_ratio",
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +18,29 @@ AGENTS = 20
 RUN_TIMEOUT = 180
 
 
+def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m bench.scale ARGS`` in its own process group, so that a hung
+    run is stopped with every process it started (relay, workers)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.scale", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"bench.scale still running after {timeout} s: {err[-2000:]}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def test_bench_scale_small_run_prints_table_and_complete_json_line() -> None:
     """20 agents in 2 workers, 20 idle streams, a kill -9 restart and the
     fairness part: every agent connects (and reconnects), every key is in the
     JSON line, every figure is a non-negative number, and the table names each
     measure with its goal."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.scale", "--agents", str(AGENTS), "--streams", "20",
-         "--workers", "2", "--idle-seconds", "1", "--fairness-bytes", "4MiB",
-         "--fairness-timeout", "5", "--restart-timeout", "60"],
-        cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = run_bench(["--agents", str(AGENTS), "--streams", "20", "--workers", "2",
+                      "--idle-seconds", "1", "--fairness-bytes", "4MiB", "--fairness-timeout", "5",
+                      "--restart-timeout", "60"], RUN_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
@@ -51,9 +63,7 @@ def test_bench_scale_small_run_prints_table_and_complete_json_line() -> None:
 
 def test_bench_scale_refuses_unknown_part_in_one_line() -> None:
     """A typo in --only is one clear line and exit status 2, before anything starts."""
-    proc = subprocess.run([sys.executable, "-m", "bench.scale", "--only", "memory,speed"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = run_bench(["--only", "memory,speed"], 60)
     assert proc.returncode == 2
     assert "unknown part(s) speed" in proc.stderr
     assert "Traceback" not in proc.stderr
