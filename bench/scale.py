@@ -74,6 +74,8 @@ def say(message: str) -> None:
 
 @dataclass(frozen=True)
 class Options:
+    """The command line (``parse_args``); see ``--help`` for each option."""
+
     agents: int
     workers: int
     streams: int

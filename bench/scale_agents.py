@@ -9,7 +9,12 @@ and the ``control`` stream carrying one metadata line. It redials the way
 there (``Connector.run`` itself is not reused because it polls every session
 every 50-200 ms, which at thousands of sessions per process would cost more
 CPU than the relay being measured; one watcher per worker polls them all).
-On top of the connector, a 503 answer's ``Retry-After`` is honoured.
+On top of the connector, a 503 answer's ``Retry-After`` is honoured (the
+next dial waits at least that long). One difference, for the simulation's
+sake: a worker has at most ``dial_concurrency`` handshakes in flight (64 by
+default), so that thousands of client-side TLS handshakes in one process do
+not time out for want of CPU that real agents, each on its own machine, have;
+the wait for a slot is not counted in the handshake timeout.
 
 Streams the relay opens (target ``kube-aad-proxy``) speak a one-byte bench
 protocol instead of being piped upstream: ``H`` holds the stream idle until
