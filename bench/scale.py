@@ -105,7 +105,8 @@ class Bench:
         self.clusters: list[str] = []
         self.admin_token = ""
         self.result: dict[str, Any] = {"agents_requested": opts.agents, "workers": opts.workers,
-                                       "registration": "management API: one PUT per cluster as an admin"}
+                                       "registration": "management API: one PUT per cluster as an admin",
+                                       "relay_gauge_missing": False}
 
     # -- set-up ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -165,16 +166,22 @@ class Bench:
         return [(cid, k.private_key_pem.decode()) for cid, k in zip(self.clusters, keys, strict=True)]
 
     async def agent_sessions(self, http: aiohttp.ClientSession | None = None) -> float | None:
-        """The relay's gauge of open agent sessions (None if it did not answer)."""
-        assert self.relay is not None
+        """The relay's gauge of open agent sessions; None if the relay did not
+        answer. Should a relay no longer export the gauge, the workers' count
+        stands in (and ``relay_gauge_missing`` says so)."""
+        assert self.relay is not None and self.workers is not None
         session = http or self.http
         assert session is not None
         try:
             async with asyncio.timeout(5):
                 async with session.get(self.relay.url + "/metrics") as resp:
-                    return metric_value(await resp.text(), *AGENT_GAUGE)
+                    value = metric_value(await resp.text(), *AGENT_GAUGE)
         except (aiohttp.ClientError, OSError, TimeoutError):
             return None
+        if value is None:
+            self.result["relay_gauge_missing"] = True
+            return float(self.workers.connected)
+        return value
 
     async def wait_all_connected(self, want: int, timeout: float,
                                  http: aiohttp.ClientSession | None = None) -> bool:

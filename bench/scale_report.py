@@ -22,7 +22,8 @@ GOALS = {
 # its keys null. Units are in the names.
 ALL_KEYS = (
     # set-up
-    "load_average_start", "load_average_end", "agents_requested", "agents_connected", "workers", "fd_limit", "registration", "keygen_seconds",
+    "load_average_start", "load_average_end", "agents_requested", "agents_connected", "workers", "fd_limit",
+    "relay_gauge_missing", "registration", "keygen_seconds",
     "register_seconds",
     # memory
     "relay_rss_base_kib", "relay_rss_agents_kib", "relay_rss_per_agent_kib", "streams_open",

@@ -48,8 +48,9 @@ def test_bench_scale_small_run_prints_table_and_complete_json_line() -> None:
     assert result["agents_connected"] == AGENTS
     assert result["streams_open"] == 20
     assert result["restart_all_reconnected"] is True
+    assert result["relay_gauge_missing"] is False  # agents_connected is the relay's own count
     for key, value in result.items():
-        if key in ("registration", "restart_all_reconnected"):
+        if key in ("registration", "restart_all_reconnected", "relay_gauge_missing"):
             continue
         assert isinstance(value, int | float) and not isinstance(value, bool), (key, value)
         assert value >= 0, (key, value)
