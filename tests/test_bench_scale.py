@@ -34,13 +34,14 @@ def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[st
 
 
 def test_bench_scale_small_run_prints_table_and_complete_json_line() -> None:
-    """20 agents in 2 workers, 20 idle streams, a kill -9 restart and the
+    """20 agents in 2 workers (at most 4 handshakes in flight each, so the
+    simulation's own bound is hit), 20 idle streams, a kill -9 restart and the
     fairness part: every agent connects (and reconnects), every key is in the
     JSON line, every figure is a non-negative number, and the table names each
     measure with its goal."""
     proc = run_bench(["--agents", str(AGENTS), "--streams", "20", "--workers", "2",
                       "--idle-seconds", "1", "--fairness-bytes", "4MiB", "--fairness-timeout", "5",
-                      "--restart-timeout", "60"], RUN_TIMEOUT)
+                      "--restart-timeout", "60", "--dial-concurrency", "4"], RUN_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
