@@ -419,6 +419,7 @@ async def amain(opts: Options) -> dict[str, Any]:
         else:
             work = opts.work_dir.resolve()
             work.mkdir(parents=True, exist_ok=True)
+            work.chmod(0o700)  # agent keys and the issuer's signing key go in there
         bench = Bench(opts, work)
         try:
             return await bench.run()

@@ -36,9 +36,11 @@ class Workers:
         procs = []
         for i in range(count):
             spec = work / f"worker-{i}.json"
-            spec.write_text(json.dumps({"relay_url": relay_url, "ca_file": ca_file,
-                                        "dial_concurrency": dial_concurrency,
-                                        "clusters": clusters[i::count]}))
+            # The spec holds the agents' private keys: owner-only, like a key file.
+            fd = os.open(spec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"relay_url": relay_url, "ca_file": ca_file, "dial_concurrency": dial_concurrency,
+                           "clusters": clusters[i::count]}, f)
             with open(work / f"worker-{i}.log", "wb") as log:
                 procs.append(await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "bench.scale_agents", "--spec", str(spec),

@@ -69,3 +69,18 @@ def test_bench_scale_refuses_unknown_part_in_one_line() -> None:
     assert proc.returncode == 2
     assert "unknown part(s) speed" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_scale_work_dir_keeps_agent_keys_owner_only(tmp_path: Path) -> None:
+    """With --work-dir the logs stay for reading, but the folder and the worker
+    specs (which carry the simulated agents' private keys) are owner-only."""
+    work = tmp_path / "work"
+    proc = run_bench(["--agents", "2", "--workers", "1", "--only", "connect", "--work-dir", str(work)],
+                     RUN_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["agents_connected"] == 2
+    assert work.stat().st_mode & 0o077 == 0
+    spec = work / "worker-0.json"
+    assert "PRIVATE KEY" in spec.read_text()
+    assert spec.stat().st_mode & 0o077 == 0
+    assert (work / "relay-1.log").read_text().count("agent connected") >= 2
