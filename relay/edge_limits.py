@@ -11,7 +11,7 @@ YAML::
     listener: {tls_engine: memorybio}          # or asyncio (aiohttp's own TLS site)
     limits: {tls_handshake_timeout_seconds: 10, head_timeout_seconds: 10,
              max_head_bytes: 65536, max_preauth_connections: 1024,
-             keepalive_timeout_seconds: 75}
+             keepalive_timeout_seconds: 75, listen_backlog: 4096}
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_PREAUTH_CONNECTIONS = 1024
 # aiohttp's default: a kept-alive connection with no request in progress.
 KEEPALIVE_TIMEOUT = 75.0
+# Connections the kernel queues before the relay accepts them. asyncio's default
+# (100) overflows when thousands of agents redial after a relay restart: each
+# dropped SYN is retried by the agent's kernel only after 1, 3, 7 s, which shows
+# as multi-second stalls of /readyz and /metrics (bench/scale.py counts
+# ListenOverflows). The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 TLS_ENGINES = ("memorybio", "asyncio")
 
 
@@ -49,6 +55,8 @@ class EdgeLimits:
         max_preauth_connections: Connections held before their first head is
             complete; beyond it new ones are closed at once.
         keepalive_timeout: Seconds an idle kept-alive HTTP connection is held.
+        listen_backlog: The listening socket's accept queue (capped by the
+            kernel's net.core.somaxconn).
     """
 
     tls_engine: str = "memorybio"
@@ -57,6 +65,7 @@ class EdgeLimits:
     max_head_bytes: int = MAX_HEAD_BYTES
     max_preauth_connections: int = MAX_PREAUTH_CONNECTIONS
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    listen_backlog: int = LISTEN_BACKLOG
 
     def __post_init__(self) -> None:
         if self.tls_engine not in TLS_ENGINES:
@@ -68,6 +77,8 @@ class EdgeLimits:
             raise ValueError("limits.max_head_bytes must be >= 1024")
         if self.max_preauth_connections < 1:
             raise ValueError("limits.max_preauth_connections must be >= 1")
+        if self.listen_backlog < 1:
+            raise ValueError("limits.listen_backlog must be >= 1")
 
 
 def edge_limits_from(listener: dict[str, Any], limits: dict[str, Any]) -> EdgeLimits:
@@ -85,4 +96,5 @@ def edge_limits_from(listener: dict[str, Any], limits: dict[str, Any]) -> EdgeLi
         max_head_bytes=int(limits.get("max_head_bytes", MAX_HEAD_BYTES)),
         max_preauth_connections=int(limits.get("max_preauth_connections", MAX_PREAUTH_CONNECTIONS)),
         keepalive_timeout=float(limits.get("keepalive_timeout_seconds", KEEPALIVE_TIMEOUT)),
+        listen_backlog=int(limits.get("listen_backlog", LISTEN_BACKLOG)),
     )

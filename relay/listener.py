@@ -68,11 +68,13 @@ class RelayListener:
         """
         loop = asyncio.get_running_loop()
         if self.limits.tls_engine == "memorybio":
-            self._server = await loop.create_server(self._terminator, host, port, reuse_address=True)
+            self._server = await loop.create_server(self._terminator, host, port, reuse_address=True,
+                                                    backlog=self.limits.listen_backlog)
         else:
             self._server = await loop.create_server(
                 lambda: self._guard(None), host, port, ssl=self.ssl_context,
-                ssl_handshake_timeout=self.limits.tls_handshake_timeout, reuse_address=True)
+                ssl_handshake_timeout=self.limits.tls_handshake_timeout, reuse_address=True,
+                backlog=self.limits.listen_backlog)
 
     def _terminator(self) -> TlsTerminator:
         return TlsTerminator(self.ssl_context, self._guard, self.gate,

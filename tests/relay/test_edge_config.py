@@ -19,10 +19,11 @@ def test_relay_config_reads_listener_and_edge_limits() -> None:
     config = relay_config_from_dict({
         "listener": {"tls_engine": "asyncio"},
         "limits": {"tls_handshake_timeout_seconds": 3, "head_timeout_seconds": 4, "max_head_bytes": 8192,
-                   "max_preauth_connections": 7, "keepalive_timeout_seconds": 9},
+                   "max_preauth_connections": 7, "keepalive_timeout_seconds": 9, "listen_backlog": 11},
     })
     assert config.edge == EdgeLimits(tls_engine="asyncio", tls_handshake_timeout=3.0, head_timeout=4.0,
-                                     max_head_bytes=8192, max_preauth_connections=7, keepalive_timeout=9.0)
+                                     max_head_bytes=8192, max_preauth_connections=7, keepalive_timeout=9.0,
+                                     listen_backlog=11)
     assert relay_config_from_dict({}).edge == EdgeLimits()
 
 
@@ -30,6 +31,7 @@ def test_relay_config_reads_listener_and_edge_limits() -> None:
     ({"listener": {"tls_engine": "openssl"}}, "listener.tls_engine"),
     ({"limits": {"head_timeout_seconds": 0}}, "limits.head_timeout_seconds"),
     ({"limits": {"max_preauth_connections": 0}}, "limits.max_preauth_connections"),
+    ({"limits": {"listen_backlog": 0}}, "limits.listen_backlog"),
     ({"limits": {"max_head_bytes": "lots"}}, "invalid literal"),
     ({"listener": "memorybio"}, "listener and limits must be YAML mappings"),
 ])
