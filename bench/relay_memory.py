@@ -187,7 +187,11 @@ async def measure(engine: str, agents: int, streams: int, trace: bool) -> dict[s
             "listen": "127.0.0.1:0", "state_dir": str(root / "relay"),
             "oidc": {"issuers": [{"issuer": idp.issuer, "ca_file": idp.ca_file}]},
             "listener": {"tls_engine": engine},
-            "limits": {"max_preauth_connections": CONNECT_CONCURRENCY * 4},
+            # All the streams are one user's to one cluster: lift the shares
+            # (relay/shares.py) above what the run opens.
+            "limits": {"max_preauth_connections": CONNECT_CONCURRENCY * 4,
+                       "streams_per_principal_per_cluster": streams + 1,
+                       "streams_per_client_session": streams + 1},
         }))
         relay = RelayProcess(config, trace)
         fleet = Fleet(relay, keys.private_key_pem, idp)
