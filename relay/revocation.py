@@ -34,9 +34,10 @@ TOKEN_EXPIRED = "token expired"
 MIN_PASS_INTERVAL = 0.05
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LiveStream:
-    """One routed stream: who opened it, for which scope, and both legs."""
+    """One routed stream: who opened it, for which scope, and both legs
+    (slotted: one per idle routed stream, see relay/router.py)."""
 
     principal: Principal
     scope: str
