@@ -34,6 +34,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from multidict import CIMultiDict
 
 from certs import client_ssl_context, generate_key_pair
 from identity.agent_assertion import sign_agent_assertion
@@ -152,8 +153,8 @@ class Fleet:
                 # them (relay/admission.py); back off as arc-agent does.
                 if exc.status != 503 or attempt == ADMISSION_RETRIES - 1:
                     raise
-                retry_after = float((exc.headers or {}).get("Retry-After", "1"))
-                await asyncio.sleep(random.uniform(0, min(retry_after, 5.0)))
+                retry_after = CIMultiDict(exc.headers or ()).get("Retry-After", "1")
+                await asyncio.sleep(random.uniform(0, min(float(retry_after), 5.0)))
         session = TunnelSession(ws, is_client=True, name=f"agent{index}", on_stream=hold)
         self.sessions.append((session, asyncio.ensure_future(session.run())))
 
