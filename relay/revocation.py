@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from identity import Principal
@@ -77,6 +77,9 @@ class LiveStreams:
 
     def __len__(self) -> int:
         return len(self._streams)
+
+    def __iter__(self) -> Iterator[LiveStream]:
+        return iter(list(self._streams))
 
     def add(self, principal: Principal, scope: str, cluster: str, client: TunnelStream,
             upstream: TunnelStream) -> LiveStream:
