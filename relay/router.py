@@ -107,29 +107,37 @@ async def _open_upstream(state: RelayState, cid: str) -> TunnelStream | tuple[Er
 
 
 BytesMeter = Callable[[bytes | memoryview], None]
-# One meter per counter (a direction's metric child), shared by every stream:
-# a closure per stream and direction cost ~0.2 KiB of an idle stream's memory.
-_shared_meters: weakref.WeakKeyDictionary[Any, BytesMeter] = weakref.WeakKeyDictionary()
+# The meters of a relay's byte counter (``metrics.bytes``), one per direction,
+# shared by every stream: a closure per stream and direction cost ~0.2 KiB of
+# an idle stream's memory. Keyed weakly by the labelled metric, which the
+# meters do not reference (they hold its children), so a relay's entry goes
+# with its metrics.
+_shared_meters: weakref.WeakKeyDictionary[Any, dict[str, BytesMeter]] = weakref.WeakKeyDictionary()
 
 
-def _meter(counter: Any, recorder: DataRecorder | None) -> BytesMeter:
+def _meter(byte_counter: Any, direction: str, recorder: DataRecorder | None) -> BytesMeter:
     """The per-chunk callback of one direction: count (and optionally record)
     every chunk the bridge forwards."""
-    inc = counter.inc
     if recorder is None:
-        shared = _shared_meters.get(counter)
+        meters = _shared_meters.get(byte_counter)
+        if meters is None:
+            meters = _shared_meters[byte_counter] = {}
+        shared = meters.get(direction)
         if shared is None:
-            def on_bytes(data: bytes | memoryview) -> None:
-                inc(len(data))
-            shared = _shared_meters[counter] = on_bytes
-        return shared
-    else:
-        record = recorder.record
+            inc = byte_counter.labels(direction).inc
 
-        def on_bytes(data: bytes | memoryview) -> None:
-            inc(len(data))
-            record(data)
-    return on_bytes
+            def count(data: bytes | memoryview) -> None:
+                inc(len(data))
+            shared = meters[direction] = count
+        return shared
+    # A test hook (off in production): a closure per stream is fine here.
+    inc = byte_counter.labels(direction).inc
+    record = recorder.record
+
+    def count_and_record(data: bytes | memoryview) -> None:
+        inc(len(data))
+        record(data)
+    return count_and_record
 
 
 def principal_key(principal: Principal) -> str:
@@ -251,8 +259,8 @@ async def _route_within_share(state: RelayState, principal: Principal, stream: T
     # then calls routed.ended.
     join_streams(
         stream, upstream,
-        on_a_to_b=_meter(metrics.bytes.labels("client_to_agent"), recorder),
-        on_b_to_a=_meter(metrics.bytes.labels("agent_to_client"), recorder),
+        on_a_to_b=_meter(metrics.bytes, "client_to_agent", recorder),
+        on_b_to_a=_meter(metrics.bytes, "agent_to_client", recorder),
         on_done=routed.ended,
     )
     return True

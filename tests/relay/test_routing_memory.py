@@ -11,12 +11,15 @@ however it ends.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
-from relay.router import principal_key
+from relay.metrics import RelayMetrics
+from relay.router import _meter, principal_key
 from tests.relay.harness import (
     DEMO_OID,
     WAIT,
@@ -152,3 +155,21 @@ async def test_relay_releases_routed_stream_accounting_when_agent_session_dies(
                 await stream.read()
         assert info.value.code == ErrorCode.CANCEL
     await wait_until(lambda: accounting_released(relay_env, key), "routing accounting released")
+
+
+def test_router_byte_meters_are_shared_and_go_with_their_metrics() -> None:
+    """Every routed stream of a relay gets the same meter per direction (no
+    closure per stream); it counts into that relay's counter; the cache
+    keeps no relay's metrics alive once the relay dropped them."""
+    metrics = RelayMetrics()
+    meter = _meter(metrics.bytes, "client_to_agent", None)
+    assert _meter(metrics.bytes, "client_to_agent", None) is meter
+    assert _meter(metrics.bytes, "agent_to_client", None) is not meter
+    meter(b"abc")
+    meter(memoryview(b"de"))
+    assert metrics.registry.get_sample_value(
+        "arc_relay_bytes_total", {"direction": "client_to_agent"}) == 5
+    gone = [weakref.ref(metrics.bytes), weakref.ref(metrics.bytes.labels("client_to_agent"))]
+    del metrics, meter
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None]
