@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tunnel.aio_errors import StreamError, TunnelClosed
 from tunnel.errors import ErrorCode, LocalProtocolError
@@ -41,7 +41,7 @@ from tunnel.errors import ErrorCode, LocalProtocolError
 if TYPE_CHECKING:
     from tunnel.aio_stream import TunnelStream
 
-__all__ = ["BytesCallback", "StreamBridge", "forward_streams", "join_streams"]
+__all__ = ["BytesCallback", "StreamBridge", "StreamHook", "forward_streams", "join_streams"]
 
 log = logging.getLogger("tunnel")
 
@@ -52,6 +52,17 @@ BytesCallback = Callable[[bytes | memoryview], None]
 _FIN_FROM_A = 1
 _FIN_FROM_B = 2
 _FIN_BOTH = _FIN_FROM_A | _FIN_FROM_B
+
+
+class StreamHook(Protocol):
+    """Takes a stream's events instead of its waiters while a join runs:
+    ``StreamBridge`` (below) or ``SocketSplice`` (aio_socket.py)."""
+
+    def on_data(self, stream: TunnelStream, data: bytes) -> None: ...
+    def on_credit(self, stream: TunnelStream) -> None: ...
+    def on_fin(self, stream: TunnelStream) -> None: ...
+    def on_reset(self, stream: TunnelStream) -> None: ...
+    def on_closed(self, stream: TunnelStream) -> None: ...
 
 
 class StreamBridge:

@@ -22,28 +22,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from tunnel.aio_errors import StreamRefused, StreamReset, TunnelClosed
 from tunnel.errors import ErrorCode, LocalProtocolError
 
 if TYPE_CHECKING:
+    from tunnel.aio_forward import StreamHook
     from tunnel.aio_session import TunnelSession
 
 __all__ = ["TunnelStream"]
 
 DEFAULT_READ_SIZE = 65536
-
-
-class StreamHook(Protocol):
-    """Takes a stream's events instead of its waiters while a join runs:
-    ``StreamBridge`` (aio_forward.py) or ``SocketSplice`` (aio_socket.py)."""
-
-    def on_data(self, stream: TunnelStream, data: bytes) -> None: ...
-    def on_credit(self, stream: TunnelStream) -> None: ...
-    def on_fin(self, stream: TunnelStream) -> None: ...
-    def on_reset(self, stream: TunnelStream) -> None: ...
-    def on_closed(self, stream: TunnelStream) -> None: ...
 
 
 class TunnelStream:
