@@ -73,7 +73,6 @@ class StreamBridge:
         b: The other stream (its DATA goes to ``a``).
         on_a_to_b: Called with each chunk passed from ``a`` to ``b``.
         on_b_to_a: Called with each chunk passed from ``b`` to ``a``.
-
         on_done: Called once, from the event loop soon after the pair ended,
             once both streams were closed (``join_streams``). None: the
             caller awaits ``wait()`` and closes the streams itself.
