@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from multidict import CIMultiDict
 
 from certs import client_ssl_context, generate_key_pair
 from identity.agent_assertion import sign_agent_assertion
@@ -45,6 +47,7 @@ from tunnel import TunnelSession, TunnelStream, ws_connect_kwargs
 DEMO_OID = "35233192-fc5d-4d88-83c8-36ab5ca99ad9"  # the sandbox issuer's demo user
 RG = "bench"
 CONNECT_CONCURRENCY = 64
+ADMISSION_RETRIES = 30  # 503 answers one agent's handshake may get before the run fails
 WAIT = 120.0
 
 
@@ -138,9 +141,20 @@ class Fleet:
         self.streams: list[TunnelStream] = []
 
     async def agent(self, index: int) -> None:
-        token = sign_agent_assertion(self.key_pem, f"{RG}/c{index}", agent_endpoint_url(self.relay.url))
-        ws = await self.http.ws_connect(agent_endpoint_url(self.relay.url),
-                                        headers={"Authorization": f"Bearer {token}"}, **ws_connect_kwargs())
+        url = agent_endpoint_url(self.relay.url)
+        for attempt in range(ADMISSION_RETRIES):
+            token = sign_agent_assertion(self.key_pem, f"{RG}/c{index}", url)
+            try:
+                ws = await self.http.ws_connect(url, headers={"Authorization": f"Bearer {token}"},
+                                                **ws_connect_kwargs())
+                break
+            except aiohttp.WSServerHandshakeError as exc:
+                # 503: the relay admits handshakes at the rate it finishes
+                # them (relay/admission.py); back off as arc-agent does.
+                if exc.status != 503 or attempt == ADMISSION_RETRIES - 1:
+                    raise
+                retry_after = CIMultiDict(exc.headers or ()).get("Retry-After", "1")
+                await asyncio.sleep(random.uniform(0, min(float(retry_after), 5.0)))
         session = TunnelSession(ws, is_client=True, name=f"agent{index}", on_stream=hold)
         self.sessions.append((session, asyncio.ensure_future(session.run())))
 
@@ -187,7 +201,11 @@ async def measure(engine: str, agents: int, streams: int, trace: bool) -> dict[s
             "listen": "127.0.0.1:0", "state_dir": str(root / "relay"),
             "oidc": {"issuers": [{"issuer": idp.issuer, "ca_file": idp.ca_file}]},
             "listener": {"tls_engine": engine},
-            "limits": {"max_preauth_connections": CONNECT_CONCURRENCY * 4},
+            # All the streams are one user's to one cluster: lift the shares
+            # (relay/shares.py) above what the run opens.
+            "limits": {"max_preauth_connections": CONNECT_CONCURRENCY * 4,
+                       "streams_per_principal_per_cluster": streams + 1,
+                       "streams_per_client_session": streams + 1},
         }))
         relay = RelayProcess(config, trace)
         fleet = Fleet(relay, keys.private_key_pem, idp)

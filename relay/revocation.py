@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from identity import Principal
@@ -34,9 +34,10 @@ TOKEN_EXPIRED = "token expired"
 MIN_PASS_INTERVAL = 0.05
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LiveStream:
-    """One routed stream: who opened it, for which scope, and both legs."""
+    """One routed stream: who opened it, for which scope, and both legs
+    (slotted: one per idle routed stream, see relay/router.py)."""
 
     principal: Principal
     scope: str
@@ -76,6 +77,9 @@ class LiveStreams:
 
     def __len__(self) -> int:
         return len(self._streams)
+
+    def __iter__(self) -> Iterator[LiveStream]:
+        return iter(list(self._streams))
 
     def add(self, principal: Principal, scope: str, cluster: str, client: TunnelStream,
             upstream: TunnelStream) -> LiveStream:

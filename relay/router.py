@@ -4,23 +4,33 @@ For each OPEN on a client session: authorise (cluster-user or admin on the
 cluster), find the live agent session (waiting a short grace for an agent that
 is reconnecting, e.g. after a relay restart), open a stream on it, and only
 then accept the client's stream and join the two at the frame level
-(``tunnel.splice_streams``). Nothing inside DATA is parsed; memory per stream
+(``tunnel.join_streams``). Nothing inside DATA is parsed; memory per stream
 is bounded by the tunnel's windows because bytes move from one stream to the
 other only as fast as the far side grants credit, and the near side gets its
 credit back only for bytes passed on.
+
+Memory per idle routed stream (issue 11: <= 4 KiB, ``bench.relay_memory``):
+once joined, the handler returns, so its task and coroutine frames are freed;
+what stays is the two streams, the bridge and one ``RoutedStream`` (slotted)
+that undoes the accounting (shares, live streams, the open-streams gauge)
+when the join ends. The byte meters are shared by all streams; the strings a
+routed stream keeps (cluster id, scope, share holder) are interned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 from identity import Principal
 from relay.registry import cluster_id, valid_name
+from relay.revocation import LiveStream
 from relay.roles import cluster_scope
 from relay.shares import SessionShare
 from relay.state import RelayState
@@ -30,7 +40,7 @@ from tunnel import (
     TunnelClosed,
     TunnelSession,
     TunnelStream,
-    splice_streams,
+    join_streams,
 )
 
 log = logging.getLogger("relay")
@@ -96,25 +106,64 @@ async def _open_upstream(state: RelayState, cid: str) -> TunnelStream | tuple[Er
     return ErrorCode.TARGET_UNAVAILABLE, f"cluster {cid} is offline"
 
 
-def _meter(counter: Any, recorder: DataRecorder | None) -> Callable[[bytes | memoryview], None]:
+BytesMeter = Callable[[bytes | memoryview], None]
+# The meters of a relay's byte counter (``metrics.bytes``), one per direction,
+# shared by every stream: a closure per stream and direction cost ~0.2 KiB of
+# an idle stream's memory. Keyed weakly by the labelled metric, which the
+# meters do not reference (they hold its children), so a relay's entry goes
+# with its metrics.
+_shared_meters: weakref.WeakKeyDictionary[Any, dict[str, BytesMeter]] = weakref.WeakKeyDictionary()
+
+
+def _meter(byte_counter: Any, direction: str, recorder: DataRecorder | None) -> BytesMeter:
     """The per-chunk callback of one direction: count (and optionally record)
     every chunk the bridge forwards."""
-    inc = counter.inc
     if recorder is None:
-        def on_bytes(data: bytes | memoryview) -> None:
-            inc(len(data))
-    else:
-        record = recorder.record
+        meters = _shared_meters.get(byte_counter)
+        if meters is None:
+            meters = _shared_meters[byte_counter] = {}
+        shared = meters.get(direction)
+        if shared is None:
+            inc = byte_counter.labels(direction).inc
 
-        def on_bytes(data: bytes | memoryview) -> None:
-            inc(len(data))
-            record(data)
-    return on_bytes
+            def count(data: bytes | memoryview) -> None:
+                inc(len(data))
+            shared = meters[direction] = count
+        return shared
+    # A test hook (off in production): a closure per stream is fine here.
+    inc = byte_counter.labels(direction).inc
+    record = recorder.record
+
+    def count_and_record(data: bytes | memoryview) -> None:
+        inc(len(data))
+        record(data)
+    return count_and_record
 
 
 def principal_key(principal: Principal) -> str:
-    """Who holds a stream share: issuer plus immutable object id."""
-    return f"{principal.issuer} {principal.oid}"
+    """Who holds a stream share: issuer plus immutable object id (interned:
+    every stream of a principal keeps the same string)."""
+    return sys.intern(f"{principal.issuer} {principal.oid}")
+
+
+class RoutedStream:
+    """What one routed stream holds until its join ends, and the undoing of
+    its accounting then (``ended``, the join's ``on_done``)."""
+
+    __slots__ = ("holder", "live", "share", "state")
+
+    def __init__(self, state: RelayState, share: SessionShare, holder: str, live: LiveStream) -> None:
+        self.state = state
+        self.share = share
+        self.holder = holder
+        self.live = live
+
+    def ended(self) -> None:
+        """The pair ended (both streams closed): give back what routing took."""
+        state = self.state
+        state.live_streams.discard(self.live)
+        state.metrics.streams_open.dec()
+        state.shares.release(self.share, self.holder, self.live.cluster)
 
 
 async def route_stream(state: RelayState, principal: Principal, stream: TunnelStream,
@@ -137,7 +186,7 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
         stream.reject(ErrorCode.NOT_FOUND, "target must be '<resourceGroup>/<clusterName>'")
         return
     rg, name = parsed
-    cid = cluster_id(rg, name)
+    cid = sys.intern(cluster_id(rg, name))
     if principal.expires_at < time.time():
         metrics.streams_total.labels("forbidden").inc()
         stream.reject(ErrorCode.FORBIDDEN, "token expired; reconnect with a fresh token")
@@ -161,17 +210,26 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
         state.refusals.refused("stream over share", principal.name, cid, "too many streams")
         stream.reject(ErrorCode.TOO_MANY_STREAMS, over)
         return
+    joined = False
     try:
-        await _route_within_share(state, principal, stream, cid, cluster_scope(rg, name), started,
-                                  recorder)
+        joined = await _route_within_share(state, principal, stream, cid,
+                                           sys.intern(cluster_scope(rg, name)), started, recorder,
+                                           share, holder)
     finally:
-        state.shares.release(share, holder, cid)
+        if not joined:
+            state.shares.release(share, holder, cid)
 
 
 async def _route_within_share(state: RelayState, principal: Principal, stream: TunnelStream,
                               cid: str, scope: str, started: float,
-                              recorder: DataRecorder | None) -> None:
-    """Open the agent's stream, accept the client's, splice until both end."""
+                              recorder: DataRecorder | None, share: SessionShare,
+                              holder: str) -> bool:
+    """Open the agent's stream, accept the client's, join them.
+
+    Returns:
+        True once the join owns the pair: its ``RoutedStream.ended`` then
+        releases the share, else the caller does.
+    """
     metrics = state.metrics
     upstream = await _open_upstream(state, cid)
     if isinstance(upstream, tuple):
@@ -180,28 +238,29 @@ async def _route_within_share(state: RelayState, principal: Principal, stream: T
         metrics.streams_total.labels(outcome).inc()
         state.refusals.refused(f"stream {outcome}", principal.name, cid, str(getattr(code, "name", code)))
         stream.reject(cast(ErrorCode, code), reason)
-        return
+        return False
     try:
         stream.accept()
     except Exception:
         # The client gave up while we were opening upstream.
         upstream.reset(ErrorCode.CANCEL, "client went away")
         metrics.streams_total.labels("client_gone").inc()
-        return
+        return False
     metrics.open_latency.observe(time.monotonic() - started)
     metrics.streams_total.labels("routed").inc()
     metrics.streams_open.inc()
     log.debug("stream routed principal=%s cluster=%s", principal.name, cid)
     # Revoking the role or the token's expiry ends the stream (relay/revocation.py).
     live = state.live_streams.add(principal, scope, cid, stream, upstream)
-    try:
-        # Frame-level forwarding (no task per pair, no copy): DATA is passed
-        # from one session to the other as credit allows; see tunnel/aio_forward.py.
-        await splice_streams(
-            stream, upstream,
-            on_a_to_b=_meter(metrics.bytes.labels("client_to_agent"), recorder),
-            on_b_to_a=_meter(metrics.bytes.labels("agent_to_client"), recorder),
-        )
-    finally:
-        state.live_streams.discard(live)
-        metrics.streams_open.dec()
+    routed = RoutedStream(state, share, holder, live)
+    # Frame-level forwarding (no task per pair, no copy): DATA is passed from
+    # one session to the other as credit allows (tunnel/aio_forward.py). This
+    # handler returns now; the join closes both streams when the pair ends and
+    # then calls routed.ended.
+    join_streams(
+        stream, upstream,
+        on_a_to_b=_meter(metrics.bytes, "client_to_agent", recorder),
+        on_b_to_a=_meter(metrics.bytes, "agent_to_client", recorder),
+        on_done=routed.ended,
+    )
+    return True

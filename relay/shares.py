@@ -25,7 +25,7 @@ PRINCIPAL_KEY = "limits.streams_per_principal_per_cluster"
 SESSION_KEY = "limits.streams_per_client_session"
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionShare:
     """The streams one client session holds (one per client session)."""
 

@@ -6,6 +6,7 @@ Public names (re-exported lazily by ``tunnel/__init__.py``)::
     TunnelSession                                               (aio_session)
     TunnelStream                                                (aio_stream)
     splice, splice_streams                                      (aio_splice)
+    join_streams                                                (aio_forward)
     StreamError, StreamReset, StreamRefused, TunnelClosed       (aio_errors)
     tune_allocator                                              (aio_alloc)
 
@@ -24,6 +25,7 @@ from tunnel import SUBPROTOCOL
 from tunnel.aio_alloc import tune_allocator
 from tunnel.aio_config import TunnelConfig, server_websocket_response, ws_connect_kwargs
 from tunnel.aio_errors import StreamError, StreamRefused, StreamReset, TunnelClosed
+from tunnel.aio_forward import join_streams
 from tunnel.aio_session import StreamHandler, TunnelSession
 from tunnel.aio_splice import splice, splice_streams
 from tunnel.aio_stream import TunnelStream
@@ -38,6 +40,7 @@ __all__ = [
     "TunnelConfig",
     "TunnelSession",
     "TunnelStream",
+    "join_streams",
     "server_websocket_response",
     "splice",
     "splice_streams",

@@ -19,14 +19,21 @@ its own. The sessions' dispatch calls into it (``TunnelStream`` delegates its
 
 Nothing inside DATA is parsed; each chunk is passed as received (no copy) and
 shown to an optional ``on_bytes`` callback (the relay's metrics).
+
+Two ways to run a join: ``forward_streams`` awaits its end (a task per pair);
+``join_streams`` returns at once and calls ``on_done`` when the pair ended,
+so an idle routed pair costs the relay two streams and one bridge, no task,
+no coroutine frames and no future (the bridge has ``__slots__``; its future
+exists only if somebody awaits ``wait``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tunnel.aio_errors import StreamError, TunnelClosed
 from tunnel.errors import ErrorCode, LocalProtocolError
@@ -34,10 +41,28 @@ from tunnel.errors import ErrorCode, LocalProtocolError
 if TYPE_CHECKING:
     from tunnel.aio_stream import TunnelStream
 
-__all__ = ["BytesCallback", "StreamBridge", "forward_streams"]
+__all__ = ["BytesCallback", "StreamBridge", "StreamHook", "forward_streams", "join_streams"]
+
+log = logging.getLogger("tunnel")
 
 # Gets each forwarded chunk (as received, or a part of it).
 BytesCallback = Callable[[bytes | memoryview], None]
+
+# Bits of StreamBridge._fins: FIN from a (resp. b) forwarded to the other side.
+_FIN_FROM_A = 1
+_FIN_FROM_B = 2
+_FIN_BOTH = _FIN_FROM_A | _FIN_FROM_B
+
+
+class StreamHook(Protocol):
+    """Takes a stream's events instead of its waiters while a join runs:
+    ``StreamBridge`` (below) or ``SocketSplice`` (aio_socket.py)."""
+
+    def on_data(self, stream: TunnelStream, data: bytes) -> None: ...
+    def on_credit(self, stream: TunnelStream) -> None: ...
+    def on_fin(self, stream: TunnelStream) -> None: ...
+    def on_reset(self, stream: TunnelStream) -> None: ...
+    def on_closed(self, stream: TunnelStream) -> None: ...
 
 
 class StreamBridge:
@@ -48,9 +73,14 @@ class StreamBridge:
         b: The other stream (its DATA goes to ``a``).
         on_a_to_b: Called with each chunk passed from ``a`` to ``b``.
         on_b_to_a: Called with each chunk passed from ``b`` to ``a``.
+        on_done: Called once, from the event loop soon after the pair ended,
+            once both streams were closed (``join_streams``). None: the
+            caller awaits ``wait()`` and closes the streams itself.
 
     Call ``start()`` next, then await ``wait()``; ``forward_streams`` does both.
     """
+
+    __slots__ = ("_done", "_fins", "_on_a_to_b", "_on_b_to_a", "_on_done", "a", "b", "finished")
 
     def __init__(
         self,
@@ -58,14 +88,17 @@ class StreamBridge:
         b: TunnelStream,
         on_a_to_b: BytesCallback | None = None,
         on_b_to_a: BytesCallback | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
         self.a = a
         self.b = b
-        self._on_bytes = {id(a): on_a_to_b, id(b): on_b_to_a}
-        # FIN from a stream forwarded to the other (id of the source).
-        self._fin_forwarded: set[int] = set()
+        self._on_a_to_b = on_a_to_b
+        self._on_b_to_a = on_b_to_a
+        self._on_done = on_done
+        self._fins = 0  # _FIN_FROM_A | _FIN_FROM_B as forwarded
         self.finished = False
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Created only by wait(): a joined pair nobody awaits needs none.
+        self._done: asyncio.Future[None] | None = None
 
     def other(self, stream: TunnelStream) -> TunnelStream:
         """The stream on the other side of ``stream``."""
@@ -88,16 +121,17 @@ class StreamBridge:
 
     async def wait(self) -> None:
         """Return once both directions ended (FIN both ways, or a reset)."""
+        if self.finished:
+            return
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._done)
 
     # ------------------------------------------------ called by TunnelStream
 
     def on_data(self, src: TunnelStream, data: bytes) -> None:
         """DATA arrived for ``src``: pass it on (or hold it without credit)."""
-        n = len(data)
-        src.bytes_received += n
-        src._buf.append(data)
-        src._buffered += n
+        src._buffer(data)
         self._pump(src)
 
     def on_credit(self, dst: TunnelStream) -> None:
@@ -135,7 +169,7 @@ class StreamBridge:
         if buf:
             core = dst._core
             sid = dst.id
-            on_bytes = self._on_bytes[id(src)]
+            on_bytes = self._on_a_to_b if src is self.a else self._on_b_to_a
             moved = 0
             try:
                 while buf:
@@ -173,15 +207,17 @@ class StreamBridge:
                 blocked.add(dst)  # a session WINDOW must reach on_credit
                 return
             blocked.discard(dst)
-        if src._eof and id(src) not in self._fin_forwarded:
-            self._fin_forwarded.add(id(src))
+            src._buf = None  # all passed on: an idle pair keeps no empty deque
+        fin_bit = _FIN_FROM_A if src is self.a else _FIN_FROM_B
+        if src._eof and not self._fins & fin_bit:
+            self._fins |= fin_bit
             if not dst._fin_sent and dst._error is None and not dst._session._closed:
                 dst._fin_sent = True
                 with contextlib.suppress(LocalProtocolError):
                     dst._core.send_fin(dst.id)
                 dst._session._kick()
                 dst._session._maybe_forget(dst)
-            if len(self._fin_forwarded) == 2:
+            if self._fins == _FIN_BOTH:
                 self._finish()
 
     def _finish(self) -> None:
@@ -191,8 +227,62 @@ class StreamBridge:
         for stream in (self.a, self.b):
             stream._bridge = None
             stream._session._blocked_writers.discard(stream)
-        if not self._done.done():
+        if self._done is not None and not self._done.done():
             self._done.set_result(None)
+        if self._on_done is not None:
+            # Not now: _finish runs before the other side's reset is sent
+            # (on_reset, on_closed); by the next loop turn both ends are final.
+            self.a._session._loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        """join_streams: close both streams (as forward_streams' finally does),
+        then tell the owner."""
+        for stream in (self.a, self.b):
+            try:
+                stream._close()
+            except (StreamError, TunnelClosed):
+                pass
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            try:
+                on_done()
+            except Exception:
+                # The owner's bug: one record with the traceback, the
+                # sessions and their other streams go on.
+                log.exception("! stream join %d/%d: on_done failed", self.a.id, self.b.id)
+
+
+def join_streams(
+    a: TunnelStream,
+    b: TunnelStream,
+    *,
+    on_a_to_b: BytesCallback | None = None,
+    on_b_to_a: BytesCallback | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> StreamBridge:
+    """Join two accepted streams and return at once (no task per pair).
+
+    Forwarding is ``forward_streams``' (FIN as FIN, RESET with the same code,
+    a dead session resets the other side with CANCEL), driven by the
+    sessions' dispatch. The pair belongs to the join from now on: an
+    ``on_stream`` handler that joined its stream may return, and the session
+    leaves the stream open. When both directions ended, both streams are
+    closed (as ``aclose``) and then ``on_done()`` is called, once, from the
+    event loop.
+
+    Args:
+        a: One stream.
+        b: The other stream.
+        on_a_to_b: Called with each chunk forwarded from ``a`` to ``b`` (metrics).
+        on_b_to_a: Called with each chunk forwarded from ``b`` to ``a``.
+        on_done: Called once after the pair ended and both streams were closed.
+
+    Returns:
+        The bridge (``finished`` says whether the pair ended).
+    """
+    bridge = StreamBridge(a, b, on_a_to_b, on_b_to_a, on_done)
+    bridge.start()
+    return bridge
 
 
 async def forward_streams(

@@ -135,28 +135,26 @@ class SessionIO:
         self._streams: dict[int, TunnelStream] = {}  # the session's live streams
 
     async def _idle_loop(self) -> None:
-        # Per stream: (bytes moved either way, when that count last changed).
-        # Comparing counters keeps the clock off the DATA path; a stream is
-        # reset within idle_timeout + period of its last byte.
+        # Per stream (in its _idle_moved / _idle_since slots, not in a dict
+        # of tuples: no memory per idle stream beyond the stream itself):
+        # bytes moved either way at the last look, and since when that count
+        # has not changed. Comparing counters keeps the clock off the DATA
+        # path; a stream is reset within idle_timeout + period of its last byte.
         idle = self.config.idle_timeout
         period = min(idle / 4, 5.0)
-        seen: dict[TunnelStream, tuple[int, float]] = {}
         while not self._closed:
             await asyncio.sleep(period)
             now = self._loop.time()
-            current: dict[TunnelStream, tuple[int, float]] = {}
             for stream in list(self._streams.values()):
                 if not stream._accepted:
                     continue
                 moved = stream.bytes_received + stream.bytes_sent
-                last = seen.get(stream)
-                since = last[1] if last is not None and last[0] == moved else now
-                if now - since >= idle:
+                if moved != stream._idle_moved:
+                    stream._idle_moved = moved
+                    stream._idle_since = now
+                elif now - stream._idle_since >= idle:
                     log.info("%s x stream %d idle for %g s: reset", self.name, stream.id, idle)
                     stream.reset(ErrorCode.IDLE_TIMEOUT, "idle timeout")
-                else:
-                    current[stream] = (moved, since)
-            seen = current
 
     def _session_closed(self, exc: TunnelClosed) -> None:
         """Hook: wake every stream waiter with ``exc`` (TunnelSession)."""

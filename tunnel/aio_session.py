@@ -8,7 +8,9 @@ the keepalive and the shutdown sequence live in ``SessionIO`` (aio_io.py);
 an optional sweeper resets streams silent for ``idle_timeout``.
 
 Each OPEN from the peer runs ``on_stream`` in its own task; the session keeps
-every task it starts and cancels and awaits them before ``run`` returns.
+every task it starts and cancels and awaits them before ``run`` returns. When
+the handler returns the stream is closed, unless it was handed to
+``join_streams`` (the relay's router), which then owns it.
 GOAWAY either way drains: no new streams, and once the last stream is done
 the session closes by itself.
 """
@@ -29,6 +31,7 @@ from tunnel import events as ev
 from tunnel.aio_config import TunnelConfig
 from tunnel.aio_errors import StreamError, StreamRefused, TunnelClosed
 from tunnel.aio_fastpath import FastPath, install_fast_path
+from tunnel.aio_forward import StreamBridge
 from tunnel.aio_io import DEAD_PEER_FLUSH_TIMEOUT, FLUSH_TIMEOUT, SessionIO
 from tunnel.aio_stream import TunnelStream
 from tunnel.connection import Connection
@@ -67,7 +70,8 @@ class TunnelSession(SessionIO):
         on_stream: ``async handler(stream)`` run in its own task for each
             OPEN from the peer; it must call ``stream.accept()`` or
             ``stream.reject()``. When it returns the stream is closed
-            (``aclose``); without a handler every OPEN is refused.
+            (``aclose``) unless ``join_streams`` took it; without a handler
+            every OPEN is refused.
 
     Call ``await run()`` next (it returns when the session ends).
     """
@@ -426,7 +430,9 @@ class TunnelSession(SessionIO):
             log.exception("%s ! stream handler failed on stream %d", self.name, stream.id)
             stream.reset(ErrorCode.INTERNAL_ERROR, "internal error")
         finally:
-            if not stream.done and not self._closed:
+            # A stream handed to join_streams (aio_forward.py) belongs to the
+            # join now, which closes it when the pair ends.
+            if not stream.done and not self._closed and not isinstance(stream._bridge, StreamBridge):
                 with contextlib.suppress(StreamError, TunnelClosed):
                     await stream.aclose()
 

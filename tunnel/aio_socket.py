@@ -306,10 +306,11 @@ def attach(stream: TunnelStream, reader: asyncio.StreamReader, transport: Any) -
     # The StreamReader may have paused reading when its buffer filled.
     if not transport.is_closing() and not transport.is_reading():
         transport.resume_reading()
-    if stream._buf:
+    held = stream._buf
+    if held:
         # DATA that arrived before the splice started (e.g. server speaks first).
-        chunks = list(stream._buf)
-        stream._buf.clear()
+        chunks = list(held)
+        stream._buf = None
         stream._buffered = 0
         for chunk in chunks:
             stream.bytes_received -= len(chunk)  # on_data counts it again

@@ -1,5 +1,6 @@
 """Bidirectional copies: stream <-> socket (``splice``) and stream <-> stream
-(``splice_streams``, the relay's router, see aio_forward.py).
+(``splice_streams``, awaited; the relay's router uses ``join_streams``, which
+returns at once, see aio_forward.py).
 
 ``splice`` hands the socket to aio_socket.py (no tasks, no read buffers); only
 where that cannot attach does it run both directions as two tasks owned by the

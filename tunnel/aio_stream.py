@@ -11,34 +11,29 @@ bytes buffered here never exceed the window we granted.
 
 Waiters are plain futures (one reader, one writer at a time, as with asyncio
 streams); the session wakes them from its dispatch loop.
+
+Memory: a relay holds two streams per routed kubectl connection, most of them
+idle (watches, ``logs -f``), so a stream is kept small: ``__slots__``, and
+the receive buffer (a deque, ~0.7 KiB even when empty) and the waiters' futures
+exist only while something is buffered or somebody waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from tunnel.aio_errors import StreamRefused, StreamReset, TunnelClosed
 from tunnel.errors import ErrorCode, LocalProtocolError
 
 if TYPE_CHECKING:
+    from tunnel.aio_forward import StreamHook
     from tunnel.aio_session import TunnelSession
 
 __all__ = ["TunnelStream"]
 
 DEFAULT_READ_SIZE = 65536
-
-
-class StreamHook(Protocol):
-    """Takes a stream's events instead of its waiters while a join runs:
-    ``StreamBridge`` (aio_forward.py) or ``SocketSplice`` (aio_socket.py)."""
-
-    def on_data(self, stream: TunnelStream, data: bytes) -> None: ...
-    def on_credit(self, stream: TunnelStream) -> None: ...
-    def on_fin(self, stream: TunnelStream) -> None: ...
-    def on_reset(self, stream: TunnelStream) -> None: ...
-    def on_closed(self, stream: TunnelStream) -> None: ...
 
 
 class TunnelStream:
@@ -48,6 +43,12 @@ class TunnelStream:
         id: The stream id (odd when the client side opened it).
         target: The OPEN payload, e.g. ``b"rg/cluster"`` or ``b"127.0.0.1:6443"``.
     """
+
+    __slots__ = (
+        "_accepted", "_bridge", "_buf", "_buffered", "_core", "_eof", "_error", "_fin_sent",
+        "_idle_moved", "_idle_since", "_open_waiter", "_read_waiter", "_rejected", "_session",
+        "_write_waiter", "bytes_received", "bytes_sent", "id", "incoming", "target",
+    )
 
     def __init__(
         self, session: TunnelSession, stream_id: int, target: bytes, *, incoming: bool
@@ -60,7 +61,8 @@ class TunnelStream:
         # accepted: OPEN_OK sent (incoming) or received (outgoing).
         self._accepted = False
         self._rejected = False
-        self._buf: deque[bytes] = deque()
+        # Received DATA not read yet; None while empty (see _buffer, _release).
+        self._buf: deque[bytes] | None = None
         self._buffered = 0
         self._eof = False  # peer sent FIN: the read side is complete
         self._fin_sent = False
@@ -75,6 +77,10 @@ class TunnelStream:
         # Set while forward_streams joins this stream to another (aio_forward.py):
         # the session's events then go to the bridge instead of the waiters.
         self._bridge: StreamHook | None = None
+        # The idle sweeper's last look (aio_io.SessionIO._idle_loop): bytes
+        # moved then, and since when that count has not changed.
+        self._idle_moved = -1
+        self._idle_since = 0.0
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.id} {self.target!r}>"
@@ -116,7 +122,7 @@ class TunnelStream:
             if self._error is not None:
                 raise StreamReset(self._error.code, self._error.reason)
             if self._buf:
-                return self._take(max_bytes)
+                return self._take(self._buf, max_bytes)
             if self._eof:
                 return b""
             if self._session._closed:
@@ -129,8 +135,7 @@ class TunnelStream:
             finally:
                 self._read_waiter = None
 
-    def _take(self, max_bytes: int) -> bytes:
-        buf = self._buf
+    def _take(self, buf: deque[bytes], max_bytes: int) -> bytes:
         first = buf[0]
         if len(first) >= max_bytes:
             if len(first) == max_bytes:
@@ -148,6 +153,8 @@ class TunnelStream:
                 parts.append(chunk)
                 size += len(chunk)
             data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if not buf:
+            self._buf = None  # an idle stream keeps no empty deque
         n = len(data)
         self._buffered -= n
         session = self._session
@@ -254,6 +261,9 @@ class TunnelStream:
         self._raise_if_broken()
         if not self._accepted:
             raise RuntimeError("write_eof() before accept()")
+        self._send_fin()
+
+    def _send_fin(self) -> None:
         self._fin_sent = True
         self._core.send_fin(self.id)
         self._session._kick()
@@ -323,6 +333,11 @@ class TunnelStream:
 
         To end gracefully, call ``write_eof()`` and read until b"" first.
         """
+        self._close()
+
+    def _close(self) -> None:
+        """``aclose`` without a coroutine (it never waits): for a join that
+        ends from a callback (aio_forward.join_streams)."""
         if self._error is not None or self._session._closed:
             self._release()
             return
@@ -332,13 +347,26 @@ class TunnelStream:
         if not self._eof:
             self.reset(ErrorCode.CANCEL)
         elif not self._fin_sent:
-            await self.write_eof()
+            if not self._accepted:
+                raise RuntimeError("write_eof() before accept()")
+            self._send_fin()
         self._release()
 
     def _release(self) -> None:
-        self._buf.clear()
+        self._buf = None
         self._buffered = 0
         self._session._forget(self)
+
+    def _buffer(self, data: bytes) -> deque[bytes]:
+        """Append received DATA to the read buffer (created on first use)."""
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = deque()
+        buf.append(data)
+        n = len(data)
+        self._buffered += n
+        self.bytes_received += n
+        return buf
 
     # ------------------------------------------------- called by the session
 
@@ -346,10 +374,7 @@ class TunnelStream:
         if self._bridge is not None:
             self._bridge.on_data(self, data)
             return
-        self._buf.append(data)
-        n = len(data)
-        self._buffered += n
-        self.bytes_received += n
+        self._buffer(data)
         fut = self._read_waiter
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -363,7 +388,7 @@ class TunnelStream:
     def _on_reset(self, code: int, reason: str) -> None:
         if self._error is None:
             self._error = StreamReset(code, reason)
-        self._buf.clear()
+        self._buf = None
         self._buffered = 0
         if self._open_waiter is not None and not self._open_waiter.done():
             self._open_waiter.set_exception(StreamRefused(code, reason))

@@ -1,10 +1,13 @@
 """Tests of the task-free joins: frame-level forwarding between two sessions
-(``splice_streams``, tunnel/aio_forward.py) and stream <-> TCP socket
-(``splice``, tunnel/aio_socket.py), over real loopback websockets and sockets.
+(``splice_streams`` and ``join_streams``, tunnel/aio_forward.py) and stream
+<-> TCP socket (``splice``, tunnel/aio_socket.py), over real loopback
+websockets and sockets.
 
 The "relay" here is a session pair in the middle: a client session talks to
 a relay server session, whose handler opens a stream on a second session (the
-relay as client of a far server) and joins the two, as relay/router.py does.
+relay as client of a far server) and joins the two, as relay/router.py does:
+either awaiting the join (``splice_streams``) or handing the pair to it and
+returning (``join_streams``); the stream-to-stream tests run both ways.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from tests.tunnel.test_aio import (
     tunnel_pair,
     wait_until,
 )
-from tunnel import ErrorCode, StreamReset, TunnelStream, splice, splice_streams
+from tunnel import ErrorCode, StreamReset, TunnelStream, join_streams, splice, splice_streams
 from tunnel.limits import INITIAL_STREAM_WINDOW
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,7 +39,10 @@ pytestmark = pytest.mark.timeout(60)
 class Relay:
     """Client -> relay (server session) -> far server, joined per stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, join: bool) -> None:
+        self.join = join
+        # join_streams: on_done calls, and the streams' state at each call.
+        self.done_calls: list[tuple[bool, bool]] = []
         self.near: Pair | None = None
         self.far: Pair | None = None
         self.joined: list[tuple[TunnelStream, TunnelStream]] = []
@@ -57,15 +63,30 @@ class Relay:
 
             return on_bytes
 
+        if self.join:
+
+            def on_done() -> None:
+                self.done_calls.append((stream.done, onward.done))
+
+            join_streams(
+                stream, onward, on_a_to_b=count("a_to_b"), on_b_to_a=count("b_to_a"),
+                on_done=on_done,
+            )
+            return  # the pair belongs to the join: the session leaves it open
         await splice_streams(
             stream, onward, on_a_to_b=count("a_to_b"), on_b_to_a=count("b_to_a")
         )
 
 
+# The stream-to-stream tests run with the handler awaiting the join and with
+# the handler handing the pair to join_streams and returning.
+both_joins = pytest.mark.parametrize("join", [False, True], ids=["awaited", "join_streams"])
+
+
 @contextlib.asynccontextmanager
-async def relay_path(far_handler: Handler) -> AsyncIterator[Relay]:
+async def relay_path(far_handler: Handler, join: bool = False) -> AsyncIterator[Relay]:
     """A client session whose streams the relay joins to ``far_handler``."""
-    relay = Relay()
+    relay = Relay(join)
     async with tunnel_pair(far_handler) as far:
         relay.far = far
         async with tunnel_pair(relay.handler) as near:
@@ -73,12 +94,13 @@ async def relay_path(far_handler: Handler) -> AsyncIterator[Relay]:
             yield relay
 
 
-async def test_splice_streams_forwards_bytes_exactly_both_ways_through_a_relay() -> None:
+@both_joins
+async def test_splice_streams_forwards_bytes_exactly_both_ways_through_a_relay(join: bool) -> None:
     """Three streams of random-sized writes through the relay to an echo
     server: every byte comes back exactly, FIN travels end to end, and the
     metering callbacks saw every byte once each way."""
     rng = random.Random(3)
-    async with relay_path(echo) as relay:
+    async with relay_path(echo, join) as relay:
         assert relay.near is not None
 
         async def one(size: int) -> None:
@@ -105,7 +127,8 @@ async def test_splice_streams_forwards_bytes_exactly_both_ways_through_a_relay()
         assert relay.forwarded == {"a_to_b": sum(sizes), "b_to_a": sum(sizes)}
 
 
-async def test_splice_streams_holds_at_most_the_window_when_the_consumer_stalls() -> None:
+@both_joins
+async def test_splice_streams_holds_at_most_the_window_when_the_consumer_stalls(join: bool) -> None:
     """A far reader that stops reading stops the client's writer; the relay
     holds no more than the stream window it granted (it returns credit only
     for bytes passed on); once the reader resumes every byte arrives."""
@@ -117,7 +140,7 @@ async def test_splice_streams_holds_at_most_the_window_when_the_consumer_stalls(
         await release.wait()
         got.append(await read_all(stream))
 
-    async with relay_path(stalled_sink) as relay:
+    async with relay_path(stalled_sink, join) as relay:
         assert relay.near is not None
         stream = await relay.near.client.open_stream(b"sink")
         window = relay.near.client.config.limits.stream_window  # each receiver grants this
@@ -143,7 +166,8 @@ async def test_splice_streams_holds_at_most_the_window_when_the_consumer_stalls(
         assert got[0] == blob
 
 
-async def test_splice_streams_forwards_data_that_arrived_before_the_join() -> None:
+@both_joins
+async def test_splice_streams_forwards_data_that_arrived_before_the_join(join: bool) -> None:
     """A far server that speaks first: its bytes wait in the relay's stream
     until the join starts, then reach the client exactly, before its FIN.
     (Unread, the relay's stream holds its initial window: the greeting fits.)"""
@@ -155,7 +179,7 @@ async def test_splice_streams_forwards_data_that_arrived_before_the_join() -> No
         await stream.write_eof()
         await read_all(stream)
 
-    async with relay_path(speaks_first) as relay:
+    async with relay_path(speaks_first, join) as relay:
         assert relay.near is not None
         relay.hold_before_join.clear()
         stream = await relay.near.client.open_stream(b"greet")
@@ -170,7 +194,8 @@ async def test_splice_streams_forwards_data_that_arrived_before_the_join() -> No
         await stream.write_eof()
 
 
-async def test_splice_streams_resets_the_client_when_the_far_session_dies() -> None:
+@both_joins
+async def test_splice_streams_resets_the_client_when_the_far_session_dies(join: bool) -> None:
     """When the far session closes, the client's stream is reset (CANCEL)
     instead of hanging."""
     release = asyncio.Event()
@@ -179,7 +204,7 @@ async def test_splice_streams_resets_the_client_when_the_far_session_dies() -> N
         stream.accept()
         await release.wait()
 
-    async with relay_path(waits) as relay:
+    async with relay_path(waits, join) as relay:
         assert relay.near is not None and relay.far is not None
         stream = await relay.near.client.open_stream(b"x")
         await stream.write(b"hello")
@@ -190,6 +215,45 @@ async def test_splice_streams_resets_the_client_when_the_far_session_dies() -> N
                 await read_all(stream)
         assert info.value.code == ErrorCode.CANCEL
         release.set()
+
+
+async def test_join_streams_ends_with_fin_both_ways_then_calls_on_done_once() -> None:
+    """join_streams: the relay's handler returned at once, yet bytes go both
+    ways exactly; after FIN both ways both streams are closed and forgotten by
+    their sessions, and on_done ran exactly once, after that."""
+    async with relay_path(echo, join=True) as relay:
+        assert relay.near is not None and relay.far is not None
+        stream = await relay.near.client.open_stream(b"echo")
+        payload = os.urandom(300_000)
+        await stream.write(payload)
+        await stream.write_eof()
+        async with asyncio.timeout(WAIT):
+            assert await read_all(stream) == payload
+            await wait_until(lambda: bool(relay.done_calls), "on_done called")
+        assert relay.done_calls == [(True, True)]
+        assert relay.near.server.streams == 0 and relay.far.client.streams == 0
+
+
+async def test_join_streams_passes_a_reset_on_with_its_code_then_calls_on_done() -> None:
+    """join_streams: a RESET from the far side reaches the client with the
+    same code and reason; on_done runs once, both relay streams forgotten."""
+    async def refuses_late(stream: TunnelStream) -> None:
+        stream.accept()
+        await stream.read()
+        stream.reset(ErrorCode.CONNECT_FAILED, "upstream gone")
+
+    async with relay_path(refuses_late, join=True) as relay:
+        assert relay.near is not None and relay.far is not None
+        stream = await relay.near.client.open_stream(b"x")
+        await stream.write(b"hello")
+        with pytest.raises(StreamReset) as info:
+            async with asyncio.timeout(WAIT):
+                await read_all(stream)
+        assert (info.value.code, info.value.reason) == (ErrorCode.CONNECT_FAILED, "upstream gone")
+        async with asyncio.timeout(WAIT):
+            await wait_until(lambda: bool(relay.done_calls), "on_done called")
+        assert relay.done_calls == [(True, True)]
+        assert relay.near.server.streams == 0 and relay.far.client.streams == 0
 
 
 async def test_splice_socket_moves_bytes_exactly_with_random_chunks_and_half_close() -> None:
