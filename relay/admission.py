@@ -15,8 +15,12 @@ management API stop answering. :class:`HandshakeAdmission` bounds
   token bucket holding at most one second's worth; 0, the default, leaves the
   rate to the lag bound),
 
-and every handshake beyond a bound is answered at once, before any crypto or
-database work, with ``503`` and a ``Retry-After`` hint.
+and a handshake beyond a bound waits its turn (:meth:`HandshakeAdmission.admit`,
+first come first served) up to ``admission.max_queue_seconds``, at most
+``admission.max_queued_handshakes`` of them: its TLS handshake is already paid
+for, and a waiting request costs memory, not CPU. Beyond the queue's bounds it
+is answered, before any crypto or database work, with ``503`` and a
+``Retry-After`` hint.
 
 Hints are staggered: each refused peer is given its own slot in a virtual
 queue advancing by 1/R seconds per refusal (R: the fixed rate, else the rate
@@ -31,6 +35,7 @@ the relay finishes handshakes, spread over N/R seconds rather than all at once
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import time
 from collections.abc import Callable
@@ -54,8 +59,10 @@ class LoopLag:
     Call :meth:`start` on the running loop and :meth:`stop` when done.
     """
 
-    def __init__(self, interval: float = LAG_SAMPLE_INTERVAL) -> None:
+    def __init__(self, interval: float = LAG_SAMPLE_INTERVAL,
+                 on_tick: Callable[[], None] | None = None) -> None:
         self.interval = interval
+        self.on_tick = on_tick
         self.last = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expected = 0.0
@@ -79,6 +86,8 @@ class LoopLag:
         self.last = max(0.0, now - self._expected)
         self._expected = now + self.interval
         self._handle = self._loop.call_at(self._expected, self._tick)
+        if self.on_tick is not None:
+            self.on_tick()
 
     def current(self) -> float:
         """The last sampled lag, or how overdue the timer is now if more."""
@@ -90,10 +99,10 @@ class LoopLag:
 class HandshakeAdmission:
     """Counts handshakes in flight, watches the loop's lag, meters the rate.
 
-    Call :meth:`try_admit` at the top of a handshake handler; if it returns
-    True, call :meth:`done` exactly once when authentication and upgrade have
-    finished (successfully or not). If it returns False, answer 503 with
-    :meth:`retry_after_hint`.
+    Await :meth:`admit` (or call :meth:`try_admit`, which never waits) at the
+    top of a handshake handler; if it returns True, call :meth:`done` exactly
+    once when authentication and upgrade have finished (successfully or not).
+    If it returns False, answer 503 with :meth:`retry_after_hint`.
 
     Args:
         max_concurrent: Handshakes in flight at most.
@@ -103,22 +112,32 @@ class HandshakeAdmission:
         max_retry_after: Greatest hint.
         max_loop_lag: Refuse while the loop lag is above this (0: no lag bound).
         loop_lag: The lag source (default: a :class:`LoopLag` run by :meth:`start`).
+        max_queue_seconds: How long :meth:`admit` waits for a turn (0: never).
+        max_queued: How many may wait at once.
     """
 
     def __init__(self, max_concurrent: int, per_second: float, retry_after: int,
                  clock: Callable[[], float] = time.monotonic, *, max_retry_after: int = 60,
-                 max_loop_lag: float = 0.0, loop_lag: Callable[[], float] | None = None) -> None:
+                 max_loop_lag: float = 0.0, loop_lag: Callable[[], float] | None = None,
+                 max_queue_seconds: float = 0.0, max_queued: int = 0) -> None:
         self.max_concurrent = max_concurrent
         self.per_second = per_second
         self.retry_after = retry_after
         self.max_retry_after = max(retry_after, max_retry_after)
         self.max_loop_lag = max_loop_lag
         self.clock = clock
-        self.lag_monitor = LoopLag() if loop_lag is None else None
+        self.max_queue_seconds = max_queue_seconds
+        self.max_queued = max_queued
+        self.queued_total = 0
+        # Handshakes waiting for a turn, oldest first; a waiter's future gets
+        # True when a slot is handed to it.
+        self._waiting: collections.deque[asyncio.Future[bool]] = collections.deque()
+        self.lag_monitor = LoopLag(on_tick=self._hand_over) if loop_lag is None else None
         self.loop_lag: Callable[[], float] = loop_lag or self.lag_monitor.current  # type: ignore[union-attr]
         self.in_flight = 0
         self.refused = 0
-        self.refused_for_lag = 0
+        # Times the loop lag held a handshake back (refused or kept waiting).
+        self.lag_holds = 0
         self._tokens = max(1.0, per_second)
         self._refilled_at = clock()
         # The virtual queue of refused peers: the slot given to the last one.
@@ -170,7 +189,8 @@ class HandshakeAdmission:
         """Seconds to put in ``Retry-After`` now: the slot of the last refused
         peer (see module docstring)."""
         ahead = self._horizon - self.clock()
-        return max(self.retry_after, min(self.max_retry_after, math.ceil(ahead)))
+        # (less a microsecond: sums of 1/R slots must not round 2.0000001 up to 3)
+        return max(self.retry_after, min(self.max_retry_after, math.ceil(ahead - 1e-6)))
 
     def _take_token(self) -> bool:
         if self.per_second <= 0:
@@ -186,23 +206,70 @@ class HandshakeAdmission:
         self._tokens -= 1.0
         return True
 
-    def try_admit(self) -> bool:
-        """Admit one handshake (True), or False: answer 503 + Retry-After."""
+    @property
+    def queued(self) -> int:
+        """Handshakes waiting for a turn now."""
+        return len(self._waiting)
+
+    def _may_start(self) -> bool:
+        """Whether one more handshake may start now (takes a token if so)."""
         if self.in_flight >= self.max_concurrent:
-            self._count_refusal()
             return False
         if self.max_loop_lag > 0 and self.loop_lag() > self.max_loop_lag:
-            self.refused_for_lag += 1
-            self._count_refusal()
+            self.lag_holds += 1
             return False
-        if not self._take_token():
+        return self._take_token()
+
+    def try_admit(self) -> bool:
+        """Admit one handshake now (True), or False: answer 503 + Retry-After."""
+        if self._waiting or not self._may_start():  # never overtake a waiter
             self._count_refusal()
             return False
         self.in_flight += 1
         return True
+
+    async def admit(self) -> bool:
+        """Admit one handshake, waiting up to ``max_queue_seconds`` for a turn
+        (first come, first served); False: answer 503 + Retry-After."""
+        if not self._waiting and self._may_start():
+            self.in_flight += 1
+            return True
+        if self.max_queue_seconds <= 0 or len(self._waiting) >= self.max_queued:
+            self._count_refusal()
+            return False
+        turn: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        self.queued_total += 1
+        try:
+            async with asyncio.timeout(self.max_queue_seconds):
+                return await turn
+        except TimeoutError:
+            if turn.done() and not turn.cancelled():
+                return turn.result()  # handed a slot as the wait ran out
+            self._count_refusal()
+            return False
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled() and turn.result():
+                self.done()  # handed a slot it will not use
+            raise
+        finally:
+            if not turn.done():
+                turn.cancel()
+            if turn in self._waiting:
+                self._waiting.remove(turn)
+
+    def _hand_over(self) -> None:
+        """Give free slots to waiters, oldest first (after a handshake ends
+        and on every loop-lag tick)."""
+        while self._waiting and self._may_start():
+            turn = self._waiting.popleft()
+            if not turn.done():
+                self.in_flight += 1
+                turn.set_result(True)
 
     def done(self) -> None:
         """One admitted handshake has finished."""
         self.in_flight -= 1
         self._roll_window(self.clock())
         self._window_done += 1
+        self._hand_over()

@@ -128,7 +128,7 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if not state.accepting:
         return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
-    if not state.admission.try_admit():
+    if not await state.admission.admit():
         return admission_refused(state, "agent")
     state.metrics.handshakes_in_flight.inc()
     try:
