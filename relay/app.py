@@ -151,6 +151,18 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE relay_token_signature_verifications_total counter\n"
         f"relay_token_signature_verifications_total {verified}\n"
     ).encode()
+    admission = state.admission
+    body += (
+        "# HELP arc_relay_admission_queued Handshakes waiting for an admission turn.\n"
+        "# TYPE arc_relay_admission_queued gauge\n"
+        f"arc_relay_admission_queued {admission.queued}\n"
+        "# HELP arc_relay_admission_queued_total Handshakes that waited for an admission turn.\n"
+        "# TYPE arc_relay_admission_queued_total counter\n"
+        f"arc_relay_admission_queued_total {admission.queued_total}\n"
+        "# HELP arc_relay_event_loop_lag_seconds How late the event loop ran its lag timer (admission).\n"
+        "# TYPE arc_relay_event_loop_lag_seconds gauge\n"
+        f"arc_relay_event_loop_lag_seconds {admission.loop_lag():.4f}\n"
+    ).encode()
     listener = request.app.get(LISTENER)
     if listener is not None:
         body += listener.render_metrics()
