@@ -111,7 +111,7 @@ class HandshakeAdmission:
         clock: Monotonic clock (tests).
         max_retry_after: Greatest hint.
         max_loop_lag: Refuse while the loop lag is above this (0: no lag bound).
-        loop_lag: The lag source (default: a :class:`LoopLag` run by :meth:`start`).
+        loop_lag: The lag source (default: the :class:`LoopLag` run by :meth:`start`).
         max_queue_seconds: How long :meth:`admit` waits for a turn (0: never).
         max_queued: How many may wait at once.
     """
@@ -132,8 +132,9 @@ class HandshakeAdmission:
         # Handshakes waiting for a turn, oldest first; a waiter's future gets
         # True when a slot is handed to it.
         self._waiting: collections.deque[asyncio.Future[bool]] = collections.deque()
-        self.lag_monitor = LoopLag(on_tick=self._hand_over) if loop_lag is None else None
-        self.loop_lag: Callable[[], float] = loop_lag or self.lag_monitor.current  # type: ignore[union-attr]
+        # Its timer also hands free turns to waiters (a token refilled, the lag fallen).
+        self.lag_monitor = LoopLag(on_tick=self._hand_over)
+        self.loop_lag: Callable[[], float] = loop_lag or self.lag_monitor.current
         self.in_flight = 0
         self.refused = 0
         # Times the loop lag held a handshake back (refused or kept waiting).
@@ -150,14 +151,14 @@ class HandshakeAdmission:
         self._measured_rate = INITIAL_RATE_ESTIMATE
 
     def start(self) -> None:
-        """Start the loop-lag timer (on the running loop), if it is ours."""
-        if self.lag_monitor is not None and self.max_loop_lag > 0:
+        """Start the loop-lag timer on the running loop (needed by the lag
+        bound and by the queue)."""
+        if self.max_loop_lag > 0 or self.max_queue_seconds > 0:
             self.lag_monitor.start()
 
     def stop(self) -> None:
         """Stop the loop-lag timer."""
-        if self.lag_monitor is not None:
-            self.lag_monitor.stop()
+        self.lag_monitor.stop()
 
     def rate_estimate(self) -> float:
         """Handshakes per second the hints assume: the fixed rate, else the

@@ -389,3 +389,21 @@ async def test_admission_queue_is_bounded_in_length_and_time() -> None:
         await waiter
     admission.done()
     assert admission.in_flight == 0 and admission.queued == 0
+
+
+async def test_admission_queue_hands_refilled_tokens_to_waiters() -> None:
+    """At a fixed rate with nothing completing, a waiter still gets its turn
+    once the bucket refills (the timer hands turns over, not only ``done``)."""
+    admission = HandshakeAdmission(max_concurrent=100, per_second=5.0, retry_after=1,
+                                   max_queue_seconds=WAIT, max_queued=10)
+    admission.start()
+    try:
+        for _ in range(5):  # the bucket: one second's worth
+            assert await admission.admit()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await admission.admit()  # waits for a refill (~0.2 s), no done() called
+        assert loop.time() - started >= 0.1
+        assert admission.queued_total == 1 and admission.refused == 0
+    finally:
+        admission.stop()
