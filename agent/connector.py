@@ -13,8 +13,9 @@ jitter (a delay drawn in [0, ceiling], the ceiling 100 ms doubling to 2 s; at
 most 0.5 s during the 30 s after losing a session, the usual cause being a
 relay restart), reset once a session has been up for ``stable_after`` seconds.
 A relay whose admission is full answers 503 with ``Retry-After``: the loop
-then waits that hint plus up to one more (``retry_after_delay``), so a fleet
-redialling after a relay restart spreads itself over the relay's pace.
+then waits that hint plus up to a second (``retry_after_delay``); the relay
+gives each refused agent its own slot, so a fleet redialling after a relay
+restart spreads itself over the relay's pace.
 
 A dial waits up to ``dial_timeout`` (default twice the tunnel's handshake
 timeout): the relay bounds its own side of a handshake by the handshake

@@ -98,11 +98,19 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     return min(seconds, RETRY_AFTER_CAP)
 
 
+# Spread added to a Retry-After hint, at most (seconds). The relay staggers
+# its hints itself (each refused agent gets its own slot, relay/admission.py),
+# and hints are whole seconds: one second of jitter spreads the agents given
+# the same hint over that second. Spreading over one more hint instead made
+# 5,000 agents after a relay restart take twice as long as the relay needed.
+RETRY_AFTER_JITTER = 1.0
+
+
 def retry_after_delay(hint: float) -> float:
     """When to redial after a ``Retry-After: hint``: not before the hint, and
-    spread over one more hint so agents refused together do not return
-    together: uniform in ``[hint, 2 * hint]``."""
-    return hint + random.uniform(0.0, hint)
+    within ``RETRY_AFTER_JITTER`` (or the hint, if shorter) after it:
+    uniform in ``[hint, hint + min(hint, RETRY_AFTER_JITTER)]``."""
+    return hint + random.uniform(0.0, min(hint, RETRY_AFTER_JITTER))
 
 
 @dataclass

@@ -9,8 +9,9 @@ and the ``control`` stream carrying one metadata line. It redials the way
 there (``Connector.run`` itself is not reused because it polls every session
 every 50-200 ms, which at thousands of sessions per process would cost more
 CPU than the relay being measured; one watcher per worker polls them all).
-On top of the connector, a 503 answer's ``Retry-After`` is honoured (the
-next dial waits at least that long). One difference, for the simulation's
+As the connector, a 503 answer's ``Retry-After`` is honoured (the next dial
+waits ``retry_after_delay(hint)``: the hint plus the connector's jitter).
+One difference, for the simulation's
 sake: a worker has at most ``dial_concurrency`` handshakes in flight (64 by
 default), so that thousands of client-side TLS handshakes in one process do
 not time out for want of CPU that real agents, each on its own machine, have;
@@ -43,7 +44,13 @@ import aiohttp
 
 from agent import connector as agent_connector
 from agent.connector import CONTROL_TARGET, UPSTREAM_TARGET, ConnectorConfig
-from agent.connector_dial import Backoff, agent_audience, agent_connect_url, relay_ssl_context
+from agent.connector_dial import (
+    Backoff,
+    agent_audience,
+    agent_connect_url,
+    relay_ssl_context,
+    retry_after_delay,
+)
 from identity import sign_agent_assertion
 from tunnel import (
     ErrorCode,
@@ -168,7 +175,8 @@ class SimulatedAgent:
                     recently_lost = lost_at is not None and loop.time() - lost_at < FAST_WINDOW
                     delay = backoff.next_delay(FAST_CAP if recently_lost else None)
                 if self.last_retry_after is not None:
-                    delay = max(delay, self.last_retry_after)
+                    # As the connector: the hint plus its jitter, whatever the backoff says.
+                    delay = retry_after_delay(self.last_retry_after)
                 await fleet.sleep(delay)
                 continue
             auth_backoff.reset()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from functools import cache, partial
+from functools import cache, lru_cache, partial
 
 from aiohttp import web
 
@@ -55,6 +55,9 @@ KEY_CHANGED_REASON = "agent key changed: reconnect with the newly registered key
 REFUSAL_FLOOR_SECONDS = 0.01
 # A metadata line is a few hundred bytes; anything longer is not ours.
 MAX_CONTROL_LINE = 4096
+# Fingerprints of registered agent certificates remembered (one per cluster
+# connecting; ~200 bytes each): a connect parsed and hashed its certificate twice.
+MAX_CACHED_FINGERPRINTS = 10_000
 
 
 # What every refusal after the cluster lookup says, whatever the cause (unknown
@@ -74,6 +77,11 @@ def _refuse(state: RelayState, request: web.Request, reason: str, claimed: str |
              (claimed or "")[:160], request.remote)
     return json_error(401, "InvalidAssertion", f"agent refused: {shown}",
                       **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+@lru_cache(maxsize=MAX_CACHED_FINGERPRINTS)
+def _fingerprint(certificate_pem: bytes) -> str:
+    return fingerprint_sha256(certificate_pem)
 
 
 @cache
@@ -128,7 +136,7 @@ async def agent_connect(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if not state.accepting:
         return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
-    if not state.admission.try_admit():
+    if not await state.admission.admit():
         return admission_refused(state, "agent")
     state.metrics.handshakes_in_flight.inc()
     try:
@@ -182,7 +190,7 @@ async def _agent_handshake(state: RelayState, request: web.Request
         return ws
     except ConnectionError as exc:
         return upgrade_aborted(state, request, "agent", exc, cluster=cid)
-    return cid, fingerprint_sha256(certificate), ws
+    return cid, _fingerprint(certificate), ws
 
 
 async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
@@ -191,7 +199,7 @@ async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
     session = TunnelSession(ws, is_client=False, config=state.tunnel_config, name=f"agent:{cid}",
                             on_stream=partial(control_stream, state, cid))
     current = state.registry.get(cid)
-    if current is None or fingerprint_sha256(current.agent_public_key_certificate.encode()) != fingerprint:
+    if current is None or _fingerprint(current.agent_public_key_certificate.encode()) != fingerprint:
         # The key changed (or the cluster went) while this agent was upgrading:
         # the key it proved is no longer the registered one.
         log.info("agent refused after upgrade cluster=%s reason='agent key changed' peer=%s",

@@ -35,7 +35,7 @@ async def client_connect(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if not state.accepting:
         return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
-    if not state.admission.try_admit():
+    if not await state.admission.admit():
         return admission_refused(state, "client")
     state.metrics.handshakes_in_flight.inc()
     try:

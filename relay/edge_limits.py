@@ -8,7 +8,8 @@ head on a kept-alive connection.
 
 YAML::
 
-    listener: {tls_engine: memorybio}          # or asyncio (aiohttp's own TLS site)
+    listener: {tls_engine: memorybio,          # or asyncio (aiohttp's own TLS site)
+               tls_handshake_threads: 2}       # ClientHello steps off the event loop (0: inline)
     limits: {tls_handshake_timeout_seconds: 10, head_timeout_seconds: 10,
              max_head_bytes: 65536, max_preauth_connections: 1024,
              keepalive_timeout_seconds: 75, listen_backlog: 4096}
@@ -40,6 +41,11 @@ KEEPALIVE_TIMEOUT = 75.0
 # ListenOverflows). The kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 4096
 TLS_ENGINES = ("memorybio", "asyncio")
+# Threads answering ClientHellos (memorybio engine): OpenSSL's key exchange and
+# signature (~0.6 ms each) run without the GIL, so the event loop stays
+# responsive during a reconnect storm; two use a second core without letting
+# handshakes crowd out the loop on a small machine.
+TLS_HANDSHAKE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class EdgeLimits:
         keepalive_timeout: Seconds an idle kept-alive HTTP connection is held.
         listen_backlog: The listening socket's accept queue (capped by the
             kernel's net.core.somaxconn).
+        tls_handshake_threads: Pool threads for the ClientHello step of TLS
+            handshakes (``memorybio`` engine; 0: on the event loop).
     """
 
     tls_engine: str = "memorybio"
@@ -66,6 +74,7 @@ class EdgeLimits:
     max_preauth_connections: int = MAX_PREAUTH_CONNECTIONS
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
     listen_backlog: int = LISTEN_BACKLOG
+    tls_handshake_threads: int = TLS_HANDSHAKE_THREADS
 
     def __post_init__(self) -> None:
         if self.tls_engine not in TLS_ENGINES:
@@ -79,6 +88,8 @@ class EdgeLimits:
             raise ValueError("limits.max_preauth_connections must be >= 1")
         if self.listen_backlog < 1:
             raise ValueError("limits.listen_backlog must be >= 1")
+        if not 0 <= self.tls_handshake_threads <= 64:
+            raise ValueError("listener.tls_handshake_threads must be 0..64")
 
 
 def edge_limits_from(listener: dict[str, Any], limits: dict[str, Any]) -> EdgeLimits:
@@ -97,4 +108,5 @@ def edge_limits_from(listener: dict[str, Any], limits: dict[str, Any]) -> EdgeLi
         max_preauth_connections=int(limits.get("max_preauth_connections", MAX_PREAUTH_CONNECTIONS)),
         keepalive_timeout=float(limits.get("keepalive_timeout_seconds", KEEPALIVE_TIMEOUT)),
         listen_backlog=int(limits.get("listen_backlog", LISTEN_BACKLOG)),
+        tls_handshake_threads=int(listener.get("tls_handshake_threads", TLS_HANDSHAKE_THREADS)),
     )

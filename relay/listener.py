@@ -17,6 +17,7 @@ Both put ``relay.edge.HeadGuard`` in front of aiohttp's protocol
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import ssl
 
@@ -47,6 +48,8 @@ class RelayListener:
         self._handshaking: set[TlsTerminator] = set()
         self._read_buffer = SharedReadBuffer()
         self._server: asyncio.Server | None = None
+        # ClientHello steps of TLS handshakes (relay/tls_server.py), if configured.
+        self._handshake_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def port(self) -> int:
@@ -68,6 +71,9 @@ class RelayListener:
         """
         loop = asyncio.get_running_loop()
         if self.limits.tls_engine == "memorybio":
+            if self.limits.tls_handshake_threads > 0:
+                self._handshake_pool = concurrent.futures.ThreadPoolExecutor(
+                    self.limits.tls_handshake_threads, thread_name_prefix="arc-relay-tls")
             self._server = await loop.create_server(self._terminator, host, port, reuse_address=True,
                                                     backlog=self.limits.listen_backlog)
         else:
@@ -78,7 +84,8 @@ class RelayListener:
 
     def _terminator(self) -> TlsTerminator:
         return TlsTerminator(self.ssl_context, self._guard, self.gate,
-                             self.limits.tls_handshake_timeout, self._handshaking, self._read_buffer)
+                             self.limits.tls_handshake_timeout, self._handshaking, self._read_buffer,
+                             self._handshake_pool)
 
     def _guard(self, slot: PreAuthSlot | None) -> HeadGuard:
         server = self.runner.server
@@ -92,6 +99,10 @@ class RelayListener:
             self._server.close()
         for terminator in list(self._handshaking):
             terminator.abort()
+        if self._handshake_pool is not None:
+            # Steps already running finish on their own; their connections are aborted.
+            self._handshake_pool.shutdown(wait=False, cancel_futures=True)
+            self._handshake_pool = None
 
     def render_metrics(self) -> bytes:
         """Prometheus lines of the listener's gauges and counters."""

@@ -72,7 +72,10 @@ class RelayState:
         self.refusals = RefusalLog(log, config.refusal_log_interval_seconds)
         self.admission = HandshakeAdmission(config.max_concurrent_handshakes,
                                             config.handshakes_per_second, config.retry_after_seconds,
-                                            max_retry_after=config.max_retry_after_seconds)
+                                            max_retry_after=config.max_retry_after_seconds,
+                                            max_loop_lag=config.max_loop_lag_seconds,
+                                            max_queue_seconds=config.max_queue_seconds,
+                                            max_queued=config.max_queued_handshakes)
         self.roles.cache.ttl = config.authorization_cache_seconds
         self.roles.cache.entries = config.authorization_cache_entries
         self.live_streams = LiveStreams(

@@ -14,7 +14,13 @@ agent was away came back reporting ``Connected`` with no session. Now:
 - **write-behind**: a connect, a disconnect and a metadata report no longer
   commit to SQLite on the event loop. They are coalesced per cluster (so the
   backlog is bounded by the number of clusters) and flushed every
-  ``limits.status_flush_seconds`` in one transaction on a worker thread.
+  ``limits.status_flush_seconds`` on a worker thread, through a store of its
+  own (``writer``: a second SQLite connection to the same WAL file) in
+  transactions of at most ``FLUSH_CHUNK`` clusters. Why: the relay's main
+  connection is guarded by a lock; a flush of thousands of rows holding it
+  (one transaction plus its fsync) stalled every cluster lookup on the event
+  loop behind it: agent connects, ``/readyz`` and the management API (seconds
+  at 5,000 agents reconnecting, measured by ``bench.scale``).
 - **reconciled at start-up**: :meth:`LiveStatusRegistry.start` marks every
   stored ``Connected`` row without a live session ``Offline`` (a crash leaves
   no such row behind for long; the derived view never shows one at all).
@@ -44,6 +50,11 @@ from relay.registry import (
 
 log = logging.getLogger("relay")
 
+# Clusters written per transaction of a flush: each transaction holds
+# SQLite's write lock (and a management write on the main connection waits
+# for it) for a few milliseconds, not for the whole backlog.
+FLUSH_CHUNK = 256
+
 
 def metadata_columns(metadata: dict[str, Any]) -> dict[str, Any]:
     """The columns an agent's metadata report sets (unknown or bad keys dropped)."""
@@ -68,11 +79,15 @@ class LiveStatusRegistry:
             (``SessionDirectory.is_present``).
         flush_seconds: how long writes are coalesced before one flush (0:
             flush as soon as the event loop is free).
+        writer: the store flushes go to (default ``store``): a registry on
+            its own database connection, so that a flush never holds the
+            connection the event loop reads through.
     """
 
     def __init__(self, store: SqliteRegistry, is_present: Callable[[str], bool],
-                 flush_seconds: float = 1.0) -> None:
+                 flush_seconds: float = 1.0, writer: SqliteRegistry | None = None) -> None:
         self.store = store
+        self.writer = writer or store
         self.is_present = is_present
         self.flush_seconds = flush_seconds
         self.flushes = 0
@@ -107,19 +122,33 @@ class LiveStatusRegistry:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write every pending update now (one transaction, worker thread)."""
+        """Write every pending update now (worker thread, ``FLUSH_CHUNK``
+        clusters per transaction)."""
         if not self._pending:
             return
         batch, self._pending = self._pending, {}
-        try:
-            await asyncio.to_thread(self.store.apply_updates, batch)
-        except sqlite3.Error as exc:
-            # Keep them for the next flush, under anything newer.
-            for cid, columns in batch.items():
-                self._pending[cid] = {**columns, **self._pending.get(cid, {})}
-            log.warning("status flush failed clusters=%d error=%s", len(batch), type(exc).__name__)
-            return
+        items = list(batch.items())
+        for start in range(0, len(items), FLUSH_CHUNK):
+            chunk = dict(items[start:start + FLUSH_CHUNK])
+            try:
+                await asyncio.to_thread(self.writer.apply_updates, chunk)
+            except asyncio.CancelledError:
+                # The thread still writes this chunk; the rest waits for stop()'s flush.
+                self._requeue(items[start + FLUSH_CHUNK:])
+                raise
+            except sqlite3.Error as exc:
+                self._requeue(items[start:])
+                log.warning("status flush failed clusters=%d error=%s", len(items) - start,
+                            type(exc).__name__)
+                return
         self.flushes += 1
+
+    def _requeue(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Keep unwritten updates for the next flush, under anything newer."""
+        for cid, columns in items:
+            self._pending[cid] = {**columns, **self._pending.get(cid, {})}
+        if items:
+            self._dirty.set()
 
     async def _flush_loop(self) -> None:
         while True:

@@ -19,11 +19,20 @@ handed to the application protocol (``app_factory()``, aiohttp's
 interface. Flow control both ways: the socket's pause/resume_writing reach the
 application protocol; the application's pause_reading stops the socket and
 keeps undecrypted bytes (at most one socket read) until resume_reading.
+
+The costly step of a handshake (the ClientHello: key exchange and signature,
+~0.6 ms) runs on a small thread pool when the listener has one
+(``listener.tls_handshake_threads``): OpenSSL releases the GIL there, so the
+event loop keeps serving ``/readyz``, ``/metrics`` and established sessions
+while thousands of agents reconnect, and a second core does handshakes.
+While that step runs, the loop touches neither BIO: bytes that arrive wait in
+the backlog. The cheap later steps run inline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import ssl
 from collections.abc import Callable
@@ -74,6 +83,7 @@ class TlsTerminator(asyncio.BufferedProtocol):
         handshake_timeout: Seconds from accept to a finished TLS handshake.
         live: The set of terminators still in their handshake (closed on stop).
         read_buffer: The listener's shared socket read buffer.
+        handshake_pool: Runs the ClientHello step of the handshake (None: inline).
     """
 
     __slots__ = (
@@ -82,6 +92,8 @@ class TlsTerminator(asyncio.BufferedProtocol):
         "_closed",
         "_handshaken",
         "_incoming",
+        "_offloaded",
+        "_offloading",
         "_outgoing",
         "_sock_paused_writing",
         "_timer",
@@ -90,6 +102,7 @@ class TlsTerminator(asyncio.BufferedProtocol):
         "app_factory",
         "app_transport",
         "gate",
+        "handshake_pool",
         "handshake_timeout",
         "live",
         "read_buffer",
@@ -101,8 +114,10 @@ class TlsTerminator(asyncio.BufferedProtocol):
     def __init__(self, ssl_context: ssl.SSLContext,
                  app_factory: Callable[[PreAuthSlot], asyncio.Protocol],
                  gate: PreAuthGate, handshake_timeout: float, live: set[TlsTerminator],
-                 read_buffer: SharedReadBuffer) -> None:
+                 read_buffer: SharedReadBuffer,
+                 handshake_pool: concurrent.futures.Executor | None = None) -> None:
         self.ssl_context = ssl_context
+        self.handshake_pool = handshake_pool
         self.app_factory = app_factory
         self.gate = gate
         self.handshake_timeout = handshake_timeout
@@ -117,6 +132,10 @@ class TlsTerminator(asyncio.BufferedProtocol):
         self._tls: ssl.SSLObject | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._handshaken = False
+        # A handshake step is running on the pool (the BIOs are its until it ends);
+        # the step that answered the ClientHello has run there.
+        self._offloading = False
+        self._offloaded = False
         self._app_reading = True
         self._sock_paused_writing = False
         # Ciphertext not yet fed to the BIO (the application paused reading).
@@ -144,6 +163,9 @@ class TlsTerminator(asyncio.BufferedProtocol):
         if self._closed:
             return
         data = self.read_buffer.view[:nbytes]
+        if self._offloading:  # the pool owns the BIOs: keep the bytes, out of the shared buffer
+            self._backlog = memoryview(self._backlog.tobytes() + data.tobytes())
+            return
         if self._backlog:  # not expected: the socket is paused while a backlog exists
             self._backlog = memoryview(self._backlog.tobytes() + data.tobytes())
         else:
@@ -193,6 +215,13 @@ class TlsTerminator(asyncio.BufferedProtocol):
         try:
             while not self._closed:
                 if not self._handshaken:
+                    if self.handshake_pool is not None and not self._offloaded:
+                        if not self._feed():
+                            break  # nothing new for the ClientHello step: wait for bytes
+                        while self._feed():
+                            pass
+                        self._offload_handshake_step(tls, self.handshake_pool)
+                        return
                     if not self._handshake_step(tls) and not self._feed():
                         break
                     continue
@@ -245,6 +274,39 @@ class TlsTerminator(asyncio.BufferedProtocol):
         except ssl.SSLWantReadError:
             self.flush()
             return False
+        self._handshake_done()
+        return True
+
+    def _offload_handshake_step(self, tls: ssl.SSLObject, pool: concurrent.futures.Executor) -> None:
+        """Run one ``do_handshake`` on ``pool``; :meth:`_offloaded_step_done` goes on."""
+        self._offloading = True
+        step = asyncio.get_running_loop().run_in_executor(pool, _handshake_in_thread, tls)
+        step.add_done_callback(self._offloaded_step_done)
+
+    def _offloaded_step_done(self, step: asyncio.Future[bool]) -> None:
+        self._offloading = False
+        if self._closed:
+            return  # timed out, lost or refused meanwhile
+        if step.cancelled():  # the listener is closing: its pool is gone
+            self.abort()
+            return
+        exc = step.exception()
+        if isinstance(exc, ssl.SSLError):
+            self._fail("tls error", exc.reason or exc.__class__.__name__)
+            return
+        if exc is not None:  # not expected from do_handshake; never from a peer
+            log.warning("edge closed reason='tls handshake failed' error=%s", type(exc).__name__)
+            self.abort()
+            return
+        # Answered (the server flight is out): later steps are cheap, run inline.
+        self._offloaded = self._offloaded or bool(self._outgoing.pending)
+        self.flush()
+        if step.result():
+            self._handshake_done()
+        self._pump()
+
+    def _handshake_done(self) -> None:
+        """The handshake finished: start the application."""
         self._handshaken = True
         if self._timer is not None:
             self._timer.cancel()
@@ -256,7 +318,6 @@ class TlsTerminator(asyncio.BufferedProtocol):
         self.app.connection_made(self.app_transport)
         if self._sock_paused_writing and self.app is not None:
             self.app.pause_writing()
-        return True
 
     def _peer_closed(self) -> None:
         """close_notify (or a clean end) from the peer: tell the application."""
@@ -295,7 +356,9 @@ class TlsTerminator(asyncio.BufferedProtocol):
         return self._app_reading and not self._closed
 
     def flush(self) -> None:
-        """Send the ciphertext OpenSSL produced."""
+        """Send the ciphertext OpenSSL produced (not while the pool owns the BIOs)."""
+        if self._offloading:
+            return
         if self._outgoing.pending and self.sock is not None and not self.sock.is_closing():
             self.sock.write(self._outgoing.read())
 
@@ -348,6 +411,16 @@ class TlsTerminator(asyncio.BufferedProtocol):
         self._closed = True
         if self.sock is not None:
             self.sock.abort()
+
+
+def _handshake_in_thread(tls: ssl.SSLObject) -> bool:
+    """One handshake step on a pool thread (OpenSSL runs without the GIL);
+    True once the handshake is complete."""
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        return False
+    return True
 
 
 class TlsAppTransport(asyncio.Transport):

@@ -388,6 +388,8 @@ class TunnelSession(SessionIO):
                 self._forget(stream)
         elif isinstance(event, ev.PongReceived):
             self._on_pong(event.payload)
+        elif isinstance(event, ev.PingReceived):
+            self.their_pings += 1  # the core answers it; the keepalive counts it
         elif isinstance(event, ev.GoAwayReceived):
             log.info("%s < GOAWAY %s %s", self.name, event.error_code.name, event.reason)
             self._goaway_received = True

@@ -15,13 +15,14 @@ import math
 import os
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from agent.connector_dial import RETRY_AFTER_CAP, retry_after_delay, retry_after_seconds
-from relay.admission import HandshakeAdmission
+from relay.admission import MIN_RATE_ESTIMATE, HandshakeAdmission
 from tests.relay.harness import WAIT, RelayEnv, running_env
 
 RETRY_AFTER = 3
@@ -29,9 +30,9 @@ RETRY_AFTER = 3
 
 @pytest.fixture
 async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A relay admitting 5 handshakes per second (bucket of 5)."""
+    """A relay admitting 5 handshakes per second (bucket of 5), no waiting."""
     async with running_env(tmp_path, handshakes_per_second=5.0,
-                           retry_after_seconds=RETRY_AFTER) as env:
+                           retry_after_seconds=RETRY_AFTER, max_queue_seconds=0.0, max_loop_lag_seconds=0.0) as env:
         yield env
 
 
@@ -86,7 +87,7 @@ async def test_agent_redials_after_the_hinted_delay(tmp_path: Path) -> None:
     """An agent refused with 503 + Retry-After: 1 waits within [1, 2] s
     (hint plus jitter) and then connects."""
     async with running_env(tmp_path, handshakes_per_second=0.3, retry_after_seconds=1,
-                           max_retry_after_seconds=1) as env:
+                           max_retry_after_seconds=1, max_queue_seconds=0.0, max_loop_lag_seconds=0.0) as env:
         keys = env.register("rg1", "alpha")
         loop = asyncio.get_running_loop()
         assert (await _get(env, "/agent/v1/connect"))[0] == 401  # takes the one token
@@ -104,15 +105,16 @@ async def test_agent_redials_after_the_hinted_delay(tmp_path: Path) -> None:
 
 def test_retry_after_hint_is_parsed_capped_and_jittered() -> None:
     """Retry-After delta-seconds are honoured up to a cap; the delay is the
-    hint plus up to one more hint; junk is ignored."""
+    hint plus up to one second (the relay staggers the hints); junk is ignored."""
     assert retry_after_seconds({"Retry-After": "2"}) == 2.0
     assert retry_after_seconds({"Retry-After": "86400"}) == RETRY_AFTER_CAP
     for junk in ("soon", "-1", "nan", "Wed, 21 Oct 2015 07:28:00 GMT"):
         assert retry_after_seconds({"Retry-After": junk}) is None
     assert retry_after_seconds({}) is None and retry_after_seconds(None) is None
     delays = [retry_after_delay(2.0) for _ in range(2000)]
-    assert all(2.0 <= d <= 4.0 for d in delays)
-    assert min(delays) < 2.2 and max(delays) > 3.8
+    assert all(2.0 <= d <= 3.0 for d in delays)
+    assert min(delays) < 2.2 and max(delays) > 2.8
+    assert all(0.5 <= retry_after_delay(0.5) <= 1.0 for _ in range(200))
 
 
 def test_admission_bounds_concurrency_and_rate() -> None:
@@ -144,29 +146,84 @@ def test_admission_bounds_concurrency_and_rate() -> None:
     assert admission.refused == 1 + 4 + 5 + 20
 
 
-def test_admission_retry_after_grows_with_refusals_per_second() -> None:
-    """N refusals in the last second at R admitted per second: the hint is
-    N / R seconds (so refused peers return at about R per second), never
-    below the configured least nor above the configured most; it falls back
-    once the storm has passed."""
+def test_admission_gives_each_refused_peer_its_own_slot() -> None:
+    """N refusals at R admitted per second: the i-th refused peer is hinted
+    about i / R seconds (so refused peers return at about R per second, in
+    order), never below the configured least nor above the configured most;
+    the hint falls back once the queue of slots has passed."""
     now = [0.0]
     admission = HandshakeAdmission(max_concurrent=1000, per_second=10.0, retry_after=2,
                                    clock=lambda: now[0], max_retry_after=30)
     assert admission.retry_after_hint() == 2
     for _ in range(10):
         assert admission.try_admit()
+    hints = []
     for _ in range(100):
         assert not admission.try_admit()
-    assert admission.retry_after_hint() == 10  # 100 refusals / 10 per second
+        hints.append(admission.retry_after_hint())
+    assert hints[:20] == [2] * 20  # slots 0.1 .. 2.0 s ahead: the least
+    assert hints[-1] == 10  # 100 refusals / 10 per second
+    assert hints == sorted(hints)
     for _ in range(500):
         admission.try_admit()
     assert admission.retry_after_hint() == 30  # capped
-    now[0] += 1.5  # next window: the previous one's count still counts
-    assert admission.retry_after_hint() == 30
-    now[0] += 5.0
-    admission.in_flight = 1000  # refuse one more, in a quiet window
+    now[0] += 1.5
+    assert admission.retry_after_hint() == 29  # the last slot, 1.5 s nearer
+    now[0] += 60.0
+    admission.in_flight = 1000  # refuse one more, after the queue has passed
     assert not admission.try_admit()
     assert admission.retry_after_hint() == 2
+
+
+def test_admission_refuses_while_the_loop_lags_and_learns_its_rate() -> None:
+    """With no fixed rate, handshakes are admitted while the measured loop lag
+    is at most the bound and refused above it; slots then follow the rate at
+    which handshakes were completed in a second at the limit."""
+    now, lag = [0.0], [0.0]
+    admission = HandshakeAdmission(max_concurrent=1000, per_second=0.0, retry_after=1,
+                                   clock=lambda: now[0], max_retry_after=60,
+                                   max_loop_lag=0.25, loop_lag=lambda: lag[0])
+    for _ in range(50):
+        assert admission.try_admit()
+        admission.done()
+    lag[0] = 0.3
+    assert not admission.try_admit()
+    assert admission.lag_holds == 1
+    now[0] = 1.0  # a second at the limit: 50 completed
+    lag[0] = 0.0
+    assert admission.try_admit()
+    admission.done()
+    assert admission.rate_estimate() == 50.0
+    lag[0] = 1.0
+    for _ in range(100):
+        assert not admission.try_admit()
+    assert admission.retry_after_hint() == 2  # 100 slots at 50 per second
+    now[0] = 2.0  # that second, at the limit, completed one: the floor
+    assert admission.rate_estimate() == MIN_RATE_ESTIMATE
+    lag[0] = 0.0
+    for _ in range(30):
+        assert admission.try_admit()
+        admission.done()
+    now[0] = 3.0  # a second with no refusal measures demand, not capacity: kept
+    assert admission.rate_estimate() == MIN_RATE_ESTIMATE
+
+
+async def test_loop_lag_measures_a_blocked_loop() -> None:
+    """The lag timer reads ~0 on an idle loop and at least the length of a
+    blocking call made on the loop."""
+    from relay.admission import LoopLag
+
+    monitor = LoopLag(interval=0.01)
+    monitor.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert monitor.current() < 0.05
+        time.sleep(0.2)
+        assert monitor.current() >= 0.19
+        await asyncio.sleep(0.05)  # the timer ran late once, then on time
+        assert monitor.current() < 0.15
+    finally:
+        monitor.stop()
 
 
 async def test_relay_logs_aborted_upgrade_as_one_info_line(relay_env: RelayEnv,
@@ -215,7 +272,7 @@ async def test_arc_proxy_session_waits_out_a_busy_relay(tmp_path: Path) -> None:
     from client.relay_client import RelaySessionKeeper
 
     async with running_env(tmp_path, handshakes_per_second=0.3, retry_after_seconds=1,
-                           max_retry_after_seconds=1) as env:
+                           max_retry_after_seconds=1, max_queue_seconds=0.0, max_loop_lag_seconds=0.0) as env:
         token_file = tmp_path / "token"
         token_file.write_text(env.token("demo"))
         auth = AuthConfig(token_command=f"cat {token_file}")
@@ -255,7 +312,8 @@ async def test_agent_storm_is_paced_by_admission_without_abandoned_sessions(tmp_
     abandoned by an agent that gave up), refusals were answered 503 +
     Retry-After, and /readyz answered 200 throughout."""
     agents = 30
-    async with running_env(tmp_path, handshakes_per_second=10.0, retry_after_seconds=1) as env:
+    async with running_env(tmp_path, handshakes_per_second=10.0, retry_after_seconds=1,
+                           max_queue_seconds=0.0, max_loop_lag_seconds=0.0) as env:
         keys = [env.register("storm", f"c{i}") for i in range(agents)]
         stop = asyncio.Event()
 
@@ -279,3 +337,73 @@ async def test_agent_storm_is_paced_by_admission_without_abandoned_sessions(tmp_
         refused = await _metric(env, 'arc_relay_admission_refused_total{endpoint="agent"}')
         assert refused >= 1 and refused == sum(c.busy_refusals for c in connectors)
         assert all(c.sessions_started == 1 for c in connectors)
+
+
+async def test_agent_storm_waits_in_the_admission_queue_instead_of_503(tmp_path: Path) -> None:
+    """30 agents dial while a relay running 2 handshakes at a time has both
+    slots taken: they wait in the queue (the default) instead of a 503; once
+    the slots are freed every agent connects on its first dial, none refused."""
+    agents = 30
+    async with running_env(tmp_path, max_concurrent_handshakes=2) as env:
+        admission = env.state.admission
+        keys = [env.register("queue", f"c{i}") for i in range(agents)]
+        assert await admission.admit() and await admission.admit()  # both slots taken
+        connectors = [await env.start_agent(f"queue/c{i}", k, ("127.0.0.1", 9)) for i, k in enumerate(keys)]
+        async with asyncio.timeout(WAIT):
+            while admission.queued < agents:
+                await asyncio.sleep(0.01)
+        admission.done()
+        admission.done()
+        assert all(await asyncio.gather(*(c.wait_connected(WAIT) for c in connectors)))
+        assert all(c.sessions_started == 1 and c.busy_refusals == 0 for c in connectors)
+        assert admission.queued_total == agents
+        assert admission.in_flight == 0 and admission.queued == 0
+        refused = await _metric(env, 'arc_relay_admission_refused_total{endpoint="agent"}')
+        assert refused == 0
+        assert await _metric(env, "arc_relay_admission_queued_total") == agents
+        assert await _metric(env, "arc_relay_admission_queued") == 0
+
+
+async def test_admission_queue_is_bounded_in_length_and_time() -> None:
+    """Beyond ``max_queued`` waiters a handshake is refused at once; a waiter
+    that gets no turn within ``max_queue_seconds`` is refused; a turn freed by
+    ``done`` goes to the oldest waiter; a cancelled waiter leaves no slot taken."""
+    admission = HandshakeAdmission(max_concurrent=1, per_second=0.0, retry_after=1,
+                                   max_queue_seconds=0.2, max_queued=2)
+    assert await admission.admit()
+    first = asyncio.ensure_future(admission.admit())
+    second = asyncio.ensure_future(admission.admit())
+    await asyncio.sleep(0)
+    assert admission.queued == 2
+    assert not await admission.admit()  # queue full: refused at once
+    admission.done()  # the slot goes to the oldest waiter
+    assert await first
+    assert not await second  # no turn within 0.2 s
+    assert admission.refused == 2 and admission.in_flight == 1
+    admission.done()
+    assert await admission.admit()
+    waiter = asyncio.ensure_future(admission.admit())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    admission.done()
+    assert admission.in_flight == 0 and admission.queued == 0
+
+
+async def test_admission_queue_hands_refilled_tokens_to_waiters() -> None:
+    """At a fixed rate with nothing completing, a waiter still gets its turn
+    once the bucket refills (the timer hands turns over, not only ``done``)."""
+    admission = HandshakeAdmission(max_concurrent=100, per_second=5.0, retry_after=1,
+                                   max_queue_seconds=WAIT, max_queued=10)
+    admission.start()
+    try:
+        for _ in range(5):  # the bucket: one second's worth
+            assert await admission.admit()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await admission.admit()  # waits for a refill (~0.2 s), no done() called
+        assert loop.time() - started >= 0.1
+        assert admission.queued_total == 1 and admission.refused == 0
+    finally:
+        admission.stop()

@@ -220,3 +220,47 @@ async def test_listener_refuses_plain_http_on_tls_port(served: Served) -> None:
     assert served.listener.stats.closed["tls error"] == 1
     assert served.listener.preauth_connections == 0
 
+
+
+async def test_listener_answers_client_hello_on_its_handshake_threads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``tls_handshake_threads`` (default 2) the ClientHello step of every
+    handshake runs on the listener's pool, not on the event loop thread; with
+    0 it runs inline. Requests are served either way."""
+    import threading
+
+    from relay import tls_server
+
+    for threads in (2, 0):
+        ran_on: list[str] = []
+        original = tls_server._handshake_in_thread
+
+        def recording(tls: object, original: Callable[[object], bool] = original,
+                      ran_on: list[str] = ran_on) -> bool:
+            ran_on.append(threading.current_thread().name)
+            return original(tls)
+
+        monkeypatch.setattr(tls_server, "_handshake_in_thread", recording)
+        authority = CertificateAuthority.create("edge test CA")
+        issued = authority.issue_server(("localhost",), ("127.0.0.1",))
+        app = web.Application()
+        app.router.add_get("/info", info)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        listener = RelayListener(runner, server_ssl_context(issued), EdgeLimits(tls_handshake_threads=threads))
+        await listener.start("127.0.0.1", 0)
+        try:
+            connector = aiohttp.TCPConnector(ssl=client_ssl_context(authority.certificate_pem), force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as http:
+                for _ in range(3):
+                    async with asyncio.timeout(WAIT):
+                        async with http.get(f"https://127.0.0.1:{listener.port}/info") as resp:
+                            assert resp.status == 200
+        finally:
+            listener.close()
+            await runner.cleanup()
+            monkeypatch.setattr(tls_server, "_handshake_in_thread", original)
+        if threads:
+            assert len(ran_on) == 3 and all(name.startswith("arc-relay-tls") for name in ran_on)
+        else:
+            assert ran_on == []

@@ -166,3 +166,56 @@ async def test_relay_killed_while_agent_connected_reports_offline_after_restart(
             await asyncio.wait_for(agent, WAIT)
         await http.close()
         await idp.stop()
+
+
+async def test_status_flush_never_holds_the_connection_lookups_use(tmp_path: Path) -> None:
+    """While a write-behind flush is inside its transaction (here: held open
+    on the writer's connection), a cluster lookup on the relay's connection
+    answers at once; the flush writes in chunks of FLUSH_CHUNK clusters, all
+    of them."""
+    import threading
+
+    from relay.status import FLUSH_CHUNK, LiveStatusRegistry
+
+    path = tmp_path / "relay.db"
+    store, writer = SqliteRegistry(SqliteDatabase(path)), SqliteRegistry(SqliteDatabase(path))
+    certificate = generate_key_pair("a").certificate_pem.decode()
+    count = FLUSH_CHUNK * 2 + 1
+    for i in range(count):
+        store.put(Cluster(name=f"c{i}", resource_group="rg1", agent_public_key_certificate=certificate))
+    registry = LiveStatusRegistry(store, lambda cid: False, 0.0, writer=writer)
+    inside, release = threading.Event(), threading.Event()
+    chunks: list[int] = []
+    apply_updates = writer.apply_updates
+
+    def held_apply(batch: dict[str, dict[str, object]]) -> None:
+        chunks.append(len(batch))
+        with writer.db.transaction() as cur:  # the write lock, held like a slow commit
+            cur.execute("UPDATE clusters SET agent_version = 'x' WHERE id = ?", ("rg1/c0",))
+            inside.set()
+            release.wait(WAIT)
+        apply_updates(batch)
+
+    writer.apply_updates = held_apply  # type: ignore[method-assign]
+    for i in range(count):
+        registry.set_connectivity(f"rg1/c{i}", "Connected")
+    flush = asyncio.ensure_future(registry.flush())
+    try:
+        assert await asyncio.to_thread(inside.wait, WAIT)
+        async with asyncio.timeout(2.0):  # blocked on the flush, this would wait for `release`
+            cluster = await asyncio.to_thread(registry.get, "rg1/c1")
+        assert cluster is not None and cluster.agent_public_key_certificate == certificate
+    finally:
+        release.set()
+        await flush
+    assert chunks == [FLUSH_CHUNK, FLUSH_CHUNK, 1]
+    assert all(c.last_connectivity_time for c in store.list("rg1"))
+    assert registry.flushes == 1
+
+
+async def test_relay_flushes_status_through_its_own_connection(relay_env: RelayEnv) -> None:
+    """The relay's write-behind uses a database connection other than the one
+    the event loop reads clusters through."""
+    registry = relay_env.state.registry
+    assert registry.writer is not registry.store
+    assert registry.writer.db is not registry.store.db
