@@ -151,6 +151,21 @@ METADATA_FIELDS = {
     "totalCoreCount": ("total_core_count", int),
 }
 
+
+def metadata_columns(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The columns an agent's metadata report sets (unknown or bad keys dropped)."""
+    updates: dict[str, Any] = {}
+    for key, (column, kind) in METADATA_FIELDS.items():
+        value = metadata.get(key)
+        if value is None:
+            continue
+        try:
+            updates[column] = kind(value) if kind is int else str(value)[:100]
+        except (TypeError, ValueError):
+            continue
+    return updates
+
+
 # Columns the write-behind may set (never the registration itself).
 _WRITABLE = frozenset({"connectivity_status", "last_connectivity_time",
                        *(column for column, _ in METADATA_FIELDS.values())})
@@ -291,15 +306,7 @@ class SqliteRegistry:
                 cur.execute(f"UPDATE clusters SET {assignments} WHERE id = ?", (*columns.values(), cid))
 
     def set_metadata(self, cluster_id: str, metadata: dict[str, Any]) -> None:
-        updates: dict[str, Any] = {}
-        for key, (column, kind) in METADATA_FIELDS.items():
-            value = metadata.get(key)
-            if value is None:
-                continue
-            try:
-                updates[column] = kind(value) if kind is int else str(value)[:100]
-            except (TypeError, ValueError):
-                continue
+        updates = metadata_columns(metadata)
         # A report is proof of connectivity: lastConnectivityTime means "last
         # seen connected" (as in Azure Arc), not "last status change".
         updates["last_connectivity_time"] = utc_now()

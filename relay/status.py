@@ -41,10 +41,10 @@ from dataclasses import replace
 from typing import Any
 
 from relay.registry import (
-    METADATA_FIELDS,
     Cluster,
     ConnectivityStatus,
     SqliteRegistry,
+    metadata_columns,
     utc_now,
 )
 
@@ -54,20 +54,6 @@ log = logging.getLogger("relay")
 # SQLite's write lock (and a management write on the main connection waits
 # for it) for a few milliseconds, not for the whole backlog.
 FLUSH_CHUNK = 256
-
-
-def metadata_columns(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The columns an agent's metadata report sets (unknown or bad keys dropped)."""
-    updates: dict[str, Any] = {}
-    for key, (column, kind) in METADATA_FIELDS.items():
-        value = metadata.get(key)
-        if value is None:
-            continue
-        try:
-            updates[column] = kind(value) if kind is int else str(value)[:100]
-        except (TypeError, ValueError):
-            continue
-    return updates
 
 
 class LiveStatusRegistry:

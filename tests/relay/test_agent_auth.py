@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import jwt
@@ -14,15 +12,8 @@ import pytest
 from certs import generate_key_pair, load_private_key
 from identity import AgentAssertionVerifier, TokenInvalid, sign_agent_assertion
 from identity.agent_assertion import unverified_cluster_id
-from tests.relay.harness import WAIT, RelayEnv, running_env
+from tests.relay.harness import WAIT, RelayEnv
 from tunnel import TunnelSession, ws_connect_kwargs
-
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 async def _dial(env: RelayEnv, token: str | None) -> tuple[int, str]:

@@ -9,21 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from certs import client_ssl_context
 from relay import agent_endpoint
-from tests.relay.harness import WAIT, RelayEnv, running_env
-
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
+from tests.relay.harness import WAIT, RelayEnv
 
 
 async def test_relay_sends_no_tls_session_tickets(relay_env: RelayEnv) -> None:

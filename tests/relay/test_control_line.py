@@ -5,21 +5,13 @@ nothing else: the agent's session stays up."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from identity import sign_agent_assertion
 from relay.agent_endpoint import CONTROL_TARGET, MAX_CONTROL_LINE
-from tests.relay.harness import WAIT, RelayEnv, running_env
+from tests.relay.harness import WAIT, RelayEnv
 from tunnel import ErrorCode, StreamReset, TunnelSession, ws_connect_kwargs
-
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 async def test_control_line_beyond_the_bound_resets_only_that_stream(relay_env: RelayEnv) -> None:

@@ -16,8 +16,6 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -28,7 +26,6 @@ from tests.relay.harness import (
     WAIT,
     RelayEnv,
     roundtrip,
-    running_env,
     server_port,
 )
 from tunnel import TunnelSession, TunnelStream
@@ -40,12 +37,6 @@ pytestmark = pytest.mark.timeout(120)
 STALLED_PER_SESSION = 12  # 24 in all: six times what froze the cluster before
 CHUNK = b"f" * 65536
 
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 async def _start_upstream() -> asyncio.Server:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +14,6 @@ from tests.relay.harness import (
     WAIT,
     RelayEnv,
     roundtrip,
-    running_env,
     server_port,
     start_echo_server,
 )
@@ -25,12 +22,6 @@ from tunnel import ErrorCode, StreamRefused, StreamReset, TunnelClosed
 CLUSTER_PATH = "/api/v1/resourceGroups/rg1/clusters/alpha"
 SCOPE = "/resourceGroups/rg1/clusters/alpha"
 
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 async def _connected_cluster(env: RelayEnv) -> tuple[object, int]:

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from certs import generate_key_pair
-from tests.relay.harness import BOB_OID, DEMO_OID, VIEWERS_GROUP, RelayEnv, running_env
+from tests.relay.harness import BOB_OID, DEMO_OID, VIEWERS_GROUP, RelayEnv
 
 CLUSTER = "/api/v1/resourceGroups/rg1/clusters/alpha"
 
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 def _registration() -> dict[str, str]:

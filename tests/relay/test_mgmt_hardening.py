@@ -28,12 +28,6 @@ from tests.relay.harness import BOB_OID, WAIT, RelayEnv, running_env
 CLUSTERS = "/api/v1/resourceGroups/{rg}/clusters/{name}"
 
 
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
-
 
 def _registration() -> dict[str, str]:
     return {"location": "westeurope",

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -24,13 +23,6 @@ from tests.relay.harness import (
     start_echo_server,
 )
 from tunnel import ErrorCode, StreamRefused, TunnelClosed, ws_connect_kwargs
-
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 async def test_relay_routes_stream_bytes_exact(relay_env: RelayEnv) -> None:

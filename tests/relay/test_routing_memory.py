@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -24,7 +23,6 @@ from tests.relay.harness import (
     DEMO_OID,
     WAIT,
     RelayEnv,
-    running_env,
     server_port,
     start_echo_server,
 )
@@ -32,12 +30,6 @@ from tunnel import ErrorCode, StreamReset, TunnelSession, TunnelStream
 
 STREAMS = 24
 
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 async def wait_until(predicate: Callable[[], bool], what: str) -> None:

@@ -16,11 +16,9 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 import yaml
 
 from agent.connector import Connector, ConnectorConfig
@@ -28,13 +26,6 @@ from certs import CertificateAuthority, client_ssl_context, generate_key_pair
 from relay.registry import Cluster, SqliteDatabase, SqliteRegistry
 from sandbox.idp import SandboxIdp
 from tests.relay.harness import ADMIN_OID, WAIT, RelayEnv, free_port, running_env
-
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 def _stored_status(db_file: Path, cid: str) -> str | None:
