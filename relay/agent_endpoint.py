@@ -126,7 +126,9 @@ def _store_metadata(state: RelayState, cid: str, line: bytes) -> None:
         if problems:
             log.info("agent metadata refused fields cluster=%s problems=%r", cid, problems)
         state.registry.set_metadata(cid, data)
-        log.info("agent metadata cluster=%s agentVersion=%s kubernetesVersion=%s nodes=%s cores=%s",
+        # DEBUG: every agent reports on connect and every few minutes (thousands
+        # of lines an hour on a large relay); `arcctl show` has the values.
+        log.debug("agent metadata cluster=%s agentVersion=%s kubernetesVersion=%s nodes=%s cores=%s",
                  cid, data.get("agentVersion"), data.get("kubernetesVersion"),
                  data.get("totalNodeCount"), data.get("totalCoreCount"))
 

@@ -142,7 +142,9 @@ class TunnelSession(SessionIO):
                     ws_code=WSCloseCode.PROTOCOL_ERROR,
                 )
             else:
-                log.info("%s = session open", self.name)
+                # DEBUG: the relay and the agent each log their own "connected"
+                # line; a second one per session is measurable in a reconnect storm.
+                log.debug("%s = session open", self.name)
                 self._writer_task = self._loop.create_task(self._write_loop())
                 if self.config.ping_interval > 0:
                     self._helpers.append(self._loop.create_task(self._keepalive_loop()))
