@@ -28,7 +28,7 @@ from relay.names import validate_agent_metadata
 from relay.state import (
     STATE,
     RelayState,
-    admission_refused,
+    admitted,
     bearer_token,
     json_error,
     upgrade_aborted,
@@ -136,16 +136,7 @@ def _store_metadata(state: RelayState, cid: str, line: bytes) -> None:
 async def agent_connect(request: web.Request) -> web.StreamResponse:
     """Admit, authenticate and upgrade an agent, then serve its tunnel session."""
     state = request.app[STATE]
-    if not state.accepting:
-        return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
-    if not await state.admission.admit():
-        return admission_refused(state, "agent")
-    state.metrics.handshakes_in_flight.inc()
-    try:
-        upgraded = await _agent_handshake(state, request)
-    finally:
-        state.admission.done()
-        state.metrics.handshakes_in_flight.dec()
+    upgraded = await admitted(state, "agent", partial(_agent_handshake, state, request))
     if isinstance(upgraded, web.StreamResponse):
         return upgraded
     cid, fingerprint, ws = upgraded

@@ -21,7 +21,7 @@ from relay.router import route_stream
 from relay.state import (
     STATE,
     RelayState,
-    admission_refused,
+    admitted,
     authenticate,
     json_error,
     upgrade_aborted,
@@ -33,16 +33,7 @@ log = logging.getLogger("relay")
 async def client_connect(request: web.Request) -> web.StreamResponse:
     """Admit, authenticate and upgrade a client, then serve its tunnel session."""
     state = request.app[STATE]
-    if not state.accepting:
-        return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
-    if not await state.admission.admit():
-        return admission_refused(state, "client")
-    state.metrics.handshakes_in_flight.inc()
-    try:
-        upgraded = await _client_handshake(state, request)
-    finally:
-        state.admission.done()
-        state.metrics.handshakes_in_flight.dec()
+    upgraded = await admitted(state, "client", partial(_client_handshake, state, request))
     if isinstance(upgraded, web.StreamResponse):
         return upgraded
     principal, ws = upgraded

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from tunnel import TunnelConfig, TunnelSession
 
 log = logging.getLogger("relay")
+
+_T = TypeVar("_T")
 
 # Bearer tokens longer than this are refused before any parsing.
 MAX_BEARER_LENGTH = 16384
@@ -107,6 +109,23 @@ def json_error(status: int, code: str, message: str, **headers: str) -> web.Resp
     return web.json_response(
         {"error": {"code": code, "message": message}}, status=status, headers=headers or None
     )
+
+
+async def admitted(state: RelayState, endpoint: str,
+                   handshake: Callable[[], Awaitable[_T]]) -> _T | web.Response:
+    """Run one websocket endpoint's handshake (authentication + upgrade) under
+    admission: a relay shutting down, or one at its admission bound, answers
+    503 at once; otherwise the handshake holds an admission slot while it runs."""
+    if not state.accepting:
+        return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
+    if not await state.admission.admit():
+        return admission_refused(state, endpoint)
+    state.metrics.handshakes_in_flight.inc()
+    try:
+        return await handshake()
+    finally:
+        state.admission.done()
+        state.metrics.handshakes_in_flight.dec()
 
 
 def admission_refused(state: RelayState, endpoint: str) -> web.Response:
