@@ -39,17 +39,15 @@ from typing import Any
 import aiohttp
 
 from agent.connector_dial import (
-    Backoff,
     agent_audience,
     agent_connect_url,
     relay_ssl_context,
     resolve_proxy,
-    retry_after_delay,
-    retry_after_seconds,
 )
 from agent.connector_metadata import MetadataSource, static_metadata
 from identity import TokenInvalid, sign_agent_assertion
 from tunnel import (
+    Backoff,
     ErrorCode,
     StreamRefused,
     StreamReset,
@@ -57,6 +55,8 @@ from tunnel import (
     TunnelConfig,
     TunnelSession,
     TunnelStream,
+    retry_after_delay,
+    retry_after_seconds,
     splice,
     ws_connect_kwargs,
 )

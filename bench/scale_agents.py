@@ -44,15 +44,10 @@ import aiohttp
 
 from agent import connector as agent_connector
 from agent.connector import CONTROL_TARGET, UPSTREAM_TARGET, ConnectorConfig
-from agent.connector_dial import (
-    Backoff,
-    agent_audience,
-    agent_connect_url,
-    relay_ssl_context,
-    retry_after_delay,
-)
+from agent.connector_dial import agent_audience, agent_connect_url, relay_ssl_context
 from identity import sign_agent_assertion
 from tunnel import (
+    Backoff,
     ErrorCode,
     StreamRefused,
     StreamReset,
@@ -60,6 +55,8 @@ from tunnel import (
     TunnelConfig,
     TunnelSession,
     TunnelStream,
+    retry_after_delay,
+    retry_after_seconds,
     ws_connect_kwargs,
 )
 from tunnel.aio_alloc import tune_allocator
@@ -79,9 +76,6 @@ CHURN_WINDOW: float = getattr(agent_connector, "CHURN_WINDOW", 3.0)
 CHURN_INITIAL: float = getattr(agent_connector, "CHURN_INITIAL", 1.0)
 GOAWAY_POLL: float = getattr(agent_connector, "GOAWAY_POLL", 0.05)
 STOP_DRAIN: float = getattr(agent_connector, "STOP_DRAIN", 10.0)
-# A Retry-After above this is not believed (a broken relay must not park
-# the simulated fleet for hours; the bench has a time budget).
-MAX_RETRY_AFTER = 60.0
 # Bench protocol on a relay-opened stream.
 HOLD = b"H"
 SOURCE = b"S"
@@ -95,15 +89,6 @@ def raise_fd_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def retry_after_seconds(headers: Any) -> float | None:
-    """The ``Retry-After`` delay (seconds form) of a refused upgrade, if any."""
-    value = headers.get("Retry-After") if headers is not None else None
-    try:
-        return min(MAX_RETRY_AFTER, max(0.0, float(value))) if value is not None else None
-    except ValueError:
-        return None
 
 
 @dataclass

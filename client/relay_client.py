@@ -16,6 +16,7 @@ import aiohttp
 from client.auth import TokenSource, ssl_context_for
 from client.config import ClientConfig
 from client.errors import AuthError, CliError, ClusterNotFound, Forbidden, RelayUnreachable
+from tunnel import retry_after_seconds
 
 __all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper"]
 
@@ -28,9 +29,6 @@ CONNECT_TIMEOUT = 10.0
 # jitter, uniform in [0, ceiling], the ceiling doubling from START to CAP.
 BACKOFF_START = 0.05
 BACKOFF_CAP = 1.0
-# A relay at its admission limit answers 503 + Retry-After; a hint longer
-# than this is treated as this (seconds).
-RETRY_AFTER_CAP = 60.0
 # How many busy answers ``start`` waits out before reporting the relay busy.
 START_BUSY_RETRIES = 3
 # The keeper checks its session at least this often (seconds): renewal time,
@@ -46,18 +44,6 @@ class RelayBusy(RelayUnreachable):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-def retry_after_seconds(headers: Any) -> float | None:
-    """``Retry-After`` delta-seconds (capped), or None when absent or not a number."""
-    value = (headers or {}).get("Retry-After")
-    try:
-        seconds = float(str(value).strip()) if value is not None else -1.0
-    except ValueError:
-        return None
-    if not 0 <= seconds <= float("inf"):  # negative, NaN
-        return None
-    return min(seconds, RETRY_AFTER_CAP)
 
 
 def busy_delay(hint: float) -> float:

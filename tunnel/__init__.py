@@ -39,6 +39,13 @@ from tunnel.events import (
 from tunnel.events import StreamReset as StreamResetEvent
 from tunnel.frames import Frame, FrameType
 from tunnel.limits import Limits
+from tunnel.redial import (
+    RETRY_AFTER_CAP,
+    RETRY_AFTER_JITTER,
+    Backoff,
+    retry_after_delay,
+    retry_after_seconds,
+)
 from tunnel.state import ConnectionState, StreamState
 
 if TYPE_CHECKING:
@@ -76,7 +83,10 @@ _ADAPTER_NAMES = frozenset(
 )
 
 __all__ = [
+    "RETRY_AFTER_CAP",
+    "RETRY_AFTER_JITTER",
     "SUBPROTOCOL",
+    "Backoff",
     "Connection",
     "ConnectionState",
     "DataReceived",
@@ -105,6 +115,8 @@ __all__ = [
     "TunnelStream",
     "WindowUpdated",
     "join_streams",
+    "retry_after_delay",
+    "retry_after_seconds",
     "server_websocket_response",
     "splice",
     "splice_streams",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.connector_dial import Backoff, agent_audience, agent_connect_url, resolve_proxy
+from agent.connector_dial import agent_audience, agent_connect_url, resolve_proxy
 from agent.connector_metadata import parse_cpu
 from tests.relay.harness import (
     WAIT,
@@ -19,6 +19,7 @@ from tests.relay.harness import (
     server_port,
     start_echo_server,
 )
+from tunnel import Backoff
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.connector_dial import RETRY_AFTER_CAP, retry_after_delay, retry_after_seconds
 from relay.admission import MIN_RATE_ESTIMATE, HandshakeAdmission
 from tests.relay.harness import WAIT, RelayEnv, running_env
+from tunnel import RETRY_AFTER_CAP, retry_after_delay, retry_after_seconds
 
 RETRY_AFTER = 3
 
@@ -294,12 +294,11 @@ async def test_arc_proxy_session_waits_out_a_busy_relay(tmp_path: Path) -> None:
 def test_arc_proxy_parses_retry_after_and_jitters() -> None:
     """The client's Retry-After handling matches the agent's: capped, junk
     ignored, delays within [hint, 2 * hint]."""
-    from client.relay_client import RETRY_AFTER_CAP as CLIENT_CAP
     from client.relay_client import busy_delay
     from client.relay_client import retry_after_seconds as client_retry_after
 
     assert client_retry_after({"Retry-After": "1"}) == 1.0
-    assert client_retry_after({"Retry-After": "99999"}) == CLIENT_CAP
+    assert client_retry_after({"Retry-After": "99999"}) == RETRY_AFTER_CAP
     assert client_retry_after({"Retry-After": "later"}) is None
     assert client_retry_after({"Retry-After": "nan"}) is None
     assert client_retry_after({}) is None
