@@ -3,7 +3,7 @@
 Theory of operation. A connection is *pre-authentication* from TCP accept
 (``memorybio`` engine) or from the end of the TLS handshake (``asyncio``
 engine, whose handshake is inside asyncio) until its first request head is
-complete. While it is, it holds one slot of the :class:`PreAuthGate`; a
+complete. While it is, it holds one slot of the :class:`EdgeGate`; a
 connection that finds the gate full is closed at once. :class:`HeadGuard`
 sits between the TLS transport and aiohttp's protocol until the first head is
 complete: it closes the connection when the head is not complete within
@@ -18,6 +18,8 @@ import asyncio
 import logging
 from collections import Counter
 
+from tunnel import PreAuthGate, PreAuthSlot
+
 log = logging.getLogger("relay")
 
 # Both spellings aiohttp's parser accepts as the end of a head.
@@ -30,54 +32,15 @@ class EdgeStats:
     def __init__(self) -> None:
         #: connections closed by a guard, by reason
         self.closed: Counter[str] = Counter()
-        #: connections refused because the pre-authentication gate was full
-        self.refused = 0
 
 
-class PreAuthSlot:
-    """One admitted connection's place in the gate; ``release`` is idempotent."""
-
-    __slots__ = ("_gate",)
-
-    def __init__(self, gate: PreAuthGate) -> None:
-        self._gate: PreAuthGate | None = gate
-
-    def release(self) -> None:
-        """The connection is past its first head (or gone): stop counting it."""
-        gate, self._gate = self._gate, None
-        if gate is not None:
-            gate.held -= 1
-
-
-class PreAuthGate:
-    """Bounds the connections held before their first request head is complete.
-
-    Refusals are logged once per burst: the first refusal logs, the rest are
-    counted until a connection is admitted again.
-
-    Args:
-        limit: Most connections held at once.
-        stats: Where refusals are counted.
-    """
+class EdgeGate(PreAuthGate):
+    """The listener's pre-authentication gate, carrying its counters so that
+    the guards holding it count the connections they close."""
 
     def __init__(self, limit: int, stats: EdgeStats) -> None:
-        self.limit = limit
-        self.held = 0
+        super().__init__(limit, log, "edge", "limits.max_preauth_connections")
         self.stats = stats
-        self._in_burst = False
-
-    def admit(self) -> PreAuthSlot | None:
-        """A slot for a new connection, or None: close it now."""
-        if self.held >= self.limit:
-            self.stats.refused += 1
-            if not self._in_burst:
-                self._in_burst = True
-                log.warning("edge refusing new connections: %d held before authentication "
-                            "(limits.max_preauth_connections=%d)", self.held, self.limit)
-            return None
-        self._in_burst = False
-        self.held += 1
-        return PreAuthSlot(self)
 
 
 def peer_label(transport: asyncio.BaseTransport) -> str:
@@ -97,7 +60,7 @@ class HeadGuard(asyncio.Protocol):
         max_head_bytes: Largest first head.
     """
 
-    def __init__(self, inner: asyncio.Protocol, gate: PreAuthGate, slot: PreAuthSlot | None,
+    def __init__(self, inner: asyncio.Protocol, gate: EdgeGate, slot: PreAuthSlot | None,
                  head_timeout: float, max_head_bytes: int) -> None:
         self.inner = inner
         self.gate = gate

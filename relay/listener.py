@@ -23,9 +23,10 @@ import ssl
 
 from aiohttp import web
 
-from relay.edge import EdgeStats, HeadGuard, PreAuthGate, PreAuthSlot
+from relay.edge import EdgeGate, EdgeStats, HeadGuard
 from relay.edge_limits import EdgeLimits
 from relay.tls_server import SharedReadBuffer, TlsTerminator
+from tunnel import PreAuthSlot
 
 log = logging.getLogger("relay")
 
@@ -44,7 +45,7 @@ class RelayListener:
         self.ssl_context = ssl_context
         self.limits = limits
         self.stats = EdgeStats()
-        self.gate = PreAuthGate(limits.max_preauth_connections, self.stats)
+        self.gate = EdgeGate(limits.max_preauth_connections, self.stats)
         self._handshaking: set[TlsTerminator] = set()
         self._read_buffer = SharedReadBuffer()
         self._server: asyncio.Server | None = None
@@ -112,7 +113,7 @@ class RelayListener:
             f"relay_edge_preauth_connections {self.gate.held}",
             "# HELP relay_edge_refused_total Connections closed at accept: pre-authentication limit reached.",
             "# TYPE relay_edge_refused_total counter",
-            f"relay_edge_refused_total {self.stats.refused}",
+            f"relay_edge_refused_total {self.gate.refused}",
             "# HELP relay_edge_closed_total Connections closed by a slow-loris guard, by reason.",
             "# TYPE relay_edge_closed_total counter",
         ]

@@ -38,7 +38,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from relay.edge import PreAuthGate, PreAuthSlot, peer_label
+from relay.edge import EdgeGate, peer_label
+from tunnel import PreAuthSlot
 
 log = logging.getLogger("relay")
 
@@ -113,7 +114,7 @@ class TlsTerminator(asyncio.BufferedProtocol):
 
     def __init__(self, ssl_context: ssl.SSLContext,
                  app_factory: Callable[[PreAuthSlot], asyncio.Protocol],
-                 gate: PreAuthGate, handshake_timeout: float, live: set[TlsTerminator],
+                 gate: EdgeGate, handshake_timeout: float, live: set[TlsTerminator],
                  read_buffer: SharedReadBuffer,
                  handshake_pool: concurrent.futures.Executor | None = None) -> None:
         self.ssl_context = ssl_context

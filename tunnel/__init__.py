@@ -39,6 +39,7 @@ from tunnel.events import (
 from tunnel.events import StreamReset as StreamResetEvent
 from tunnel.frames import Frame, FrameType
 from tunnel.limits import Limits
+from tunnel.preauth import PreAuthGate, PreAuthSlot
 from tunnel.redial import (
     RETRY_AFTER_CAP,
     RETRY_AFTER_JITTER,
@@ -99,6 +100,8 @@ __all__ = [
     "LocalProtocolError",
     "PingReceived",
     "PongReceived",
+    "PreAuthGate",
+    "PreAuthSlot",
     "ProtocolError",
     "RemoteProtocolError",
     "StreamAccepted",

@@ -39,7 +39,8 @@ from agent.kube_aad_proxy.status import status_response
 from agent.kube_aad_proxy.upstream import UpstreamProtocol, open_upstream
 
 if TYPE_CHECKING:
-    from agent.kube_aad_proxy.proxy import KubeAadProxy, PreAuthSlot
+    from agent.kube_aad_proxy.proxy import KubeAadProxy
+    from tunnel import PreAuthSlot
 
 log = logging.getLogger("agent.kube_aad_proxy")
 
@@ -49,7 +50,7 @@ class ProxyConnection(asyncio.Protocol):
 
     def __init__(self, proxy: KubeAadProxy, slot: PreAuthSlot | None = None) -> None:
         self.proxy = proxy
-        # Held until the first request head is complete (proxy.PreAuthGate).
+        # Held until the first request head is complete (tunnel.PreAuthGate).
         self._slot = slot
         self.config = proxy.config
         self.transport: asyncio.Transport | None = None

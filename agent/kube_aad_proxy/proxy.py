@@ -27,47 +27,9 @@ from agent.kube_aad_proxy.oidc import OidcGate, audiences_of, issuers_of
 from agent.kube_aad_proxy.policy import HeaderPolicy
 from agent.kube_aad_proxy.upstream import upstream_ssl_context
 from certs import server_ssl_context
+from tunnel import PreAuthGate, PreAuthSlot
 
 log = logging.getLogger("agent.kube_aad_proxy")
-
-
-class PreAuthSlot:
-    """One connection's place in the :class:`PreAuthGate`; ``release`` is idempotent."""
-
-    __slots__ = ("_gate",)
-
-    def __init__(self, gate: PreAuthGate) -> None:
-        self._gate: PreAuthGate | None = gate
-
-    def release(self) -> None:
-        """The first request head is complete (or the connection is gone)."""
-        gate, self._gate = self._gate, None
-        if gate is not None:
-            gate.held -= 1
-
-
-class PreAuthGate:
-    """Bounds connections held before their first request head is complete.
-    The first refusal of a burst is logged; the rest are only counted."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self.refused = 0
-        self._in_burst = False
-
-    def admit(self) -> PreAuthSlot | None:
-        """A slot for a new connection, or None: close it now."""
-        if self.held >= self.limit:
-            self.refused += 1
-            if not self._in_burst:
-                self._in_burst = True
-                log.warning("refusing new connections: %d held before their first request head "
-                            "(max_preauth_connections=%d)", self.held, self.limit)
-            return None
-        self._in_burst = False
-        self.held += 1
-        return PreAuthSlot(self)
 
 
 class TlsAcceptor(asyncio.Protocol):
@@ -160,7 +122,8 @@ class KubeAadProxy:
         self.write_low = WRITE_LOW_WATER
         self.connections: set[ProxyConnection] = set()
         self.handshaking: set[TlsAcceptor] = set()
-        self.preauth = PreAuthGate(config.max_preauth_connections)
+        self.preauth = PreAuthGate(config.max_preauth_connections, log, "kube-aad-proxy",
+                                   "max_preauth_connections")
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 

@@ -170,7 +170,7 @@ async def test_relay_refuses_connections_beyond_preauth_limit(
             reader, writer = await asyncio.open_connection("127.0.0.1", env.relay.port)
             assert await closed_by_relay(reader) == b""
             writer.close()
-        assert listener.stats.refused == 3
+        assert listener.gate.refused == 3
         assert sum("edge refusing new connections" in r.getMessage() for r in caplog.records) == 1
         # Freeing the slots lets new clients in again.
         for _, writer in silent:
