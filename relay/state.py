@@ -78,6 +78,9 @@ class RelayState:
                                             max_loop_lag=config.max_loop_lag_seconds,
                                             max_queue_seconds=config.max_queue_seconds,
                                             max_queued=config.max_queued_handshakes)
+        # Read from the admission's own count at scrape time: one source of truth.
+        admission = self.admission
+        self.metrics.handshakes_in_flight.set_function(lambda: admission.in_flight)
         self.roles.cache.ttl = config.authorization_cache_seconds
         self.roles.cache.entries = config.authorization_cache_entries
         self.live_streams = LiveStreams(
@@ -120,12 +123,10 @@ async def admitted(state: RelayState, endpoint: str,
         return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
     if not await state.admission.admit():
         return admission_refused(state, endpoint)
-    state.metrics.handshakes_in_flight.inc()
     try:
         return await handshake()
     finally:
         state.admission.done()
-        state.metrics.handshakes_in_flight.dec()
 
 
 def admission_refused(state: RelayState, endpoint: str) -> web.Response:
