@@ -187,14 +187,14 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
         return
     rg, name = parsed
     cid = sys.intern(cluster_id(rg, name))
+    scope = sys.intern(cluster_scope(rg, name))
     if principal.expires_at < time.time():
         metrics.streams_total.labels("forbidden").inc()
         stream.reject(ErrorCode.FORBIDDEN, "token expired; reconnect with a fresh token")
         return
-    if not state.may_connect(principal, cluster_scope(rg, name)):
+    if not state.may_connect(principal, scope):
         metrics.streams_total.labels("forbidden").inc()
         state.refusals.refused("stream forbidden", principal.name, cid, "no connect role")
-        scope = cluster_scope(rg, name)
         stream.reject(ErrorCode.FORBIDDEN, f"principal {principal.name} has no cluster-user or admin "
                                            f"role at scope {scope} (or /resourceGroups/{rg} or /)")
         return
@@ -212,9 +212,8 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
         return
     joined = False
     try:
-        joined = await _route_within_share(state, principal, stream, cid,
-                                           sys.intern(cluster_scope(rg, name)), started, recorder,
-                                           share, holder)
+        joined = await _route_within_share(state, principal, stream, cid, scope, started,
+                                           recorder, share, holder)
     finally:
         if not joined:
             state.shares.release(share, holder, cid)
