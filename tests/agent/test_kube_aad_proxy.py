@@ -24,18 +24,6 @@ from tests.agent.test_kube_aad_proxy_support import (
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki.create()
-
-
-@pytest.fixture
-async def upstream(pki: Pki) -> AsyncIterator[RecordingUpstream]:
-    up = RecordingUpstream(pki)
-    await up.start()
-    yield up
-    await up.stop()
-
 
 @pytest.fixture
 async def proxy(pki: Pki, upstream: RecordingUpstream) -> AsyncIterator[KubeAadProxy]:

@@ -27,18 +27,6 @@ from tests.agent.test_kube_aad_proxy_support import (
 SHORT = 0.5  # seconds: head and handshake timeouts of the proxy under test
 
 
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki.create()
-
-
-@pytest.fixture
-async def upstream(pki: Pki) -> AsyncIterator[RecordingUpstream]:
-    up = RecordingUpstream(pki)
-    await up.start()
-    yield up
-    await up.stop()
-
 
 async def start_proxy(pki: Pki, upstream: RecordingUpstream, **limits: float) -> KubeAadProxy:
     config = KubeAadProxyConfig(upstream_url=upstream.url, upstream_ca_pem=pki.ca.certificate_pem,

@@ -30,25 +30,12 @@ DEMO_OID = "35233192-fc5d-4d88-83c8-36ab5ca99ad9"
 OVERAGE_USER = "overage@contoso.example"
 
 
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    return Pki.create()
-
-
 @pytest.fixture
 async def idp(tmp_path: Path) -> AsyncIterator[SandboxIdp]:
     server = SandboxIdp(tmp_path / "idp")
     await server.start()
     yield server
     await server.stop()
-
-
-@pytest.fixture
-async def upstream(pki: Pki) -> AsyncIterator[RecordingUpstream]:
-    up = RecordingUpstream(pki)
-    await up.start()
-    yield up
-    await up.stop()
 
 
 async def start_proxy(
