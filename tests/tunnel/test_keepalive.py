@@ -11,6 +11,7 @@ than one interval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -33,12 +34,10 @@ async def _until(predicate: Callable[[], bool], what: str) -> None:
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[tuple[TunnelSession, TunnelSession]]:
-    """(client, server): the server pings after INTERVAL of silence, the
-    client never by itself (the test pings by hand)."""
-    server_config = TunnelConfig(ping_interval=INTERVAL, ping_timeout=5.0)
-    client_config = TunnelConfig(ping_interval=0)
+@contextlib.asynccontextmanager
+async def session_pair(server_config: TunnelConfig,
+                       client_config: TunnelConfig) -> AsyncIterator[tuple[TunnelSession, TunnelSession]]:
+    """(client, server) tunnel sessions over a real websocket on loopback."""
     servers: asyncio.Queue[TunnelSession] = asyncio.Queue()
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -73,6 +72,15 @@ async def pair() -> AsyncIterator[tuple[TunnelSession, TunnelSession]]:
         await runner.cleanup()
 
 
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[TunnelSession, TunnelSession]]:
+    """(client, server): the server pings after INTERVAL of silence, the
+    client never by itself (the test pings by hand)."""
+    async with session_pair(TunnelConfig(ping_interval=INTERVAL, ping_timeout=5.0),
+                            TunnelConfig(ping_interval=0)) as sessions:
+        yield sessions
+
+
 async def test_session_pinged_by_its_peer_does_not_ping_and_pings_after_silence(
         pair: tuple[TunnelSession, TunnelSession]) -> None:
     """While the client pings every INTERVAL / 4, the server (interval
@@ -99,44 +107,16 @@ async def test_dialling_session_pings_every_interval_even_when_pinged() -> None:
     """The dialling side keeps pinging on schedule although the accepting side
     pings it too (it must keep middleboxes' idle timers from expiring)."""
     config = TunnelConfig(ping_interval=INTERVAL, ping_timeout=5.0)
-    servers: asyncio.Queue[TunnelSession] = asyncio.Queue()
+    async with session_pair(config, config) as (client, server):
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        ws = server_websocket_response(config)
-        await ws.prepare(request)
-        session = TunnelSession(ws, is_client=False, config=config, name="server")
-        servers.put_nowait(session)
-        await session.run()
-        return ws
+        async def server_pings_often() -> None:
+            while True:
+                await server.ping()
+                await asyncio.sleep(INTERVAL / 4)
 
-    app = web.Application()
-    app.router.add_get("/tunnel", handle)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        async with aiohttp.ClientSession() as http:
-            ws = await http.ws_connect(f"http://127.0.0.1:{runner.addresses[0][1]}/tunnel",
-                                       **ws_connect_kwargs(config))
-            client = TunnelSession(ws, is_client=True, config=config, name="client")
-            task = asyncio.create_task(client.run())
-            async with asyncio.timeout(WAIT):
-                server = await servers.get()
-
-            async def server_pings_often() -> None:
-                while True:
-                    await server.ping()
-                    await asyncio.sleep(INTERVAL / 4)
-
-            pinger = asyncio.create_task(server_pings_often())
-            try:
-                await _until(lambda: server.their_pings >= 5, "5 client pings while pinged")
-            finally:
-                pinger.cancel()
-            assert client.their_pings >= 10
-            await client.close()
-            async with asyncio.timeout(WAIT):
-                await task
-    finally:
-        await runner.cleanup()
+        pinger = asyncio.create_task(server_pings_often())
+        try:
+            await _until(lambda: server.their_pings >= 5, "5 client pings while pinged")
+        finally:
+            pinger.cancel()
+        assert client.their_pings >= 10
