@@ -10,6 +10,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from cmdline.errors import CliError, ConfigError
+
 __all__ = [
     "AgentOffline",
     "AuthError",
@@ -21,18 +23,6 @@ __all__ = [
     "RelayUnreachable",
     "run_cli",
 ]
-
-
-class CliError(Exception):
-    """A failure the user can fix; ``str(err)`` is the single line shown."""
-
-    exit_code = 1
-
-
-class ConfigError(CliError):
-    """The client config is missing, unreadable or incomplete."""
-
-    exit_code = 2
 
 
 class RelayUnreachable(CliError):
