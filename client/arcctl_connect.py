@@ -12,6 +12,11 @@ Theory of operation (each step prints one progress line):
    ``delete --force``): fresh keys, and the objects are overwritten.
 3. Apply Namespace and Secret, then register (so a registration never names a
    key that is not stored in the cluster), then the other objects.
+
+``--helm-values FILE`` registers without touching any cluster and writes the
+chart's values, keys included (mode 0600), for ``helm install -f FILE``; run
+again with the same FILE, it reuses the keys in it. ``--dry-run`` touches
+nothing and says on stderr what its output leaves out.
 """
 
 from __future__ import annotations
@@ -19,19 +24,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import ipaddress
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import jwt
 import yaml
 
-from certs import CertificateAuthority, fingerprint_sha256, generate_key_pair
+from certs import CertificateAuthority, fingerprint_sha256, generate_key_pair, write_secret_file
 from client.auth import TokenSource
 from client.config import ClientConfig, load_config
 from client.errors import CliError, ClusterNotFound, ConfigError
-from client.manifests import AGENT_NAME, NAMESPACE, AgentValues, build_manifests, dump_manifests
+from client.manifests import (
+    AGENT_NAME,
+    NAMESPACE,
+    SECRET_KEYS,
+    AgentValues,
+    build_manifests,
+    dump_manifests,
+)
 from client.relay_client import RelayApi
 
 if TYPE_CHECKING:
@@ -186,6 +201,104 @@ def base_values(args: argparse.Namespace, config: ClientConfig, group: str,
     )
 
 
+def unreachable_relay_reason(relay_url: str) -> str | None:
+    """Why a pod could not reach ``relay_url`` (loopback, link-local), or None."""
+    host = urlsplit(relay_url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return "is a loopback name"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if address.is_loopback:
+        return "is a loopback address"
+    if address.is_link_local:
+        return "is a link-local address"
+    return None
+
+
+def _warn(text: str) -> None:
+    print(f"arcctl connect: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _warn_unreachable_relay(relay_url: str) -> None:
+    reason = unreachable_relay_reason(relay_url)
+    if reason:
+        _warn(f"the relay URL {relay_url} {reason}: an agent inside a cluster cannot reach it; set "
+              "relay.url in the client config to an address the cluster can reach")
+
+
+def _values_from_helm_file(path: Path) -> dict[str, str]:
+    """The secret.* values of an earlier ``--helm-values`` run, or {} when there is none."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read Helm values {path}: {err}; remove it or choose another file") from None
+    secret = (doc or {}).get("secret") if isinstance(doc, dict) else None
+    return {str(k): str(v) for k, v in secret.items()} if isinstance(secret, dict) else {}
+
+
+def helm_values(values: AgentValues) -> dict[str, Any]:
+    """The chart's values (deploy/helm/cluster-connect-agent) for ``values``."""
+    from client.manifests_chart import VALUE_PATHS  # the chart's layout, one source
+
+    tree: dict[str, Any] = {}
+    for name, path in VALUE_PATHS.items():
+        node = tree
+        *parents, leaf = path.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        value = getattr(values, name)
+        node[leaf] = [dict(v) for v in value] if isinstance(value, tuple) else \
+            (dict(value) if isinstance(value, dict) else value)
+    return tree
+
+
+async def _register_for_helm(args: argparse.Namespace, api: RelayApi, values: AgentValues, cid: str) -> int:
+    path = Path(args.helm_values).expanduser()
+    earlier = _values_from_helm_file(path)
+    try:
+        registration: dict[str, Any] | None = await api.get_cluster(values.resource_group, values.cluster_name)
+    except ClusterNotFound:
+        registration = None
+    _say(1, f"relay: cluster {cid} " + ("is registered" if registration else "is not registered yet"))
+    registered = str((registration or {}).get("agentPublicKeyCertificate") or "")
+    if registration is not None and not _same_pem(earlier.get("agentCert", ""), registered):
+        raise CliError(f"cluster {cid} is already registered at the relay with an agent key that {path} does "
+                       f"not hold: pass the values file of its first registration, or remove it first with "
+                       f"'arcctl delete -n {values.cluster_name} -g {values.resource_group}'")
+    if registration is not None:
+        values = replace(values, agent_key=earlier.get("agentKey", ""), agent_cert=earlier.get("agentCert", ""),
+                         serving_cert=earlier.get("servingCert", ""), serving_key=earlier.get("servingKey", ""),
+                         serving_ca=earlier.get("servingCaCert", ""))
+        _say(2, f"keys: reusing the agent key in {path}")
+    else:
+        values = fresh_keys(values)
+        _say(2, "keys: generated a new agent key pair and serving certificate")
+    location = args.location if args.location is not None else str((registration or {}).get("location") or "")
+    spec = _registration_spec(values, location)
+    # Values first: a registration must never name a key that is stored nowhere.
+    text = ("# Helm values written by `arcctl connect --helm-values`: they hold the agent's private\n"
+            "# key; keep this file secret. Install: helm install arc-agent "
+            "deploy/helm/cluster-connect-agent -n arc-system --create-namespace -f " + str(path) + "\n"
+            + yaml.safe_dump(helm_values(values), sort_keys=False, width=10_000))
+    try:
+        write_secret_file(path, text)
+    except OSError as err:
+        raise ConfigError(f"cannot write Helm values {path}: {err.strerror or err}; choose another path") from None
+    _say(3, f"wrote {path} (mode 0600: it holds the agent's private key)")
+    if registration is not None and all(registration.get(k) == v for k, v in spec.items()):
+        _say(4, f"relay: registration of {cid} unchanged")
+    else:
+        await api.put_cluster(values.resource_group, values.cluster_name, spec)
+        _say(4, f"relay: {'updated' if registration else 'registered'} {cid}")
+    print(f"Cluster {cid} is registered at {values.relay_url}. Deploy its agent with: helm install arc-agent "
+          f"deploy/helm/cluster-connect-agent -n arc-system --create-namespace -f {path}")
+    return 0
+
+
 async def connect(args: argparse.Namespace) -> int:
     """The whole command (see the module docstring)."""
     config = load_config(args.config)
@@ -197,7 +310,15 @@ async def connect(args: argparse.Namespace) -> int:
     if args.dry_run:
         # Keys are made and registered only by a real connect; the Secret's data stays empty.
         print(dump_manifests(build_manifests(values)), end="")
+        empty = ", ".join(k for k, name in SECRET_KEYS.items() if not getattr(values, name))
+        _warn(f"dry run: nothing was registered or applied; the Secret's {empty} are empty because keys are "
+              "generated and registered only by a real connect (or by --helm-values FILE)")
+        _warn_unreachable_relay(values.relay_url)
         return 0
+    if args.helm_values:
+        _warn_unreachable_relay(values.relay_url)
+        async with RelayApi(config, tokens) as helm_api:
+            return await _register_for_helm(args, helm_api, values, cid)
     async with RelayApi(config, tokens) as api:
         try:
             registration: dict[str, Any] | None = await api.get_cluster(group, args.name)
@@ -208,6 +329,10 @@ async def connect(args: argparse.Namespace) -> int:
         from client.kube_apply import KubeTarget  # lazy: the kubernetes package is slow to import
 
         target = KubeTarget(args.kube_config, args.kube_context)
+        # A cluster whose API server is itself on loopback is a local one (the
+        # demo's sandbox runs its agent beside the relay): no warning there.
+        if unreachable_relay_reason(target.host) is None:
+            _warn_unreachable_relay(values.relay_url)
         try:
             found = await asyncio.to_thread(read_in_cluster, target)
             _say(2, f"cluster {target.host} (context {target.context or '-'}): "
@@ -267,7 +392,12 @@ def add_connect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--oidc-audience", help="audience kube-aad-proxy expects (default: your token's aud)")
     p.add_argument("--image", default=AgentValues.__dataclass_fields__["image"].default,
                    help="agent container image")
-    p.add_argument("--dry-run", action="store_true", help="print the manifests (YAML) instead")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true",
+                      help="print the manifests (YAML) instead; registers and applies nothing")
+    mode.add_argument("--helm-values", metavar="FILE",
+                      help="register at the relay and write the Helm chart's values (with the agent's keys, "
+                           "mode 0600) to FILE instead of deploying; run again with the same FILE to reuse them")
     p.add_argument("--config", type=Path, help="client config (default: $ARC_CONFIG or "
                    "~/.config/cluster-connect/config.yaml)")
     p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")

@@ -16,13 +16,16 @@ same text.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, fields
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
 
 __all__ = [
-    "AGENT_NAME", "CONFIG_PATH", "DEFAULT_IMAGE", "NAMESPACE", "SECRET_DIR", "SECRET_KEYS",
+    "AGENT_NAME", "CONFIG_PATH", "DEFAULT_IMAGE", "DEFAULT_RESOURCES", "NAMESPACE", "PLACEMENT_FIELDS",
+    "POD_SECURITY_LABELS", "REQUIRED_VALUES", "SECRET_DIR", "SECRET_KEYS",
     "AgentValues", "agent_config", "build_manifests", "dump_manifests", "object_path",
 ]
 
@@ -51,6 +54,33 @@ SECRET_KEYS: dict[str, str] = {
     "oidc-ca.crt": "oidc_ca",
 }
 LABELS = {"app.kubernetes.io/name": AGENT_NAME, "app.kubernetes.io/part-of": "cluster-connect"}
+# The namespace arcctl creates enforces the "restricted" Pod Security Standard,
+# which the agent's pod meets (tests/client/test_pod_security.py checks it).
+POD_SECURITY_LABELS = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+# The agent is one Python process: ~60 MiB at rest. Its stream buffers are
+# bounded per session (tunnel/limits.py: 1,024 streams, 32 MiB of window growth
+# beyond the 64 KiB initial windows), so 512 MiB is a ceiling it never needs in
+# normal use; no CPU limit, so that a burst is slowed by the node, not throttled.
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "512Mi"},
+}
+# Pod placement values: empty unless set (the chart's values.yaml offers them).
+PLACEMENT_FIELDS = ("node_selector", "tolerations", "affinity", "image_pull_secrets")
+# Values the chart cannot default: `helm install` fails with this message
+# when one is missing (Helm's `required`).
+REQUIRED_VALUES: dict[str, str] = {
+    "cluster_name": "the cluster's name as registered at the relay (arcctl connect --helm-values writes it)",
+    "relay_url": "the relay's https URL as the cluster reaches it",
+    "oidc_issuer": "the OIDC issuer URL that kube-aad-proxy trusts",
+    "agent_key": "the agent's private key (arcctl connect --helm-values writes it)",
+    "agent_cert": "the agent's certificate registered at the relay (arcctl connect --helm-values writes it)",
+    "serving_cert": "kube-aad-proxy's serving certificate (arcctl connect --helm-values writes it)",
+    "serving_key": "kube-aad-proxy's serving key (arcctl connect --helm-values writes it)",
+}
 
 
 @dataclass(frozen=True)
@@ -79,13 +109,19 @@ class AgentValues:
     relay_ca: str = ""
     proxy_ca: str = ""
     oidc_ca: str = ""
+    # Structured pod values (resources, placement): YAML-shaped, as in a pod spec.
+    resources: Mapping[str, Any] = field(default_factory=lambda: DEFAULT_RESOURCES)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: Sequence[Mapping[str, Any]] = ()
+    affinity: Mapping[str, Any] = field(default_factory=dict)
+    image_pull_secrets: Sequence[Mapping[str, str]] = ()
     chart: bool = False  # emit Helm sentinels instead of values (client.manifests_chart)
 
     @classmethod
     def chart_values(cls) -> AgentValues:
-        """Values whose every field is its own sentinel (chart generation)."""
-        names = [f.name for f in fields(cls) if f.name != "chart"]
-        return cls(**{n: f"@@{n}@@" for n in names}, chart=True)
+        """Values whose every string field is its own sentinel (chart generation)."""
+        sentinels: dict[str, Any] = {f.name: f"@@{f.name}@@" for f in fields(cls) if f.type == "str"}
+        return dataclasses.replace(cls("", "", "", ""), chart=True, **sentinels)
 
 
 class _Quoted(str):
@@ -120,6 +156,8 @@ def _dump(value: Any) -> str:
 
 
 def _v(values: AgentValues, name: str) -> str:
+    if values.chart and name in REQUIRED_VALUES:
+        return f"@@required:{name}@@"
     return str(getattr(values, name))
 
 
@@ -127,6 +165,29 @@ def _b64(values: AgentValues, name: str) -> str:
     if values.chart:
         return f"@@b64:{name}@@"
     return base64.b64encode(_v(values, name).encode()).decode()
+
+
+def _namespace(values: AgentValues) -> str:
+    """arcctl installs into its own namespace; the chart into the release's."""
+    return "@@namespace@@" if values.chart else NAMESPACE
+
+
+def _optional(values: AgentValues, name: str, spec: dict[str, Any], key: str) -> None:
+    """Set ``spec[key]`` to a structured value only when it is not empty (the
+    API server drops empty ones, and ``connect`` compares what it applied)."""
+    if values.chart:
+        spec[key] = f"@@with:{name}@@"
+    elif getattr(values, name):
+        spec[key] = _plain(getattr(values, name))
+
+
+def _plain(value: Any) -> Any:
+    """A structured value as plain dicts and lists (for the YAML dumper)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _path_if(values: AgentValues, name: str, path: str) -> str:
@@ -167,18 +228,20 @@ def agent_config(values: AgentValues) -> dict[str, Any]:
     }
 
 
-def _meta(name: str, namespaced: bool = True) -> dict[str, Any]:
+def _meta(values: AgentValues, name: str, namespaced: bool = True) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if namespaced:
-        meta["namespace"] = NAMESPACE
+        meta["namespace"] = _namespace(values)
     meta["labels"] = dict(LABELS)
     return meta
 
 
-def _rbac() -> list[dict[str, Any]]:
+def _rbac(values: AgentValues) -> list[dict[str, Any]]:
     rbac = "rbac.authorization.k8s.io"
-    # kube-aad-proxy impersonates the caller (user, groups, oid/tid extras);
-    # the agent's metadata reporter reads /version and the node list.
+    # kube-aad-proxy impersonates the caller (user, groups, oid/tid extras):
+    # the API server then authorizes each request as the person who made it,
+    # by the cluster's own RBAC (docs/architecture.md, "Identity in the
+    # cluster"). The agent's metadata reporter reads /version and the node list.
     rules = [
         {"apiGroups": [""], "resources": ["users", "groups"], "verbs": ["impersonate"]},
         {"apiGroups": ["authentication.k8s.io"], "resources": ["userextras/oid", "userextras/tid"],
@@ -187,48 +250,65 @@ def _rbac() -> list[dict[str, Any]]:
         {"nonResourceURLs": ["/version"], "verbs": ["get"]},
     ]
     return [
-        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRole", "metadata": _meta(AGENT_NAME, False),
+        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRole", "metadata": _meta(values, AGENT_NAME, False),
          "rules": rules},
-        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRoleBinding", "metadata": _meta(AGENT_NAME, False),
+        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRoleBinding", "metadata": _meta(values, AGENT_NAME, False),
          "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": AGENT_NAME},
-         "subjects": [{"kind": "ServiceAccount", "name": AGENT_NAME, "namespace": NAMESPACE}]},
+         "subjects": [{"kind": "ServiceAccount", "name": AGENT_NAME, "namespace": _namespace(values)}]},
     ]
+
+
+def _container(values: AgentValues) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": AGENT_NAME,
+        "image": _v(values, "image"),
+        "args": ["--config", CONFIG_PATH],
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "secret", "mountPath": SECRET_DIR, "readOnly": True},
+        ],
+        # The "restricted" Pod Security Standard, field by field.
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+    }
+    _optional(values, "resources", container, "resources")
+    return container
+
+
+def _pod_spec(values: AgentValues) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "serviceAccountName": AGENT_NAME,
+        # fsGroup makes the 0440 Secret files readable by the non-root
+        # user the image runs as (deploy/Containerfile).
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                            "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [_container(values)],
+        "volumes": [
+            {"name": "config", "configMap": {"name": AGENT_NAME}},
+            {"name": "secret", "secret": {"secretName": AGENT_NAME, "defaultMode": 0o440}},
+        ],
+    }
+    for name, key in zip(PLACEMENT_FIELDS, ("nodeSelector", "tolerations", "affinity", "imagePullSecrets"),
+                         strict=True):
+        _optional(values, name, spec, key)
+    return spec
 
 
 def _deployment(values: AgentValues) -> dict[str, Any]:
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(AGENT_NAME),
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(values, AGENT_NAME),
         "spec": {
-            # One agent per cluster: the relay keeps one session per cluster,
-            # and a second replica would only replace the first.
+            # One agent per cluster: the relay keeps one session per cluster.
+            # A rollout starts the new pod before the old one stops
+            # (maxUnavailable 0): the new session replaces the old one at the
+            # relay, so the cluster stays reachable; the connector slows down
+            # if two pods keep replacing each other (agent/connector.py).
+            # No PodDisruptionBudget: with one replica it would either block
+            # every node drain (minAvailable 1) or allow everything.
             "replicas": 1,
-            "strategy": {"type": "Recreate"},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "selector": {"matchLabels": {"app.kubernetes.io/name": AGENT_NAME}},
-            "template": {
-                "metadata": {"labels": dict(LABELS)},
-                "spec": {
-                    "serviceAccountName": AGENT_NAME,
-                    # fsGroup makes the 0440 Secret files readable by the
-                    # non-root user the image runs as (deploy/Containerfile).
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532,
-                                        "runAsGroup": 65532, "fsGroup": 65532},
-                    "containers": [{
-                        "name": AGENT_NAME,
-                        "image": _v(values, "image"),
-                        "args": ["--config", CONFIG_PATH],
-                        "volumeMounts": [
-                            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-                            {"name": "secret", "mountPath": SECRET_DIR, "readOnly": True},
-                        ],
-                        "securityContext": {"allowPrivilegeEscalation": False,
-                                            "readOnlyRootFilesystem": True},
-                    }],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": AGENT_NAME}},
-                        {"name": "secret", "secret": {"secretName": AGENT_NAME, "defaultMode": 0o440}},
-                    ],
-                },
-            },
+            "template": {"metadata": {"labels": dict(LABELS)}, "spec": _pod_spec(values)},
         },
     }
 
@@ -238,17 +318,20 @@ def build_manifests(values: AgentValues) -> list[dict[str, Any]]:
     so a registration never names a key that is not stored in the cluster).
 
     Returns:
-        Namespace, Secret, ServiceAccount, ClusterRole, ClusterRoleBinding,
+        Namespace (not in the chart: Helm installs into the release's
+        namespace), Secret, ServiceAccount, ClusterRole, ClusterRoleBinding,
         ConfigMap, Deployment.
     """
     config_text = _dump(agent_config(values))
+    namespace = {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": NAMESPACE, "labels": {**LABELS, **POD_SECURITY_LABELS}}}
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": dict(LABELS)}},
-        {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(AGENT_NAME), "type": "Opaque",
+        *([] if values.chart else [namespace]),
+        {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(values, AGENT_NAME), "type": "Opaque",
          "data": {key: _b64(values, name) for key, name in SECRET_KEYS.items()}},
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(AGENT_NAME)},
-        *_rbac(),
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(AGENT_NAME),
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(values, AGENT_NAME)},
+        *_rbac(values),
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(values, AGENT_NAME),
          "data": {"agent.yaml": _Block(config_text)}},
         _deployment(values),
     ]

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from client.arcctl import build_parser
-from client.arcctl_connect import InCluster, choose_keys, fresh_keys
+from client.arcctl_connect import InCluster, choose_keys, fresh_keys, unreachable_relay_reason
 from client.errors import CliError
 from client.kube_apply import is_subset
 from client.manifests import AgentValues, agent_config, build_manifests, dump_manifests, object_path
@@ -126,3 +126,17 @@ def test_choose_keys_reuses_refuses_moves_and_replaces() -> None:
     assert values.agent_key != keyed.agent_key and "leftovers" in note
     values, note = choose_keys(base, None, _found(keyed, "https://relay-a", "rg/other"), "https://relay-b")
     assert values.agent_key != keyed.agent_key
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("https://127.0.0.1:8443", "is a loopback address"),
+    ("https://[::1]:8443", "is a loopback address"),
+    ("https://localhost:8443", "is a loopback name"),
+    ("https://169.254.10.1", "is a link-local address"),
+    ("https://[fe80::1]:8443", "is a link-local address"),
+    ("https://relay.example.com", None),
+    ("https://10.0.0.5:8443", None),
+])
+def test_a_relay_url_a_pod_cannot_reach_is_named(url: str, reason: str | None) -> None:
+    """connect warns about these (loopback and link-local: never the relay, seen from a pod)."""
+    assert unreachable_relay_reason(url) == reason

@@ -1,0 +1,107 @@
+"""``arcctl connect --helm-values FILE`` end to end: register without touching
+the cluster, write the chart's values (keys included, 0600), install the chart
+as Helm would (rendered by tests/client/chart_render.py: Helm is not
+installable here), and the agent started from what the chart stored connects.
+
+The tests of this module run in order and share one environment.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from client.kube_apply import KubeTarget
+from client.manifests_chart import chart_template
+from tests.client.chart_render import render
+from tests.e2e.lifecycle_harness import GROUP, LifecycleEnv, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+NAME = "helm-1"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LifecycleEnv]:
+    e = LifecycleEnv(tmp_path_factory.mktemp("helm"))
+    try:
+        e.start()
+    except BaseException:
+        logs = e.logs()
+        e.stop()
+        raise AssertionError(f"environment did not start:\n{logs}") from None
+    yield e
+    e.stop()
+
+
+def helm_connect(env: LifecycleEnv, values: Path) -> tuple[int, str, str]:
+    p = env.arcctl("connect", "-n", NAME, "-g", GROUP, "--kube-config", env.kubeconfig,
+                   "--helm-values", str(values))
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_helm_values_registers_and_writes_secret_values_without_touching_the_cluster(
+        env: LifecycleEnv) -> None:
+    values = env.base / "values.yaml"
+    code, out, err = helm_connect(env, values)
+    assert code == 0, err + out
+    assert f"registered {GROUP}/{NAME}" in out and "helm install" in out
+    # The relay of the tests listens on loopback: a pod could not reach it.
+    assert "warning: the relay URL" in err and "loopback" in err
+    assert stat.S_IMODE(values.stat().st_mode) == 0o600
+    doc = yaml.safe_load(values.read_text())
+    reg = env.registration(NAME)
+    assert doc["secret"]["agentCert"].strip() == reg["agentPublicKeyCertificate"].strip()
+    assert "PRIVATE KEY" in doc["secret"]["agentKey"]
+    assert doc["cluster"] == {"name": NAME, "resourceGroup": GROUP}
+    assert doc["relay"]["url"] == env.demo.relay_url
+    assert "arc-system" not in [n.metadata.name for n in env.core().list_namespace().items]
+
+
+def test_helm_values_again_with_the_same_file_changes_nothing(env: LifecycleEnv) -> None:
+    values = env.base / "values.yaml"
+    before = values.read_text()
+    code, out, err = helm_connect(env, values)
+    assert code == 0, err + out
+    assert "reusing the agent key" in out and "unchanged" in out
+    assert yaml.safe_load(values.read_text())["secret"] == yaml.safe_load(before)["secret"]
+
+
+def test_helm_values_with_another_file_is_refused(env: LifecycleEnv) -> None:
+    """The name is registered with a key the new file does not hold: refused,
+    nothing written, the registration untouched."""
+    other = env.base / "other.yaml"
+    cert = env.registration(NAME)["agentPublicKeyCertificate"]
+    code, _out, err = helm_connect(env, other)
+    assert code != 0
+    assert "already registered" in err and str(other) in err and "Traceback" not in err
+    assert not other.exists()
+    assert env.registration(NAME)["agentPublicKeyCertificate"] == cert
+
+
+def test_chart_installed_with_those_values_runs_a_connected_agent(env: LifecycleEnv) -> None:
+    """What `helm install -n arc-system --create-namespace -f values.yaml` creates,
+    applied to the sandbox: the agent started from it connects."""
+    values = yaml.safe_load((env.base / "values.yaml").read_text())
+    target = KubeTarget(env.admin_kubeconfig)
+    try:
+        target.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "arc-system"}})
+        for doc in render(chart_template(), values, "arc-system"):
+            target.apply(doc)
+    finally:
+        target.close()
+    env.start_agent(NAME)
+    wait_for(lambda: env.status(NAME) == "Connected", "the chart's agent to connect")
+
+
+def test_dry_run_says_what_it_left_out(env: LifecycleEnv) -> None:
+    p = env.arcctl("connect", "-n", "dry-1", "-g", GROUP, "--dry-run")
+    assert p.returncode == 0, p.stderr
+    assert "dry run: nothing was registered or applied" in p.stderr
+    assert "agent.key, agent.crt, serving.crt, serving.key" in p.stderr
+    assert "loopback" in p.stderr
+    assert p.stdout.startswith("---\n")
