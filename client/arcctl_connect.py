@@ -10,7 +10,12 @@ Theory of operation (each step prints one progress line):
    Secret of the same cluster written for another relay: reuse the key (moving to
    a new relay). Anything else left in the cluster is a leftover (e.g. after
    ``delete --force``): fresh keys, and the objects are overwritten.
-3. Apply Namespace and Secret, then register (so a registration never names a
+3. Check ownership: every object carries the install that owns it (the
+   cluster id, ``client.manifests.OWNER_ANNOTATION``). An object that exists and
+   belongs to another install, or to nobody, is not taken over: connect stops
+   before changing anything, naming each one, unless ``--adopt`` is given. A
+   namespace that exists and is not ours is used as it is, never relabelled.
+4. Apply Namespace and Secret, then register (so a registration never names a
    key that is not stored in the cluster), then the other objects.
 
 ``--helm-values FILE`` registers without touching any cluster and writes the
@@ -42,6 +47,7 @@ from client.errors import CliError, ClusterNotFound, ConfigError
 from client.manifests import (
     AGENT_NAME,
     NAMESPACE,
+    OWNER_ANNOTATION,
     SECRET_KEYS,
     AgentValues,
     build_manifests,
@@ -52,7 +58,7 @@ from client.relay_client import RelayApi
 if TYPE_CHECKING:
     from client.kube_apply import KubeTarget
 
-__all__ = ["add_connect", "cmd_connect", "tls_server_name"]
+__all__ = ["add_connect", "cmd_connect", "owner_of", "plan_ownership", "tls_server_name"]
 
 SECRET_REF = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": AGENT_NAME, "namespace": NAMESPACE}}
 CONFIGMAP_REF = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": AGENT_NAME, "namespace": NAMESPACE}}
@@ -155,6 +161,45 @@ def choose_keys(values: AgentValues, registration: dict[str, Any] | None,
     if found is not None:
         note += " (replacing leftovers of an earlier registration)"
     return fresh_keys(values), note
+
+
+def owner_of(live: dict[str, Any]) -> str:
+    """The install that owns a live object ("" when none: made by hand or by an old arcctl)."""
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(OWNER_ANNOTATION) or "")
+
+
+def _describe(obj: dict[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{obj['kind']} {meta['namespace'] + '/' if meta.get('namespace') else ''}{meta['name']}"
+
+
+def plan_ownership(target: KubeTarget, manifests: list[dict[str, Any]], cid: str,
+                   adopt: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """Step 3 of the theory above: the objects to apply, and notes.
+
+    Raises:
+        CliError: an object exists that another install or nobody owns (without ``adopt``).
+    """
+    apply: list[dict[str, Any]] = []
+    notes: list[str] = []
+    foreign: list[str] = []
+    for obj in manifests:
+        live = target.get(obj)
+        owner = owner_of(live) if live is not None else cid
+        if owner == cid or adopt:
+            apply.append(obj)
+            if owner != cid:
+                notes.append(f"took over {_describe(obj)} (owner: {owner or 'none'})")
+        elif obj["kind"] == "Namespace":
+            notes.append(f"{_describe(obj)} exists and is not ours: used as it is")
+        else:
+            foreign.append(f"{_describe(obj)} ({f'owned by {owner}' if owner else 'not made by arcctl'})")
+    if foreign:
+        raise CliError(f"refusing to take over objects that {cid} does not own: {', '.join(foreign)}; "
+                       "remove the install that owns them (arcctl delete -n NAME -g GROUP), or pass --adopt "
+                       "to take them over")
+    return apply, notes
 
 
 def _summary(manifests: list[dict[str, Any]], outcomes: Sequence[str]) -> str:
@@ -338,11 +383,14 @@ async def connect(args: argparse.Namespace) -> int:
             _say(2, f"cluster {target.host} (context {target.context or '-'}): "
                     + ("found an agent Secret" if found else "no agent installed yet"))
             values, note = choose_keys(values, registration, found, config.relay_url)
+            manifests, owned = await asyncio.to_thread(plan_ownership, target, build_manifests(values), cid,
+                                                       args.adopt)
             fp = fingerprint_sha256(values.agent_cert.encode())
-            _say(3, f"keys: {note} (agent certificate sha256 {fp[:16]}...)")
-            manifests = build_manifests(values)
-            outcomes = [await asyncio.to_thread(target.apply, m) for m in manifests[:2]]
-            _say(4, f"cluster: {_summary(manifests[:2], outcomes)}")
+            _say(3, f"keys: {note} (agent certificate sha256 {fp[:16]}...)"
+                    + "".join(f"; {n}" for n in owned))
+            first = 2 if manifests[0]["kind"] == "Namespace" else 1
+            outcomes = [await asyncio.to_thread(target.apply, m) for m in manifests[:first]]
+            _say(4, f"cluster: {_summary(manifests[:first], outcomes)}")
             location = args.location if args.location is not None else \
                 str((registration or {}).get("location") or "")
             spec = _registration_spec(values, location)
@@ -351,8 +399,8 @@ async def connect(args: argparse.Namespace) -> int:
             else:
                 await api.put_cluster(group, args.name, spec)
                 _say(5, f"relay: {'updated' if registration else 'registered'} {cid}")
-            rest = [await asyncio.to_thread(target.apply, m) for m in manifests[2:]]
-            summary = _summary(manifests[2:], rest)
+            rest = [await asyncio.to_thread(target.apply, m) for m in manifests[first:]]
+            summary = _summary(manifests[first:], rest)
             config_changed = any(o == "updated" for m, o in zip(manifests, outcomes + rest, strict=True)
                                  if m["kind"] in ("Secret", "ConfigMap"))
             if config_changed and rest[-1] == "unchanged":
@@ -392,6 +440,8 @@ def add_connect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--oidc-audience", help="audience kube-aad-proxy expects (default: your token's aud)")
     p.add_argument("--image", default=AgentValues.__dataclass_fields__["image"].default,
                    help="agent container image")
+    p.add_argument("--adopt", action="store_true",
+                   help="take over agent objects that exist in the cluster but another install (or nobody) owns")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true",
                       help="print the manifests (YAML) instead; registers and applies nothing")

@@ -7,7 +7,9 @@ the user can retry or choose ``--force``. With ``--force`` a failure in the
 cluster is reported and the registration is removed anyway; the next
 ``arcctl connect`` to that cluster replaces the leftovers (fresh keys).
 Deleting the registration also ends the agent's session at the relay and
-makes its key worthless there.
+makes its key worthless there. Only objects this install owns are deleted
+(``client.manifests.OWNER_ANNOTATION``); anything else with the same name, or
+installed by Helm, is left alone and named in the output.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from client.arcctl_connect import read_in_cluster
+from client.arcctl_connect import owner_of, read_in_cluster
 from client.auth import TokenSource
 from client.config import load_config
 from client.errors import CliError, ClusterNotFound
-from client.manifests import AgentValues, build_manifests
+from client.manifests import MANAGED_BY_ARCCTL, MANAGED_BY_LABEL, AgentValues, build_manifests
 from client.relay_client import RelayApi
 
 if TYPE_CHECKING:
@@ -64,7 +66,30 @@ def remove_in_cluster(target: KubeTarget, cluster_id: str, relay_url: str) -> li
     order = [o for o in reversed(objects) if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding")]
     order += [o for o in objects if o["kind"] == "Namespace"]
     order += [o for o in reversed(objects) if o["kind"] in ("ClusterRoleBinding", "ClusterRole")]
-    return [f"{o['kind']} {o['metadata']['name']} {target.delete(o)}" for o in order]
+    lines: list[str] = []
+    kept_inside = False
+    for obj in order:
+        if obj["kind"] == "Namespace" and kept_inside:
+            # Deleting a namespace deletes everything in it, ours or not.
+            outcome = "left alone (it holds objects this install does not own)"
+        else:
+            outcome = _delete_if_ours(target, obj, cluster_id)
+            kept_inside |= outcome.startswith("left alone") and bool(obj["metadata"].get("namespace"))
+        lines.append(f"{obj['kind']} {obj['metadata']['name']} {outcome}")
+    return lines
+
+
+def _delete_if_ours(target: KubeTarget, obj: dict[str, Any], cluster_id: str) -> str:
+    live = target.get(obj)
+    if live is None:
+        return "absent"
+    owner = owner_of(live)
+    manager = ((live.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_LABEL)
+    if owner != cluster_id:
+        return f"left alone ({f'owned by {owner}' if owner else 'not made by arcctl'})"
+    if manager not in (None, MANAGED_BY_ARCCTL):
+        return f"left alone (managed by {manager}: uninstall it there)"
+    return target.delete(obj)
 
 
 async def delete(args: argparse.Namespace) -> int:

@@ -24,9 +24,11 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "AGENT_NAME", "CONFIG_PATH", "DEFAULT_IMAGE", "DEFAULT_RESOURCES", "NAMESPACE", "PLACEMENT_FIELDS",
+    "AGENT_NAME", "CONFIG_PATH", "DEFAULT_IMAGE", "DEFAULT_RESOURCES", "MANAGED_BY_ARCCTL", "MANAGED_BY_LABEL",
+    "NAMESPACE", "OWNER_ANNOTATION", "PLACEMENT_FIELDS",
     "POD_SECURITY_LABELS", "REQUIRED_VALUES", "SECRET_DIR", "SECRET_KEYS",
-    "AgentValues", "agent_config", "build_manifests", "dump_manifests", "object_path",
+    "AgentValues", "agent_config", "build_manifests", "cluster_scoped_name", "dump_manifests", "install_id",
+    "object_path",
 ]
 
 NAMESPACE = "arc-system"
@@ -54,6 +56,13 @@ SECRET_KEYS: dict[str, str] = {
     "oidc-ca.crt": "oidc_ca",
 }
 LABELS = {"app.kubernetes.io/name": AGENT_NAME, "app.kubernetes.io/part-of": "cluster-connect"}
+# Ownership, as Helm marks what it installs: every object names the install
+# (the cluster id at the relay) and the tool that manages it. `connect` takes
+# over nothing that another install or nobody owns, and `delete` removes only
+# what its install owns (client/arcctl_connect.py, client/arcctl_delete.py).
+OWNER_ANNOTATION = "cluster-connect.io/cluster-id"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_ARCCTL = "arcctl"
 # The namespace arcctl creates enforces the "restricted" Pod Security Standard,
 # which the agent's pod meets (tests/client/test_pod_security.py checks it).
 POD_SECURITY_LABELS = {
@@ -228,11 +237,24 @@ def agent_config(values: AgentValues) -> dict[str, Any]:
     }
 
 
+def cluster_scoped_name(values: AgentValues) -> str:
+    """The ClusterRole's and ClusterRoleBinding's name: one per namespace, so
+    that two installs (Helm releases in two namespaces) never share one."""
+    return f"{AGENT_NAME}-{_namespace(values)}"
+
+
+def install_id(values: AgentValues) -> str:
+    """The owner every object names: the cluster id at the relay."""
+    return f"{_v(values, 'resource_group')}/{_v(values, 'cluster_name')}"
+
+
 def _meta(values: AgentValues, name: str, namespaced: bool = True) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if namespaced:
         meta["namespace"] = _namespace(values)
-    meta["labels"] = dict(LABELS)
+    manager = "@@release_service@@" if values.chart else MANAGED_BY_ARCCTL
+    meta["labels"] = {**LABELS, MANAGED_BY_LABEL: manager}
+    meta["annotations"] = {OWNER_ANNOTATION: install_id(values)}
     return meta
 
 
@@ -250,10 +272,11 @@ def _rbac(values: AgentValues) -> list[dict[str, Any]]:
         {"nonResourceURLs": ["/version"], "verbs": ["get"]},
     ]
     return [
-        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRole", "metadata": _meta(values, AGENT_NAME, False),
-         "rules": rules},
-        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRoleBinding", "metadata": _meta(values, AGENT_NAME, False),
-         "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": AGENT_NAME},
+        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRole",
+         "metadata": _meta(values, cluster_scoped_name(values), False), "rules": rules},
+        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRoleBinding",
+         "metadata": _meta(values, cluster_scoped_name(values), False),
+         "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": cluster_scoped_name(values)},
          "subjects": [{"kind": "ServiceAccount", "name": AGENT_NAME, "namespace": _namespace(values)}]},
     ]
 
@@ -323,8 +346,9 @@ def build_manifests(values: AgentValues) -> list[dict[str, Any]]:
         ConfigMap, Deployment.
     """
     config_text = _dump(agent_config(values))
-    namespace = {"apiVersion": "v1", "kind": "Namespace",
-                 "metadata": {"name": NAMESPACE, "labels": {**LABELS, **POD_SECURITY_LABELS}}}
+    namespace_meta = _meta(values, NAMESPACE, False)
+    namespace_meta["labels"].update(POD_SECURITY_LABELS)
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": namespace_meta}
     return [
         *([] if values.chart else [namespace]),
         {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(values, AGENT_NAME), "type": "Opaque",

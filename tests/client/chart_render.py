@@ -2,7 +2,7 @@
 
 Evaluates exactly the template constructs ``client.manifests_chart`` emits,
 with Helm's semantics for each: ``.Values.a.b | quote``, ``| b64enc``,
-``required "msg" .Values.x``, ``.Release.Namespace``, ``if/else/end`` around
+``required "msg" .Values.x``, ``.Release.Namespace``, ``.Release.Service``, ``if/else/end`` around
 one literal, and a ``with`` block whose body is ``toYaml . | nindent N``.
 Anything else in a template is an error, so a construct the generator starts
 emitting cannot pass unchecked.
@@ -47,6 +47,8 @@ def _pipeline(action: str, values: dict[str, Any], namespace: str) -> str:
     head, *filters = [p.strip() for p in action.split("|")]
     if head == ".Release.Namespace":
         value: Any = namespace
+    elif head == ".Release.Service":
+        value = "Helm"
     elif m := _REQUIRED.match(head):
         value = _lookup(values, m.group(2))
         if not _truthy(value):

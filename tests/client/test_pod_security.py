@@ -19,7 +19,9 @@ import yaml
 
 from client.arcctl_connect import helm_values
 from client.manifests import (
+    MANAGED_BY_ARCCTL,
     NAMESPACE,
+    OWNER_ANNOTATION,
     POD_SECURITY_LABELS,
     build_manifests,
     dump_manifests,
@@ -166,17 +168,24 @@ def test_the_namespace_arcctl_creates_enforces_restricted() -> None:
 def test_the_chart_renders_what_arcctl_applies_in_the_release_namespace() -> None:
     """Rendered with the same values, the chart yields arcctl's objects except
     the Namespace (Helm's), each in the release's namespace."""
-    def in_namespace(node: Any, ns: str) -> Any:
+    def as_helm_installs(node: Any, ns: str) -> Any:
         if isinstance(node, dict):
-            return {k: ns if k == "namespace" and v == NAMESPACE else in_namespace(v, ns)
-                    for k, v in node.items()}
-        return [in_namespace(v, ns) for v in node] if isinstance(node, list) else node
+            return {k: as_helm_installs(v, ns) for k, v in node.items()}
+        if isinstance(node, list):
+            return [as_helm_installs(v, ns) for v in node]
+        replaced = {NAMESPACE: ns, f"arc-agent-{NAMESPACE}": f"arc-agent-{ns}", MANAGED_BY_ARCCTL: "Helm"}
+        return replaced.get(node, node) if isinstance(node, str) else node
 
     rendered = render(chart_template(), helm_values(PLACED), "team-infra")
     applied = yaml.safe_load_all(dump_manifests(build_manifests(PLACED)))
-    expected = [in_namespace(d, "team-infra") for d in applied if d["kind"] != "Namespace"]
+    expected = [as_helm_installs(d, "team-infra") for d in applied if d["kind"] != "Namespace"]
     assert rendered == expected
     assert not any(d["kind"] == "Namespace" for d in rendered)
+    for doc in rendered:
+        meta = doc["metadata"]
+        assert meta["annotations"][OWNER_ANNOTATION] == f"{PLACED.resource_group}/{PLACED.cluster_name}"
+        assert meta.get("namespace", "team-infra") == "team-infra"
+        assert meta["name"] in ("arc-agent", "arc-agent-team-infra")
 
 
 def test_the_chart_refuses_to_install_without_required_values() -> None:

@@ -18,7 +18,7 @@ import yaml
 from client.kube_apply import KubeTarget
 from client.manifests_chart import chart_template
 from tests.client.chart_render import render
-from tests.e2e.lifecycle_harness import GROUP, LifecycleEnv, wait_for
+from tests.e2e.lifecycle_harness import GROUP, LifecycleEnv, json_out, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -96,6 +96,20 @@ def test_chart_installed_with_those_values_runs_a_connected_agent(env: Lifecycle
         target.close()
     env.start_agent(NAME)
     wait_for(lambda: env.status(NAME) == "Connected", "the chart's agent to connect")
+
+
+def test_delete_leaves_the_helm_release_to_helm(env: LifecycleEnv) -> None:
+    """arcctl delete removes the registration but not what Helm installed (it
+    names each object and says to uninstall it there), nor the namespace that
+    holds them."""
+    p = env.arcctl("delete", "-n", NAME, "-g", GROUP, "--kube-config", env.kubeconfig, "-y")
+    assert p.returncode == 0, p.stderr
+    assert "Deployment arc-agent left alone (managed by Helm: uninstall it there)" in p.stdout
+    assert "ClusterRole arc-agent-arc-system left alone (managed by Helm" in p.stdout
+    assert "Namespace arc-system left alone" in p.stdout
+    assert env.core().read_namespaced_config_map("arc-agent", "arc-system").metadata.name == "arc-agent"
+    assert NAME not in [c["name"] for c in json_out(env.arcctl("list", "-g", GROUP))]
+    env.stop_agent(NAME)
 
 
 def test_dry_run_says_what_it_left_out(env: LifecycleEnv) -> None:

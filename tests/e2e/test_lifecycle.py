@@ -76,10 +76,10 @@ def test_connect_registers_and_applies_manifests(env: LifecycleEnv) -> None:
     assert config["cluster"] == {"resource_group": GROUP, "name": NAME}
     assert config["relay"]["url"] == env.demo.relay_url
     rbac = k8s.RbacAuthorizationV1Api(env.core().api_client)
-    role = rbac.read_cluster_role("arc-agent")
+    role = rbac.read_cluster_role("arc-agent-arc-system")
     assert any((r.to_dict().get("nonResourceURLs") or r.to_dict().get("non_resource_urls")) == ["/version"]
                for r in role.rules), role.rules
-    binding = rbac.read_cluster_role_binding("arc-agent")
+    binding = rbac.read_cluster_role_binding("arc-agent-arc-system")
     assert binding.subjects[0].name == "arc-agent" and binding.subjects[0].namespace == "arc-system"
 
 
@@ -104,6 +104,21 @@ def test_connect_refuses_name_taken_by_another_key(env: LifecycleEnv) -> None:
     assert code != 0
     assert len(err.strip().splitlines()) == 1 and "already registered" in err and "Traceback" not in err
     assert env.registration("taken")["agentPublicKeyCertificate"] == other
+
+
+def test_connect_of_another_name_takes_over_nothing(env: LifecycleEnv) -> None:
+    """A second cluster name connected into the same Kubernetes cluster: refused
+    before anything changes, naming the objects, their owner and --adopt."""
+    before = env.core().read_namespaced_config_map("arc-agent", "arc-system").metadata.resource_version
+    code, out, err = connect(env, name="intruder")
+    assert code != 0, out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "refusing to take over" in err and f"owned by {GROUP}/{NAME}" in err and "--adopt" in err
+    assert "ClusterRole arc-agent-arc-system" in err and "Deployment arc-system/arc-agent" in err
+    assert "intruder" not in [c["name"] for c in json_out(env.arcctl("list", "-g", GROUP))]
+    assert env.core().read_namespaced_config_map("arc-agent", "arc-system").metadata.resource_version == before
+    assert env.registration(NAME)["connectivityStatus"] == "Connecting"
 
 
 def test_connect_user_errors_are_one_line_and_register_nothing(env: LifecycleEnv) -> None:
@@ -216,13 +231,29 @@ async def _agent_dial(env: LifecycleEnv, key_pem: str, cluster_id: str) -> int:
         return 101
 
 
+def test_connect_adopts_a_hand_made_object_only_when_asked(env: LifecycleEnv) -> None:
+    """An object with the agent's name that someone else made (here: the
+    ServiceAccount's owner annotation removed, as for a hand-made one) is
+    named and refused; --adopt takes it over."""
+    core = env.core()
+    patch = {"metadata": {"annotations": {"cluster-connect.io/cluster-id": None}}}
+    core.patch_namespaced_service_account("arc-agent", "arc-system", patch)
+    code, out, err = connect(env)
+    assert code != 0 and "ServiceAccount arc-system/arc-agent (not made by arcctl)" in err, err + out
+    code, out, err = connect(env, "--adopt")
+    assert code == 0, err + out
+    assert "took over ServiceAccount arc-system/arc-agent (owner: none)" in out
+    sa = core.read_namespaced_service_account("arc-agent", "arc-system")
+    assert sa.metadata.annotations["cluster-connect.io/cluster-id"] == f"{GROUP}/{NAME}"
+
+
 def test_delete_removes_objects_registration_and_key(env: LifecycleEnv) -> None:
     """delete -y removes the objects and the registration; the old agent key is
     refused by the relay afterwards."""
     files, _ = env.read_agent_objects()
     p = env.arcctl("delete", "-n", NAME, "-g", GROUP, "--kube-config", env.kubeconfig, "-y")
     assert p.returncode == 0, p.stderr
-    assert "Deployment arc-agent deleted" in p.stdout and "ClusterRole arc-agent deleted" in p.stdout
+    assert "Deployment arc-agent deleted" in p.stdout and "ClusterRole arc-agent-arc-system deleted" in p.stdout
     core = env.core()
     assert "arc-system" not in [n.metadata.name for n in core.list_namespace().items]
     listed = json_out(env.arcctl("list", "-g", GROUP))
