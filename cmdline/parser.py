@@ -96,11 +96,16 @@ def add_command(
         notes: text between the examples and the exit-code pointer (optional).
 
     Returns:
-        The subcommand's parser, to add options to.
+        The subcommand's parser, to add options to; ``command_prog`` in the
+        parsed namespace is its full name (``arcctl role assign``).
     """
     text = summary if not description else f"{summary}\n\n{description}"
-    parser = sub.add_parser(name, help=summary, summary=summary, description=text,
-                            epilog=help_epilog(examples, notes=notes, exit_codes=False))
+    parser = sub.add_parser(name, help=summary, summary=summary, description=text)
+    root = parser.prog.split()[0]
+    parser.epilog = help_epilog(examples, notes=notes, exit_codes=False) + "\n\n" \
+        + _exit_codes_pointer(root)
+    # The words the user typed ("arcctl role assign"), for the error line.
+    parser.set_defaults(command_prog=parser.prog)
     return parser
 
 
@@ -146,18 +151,21 @@ def exit_codes_epilog() -> str:
 
 
 def help_epilog(examples: Sequence[str], *, notes: str = "", exit_codes: bool = True) -> str:
-    """An epilog: examples, optional notes, then the exit-code table (or a
-    pointer to it for a subcommand).
+    """An epilog: examples, optional notes, then the exit-code table.
 
     Args:
         examples: command lines; a line starting with ``#`` is a comment above the next.
         notes: a paragraph after the examples.
-        exit_codes: the whole table (top-level commands) or one line pointing to it.
+        exit_codes: append the whole table (top-level commands).
     """
     parts = ["examples:\n" + "\n".join(f"  {line}" for line in examples)]
     if notes:
         parts.append(notes.rstrip("\n"))
-    parts.append(exit_codes_epilog() if exit_codes else
-                 "exit codes: 0 success, 1-9 an error the message explains, 70 internal error; "
-                 "the full table is in the command's top-level --help")
+    if exit_codes:
+        parts.append(exit_codes_epilog())
     return "\n\n".join(parts)
+
+
+def _exit_codes_pointer(command: str) -> str:
+    return (f"exit codes: 0 success, 1-9 an error the message explains, 70 internal error;\n"
+            f"the table: {command} --help")
