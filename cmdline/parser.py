@@ -133,7 +133,8 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        parser.exit(message=version_text(parser.prog) + "\n")
+        print(version_text(parser.prog))  # stdout, as argparse's own "version" action
+        parser.exit()
 
 
 def add_version_argument(parser: argparse.ArgumentParser) -> None:
