@@ -10,7 +10,6 @@ without argparse's private attributes.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
@@ -111,6 +110,10 @@ def add_command(
 
 def installed_version() -> str:
     """The version of the installed ``cluster-connect`` distribution."""
+    # Imported here: it costs more than the rest of the command line, and
+    # arcctl get-token (run by kubectl on every call) never needs it.
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
