@@ -197,11 +197,26 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         await listener.close()
         await keeper.close()
-        if merged and kube_path is not None:
-            try:
-                kubeconfig.restore_current_context(kube_path, context, previous)
-            except OSError as err:
-                log.warning("could not restore current-context in %s: %s", kube_path, err.strerror)
+        context_note = _restore_context(kube_path, context, previous) if merged else ""
+        if ready:
+            out = sys.stderr if kube_path is None else sys.stdout
+            print(f"Proxy for cluster {cluster_id} stopped{context_note}.", file=out, flush=True)
+
+
+def _restore_context(kube_path: Path | None, context: str, previous: str | None) -> str:
+    """Put current-context back (see NOTES); returns what happened, for the stop line."""
+    if kube_path is None:
+        return ""
+    try:
+        changed = kubeconfig.restore_current_context(kube_path, context, previous)
+    except OSError as err:
+        log.warning("could not restore current-context in %s: %s", kube_path, err.strerror)
+        return f"; current-context in {_display(kube_path)} could not be restored ({err.strerror})"
+    if not changed:
+        return f"; current-context in {_display(kube_path)} left as it is (no longer '{context}')"
+    if previous:
+        return f"; current-context in {_display(kube_path)} is '{previous}' again"
+    return f"; current-context in {_display(kube_path)} unset again"
 
 
 def _serve(args: argparse.Namespace) -> int:
