@@ -54,7 +54,8 @@ which it runs in the same process. kube-aad-proxy ends kubectl's TLS, checks
 the user's token and calls the API server impersonating that user.
 SIGTERM or Ctrl-C stops both (exit 0).
 
-'arcctl connect' deploys it with its config; you run it by hand only to test."""
+'arcctl connect' or the Helm chart in deploy/ runs it in the cluster with its
+config; run it by hand to try a config out."""
 
 EXAMPLES = (
     "# as deployed by 'arcctl connect' (the config is mounted from a ConfigMap)",
