@@ -1,61 +1,111 @@
-"""``arc-agent [--config FILE] [--debug]``: run kube-aad-proxy and the connector.
+"""``arc-agent``: run kube-aad-proxy and the connector until SIGTERM/SIGINT.
 
 By default one process runs both: kube-aad-proxy on ``kube_aad_proxy.listen``
 (``127.0.0.1:0``) and the connector piping each relay stream to it. With
 ``forward_to: host:port`` in the config no proxy is started and streams go to
-that TCP address (benchmarks of the raw path). Stops on SIGTERM/SIGINT.
+that TCP address (benchmarks of the raw path).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import re
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agent.config import AgentConfig, AgentConfigError, load_agent_config
 from agent.connector import Connector, ConnectorConfig
 from agent.connector_metadata import api_server_metadata, static_metadata
 from certs import IssuedCertificate
+from cmdline import (
+    CommandParser,
+    ConfigError,
+    PortInUse,
+    add_version_argument,
+    help_epilog,
+    run_cli,
+)
 from logfmt import add_log_format_argument, configure_logging
 from tunnel import TunnelConfig
 from tunnel.aio_alloc import tune_allocator
 from tunnel.aio_config import adapter_limits
 
+if TYPE_CHECKING:
+    from agent import KubeAadProxy
+    from identity import TokenValidator
+
+__all__ = ["build_parser", "main", "run_agent", "split_chain"]
+
 log = logging.getLogger("agent")
+
+PROG = "arc-agent"
 
 # Where the deployed agent's ConfigMap/Secret are mounted.
 DEFAULT_CONFIG = "/etc/cluster-connect/agent.yaml"
+
+DESCRIPTION = """\
+Run the cluster-connect agent inside a cluster: it dials out to the relay
+(no inbound port), and pipes every stream the relay sends to kube-aad-proxy,
+which it runs in the same process. kube-aad-proxy ends kubectl's TLS, checks
+the user's token and calls the API server impersonating that user.
+SIGTERM or Ctrl-C stops both (exit 0).
+
+'arcctl connect' or the Helm chart in deploy/ runs it in the cluster with its
+config; run it by hand to try a config out."""
+
+EXAMPLES = (
+    "# as deployed by 'arcctl connect' (the config is mounted from a ConfigMap)",
+    f"arc-agent --config {DEFAULT_CONFIG}",
+    "# by hand, with JSON logs",
+    "arc-agent --config agent.yaml --log-format json",
+)
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.S)
 
 
 def split_chain(chain_pem: bytes) -> tuple[bytes, bytes]:
-    """(leaf, rest) of a PEM chain: the first certificate and the CAs after it."""
+    """(leaf, rest) of a PEM chain: the first certificate and the CAs after it.
+
+    Raises:
+        ConfigError: no certificate in ``chain_pem``.
+    """
     certs = _PEM_CERT.findall(chain_pem)
     if not certs:
-        raise AgentConfigError("kube_aad_proxy.serving_cert_file holds no PEM certificate")
+        raise ConfigError("kube_aad_proxy.serving_cert_file holds no PEM certificate: "
+                          "point it at the PEM file of kube-aad-proxy's serving certificate")
     return certs[0], b"".join(certs[1:])
 
 
-def _start_kube_aad_proxy(config: AgentConfig) -> Any:
-    """A ``KubeAadProxy`` configured from the same file (not started)."""
-    from agent import KubeAadProxy, KubeAadProxyConfig
-    from agent.kube_aad_proxy.names import NamePrefixes
+def _token_validator(config: AgentConfig) -> TokenValidator | None:
+    """The validator of the configured issuers' tokens, or None without issuers.
+    Whoever calls this closes it: it keeps HTTP sessions to the issuers."""
     from identity import TokenValidator, TrustedIssuer
 
     kap = config.kube_aad_proxy
+    if not kap.issuers:
+        return None
+    return TokenValidator([
+        TrustedIssuer(issuer=i.issuer, audiences=list(i.audiences), ca_pem=i.ca_pem,
+                      tenant_ids=list(i.tenant_ids) if i.tenant_ids else None)
+        for i in kap.issuers
+    ], group_resolver=kap.group_source.build() if kap.group_source else None)
+
+
+def _kube_aad_proxy(config: AgentConfig, validator: TokenValidator | None) -> KubeAadProxy:
+    """A ``KubeAadProxy`` configured from the same file (not started).
+
+    Raises:
+        ConfigError: a value kube-aad-proxy refuses.
+    """
+    from agent import KubeAadProxy, KubeAadProxyConfig
+    from agent.kube_aad_proxy.names import NamePrefixes
+
+    kap = config.kube_aad_proxy
     leaf, ca = split_chain(kap.serving_cert_pem)
-    validator = None
-    if kap.issuers:
-        validator = TokenValidator([
-            TrustedIssuer(issuer=i.issuer, audiences=list(i.audiences), ca_pem=i.ca_pem,
-                          tenant_ids=list(i.tenant_ids) if i.tenant_ids else None)
-            for i in kap.issuers
-        ], group_resolver=kap.group_source.build() if kap.group_source else None)
     try:
         proxy_config = KubeAadProxyConfig(
             upstream_url=kap.upstream_url,
@@ -70,56 +120,80 @@ def _start_kube_aad_proxy(config: AgentConfig) -> Any:
             **kap.limits,
         )
     except ValueError as exc:
-        raise AgentConfigError(f"kube_aad_proxy: {exc}") from None
+        raise ConfigError(f"kube_aad_proxy: {exc}") from None
     return KubeAadProxy(proxy_config)
 
 
-async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
-    """Run the agent until ``stop`` is set.
+async def _start_kube_aad_proxy(config: AgentConfig, proxy: KubeAadProxy) -> tuple[str, int]:
+    """Start ``proxy`` on ``kube_aad_proxy.listen``; returns where it listens.
 
     Raises:
-        AgentConfigError: kube-aad-proxy cannot be configured or cannot listen.
+        PortInUse: the port is taken.
+        ConfigError: any other reason it cannot listen there.
     """
-    proxy = None
-    if config.forward_to is not None:
-        upstream = config.forward_to
-        metadata = static_metadata()
-    else:
-        proxy = _start_kube_aad_proxy(config)
-        kap = config.kube_aad_proxy
-        try:
-            await proxy.start(host=kap.listen_host, port=kap.listen_port)
-        except OSError as exc:
-            raise AgentConfigError(
-                f"kube-aad-proxy cannot listen on {kap.listen_host}:{kap.listen_port}: {exc.strerror}"
-            ) from None
-        upstream = (kap.listen_host, proxy.port)
-        metadata = api_server_metadata(kap.upstream_url, kap.upstream_ca_pem, kap.upstream_token)
-        log.info("kube-aad-proxy listening on %s:%d", kap.listen_host, proxy.port)
-    connector = Connector(ConnectorConfig(
-        relay_url=config.relay_url,
-        cluster_id=config.cluster_id,
-        private_key_pem=config.agent_key_pem,
-        upstream=upstream,
-        relay_ca_pem=config.relay_ca_pem,
-        proxy_https=config.proxy_https,
-        proxy_http=config.proxy_http,
-        no_proxy=config.no_proxy,
-        proxy_ca_pem=config.proxy_ca_pem,
-        metadata_interval=config.metadata_interval,
-        tunnel=TunnelConfig(limits=adapter_limits(max_concurrent_streams=config.max_concurrent_streams)),
-    ), metadata=metadata)
-    task = asyncio.ensure_future(connector.run())
+    kap = config.kube_aad_proxy
     try:
-        await stop.wait()
+        await proxy.start(host=kap.listen_host, port=kap.listen_port)
+    except OSError as exc:
+        where = f"{kap.listen_host}:{kap.listen_port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(f"kube-aad-proxy cannot listen on {where}: the port is in use; "
+                            "choose another in kube_aad_proxy.listen") from None
+        raise ConfigError(f"kube-aad-proxy cannot listen on {where}: {exc.strerror}; "
+                          "fix kube_aad_proxy.listen") from None
+    log.info("kube-aad-proxy listening on %s:%d", kap.listen_host, proxy.port)
+    return kap.listen_host, proxy.port
+
+
+async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
+    """Run the agent until ``stop`` is set, then stop it and close everything
+    it opened (the connector, kube-aad-proxy, the token validator's sessions).
+
+    Raises:
+        ConfigError: kube-aad-proxy cannot be configured or cannot listen.
+        PortInUse: kube-aad-proxy's port is taken.
+    """
+    proxy: KubeAadProxy | None = None
+    validator: TokenValidator | None = None
+    try:
+        if config.forward_to is not None:
+            upstream = config.forward_to
+            metadata = static_metadata()
+        else:
+            validator = _token_validator(config)
+            proxy = _kube_aad_proxy(config, validator)
+            upstream = await _start_kube_aad_proxy(config, proxy)
+            kap = config.kube_aad_proxy
+            metadata = api_server_metadata(kap.upstream_url, kap.upstream_ca_pem, kap.upstream_token)
+        connector = Connector(ConnectorConfig(
+            relay_url=config.relay_url,
+            cluster_id=config.cluster_id,
+            private_key_pem=config.agent_key_pem,
+            upstream=upstream,
+            relay_ca_pem=config.relay_ca_pem,
+            proxy_https=config.proxy_https,
+            proxy_http=config.proxy_http,
+            no_proxy=config.no_proxy,
+            proxy_ca_pem=config.proxy_ca_pem,
+            metadata_interval=config.metadata_interval,
+            tunnel=TunnelConfig(limits=adapter_limits(max_concurrent_streams=config.max_concurrent_streams)),
+        ), metadata=metadata)
+        task = asyncio.ensure_future(connector.run())
+        try:
+            await stop.wait()
+        finally:
+            await connector.stop()
+            await task
     finally:
-        await connector.stop()
-        await task
         if proxy is not None:
             await proxy.stop()
+        if validator is not None:
+            # Its JWKS and group-source sessions: left open, asyncio reports
+            # "Unclosed client session" at exit.
+            await validator.close()
 
 
-async def _main(config: AgentConfig) -> None:
+async def _serve(config: AgentConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -127,33 +201,35 @@ async def _main(config: AgentConfig) -> None:
     await run_agent(config, stop)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``arc-agent``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="arc-agent", description="Run the cluster-connect agent.")
+def build_parser() -> CommandParser:
+    """The ``arc-agent`` command line."""
+    parser = CommandParser(prog=PROG, description=DESCRIPTION, epilog=help_epilog(EXAMPLES))
     parser.add_argument("--config", metavar="FILE", default=DEFAULT_CONFIG,
-                        help=f"agent config (YAML); default {DEFAULT_CONFIG}")
-    parser.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+                        help=f"agent config file (YAML; keys in docs/config.md); default {DEFAULT_CONFIG}")
+    parser.add_argument("--debug", action="store_true",
+                        help="log at DEBUG and print tracebacks of unexpected errors")
     add_log_format_argument(parser)
-    args = parser.parse_args(argv)
-    configure_logging(logging.DEBUG if args.debug else logging.INFO, args.log_format)
+    add_version_argument(parser)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         config = load_agent_config(args.config)
-        tune_allocator()  # bulk frames: see tunnel/aio_alloc.py
-        asyncio.run(_main(config))
     except AgentConfigError as exc:
-        if args.debug:
-            raise
-        print(f"arc-agent: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # one line for the operator; --debug shows the traceback
-        if args.debug:
-            raise
-        print(f"arc-agent: unexpected error: {type(exc).__name__}: {exc} (rerun with --debug)",
-              file=sys.stderr)
-        return 1
+        # agent.config's own type until its loader raises cmdline's ConfigError
+        # (issue 13 item 2); then this clause changes nothing.
+        raise ConfigError(str(exc)) from None
+    tune_allocator()  # bulk frames: see tunnel/aio_alloc.py
+    asyncio.run(_serve(config))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``arc-agent``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    configure_logging(logging.DEBUG if args.debug else logging.INFO, args.log_format)
+    return run_cli(PROG, lambda: _run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

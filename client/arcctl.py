@@ -1,7 +1,7 @@
 """``arcctl``: manage clusters registered at the relay, and run the demo.
 
-Subcommands are registered in ``COMMANDS`` so the lifecycle set (connect,
-delete, role) slots in later without touching the dispatcher.
+Each subcommand is registered by one function in ``COMMANDS``; ``main``
+parses, then hands the chosen subcommand to ``cmdline.run_cli``.
 """
 
 from __future__ import annotations
@@ -18,27 +18,44 @@ from typing import Any
 
 from client.arcctl_connect import add_connect
 from client.arcctl_delete import add_delete
+from client.arcctl_options import add_common_options
 from client.arcctl_role import add_role
 from client.auth import CachedTokenSource, TokenSource
 from client.config import load_config
-from client.errors import run_cli
-from client.output import FORMATS, render
+from client.output import render
 from client.relay_client import RelayApi
-from logfmt import add_log_format_argument, configure_logging
+from cmdline import (
+    CommandParser,
+    Subcommands,
+    add_command,
+    add_version_argument,
+    help_epilog,
+    run_cli,
+)
+from logfmt import configure_logging
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
+DESCRIPTION = """\
+Manage the clusters registered at a cluster-connect relay, and run a demo of
+the whole path on this machine.
 
-def _common(p: argparse.ArgumentParser, *, output: bool = True) -> None:
-    p.add_argument("--config", type=Path, help="client config (default: $ARC_CONFIG or "
-                   "~/.config/cluster-connect/config.yaml)")
-    if output:
-        p.add_argument("-o", "--output", choices=FORMATS, default="json",
-                       help="output format (default json)")
-    p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
-    add_log_format_argument(p)
+Every command but demo talks to the relay named in the client config
+(--config FILE, $ARC_CONFIG, else ~/.config/cluster-connect/config.yaml) and
+signs in as that file says. To use kubectl on a registered cluster, run
+arc-proxy -n NAME."""
+
+EXAMPLES = (
+    "arcctl demo                                 # everything on loopback, Ctrl-C stops it",
+    "arcctl connect -n edge-1 -g lab             # register + deploy the agent",
+    "arcctl list -o table",
+    "arcctl show -n edge-1 -g lab",
+    "arcctl role assign --role cluster-user --assignee OBJECT_ID -n edge-1 -g lab",
+    "arcctl delete -n edge-1 -g lab -y",
+    "arcctl SUBCOMMAND --help                    # the options of one subcommand",
+)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -90,46 +107,66 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def _add_list(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("list", help="list registered clusters")
-    p.add_argument("-g", "--resource-group", dest="group", help="only this resource group")
-    _common(p)
+def _add_list(sub: Subcommands) -> None:
+    p = add_command(sub, "list", summary="list the registered clusters and their status",
+                    examples=["arcctl list", "arcctl list -g lab -o table"])
+    p.add_argument("-g", "--resource-group", dest="group", metavar="GROUP",
+                   help="only the clusters of this resource group (default: all you may see)")
+    add_common_options(p)
     p.set_defaults(func=cmd_list)
 
 
-def _add_show(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("show", help="show one cluster, with connectivityStatus")
-    p.add_argument("-n", "--name", required=True, help="cluster name")
-    p.add_argument("-g", "--resource-group", dest="group", help="resource group (default: from config)")
-    _common(p)
+def _add_show(sub: Subcommands) -> None:
+    p = add_command(sub, "show", summary="show one cluster: status, versions, node and core counts",
+                    description="connectivityStatus is Connecting, Connected or Offline;\n"
+                                "lastConnectivityTime says when the agent was last seen.",
+                    examples=["arcctl show -n edge-1 -g lab", "arcctl show -n edge-1 -o yaml"])
+    p.add_argument("-n", "--name", required=True, metavar="NAME", help="the cluster's name")
+    p.add_argument("-g", "--resource-group", dest="group", metavar="GROUP",
+                   help="its resource group (default: resource_group in the client config)")
+    add_common_options(p)
     p.set_defaults(func=cmd_show)
 
 
-def _add_get_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("get-token", help="print an ExecCredential (kubectl exec credential plugin)")
-    _common(p, output=False)
+def _add_get_token(sub: Subcommands) -> None:
+    p = add_command(
+        sub, "get-token", summary="print your token as a kubectl ExecCredential",
+        description="kubectl runs this itself: arc-proxy writes it into the kubeconfig as an\n"
+                    "exec credential plugin, so tokens are refreshed from the token cache.",
+        examples=["arcctl get-token --config ~/.config/cluster-connect/config.yaml"])
+    add_common_options(p, output=False)
     p.set_defaults(func=cmd_get_token)
 
 
-def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="run sandbox API server, OIDC issuer, relay and agent on loopback")
-    p.add_argument("--state-dir", type=Path, help="keep all files here (default: a temp dir, removed on exit)")
-    p.add_argument("--relay-port", type=int, default=0, help="relay port (default: any free port)")
-    p.add_argument("--kube-version", default="1.33.0", help="version the sandbox API server reports")
-    _common(p, output=False)
+def _add_demo(sub: Subcommands) -> None:
+    p = add_command(
+        sub, "demo", summary="run a sandbox cluster, OIDC issuer, relay and agent on loopback",
+        description="Registers cluster 'demo' and prints what to run next (arc-proxy -n demo,\n"
+                    "then kubectl). Ctrl-C stops everything and removes what it made.",
+        examples=["arcctl demo", "arcctl demo --state-dir ./demo-state --relay-port 8443"])
+    p.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help="keep every file of the demo here (default: a temporary folder, "
+                        "removed on exit)")
+    p.add_argument("--relay-port", type=int, default=0, metavar="PORT",
+                   help="port of the relay on 127.0.0.1 (default: any free port)")
+    p.add_argument("--kube-version", default="1.33.0", metavar="VERSION",
+                   help="Kubernetes version the sandbox API server reports (default 1.33.0)")
+    add_common_options(p, output=False)
     p.set_defaults(func=cmd_demo)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+COMMANDS: list[Callable[[Subcommands], None]] = [
     _add_demo, _add_list, _add_show, _add_get_token,
     add_connect, add_delete,
     add_role,
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="arcctl", description=__doc__)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+def build_parser() -> CommandParser:
+    """The ``arcctl`` command line with every subcommand in ``COMMANDS``."""
+    p = CommandParser(prog="arcctl", description=DESCRIPTION, epilog=help_epilog(EXAMPLES))
+    add_version_argument(p)
+    sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND", title="subcommands")
     sub.required = True
     for add in COMMANDS:
         add(sub)
@@ -139,10 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``arcctl``."""
     args = build_parser().parse_args(argv)
-    debug = bool(getattr(args, "debug", False))
-    configure_logging(logging.DEBUG if debug else logging.WARNING, getattr(args, "log_format", "text"))
+    debug = bool(args.debug)
+    configure_logging(logging.DEBUG if debug else logging.WARNING, args.log_format)
     func: Handler = args.func
-    return run_cli(f"arcctl {args.command}", lambda: func(args), debug=debug)
+    # command_prog is set by cmdline.add_command; a subcommand added otherwise
+    # is named by its first word.
+    prog = getattr(args, "command_prog", f"arcctl {args.command}")
+    return run_cli(prog, lambda: func(args), debug=debug)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import jwt
 import yaml
 
 from certs import CertificateAuthority, fingerprint_sha256, generate_key_pair, write_secret_file
+from client.arcctl_options import add_common_options
 from client.auth import TokenSource
 from client.config import ClientConfig, load_config
 from client.errors import CliError, ClusterNotFound, ConfigError
@@ -54,6 +55,7 @@ from client.manifests import (
     dump_manifests,
 )
 from client.relay_client import RelayApi
+from cmdline import Subcommands, add_command
 
 if TYPE_CHECKING:
     from client.kube_apply import KubeTarget
@@ -422,34 +424,52 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return asyncio.run(connect(args))
 
 
-def add_connect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_connect(sub: Subcommands) -> None:
     """Register ``arcctl connect`` (client.arcctl's COMMANDS table)."""
-    p = sub.add_parser("connect", help="register a cluster and deploy its agent (or --dry-run: print)")
-    p.add_argument("-n", "--name", required=True, help="cluster name")
-    p.add_argument("-g", "--resource-group", dest="group", help="resource group (default: from config)")
-    p.add_argument("--location", help="location recorded with the registration")
-    p.add_argument("--kube-config", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
-    p.add_argument("--kube-context", help="kubeconfig context (default: the current one)")
-    p.add_argument("--proxy-https", help="HTTPS proxy the agent dials the relay through")
-    p.add_argument("--proxy-http", help="HTTP proxy (used when no HTTPS proxy is set)")
-    p.add_argument("--proxy-skip-range", help="comma-separated CIDRs and host suffixes reached directly")
+    p = add_command(
+        sub, "connect", summary="register a cluster at the relay and deploy its agent into it",
+        description="The agent goes to the cluster of the current kubeconfig context (or\n"
+                    "--kube-context). Running it again changes nothing; a cluster moved to a new\n"
+                    "relay keeps its agent key. It takes over no object that another install or\n"
+                    "nobody owns (--adopt to force). --dry-run prints the manifests instead;\n"
+                    "--helm-values registers and writes the Helm chart's values instead.",
+        examples=["arcctl connect -n edge-1 -g lab --location westeurope",
+                  "arcctl connect -n edge-1 -g lab --kube-context edge-1-admin",
+                  "arcctl connect -n edge-1 -g lab --proxy-https http://proxy.corp:3128 "
+                  "--proxy-skip-range 10.0.0.0/8,.svc --proxy-cert corp-ca.pem",
+                  "arcctl connect -n edge-1 -g lab --dry-run > agent.yaml"])
+    p.add_argument("-n", "--name", required=True, metavar="NAME", help="the cluster's name at the relay")
+    p.add_argument("-g", "--resource-group", dest="group", metavar="GROUP",
+                   help="its resource group (default: resource_group in the client config)")
+    p.add_argument("--location", metavar="LOCATION",
+                   help="a location recorded with the registration (free text, e.g. westeurope)")
+    p.add_argument("--kube-config", metavar="FILE",
+                   help="kubeconfig of the cluster (default: $KUBECONFIG or ~/.kube/config)")
+    p.add_argument("--kube-context", metavar="CONTEXT",
+                   help="kubeconfig context of the cluster (default: the current context)")
+    p.add_argument("--proxy-https", metavar="URL",
+                   help="HTTPS proxy the agent dials the relay through, e.g. http://proxy:3128")
+    p.add_argument("--proxy-http", metavar="URL", help="HTTP proxy, used when no HTTPS proxy is set")
+    p.add_argument("--proxy-skip-range", metavar="LIST",
+                   help="comma-separated CIDRs and host suffixes the agent reaches without the proxy")
     # The two spellings of az connectedk8s; the later one on the command line wins.
-    p.add_argument("--proxy-cert", "--custom-ca-cert", dest="proxy_cert",
-                   help="extra CA (PEM) the agent trusts: a TLS-inspecting proxy's, or the relay's")
-    p.add_argument("--oidc-issuer", help="issuer kube-aad-proxy trusts (default: your token's iss)")
-    p.add_argument("--oidc-audience", help="audience kube-aad-proxy expects (default: your token's aud)")
-    p.add_argument("--image", default=AgentValues.__dataclass_fields__["image"].default,
-                   help="agent container image")
+    p.add_argument("--proxy-cert", "--custom-ca-cert", dest="proxy_cert", metavar="FILE",
+                   help="an extra CA (PEM) the agent trusts: a TLS-inspecting proxy's, or the relay's")
+    p.add_argument("--oidc-issuer", metavar="URL",
+                   help="token issuer kube-aad-proxy trusts (default: the issuer of your token)")
+    p.add_argument("--oidc-audience", metavar="AUDIENCE",
+                   help="token audience kube-aad-proxy expects (default: the audience of your token)")
+    default_image = AgentValues.__dataclass_fields__["image"].default
+    p.add_argument("--image", default=default_image, metavar="IMAGE",
+                   help=f"agent container image (default {default_image})")
     p.add_argument("--adopt", action="store_true",
                    help="take over agent objects that exist in the cluster but another install (or nobody) owns")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true",
-                      help="print the manifests (YAML) instead; registers and applies nothing")
+                      help="print the manifests (YAML) on stdout and say on stderr what they leave out; "
+                           "register nothing, deploy nothing")
     mode.add_argument("--helm-values", metavar="FILE",
                       help="register at the relay and write the Helm chart's values (with the agent's keys, "
                            "mode 0600) to FILE instead of deploying; run again with the same FILE to reuse them")
-    p.add_argument("--config", type=Path, help="client config (default: $ARC_CONFIG or "
-                   "~/.config/cluster-connect/config.yaml)")
-    p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    add_common_options(p, output=False)
     p.set_defaults(func=cmd_connect)
-

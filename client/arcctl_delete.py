@@ -17,15 +17,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.arcctl_connect import owner_of, read_in_cluster
+from client.arcctl_options import add_common_options
 from client.auth import TokenSource
 from client.config import load_config
 from client.errors import CliError, ClusterNotFound
 from client.manifests import MANAGED_BY_ARCCTL, MANAGED_BY_LABEL, AgentValues, build_manifests
 from client.relay_client import RelayApi
+from cmdline import Subcommands, add_command
 
 if TYPE_CHECKING:
     from client.kube_apply import KubeTarget
@@ -138,17 +139,24 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return asyncio.run(delete(args))
 
 
-def add_delete(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_delete(sub: Subcommands) -> None:
     """Register ``arcctl delete`` (client.arcctl's COMMANDS table)."""
-    p = sub.add_parser("delete", help="remove a cluster's agent and its registration")
-    p.add_argument("-n", "--name", required=True, help="cluster name")
-    p.add_argument("-g", "--resource-group", dest="group", help="resource group (default: from config)")
-    p.add_argument("--kube-config", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
-    p.add_argument("--kube-context", help="kubeconfig context (default: the current one)")
+    p = add_command(
+        sub, "delete", summary="remove a cluster's agent from the cluster and its registration",
+        description="The agent's objects go first; if the cluster cannot be reached nothing is\n"
+                    "deleted, unless --force, which removes the registration anyway.",
+        examples=["arcctl delete -n edge-1 -g lab", "arcctl delete -n edge-1 -g lab -y",
+                  "arcctl delete -n edge-1 -g lab -y --force   # the cluster is gone"])
+    p.add_argument("-n", "--name", required=True, metavar="NAME", help="the cluster's name at the relay")
+    p.add_argument("-g", "--resource-group", dest="group", metavar="GROUP",
+                   help="its resource group (default: resource_group in the client config)")
+    p.add_argument("--kube-config", metavar="FILE",
+                   help="kubeconfig of the cluster (default: $KUBECONFIG or ~/.kube/config)")
+    p.add_argument("--kube-context", metavar="CONTEXT",
+                   help="kubeconfig context of the cluster (default: the current context)")
     p.add_argument("--force", action="store_true",
                    help="remove the registration even when the cluster cannot be reached")
-    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--config", type=Path, help="client config (default: $ARC_CONFIG or "
-                   "~/.config/cluster-connect/config.yaml)")
-    p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="do not ask for confirmation (needed when stdin is not a terminal)")
+    add_common_options(p, output=False)
     p.set_defaults(func=cmd_delete)

@@ -25,11 +25,13 @@ from urllib.parse import quote
 
 import yaml
 
+from client.arcctl_options import add_common_options
 from client.auth import TokenSource
 from client.config import ClientConfig, load_config
 from client.errors import CliError, ConfigError
-from client.output import FORMATS, render
+from client.output import render
 from client.relay_client import RelayApi
+from cmdline import Subcommands, add_command
 
 __all__ = ["add_role", "export_document", "parse_import_document"]
 
@@ -215,52 +217,88 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+SCOPE_NOTES = """\
+scope: -n NAME [-g GROUP] is one cluster, -g GROUP a resource group, --scope /
+everything (or spell any of them out with --scope). Roles: cluster-user (use
+arc-proxy), viewer (list, show), onboarding (connect, delete), admin (all,
+including role assignments)."""
+
+
 def _common(p: argparse.ArgumentParser, *, scope: bool = True) -> None:
     if scope:
-        p.add_argument("-n", "--name", help="scope: this cluster (in -g, default from config)")
-        p.add_argument("-g", "--resource-group", dest="group", help="scope: this resource group")
-        p.add_argument("--scope", help="scope spelled out: '/', '/resourceGroups/RG' or "
+        p.add_argument("-n", "--name", metavar="NAME",
+                       help="scope: this cluster (in -g GROUP, default from the client config)")
+        p.add_argument("-g", "--resource-group", dest="group", metavar="GROUP",
+                       help="scope: this resource group")
+        p.add_argument("--scope", metavar="SCOPE", help="scope spelled out: '/', '/resourceGroups/RG' or "
                        "'/resourceGroups/RG/clusters/NAME'")
-    p.add_argument("--config", type=Path, help="client config (default: $ARC_CONFIG or "
-                   "~/.config/cluster-connect/config.yaml)")
-    p.add_argument("-o", "--output", choices=FORMATS, default="json", help="output format (default json)")
-    p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    add_common_options(p)
 
 
-def add_role(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_role(sub: Subcommands) -> None:
     """Register ``arcctl role ...`` (an entry of ``client.arcctl.COMMANDS``)."""
-    role = sub.add_parser("role", help="manage role assignments at the relay")
-    verbs = role.add_subparsers(dest="role_command", metavar="VERB")
+    role = add_command(
+        sub, "role", summary="manage who may do what at the relay (role assignments)",
+        description="A role assignment gives a principal (a user's or service principal's object\n"
+                    "id, or a group id, as in the token's oid and groups claims) a role at a scope.",
+        examples=["arcctl role assign --role cluster-user --assignee OBJECT_ID -n edge-1 -g lab",
+                  "arcctl role list -g lab -o table",
+                  "arcctl role export -o yaml --file roles.yaml"],
+        notes=SCOPE_NOTES)
+    verbs = role.add_subparsers(dest="role_command", metavar="VERB", title="verbs")
     verbs.required = True
 
-    p = verbs.add_parser("assign", help="give a principal a role at a scope")
-    p.add_argument("--role", required=True, choices=ROLES)
-    p.add_argument("--assignee", required=True, help="object id of a user/service principal, or a group id")
-    p.add_argument("--assignee-type", default="User", choices=PRINCIPAL_TYPES)
-    p.add_argument("--id", help="assignment id (default: derived from assignee, role and scope)")
+    p = add_command(verbs, "assign", summary="give a principal a role at a scope",
+                    examples=["arcctl role assign --role cluster-user --assignee OBJECT_ID -n edge-1 -g lab",
+                              "arcctl role assign --role viewer --assignee GROUP_ID --assignee-type Group "
+                              "-g lab",
+                              "arcctl role assign --role admin --assignee OBJECT_ID --scope /"],
+                    notes=SCOPE_NOTES)
+    p.add_argument("--role", required=True, choices=ROLES, help="the role to give")
+    p.add_argument("--assignee", required=True, metavar="ID",
+                   help="object id of a user or service principal, or a group id")
+    p.add_argument("--assignee-type", default="User", choices=PRINCIPAL_TYPES,
+                   help="what the assignee id names (default User)")
+    p.add_argument("--id", metavar="ID",
+                   help="the assignment's id (default: derived from assignee, role and scope, "
+                        "so assigning twice changes nothing)")
     _common(p)
     p.set_defaults(func=cmd_assign)
 
-    p = verbs.add_parser("list", help="list the role assignments you administer")
-    p.add_argument("--assignee", help="only this principal")
+    p = add_command(verbs, "list", summary="list the role assignments you administer",
+                    examples=["arcctl role list", "arcctl role list --assignee OBJECT_ID -o table",
+                              "arcctl role list -n edge-1 -g lab"],
+                    notes=SCOPE_NOTES)
+    p.add_argument("--assignee", metavar="ID", help="only the assignments of this principal")
     _common(p)
     p.set_defaults(func=cmd_list)
 
-    p = verbs.add_parser("delete", help="delete role assignments")
-    p.add_argument("--id", help="the assignment id")
-    p.add_argument("--assignee", help="every assignment of this principal (narrowed by --role and scope)")
-    p.add_argument("--role", choices=ROLES)
+    p = add_command(verbs, "delete", summary="delete role assignments, by id or by principal",
+                    examples=["arcctl role delete --id ASSIGNMENT_ID",
+                              "arcctl role delete --assignee OBJECT_ID --role viewer -g lab"],
+                    notes=SCOPE_NOTES)
+    p.add_argument("--id", metavar="ID", help="the assignment's id (see 'arcctl role list')")
+    p.add_argument("--assignee", metavar="ID",
+                   help="every assignment of this principal (narrowed by --role and the scope)")
+    p.add_argument("--role", choices=ROLES, help="with --assignee: only assignments of this role")
     _common(p)
     p.set_defaults(func=cmd_delete)
 
-    p = verbs.add_parser("export", help="print every assignment you administer (JSON or YAML)")
-    p.add_argument("--file", help="write here instead of stdout")
+    p = add_command(verbs, "export", summary="print every assignment you administer as one document",
+                    description="The document (JSON, or YAML with -o yaml) is what 'arcctl role import'\n"
+                                "reads: export from one relay, import into another.",
+                    examples=["arcctl role export -o yaml --file roles.yaml"])
+    p.add_argument("--file", metavar="FILE", help="write the document here (default: stdout)")
     _common(p, scope=False)
     p.set_defaults(func=cmd_export)
 
-    p = verbs.add_parser("import", help="create/update assignments from an export document")
-    p.add_argument("--file", required=True, help="JSON or YAML export document ('-': stdin)")
-    p.add_argument("--dry-run", action="store_true", help="validate and print, change nothing")
+    p = add_command(verbs, "import", summary="create or update assignments from an export document",
+                    description="Each assignment is written under its id, so importing twice changes\n"
+                                "nothing.",
+                    examples=["arcctl role import --file roles.yaml --dry-run",
+                              "arcctl role import --file roles.yaml"])
+    p.add_argument("--file", required=True, metavar="FILE",
+                   help="the JSON or YAML export document ('-': read stdin)")
+    p.add_argument("--dry-run", action="store_true", help="check and print the assignments, change nothing")
     _common(p, scope=False)
     p.set_defaults(func=cmd_import)
-

@@ -19,7 +19,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
-from client.errors import CliError, ConfigError
+from client.errors import CliError, ClusterUnreachable, ConfigError
 from client.manifests import object_path
 
 __all__ = ["ClusterUnreachable", "KubeTarget", "is_subset"]
@@ -30,12 +30,6 @@ Outcome = Literal["created", "updated", "unchanged", "deleted", "absent"]
 # Seconds per API call: the cluster is a few hops away at most; a hung API
 # server must not hang `arcctl connect`.
 REQUEST_TIMEOUT = 15
-
-
-class ClusterUnreachable(CliError):
-    """The Kubernetes API server cannot be reached or refused our credentials."""
-
-    exit_code = 9
 
 
 def is_subset(want: Any, have: Any) -> bool:

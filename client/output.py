@@ -19,6 +19,21 @@ TABLE_COLUMNS = ("name", "resourceGroup", "connectivityStatus", "kubernetesVersi
                  "agentVersion", "totalNodeCount", "lastConnectivityTime")
 
 
+class _BlockScalarDumper(yaml.SafeDumper):
+    """Multi-line strings (PEM certificates) as ``|`` block scalars, readable
+    and copy-pasteable, instead of one quoted line full of ``\\n``."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # PyYAML itself falls back to a quoted style where a block cannot hold the
+    # text exactly (trailing spaces, control characters).
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockScalarDumper.add_representer(str, _represent_str)
+
+
 def _cell(value: Any) -> str:
     """One table cell on one line. Values come from the relay and, through it,
     from agents: control characters (newlines, ESC/OSC sequences, bidi
@@ -61,7 +76,8 @@ def render(value: Any, fmt: str = "json") -> str:
     if fmt == "json":
         return json.dumps(value, indent=2, sort_keys=False)
     if fmt == "yaml":
-        return yaml.safe_dump(value, sort_keys=False, default_flow_style=False).rstrip("\n")
+        return yaml.dump(value, Dumper=_BlockScalarDumper, sort_keys=False,
+                         default_flow_style=False).rstrip("\n")
     if fmt == "table":
         rows = value if isinstance(value, list) else [value]
         return _table(rows)

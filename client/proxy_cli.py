@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from client import kubeconfig
+from client.arcctl_options import CONFIG_HELP
 from client.auth import TokenSource
 from client.config import load_config
-from client.errors import AgentOffline, CliError, run_cli
+from client.errors import AgentOffline, CliError, ConfigError, run_cli
 from client.listener import LocalListener, refusal_error
 from client.relay_client import RelayApi, RelaySessionKeeper
+from cmdline import INTERRUPTED, TERMINATED, CommandParser, add_version_argument, help_epilog
 from logfmt import add_log_format_argument, configure_logging
 from tunnel.aio_alloc import tune_allocator
 
@@ -26,35 +28,53 @@ __all__ = ["main"]
 
 log = logging.getLogger("client")
 
+PROG = "arc-proxy"
 DEFAULT_PORT = 47011
 PROBE_TIMEOUT = 15.0
 
-EPILOG = """\
-On exit (Ctrl-C or SIGTERM) the proxy stops and current-context is put back to
-what it was before, if it still names this cluster's context. The cluster, user
-and context entries stay in the kubeconfig (server https://127.0.0.1:PORT) so the
-next arc-proxy run reuses them; with --token the token stays in the user entry
-(the file is mode 0600). Nothing else in the file is changed.
-"""
+DESCRIPTION = """\
+Serve one registered cluster on https://127.0.0.1:PORT through the relay, and
+merge a context named after it into your kubeconfig, made current: kubectl in
+another shell then reaches the cluster. kubectl's TLS ends inside the cluster,
+not here. Ctrl-C or SIGTERM stops it (exit 0)."""
+
+EXAMPLES = (
+    "arc-proxy -n edge-1 -g lab          # then, in another shell: kubectl get pods -A",
+    "arc-proxy -n demo --port 0 -f ./demo.kubeconfig",
+    "arc-proxy -n edge-1 --token \"$(cat sa.token)\"   # as a service account",
+)
+
+NOTES = """\
+On exit current-context is put back to what it was before, if it still names
+this cluster's context. The cluster, user and context entries stay in the
+kubeconfig (server https://127.0.0.1:PORT) so the next run reuses them; with
+--token the token stays in the user entry (the file is mode 0600). Nothing
+else in the file is changed."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="arc-proxy", description=__doc__, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-n", "--name", required=True, help="cluster name")
-    p.add_argument("-g", "--resource-group", dest="group", help="resource group (default: from config)")
-    p.add_argument("--token", help="a service-account token to put in the kubeconfig user; "
-                   "default: an exec credential plugin (arcctl get-token) with your OIDC token")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"local port (default {DEFAULT_PORT})")
-    p.add_argument("-f", "--file", help="kubeconfig to merge into (default: $KUBECONFIG or "
-                   "~/.kube/config); '-' prints the kubeconfig to stdout instead")
-    p.add_argument("--kube-context", help="context name (default: the cluster name)")
-    p.add_argument("--config", type=Path, help="client config (default: $ARC_CONFIG or "
-                   "~/.config/cluster-connect/config.yaml)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log connections")
-    p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+def build_parser() -> CommandParser:
+    """The ``arc-proxy`` command line."""
+    p = CommandParser(prog=PROG, description=DESCRIPTION, epilog=help_epilog(EXAMPLES, notes=NOTES))
+    p.add_argument("-n", "--name", required=True, metavar="NAME", help="the cluster's name at the relay")
+    p.add_argument("-g", "--resource-group", dest="group", metavar="GROUP",
+                   help="its resource group (default: resource_group in the client config)")
+    p.add_argument("--token", metavar="TOKEN",
+                   help="a service-account token to put in the kubeconfig user; default: your "
+                        "own sign-in, through the exec credential plugin 'arcctl get-token'")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="PORT",
+                   help=f"local port on 127.0.0.1 (default {DEFAULT_PORT}; 0: any free port)")
+    p.add_argument("-f", "--file", metavar="KUBECONFIG",
+                   help="kubeconfig to merge into (default: $KUBECONFIG or ~/.kube/config); "
+                        "'-' prints a kubeconfig on stdout instead")
+    p.add_argument("--kube-context", metavar="CONTEXT",
+                   help="name of the context to write (default: the cluster's name)")
+    p.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log every kubectl connection and relay session event")
+    p.add_argument("--debug", action="store_true",
+                   help="log at DEBUG and print tracebacks of unexpected errors")
     add_log_format_argument(p)
+    add_version_argument(p)
     return p
 
 
@@ -123,14 +143,16 @@ async def _run(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     main_task = asyncio.current_task()
     ready = False
+    stopped_by: list[signal.Signals] = []
 
-    def on_signal() -> None:
+    def on_signal(sig: signal.Signals) -> None:
+        stopped_by.append(sig)
         stop.set()
         if not ready and main_task is not None:
             main_task.cancel()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         async with RelayApi(config, tokens) as api:
             reg = await api.get_cluster(group, args.name)
@@ -166,20 +188,42 @@ async def _run(args: argparse.Namespace) -> int:
 
         ready = True
         await stop.wait()
-        log.info("= stopping")
+        log.info("stopping: signal received")
         return 0
     except asyncio.CancelledError:
-        if stop.is_set():  # interrupted during start-up: not an error to report
-            return 130
+        if stopped_by:  # interrupted during start-up: not an error to report
+            return INTERRUPTED if stopped_by[0] == signal.SIGINT else TERMINATED
         raise
     finally:
         await listener.close()
         await keeper.close()
-        if merged and kube_path is not None:
-            try:
-                kubeconfig.restore_current_context(kube_path, context, previous)
-            except OSError as err:
-                log.warning("x could not restore current-context in %s: %s", kube_path, err.strerror)
+        context_note = _restore_context(kube_path, context, previous) if merged else ""
+        if ready:
+            out = sys.stderr if kube_path is None else sys.stdout
+            print(f"Proxy for cluster {cluster_id} stopped{context_note}.", file=out, flush=True)
+
+
+def _restore_context(kube_path: Path | None, context: str, previous: str | None) -> str:
+    """Put current-context back (see NOTES); returns what happened, for the stop line."""
+    if kube_path is None:
+        return ""
+    try:
+        changed = kubeconfig.restore_current_context(kube_path, context, previous)
+    except OSError as err:
+        log.warning("could not restore current-context in %s: %s", kube_path, err.strerror)
+        return f"; current-context in {_display(kube_path)} could not be restored ({err.strerror})"
+    if not changed:
+        return f"; current-context in {_display(kube_path)} left as it is (no longer '{context}')"
+    if previous:
+        return f"; current-context in {_display(kube_path)} is '{previous}' again"
+    return f"; current-context in {_display(kube_path)} unset again"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a TCP port: choose one in 0-65535")
+    tune_allocator()  # bulk frames: see tunnel/aio_alloc.py
+    return asyncio.run(_run(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,12 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
     configure_logging(level, args.log_format)
-    if not 0 <= args.port <= 65535:
-        print(f"arc-proxy: --port {args.port} is not a TCP port (0-65535)", file=sys.stderr)
-        return 2
-
-    tune_allocator()  # bulk frames: see tunnel/aio_alloc.py
-    return run_cli("arc-proxy", lambda: asyncio.run(_run(args)), debug=args.debug)
+    return run_cli(PROG, lambda: _serve(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def test_every_cli_offers_log_format() -> None:
     from agent import cli as agent_cli
     from relay import cli as relay_cli
 
-    assert relay_cli._parser().parse_args(["--log-format", "json"]).log_format == "json"
+    assert relay_cli.build_parser().parse_args(["--log-format", "json"]).log_format == "json"
     assert proxy_parser().parse_args(["-n", "x", "--log-format", "json"]).log_format == "json"
     assert arcctl_parser().parse_args(["list", "--log-format", "json"]).log_format == "json"
     with pytest.raises(SystemExit):
