@@ -73,17 +73,19 @@ class Token:
         return time.time() + (self.margin() if margin is None else margin) < self.expires_at
 
 
-def _expiry(access_token: str, expires_in: Any) -> float:
+def _expiry(access_token: str, expires_in: object) -> float:
     try:
         claims = jwt.decode(access_token, options={"verify_signature": False})
         if isinstance(claims.get("exp"), (int, float)):
             return float(claims["exp"])
     except jwt.PyJWTError:
         pass  # opaque token: fall back to expires_in
-    try:
-        return time.time() + float(expires_in)
-    except (TypeError, ValueError):
-        return time.time() + 300.0
+    if isinstance(expires_in, int | float | str):
+        try:
+            return time.time() + float(expires_in)
+        except ValueError:
+            pass
+    return time.time() + 300.0
 
 
 class TokenSource:

@@ -38,7 +38,7 @@ class ClusterUnreachable(CliError):
     exit_code = 9
 
 
-def is_subset(want: Any, have: Any) -> bool:
+def is_subset(want: object, have: object) -> bool:
     """Whether ``have`` already holds everything in ``want`` (the server may
     add defaults and status; lists must match element by element)."""
     if isinstance(want, dict):

@@ -117,7 +117,7 @@ def load(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _put(items: list[Any], name: str, key: str, value: dict[str, Any]) -> None:
+def _put(items: list[object], name: str, key: str, value: dict[str, Any]) -> None:
     # Replace in place so the order of the user's entries is preserved.
     for i, item in enumerate(items):
         if isinstance(item, dict) and item.get("name") == name:

@@ -19,7 +19,7 @@ TABLE_COLUMNS = ("name", "resourceGroup", "connectivityStatus", "kubernetesVersi
                  "agentVersion", "totalNodeCount", "lastConnectivityTime")
 
 
-def _cell(value: Any) -> str:
+def _cell(value: object) -> str:
     """One table cell on one line. Values come from the relay and, through it,
     from agents: control characters (newlines, ESC/OSC sequences, bidi
     overrides) are escaped so a cell can neither drive the admin's terminal
