@@ -57,7 +57,6 @@ class Validate:
     """The token needs a (network-bound) validation before a decision."""
 
     token: str
-    key: bytes
     headers: list[tuple[bytes, bytes]]
 
 
@@ -118,7 +117,7 @@ class HeaderPolicy:
                 without_auth = [(n, v) for n, v in kept if n.lower() != _AUTHORIZATION]
                 principal = self.gate.cached(key)
                 if principal is None:
-                    return Validate(token, key, without_auth)
+                    return Validate(token, without_auth)
                 return self._impersonate(head, without_auth, principal)
         if not stripped:
             return Forward(head.raw, PASSTHROUGH)  # byte for byte
@@ -128,7 +127,7 @@ class HeaderPolicy:
         """Validate the token of a :class:`Validate` decision and decide."""
         assert self.gate is not None
         try:
-            principal = await self.gate.validate(pending.token, pending.key)
+            principal = await self.gate.validate(pending.token)
         except GroupResolutionError as exc:
             log.warning("refused: groups unresolved reason=%s path=%s", exc.reason, head.path)
             return Refuse(403, f"group membership could not be resolved: {exc.reason}")
