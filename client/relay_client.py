@@ -338,7 +338,7 @@ class RelaySessionKeeper:
                     log.info("= %s relay token is due for renewal; opening a new session", self.name)
                 else:
                     log.info("x %s session to relay ended (%s); reconnecting", self.name,
-                         (s.close_reason if s is not None else "") or "closed")
+                             s.close_reason or "closed")
                 backoff.reset()
             busy_wait: float | None = None
             try:
