@@ -72,7 +72,7 @@ def test_no_package_reads_another_packages_private_names() -> None:
     "from tunnel.aio import _private\n",
     "import tunnel.aio\ntunnel.aio._private()\n",
     "import tunnel.aio as t\nt._private\n",
-])
+], ids=["from-import", "module-attribute", "aliased-module"])
 def test_private_name_check_finds_a_reach_into_tunnel(source: str) -> None:
     """The check is not vacuous: each spelling of a reach into tunnel is reported."""
     assert foreign_private_names("client", source) != []
@@ -83,7 +83,7 @@ def test_private_name_check_finds_a_reach_into_tunnel(source: str) -> None:
     "from tunnel.aio import __all__\n",
     "from client.auth import _own\n",  # its own package's private names are its business
     "import os\nos._exit\n",  # not one of ours
-])
+], ids=["public", "dunder", "own-package", "other-library"])
 def test_private_name_check_lets_public_and_own_names_pass(source: str) -> None:
     """Public names, dunders, a package's own privates and other libraries pass."""
     assert foreign_private_names("client", source) == []
