@@ -10,15 +10,17 @@ module attribute to it, so ``from identity.oidc import _helper`` or
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Our importable packages (pyproject.toml [tool.setuptools.packages.find]).
-PACKAGES = ("tunnel", "relay", "agent", "client", "identity", "certs", "sandbox", "logfmt",
-            "cmdline", "demo", "configfile")
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# Our importable packages: what pyproject.toml installs ("tunnel*" -> "tunnel").
+PACKAGES = tuple(sorted(pattern.rstrip("*").rstrip(".")
+                        for pattern in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]))
 
 
 def _is_private(name: str) -> bool:
@@ -56,6 +58,12 @@ def foreign_private_names(package: str, source: str) -> list[str]:
             if isinstance(base, ast.Name) and base.id in bound:
                 found.append(f"{ast.unparse(node.value)}:{node.attr}")
     return found
+
+
+def test_every_installed_package_is_under_the_import_contracts() -> None:
+    """A new package (demo/, configfile/, ...) must join import-linter's
+    root_packages, or the contracts would not see its imports at all."""
+    assert set(PYPROJECT["tool"]["importlinter"]["root_packages"]) == set(PACKAGES)
 
 
 def test_no_package_reads_another_packages_private_names() -> None:
