@@ -158,9 +158,8 @@ class OidcGate:
         self.validations = 0
 
     def is_ours(self, token: str, key: bytes) -> bool:
-        """Whether ``token`` is a JWT from a trusted issuer."""
-        if self.validator.cached(key) is not None:
-            return True
+        """Whether ``token`` is a JWT from a trusted issuer (or for one of our
+        audiences). Ask :meth:`cached` first: a validated token is ours."""
         if self._not_ours.get(key) is not None:
             return False
         ours = peek_issuer(token) in self.trusted_issuers or bool(

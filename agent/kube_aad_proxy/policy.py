@@ -113,9 +113,10 @@ class HeaderPolicy:
         if self.gate is not None and auth and auth[0][:7].lower() == b"bearer ":
             token = auth[0][7:].strip().decode("latin-1")
             key = token_key(token)
-            if self.gate.is_ours(token, key):
+            # A token validated before is ours without a second look (one lookup per request).
+            principal = self.gate.cached(key)
+            if principal is not None or self.gate.is_ours(token, key):
                 without_auth = [(n, v) for n, v in kept if n.lower() != _AUTHORIZATION]
-                principal = self.gate.cached(key)
                 if principal is None:
                     return Validate(token, without_auth)
                 return self._impersonate(head, without_auth, principal)
