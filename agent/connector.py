@@ -47,6 +47,8 @@ from agent.connector_dial import (
 from agent.connector_metadata import MetadataSource, static_metadata
 from identity import TokenInvalid, sign_agent_assertion
 from tunnel import (
+    CONTROL_TARGET,
+    UPSTREAM_TARGET,
     Backoff,
     ErrorCode,
     StreamRefused,
@@ -63,8 +65,6 @@ from tunnel import (
 
 log = logging.getLogger("agent")
 
-UPSTREAM_TARGET = b"kube-aad-proxy"
-CONTROL_TARGET = b"control"
 # kube-aad-proxy is on loopback: a connect that takes longer is a dead process.
 UPSTREAM_CONNECT_TIMEOUT = 5.0
 # How often the dial loop looks for a GOAWAY on the live session. The adapter

@@ -16,18 +16,14 @@ import ssl
 from urllib.parse import urlsplit
 
 from certs import client_ssl_context
+from identity.agent_assertion import AGENT_CONNECT_PATH
+from identity.agent_assertion import agent_audience as agent_audience
 
 
 def agent_connect_url(relay_url: str) -> str:
     """``wss://host[:port][/prefix]/agent/v1/connect`` for a relay base URL."""
     parts = urlsplit(relay_url.rstrip("/"))
-    return f"wss://{parts.netloc}{parts.path}/agent/v1/connect"
-
-
-def agent_audience(relay_url: str) -> str:
-    """The ``aud`` of the agent's assertion: the https form of the endpoint URL."""
-    parts = urlsplit(relay_url.rstrip("/"))
-    return f"https://{parts.netloc}{parts.path}/agent/v1/connect"
+    return f"wss://{parts.netloc}{parts.path}{AGENT_CONNECT_PATH}"
 
 
 def relay_ssl_context(relay_ca_pem: bytes | None, proxy_ca_pem: bytes | None) -> ssl.SSLContext:

@@ -43,10 +43,12 @@ from typing import Any
 import aiohttp
 
 from agent import connector as agent_connector
-from agent.connector import CONTROL_TARGET, UPSTREAM_TARGET, ConnectorConfig
+from agent.connector import ConnectorConfig
 from agent.connector_dial import agent_audience, agent_connect_url, relay_ssl_context
 from identity import sign_agent_assertion
 from tunnel import (
+    CONTROL_TARGET,
+    UPSTREAM_TARGET,
     Backoff,
     ErrorCode,
     StreamRefused,

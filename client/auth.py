@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import jwt
 
-from certs import client_ssl_context
+from certs import client_ssl_context, write_secret_file
 from client.config import AuthConfig
 from client.errors import AuthError, ConfigError
 
@@ -73,17 +73,19 @@ class Token:
         return time.time() + (self.margin() if margin is None else margin) < self.expires_at
 
 
-def _expiry(access_token: str, expires_in: Any) -> float:
+def _expiry(access_token: str, expires_in: object) -> float:
     try:
         claims = jwt.decode(access_token, options={"verify_signature": False})
         if isinstance(claims.get("exp"), (int, float)):
             return float(claims["exp"])
     except jwt.PyJWTError:
         pass  # opaque token: fall back to expires_in
-    try:
-        return time.time() + float(expires_in)
-    except (TypeError, ValueError):
-        return time.time() + 300.0
+    if isinstance(expires_in, int | float | str):
+        try:
+            return time.time() + float(expires_in)
+        except ValueError:
+            pass
+    return time.time() + 300.0
 
 
 class TokenSource:
@@ -234,15 +236,11 @@ class CachedTokenSource(TokenSource):
 
     def _save(self, token: Token) -> None:
         import json
-        import os
-        import tempfile
 
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".tok-")
-            with os.fdopen(fd, "w") as f:  # mkstemp files are 0600 already
-                json.dump({"access_token": token.access_token, "expires_at": token.expires_at,
-                           "refresh_token": token.refresh_token, "issued_at": token.issued_at}, f)
-            os.replace(tmp, self._path)
+            write_secret_file(self._path, json.dumps(
+                {"access_token": token.access_token, "expires_at": token.expires_at,
+                 "refresh_token": token.refresh_token, "issued_at": token.issued_at}))
         except OSError as err:
             log.debug("! token cache not written: %s", err.strerror)

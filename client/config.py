@@ -18,13 +18,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from certs import write_secret_file
 from client.errors import ConfigError
 
 __all__ = ["AuthConfig", "ClientConfig", "default_config_path", "load_config", "write_config"]
@@ -142,13 +142,4 @@ def write_config(config: ClientConfig, path: Path | None = None) -> Path:
     """
     p = path or config.path or default_config_path()
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config-", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(config.to_dict(), f, sort_keys=False)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return write_secret_file(p, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -32,7 +32,7 @@ Outcome = Literal["created", "updated", "unchanged", "deleted", "absent"]
 REQUEST_TIMEOUT = 15
 
 
-def is_subset(want: Any, have: Any) -> bool:
+def is_subset(want: object, have: object) -> bool:
     """Whether ``have`` already holds everything in ``want`` (the server may
     add defaults and status; lists must match element by element)."""
     if isinstance(want, dict):

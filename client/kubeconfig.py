@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from certs import write_secret_file
 from client.errors import ConfigError
 
 __all__ = [
@@ -117,7 +117,7 @@ def load(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _put(items: list[Any], name: str, key: str, value: dict[str, Any]) -> None:
+def _put(items: list[object], name: str, key: str, value: dict[str, Any]) -> None:
     # Replace in place so the order of the user's entries is preserved.
     for i, item in enumerate(items):
         if isinstance(item, dict) and item.get("name") == name:
@@ -162,15 +162,7 @@ def write_atomic(path: Path, doc: dict[str, Any]) -> None:
     """Write ``doc`` to ``path`` via a temp file in the same directory and a
     rename, so kubectl never reads a half-written file; mode 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(dump(doc))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_secret_file(path, dump(doc))
 
 
 def restore_current_context(path: Path, ours: str, previous: str | None) -> bool:

@@ -9,10 +9,10 @@ import contextlib
 import errno
 import logging
 import socket
-from typing import Any
 
 from client.errors import AgentOffline, CliError, ClusterNotFound, Forbidden, PortInUse
 from client.relay_client import RelaySessionKeeper
+from tunnel import ErrorCode
 
 __all__ = ["LocalListener", "refusal_error"]
 
@@ -30,9 +30,9 @@ READ_LIMIT = 1 << 20
 MAX_PENDING_OPENS = 128
 
 
-def refusal_error(code: Any, reason: str, cluster: str) -> CliError:
+def refusal_error(code: ErrorCode | int, reason: str, cluster: str) -> CliError:
     """Turn a stream refusal at OPEN into the user's one-line error."""
-    name = getattr(code, "name", str(code))
+    name = code.name if isinstance(code, ErrorCode) else str(code)
     if name == "TARGET_UNAVAILABLE":
         return AgentOffline(f"cluster {cluster} is offline (its agent is not connected to the relay): "
                             "check that arc-agent is running in the cluster")

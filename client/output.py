@@ -34,7 +34,7 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _BlockScalarDumper.add_representer(str, _represent_str)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: object) -> str:
     """One table cell on one line. Values come from the relay and, through it,
     from agents: control characters (newlines, ESC/OSC sequences, bidi
     overrides) are escaped so a cell can neither drive the admin's terminal

@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 from urllib.parse import quote
 
 import aiohttp
 
+# The core only: tunnel's asyncio adapter (TunnelSession & co.) loads on the first
+# use of one of its names (PEP 562), so the REST-only commands never load it.
+import tunnel
 from client.auth import TokenSource, ssl_context_for
 from client.config import ClientConfig
 from client.errors import AuthError, CliError, ClusterNotFound, Forbidden, RelayUnreachable
-from tunnel import retry_after_seconds
+from tunnel import Backoff, ErrorCode, retry_after_delay, retry_after_seconds
+
+if TYPE_CHECKING:
+    from tunnel import TunnelConfig, TunnelSession, TunnelStream
 
 __all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper"]
 
@@ -46,12 +51,7 @@ class RelayBusy(RelayUnreachable):
         self.retry_after = retry_after
 
 
-def busy_delay(hint: float) -> float:
-    """Wait at least the hint, spread over one more: uniform in [hint, 2 * hint]."""
-    return hint + random.uniform(0.0, hint)
-
-
-def _error_message(body: Any) -> str:
+def _error_message(body: object) -> str:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return str(body["error"].get("message") or body["error"].get("code") or "")
     return ""
@@ -189,10 +189,9 @@ class RelaySessionKeeper:
         self.tokens = tokens
         self.name = name
         self._ssl = ssl_context_for(config.relay_ca_file, "relay")
-        self._tunnel: Any = None
-        self._tcfg: Any = None
+        self._tcfg: TunnelConfig | None = None
         self._http: aiohttp.ClientSession | None = None
-        self._session: Any = None
+        self._session: TunnelSession | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -216,15 +215,12 @@ class RelaySessionKeeper:
             base = "ws://" + base[len("http://"):]
         return base + "/client/v1/connect"
 
-    async def start(self) -> Any:
+    async def start(self) -> TunnelSession:
         """Connect now (raising one-line errors) and start the reconnect loop.
 
         Returns:
             The connected ``TunnelSession``.
         """
-        import tunnel  # lazy: the REST-only commands never load the adapter
-
-        self._tunnel = tunnel
         self._tcfg = tunnel.TunnelConfig()
         self._http = aiohttp.ClientSession()
         for attempt in range(START_BUSY_RETRIES + 1):
@@ -234,13 +230,13 @@ class RelaySessionKeeper:
             except RelayBusy as busy:
                 if attempt == START_BUSY_RETRIES:
                     raise
-                delay = busy_delay(busy.retry_after)
+                delay = retry_after_delay(busy.retry_after)
                 log.info("= relay busy; retrying in %.1f s", delay)
                 await asyncio.sleep(delay)
         self._runner = asyncio.create_task(self._keep_up(), name="relay-session-keeper")
         return session
 
-    async def session(self, timeout: float = CONNECT_TIMEOUT) -> Any:
+    async def session(self, timeout: float = CONNECT_TIMEOUT) -> TunnelSession:
         """The live session, connecting if it is down.
 
         Raises:
@@ -253,23 +249,23 @@ class RelaySessionKeeper:
         return await asyncio.wait_for(self._connect(), timeout)
 
     @staticmethod
-    def _usable(s: Any) -> bool:
+    def _usable(s: TunnelSession | None) -> TypeGuard[TunnelSession]:
         # A draining session (GOAWAY either way) refuses new streams.
         return s is not None and not s.closed and not s.draining
 
-    async def _connect(self, *, renew: bool = False) -> Any:
+    async def _connect(self, *, renew: bool = False) -> TunnelSession:
         async with self._lock:
             s = self._session
             if self._usable(s) and not (renew and time.time() >= self._renew_at):
                 return s
-            assert self._http is not None
+            assert self._http is not None and self._tcfg is not None, "call start() first"
             token_info = await self.tokens.get_token()
             token = token_info.access_token
             try:
                 async with asyncio.timeout(self._tcfg.handshake_timeout or None):
                     ws = await self._http.ws_connect(
                         self.url, headers={"Authorization": f"Bearer {token}"}, ssl=self._ssl,
-                        **self._tunnel.ws_connect_kwargs(self._tcfg))
+                        **tunnel.ws_connect_kwargs(self._tcfg))
             except aiohttp.WSServerHandshakeError as err:
                 if err.status == 401:
                     self.tokens.invalidate()
@@ -288,7 +284,7 @@ class RelaySessionKeeper:
                 raise RelayUnreachable(
                     f"cannot reach the relay at {self.config.relay_url} ({type(err).__name__}): "
                     "is it running? check relay.url in the client config") from None
-            session = self._tunnel.TunnelSession(ws, is_client=True, config=self._tcfg,
+            session = tunnel.TunnelSession(ws, is_client=True, config=self._tcfg,
                                                  name=self.name, on_stream=self._refuse)
             old, old_run = self._session, self._run_task
             # Keep a reference: the event loop holds tasks only weakly.
@@ -312,18 +308,18 @@ class RelaySessionKeeper:
                 log.info("= %s connected to relay (connect #%d)", self.name, self.connects)
             return session
 
-    async def _run(self, session: Any) -> None:
+    async def _run(self, session: TunnelSession) -> None:
         try:
             await session.run()
         except Exception as err:  # the session's end is reported by close_reason
             log.debug("! session run ended with %s", type(err).__name__)
 
-    async def _refuse(self, stream: Any) -> None:
+    async def _refuse(self, stream: TunnelStream) -> None:
         # The relay never opens streams towards a client.
-        stream.reject(self._tunnel.ErrorCode.REFUSED_STREAM, "client accepts no streams")
+        stream.reject(ErrorCode.REFUSED_STREAM, "client accepts no streams")
 
     async def _keep_up(self) -> None:
-        backoff = BACKOFF_START  # the ceiling of the next full-jitter wait
+        backoff = Backoff(BACKOFF_START, BACKOFF_CAP)
         while not self._stopping:
             s = self._session
             run = self._run_task
@@ -342,23 +338,26 @@ class RelaySessionKeeper:
                     log.info("= %s relay token is due for renewal; opening a new session", self.name)
                 else:
                     log.info("x %s session to relay ended (%s); reconnecting", self.name,
-                             getattr(s, "close_reason", "") or "closed")
-                backoff = BACKOFF_START
+                             s.close_reason or "closed")
+                backoff.reset()
             busy_wait: float | None = None
             try:
                 await self._connect(renew=renew)
-                backoff = BACKOFF_START
+                backoff.reset()
                 continue
             except AuthError:
                 self.tokens.invalidate()
             except RelayBusy as busy:
                 # Honour the relay's pace; an on-demand session() does not cut this short.
-                busy_wait = busy_delay(busy.retry_after)
+                busy_wait = retry_after_delay(busy.retry_after)
                 log.debug("! reconnect refused, relay busy: waiting %.1f s", busy_wait)
             except CliError as err:
                 log.debug("! reconnect failed: %s", err)
             self._kick.clear()
-            self.last_delay = busy_wait if busy_wait is not None else random.uniform(0.0, backoff)
+            # The backoff advances on a busy refusal too: the relay's pace wins
+            # this time, and the next plain failure waits longer.
+            jittered = backoff.next_delay()
+            self.last_delay = busy_wait if busy_wait is not None else jittered
             try:
                 if busy_wait is not None:
                     await asyncio.sleep(busy_wait)
@@ -366,7 +365,6 @@ class RelaySessionKeeper:
                     await asyncio.wait_for(self._kick.wait(), self.last_delay)
             except TimeoutError:
                 pass
-            backoff = min(backoff * 2, BACKOFF_CAP)
 
     async def close(self) -> None:
         """Stop reconnecting, close the session (GOAWAY + websocket close)."""

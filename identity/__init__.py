@@ -12,7 +12,7 @@ from identity.errors import GroupResolutionError, IdentityError, TokenInvalid
 from identity.group_source import GroupSourceSettings, parse_group_source
 from identity.groups import ClientCredentialsToken, GroupResolver, HttpGroupResolver
 from identity.jwks import JwksCache
-from identity.oidc import ALLOWED_ALGORITHMS, TokenValidator, TrustedIssuer
+from identity.oidc import ALLOWED_ALGORITHMS, TokenValidator, TrustedIssuer, token_digest
 from identity.principal import Principal
 
 __all__ = [
@@ -29,13 +29,20 @@ __all__ = [
     "TokenValidator",
     "TrustedIssuer",
     "parse_group_source",
+    "token_digest",
 ]
 
 # identity/agent_assertion.py is written by another helper; re-export it once
 # it exists so `from identity import sign_agent_assertion` works either way.
 try:
-    from identity.agent_assertion import AgentAssertionVerifier, sign_agent_assertion
+    from identity.agent_assertion import (
+        AgentAssertionVerifier,
+        agent_audience,
+        agent_audiences,
+        sign_agent_assertion,
+    )
 except ImportError:  # pragma: no cover - until that module lands
     pass
 else:
-    __all__ += ["AgentAssertionVerifier", "sign_agent_assertion"]
+    __all__ += ["AgentAssertionVerifier", "agent_audience", "agent_audiences",
+                "sign_agent_assertion"]

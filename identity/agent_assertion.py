@@ -27,6 +27,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography import x509
@@ -47,6 +48,23 @@ MAX_TOKEN_LENGTH = 8192
 MAX_REPLAY_ENTRIES = 200_000
 # Parsed agent public keys kept (one per registered cluster in use).
 MAX_CACHED_KEYS = 10_000
+
+#: Where agents dial the relay; an assertion's ``aud`` is this endpoint's URL.
+AGENT_CONNECT_PATH = "/agent/v1/connect"
+
+
+def agent_audience(relay_url: str) -> str:
+    """The ``aud`` an agent signs for the relay at ``relay_url`` (any scheme:
+    agents always dial over TLS): ``https://host[:port][/prefix]/agent/v1/connect``."""
+    parts = urlsplit(relay_url.rstrip("/"))
+    return f"https://{parts.netloc}{parts.path}{AGENT_CONNECT_PATH}"
+
+
+def agent_audiences(relay_url: str) -> list[str]:
+    """Every ``aud`` the relay at ``relay_url`` accepts: :func:`agent_audience`
+    and its ``wss://`` spelling (the URL the agent actually dialled)."""
+    https = agent_audience(relay_url)
+    return [https, "wss" + https[len("https"):]]
 
 
 def _algorithm(key: Any) -> str:

@@ -92,6 +92,15 @@ class TrustedIssuer:
             raise ValueError("audiences must be a non-empty list of strings")
 
 
+def token_digest(token: str) -> bytes:
+    """The key a token is cached under: its SHA-256, so raw tokens are not kept.
+
+    ``surrogateescape``: a header decoded leniently may carry lone surrogates;
+    such a token is hashed (and then refused), never an encoding error.
+    """
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
 def _b64json(segment: str) -> Any:
     pad = "=" * (-len(segment) % 4)
     return json.loads(base64.urlsafe_b64decode(segment + pad))
@@ -189,16 +198,29 @@ class TokenValidator:
         VALIDATIONS.labels(result="cached" if cached else "ok").inc()
         return principal
 
+    def cached(self, digest: bytes) -> Principal | None:
+        """The principal of a token validated before and not yet expired (its
+        ``exp`` plus the clock skew), by :func:`token_digest`; no I/O, no crypto.
+
+        kube-aad-proxy decides most requests with this alone, synchronously;
+        on None it awaits :meth:`validate`.
+        """
+        hit = self._cache.get(digest)
+        if hit is None:
+            return None
+        if self._clock() < hit.expires_at + self._skew:
+            self._cache.move_to_end(digest)
+            return hit
+        del self._cache[digest]
+        return None
+
     async def _validate(self, token: str) -> tuple[Principal, bool]:
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
             raise TokenInvalid("malformed token")
-        digest = hashlib.sha256(token.encode()).digest()
-        hit = self._cache.get(digest)
+        digest = token_digest(token)
+        hit = self.cached(digest)
         if hit is not None:
-            if self._clock() < hit.expires_at + self._skew:
-                self._cache.move_to_end(digest)
-                return hit, True
-            del self._cache[digest]
+            return hit, True
         principal = await self._verify(token)
         self._cache[digest] = principal
         while len(self._cache) > self._cache_size:

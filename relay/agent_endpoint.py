@@ -23,7 +23,7 @@ from aiohttp import web
 
 from certs import fingerprint_sha256, generate_key_pair
 from identity import TokenInvalid
-from identity.agent_assertion import unverified_cluster_id
+from identity.agent_assertion import AGENT_CONNECT_PATH, unverified_cluster_id
 from relay.names import validate_agent_metadata
 from relay.state import (
     STATE,
@@ -34,6 +34,7 @@ from relay.state import (
     upgrade_aborted,
 )
 from tunnel import (
+    CONTROL_TARGET,
     ErrorCode,
     StreamReset,
     TunnelClosed,
@@ -44,7 +45,6 @@ from tunnel import (
 
 log = logging.getLogger("relay")
 
-CONTROL_TARGET = b"control"
 # Close code and GOAWAY reason when the key an agent session proved is no
 # longer the cluster's registered key.
 WS_POLICY_VIOLATION = 1008
@@ -243,4 +243,4 @@ def _reason(session: TunnelSession) -> str:
 def add_routes(app: web.Application) -> None:
     """Register ``/agent/v1/connect`` on ``app``."""
     _decoy_certificate()  # made now, so the first unknown-cluster refusal is not slower
-    app.router.add_get("/agent/v1/connect", agent_connect, allow_head=False)
+    app.router.add_get(AGENT_CONNECT_PATH, agent_connect, allow_head=False)

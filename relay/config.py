@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from identity.agent_assertion import AGENT_CONNECT_PATH, agent_audiences
 from identity.group_source import GroupSourceSettings, parse_group_source
 from relay.edge_limits import EdgeLimits, edge_limits_from
 
@@ -146,7 +147,7 @@ class RelayConfig:
             host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
             host = f"[{host}]" if ":" in host else host
             base = f"https://{host}:{port if port is not None else self.port}"
-        return agent_audiences_for(base)
+        return agent_audiences(base)
 
 
 def authorization_warnings(config: RelayConfig) -> list[str]:
@@ -166,13 +167,7 @@ def agent_endpoint_url(relay_url: str) -> str:
     """``https://relay/agent/v1/connect`` for a relay base URL (https or wss)."""
     parts = urlsplit(relay_url.rstrip("/"))
     scheme = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
-    return f"{scheme}://{parts.netloc}{parts.path}/agent/v1/connect"
-
-
-def agent_audiences_for(relay_url: str) -> list[str]:
-    """Both spellings (https and wss) of the agent endpoint URL."""
-    https = agent_endpoint_url(relay_url)
-    return [https, "wss" + https[len("https"):] if https.startswith("https") else https]
+    return f"{scheme}://{parts.netloc}{parts.path}{AGENT_CONNECT_PATH}"
 
 
 def default_state_dir() -> str:

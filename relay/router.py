@@ -35,6 +35,7 @@ from relay.roles import cluster_scope
 from relay.shares import SessionShare
 from relay.state import RelayState
 from tunnel import (
+    UPSTREAM_TARGET,
     ErrorCode,
     StreamRefused,
     TunnelClosed,
@@ -45,7 +46,6 @@ from tunnel import (
 
 log = logging.getLogger("relay")
 
-AGENT_TARGET = b"kube-aad-proxy"
 # Codes that mean "this agent session cannot take new streams" rather than
 # "the cluster refused": the router then waits for the agent's next session.
 _RETRY_ON_OTHER_SESSION = {ErrorCode.GOING_AWAY, ErrorCode.REFUSED_STREAM}
@@ -89,7 +89,7 @@ async def _open_upstream(state: RelayState, cid: str) -> TunnelStream | tuple[Er
         session = await state.directory.wait_for(cid, state.config.agent_grace_seconds)
     while session is not None:
         try:
-            return await session.open_stream(AGENT_TARGET, timeout=state.config.open_timeout_seconds)
+            return await session.open_stream(UPSTREAM_TARGET, timeout=state.config.open_timeout_seconds)
         except StreamRefused as exc:
             if exc.code == ErrorCode.TOO_MANY_STREAMS:
                 return exc.code, (f"the agent of cluster {cid} has all its streams in use "

@@ -10,11 +10,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from identity import Principal, TokenInvalid, TokenValidator
+from identity import Principal, TokenInvalid
 from identity.agent_assertion import AgentAssertionVerifier
 from relay.admission import HandshakeAdmission
 from relay.config import RelayConfig
@@ -38,6 +38,19 @@ _T = TypeVar("_T")
 MAX_BEARER_LENGTH = 16384
 
 
+class UserTokenValidator(Protocol):
+    """What the relay uses of ``identity.TokenValidator``; ``app.NoIssuers``
+    stands in for it when no issuer is configured."""
+
+    async def validate(self, token: str) -> Principal:
+        """The principal of a valid token; raises ``identity.TokenInvalid``."""
+        ...
+
+    async def close(self) -> None:
+        """Release HTTP sessions."""
+        ...
+
+
 @dataclass
 class RelayState:
     """Per-relay shared objects; one instance per ``RelayServer``."""
@@ -47,7 +60,7 @@ class RelayState:
     roles: RoleStore
     directory: SessionDirectory[TunnelSession]
     metrics: RelayMetrics
-    validator: TokenValidator | Any  # TokenValidator, or app.NoIssuers
+    validator: UserTokenValidator
     verifier: AgentAssertionVerifier
     tunnel_config: TunnelConfig
     # Every open tunnel session (agent and client) so shutdown can GOAWAY them.

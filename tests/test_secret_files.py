@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from certs import CertificateAuthority, write_pem_pair, write_secret_file
+from client import kubeconfig
+from client.auth import CachedTokenSource
 from client.config import AuthConfig, ClientConfig, write_config
 from relay.app import ensure_dev_tls
 
@@ -64,3 +66,22 @@ def test_client_config_with_password_is_0600(tmp_path: Path, open_umask: None) -
     write_config(ClientConfig(relay_url="https://127.0.0.1:1", auth=AuthConfig(
         token_endpoint="https://127.0.0.1:2/token", client_id="c", username="u", password="p")), path)
     assert _mode(path) == 0o600
+
+
+def test_kubeconfig_write_is_0600_and_leaves_no_temporary_file(tmp_path: Path, open_umask: None) -> None:
+    """arc-proxy's kubeconfig may hold a token: replaced 0600 in one rename."""
+    path = tmp_path / "kube" / "config"
+    path.parent.mkdir()
+    path.write_text("apiVersion: v1\n")
+    path.chmod(0o644)
+    kubeconfig.write_atomic(path, {"apiVersion": "v1", "kind": "Config"})
+    assert _mode(path) == 0o600 and "kind: Config" in path.read_text()
+    assert [p.name for p in path.parent.iterdir()] == ["config"]
+
+
+async def test_token_cache_file_is_0600(tmp_path: Path, open_umask: None) -> None:
+    """The token cache holds a bearer and a refresh token: 0600, no temporary file left."""
+    source = CachedTokenSource(AuthConfig(token_command="echo cached-token"), cache_dir=tmp_path)
+    assert (await source.get_token()).access_token == "cached-token"
+    [cache] = list(tmp_path.iterdir())
+    assert _mode(cache) == 0o600 and "cached-token" in cache.read_text()

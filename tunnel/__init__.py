@@ -48,6 +48,7 @@ from tunnel.redial import (
     retry_after_seconds,
 )
 from tunnel.state import ConnectionState, StreamState
+from tunnel.targets import CONTROL_TARGET, UPSTREAM_TARGET
 
 if TYPE_CHECKING:
     from tunnel.aio import (
@@ -84,9 +85,11 @@ _ADAPTER_NAMES = frozenset(
 )
 
 __all__ = [
+    "CONTROL_TARGET",
     "RETRY_AFTER_CAP",
     "RETRY_AFTER_JITTER",
     "SUBPROTOCOL",
+    "UPSTREAM_TARGET",
     "Backoff",
     "Connection",
     "ConnectionState",

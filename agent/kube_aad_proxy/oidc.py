@@ -1,26 +1,26 @@
 """The OIDC side of the header policy: which bearer tokens are ours to
-validate, and a cache so a token's signature is verified once, not per request.
+validate, answered from the validator's own validated-token cache so a token's
+signature is verified once, not per request.
 
 The validator itself is ``identity.TokenValidator`` (docs/INTERFACES.md §5);
-this module only needs its ``validate`` coroutine, so it is typed by a Protocol.
+this module only needs its ``validate`` coroutine and its synchronous
+``cached`` lookup, so it is typed by a Protocol.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from identity import token_digest
+
 log = logging.getLogger("agent.kube_aad_proxy")
 
-# Distinct live tokens kept validated; each entry is a few hundred bytes.
-TOKEN_CACHE_SIZE = 10_000
 # Cached answers for tokens that are not ours (service-account tokens), so the
 # pass-through path does not base64-decode and JSON-parse every request.
 ISSUER_CACHE_SIZE = 10_000
@@ -46,10 +46,14 @@ class TokenValidatorLike(Protocol):
         """A principal, or raise ``identity.TokenInvalid``."""
         ...
 
+    def cached(self, digest: bytes) -> Any:
+        """The principal of a token validated before and not expired, else None."""
+        ...
 
-def token_key(token: str) -> bytes:
-    """Cache key for a token: its SHA-256, so raw tokens are not kept around."""
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+# Cache key for a token (its SHA-256): the validator's own, so one key serves
+# its validated-token cache and the not-ours cache here.
+token_key = token_digest
 
 
 def _peek_claims(token: str) -> dict[str, Any] | None:
@@ -93,13 +97,10 @@ def issuers_of(validator: object) -> frozenset[str]:
 
     Reads ``issuers`` (or ``trusted_issuers``): strings or ``TrustedIssuer``
     objects with an ``issuer`` attribute, or a mapping keyed by ``iss``.
-    ``_issuers`` is the fallback: identity.TokenValidator keeps its issuers
-    there and has no public accessor yet (pass ``trusted_issuers`` to avoid it).
     """
     found: Iterable[object] = (
         getattr(validator, "issuers", None)
         or getattr(validator, "trusted_issuers", None)
-        or getattr(validator, "_issuers", None)
         or ()
     )
     if isinstance(found, Mapping):
@@ -130,13 +131,10 @@ class _Lru:
         while len(self._d) > self._size:
             self._d.popitem(last=False)
 
-    def pop(self, key: bytes) -> None:
-        self._d.pop(key, None)
-
 
 class OidcGate:
-    """Chooses the OIDC path for tokens from trusted issuers and caches
-    validated principals by token hash until they expire.
+    """Chooses the OIDC path for tokens from trusted issuers; validated
+    principals come from the validator's cache (by token hash) until they expire.
 
     A token is ours when its ``iss`` is trusted, and also when it is addressed
     to one of our audiences whatever its ``iss``: such a token was minted for
@@ -155,15 +153,13 @@ class OidcGate:
         self.validator = validator
         self.trusted_issuers = trusted_issuers
         self.trusted_audiences = trusted_audiences
-        self._principals = _Lru(TOKEN_CACHE_SIZE)
         self._not_ours = _Lru(ISSUER_CACHE_SIZE)
         #: validator calls made (the hot path must not grow this per request)
         self.validations = 0
 
     def is_ours(self, token: str, key: bytes) -> bool:
-        """Whether ``token`` is a JWT from a trusted issuer."""
-        if self._principals.get(key) is not None:
-            return True
+        """Whether ``token`` is a JWT from a trusted issuer (or for one of our
+        audiences). Ask :meth:`cached` first: a validated token is ours."""
         if self._not_ours.get(key) is not None:
             return False
         ours = peek_issuer(token) in self.trusted_issuers or bool(
@@ -174,21 +170,17 @@ class OidcGate:
 
     def cached(self, key: bytes) -> PrincipalLike | None:
         """The principal of a token validated before and not yet expired."""
-        p: PrincipalLike | None = self._principals.get(key)
-        if p is not None and p.expires_at <= time.time():
-            self._principals.pop(key)
-            return None
+        p: PrincipalLike | None = self.validator.cached(key)
         return p
 
-    async def validate(self, token: str, key: bytes) -> PrincipalLike:
-        """Validate (signature, claims, groups) and cache the principal.
+    async def validate(self, token: str) -> PrincipalLike:
+        """Validate (signature, claims, groups); the validator caches the principal.
 
         Raises:
             Whatever the validator raises (``TokenInvalid``, ``GroupResolutionError``).
         """
         self.validations += 1
         p: PrincipalLike = await self.validator.validate(token)
-        self._principals.put(key, p)
         # One line per validation (not per request): the hot path's proof
         # that a token's signature is checked once. Never the token itself.
         log.info("oidc token validated principal=%s groups=%d overage=%s validations=%d",

@@ -57,7 +57,6 @@ class Validate:
     """The token needs a (network-bound) validation before a decision."""
 
     token: str
-    key: bytes
     headers: list[tuple[bytes, bytes]]
 
 
@@ -114,11 +113,12 @@ class HeaderPolicy:
         if self.gate is not None and auth and auth[0][:7].lower() == b"bearer ":
             token = auth[0][7:].strip().decode("latin-1")
             key = token_key(token)
-            if self.gate.is_ours(token, key):
+            # A token validated before is ours without a second look (one lookup per request).
+            principal = self.gate.cached(key)
+            if principal is not None or self.gate.is_ours(token, key):
                 without_auth = [(n, v) for n, v in kept if n.lower() != _AUTHORIZATION]
-                principal = self.gate.cached(key)
                 if principal is None:
-                    return Validate(token, key, without_auth)
+                    return Validate(token, without_auth)
                 return self._impersonate(head, without_auth, principal)
         if not stripped:
             return Forward(head.raw, PASSTHROUGH)  # byte for byte
@@ -128,7 +128,7 @@ class HeaderPolicy:
         """Validate the token of a :class:`Validate` decision and decide."""
         assert self.gate is not None
         try:
-            principal = await self.gate.validate(pending.token, pending.key)
+            principal = await self.gate.validate(pending.token)
         except GroupResolutionError as exc:
             log.warning("refused: groups unresolved reason=%s path=%s", exc.reason, head.path)
             return Refuse(403, f"group membership could not be resolved: {exc.reason}")

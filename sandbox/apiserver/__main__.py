@@ -6,11 +6,10 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
-from pathlib import Path
 
+from certs import write_secret_file
 from sandbox.apiserver.server import SandboxApiServer
 
 
@@ -29,11 +28,7 @@ async def _run(args: argparse.Namespace) -> None:
     server = SandboxApiServer(args.state_dir, args.version, args.host, args.port)
     await server.start()
     if args.ready_file:
-        tmp = Path(args.ready_file + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(server.ready_info(), f)
-        tmp.replace(args.ready_file)
+        write_secret_file(args.ready_file, json.dumps(server.ready_info()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

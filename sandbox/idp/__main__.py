@@ -11,11 +11,10 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
-from pathlib import Path
 
+from certs import write_secret_file
 from sandbox.idp.server import SandboxIdp
 from sandbox.idp.users import DirectoryError
 
@@ -31,12 +30,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 async def _serve(args: argparse.Namespace) -> None:
     idp = SandboxIdp(args.state_dir, args.users, args.host, args.port)
     await idp.start()
@@ -48,7 +41,7 @@ async def _serve(args: argparse.Namespace) -> None:
     try:
         info = json.dumps(idp.info(), indent=2)
         if args.ready_file:
-            _write_atomic(Path(args.ready_file), info + "\n")
+            write_secret_file(args.ready_file, info + "\n")
         else:
             print(info, flush=True)
         await stop.wait()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from certs import write_secret_file
 
 # Long enough that no token minted before a rotation is orphaned (our longest
 # default lifetime is one hour), short enough to prove keys really go away.
@@ -131,8 +132,4 @@ class SigningKeys:
                 for k in self._keys
             ]
         }
-        tmp = self._path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, self._path)
+        write_secret_file(self._path, json.dumps(doc))

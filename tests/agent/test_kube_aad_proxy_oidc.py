@@ -193,6 +193,27 @@ async def test_proxy_verifies_token_signature_once(
     await asyncio.sleep(0)
 
 
+async def test_proxy_keeps_validated_tokens_in_the_validators_cache_only(
+    pki: Pki, upstream: RecordingUpstream, idp: SandboxIdp,
+) -> None:
+    """One cache per validated token: the proxy decides from the validator's own
+    cache, so clearing that cache (a configuration change) makes the next
+    request with the same token verify its signature again."""
+    proxy, validator = await start_proxy(pki, upstream, idp)
+    try:
+        token = idp.mint("demo")
+        for _ in range(2):
+            assert (await request(pki, proxy, f"Authorization: Bearer {token}"))[0] == 200
+        assert proxy.gate is not None
+        assert (validator.signature_verifications, proxy.gate.validations) == (1, 1)
+        validator.clear_cache()
+        assert (await request(pki, proxy, f"Authorization: Bearer {token}"))[0] == 200
+        assert (validator.signature_verifications, proxy.gate.validations) == (2, 2)
+    finally:
+        await proxy.stop()
+        await validator.close()
+
+
 async def test_proxy_keeps_order_across_pipelined_oidc_and_passthrough(
     pki: Pki, upstream: RecordingUpstream, idp: SandboxIdp, oidc_proxy: KubeAadProxy
 ) -> None:

@@ -293,8 +293,8 @@ async def test_arc_proxy_session_waits_out_a_busy_relay(tmp_path: Path) -> None:
 
 def test_arc_proxy_parses_retry_after_and_jitters() -> None:
     """The client's Retry-After handling matches the agent's: capped, junk
-    ignored, delays within [hint, 2 * hint]."""
-    from client.relay_client import busy_delay
+    ignored, delays within [hint, 2 * hint] (the same tunnel.redial helpers)."""
+    from client.relay_client import retry_after_delay as client_retry_delay
     from client.relay_client import retry_after_seconds as client_retry_after
 
     assert client_retry_after({"Retry-After": "1"}) == 1.0
@@ -302,7 +302,7 @@ def test_arc_proxy_parses_retry_after_and_jitters() -> None:
     assert client_retry_after({"Retry-After": "later"}) is None
     assert client_retry_after({"Retry-After": "nan"}) is None
     assert client_retry_after({}) is None
-    assert all(1.0 <= busy_delay(1.0) <= 2.0 for _ in range(500))
+    assert all(1.0 <= client_retry_delay(1.0) <= 2.0 for _ in range(500))
 
 
 async def test_agent_storm_is_paced_by_admission_without_abandoned_sessions(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ import asyncio
 import pytest
 
 from identity import sign_agent_assertion
-from relay.agent_endpoint import CONTROL_TARGET, MAX_CONTROL_LINE
+from relay.agent_endpoint import MAX_CONTROL_LINE
 from tests.relay.harness import WAIT, RelayEnv
-from tunnel import ErrorCode, StreamReset, TunnelSession, ws_connect_kwargs
+from tunnel import CONTROL_TARGET, ErrorCode, StreamReset, TunnelSession, ws_connect_kwargs
 
 
 async def test_control_line_beyond_the_bound_resets_only_that_stream(relay_env: RelayEnv) -> None:
