@@ -1,0 +1,25 @@
+"""One way to read a config file: YAML -> a pydantic model -> one line per problem.
+
+``load_config_file(path, Model)`` reads and validates a file; ``validate_config``
+validates data already parsed. Every problem a user can make -- unreadable file,
+bad YAML, unknown key, wrong type, wrong value -- ends as one
+:class:`cmdline.errors.ConfigError` whose message has one line per problem,
+each naming the file and the key path (``limits.max_streams``).
+"""
+
+from __future__ import annotations
+
+from configfile.messages import problem_lines
+from configfile.model import ConfigModel, Secret, Text, secret_paths
+from configfile.source import load_config_file, read_yaml, validate_config
+
+__all__ = [
+    "ConfigModel",
+    "Secret",
+    "Text",
+    "load_config_file",
+    "problem_lines",
+    "read_yaml",
+    "secret_paths",
+    "validate_config",
+]
