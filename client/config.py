@@ -26,7 +26,6 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field
 
-from client.errors import ConfigError
 from configfile import ConfigModel, Secret, Text, load_config_file
 
 __all__ = ["AuthConfig", "ClientConfig", "ClientFile", "default_config_path", "load_config", "write_config"]

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 from configfile.messages import problem_lines
 from configfile.model import ConfigModel, Secret, Text, secret_paths
+from configfile.problems import MAX_NAMED_FILE_BYTES, Problems, resolve_path
 from configfile.source import load_config_file, read_yaml, validate_config
 
 __all__ = [
+    "MAX_NAMED_FILE_BYTES",
     "ConfigModel",
+    "Problems",
     "Secret",
     "Text",
     "load_config_file",
     "problem_lines",
     "read_yaml",
+    "resolve_path",
     "secret_paths",
     "validate_config",
 ]

@@ -27,10 +27,10 @@ _EXPECTED = {
     "dict_type": "expected a mapping",
     "model_type": "expected a mapping",
     "model_attributes_type": "expected a mapping",
-    "greater_than": "expected a number > {gt}",
-    "greater_than_equal": "expected a number >= {ge}",
-    "less_than": "expected a number < {lt}",
-    "less_than_equal": "expected a number <= {le}",
+    "greater_than": "expected {number} > {gt}",
+    "greater_than_equal": "expected {number} >= {ge}",
+    "less_than": "expected {number} < {lt}",
+    "less_than_equal": "expected {number} <= {le}",
     "literal_error": "expected {expected}",
     "string_too_short": "expected at least {min_length} character(s)",
     "too_short": "expected at least {min_length} item(s)",
@@ -38,15 +38,16 @@ _EXPECTED = {
 }
 
 
-def problem_lines(error: ValidationError, model: type[BaseModel], source: str) -> list[str]:
+def problem_lines(error: ValidationError, model: type[BaseModel], source: str, at: str = "") -> list[str]:
     """One line per problem in ``error`` (raised validating ``model``), each
-    starting with ``source`` (the file name)."""
+    starting with ``source`` (the file name); ``at`` is the key path of the
+    validated section inside its file ("" for the whole file)."""
     secrets = secret_paths(model)
-    return [f"{source}: {_path(e['loc'])}: {_problem(e, model, secrets)}" for e in error.errors()]
+    return [f"{source}: {_path(e['loc'], at)}: {_problem(e, model, secrets)}" for e in error.errors()]
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    out = ""
+def _path(loc: tuple[int | str, ...], at: str = "") -> str:
+    out = at
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
@@ -61,7 +62,8 @@ def _problem(e: ErrorDetails, model: type[BaseModel], secrets: set[tuple[str, ..
     if kind == "value_error":
         what = str(ctx.get("error", e["msg"]))
     elif kind in _EXPECTED:
-        what = _EXPECTED[kind].format(**ctx)
+        number = "a whole number" if _annotation_at(model, loc) is int else "a number"
+        what = _EXPECTED[kind].format(number=number, **{k: _number(v) for k, v in ctx.items()})
     else:
         what = e["msg"][:1].lower() + e["msg"][1:]
     if isinstance(e["input"], dict):
@@ -70,6 +72,11 @@ def _problem(e: ErrorDetails, model: type[BaseModel], secrets: set[tuple[str, ..
     if tuple(p for p in loc if isinstance(p, str)) in secrets:
         return f"{what} (the value given is a secret and not shown)"
     return f"{what}, got {_shown(e['input'])}"
+
+
+def _number(value: Any) -> Any:
+    # 60.0 reads as 60 in a bound; any other value stays as it is.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _shown(value: Any) -> str:
@@ -83,6 +90,13 @@ def _unknown_key(key: str, where: type[BaseModel] | None) -> str:
     if close:
         return f"unknown key {key!r}; did you mean {close[0]!r}?"
     return f"unknown key {key!r}; the keys here are {', '.join(allowed)}" if allowed else f"unknown key {key!r}"
+
+
+def _annotation_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> Any:
+    """The annotation of the field at a key path (None if the path names no field)."""
+    parent = _model_at(model, loc[:-1]) if loc and isinstance(loc[-1], str) else None
+    info = parent.model_fields.get(str(loc[-1])) if parent is not None else None
+    return info.annotation if info is not None else None
 
 
 def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:

@@ -29,7 +29,7 @@ class ConfigModel(BaseModel):
     """A section of a config file: unknown keys refused, no type coercion
     (``"5"`` is no integer), immutable once loaded, ``key: null`` = the default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

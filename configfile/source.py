@@ -52,8 +52,9 @@ def read_yaml(path: str | os.PathLike[str], *, missing_hint: str) -> Any:
         raise ConfigError(f"{p}: not valid YAML (nor UTF-8 text)") from None
 
 
-def validate_config(model: type[M], data: Any, source: str) -> M:
-    """``data`` (parsed YAML; ``None``: an empty file) checked against ``model``.
+def validate_config(model: type[M], data: Any, source: str, at: str = "") -> M:
+    """``data`` (parsed YAML; ``None``: an empty file) checked against ``model``;
+    ``at`` is its key path when it is one section of a file.
 
     Raises:
         ConfigError: one line per problem, each starting with ``source``.
@@ -61,7 +62,7 @@ def validate_config(model: type[M], data: Any, source: str) -> M:
     try:
         return model.model_validate({} if data is None else data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(problem_lines(exc, model, source))) from None
+        raise ConfigError("\n".join(problem_lines(exc, model, source, at))) from None
 
 
 def load_config_file(path: str | os.PathLike[str], model: type[M], *, missing_hint: str) -> M:

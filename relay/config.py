@@ -40,25 +40,191 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-import yaml
+from pydantic import Field, field_validator, model_validator
 
-from identity.group_source import GroupSourceSettings, parse_group_source
-from relay.edge_limits import EdgeLimits, edge_limits_from
+from cmdline.errors import ConfigError
+from configfile import ConfigModel, Problems, Text, load_config_file, resolve_path, validate_config
+from identity import GroupSourceSettings, OptionalGroupSource
+from relay.edge_limits import (
+    HEAD_TIMEOUT,
+    KEEPALIVE_TIMEOUT,
+    LISTEN_BACKLOG,
+    MAX_HEAD_BYTES,
+    MAX_PREAUTH_CONNECTIONS,
+    TLS_HANDSHAKE_THREADS,
+    TLS_HANDSHAKE_TIMEOUT,
+    EdgeLimits,
+)
+
+__all__ = [
+    "MUTABLE_CLAIMS",
+    "ConfigError",
+    "IssuerConfig",
+    "RelayConfig",
+    "RelayFile",
+    "agent_audiences_for",
+    "agent_endpoint_url",
+    "authorization_warnings",
+    "default_state_dir",
+    "load_relay_config",
+    "parse_listen",
+    "relay_config_from_dict",
+    "relay_config_from_file",
+]
 
 # Claims a role assignment may name only by explicit opt-in: whoever controls
 # the user's profile (or an Entra app's multi-tenant sign-in) can change them.
 MUTABLE_CLAIMS = ("upn", "preferred_username", "email", "unique_name")
+MutableClaim = Literal["upn", "preferred_username", "email", "unique_name"]
 # How often open client streams are re-authorised; a revoked role or an expired
 # token ends them within this. The issue bounds it at 60 s.
 DEFAULT_RECHECK_SECONDS = 30.0
 MAX_RECHECK_SECONDS = 60.0
+DEFAULT_AUDIENCE = "api://cluster-connect"
 
 
-class ConfigError(Exception):
-    """A configuration problem the operator can fix; the message says how."""
+# ---- the file's schema (docs/config.md is generated from it) ----
+
+class TlsSection(ConfigModel):
+    """``tls``: the relay's serving certificate (omit both: a development CA under state_dir)."""
+
+    cert_file: str | None = Field(None, description="PEM certificate chain (relative: to the config file's folder).")
+    key_file: str | None = Field(None, description="PEM private key of that certificate.")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Self:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("needs both cert_file and key_file (or neither, for a dev certificate)")
+        return self
+
+
+class IssuerSection(ConfigModel):
+    """``oidc.issuers[]``: one trusted OIDC issuer."""
+
+    issuer: str = Field(min_length=1, description="The issuer URL, exactly as the tokens' `iss`.")
+    audiences: list[Text] = Field([DEFAULT_AUDIENCE], description="Accepted `aud` values (empty: the default).")
+    ca_file: str | None = Field(None, description="CA bundle for the issuer's discovery and JWKS (unset: system trust).")
+    tenant_ids: list[Text] | None = Field(None, description="Accepted `tid` values (unset: any).")
+
+
+class RelayOidcSection(ConfigModel):
+    """``oidc``: whose tokens users may present."""
+
+    issuers: list[IssuerSection] = Field([], description="Trusted issuers.")
+    group_source: OptionalGroupSource = Field(None, description="Group overage resolution "
+                                              "(unset: overage tokens are refused).")
+
+
+class AuthorizationSection(ConfigModel):
+    """``authorization``: how role assignments match users."""
+
+    match_mutable_claims: list[MutableClaim] = Field([], description="Opt-in: role assignments and admins "
+                                                     "also match these mutable claims (e.g. `[upn]`).")
+    recheck_seconds: float = Field(DEFAULT_RECHECK_SECONDS, gt=0, le=MAX_RECHECK_SECONDS,
+                                   description="Open streams are re-authorised this often (a revoked "
+                                   "role or an expired token ends them).")
+
+
+class ListenerSection(ConfigModel):
+    """``listener``: how the relay's port serves TLS."""
+
+    tls_engine: Literal["memorybio", "asyncio"] = Field(
+        "memorybio", description="`memorybio` (small per-connection buffers) or `asyncio` (aiohttp's TLS site).")
+    tls_handshake_threads: int = Field(TLS_HANDSHAKE_THREADS, ge=0, le=64,
+                                       description="Threads answering ClientHellos (memorybio; 0: on the event loop).")
+
+
+class RelayLimitsSection(ConfigModel):
+    """``limits``: timeouts and bounds of the relay."""
+
+    agent_grace_seconds: float = Field(5.0, ge=0, description="A cluster stays connected this long "
+                                       "after its agent's session drops (a quick redial is invisible).")
+    drain_seconds: float = Field(10.0, ge=0, description="On SIGTERM, open streams get this long to finish.")
+    open_timeout_seconds: float = Field(10.0, gt=0, description="A stream OPEN the agent does not answer "
+                                        "within this is refused.")
+    tls_handshake_timeout_seconds: float = Field(TLS_HANDSHAKE_TIMEOUT, gt=0,
+                                                 description="TCP accept to a finished TLS handshake.")
+    head_timeout_seconds: float = Field(HEAD_TIMEOUT, gt=0, description="TLS handshake to "
+                                        "a complete first request head.")
+    max_head_bytes: int = Field(MAX_HEAD_BYTES, ge=1024, description="Largest first request head.")
+    max_preauth_connections: int = Field(MAX_PREAUTH_CONNECTIONS, ge=1, description="Connections "
+                                         "held before their first head is complete; beyond: closed at once.")
+    keepalive_timeout_seconds: float = Field(KEEPALIVE_TIMEOUT, gt=0,
+                                             description="An idle kept-alive HTTP connection is closed after this.")
+    listen_backlog: int = Field(LISTEN_BACKLOG, ge=1, description="The listening socket's "
+                                "accept queue (capped by net.core.somaxconn).")
+    streams_per_principal_per_cluster: int = Field(256, ge=1, description="One user's share of one agent "
+                                                   "session's streams.")
+    streams_per_client_session: int = Field(512, ge=1, description="One arc-proxy session's share of all "
+                                            "agents' streams.")
+    authorization_cache_seconds: float = Field(5.0, ge=0, description="Authorization decisions of stream "
+                                               "OPENs are cached this long (0: off).")
+    authorization_cache_entries: int = Field(10000, ge=0, description="At most this many cached decisions.")
+    refusal_log_interval_seconds: float = Field(10.0, ge=0, description="One refusal log line per "
+                                                "principal/cluster/reason per interval.")
+    status_flush_seconds: float = Field(1.0, ge=0, description="Write-behind interval of connectivity and metadata.")
+    api_max_body_bytes: int = Field(64 * 1024, ge=1, description="Largest management API request body (413 above).")
+    api_max_body_depth: int = Field(32, ge=1, description="Deepest JSON nesting of a request body (400 above).")
+    tunnel: dict[str, Any] = Field({}, description="Keyword arguments of `tunnel.TunnelConfig` "
+                                   "(e.g. `{limits: {stream_window: 2097152}}`), checked at start-up.")
+
+
+class AdmissionSection(ConfigModel):
+    """``admission``: how many agent/client handshakes run at once (relay/admission.py)."""
+
+    max_concurrent_handshakes: int = Field(64, ge=1, description="Authentication + upgrade in flight.")
+    max_loop_lag_seconds: float = Field(0.25, ge=0, description="Hold handshakes while the event loop "
+                                        "runs this late (0: off).")
+    max_queue_seconds: float = Field(5.0, ge=0, description="A held handshake waits this long for its "
+                                     "turn (0: 503 at once).")
+    max_queued_handshakes: int = Field(1024, ge=1, description="This many wait at most; beyond: 503.")
+    handshakes_per_second: float = Field(0.0, ge=0, description="Fixed token-bucket rate (0: off, the "
+                                         "lag bound paces).")
+    retry_after_seconds: int = Field(1, ge=1, description="The 503's Retry-After beyond a bound (least).")
+    max_retry_after_seconds: int = Field(60, ge=1, description="The 503's Retry-After (most).")
+
+
+class DebugSection(ConfigModel):
+    """``debug``: test hooks."""
+
+    record_data_file: str | None = Field(None, description="Append routed DATA bytes to this file "
+                                         "(tests; also `$ARC_RELAY_RECORD_DATA_FILE`).")
+
+
+class RelayFile(ConfigModel):
+    """The ``arc-relay --config`` file."""
+
+    listen: str = Field("127.0.0.1:8443", description="`host:port` to serve on (`[::1]:port` for IPv6).")
+    public_url: str | None = Field(None, description="The relay's https URL as agents see it "
+                                   "(their assertion's `aud`); unset: `https://listen`.")
+    state_dir: str | None = Field(None, description="Dev TLS material and the default database "
+                                  "(unset: `$XDG_STATE_HOME/cluster-connect/relay`).")
+    tls: TlsSection = Field(TlsSection(), description="Serving certificate.")
+    database: str | None = Field(None, description="SQLite file (unset: `state_dir/relay.db`).")
+    oidc: RelayOidcSection = Field(RelayOidcSection(), description="Trusted OIDC issuers.")
+    admins: list[Text] = Field([], description="Object ids (or group object ids) with every role "
+                               "(upn only with authorization.match_mutable_claims).")
+    authorization: AuthorizationSection = Field(AuthorizationSection(), description="Claim matching and re-checks.")
+    listener: ListenerSection = Field(ListenerSection(), description="TLS engine of the listening port.")
+    limits: RelayLimitsSection = Field(RelayLimitsSection(), description="Timeouts and bounds.")
+    admission: AdmissionSection = Field(AdmissionSection(), description="Handshake admission.")
+    debug: DebugSection = Field(DebugSection(), description="Test hooks.")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in ("https", "wss"):
+            raise ValueError("expected an https:// URL")
+        return value
 
 
 @dataclass(frozen=True)
@@ -182,142 +348,109 @@ def default_state_dir() -> str:
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:port`` for IPv6) -> (host, port)."""
+    """``host:port`` (``[::1]:port`` for IPv6) -> (host, port).
+
+    Raises:
+        ValueError: not host:port.
+    """
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen {value!r} is not host:port; write e.g. '127.0.0.1:8443'")
+        raise ValueError("expected host:port such as '127.0.0.1:8443'")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _resolve(base: Path, value: Any) -> str | None:
-    if value in (None, ""):
-        return None
-    path = Path(os.path.expanduser(str(value)))
-    return str(path if path.is_absolute() else (base / path))
-
-
-def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> RelayConfig:
+def relay_config_from_dict(data: Any, *, base_dir: Path | None = None,
+                           source: str = "relay config") -> RelayConfig:
     """Build a ``RelayConfig`` from parsed YAML; relative paths are resolved
     against ``base_dir`` (the config file's folder).
 
+    Args:
+        data: the parsed YAML document (``None``: an empty file).
+        base_dir: relative paths are resolved against it (default: the working directory).
+        source: the file's name, at the start of every error line.
+
     Raises:
-        ConfigError: a value is missing or malformed.
+        ConfigError: one line per wrong, missing or unknown key.
     """
-    base = base_dir or Path.cwd()
-    if not isinstance(data, dict):
-        raise ConfigError("relay config must be a YAML mapping")
-    host, port = parse_listen(str(data.get("listen", "127.0.0.1:8443")))
-    public_url = data.get("public_url")
-    if public_url is not None and urlsplit(str(public_url)).scheme not in ("https", "wss"):
-        raise ConfigError(f"public_url {public_url!r} must start with https://")
-    tls = data.get("tls") or {}
-    cert_file, key_file = _resolve(base, tls.get("cert_file")), _resolve(base, tls.get("key_file"))
-    if bool(cert_file) != bool(key_file):
-        raise ConfigError("tls needs both cert_file and key_file (or neither, for a dev certificate)")
-    issuers = []
-    for i, raw in enumerate((data.get("oidc") or {}).get("issuers") or []):
-        if not isinstance(raw, dict) or not raw.get("issuer"):
-            raise ConfigError(f"oidc.issuers[{i}] needs an 'issuer' URL")
-        tenants = raw.get("tenant_ids")
-        issuers.append(IssuerConfig(
-            issuer=str(raw["issuer"]),
-            audiences=tuple(raw.get("audiences") or ("api://cluster-connect",)),
-            ca_file=_resolve(base, raw.get("ca_file")),
-            tenant_ids=tuple(tenants) if tenants else None,
-        ))
-    try:
-        group_source = parse_group_source((data.get("oidc") or {}).get("group_source"), base)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    limits = data.get("limits") or {}
-    admission = data.get("admission") or {}
-    debug = data.get("debug") or {}
-    if not isinstance(limits, dict) or not isinstance(admission, dict):
-        raise ConfigError("limits and admission must be YAML mappings")
-    mutable_claims, recheck_seconds = _authorization(data.get("authorization") or {})
-    try:
-        edge = edge_limits_from(data.get("listener") or {}, limits)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    try:
-        return RelayConfig(
-            host=host,
-            port=port,
-            public_url=str(public_url).rstrip("/") if public_url else None,
-            state_dir=_resolve(base, data.get("state_dir")) or default_state_dir(),
-            tls_cert_file=cert_file,
-            tls_key_file=key_file,
-            database=_resolve(base, data.get("database")),
-            issuers=tuple(issuers),
-            group_source=group_source,
-            admins=tuple(str(a) for a in data.get("admins") or ()),
-            agent_grace_seconds=float(limits.get("agent_grace_seconds", 5.0)),
-            drain_seconds=float(limits.get("drain_seconds", 10.0)),
-            open_timeout_seconds=float(limits.get("open_timeout_seconds", 10.0)),
-            tunnel=dict(limits.get("tunnel") or {}),
-            api_max_body_bytes=_positive_int(limits, "api_max_body_bytes", 64 * 1024),
-            api_max_body_depth=_positive_int(limits, "api_max_body_depth", 32),
-            record_data_file=_resolve(base, debug.get("record_data_file"))
-            or os.environ.get("ARC_RELAY_RECORD_DATA_FILE") or None,
-            match_mutable_claims=mutable_claims,
-            recheck_seconds=recheck_seconds,
-            edge=edge,
-            streams_per_principal_per_cluster=int(limits.get("streams_per_principal_per_cluster", 256)),
-            streams_per_client_session=int(limits.get("streams_per_client_session", 512)),
-            authorization_cache_seconds=float(limits.get("authorization_cache_seconds", 5.0)),
-            authorization_cache_entries=int(limits.get("authorization_cache_entries", 10000)),
-            refusal_log_interval_seconds=float(limits.get("refusal_log_interval_seconds", 10.0)),
-            status_flush_seconds=float(limits.get("status_flush_seconds", 1.0)),
-            max_concurrent_handshakes=int(admission.get("max_concurrent_handshakes", 64)),
-            max_loop_lag_seconds=float(admission.get("max_loop_lag_seconds", 0.25)),
-            max_queue_seconds=float(admission.get("max_queue_seconds", 5.0)),
-            max_queued_handshakes=int(admission.get("max_queued_handshakes", 1024)),
-            handshakes_per_second=float(admission.get("handshakes_per_second", 0.0)),
-            retry_after_seconds=int(admission.get("retry_after_seconds", 1)),
-            max_retry_after_seconds=int(admission.get("max_retry_after_seconds", 60)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"limits/admission: {exc}") from None
+    return relay_config_from_file(validate_config(RelayFile, data, source), base_dir or Path.cwd(), source)
 
 
-def _authorization(raw: Any) -> tuple[tuple[str, ...], float]:
-    """``authorization.{match_mutable_claims, recheck_seconds}``, checked."""
-    if not isinstance(raw, dict):
-        raise ConfigError("authorization must be a mapping")
-    claims = raw.get("match_mutable_claims") or []
-    if not isinstance(claims, list) or any(c not in MUTABLE_CLAIMS for c in claims):
-        raise ConfigError(f"authorization.match_mutable_claims must be a list of {', '.join(MUTABLE_CLAIMS)}")
-    try:
-        recheck = float(raw.get("recheck_seconds", DEFAULT_RECHECK_SECONDS))
-    except (TypeError, ValueError):
-        recheck = -1.0
-    if not 0 < recheck <= MAX_RECHECK_SECONDS:
-        raise ConfigError(f"authorization.recheck_seconds must be a number in (0, {MAX_RECHECK_SECONDS:g}]")
-    return tuple(dict.fromkeys(str(c) for c in claims)), recheck
+def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConfig:
+    """The runtime ``RelayConfig`` of a validated file (the group source's files read).
 
+    Raises:
+        ConfigError: a file the config names cannot be read.
+    """
+    def path(value: str | None) -> str | None:
+        return str(resolve_path(base, value)) if value else None
 
-def _positive_int(limits: dict[str, Any], key: str, default: int) -> int:
-    value = int(limits.get(key, default))
-    if value < 1:
-        raise ValueError(f"{key} must be a positive integer, got {value}")
-    return value
+    problems = Problems(source)
+    group_source: GroupSourceSettings | None = None
+    if doc.oidc.group_source is not None:
+        group_source = doc.oidc.group_source.settings(base, "oidc.group_source", problems)
+    problems.raise_if_any()
+    host, port = parse_listen(doc.listen)
+    limits, admission = doc.limits, doc.admission
+    return RelayConfig(
+        host=host,
+        port=port,
+        public_url=doc.public_url.rstrip("/") if doc.public_url else None,
+        state_dir=path(doc.state_dir) or default_state_dir(),
+        tls_cert_file=path(doc.tls.cert_file),
+        tls_key_file=path(doc.tls.key_file),
+        database=path(doc.database),
+        issuers=tuple(IssuerConfig(
+            issuer=item.issuer,
+            audiences=tuple(item.audiences or (DEFAULT_AUDIENCE,)),
+            ca_file=path(item.ca_file),
+            tenant_ids=tuple(item.tenant_ids) if item.tenant_ids else None,
+        ) for item in doc.oidc.issuers),
+        group_source=group_source,
+        admins=tuple(doc.admins),
+        agent_grace_seconds=limits.agent_grace_seconds,
+        drain_seconds=limits.drain_seconds,
+        open_timeout_seconds=limits.open_timeout_seconds,
+        tunnel=dict(limits.tunnel),
+        record_data_file=path(doc.debug.record_data_file)
+        or os.environ.get("ARC_RELAY_RECORD_DATA_FILE") or None,
+        match_mutable_claims=tuple(dict.fromkeys(doc.authorization.match_mutable_claims)),
+        recheck_seconds=doc.authorization.recheck_seconds,
+        edge=EdgeLimits(
+            tls_engine=doc.listener.tls_engine,
+            tls_handshake_timeout=limits.tls_handshake_timeout_seconds,
+            head_timeout=limits.head_timeout_seconds,
+            max_head_bytes=limits.max_head_bytes,
+            max_preauth_connections=limits.max_preauth_connections,
+            keepalive_timeout=limits.keepalive_timeout_seconds,
+            listen_backlog=limits.listen_backlog,
+            tls_handshake_threads=doc.listener.tls_handshake_threads,
+        ),
+        streams_per_principal_per_cluster=limits.streams_per_principal_per_cluster,
+        streams_per_client_session=limits.streams_per_client_session,
+        authorization_cache_seconds=limits.authorization_cache_seconds,
+        authorization_cache_entries=limits.authorization_cache_entries,
+        refusal_log_interval_seconds=limits.refusal_log_interval_seconds,
+        status_flush_seconds=limits.status_flush_seconds,
+        api_max_body_bytes=limits.api_max_body_bytes,
+        api_max_body_depth=limits.api_max_body_depth,
+        max_concurrent_handshakes=admission.max_concurrent_handshakes,
+        max_loop_lag_seconds=admission.max_loop_lag_seconds,
+        max_queue_seconds=admission.max_queue_seconds,
+        max_queued_handshakes=admission.max_queued_handshakes,
+        handshakes_per_second=admission.handshakes_per_second,
+        retry_after_seconds=admission.retry_after_seconds,
+        max_retry_after_seconds=admission.max_retry_after_seconds,
+    )
 
 
 def load_relay_config(path: str | os.PathLike[str] | None) -> RelayConfig:
     """Read the config file (None: embedded defaults).
 
     Raises:
-        ConfigError: missing/unreadable file or bad values.
+        ConfigError: missing/unreadable file, bad YAML, one line per bad key.
     """
     if path is None:
         return relay_config_from_dict({})
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist; pass an existing file to --config") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
-    return relay_config_from_dict(data, base_dir=p.resolve().parent)
+    doc = load_config_file(p, RelayFile, missing_hint="pass an existing file to --config")
+    return relay_config_from_file(doc, p.resolve().parent, str(p))
