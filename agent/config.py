@@ -67,7 +67,7 @@ class AgentRelaySection(ConfigModel):
     """``relay``: where the agent dials."""
 
     url: str = Field(description="The relay's base URL, `https://host[:port]` (required).")
-    ca_file: str | None = Field(None, description="CA bundle of the relay's certificate (unset: system trust).")
+    ca_file: str | None = Field(default=None, description="CA bundle of the relay's certificate (unset: system trust).")
 
     @field_validator("url")
     @classmethod
@@ -92,16 +92,16 @@ class ClusterSection(ConfigModel):
 class ProxySection(ConfigModel):
     """``proxy``: an outbound HTTP proxy for the relay connection (`""` = unset)."""
 
-    https: str | None = Field(None, description="Proxy URL for https (e.g. `http://proxy:3128`).")
-    http: str | None = Field(None, description="Proxy URL for http.")
-    no_proxy: str | None = Field(None, description="Comma-separated hosts/ranges reached directly.")
-    ca_file: str | None = Field(None, description="CA bundle of a TLS-intercepting proxy.")
+    https: str | None = Field(default=None, description="Proxy URL for https (e.g. `http://proxy:3128`).")
+    http: str | None = Field(default=None, description="Proxy URL for http.")
+    no_proxy: str | None = Field(default=None, description="Comma-separated hosts/ranges reached directly.")
+    ca_file: str | None = Field(default=None, description="CA bundle of a TLS-intercepting proxy.")
 
 
 class AgentLimitsSection(ConfigModel):
     """``limits``: bounds of the agent's session."""
 
-    max_concurrent_streams: int = Field(1024, ge=1, description="Streams the agent's session accepts "
+    max_concurrent_streams: int = Field(default=1024, ge=1, description="Streams the agent's session accepts "
                                         "at once, shared by every user.")
 
 
@@ -111,14 +111,14 @@ class AgentFile(ConfigModel):
     relay: AgentRelaySection = Field(description="Where the relay is (required).")
     cluster: ClusterSection = Field(description="Which cluster this is (required).")
     agent_key_file: str = Field(min_length=1, description="The agent's private key, unencrypted PEM (required).")
-    kube_aad_proxy: KubeAadProxySection = Field(KubeAadProxySection(), description="The in-cluster "
+    kube_aad_proxy: KubeAadProxySection = Field(default=KubeAadProxySection(), description="The in-cluster "
                                                 "endpoint kubectl reaches (needed unless forward_to).")
-    proxy: ProxySection = Field(ProxySection(), description="Outbound HTTP proxy.")
-    forward_to: str | None = Field(None, description="`host:port`: pipe streams there instead of to "
+    proxy: ProxySection = Field(default=ProxySection(), description="Outbound HTTP proxy.")
+    forward_to: str | None = Field(default=None, description="`host:port`: pipe streams there instead of to "
                                    "kube-aad-proxy (tests, demos).")
-    metadata_interval_seconds: float = Field(300.0, ge=1, description="How often cluster metadata "
+    metadata_interval_seconds: float = Field(default=300.0, ge=1, description="How often cluster metadata "
                                              "(version, node count) is reported.")
-    limits: AgentLimitsSection = Field(AgentLimitsSection(), description="Session bounds.")
+    limits: AgentLimitsSection = Field(default=AgentLimitsSection(), description="Session bounds.")
 
     @field_validator("forward_to")
     @classmethod

@@ -48,24 +48,23 @@ class RelaySection(ConfigModel):
     """``relay``: where the relay is."""
 
     url: str = Field(min_length=1, description="The relay's base URL, e.g. `https://relay.example.com`.")
-    ca_file: Text | None = Field(None, description="CA bundle the relay's certificate chains to "
+    ca_file: Text | None = Field(default=None, description="CA bundle the relay's certificate chains to "
                                  "(omit: the system trust store).")
 
 
 class AuthSection(ConfigModel):
     """``auth``: how the client obtains the user's OIDC token."""
 
-    token_endpoint: Text | None = Field(None, description="The identity provider's OAuth2 token endpoint.")
-    ca_file: Text | None = Field(None, description="CA bundle for the token endpoint (omit: system trust).")
-    client_id: Text | None = Field(None, description="OAuth2 client id of the CLI application.")
-    client_secret: Annotated[Text | None, Secret()] = Field(
-        None, description="Client-credentials grant: the client secret (a service principal).")
-    scope: Text = Field(DEFAULT_SCOPE, description="Scope requested for the token.")
-    username: Text | None = Field(None, description="Password grant (demo issuer): the user name.")
-    password: Annotated[Text | None, Secret()] = Field(None, description="Password grant: the password.")
-    token_command: Text | None = Field(None, description="A command that prints a token on stdout "
+    token_endpoint: Text | None = Field(default=None, description="The identity provider's OAuth2 token endpoint.")
+    ca_file: Text | None = Field(default=None, description="CA bundle for the token endpoint (omit: system trust).")
+    client_id: Text | None = Field(default=None, description="OAuth2 client id of the CLI application.")
+    client_secret: Annotated[Text | None, Secret()] = Field(default=None, description="Client-credentials grant: the client secret (a service principal).")
+    scope: Text = Field(default=DEFAULT_SCOPE, description="Scope requested for the token.")
+    username: Text | None = Field(default=None, description="Password grant (demo issuer): the user name.")
+    password: Annotated[Text | None, Secret()] = Field(default=None, description="Password grant: the password.")
+    token_command: Text | None = Field(default=None, description="A command that prints a token on stdout "
                                        "(used instead of the endpoint).")
-    lifetime: Text | None = Field(None, description="Sandbox issuer only: requested token lifetime in "
+    lifetime: Text | None = Field(default=None, description="Sandbox issuer only: requested token lifetime in "
                                   "seconds (tests); omit: the issuer's default.")
 
 
@@ -73,8 +72,8 @@ class ClientFile(ConfigModel):
     """The client config file."""
 
     relay: RelaySection = Field(description="Where the relay is (required).")
-    resource_group: Text = Field(DEFAULT_RESOURCE_GROUP, description="Resource group used when `-g` is not given.")
-    auth: AuthSection = Field(AuthSection(), description="How to obtain the user's OIDC token.")
+    resource_group: Text = Field(default=DEFAULT_RESOURCE_GROUP, description="Resource group used when `-g` is not given.")
+    auth: AuthSection = Field(default=AuthSection(), description="How to obtain the user's OIDC token.")
 
 
 @dataclass

@@ -39,20 +39,19 @@ class GroupSourceSection(ConfigModel):
                                 "principal below gets its own token.")
     client_id: Text = Field(min_length=1, description="Client id of a service principal allowed to "
                             "read group memberships.")
-    client_secret_file: str | None = Field(None, description="File holding its client secret "
+    client_secret_file: str | None = Field(default=None, description="File holding its client secret "
                                            "(one line; relative: to the config file's folder).")
-    client_secret: Annotated[Text | None, Secret()] = Field(
-        None, description="The client secret itself (demo only; prefer client_secret_file).")
+    client_secret: Annotated[Text | None, Secret()] = Field(default=None, description="The client secret itself (demo only; prefer client_secret_file).")
     scope: Text = Field(min_length=1, description="Scope requested, e.g. "
                         "`https://graph.microsoft.com/.default`.")
-    endpoint_template: str | None = Field(None, description="Member-groups endpoint; `{oid}` is the "
+    endpoint_template: str | None = Field(default=None, description="Member-groups endpoint; `{oid}` is the "
                                           "user's object id. Unset: the endpoint named in the "
                                           "token's `_claim_sources`.")
-    allowed_hosts: list[str] | None = Field(None, description="Hosts the credential may be sent to "
+    allowed_hosts: list[str] | None = Field(default=None, description="Hosts the credential may be sent to "
                                             "(unset: the token endpoint's and template's hosts).")
-    ca_file: str | None = Field(None, description="CA bundle for the token and member-groups endpoints "
+    ca_file: str | None = Field(default=None, description="CA bundle for the token and member-groups endpoints "
                                 "(unset: system trust).")
-    cache_ttl_seconds: float = Field(DEFAULT_GROUP_CACHE_TTL, ge=0, description="How long a user's "
+    cache_ttl_seconds: float = Field(default=DEFAULT_GROUP_CACHE_TTL, ge=0, description="How long a user's "
                                      "resolved groups are cached.")
 
     @field_validator("token_endpoint")

@@ -127,13 +127,13 @@ class ProxyIssuerSection(ConfigModel):
     """``kube_aad_proxy.oidc.issuers[]``: one trusted OIDC issuer."""
 
     issuer: str = Field(min_length=1, description="The issuer URL, exactly as the tokens' `iss`.")
-    audiences: list[Text] = Field([DEFAULT_AUDIENCE], description="Accepted `aud` values (empty: the default).")
-    ca_file: str | None = Field(None, description="CA bundle for discovery and JWKS (unset: system trust).")
-    tenant_ids: list[Text] | None = Field(None, description="Accepted `tid` values (unset: any).")
-    username_prefix: str = Field("", description="Prepended to every user name of this issuer (the API "
+    audiences: list[Text] = Field(default=[DEFAULT_AUDIENCE], description="Accepted `aud` values (empty: the default).")
+    ca_file: str | None = Field(default=None, description="CA bundle for discovery and JWKS (unset: system trust).")
+    tenant_ids: list[Text] | None = Field(default=None, description="Accepted `tid` values (unset: any).")
+    username_prefix: str = Field(default="", description="Prepended to every user name of this issuer (the API "
                                  "server's --oidc-username-prefix, e.g. `oidc:`); empty: `system:` "
                                  "user names are refused.")
-    groups_prefix: str = Field("", description="Prepended to every group of this issuer; empty: "
+    groups_prefix: str = Field(default="", description="Prepended to every group of this issuer; empty: "
                                "`system:` groups are dropped.")
 
     @field_validator("username_prefix", "groups_prefix")
@@ -148,22 +148,22 @@ class ProxyIssuerSection(ConfigModel):
 class ProxyOidcSection(ConfigModel):
     """``kube_aad_proxy.oidc``: whose tokens kubectl may present."""
 
-    issuers: list[ProxyIssuerSection] = Field([], description="Trusted issuers (none: every request "
+    issuers: list[ProxyIssuerSection] = Field(default=[], description="Trusted issuers (none: every request "
                                               "passes with the caller's own credentials).")
-    group_source: OptionalGroupSource = Field(None, description="Group overage resolution "
+    group_source: OptionalGroupSource = Field(default=None, description="Group overage resolution "
                                               "(unset: overage tokens are refused).")
 
 
 class ProxyLimitsSection(ConfigModel):
     """``kube_aad_proxy.limits``: the slow-loris and idle bounds."""
 
-    head_timeout_seconds: float = Field(HEAD_TIMEOUT, gt=0, description="A request head must be "
+    head_timeout_seconds: float = Field(default=HEAD_TIMEOUT, gt=0, description="A request head must be "
                                         "complete this long after its first byte.")
-    tls_handshake_timeout_seconds: float = Field(SSL_HANDSHAKE_TIMEOUT, gt=0, description="TCP accept "
+    tls_handshake_timeout_seconds: float = Field(default=SSL_HANDSHAKE_TIMEOUT, gt=0, description="TCP accept "
                                                  "to a finished TLS handshake.")
-    max_preauth_connections: int = Field(MAX_PREAUTH_CONNECTIONS, ge=1, description="Connections held "
+    max_preauth_connections: int = Field(default=MAX_PREAUTH_CONNECTIONS, ge=1, description="Connections held "
                                          "before their first head is complete; beyond: closed at once.")
-    idle_timeout_seconds: float = Field(IDLE_TIMEOUT, gt=0, description="A connection with nothing in "
+    idle_timeout_seconds: float = Field(default=IDLE_TIMEOUT, gt=0, description="A connection with nothing in "
                                         "flight is closed after this.")
 
     def proxy_kwargs(self) -> dict[str, Any]:
@@ -177,17 +177,17 @@ class ProxyLimitsSection(ConfigModel):
 class KubeAadProxySection(ConfigModel):
     """``kube_aad_proxy``: the in-cluster TLS endpoint kubectl reaches (needed unless `forward_to`)."""
 
-    listen: str = Field("127.0.0.1:0", description="`host:port` it listens on (port 0: any free port).")
-    serving_cert_file: str | None = Field(None, description="The cluster's serving certificate: leaf "
+    listen: str = Field(default="127.0.0.1:0", description="`host:port` it listens on (port 0: any free port).")
+    serving_cert_file: str | None = Field(default=None, description="The cluster's serving certificate: leaf "
                                           "+ CA chain, PEM (required).")
-    serving_key_file: str | None = Field(None, description="Its private key, PEM (required).")
-    upstream_url: str | None = Field(None, description="The API server, `https://host[:port]` (required).")
-    upstream_ca_file: str | None = Field(None, description="CA bundle of the API server's certificate (required).")
-    upstream_token_file: str | None = Field(None, description="The agent's service-account token, sent "
+    serving_key_file: str | None = Field(default=None, description="Its private key, PEM (required).")
+    upstream_url: str | None = Field(default=None, description="The API server, `https://host[:port]` (required).")
+    upstream_ca_file: str | None = Field(default=None, description="CA bundle of the API server's certificate (required).")
+    upstream_token_file: str | None = Field(default=None, description="The agent's service-account token, sent "
                                             "with impersonation headers.")
-    oidc: ProxyOidcSection = Field(ProxyOidcSection(), description="Trusted OIDC issuers.")
-    impersonate_with: Literal["oid", "upn"] = Field("oid", description="Which claim becomes Impersonate-User.")
-    limits: ProxyLimitsSection = Field(ProxyLimitsSection(), description="Slow-loris and idle bounds.")
+    oidc: ProxyOidcSection = Field(default=ProxyOidcSection(), description="Trusted OIDC issuers.")
+    impersonate_with: Literal["oid", "upn"] = Field(default="oid", description="Which claim becomes Impersonate-User.")
+    limits: ProxyLimitsSection = Field(default=ProxyLimitsSection(), description="Slow-loris and idle bounds.")
 
     @field_validator("listen")
     @classmethod

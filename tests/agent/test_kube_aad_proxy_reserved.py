@@ -17,9 +17,9 @@ import pytest
 from agent import KubeAadProxy, KubeAadProxyConfig
 from agent.config import AgentConfigError
 from agent.kube_aad_proxy.config import ProxyIssuerSection
-from configfile import validate_config
 from agent.kube_aad_proxy.names import NameMapper, NamePrefixes
 from certs import CertificateAuthority, client_ssl_context
+from configfile import validate_config
 from identity import TokenValidator, TrustedIssuer
 from sandbox.idp import DEFAULT_AUDIENCE, SandboxIdp
 from tests.agent.test_kube_aad_proxy_support import TIMEOUT, Response, read_response
