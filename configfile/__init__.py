@@ -10,7 +10,7 @@ each naming the file and the key path (``limits.max_streams``).
 from __future__ import annotations
 
 from configfile.messages import problem_lines
-from configfile.model import ConfigModel, Secret, Text, secret_paths
+from configfile.model import ConfigModel, Secret, Text, models_in, secret_paths
 from configfile.problems import MAX_NAMED_FILE_BYTES, Problems, resolve_path
 from configfile.source import load_config_file, read_yaml, validate_config
 
@@ -21,6 +21,7 @@ __all__ = [
     "Secret",
     "Text",
     "load_config_file",
+    "models_in",
     "problem_lines",
     "read_yaml",
     "resolve_path",

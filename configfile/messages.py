@@ -66,11 +66,11 @@ def _problem(e: ErrorDetails, model: type[BaseModel], secrets: set[tuple[str, ..
         what = _EXPECTED[kind].format(number=number, **{k: _number(v) for k, v in ctx.items()})
     else:
         what = e["msg"][:1].lower() + e["msg"][1:]
+    if tuple(p for p in loc if isinstance(p, str)) in secrets:
+        return f"{what} (the value given is a secret and not shown)"
     if isinstance(e["input"], dict):
         # A whole section: its content says nothing more and may hold a secret.
         return what
-    if tuple(p for p in loc if isinstance(p, str)) in secrets:
-        return f"{what} (the value given is a secret and not shown)"
     return f"{what}, got {_shown(e['input'])}"
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 
-__all__ = ["ConfigModel", "Secret", "Text", "models_in", "secret_paths"]
+__all__ = ["ConfigModel", "Secret", "Text", "marked_secret", "models_in", "secret_paths"]
 
 
 class Secret:
@@ -46,7 +46,7 @@ def secret_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> set[tu
     found: set[tuple[str, ...]] = set()
     for name, info in model.model_fields.items():
         path = (*prefix, name)
-        if _marked_secret(info.metadata, info.annotation):
+        if marked_secret(info.metadata, info.annotation):
             found.add(path)
         for sub in models_in(info.annotation):
             if sub is not model:
@@ -64,9 +64,9 @@ def models_in(annotation: Any) -> list[type[BaseModel]]:
     return out
 
 
-def _marked_secret(metadata: list[Any], annotation: Any) -> bool:
+def marked_secret(metadata: list[Any], annotation: Any) -> bool:
     """Whether a field carries :class:`Secret`, also inside ``Annotated[...] | None``."""
     if any(isinstance(meta, Secret) for meta in metadata):
         return True
-    return any(_marked_secret(list(getattr(arg, "__metadata__", ())), arg)
+    return any(marked_secret(list(getattr(arg, "__metadata__", ())), arg)
                for arg in getattr(annotation, "__args__", ()))

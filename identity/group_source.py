@@ -47,8 +47,8 @@ class GroupSourceSection(ConfigModel):
     endpoint_template: str | None = Field(default=None, description="Member-groups endpoint; `{oid}` is the "
                                           "user's object id. Unset: the endpoint named in the "
                                           "token's `_claim_sources`.")
-    allowed_hosts: list[str] | None = Field(default=None, description="Hosts the credential may be sent to "
-                                            "(unset: the token endpoint's and template's hosts).")
+    allowed_hosts: list[str] | None = Field(default=None, description="If set, only member-groups endpoints on "
+                                            "these hosts are called (the credential is sent nowhere else).")
     ca_file: str | None = Field(default=None, description="CA bundle for the token and member-groups endpoints "
                                 "(unset: system trust).")
     cache_ttl_seconds: float = Field(default=DEFAULT_GROUP_CACHE_TTL, ge=0, description="How long a user's "

@@ -139,8 +139,8 @@ class ListenerSection(ConfigModel):
 class RelayLimitsSection(ConfigModel):
     """``limits``: timeouts and bounds of the relay."""
 
-    agent_grace_seconds: float = Field(default=5.0, ge=0, description="A cluster stays connected this long "
-                                       "after its agent's session drops (a quick redial is invisible).")
+    agent_grace_seconds: float = Field(default=5.0, ge=0, description="A stream opened while the "
+                                       "cluster's agent is not connected waits this long for it to (re)connect.")
     drain_seconds: float = Field(default=10.0, ge=0, description="On SIGTERM, open streams get this long to finish.")
     open_timeout_seconds: float = Field(default=10.0, gt=0, description="A stream OPEN the agent does not answer "
                                         "within this is refused.")
