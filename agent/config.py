@@ -284,5 +284,5 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
         ConfigError: missing/unreadable file, bad YAML, one line per bad key or file.
     """
     p = Path(path)
-    doc = load_config_file(p, AgentFile, missing_hint="pass an existing file to --config")
+    doc = load_config_file(p, AgentFile, missing="config file {path} does not exist; pass an existing file to --config")
     return agent_config_from_file(doc, p.resolve().parent, str(p))

@@ -125,8 +125,9 @@ def load_config(path: Path | None = None) -> ClientConfig:
         ConfigError: missing file, bad YAML or a bad key (one line per problem).
     """
     p = path or default_config_path()
-    doc = load_config_file(p, ClientFile, missing_hint=(
-        "run 'arcctl demo' or write one (see docs/config.md), or point $ARC_CONFIG at it"))
+    doc = load_config_file(p, ClientFile, missing=(
+        "no client config at {path}: run 'arcctl demo' or write one (see docs/config.md), "
+        "or point $ARC_CONFIG at it"))
     return ClientConfig(
         relay_url=doc.relay.url.rstrip("/"),
         relay_ca_file=doc.relay.ca_file or None,

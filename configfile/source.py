@@ -21,12 +21,13 @@ MAX_CONFIG_BYTES = 1 << 20
 M = TypeVar("M", bound=BaseModel)
 
 
-def read_yaml(path: str | os.PathLike[str], *, missing_hint: str) -> Any:
+def read_yaml(path: str | os.PathLike[str], *, missing: str) -> Any:
     """The parsed YAML document of ``path`` (``None`` for an empty file).
 
     Args:
         path: the config file.
-        missing_hint: the fix shown when the file does not exist.
+        missing: the line shown when the file does not exist, with ``{path}``
+            for its name (say how to get one).
 
     Raises:
         ConfigError: missing, unreadable, too large, or not YAML (``FILE:LINE:COL: ...``).
@@ -36,7 +37,7 @@ def read_yaml(path: str | os.PathLike[str], *, missing_hint: str) -> Any:
         with p.open("rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist; {missing_hint}") from None
+        raise ConfigError(missing.format(path=p)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}; fix the path or its permissions") from None
     if len(raw) > MAX_CONFIG_BYTES:
@@ -65,6 +66,6 @@ def validate_config(model: type[M], data: Any, source: str, at: str = "") -> M:
         raise ConfigError("\n".join(problem_lines(exc, model, source, at))) from None
 
 
-def load_config_file(path: str | os.PathLike[str], model: type[M], *, missing_hint: str) -> M:
+def load_config_file(path: str | os.PathLike[str], model: type[M], *, missing: str) -> M:
     """Read ``path`` and validate it against ``model`` (both steps above)."""
-    return validate_config(model, read_yaml(path, missing_hint=missing_hint), str(path))
+    return validate_config(model, read_yaml(path, missing=missing), str(path))

@@ -451,5 +451,5 @@ def load_relay_config(path: str | os.PathLike[str] | None) -> RelayConfig:
     if path is None:
         return relay_config_from_dict({})
     p = Path(path)
-    doc = load_config_file(p, RelayFile, missing_hint="pass an existing file to --config")
+    doc = load_config_file(p, RelayFile, missing="config file {path} does not exist; pass an existing file to --config")
     return relay_config_from_file(doc, p.resolve().parent, str(p))
