@@ -1,4 +1,4 @@
-"""``arc-agent`` configuration (docs/INTERFACES.md §6), loaded from YAML.
+"""``arc-agent`` configuration, loaded from YAML (every key: docs/config.md; docs/INTERFACES.md §6).
 
 Example::
 

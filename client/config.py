@@ -1,5 +1,5 @@
 """The client config file (``$ARC_CONFIG``, default
-``~/.config/cluster-connect/config.yaml``), docs/INTERFACES.md §6::
+``~/.config/cluster-connect/config.yaml``); every key: docs/config.md::
 
     relay: {url: https://127.0.0.1:8443, ca_file: /path/relay-ca.crt}
     resource_group: default

@@ -1,4 +1,4 @@
-"""``arc-relay`` configuration (docs/INTERFACES.md §6), loaded from YAML.
+"""``arc-relay`` configuration, loaded from YAML (every key: docs/config.md; docs/INTERFACES.md §6).
 
 Example::
 
