@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -15,6 +16,13 @@ __all__ = ["problem_lines"]
 # Longest repr of a given value shown in a message; a pasted certificate or a
 # long list is cut, the line stays readable.
 MAX_SHOWN_VALUE = 60
+
+# repr() bounded in depth and width before it is cut: YAML aliases can make a
+# small file a structure too large to print (each alias is the same object again).
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+_REPR.maxstring = _REPR.maxother = 4 * MAX_SHOWN_VALUE
 
 # pydantic error type -> what was expected (ctx values filled in).
 _EXPECTED = {
@@ -80,7 +88,7 @@ def _number(value: Any) -> Any:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= MAX_SHOWN_VALUE else text[:MAX_SHOWN_VALUE - 3] + "..."
 
 

@@ -189,3 +189,13 @@ def test_daemons_print_every_problem_and_exit_2(tmp_path: Path, module: str, doc
     lines = result.stderr.strip().split("\n")
     assert len(lines) == 2 and "Traceback" not in result.stderr
     assert lines[1] == f"{path}: limitz: unknown key 'limitz'; did you mean 'limits'?"
+
+
+def test_config_error_shows_an_alias_bomb_in_a_few_characters(tmp_path: Path) -> None:
+    """YAML aliases nest one small list into 9**9 items; the message stays short and quick."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    lines.append("admins: *a9")
+    problems = _problems(tmp_path, "relay", "\n".join(lines) + "\n")
+    assert problems[0] == ": admins[0]: expected a string, got [[[[...], [...], [...], [...], [...], [...], [...], [...]..."
+    assert len(problems) == 9 + 10 and max(len(p) for p in problems) < 200
