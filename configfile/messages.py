@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import reprlib
 from typing import Any
 
@@ -23,6 +24,8 @@ _REPR = reprlib.Repr()
 _REPR.maxlevel = 3
 _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
 _REPR.maxstring = _REPR.maxother = 4 * MAX_SHOWN_VALUE
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 # pydantic error type -> what was expected (ctx values filled in).
 _EXPECTED = {
@@ -57,7 +60,13 @@ def problem_lines(error: ValidationError, model: type[BaseModel], source: str, a
 def _path(loc: tuple[int | str, ...], at: str = "") -> str:
     out = at
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            # A key as the user wrote it may hold anything (a newline, a quote): a
+            # key that is not a plain name is shown as its repr, so the line stays one.
+            name = part if _PLAIN_KEY.fullmatch(part) else repr(part)
+            out += f".{name}" if out else name
     return out or "(top level)"
 
 

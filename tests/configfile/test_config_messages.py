@@ -199,3 +199,10 @@ def test_config_error_shows_an_alias_bomb_in_a_few_characters(tmp_path: Path) ->
     problems = _problems(tmp_path, "relay", "\n".join(lines) + "\n")
     assert problems[0] == ": admins[0]: expected a string, got [[[[...], [...], [...], [...], [...], [...], [...], [...]..."
     assert len(problems) == 9 + 10 and max(len(p) for p in problems) < 200
+
+
+def test_config_error_keeps_a_forged_key_on_one_line(tmp_path: Path) -> None:
+    """An unknown key holding a newline cannot start a second, forged line."""
+    assert _problems(tmp_path, "client", {"auth": {"x\nforged: line": 1}}) == [
+        ": auth.'x\\nforged: line': unknown key 'x\\nforged: line'; the keys here are ca_file, client_id, "
+        "client_secret, lifetime, password, scope, token_command, token_endpoint, username"]
