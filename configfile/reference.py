@@ -25,7 +25,7 @@ __all__ = ["CONFIG_FILES", "reference"]
 # (title, "module:Model") of every config file; named, not imported, so that
 # configfile stays a leaf package that imports nothing of the project's.
 CONFIG_FILES = (
-    ("arc-relay (`arc-relay --config FILE`)", "relay.config:RelayFile"),
+    ("arc-relay (`arc-relay --config FILE`)", "relay.config_schema:RelayFile"),
     ("arc-agent (`arc-agent --config FILE`)", "agent.config:AgentFile"),
     ("client: arcctl and arc-proxy (`$ARC_CONFIG`, default `~/.config/cluster-connect/config.yaml`)",
      "client.config:ClientFile"),
