@@ -1,4 +1,4 @@
-"""``arc-agent`` configuration (docs/INTERFACES.md §6), loaded from YAML.
+"""``arc-agent`` configuration, loaded from YAML (every key: docs/config.md; docs/INTERFACES.md §6).
 
 Example::
 
@@ -39,17 +39,93 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
+from pydantic import Field, field_validator
 
+from agent.kube_aad_proxy.config import DEFAULT_AUDIENCE, KubeAadProxySection, host_port
 from certs import load_private_key
-from identity.group_source import GroupSourceSettings, parse_group_source
+from cmdline.errors import ConfigError
+from configfile import ConfigModel, Problems, Text, load_config_file, validate_config
+from identity import GroupSourceSettings
 
-# Files we read whole: PEM keys, certificates, tokens. Anything larger is a mistake.
-MAX_FILE_BYTES = 1 << 20
+__all__ = [
+    "AgentConfig",
+    "AgentConfigError",
+    "AgentFile",
+    "IssuerSettings",
+    "KubeAadProxySettings",
+    "agent_config_from_dict",
+    "load_agent_config",
+]
+
+# The agent's config errors are everyone's: arc-agent reports them like every CLI.
+AgentConfigError = ConfigError
 
 
-class AgentConfigError(Exception):
-    """A configuration problem the operator can fix; the message says how."""
+# ---- the file's schema (docs/config.md is generated from it) ----
+
+class AgentRelaySection(ConfigModel):
+    """``relay``: where the agent dials."""
+
+    url: str = Field(description="The relay's base URL, `https://host[:port]` (required).")
+    ca_file: str | None = Field(default=None, description="CA bundle of the relay's certificate (unset: system trust).")
+
+    @field_validator("url")
+    @classmethod
+    def _relay_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise ValueError("expected a relay URL with a valid port, e.g. 'https://relay.example.com:443'") from None
+        if parts.scheme not in ("https", "wss") or not parts.hostname:
+            raise ValueError("expected a relay URL such as 'https://relay.example.com:443'")
+        return value
+
+
+class ClusterSection(ConfigModel):
+    """``cluster``: which cluster this agent serves."""
+
+    resource_group: Text = Field(min_length=1, description="The cluster's resource group (required).")
+    name: Text = Field(min_length=1, description="The cluster's name (required).")
+
+
+class ProxySection(ConfigModel):
+    """``proxy``: an outbound HTTP proxy for the relay connection (`""` = unset)."""
+
+    https: str | None = Field(default=None, description="Proxy URL for https (e.g. `http://proxy:3128`).")
+    http: str | None = Field(default=None, description="Proxy URL for http.")
+    no_proxy: str | None = Field(default=None, description="Comma-separated hosts/ranges reached directly.")
+    ca_file: str | None = Field(default=None, description="CA bundle of a TLS-intercepting proxy.")
+
+
+class AgentLimitsSection(ConfigModel):
+    """``limits``: bounds of the agent's session."""
+
+    max_concurrent_streams: int = Field(default=1024, ge=1, description="Streams the agent's session accepts "
+                                        "at once, shared by every user.")
+
+
+class AgentFile(ConfigModel):
+    """The ``arc-agent --config`` file."""
+
+    relay: AgentRelaySection = Field(description="Where the relay is (required).")
+    cluster: ClusterSection = Field(description="Which cluster this is (required).")
+    agent_key_file: str = Field(min_length=1, description="The agent's private key, unencrypted PEM (required).")
+    kube_aad_proxy: KubeAadProxySection = Field(default=KubeAadProxySection(), description="The in-cluster "
+                                                "endpoint kubectl reaches (needed unless forward_to).")
+    proxy: ProxySection = Field(default=ProxySection(), description="Outbound HTTP proxy.")
+    forward_to: str | None = Field(default=None, description="`host:port`: pipe streams there instead of to "
+                                   "kube-aad-proxy (tests, demos).")
+    metadata_interval_seconds: float = Field(default=300.0, ge=1, description="How often cluster metadata "
+                                             "(version, node count) is reported.")
+    limits: AgentLimitsSection = Field(default=AgentLimitsSection(), description="Session bounds.")
+
+    @field_validator("forward_to")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value:
+            host_port(value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -111,168 +187,93 @@ class AgentConfig:
         return f"{self.resource_group}/{self.cluster_name}"
 
 
-def _read(base: Path, value: Any, what: str, *, required: bool = False) -> bytes | None:
-    if value in (None, ""):
-        if required:
-            raise AgentConfigError(f"{what} is required in the agent config")
-        return None
-    path = Path(os.path.expanduser(str(value)))
-    path = path if path.is_absolute() else base / path
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise AgentConfigError(f"{what} {path}: {exc.strerror}; fix the path or its permissions") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise AgentConfigError(f"{what} {path} is larger than {MAX_FILE_BYTES} bytes")
-    return data
+def agent_config_from_dict(data: Any, *, base_dir: Path | None = None,
+                           source: str = "agent config") -> AgentConfig:
+    """Build an ``AgentConfig`` from parsed YAML, reading the files it names.
+
+    Args:
+        data: the parsed YAML document (``None``: an empty file).
+        base_dir: relative paths are resolved against it (default: the working directory).
+        source: the file's name, at the start of every error line.
+
+    Raises:
+        ConfigError: one line per wrong, missing or unknown key or unreadable file.
+    """
+    return agent_config_from_file(validate_config(AgentFile, data, source), base_dir or Path.cwd(), source)
 
 
-def parse_host_port(value: str, what: str) -> tuple[str, int]:
-    """``host:port`` -> (host, port); IPv6 as ``[::1]:port``."""
-    host, sep, port = str(value).rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise AgentConfigError(f"{what} {value!r} is not host:port (e.g. 127.0.0.1:8080)")
-    return host.strip("[]"), int(port)
+def agent_config_from_file(doc: AgentFile, base: Path, source: str) -> AgentConfig:
+    """The runtime ``AgentConfig`` of a validated file: every file it names read
+    now, so that a missing one is reported before anything starts.
 
-
-def _relay_url(value: Any) -> str:
-    url = str(value or "")
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "wss") or not parts.hostname:
-        raise AgentConfigError(
-            f"relay.url {url!r} is not a valid relay URL; write e.g. 'https://relay.example.com:443'"
-        )
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise AgentConfigError(f"relay.url {url!r} has an invalid port") from None
-    return url.rstrip("/")
-
-
-def name_prefix_setting(item: dict[str, Any], key: str, index: int) -> str:
-    """``kube_aad_proxy.oidc.issuers[index].<key>`` (a name prefix), checked."""
-    value = item.get(key) or ""
-    label = f"kube_aad_proxy.oidc.issuers[{index}].{key}"
-    if not isinstance(value, str):
-        raise AgentConfigError(f"{label} must be a string such as 'oidc:'")
-    if value[:7].lower() == "system:" or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
-        raise AgentConfigError(f"{label} {value!r} must not start with 'system:' or contain spaces")
-    return value
-
-
-def _kube_aad_proxy(base: Path, raw: dict[str, Any], needed: bool) -> KubeAadProxySettings:
-    if not needed:
-        return KubeAadProxySettings()
-    host, port = parse_host_port(raw.get("listen", "127.0.0.1:0"), "kube_aad_proxy.listen")
-    issuers = []
-    for i, item in enumerate((raw.get("oidc") or {}).get("issuers") or []):
-        if not isinstance(item, dict) or not item.get("issuer"):
-            raise AgentConfigError(f"kube_aad_proxy.oidc.issuers[{i}] needs an 'issuer' URL")
-        tenants = item.get("tenant_ids")
-        issuers.append(IssuerSettings(
-            issuer=str(item["issuer"]),
-            audiences=tuple(item.get("audiences") or ("api://cluster-connect",)),
-            ca_pem=_read(base, item.get("ca_file"), f"kube_aad_proxy.oidc.issuers[{i}].ca_file"),
-            tenant_ids=tuple(tenants) if tenants else None,
-            username_prefix=name_prefix_setting(item, "username_prefix", i),
-            groups_prefix=name_prefix_setting(item, "groups_prefix", i),
-        ))
-    try:
-        group_source = parse_group_source((raw.get("oidc") or {}).get("group_source"), base,
-                                          "kube_aad_proxy.oidc.group_source")
-    except ValueError as exc:
-        raise AgentConfigError(str(exc)) from None
-    impersonate_with = str(raw.get("impersonate_with", "oid"))
-    if impersonate_with not in ("oid", "upn"):
-        raise AgentConfigError(f"kube_aad_proxy.impersonate_with {impersonate_with!r} must be 'oid' or 'upn'")
-    token = _read(base, raw.get("upstream_token_file"), "kube_aad_proxy.upstream_token_file")
-    upstream_url = str(raw.get("upstream_url") or "")
-    if urlsplit(upstream_url).scheme != "https":
-        raise AgentConfigError(
-            f"kube_aad_proxy.upstream_url {upstream_url!r} must be the API server's https:// URL"
-        )
-    return KubeAadProxySettings(
-        listen_host=host,
-        listen_port=port,
-        serving_cert_pem=_read(base, raw.get("serving_cert_file"), "kube_aad_proxy.serving_cert_file",
-                               required=True) or b"",
-        serving_key_pem=_read(base, raw.get("serving_key_file"), "kube_aad_proxy.serving_key_file",
-                              required=True) or b"",
-        upstream_url=upstream_url.rstrip("/"),
-        upstream_ca_pem=_read(base, raw.get("upstream_ca_file"), "kube_aad_proxy.upstream_ca_file",
-                              required=True) or b"",
-        upstream_token=token.decode().strip() if token else None,
-        issuers=tuple(issuers),
-        impersonate_with=impersonate_with,
-        group_source=group_source,
-        limits=_proxy_limits(raw.get("limits") or {}),
+    Raises:
+        ConfigError: one line per unreadable file or key that kube-aad-proxy needs.
+    """
+    problems = Problems(source)
+    key_pem = problems.read(base, doc.agent_key_file, "agent_key_file", required=True)
+    if key_pem is not None:
+        try:
+            load_private_key(key_pem)
+        except (ValueError, TypeError):
+            problems.add("agent_key_file", "the file is not an unencrypted PEM private key")
+    relay_ca_pem = problems.read(base, doc.relay.ca_file, "relay.ca_file")
+    proxy_ca_pem = problems.read(base, doc.proxy.ca_file, "proxy.ca_file")
+    kube_aad_proxy = KubeAadProxySettings()
+    if not doc.forward_to:
+        kube_aad_proxy = _kube_aad_proxy(doc.kube_aad_proxy, base, problems)
+    problems.raise_if_any()
+    return AgentConfig(
+        relay_url=doc.relay.url.rstrip("/"),
+        relay_ca_pem=relay_ca_pem,
+        resource_group=doc.cluster.resource_group,
+        cluster_name=doc.cluster.name,
+        agent_key_pem=key_pem or b"",
+        kube_aad_proxy=kube_aad_proxy,
+        proxy_https=doc.proxy.https or None,
+        proxy_http=doc.proxy.http or None,
+        no_proxy=doc.proxy.no_proxy or None,
+        proxy_ca_pem=proxy_ca_pem,
+        forward_to=host_port(doc.forward_to) if doc.forward_to else None,
+        metadata_interval=doc.metadata_interval_seconds,
+        max_concurrent_streams=doc.limits.max_concurrent_streams,
     )
 
 
-# kube_aad_proxy.limits keys -> KubeAadProxyConfig fields (slow-loris and idle bounds).
-_PROXY_LIMITS = {"head_timeout_seconds": "head_timeout", "tls_handshake_timeout_seconds": "tls_handshake_timeout",
-                 "idle_timeout_seconds": "idle_timeout", "max_preauth_connections": "max_preauth_connections"}
-
-
-def _proxy_limits(raw: Any) -> dict[str, Any]:
-    if not isinstance(raw, dict) or set(raw) - set(_PROXY_LIMITS):
-        raise AgentConfigError(f"kube_aad_proxy.limits takes only {', '.join(_PROXY_LIMITS)}")
-    try:
-        return {_PROXY_LIMITS[key]: int(value) if key == "max_preauth_connections" else float(value)
-                for key, value in raw.items()}
-    except (TypeError, ValueError):
-        raise AgentConfigError("kube_aad_proxy.limits values must be numbers") from None
-
-
-def agent_config_from_dict(data: Any, *, base_dir: Path | None = None) -> AgentConfig:
-    """Build an ``AgentConfig`` from parsed YAML.
-
-    Raises:
-        AgentConfigError: a value is missing, malformed, or a named file unreadable.
-    """
-    base = base_dir or Path.cwd()
-    if not isinstance(data, dict):
-        raise AgentConfigError("agent config must be a YAML mapping")
-    relay = data.get("relay") or {}
-    cluster = data.get("cluster") or {}
-    rg, name = cluster.get("resource_group"), cluster.get("name")
-    if not rg or not name:
-        raise AgentConfigError("cluster.resource_group and cluster.name are required in the agent config")
-    key_pem = _read(base, data.get("agent_key_file"), "agent_key_file", required=True) or b""
-    try:
-        load_private_key(key_pem)
-    except (ValueError, TypeError):
-        raise AgentConfigError("agent_key_file is not an unencrypted PEM private key") from None
-    forward_to = None
-    if data.get("forward_to"):
-        forward_to = parse_host_port(data["forward_to"], "forward_to")
-    proxy = data.get("proxy") or {}
-    try:
-        interval = float(data.get("metadata_interval_seconds", 300))
-    except (TypeError, ValueError):
-        raise AgentConfigError("metadata_interval_seconds must be a number") from None
-    limits = data.get("limits") or {}
-    try:
-        max_streams = int(limits.get("max_concurrent_streams", 1024)) if isinstance(limits, dict) else 0
-    except (TypeError, ValueError):
-        max_streams = 0
-    if max_streams < 1:
-        raise AgentConfigError("limits.max_concurrent_streams must be a whole number >= 1")
-    return AgentConfig(
-        relay_url=_relay_url(relay.get("url")),
-        relay_ca_pem=_read(base, relay.get("ca_file"), "relay.ca_file"),
-        resource_group=str(rg),
-        cluster_name=str(name),
-        agent_key_pem=key_pem,
-        kube_aad_proxy=_kube_aad_proxy(base, data.get("kube_aad_proxy") or {}, forward_to is None),
-        proxy_https=proxy.get("https") or None,
-        proxy_http=proxy.get("http") or None,
-        no_proxy=proxy.get("no_proxy") or None,
-        proxy_ca_pem=_read(base, proxy.get("ca_file"), "proxy.ca_file"),
-        forward_to=forward_to,
-        metadata_interval=max(1.0, interval),
-        max_concurrent_streams=max_streams,
+def _kube_aad_proxy(section: KubeAadProxySection, base: Path, problems: Problems) -> KubeAadProxySettings:
+    """The ``kube_aad_proxy`` section with its files read (problems recorded)."""
+    where = "kube_aad_proxy"
+    issuers = []
+    for i, item in enumerate(section.oidc.issuers):
+        issuers.append(IssuerSettings(
+            issuer=item.issuer,
+            audiences=tuple(item.audiences or (DEFAULT_AUDIENCE,)),
+            ca_pem=problems.read(base, item.ca_file, f"{where}.oidc.issuers[{i}].ca_file"),
+            tenant_ids=tuple(item.tenant_ids) if item.tenant_ids else None,
+            username_prefix=item.username_prefix,
+            groups_prefix=item.groups_prefix,
+        ))
+    group_source: GroupSourceSettings | None = None
+    if section.oidc.group_source is not None:
+        group_source = section.oidc.group_source.settings(base, f"{where}.oidc.group_source", problems)
+    if not section.upstream_url:
+        problems.add(f"{where}.upstream_url", "required key is missing (or set forward_to)")
+    token = problems.read(base, section.upstream_token_file, f"{where}.upstream_token_file")
+    host, port = host_port(section.listen)
+    return KubeAadProxySettings(
+        listen_host=host,
+        listen_port=port,
+        serving_cert_pem=problems.read(base, section.serving_cert_file, f"{where}.serving_cert_file",
+                                       required=True) or b"",
+        serving_key_pem=problems.read(base, section.serving_key_file, f"{where}.serving_key_file",
+                                      required=True) or b"",
+        upstream_url=(section.upstream_url or "").rstrip("/"),
+        upstream_ca_pem=problems.read(base, section.upstream_ca_file, f"{where}.upstream_ca_file",
+                                      required=True) or b"",
+        upstream_token=token.decode(errors="replace").strip() if token else None,
+        issuers=tuple(issuers),
+        impersonate_with=section.impersonate_with,
+        group_source=group_source,
+        limits=section.limits.proxy_kwargs(),
     )
 
 
@@ -280,15 +281,8 @@ def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
     """Read and check the agent config file.
 
     Raises:
-        AgentConfigError: missing/unreadable file, bad YAML, bad values.
+        ConfigError: missing/unreadable file, bad YAML, one line per bad key or file.
     """
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise AgentConfigError(f"config file {p} does not exist; pass an existing file to --config") from None
-    except OSError as exc:
-        raise AgentConfigError(f"cannot read config file {p}: {exc.strerror}") from None
-    except yaml.YAMLError:
-        raise AgentConfigError(f"config file {p} is not valid YAML") from None
-    return agent_config_from_dict(data, base_dir=p.resolve().parent)
+    doc = load_config_file(p, AgentFile, missing="config file {path} does not exist; pass an existing file to --config")
+    return agent_config_from_file(doc, p.resolve().parent, str(p))

@@ -1,5 +1,5 @@
 """The client config file (``$ARC_CONFIG``, default
-``~/.config/cluster-connect/config.yaml``), docs/INTERFACES.md §6::
+``~/.config/cluster-connect/config.yaml``); every key: docs/config.md::
 
     relay: {url: https://127.0.0.1:8443, ca_file: /path/relay-ca.crt}
     resource_group: default
@@ -20,16 +20,18 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import Field
 
 from certs import write_secret_file
-from client.errors import ConfigError
+from configfile import ConfigModel, Secret, Text, load_config_file
 
-__all__ = ["AuthConfig", "ClientConfig", "default_config_path", "load_config", "write_config"]
+__all__ = ["AuthConfig", "ClientConfig", "ClientFile", "default_config_path", "load_config", "write_config"]
 
 DEFAULT_RESOURCE_GROUP = "default"
+DEFAULT_SCOPE = "api://cluster-connect/.default"
 
 
 def default_config_path() -> Path:
@@ -42,15 +44,47 @@ def default_config_path() -> Path:
     return Path(base) / "cluster-connect" / "config.yaml"
 
 
+class RelaySection(ConfigModel):
+    """``relay``: where the relay is."""
+
+    url: str = Field(min_length=1, description="The relay's base URL, e.g. `https://relay.example.com`.")
+    ca_file: Text | None = Field(default=None, description="CA bundle the relay's certificate chains to "
+                                 "(omit: the system trust store).")
+
+
+class AuthSection(ConfigModel):
+    """``auth``: how the client obtains the user's OIDC token."""
+
+    token_endpoint: Text | None = Field(default=None, description="The identity provider's OAuth2 token endpoint.")
+    ca_file: Text | None = Field(default=None, description="CA bundle for the token endpoint (omit: system trust).")
+    client_id: Text | None = Field(default=None, description="OAuth2 client id of the CLI application.")
+    client_secret: Annotated[Text | None, Secret()] = Field(default=None, description="Client-credentials grant: the client secret (a service principal).")
+    scope: Text = Field(default=DEFAULT_SCOPE, description="Scope requested for the token.")
+    username: Text | None = Field(default=None, description="Password grant (demo issuer): the user name.")
+    password: Annotated[Text | None, Secret()] = Field(default=None, description="Password grant: the password.")
+    token_command: Text | None = Field(default=None, description="A command that prints a token on stdout "
+                                       "(used instead of the endpoint).")
+    lifetime: Text | None = Field(default=None, description="Sandbox issuer only: requested token lifetime in "
+                                  "seconds (tests); omit: the issuer's default.")
+
+
+class ClientFile(ConfigModel):
+    """The client config file."""
+
+    relay: RelaySection = Field(description="Where the relay is (required).")
+    resource_group: Text = Field(default=DEFAULT_RESOURCE_GROUP, description="Resource group used when `-g` is not given.")
+    auth: AuthSection = Field(default=AuthSection(), description="How to obtain the user's OIDC token.")
+
+
 @dataclass
 class AuthConfig:
-    """How the client obtains the user's OIDC token."""
+    """How the client obtains the user's OIDC token (``AuthSection`` once loaded)."""
 
     token_endpoint: str | None = None
     ca_file: str | None = None
     client_id: str | None = None
     client_secret: str | None = None
-    scope: str = "api://cluster-connect/.default"
+    scope: str = DEFAULT_SCOPE
     username: str | None = None
     password: str | None = None
     token_command: str | None = None
@@ -78,15 +112,6 @@ class ClientConfig:
         return {"relay": relay, "resource_group": self.resource_group, "auth": auth}
 
 
-def _str(doc: dict[str, Any], key: str, where: str) -> str | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, (str, int)):
-        raise ConfigError(f"{where}.{key} must be a string")
-    return str(value)
-
-
 def load_config(path: Path | None = None) -> ClientConfig:
     """Read and validate the client config.
 
@@ -97,39 +122,17 @@ def load_config(path: Path | None = None) -> ClientConfig:
         The parsed config.
 
     Raises:
-        ConfigError: missing file, bad YAML or missing ``relay.url`` (one line with the fix).
+        ConfigError: missing file, bad YAML or a bad key (one line per problem).
     """
     p = path or default_config_path()
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"no client config at {p}: run 'arcctl demo' or write one (see docs/INTERFACES.md §6), "
-            "or point $ARC_CONFIG at it") from None
-    except OSError as err:
-        raise ConfigError(f"cannot read client config {p}: {err.strerror}") from None
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"client config {p} is not valid YAML{at}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"client config {p} must be a YAML mapping")
-    relay = doc.get("relay") or {}
-    if not isinstance(relay, dict) or not relay.get("url"):
-        raise ConfigError(f"client config {p} has no relay.url: add the relay's https URL")
-    auth_doc = doc.get("auth") or {}
-    if not isinstance(auth_doc, dict):
-        raise ConfigError(f"client config {p}: auth must be a mapping")
-    fields: dict[str, Any] = {k: _str(auth_doc, k, "auth") for k in AuthConfig.__dataclass_fields__
-                              if auth_doc.get(k) is not None}
-    auth = AuthConfig(**fields)
+    doc = load_config_file(p, ClientFile, missing=(
+        "no client config at {path}: run 'arcctl demo' or write one (see docs/config.md), "
+        "or point $ARC_CONFIG at it"))
     return ClientConfig(
-        relay_url=str(relay["url"]).rstrip("/"),
-        relay_ca_file=_str(relay, "ca_file", "relay"),
-        resource_group=_str(doc, "resource_group", "config") or DEFAULT_RESOURCE_GROUP,
-        auth=auth,
+        relay_url=doc.relay.url.rstrip("/"),
+        relay_ca_file=doc.relay.ca_file or None,
+        resource_group=doc.resource_group or DEFAULT_RESOURCE_GROUP,
+        auth=AuthConfig(**doc.auth.model_dump()),
         path=p,
     )
 

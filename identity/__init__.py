@@ -9,7 +9,12 @@ answers Entra's group overage. See docs/INTERFACES.md §5.
 from __future__ import annotations
 
 from identity.errors import GroupResolutionError, IdentityError, TokenInvalid
-from identity.group_source import GroupSourceSettings, parse_group_source
+from identity.group_source import (
+    GroupSourceSection,
+    GroupSourceSettings,
+    OptionalGroupSource,
+    parse_group_source,
+)
 from identity.groups import ClientCredentialsToken, GroupResolver, HttpGroupResolver
 from identity.jwks import JwksCache
 from identity.oidc import ALLOWED_ALGORITHMS, TokenValidator, TrustedIssuer, token_digest
@@ -20,10 +25,12 @@ __all__ = [
     "ClientCredentialsToken",
     "GroupResolutionError",
     "GroupResolver",
+    "GroupSourceSection",
     "GroupSourceSettings",
     "HttpGroupResolver",
     "IdentityError",
     "JwksCache",
+    "OptionalGroupSource",
     "Principal",
     "TokenInvalid",
     "TokenValidator",

@@ -19,16 +19,85 @@ fail closed, never "no groups".
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Self
 
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from configfile import ConfigModel, Problems, Secret, Text, validate_config
 from identity.groups import DEFAULT_GROUP_CACHE_TTL, ClientCredentialsToken, HttpGroupResolver
 
 # A client secret file is a line of text; anything larger is a wrong path.
 MAX_SECRET_BYTES = 16 * 1024
+
+
+class GroupSourceSection(ConfigModel):
+    """``oidc.group_source``: resolves overage tokens (more than 200 groups)."""
+
+    token_endpoint: str = Field(description="OAuth2 token endpoint (https) where the service "
+                                "principal below gets its own token.")
+    client_id: Text = Field(min_length=1, description="Client id of a service principal allowed to "
+                            "read group memberships.")
+    client_secret_file: str | None = Field(default=None, description="File holding its client secret "
+                                           "(one line; relative: to the config file's folder).")
+    client_secret: Annotated[Text | None, Secret()] = Field(default=None, description="The client secret itself (demo only; prefer client_secret_file).")
+    scope: Text = Field(min_length=1, description="Scope requested, e.g. "
+                        "`https://graph.microsoft.com/.default`.")
+    endpoint_template: str | None = Field(default=None, description="Member-groups endpoint; `{oid}` is the "
+                                          "user's object id. Unset: the endpoint named in the "
+                                          "token's `_claim_sources`.")
+    allowed_hosts: list[str] | None = Field(default=None, description="If set, only member-groups endpoints on "
+                                            "these hosts are called (the credential is sent nowhere else).")
+    ca_file: str | None = Field(default=None, description="CA bundle for the token and member-groups endpoints "
+                                "(unset: system trust).")
+    cache_ttl_seconds: float = Field(default=DEFAULT_GROUP_CACHE_TTL, ge=0, description="How long a user's "
+                                     "resolved groups are cached.")
+
+    @field_validator("token_endpoint")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("expected an https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> Self:
+        if not self.client_secret_file and not self.client_secret:
+            raise ValueError("needs client_secret_file (or client_secret)")
+        return self
+
+    def settings(self, base_dir: Path, where: str, problems: Problems) -> GroupSourceSettings | None:
+        """The section with its files read (``None`` with problems recorded if one cannot be)."""
+        secret = self.client_secret or ""
+        if self.client_secret_file:
+            raw = problems.read(base_dir, self.client_secret_file, f"{where}.client_secret_file",
+                                limit=MAX_SECRET_BYTES)
+            secret = raw.decode(errors="replace").strip() if raw is not None else ""
+            if raw is not None and not secret:
+                problems.add(f"{where}.client_secret_file", "the file is empty; write the secret into it")
+        ca_pem = problems.read(base_dir, self.ca_file, f"{where}.ca_file")
+        if not secret or (self.ca_file and ca_pem is None):
+            return None
+        return GroupSourceSettings(
+            token_endpoint=self.token_endpoint,
+            client_id=self.client_id,
+            client_secret=secret,
+            scope=self.scope,
+            endpoint_template=self.endpoint_template or None,
+            allowed_hosts=tuple(self.allowed_hosts) if self.allowed_hosts else None,
+            ca_pem=ca_pem,
+            cache_ttl=self.cache_ttl_seconds,
+        )
+
+
+def _empty_is_none(value: Any) -> Any:
+    # ``group_source: {}`` (or "") has always meant "no group source".
+    return None if value in ({}, "") else value
+
+
+# The field type of ``oidc.group_source`` in the relay's and the agent's schema.
+OptionalGroupSource = Annotated[GroupSourceSection | None, BeforeValidator(_empty_is_none)]
 
 
 @dataclass(frozen=True)
@@ -57,65 +126,22 @@ class GroupSourceSettings:
                                  cache_ttl=self.cache_ttl)
 
 
-def _read(base: Path, value: Any, what: str, limit: int) -> bytes:
-    path = Path(os.path.expanduser(str(value)))
-    path = path if path.is_absolute() else base / path
-    try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise ValueError(f"{what} {path}: {exc.strerror}; fix the path or its permissions") from None
-    if len(data) > limit:
-        raise ValueError(f"{what} {path} is larger than {limit} bytes")
-    return data
-
-
 def parse_group_source(raw: Any, base_dir: Path, where: str = "oidc.group_source") -> GroupSourceSettings | None:
     """Parse one ``group_source`` mapping (None/empty: no group source).
 
     Args:
         raw: the YAML value.
         base_dir: relative file paths are resolved against it.
-        where: the section's name, for messages.
+        where: the section's key path, for messages.
 
     Raises:
-        ValueError: one line naming the field and the fix.
+        ConfigError: one line per problem, naming the key.
     """
-    if raw in (None, {}, ""):
+    raw = _empty_is_none(raw)
+    if raw is None:
         return None
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{where} must be a mapping")
-    missing = [k for k in ("token_endpoint", "client_id", "scope") if not raw.get(k)]
-    if missing:
-        raise ValueError(f"{where} needs {', '.join(missing)}")
-    if raw.get("client_secret_file"):
-        secret = _read(base_dir, raw["client_secret_file"], f"{where}.client_secret_file",
-                       MAX_SECRET_BYTES).decode().strip()
-    else:
-        secret = str(raw.get("client_secret") or "")
-    if not secret:
-        raise ValueError(f"{where} needs client_secret_file (or client_secret)")
-    endpoint = str(raw["token_endpoint"])
-    if not endpoint.startswith("https://"):
-        raise ValueError(f"{where}.token_endpoint must be an https:// URL")
-    hosts = raw.get("allowed_hosts")
-    if hosts is not None and (isinstance(hosts, str) or not all(isinstance(h, str) for h in hosts)):
-        raise ValueError(f"{where}.allowed_hosts must be a list of host names")
-    try:
-        ttl = float(raw.get("cache_ttl_seconds", DEFAULT_GROUP_CACHE_TTL))
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}.cache_ttl_seconds must be a number") from None
-    ca_pem = None
-    if raw.get("ca_file"):
-        ca_pem = _read(base_dir, raw["ca_file"], f"{where}.ca_file", 1 << 20)
-    template = raw.get("endpoint_template")
-    return GroupSourceSettings(
-        token_endpoint=endpoint,
-        client_id=str(raw["client_id"]),
-        client_secret=secret,
-        scope=str(raw["scope"]),
-        endpoint_template=str(template) if template else None,
-        allowed_hosts=tuple(hosts) if hosts else None,
-        ca_pem=ca_pem,
-        cache_ttl=max(0.0, ttl),
-    )
+    section = validate_config(GroupSourceSection, raw, "config", at=where)
+    problems = Problems("config")
+    settings = section.settings(base_dir, where, problems)
+    problems.raise_if_any()
+    return settings

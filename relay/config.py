@@ -1,4 +1,4 @@
-"""``arc-relay`` configuration (docs/INTERFACES.md §6), loaded from YAML.
+"""``arc-relay`` configuration, loaded from YAML (every key: docs/config.md; docs/INTERFACES.md §6).
 
 Example::
 
@@ -43,23 +43,33 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
+from cmdline.errors import ConfigError
+from configfile import Problems, load_config_file, resolve_path, validate_config
+from identity import GroupSourceSettings
 from identity.agent_assertion import AGENT_CONNECT_PATH, agent_audiences
-from identity.group_source import GroupSourceSettings, parse_group_source
-from relay.edge_limits import EdgeLimits, edge_limits_from
+from relay.config_schema import (
+    DEFAULT_AUDIENCE,
+    DEFAULT_RECHECK_SECONDS,
+    MUTABLE_CLAIMS,
+    RelayFile,
+    parse_listen,
+)
+from relay.edge_limits import EdgeLimits
 
-# Claims a role assignment may name only by explicit opt-in: whoever controls
-# the user's profile (or an Entra app's multi-tenant sign-in) can change them.
-MUTABLE_CLAIMS = ("upn", "preferred_username", "email", "unique_name")
-# How often open client streams are re-authorised; a revoked role or an expired
-# token ends them within this. The issue bounds it at 60 s.
-DEFAULT_RECHECK_SECONDS = 30.0
-MAX_RECHECK_SECONDS = 60.0
-
-
-class ConfigError(Exception):
-    """A configuration problem the operator can fix; the message says how."""
+__all__ = [
+    "MUTABLE_CLAIMS",
+    "ConfigError",
+    "IssuerConfig",
+    "RelayConfig",
+    "RelayFile",
+    "agent_endpoint_url",
+    "authorization_warnings",
+    "default_state_dir",
+    "load_relay_config",
+    "parse_listen",
+    "relay_config_from_dict",
+    "relay_config_from_file",
+]
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,7 @@ class IssuerConfig:
     """One trusted OIDC issuer."""
 
     issuer: str
-    audiences: tuple[str, ...] = ("api://cluster-connect",)
+    audiences: tuple[str, ...] = (DEFAULT_AUDIENCE,)
     ca_file: str | None = None
     tenant_ids: tuple[str, ...] | None = None
 
@@ -176,143 +186,98 @@ def default_state_dir() -> str:
     return str(Path(base) / "cluster-connect" / "relay")
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:port`` for IPv6) -> (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen {value!r} is not host:port; write e.g. '127.0.0.1:8443'")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def _resolve(base: Path, value: Any) -> str | None:
-    if value in (None, ""):
-        return None
-    path = Path(os.path.expanduser(str(value)))
-    return str(path if path.is_absolute() else (base / path))
-
-
-def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> RelayConfig:
+def relay_config_from_dict(data: Any, *, base_dir: Path | None = None,
+                           source: str = "relay config") -> RelayConfig:
     """Build a ``RelayConfig`` from parsed YAML; relative paths are resolved
     against ``base_dir`` (the config file's folder).
 
+    Args:
+        data: the parsed YAML document (``None``: an empty file).
+        base_dir: relative paths are resolved against it (default: the working directory).
+        source: the file's name, at the start of every error line.
+
     Raises:
-        ConfigError: a value is missing or malformed.
+        ConfigError: one line per wrong, missing or unknown key.
     """
-    base = base_dir or Path.cwd()
-    if not isinstance(data, dict):
-        raise ConfigError("relay config must be a YAML mapping")
-    host, port = parse_listen(str(data.get("listen", "127.0.0.1:8443")))
-    public_url = data.get("public_url")
-    if public_url is not None and urlsplit(str(public_url)).scheme not in ("https", "wss"):
-        raise ConfigError(f"public_url {public_url!r} must start with https://")
-    tls = data.get("tls") or {}
-    cert_file, key_file = _resolve(base, tls.get("cert_file")), _resolve(base, tls.get("key_file"))
-    if bool(cert_file) != bool(key_file):
-        raise ConfigError("tls needs both cert_file and key_file (or neither, for a dev certificate)")
-    issuers = []
-    for i, raw in enumerate((data.get("oidc") or {}).get("issuers") or []):
-        if not isinstance(raw, dict) or not raw.get("issuer"):
-            raise ConfigError(f"oidc.issuers[{i}] needs an 'issuer' URL")
-        tenants = raw.get("tenant_ids")
-        issuers.append(IssuerConfig(
-            issuer=str(raw["issuer"]),
-            audiences=tuple(raw.get("audiences") or ("api://cluster-connect",)),
-            ca_file=_resolve(base, raw.get("ca_file")),
-            tenant_ids=tuple(tenants) if tenants else None,
-        ))
-    try:
-        group_source = parse_group_source((data.get("oidc") or {}).get("group_source"), base)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    limits = data.get("limits") or {}
-    admission = data.get("admission") or {}
-    debug = data.get("debug") or {}
-    if not isinstance(limits, dict) or not isinstance(admission, dict):
-        raise ConfigError("limits and admission must be YAML mappings")
-    mutable_claims, recheck_seconds = _authorization(data.get("authorization") or {})
-    try:
-        edge = edge_limits_from(data.get("listener") or {}, limits)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    try:
-        return RelayConfig(
-            host=host,
-            port=port,
-            public_url=str(public_url).rstrip("/") if public_url else None,
-            state_dir=_resolve(base, data.get("state_dir")) or default_state_dir(),
-            tls_cert_file=cert_file,
-            tls_key_file=key_file,
-            database=_resolve(base, data.get("database")),
-            issuers=tuple(issuers),
-            group_source=group_source,
-            admins=tuple(str(a) for a in data.get("admins") or ()),
-            agent_grace_seconds=float(limits.get("agent_grace_seconds", 5.0)),
-            drain_seconds=float(limits.get("drain_seconds", 10.0)),
-            open_timeout_seconds=float(limits.get("open_timeout_seconds", 10.0)),
-            tunnel=dict(limits.get("tunnel") or {}),
-            api_max_body_bytes=_positive_int(limits, "api_max_body_bytes", 64 * 1024),
-            api_max_body_depth=_positive_int(limits, "api_max_body_depth", 32),
-            record_data_file=_resolve(base, debug.get("record_data_file"))
-            or os.environ.get("ARC_RELAY_RECORD_DATA_FILE") or None,
-            match_mutable_claims=mutable_claims,
-            recheck_seconds=recheck_seconds,
-            edge=edge,
-            streams_per_principal_per_cluster=int(limits.get("streams_per_principal_per_cluster", 256)),
-            streams_per_client_session=int(limits.get("streams_per_client_session", 512)),
-            authorization_cache_seconds=float(limits.get("authorization_cache_seconds", 5.0)),
-            authorization_cache_entries=int(limits.get("authorization_cache_entries", 10000)),
-            refusal_log_interval_seconds=float(limits.get("refusal_log_interval_seconds", 10.0)),
-            status_flush_seconds=float(limits.get("status_flush_seconds", 1.0)),
-            max_concurrent_handshakes=int(admission.get("max_concurrent_handshakes", 64)),
-            max_loop_lag_seconds=float(admission.get("max_loop_lag_seconds", 0.25)),
-            max_queue_seconds=float(admission.get("max_queue_seconds", 5.0)),
-            max_queued_handshakes=int(admission.get("max_queued_handshakes", 1024)),
-            handshakes_per_second=float(admission.get("handshakes_per_second", 0.0)),
-            retry_after_seconds=int(admission.get("retry_after_seconds", 1)),
-            max_retry_after_seconds=int(admission.get("max_retry_after_seconds", 60)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"limits/admission: {exc}") from None
+    return relay_config_from_file(validate_config(RelayFile, data, source), base_dir or Path.cwd(), source)
 
 
-def _authorization(raw: Any) -> tuple[tuple[str, ...], float]:
-    """``authorization.{match_mutable_claims, recheck_seconds}``, checked."""
-    if not isinstance(raw, dict):
-        raise ConfigError("authorization must be a mapping")
-    claims = raw.get("match_mutable_claims") or []
-    if not isinstance(claims, list) or any(c not in MUTABLE_CLAIMS for c in claims):
-        raise ConfigError(f"authorization.match_mutable_claims must be a list of {', '.join(MUTABLE_CLAIMS)}")
-    try:
-        recheck = float(raw.get("recheck_seconds", DEFAULT_RECHECK_SECONDS))
-    except (TypeError, ValueError):
-        recheck = -1.0
-    if not 0 < recheck <= MAX_RECHECK_SECONDS:
-        raise ConfigError(f"authorization.recheck_seconds must be a number in (0, {MAX_RECHECK_SECONDS:g}]")
-    return tuple(dict.fromkeys(str(c) for c in claims)), recheck
+def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConfig:
+    """The runtime ``RelayConfig`` of a validated file (the group source's files read).
 
+    Raises:
+        ConfigError: a file the config names cannot be read.
+    """
+    def path(value: str | None) -> str | None:
+        return str(resolve_path(base, value)) if value else None
 
-def _positive_int(limits: dict[str, Any], key: str, default: int) -> int:
-    value = int(limits.get(key, default))
-    if value < 1:
-        raise ValueError(f"{key} must be a positive integer, got {value}")
-    return value
+    problems = Problems(source)
+    group_source: GroupSourceSettings | None = None
+    if doc.oidc.group_source is not None:
+        group_source = doc.oidc.group_source.settings(base, "oidc.group_source", problems)
+    problems.raise_if_any()
+    host, port = parse_listen(doc.listen)
+    limits, admission = doc.limits, doc.admission
+    return RelayConfig(
+        host=host,
+        port=port,
+        public_url=doc.public_url.rstrip("/") if doc.public_url else None,
+        state_dir=path(doc.state_dir) or default_state_dir(),
+        tls_cert_file=path(doc.tls.cert_file),
+        tls_key_file=path(doc.tls.key_file),
+        database=path(doc.database),
+        issuers=tuple(IssuerConfig(
+            issuer=item.issuer,
+            audiences=tuple(item.audiences or (DEFAULT_AUDIENCE,)),
+            ca_file=path(item.ca_file),
+            tenant_ids=tuple(item.tenant_ids) if item.tenant_ids else None,
+        ) for item in doc.oidc.issuers),
+        group_source=group_source,
+        admins=tuple(doc.admins),
+        agent_grace_seconds=limits.agent_grace_seconds,
+        drain_seconds=limits.drain_seconds,
+        open_timeout_seconds=limits.open_timeout_seconds,
+        tunnel=dict(limits.tunnel),
+        record_data_file=path(doc.debug.record_data_file)
+        or os.environ.get("ARC_RELAY_RECORD_DATA_FILE") or None,
+        match_mutable_claims=tuple(dict.fromkeys(doc.authorization.match_mutable_claims)),
+        recheck_seconds=doc.authorization.recheck_seconds,
+        edge=EdgeLimits(
+            tls_engine=doc.listener.tls_engine,
+            tls_handshake_timeout=limits.tls_handshake_timeout_seconds,
+            head_timeout=limits.head_timeout_seconds,
+            max_head_bytes=limits.max_head_bytes,
+            max_preauth_connections=limits.max_preauth_connections,
+            keepalive_timeout=limits.keepalive_timeout_seconds,
+            listen_backlog=limits.listen_backlog,
+            tls_handshake_threads=doc.listener.tls_handshake_threads,
+        ),
+        streams_per_principal_per_cluster=limits.streams_per_principal_per_cluster,
+        streams_per_client_session=limits.streams_per_client_session,
+        authorization_cache_seconds=limits.authorization_cache_seconds,
+        authorization_cache_entries=limits.authorization_cache_entries,
+        refusal_log_interval_seconds=limits.refusal_log_interval_seconds,
+        status_flush_seconds=limits.status_flush_seconds,
+        api_max_body_bytes=limits.api_max_body_bytes,
+        api_max_body_depth=limits.api_max_body_depth,
+        max_concurrent_handshakes=admission.max_concurrent_handshakes,
+        max_loop_lag_seconds=admission.max_loop_lag_seconds,
+        max_queue_seconds=admission.max_queue_seconds,
+        max_queued_handshakes=admission.max_queued_handshakes,
+        handshakes_per_second=admission.handshakes_per_second,
+        retry_after_seconds=admission.retry_after_seconds,
+        max_retry_after_seconds=admission.max_retry_after_seconds,
+    )
 
 
 def load_relay_config(path: str | os.PathLike[str] | None) -> RelayConfig:
     """Read the config file (None: embedded defaults).
 
     Raises:
-        ConfigError: missing/unreadable file or bad values.
+        ConfigError: missing/unreadable file, bad YAML, one line per bad key.
     """
     if path is None:
         return relay_config_from_dict({})
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist; pass an existing file to --config") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
-    return relay_config_from_dict(data, base_dir=p.resolve().parent)
+    doc = load_config_file(p, RelayFile, missing="config file {path} does not exist; pass an existing file to --config")
+    return relay_config_from_file(doc, p.resolve().parent, str(p))

@@ -18,7 +18,6 @@ YAML::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 # A TLS handshake is one or two round trips; ten seconds covers a slow mobile
 # link and still frees a stalled socket quickly.
@@ -91,22 +90,3 @@ class EdgeLimits:
         if not 0 <= self.tls_handshake_threads <= 64:
             raise ValueError("listener.tls_handshake_threads must be 0..64")
 
-
-def edge_limits_from(listener: dict[str, Any], limits: dict[str, Any]) -> EdgeLimits:
-    """``EdgeLimits`` from the ``listener`` and ``limits`` YAML mappings.
-
-    Raises:
-        ValueError / TypeError: a malformed value (the caller turns it into ConfigError).
-    """
-    if not isinstance(listener, dict) or not isinstance(limits, dict):
-        raise ValueError("listener and limits must be YAML mappings")
-    return EdgeLimits(
-        tls_engine=str(listener.get("tls_engine", "memorybio")),
-        tls_handshake_timeout=float(limits.get("tls_handshake_timeout_seconds", TLS_HANDSHAKE_TIMEOUT)),
-        head_timeout=float(limits.get("head_timeout_seconds", HEAD_TIMEOUT)),
-        max_head_bytes=int(limits.get("max_head_bytes", MAX_HEAD_BYTES)),
-        max_preauth_connections=int(limits.get("max_preauth_connections", MAX_PREAUTH_CONNECTIONS)),
-        keepalive_timeout=float(limits.get("keepalive_timeout_seconds", KEEPALIVE_TIMEOUT)),
-        listen_backlog=int(limits.get("listen_backlog", LISTEN_BACKLOG)),
-        tls_handshake_threads=int(listener.get("tls_handshake_threads", TLS_HANDSHAKE_THREADS)),
-    )

@@ -1,11 +1,18 @@
-"""Configuration of kube-aad-proxy and the limits it enforces."""
+"""Configuration of kube-aad-proxy, the limits it enforces, and the schema of
+the ``kube_aad_proxy`` section of the agent's config file."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from agent.kube_aad_proxy.names import is_reserved
+from configfile import ConfigModel, Text
+from identity import OptionalGroupSource
 
 if TYPE_CHECKING:
     from agent.kube_aad_proxy.names import NamePrefixes
@@ -36,6 +43,8 @@ MAX_PREAUTH_CONNECTIONS = 256
 # pool reopens transparently. Watches, logs -f and spliced exec/port-forward are
 # never idle in this sense.
 IDLE_TIMEOUT = 300.0
+# The audience an issuer's tokens carry unless the config names others.
+DEFAULT_AUDIENCE = "api://cluster-connect"
 
 
 @dataclass(frozen=True)
@@ -110,3 +119,99 @@ class KubeAadProxyConfig:
     def upstream_port(self) -> int:
         """TCP port of the API server."""
         return self._parsed[1]
+
+
+# ---- the ``kube_aad_proxy`` section of the agent's config file (docs/config.md) ----
+
+class ProxyIssuerSection(ConfigModel):
+    """``kube_aad_proxy.oidc.issuers[]``: one trusted OIDC issuer."""
+
+    issuer: str = Field(min_length=1, description="The issuer URL, exactly as the tokens' `iss`.")
+    audiences: list[Text] = Field(default=[DEFAULT_AUDIENCE], description="Accepted `aud` values (empty: the default).")
+    ca_file: str | None = Field(default=None, description="CA bundle for discovery and JWKS (unset: system trust).")
+    tenant_ids: list[Text] | None = Field(default=None, description="Accepted `tid` values (unset: any).")
+    username_prefix: str = Field(default="", description="Prepended to every user name of this issuer (the API "
+                                 "server's --oidc-username-prefix, e.g. `oidc:`); empty: `system:` "
+                                 "user names are refused.")
+    groups_prefix: str = Field(default="", description="Prepended to every group of this issuer; empty: "
+                               "`system:` groups are dropped.")
+
+    @field_validator("username_prefix", "groups_prefix")
+    @classmethod
+    def _safe_prefix(cls, value: str) -> str:
+        if is_reserved(value) or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+            raise ValueError("expected a prefix such as 'oidc:', not starting with 'system:', "
+                             "without spaces")
+        return value
+
+
+class ProxyOidcSection(ConfigModel):
+    """``kube_aad_proxy.oidc``: whose tokens kubectl may present."""
+
+    issuers: list[ProxyIssuerSection] = Field(default=[], description="Trusted issuers (none: every request "
+                                              "passes with the caller's own credentials).")
+    group_source: OptionalGroupSource = Field(default=None, description="Group overage resolution "
+                                              "(unset: overage tokens are refused).")
+
+
+class ProxyLimitsSection(ConfigModel):
+    """``kube_aad_proxy.limits``: the slow-loris and idle bounds."""
+
+    head_timeout_seconds: float = Field(default=HEAD_TIMEOUT, gt=0, description="A request head must be "
+                                        "complete this long after its first byte.")
+    tls_handshake_timeout_seconds: float = Field(default=SSL_HANDSHAKE_TIMEOUT, gt=0, description="TCP accept "
+                                                 "to a finished TLS handshake.")
+    max_preauth_connections: int = Field(default=MAX_PREAUTH_CONNECTIONS, ge=1, description="Connections held "
+                                         "before their first head is complete; beyond: closed at once.")
+    idle_timeout_seconds: float = Field(default=IDLE_TIMEOUT, gt=0, description="A connection with nothing in "
+                                        "flight is closed after this.")
+
+    def proxy_kwargs(self) -> dict[str, Any]:
+        """The ``KubeAadProxyConfig`` keyword arguments these keys set."""
+        return {"head_timeout": self.head_timeout_seconds,
+                "tls_handshake_timeout": self.tls_handshake_timeout_seconds,
+                "max_preauth_connections": self.max_preauth_connections,
+                "idle_timeout": self.idle_timeout_seconds}
+
+
+class KubeAadProxySection(ConfigModel):
+    """``kube_aad_proxy``: the in-cluster TLS endpoint kubectl reaches (needed unless `forward_to`)."""
+
+    listen: str = Field(default="127.0.0.1:0", description="`host:port` it listens on (port 0: any free port).")
+    serving_cert_file: str | None = Field(default=None, description="The cluster's serving certificate: leaf "
+                                          "+ CA chain, PEM (required).")
+    serving_key_file: str | None = Field(default=None, description="Its private key, PEM (required).")
+    upstream_url: str | None = Field(default=None, description="The API server, `https://host[:port]` (required).")
+    upstream_ca_file: str | None = Field(default=None, description="CA bundle of the API server's certificate (required).")
+    upstream_token_file: str | None = Field(default=None, description="The agent's service-account token, sent "
+                                            "with impersonation headers.")
+    oidc: ProxyOidcSection = Field(default=ProxyOidcSection(), description="Trusted OIDC issuers.")
+    impersonate_with: Literal["oid", "upn"] = Field(default="oid", description="Which claim becomes Impersonate-User.")
+    limits: ProxyLimitsSection = Field(default=ProxyLimitsSection(), description="Slow-loris and idle bounds.")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host_port(value)
+        return value
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value:
+            url = urlsplit(value)
+            if url.scheme != "https" or not url.hostname or url.path not in ("", "/") or url.query:
+                raise ValueError("expected the API server's https://host[:port] URL (no path)")
+        return value
+
+
+def host_port(value: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port); IPv6 as ``[::1]:port``.
+
+    Raises:
+        ValueError: not host:port.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected host:port such as '127.0.0.1:8080'")
+    return host.strip("[]"), int(port)

@@ -36,19 +36,27 @@ def test_agent_config_reads_kube_aad_proxy_limits(tmp_path: Path) -> None:
                                             "max_preauth_connections": 9, "idle_timeout": 60.0}
 
 
-@pytest.mark.parametrize("limits", [{"head_timeout": 5}, {"max_preauth_connections": "many"}, [1]])
-def test_agent_config_refuses_bad_kube_aad_proxy_limits(tmp_path: Path, limits: Any) -> None:
+@pytest.mark.parametrize(("limits", "message"), [
+    ({"head_timeout": 5}, "kube_aad_proxy.limits.head_timeout: unknown key 'head_timeout'; "
+                          "did you mean 'head_timeout_seconds'?"),
+    ({"max_preauth_connections": "many"},
+     "kube_aad_proxy.limits.max_preauth_connections: expected a whole number, got 'many'"),
+    ([1], "kube_aad_proxy.limits: expected a mapping, got [1]"),
+])
+def test_agent_config_refuses_bad_kube_aad_proxy_limits(tmp_path: Path, limits: Any, message: str) -> None:
     """Unknown keys and non-numbers are one-line config errors."""
-    with pytest.raises(AgentConfigError, match=r"kube_aad_proxy\.limits"):
+    with pytest.raises(AgentConfigError) as info:
         agent_config_from_dict(_config(tmp_path, limits))
+    assert str(info.value) == f"agent config: {message}"
 
 
 def test_agent_cli_reports_out_of_range_limit_in_one_line(tmp_path: Path) -> None:
-    """max_preauth_connections: 0 reaches KubeAadProxyConfig and stops arc-agent with one line."""
+    """max_preauth_connections: 0 stops arc-agent with one line naming the file and the key."""
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path, {"max_preauth_connections": 0})))
     result = subprocess.run([sys.executable, "-m", "agent.cli", "--config", str(path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
-    assert "max_preauth_connections must be >= 1" in result.stderr, result.stderr
+    assert result.stderr == (f"arc-agent: {path}: kube_aad_proxy.limits.max_preauth_connections: "
+                             "expected a whole number >= 1, got 0\n"), result.stderr
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr

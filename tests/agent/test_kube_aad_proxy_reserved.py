@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 
 from agent import KubeAadProxy, KubeAadProxyConfig
-from agent.config import AgentConfigError, name_prefix_setting
+from agent.config import AgentConfigError
+from agent.kube_aad_proxy.config import ProxyIssuerSection
 from agent.kube_aad_proxy.names import NameMapper, NamePrefixes
 from certs import CertificateAuthority, client_ssl_context
+from configfile import validate_config
 from identity import TokenValidator, TrustedIssuer
 from sandbox.idp import DEFAULT_AUDIENCE, SandboxIdp
 from tests.agent.test_kube_aad_proxy_support import TIMEOUT, Response, read_response
@@ -153,8 +155,9 @@ def test_name_prefixes_refuse_reserved_or_unsafe_prefix() -> None:
     for bad in ("system:", "SYSTEM:x", "a b", "x\n"):
         with pytest.raises(ValueError):
             NamePrefixes(username=bad)
-        with pytest.raises(AgentConfigError, match="groups_prefix"):
-            name_prefix_setting({"groups_prefix": bad}, "groups_prefix", 0)
-    assert name_prefix_setting({}, "username_prefix", 0) == ""
+        with pytest.raises(AgentConfigError, match=r"issuers\[0\]\.groups_prefix: expected a prefix"):
+            validate_config(ProxyIssuerSection, {"issuer": "i", "groups_prefix": bad}, "agent.yaml",
+                            at="kube_aad_proxy.oidc.issuers[0]")
+    assert validate_config(ProxyIssuerSection, {"issuer": "i"}, "agent.yaml").username_prefix == ""
     mapped = NameMapper().map("https://other", "u", ["system:nodes", "g"])
     assert (mapped.username, mapped.groups, mapped.dropped_groups) == ("u", ("g",), 1)

@@ -29,18 +29,21 @@ def test_group_source_parses_secret_file_and_builds_resolver(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"client_id": None}, "needs client_id"),
-    ({}, "needs client_secret_file"),
-    ({"client_secret": "x", "token_endpoint": "http://idp/token"}, "https://"),
-    ({"client_secret": "x", "allowed_hosts": "graph.example"}, "allowed_hosts"),
-    ({"client_secret_file": "missing.secret"}, "missing.secret"),
+    ({"client_id": None, "client_secret": "x"}, "oidc.group_source.client_id: required key is missing"),
+    ({}, "oidc.group_source: needs client_secret_file (or client_secret)"),
+    ({"client_secret": "x", "token_endpoint": "http://idp/token"},
+     "oidc.group_source.token_endpoint: expected an https:// URL, got 'http://idp/token'"),
+    ({"client_secret": "x", "allowed_hosts": "graph.example"},
+     "oidc.group_source.allowed_hosts: expected a list, got 'graph.example'"),
+    ({"client_secret_file": "missing.secret"}, "oidc.group_source.client_secret_file: cannot read "),
 ])
 def test_group_source_refuses_bad_sections_in_one_line(tmp_path: Path, change: dict[str, object],
                                                        message: str) -> None:
-    """Each mistake is one ValueError line naming the field."""
+    """Each mistake is one ConfigError line naming the key."""
     raw = {k: v for k, v in {**SECTION, **change}.items() if v is not None}
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(ConfigError) as info:
         parse_group_source(raw, tmp_path)
+    assert str(info.value).startswith(f"config: {message}")
     assert "\n" not in str(info.value)
 
 

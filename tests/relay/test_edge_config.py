@@ -27,18 +27,21 @@ def test_relay_config_reads_listener_and_edge_limits() -> None:
     assert relay_config_from_dict({}).edge == EdgeLimits()
 
 
-@pytest.mark.parametrize(("data", "named"), [
-    ({"listener": {"tls_engine": "openssl"}}, "listener.tls_engine"),
-    ({"limits": {"head_timeout_seconds": 0}}, "limits.head_timeout_seconds"),
-    ({"limits": {"max_preauth_connections": 0}}, "limits.max_preauth_connections"),
-    ({"limits": {"listen_backlog": 0}}, "limits.listen_backlog"),
-    ({"limits": {"max_head_bytes": "lots"}}, "invalid literal"),
-    ({"listener": "memorybio"}, "listener and limits must be YAML mappings"),
+@pytest.mark.parametrize(("data", "message"), [
+    ({"listener": {"tls_engine": "openssl"}},
+     "listener.tls_engine: expected 'memorybio' or 'asyncio', got 'openssl'"),
+    ({"limits": {"head_timeout_seconds": 0}}, "limits.head_timeout_seconds: expected a number > 0, got 0"),
+    ({"limits": {"max_preauth_connections": 0}},
+     "limits.max_preauth_connections: expected a whole number >= 1, got 0"),
+    ({"limits": {"listen_backlog": 0}}, "limits.listen_backlog: expected a whole number >= 1, got 0"),
+    ({"limits": {"max_head_bytes": "lots"}}, "limits.max_head_bytes: expected a whole number, got 'lots'"),
+    ({"listener": "memorybio"}, "listener: expected a mapping, got 'memorybio'"),
 ])
-def test_relay_config_refuses_bad_edge_values(data: dict[str, object], named: str) -> None:
-    """A bad edge value is a ConfigError naming the key."""
-    with pytest.raises(ConfigError, match=named):
+def test_relay_config_refuses_bad_edge_values(data: dict[str, object], message: str) -> None:
+    """A bad edge value is a one-line ConfigError naming the key, what it takes and what it got."""
+    with pytest.raises(ConfigError) as info:
         relay_config_from_dict(data)
+    assert str(info.value) == f"relay config: {message}"
 
 
 def test_relay_cli_reports_bad_tls_engine_in_one_line(tmp_path: Path) -> None:
@@ -48,5 +51,6 @@ def test_relay_cli_reports_bad_tls_engine_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "relay.cli", "--config", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.startswith("arc-relay: listener.tls_engine 'boringssl'")
+    assert result.stderr.startswith(f"arc-relay: {config}: listener.tls_engine: expected 'memorybio' or "
+                                    "'asyncio', got 'boringssl'")
     assert result.stderr.strip().count("\n") == 0

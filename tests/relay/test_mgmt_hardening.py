@@ -321,5 +321,5 @@ def test_relay_config_refuses_non_positive_body_limits() -> None:
     from relay.config import ConfigError, relay_config_from_dict
 
     assert relay_config_from_dict({"limits": {"api_max_body_bytes": 1000}}).api_max_body_bytes == 1000
-    with pytest.raises(ConfigError, match="api_max_body_depth must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"limits\.api_max_body_depth: expected a whole number >= 1, got 0"):
         relay_config_from_dict({"limits": {"api_max_body_depth": 0}})
