@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from agent.connector_dial import agent_audience, agent_connect_url, resolve_proxy
 from agent.connector_metadata import parse_cpu
-from tests.relay.harness import (
-    WAIT,
-    RelayEnv,
-    roundtrip,
-    running_env,
-    server_port,
-    start_echo_server,
-)
+from tests.support.relay import RelayEnv, roundtrip
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT
 from tunnel import Backoff
-
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 class ConnectProxy:

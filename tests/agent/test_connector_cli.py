@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +17,10 @@ import yaml
 
 from certs import CertificateAuthority, client_ssl_context, write_pem_pair
 from sandbox.apiserver.server import SandboxApiServer
-from tests.relay.harness import (
-    WAIT,
-    RelayEnv,
-    roundtrip,
-    running_env,
-    server_port,
-    start_echo_server,
-)
+from tests.support.relay import RelayEnv, roundtrip
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT
 from tunnel import TunnelSession, splice
-
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 def _write_config(path: Path, data: dict[str, Any]) -> Path:

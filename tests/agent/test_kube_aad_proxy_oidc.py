@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -28,14 +27,6 @@ pytestmark = pytest.mark.timeout(60)
 AGENT_TOKEN = "agent-sa-token"
 DEMO_OID = "35233192-fc5d-4d88-83c8-36ab5ca99ad9"
 OVERAGE_USER = "overage@contoso.example"
-
-
-@pytest.fixture
-async def idp(tmp_path: Path) -> AsyncIterator[SandboxIdp]:
-    server = SandboxIdp(tmp_path / "idp")
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def start_proxy(

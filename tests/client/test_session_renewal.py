@@ -6,32 +6,18 @@ on the old session until the token that opened them expires
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from client.auth import Token, TokenSource
 from client.config import AuthConfig, ClientConfig
 from client.relay_client import RelaySessionKeeper
-from tests.relay.harness import (
-    DEMO_OID,
-    WAIT,
-    RelayEnv,
-    running_env,
-    server_port,
-    start_echo_server,
-)
+from tests.support.relay import DEMO_OID, RelayEnv
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT
 from tunnel import ErrorCode, StreamReset
 
 LIFETIME = 3
-
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 def test_token_renews_at_a_quarter_of_a_short_lifetime() -> None:

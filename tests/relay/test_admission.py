@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from relay.admission import MIN_RATE_ESTIMATE, HandshakeAdmission
-from tests.relay.harness import WAIT, RelayEnv, running_env
+from tests.support.relay import RelayEnv, running_env
+from tests.support.waits import WAIT
 from tunnel import RETRY_AFTER_CAP, retry_after_delay, retry_after_seconds
 
 RETRY_AFTER = 3

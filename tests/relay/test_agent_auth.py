@@ -12,7 +12,8 @@ import pytest
 from certs import generate_key_pair, load_private_key
 from identity import AgentAssertionVerifier, TokenInvalid, sign_agent_assertion
 from identity.agent_assertion import unverified_cluster_id
-from tests.relay.harness import WAIT, RelayEnv
+from tests.support.relay import RelayEnv
+from tests.support.waits import WAIT
 from tunnel import TunnelSession, ws_connect_kwargs
 
 

@@ -17,7 +17,8 @@ import pytest
 
 from certs import client_ssl_context
 from relay.edge_limits import EdgeLimits
-from tests.relay.harness import WAIT, RelayEnv, running_env
+from tests.support.relay import RelayEnv, running_env
+from tests.support.waits import WAIT
 
 SHORT = 0.5  # seconds: the head and handshake timeouts of these relays
 

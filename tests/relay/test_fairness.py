@@ -19,15 +19,9 @@ import socket
 
 import pytest
 
-from tests.relay.harness import (
-    ADMIN_OID,
-    BOB_OID,
-    DEMO_OID,
-    WAIT,
-    RelayEnv,
-    roundtrip,
-    server_port,
-)
+from tests.support.relay import ADMIN_OID, BOB_OID, DEMO_OID, RelayEnv, roundtrip
+from tests.support.servers import server_port
+from tests.support.waits import WAIT
 from tunnel import TunnelSession, TunnelStream
 from tunnel.aio_config import ADAPTER_STREAM_WINDOW
 from tunnel.limits import INITIAL_STREAM_WINDOW

@@ -23,7 +23,8 @@ from certs import generate_key_pair
 from relay import names
 from relay.json_body import MAX_BODY_BYTES, MAX_BODY_DEPTH, nesting_exceeds, read_json_object
 from relay.roles import assignment_errors
-from tests.relay.harness import BOB_OID, WAIT, RelayEnv, running_env
+from tests.support.relay import BOB_OID, RelayEnv, running_env
+from tests.support.waits import WAIT
 
 CLUSTERS = "/api/v1/resourceGroups/{rg}/clusters/{name}"
 

@@ -19,13 +19,9 @@ import pytest
 
 from relay.metrics import RelayMetrics
 from relay.router import _meter, principal_key
-from tests.relay.harness import (
-    DEMO_OID,
-    WAIT,
-    RelayEnv,
-    server_port,
-    start_echo_server,
-)
+from tests.support.relay import DEMO_OID, RelayEnv
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT
 from tunnel import ErrorCode, StreamReset, TunnelSession, TunnelStream
 
 STREAMS = 24

@@ -26,14 +26,6 @@ OVERAGE_OID = "0de74a08-180b-45bd-a341-31ff9245995e"
 
 
 @pytest.fixture
-async def idp(tmp_path: Path) -> AsyncIterator[SandboxIdp]:
-    server = SandboxIdp(tmp_path / "idp")
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def http(idp: SandboxIdp) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl_context(idp.ca_pem))) as s:
         yield s
