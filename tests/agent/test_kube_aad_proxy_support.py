@@ -135,6 +135,8 @@ class RecordingUpstream:
     watch_events: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     watch_started: asyncio.Event = field(default_factory=asyncio.Event)
     connections: int = 0
+    # Bytes of ``/big`` bodies the proxy has taken so far (counted after each drain).
+    big_sent: int = 0
     _server: asyncio.Server | None = None
 
     @property
@@ -211,6 +213,7 @@ class RecordingUpstream:
             for i in range(0, n, 1 << 20):
                 writer.write(data[i:i + (1 << 20)])
                 await writer.drain()
+                self.big_sent += len(data[i:i + (1 << 20)])
         elif path == "/watch":
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
             await writer.drain()
