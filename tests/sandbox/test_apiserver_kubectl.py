@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from tests.kubectl import require_kubectl
-from tests.sandbox.conftest import LineReader, RunningApiServer
+from tests.sandbox.conftest import RunningApiServer
+from tests.support.processes import LineReader
 
 VERSIONS = ["1.27", "1.29", "1.30", "1.33"]
 # Upper bound for a live watch event to show up in kubectl's output.

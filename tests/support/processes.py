@@ -188,6 +188,10 @@ class ChildProcess:
         return (f"{self.name} exit code {self.proc.poll()}; stdout: {self.out.tail()}; "
                 f"stderr: {self.err.tail()}")
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def running(self) -> bool:
         return self.proc.poll() is None
 
