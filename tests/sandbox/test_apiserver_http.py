@@ -8,7 +8,7 @@ import socket
 import ssl
 
 from sandbox.apiserver.http import MAX_BODY
-from tests.sandbox.conftest import RunningApiServer
+from tests.support.sandbox import RunningApiServer
 
 # Socket operations in these tests give up after this many seconds.
 SOCKET_TIMEOUT = 10.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.kubectl import require_kubectl
-from tests.sandbox.conftest import RunningApiServer
+from tests.support.sandbox import RunningApiServer
 from tests.tcp_server import threaded_tcp_server
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.timeout(120)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import queue
 import re
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tests.support.waits import WAIT
 
@@ -29,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TAIL_LINES = 20
 # A stopped child gets this long to exit before SIGKILL (the relay drains first).
 STOP_TIMEOUT = 15.0
+# How often a ready file is looked for (seconds); children write it atomically.
+READY_FILE_POLL = 0.02
 _URL_PORT = re.compile(r"https?://(?:127\.0\.0\.1|localhost|\[::1\]):(\d+)")
 
 Needle = str | Callable[[str], bool]
@@ -132,16 +135,22 @@ class ChildProcess:
         self.out = LineReader(proc.stdout)
         self.err = LineReader(proc.stderr)
         self.ready_line = ""
+        self.ready_info: dict[str, Any] = {}
 
     @classmethod
-    def start(cls, argv: Sequence[str], *, ready: Needle, name: str | None = None,
-              ready_on: str = "stdout", timeout: float = WAIT, env: dict[str, str] | None = None,
-              cwd: Path = ROOT, stdin: int | None = subprocess.DEVNULL) -> ChildProcess:
-        """Start ``argv`` and wait until it prints a line matching ``ready``.
+    def start(cls, argv: Sequence[str], *, ready: Needle | None = None, ready_file: Path | None = None,
+              name: str | None = None, ready_on: str = "stdout", timeout: float = WAIT,
+              env: dict[str, str] | None = None, cwd: Path = ROOT,
+              stdin: int | None = subprocess.DEVNULL) -> ChildProcess:
+        """Start ``argv`` and wait until it prints a line matching ``ready``
+        (or, for a child that reports readiness in a file, until it wrote
+        ``ready_file``: its JSON is then in ``ready_info``).
 
         Args:
             argv: the command line.
             ready: text the ready line contains, or a predicate on the line.
+            ready_file: instead of ``ready``: the JSON file the child writes
+                (atomically) once it serves.
             name: what messages call it (default: the program name).
             ready_on: ``"stdout"`` or ``"stderr"``, where the ready line appears.
             timeout: the bound on the wait (seconds).
@@ -158,11 +167,25 @@ class ChildProcess:
         child = cls(name or Path(argv[0]).name, proc)
         reader = child.out if ready_on == "stdout" else child.err
         try:
-            child.ready_line = reader.wait_for(ready, timeout)
+            if ready_file is not None:
+                child.ready_info = child._wait_ready_file(ready_file, timeout)
+            else:
+                assert ready is not None, "start() needs ready or ready_file"
+                child.ready_line = reader.wait_for(ready, timeout)
         except AssertionError as exc:
             child.kill()
             raise AssertionError(f"{child.name} not ready ({exc}); {child.output()}") from None
         return child
+
+    def _wait_ready_file(self, path: Path, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited before writing {path}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path} not written within {timeout} s")
+            time.sleep(READY_FILE_POLL)
+        return dict(json.loads(path.read_text()))
 
     @classmethod
     async def start_async(cls, argv: Sequence[str], *, ready: Needle, **options: object) -> ChildProcess:
