@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.runtime import PodRuntime, ProcessIO
 from tests.kubectl import require_kubectl
 from tests.sandbox.test_streaming_harness import WAIT, Harness, make_pod, running_harness
+from tests.support.sandbox import SessionSpy
 from tests.support.waits import until
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.timeout(120)]
@@ -60,31 +60,6 @@ class PtyReader:
                 self.buf += os.read(self.master, 65536)
             await asyncio.sleep(0.02)
         self.buf = self.buf[self.buf.index(needle) + len(needle):]
-
-
-class SessionSpy:
-    """Records the ``ProcessIO`` of each exec/attach session the pod's runtime
-    starts: tests wait on what the session saw (a resize, being attached)."""
-
-    def __init__(self, runtime: PodRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.sessions: list[ProcessIO] = []
-        run_exec, run_attach = runtime.exec, runtime.attach
-
-        async def exec_(container: str | None, argv: list[str], io: ProcessIO) -> int:
-            self.sessions.append(io)
-            return await run_exec(container, argv, io)
-
-        async def attach(container: str | None, io: ProcessIO) -> int:
-            self.sessions.append(io)
-            return await run_attach(container, io)
-
-        monkeypatch.setattr(runtime, "exec", exec_)
-        monkeypatch.setattr(runtime, "attach", attach)
-
-    async def session(self) -> ProcessIO:
-        """The first session, once it started."""
-        await until(lambda: self.sessions, "an exec/attach session in the pod")
-        return self.sessions[0]
 
 
 def _set_size(fd: int, rows: int, cols: int) -> None:

@@ -188,9 +188,9 @@ class ChildProcess:
         return dict(json.loads(path.read_text()))
 
     @classmethod
-    async def start_async(cls, argv: Sequence[str], *, ready: Needle, **options: object) -> ChildProcess:
+    async def start_async(cls, argv: Sequence[str], **options: Any) -> ChildProcess:
         """``start`` in a worker thread, so servers on the test's loop keep serving meanwhile."""
-        return await asyncio.to_thread(lambda: cls.start(argv, ready=ready, **options))  # type: ignore[arg-type]
+        return await asyncio.to_thread(lambda: cls.start(argv, **options))
 
     @property
     def port(self) -> int:

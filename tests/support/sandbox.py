@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from sandbox.apiserver import SandboxApiServer
+from sandbox.runtime import PodRuntime, ProcessIO
 from tests.support.processes import ChildProcess
+from tests.support.waits import until
 
 T = TypeVar("T")
 # Every wait on the background loop is bounded by this (seconds).
@@ -111,3 +115,28 @@ def spawn_apiserver(state_dir: Path, kube_version: str = "1.33.0", *extra: str) 
         [sys.executable, "-m", "sandbox.apiserver", "--port", "0", "--state-dir", str(state_dir),
          "--version", kube_version, "--ready-file", str(state_dir / "ready.json"), *extra],
         ready_file=state_dir / "ready.json", name="sandbox.apiserver")
+
+
+class SessionSpy:
+    """Records the ``ProcessIO`` of each exec/attach session the pod's runtime
+    starts: tests wait on what the session saw (a resize, being attached)."""
+
+    def __init__(self, runtime: PodRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sessions: list[ProcessIO] = []
+        run_exec, run_attach = runtime.exec, runtime.attach
+
+        async def exec_(container: str | None, argv: list[str], io: ProcessIO) -> int:
+            self.sessions.append(io)
+            return await run_exec(container, argv, io)
+
+        async def attach(container: str | None, io: ProcessIO) -> int:
+            self.sessions.append(io)
+            return await run_attach(container, io)
+
+        monkeypatch.setattr(runtime, "exec", exec_)
+        monkeypatch.setattr(runtime, "attach", attach)
+
+    async def session(self) -> ProcessIO:
+        """The first session, once it started."""
+        await until(lambda: self.sessions, "an exec/attach session in the pod")
+        return self.sessions[0]
