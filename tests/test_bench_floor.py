@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench import e2e, floor
-from tests.tcp_server import threaded_tcp_server
+from tests.support.servers import threaded_tcp_server
 
 
 def _digest_server(seen: list[str]) -> Callable[[socket.socket], None]:

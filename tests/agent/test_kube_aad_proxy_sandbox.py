@@ -20,7 +20,7 @@ from certs import CertificateAuthority
 from identity import TokenValidator, TrustedIssuer
 from sandbox.idp import DEFAULT_AUDIENCE, SandboxIdp
 from tests.agent.test_kube_aad_proxy_support import TIMEOUT, get, pattern, read_response
-from tests.kubectl import require_kubectl
+from tests.support.kubectl import require_kubectl
 
 try:
     from sandbox import SandboxApiServer

@@ -39,8 +39,8 @@ from tests.e2e.identity_support import (
     token_kubeconfig,
     whoami_head,
 )
-from tests.kubectl import require_kubectl
 from tests.support.e2e import Kubectl, Proxy, start_proxy
+from tests.support.kubectl import require_kubectl
 
 pytestmark = pytest.mark.e2e
 

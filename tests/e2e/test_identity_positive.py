@@ -32,8 +32,8 @@ from tests.e2e.identity_support import (
     token_kubeconfig,
     whoami_head,
 )
-from tests.kubectl import require_kubectl
 from tests.support.e2e import Kubectl, Proxy, start_proxy, stop
+from tests.support.kubectl import require_kubectl
 from tests.support.processes import ROOT, child_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kubectl]

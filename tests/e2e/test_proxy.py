@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from client.demo import DemoEnvironment
-from tests.kubectl import require_kubectl
 from tests.support.e2e import Kubectl, Proxy, start_proxy
+from tests.support.kubectl import require_kubectl
 from tests.support.processes import ChildProcess, child_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kubectl]

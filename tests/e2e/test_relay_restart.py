@@ -12,8 +12,8 @@ import time
 import pytest
 
 from client.demo import DemoEnvironment
-from tests.kubectl import require_kubectl
 from tests.support.e2e import Kubectl, Proxy
+from tests.support.kubectl import require_kubectl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kubectl]
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.kubectl import require_kubectl
+from tests.support.kubectl import require_kubectl
 from tests.support.processes import LineReader
 from tests.support.sandbox import RunningApiServer
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.kubectl import require_kubectl
+from tests.support.kubectl import require_kubectl
 from tests.support.processes import LineReader
 from tests.support.sandbox import RunningApiServer
-from tests.tcp_server import threaded_tcp_server
+from tests.support.servers import threaded_tcp_server
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.timeout(120)]
 

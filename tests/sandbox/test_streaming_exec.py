@@ -14,7 +14,6 @@ from urllib.parse import urlencode
 import pytest
 from websockets.frames import Opcode
 
-from tests.kubectl import require_kubectl
 from tests.sandbox.test_streaming_harness import (
     WAIT,
     Harness,
@@ -25,6 +24,7 @@ from tests.sandbox.test_streaming_harness import (
     running_harness,
     ws_headers,
 )
+from tests.support.kubectl import require_kubectl
 from tests.support.sandbox import SessionSpy
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kubectl import require_kubectl
 from tests.sandbox.test_streaming_harness import WAIT, Harness, make_pod, running_harness
+from tests.support.kubectl import require_kubectl
 from tests.support.sandbox import SessionSpy
 from tests.support.waits import until
 

@@ -1,11 +1,14 @@
 """Small TCP servers on 127.0.0.1, each bound to port 0 (read the port back
-with ``server_port``), and a port that refuses every connection."""
+with ``server_port``), a thread-per-connection server for synchronous tests,
+and a port that refuses every connection."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 READ_SIZE = 65536
@@ -49,3 +52,29 @@ def refusing_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def threaded_tcp_server(serve: Callable[[socket.socket], None]) -> Iterator[int]:
+    """Serve ``serve(conn)`` in a daemon thread per connection on 127.0.0.1;
+    yields the port. On exit the listener stops (connections already being
+    served run on)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:  # the listener was shut down
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield int(srv.getsockname()[1])
+    finally:
+        with contextlib.suppress(OSError):
+            srv.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        srv.close()
+        acceptor.join(5)
