@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from agent import KubeAadProxy, KubeAadProxyConfig
-from tests.agent.test_kube_aad_proxy_support import (
+from tests.support.kube_aad_proxy import (
     TIMEOUT,
-    Pki,
     RecordingUpstream,
     connect,
     get,
@@ -20,6 +19,7 @@ from tests.agent.test_kube_aad_proxy_support import (
     read_response,
     status_of,
 )
+from tests.support.pki import Pki
 from tests.support.waits import until
 
 pytestmark = pytest.mark.timeout(60)

@@ -15,14 +15,8 @@ import pytest
 
 from agent.kube_aad_proxy.config import KubeAadProxyConfig
 from agent.kube_aad_proxy.proxy import KubeAadProxy
-from tests.agent.test_kube_aad_proxy_support import (
-    TIMEOUT,
-    Pki,
-    RecordingUpstream,
-    connect,
-    get,
-    read_response,
-)
+from tests.support.kube_aad_proxy import TIMEOUT, RecordingUpstream, connect, get, read_response
+from tests.support.pki import Pki
 from tests.support.waits import until
 
 SHORT = 0.5  # seconds: head and handshake timeouts of the proxy under test

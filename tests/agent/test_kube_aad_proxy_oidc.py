@@ -13,14 +13,8 @@ import pytest
 from agent import KubeAadProxy, KubeAadProxyConfig
 from identity import HttpGroupResolver, TokenValidator, TrustedIssuer
 from sandbox.idp import DEFAULT_AUDIENCE, SandboxIdp
-from tests.agent.test_kube_aad_proxy_support import (
-    Pki,
-    RecordingUpstream,
-    connect,
-    get,
-    read_response,
-    status_of,
-)
+from tests.support.kube_aad_proxy import RecordingUpstream, connect, get, read_response, status_of
+from tests.support.pki import Pki
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,7 +20,7 @@ from agent.kube_aad_proxy.names import NameMapper, NamePrefixes
 from certs import CertificateAuthority, client_ssl_context
 from identity import TokenValidator, TrustedIssuer
 from sandbox.idp import DEFAULT_AUDIENCE, SandboxIdp
-from tests.agent.test_kube_aad_proxy_support import TIMEOUT, Response, read_response
+from tests.support.kube_aad_proxy import TIMEOUT, Response, read_response
 
 try:
     from sandbox import SandboxApiServer

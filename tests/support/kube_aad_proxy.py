@@ -1,6 +1,6 @@
-"""Support for the kube-aad-proxy tests (no tests here): a small real TLS
-upstream that records every request head it receives, and raw HTTP/1.1
-helpers for the client side."""
+"""Support for the kube-aad-proxy tests: a small real TLS upstream that
+records every request head it receives, and raw HTTP/1.1 helpers for the
+client side."""
 
 from __future__ import annotations
 
@@ -10,29 +10,10 @@ import json
 import ssl
 from dataclasses import dataclass, field
 
-from certs import CertificateAuthority, IssuedCertificate, client_ssl_context, server_ssl_context
+from certs import server_ssl_context
+from tests.support.pki import PROXY_NAME, Pki
 
 TIMEOUT = 10.0
-PROXY_NAME = "kube-aad-proxy.test"
-
-
-@dataclass
-class Pki:
-    """One CA, a serving cert for the proxy and one for the upstream."""
-
-    ca: CertificateAuthority
-    proxy_cert: IssuedCertificate
-    upstream_cert: IssuedCertificate
-
-    @classmethod
-    def create(cls) -> Pki:
-        ca = CertificateAuthority.create("kube-aad-proxy test CA")
-        return cls(ca, ca.issue_server([PROXY_NAME]), ca.issue_server(["localhost"]))
-
-    def client_context(self) -> ssl.SSLContext:
-        ctx = client_ssl_context(self.ca.certificate_pem)
-        ctx.set_alpn_protocols(["h2", "http/1.1"])  # as kubectl offers
-        return ctx
 
 
 @dataclass
@@ -107,8 +88,9 @@ async def read_response(reader: asyncio.StreamReader, *, method: str = "GET") ->
 
 
 def status_of(resp: Response) -> dict[str, object]:
+    """The body of a Kubernetes ``Status`` response."""
     doc = json.loads(resp.body)
-    assert doc["kind"] == "Status"
+    assert isinstance(doc, dict) and doc["kind"] == "Status"
     return doc
 
 
