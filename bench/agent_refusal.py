@@ -21,7 +21,7 @@ from pathlib import Path
 
 from certs import generate_key_pair
 from identity import sign_agent_assertion
-from tests.relay.harness import RelayEnv
+from tests.support.relay import RelayEnv
 
 ROUNDS = 500
 WARMUP = 50

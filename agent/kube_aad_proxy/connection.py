@@ -70,6 +70,13 @@ class ProxyConnection(asyncio.Protocol):
         # byte, so a trickle of bytes cannot keep a head open.
         self._head_started: float | None = None
 
+    @property
+    def upstream_paused(self) -> bool:
+        """True while reading from the API server is paused because kubectl's
+        side of this connection is full (back-pressure)."""
+        up = self._up
+        return up is not None and up.transport is not None and not up.transport.is_reading()
+
     # -- downstream transport callbacks ---------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

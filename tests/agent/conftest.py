@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.agent.test_kube_aad_proxy_support import Pki, RecordingUpstream
+from tests.support.kube_aad_proxy import RecordingUpstream
+from tests.support.pki import Pki
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,9 @@ import yaml
 
 from certs import CertificateAuthority, client_ssl_context, write_pem_pair
 from sandbox.apiserver.server import SandboxApiServer
-from tests.relay.harness import WAIT, RelayEnv, running_env, server_port
+from tests.support.relay import RelayEnv, running_env
+from tests.support.servers import server_port
+from tests.support.waits import WAIT
 from tunnel import TunnelSession, splice
 
 

@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from agent.connector_dial import agent_audience, agent_connect_url, resolve_proxy
 from agent.connector_metadata import parse_cpu
-from tests.relay.harness import (
-    WAIT,
-    RelayEnv,
-    roundtrip,
-    running_env,
-    server_port,
-    start_echo_server,
-)
+from tests.support.relay import RelayEnv, roundtrip
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT, until
 from tunnel import Backoff
-
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 class ConnectProxy:
@@ -159,10 +145,7 @@ async def test_connector_keeps_retrying_when_refused(relay_env: RelayEnv) -> Non
 
     keys = generate_key_pair("rg1/late")
     connector = await relay_env.start_agent("rg1/late", keys, ("127.0.0.1", 9))
-    for _ in range(int(WAIT / 0.05)):
-        if connector.last_error:
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: connector.last_error, "the agent's first dial error")
     assert connector.last_error.startswith("relay refused the agent (401)")
     assert not connector.connected
     relay_env.register("rg1", "late", keys)
@@ -174,12 +157,13 @@ async def test_connector_stop_drains_open_streams(relay_env: RelayEnv) -> None:
     echo = await start_echo_server()
     keys = relay_env.register("rg1", "alpha")
     connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
-    await relay_env.wait_agent("rg1/alpha")
+    agent_session = await relay_env.wait_agent("rg1/alpha")
     client = await relay_env.client(relay_env.token("admin"))
     stream = await client.open_stream(b"rg1/alpha", timeout=WAIT)
     await stream.write(b"one ")
     await connector.stop()
-    await asyncio.sleep(0.2)
+    # The relay holds the agent's GOAWAY: from here on only the drain carries the stream.
+    await until(lambda: agent_session.goaway_received, "the agent's GOAWAY at the relay")
     await stream.write(b"two")
     await stream.write_eof()
     received = b""
@@ -194,10 +178,7 @@ async def test_connector_names_untrusted_relay_certificate(relay_env: RelayEnv) 
     """Without the relay's CA the agent says the certificate is not trusted (and retries)."""
     keys = relay_env.register("rg1", "alpha")
     connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", 9), relay_ca_pem=None)
-    for _ in range(int(WAIT / 0.05)):
-        if connector.last_error:
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: connector.last_error, "the agent's first dial error")
     assert connector.last_error.startswith("relay TLS certificate not trusted")
     assert not connector.connected
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +16,11 @@ import yaml
 
 from certs import CertificateAuthority, client_ssl_context, write_pem_pair
 from sandbox.apiserver.server import SandboxApiServer
-from tests.relay.harness import (
-    WAIT,
-    RelayEnv,
-    roundtrip,
-    running_env,
-    server_port,
-    start_echo_server,
-)
+from tests.support.processes import ChildProcess, child_env
+from tests.support.relay import RelayEnv, roundtrip
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT, until
 from tunnel import TunnelSession, splice
-
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 def _write_config(path: Path, data: dict[str, Any]) -> Path:
@@ -56,18 +43,21 @@ def _agent_base(env: RelayEnv, tmp: Path, rg: str, name: str) -> dict[str, Any]:
             "agent_key_file": str(key_file)}
 
 
-class AgentProcess:
-    """``python -m agent.cli`` in the background; SIGTERM on exit."""
+# arc-agent logs this once its session with the relay is up (agent/connector.py).
+AGENT_CONNECTED = "agent connected relay="
 
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--config", str(config)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "NO_PROXY": "*"})
 
-    async def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.proc.wait, 30)
+async def start_agent_process(config: Path) -> ChildProcess:
+    """``python -m agent.cli`` once it connected to the relay (which serves on
+    this test's loop meanwhile); stop it with ``stop_agent_process``."""
+    return await ChildProcess.start_async(
+        [sys.executable, "-m", "agent.cli", "--config", str(config)], ready=AGENT_CONNECTED,
+        ready_on="stderr", name="arc-agent", env=child_env(NO_PROXY="*"))
+
+
+async def stop_agent_process(agent: ChildProcess) -> int:
+    """SIGTERM and its exit code (it drains its session first)."""
+    return await asyncio.to_thread(agent.stop)
 
 
 def test_agent_cli_reports_operator_errors_in_one_line(tmp_path: Path) -> None:
@@ -100,14 +90,14 @@ async def test_agent_cli_forward_to_pipes_streams_to_tcp(relay_env: RelayEnv, tm
     config = _write_config(tmp_path / "agent.yaml", {
         **_agent_base(relay_env, tmp_path, "rg1", "fwd"),
         "forward_to": f"127.0.0.1:{server_port(echo)}"})
-    agent = AgentProcess(config)
+    agent = await start_agent_process(config)
     try:
         await relay_env.wait_agent("rg1/fwd")
         client = await relay_env.client(relay_env.token("admin"))
         payload = os.urandom(256 * 1024)
         assert await roundtrip(client, b"rg1/fwd", payload) == payload
     finally:
-        assert await agent.stop() == 0
+        assert await stop_agent_process(agent) == 0, agent.output()
         echo.close()
 
 
@@ -138,7 +128,7 @@ async def test_agent_cli_default_mode_serves_api_through_kube_aad_proxy(
         "kube_aad_proxy": {"listen": "127.0.0.1:0", "serving_cert_file": str(cert_file),
                            "serving_key_file": str(key_file), "upstream_url": api.url,
                            "upstream_ca_file": str(api.ca_file), "upstream_token_file": str(token_file)}})
-    agent = AgentProcess(config)
+    agent = await start_agent_process(config)
     bridge = None
     try:
         await relay_env.wait_agent("rg1/demo")
@@ -153,17 +143,14 @@ async def test_agent_cli_default_mode_serves_api_through_kube_aad_proxy(
             assert resp.status == 200
             assert (await resp.json())["gitVersion"].startswith("v1.33")
         registry = relay_env.state.registry
-        for _ in range(int(WAIT / 0.1)):
-            if registry.get("rg1/demo").total_node_count is not None:
-                break
-            await asyncio.sleep(0.1)
+        await until(lambda: registry.get("rg1/demo").total_node_count is not None, "the agent's metadata")
         cluster = registry.get("rg1/demo")
         assert cluster.kubernetes_version.startswith("v1.33")
         assert cluster.total_node_count >= 1 and cluster.total_core_count >= 1
     finally:
         if bridge is not None:
             bridge.close()
-        assert await agent.stop() == 0, agent.proc.stderr.read() if agent.proc.stderr else ""
+        assert await stop_agent_process(agent) == 0, agent.output()
         await api.stop()
 
 
@@ -177,7 +164,7 @@ async def test_agent_cli_limits_its_session_streams_from_config(relay_env: Relay
     config = _write_config(tmp_path / "agent.yaml", {
         **_agent_base(relay_env, tmp_path, "rg1", "small"),
         "forward_to": f"127.0.0.1:{server_port(echo)}", "limits": {"max_concurrent_streams": 2}})
-    agent = AgentProcess(config)
+    agent = await start_agent_process(config)
     try:
         await relay_env.wait_agent("rg1/small")
         client = await relay_env.client(relay_env.token("admin"))
@@ -193,7 +180,7 @@ async def test_agent_cli_limits_its_session_streams_from_config(relay_env: Relay
         await held[0].aclose()
         assert await roundtrip(client, b"rg1/small", b"again") == b"again"
     finally:
-        assert await agent.stop() == 0
+        assert await stop_agent_process(agent) == 0, agent.output()
         echo.close()
 
 

@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from agent import KubeAadProxy, KubeAadProxyConfig
-from tests.agent.test_kube_aad_proxy_support import (
+from tests.support.kube_aad_proxy import (
     TIMEOUT,
-    Pki,
     RecordingUpstream,
     connect,
     get,
@@ -20,6 +19,8 @@ from tests.agent.test_kube_aad_proxy_support import (
     read_response,
     status_of,
 )
+from tests.support.pki import Pki
+from tests.support.waits import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -321,9 +322,10 @@ async def test_proxy_bounds_buffering_for_slow_reader(
     w.write(get(f"/big?n={n}"))
     head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), TIMEOUT)
     assert b"200" in head
-    await asyncio.sleep(0.5)  # let every buffer on the path fill up
     (conn,) = proxy.connections
+    await until(lambda: conn.upstream_paused, "the proxy to stop reading the API server")
     assert conn.transport is not None and conn.transport.get_write_buffer_size() < 4 * 1024 * 1024
+    assert upstream.big_sent < n  # the API server is held back, not done
     h = hashlib.sha256()
     got = 0
     while got < n:
@@ -344,9 +346,7 @@ async def test_proxy_forgets_closed_client_connections(
     await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), TIMEOUT)
     assert len(proxy.connections) == 1
     w.close()
-    async with asyncio.timeout(TIMEOUT):
-        while proxy.connections:
-            await asyncio.sleep(0.01)
+    await until(lambda: not proxy.connections, "the proxy to forget the connection", TIMEOUT)
 
 
 async def test_proxy_times_out_partial_head_and_idle_connection(pki: Pki, upstream: RecordingUpstream) -> None:
@@ -370,10 +370,15 @@ async def test_proxy_times_out_partial_head_and_idle_connection(pki: Pki, upstre
         resp = await read_response(r1)
         assert resp.status == 408
         assert await asyncio.wait_for(r2.read(), TIMEOUT) == b""
-        await asyncio.sleep(1.0)  # well past idle_timeout
+        # A connection going idle after the watch's last byte is closed after
+        # idle_timeout: by then the silent watch was idle longer, and stays open.
+        r4, w4 = await connect(pki, p.port)
+        w4.write(get("/after-watch"))
+        assert (await read_response(r4)).status == 200
+        assert await asyncio.wait_for(r4.read(), TIMEOUT) == b""
         await upstream.watch_events.put(b"still-open")
         assert (await asyncio.wait_for(r3.readuntil(b"still-open\r\n"), TIMEOUT)).endswith(b"still-open\r\n")
-        assert [x.path for x in upstream.received] == ["/once", "/watch"]
+        assert [x.path for x in upstream.received] == ["/once", "/watch", "/after-watch"]
         w3.close()
     finally:
         await p.stop()
@@ -388,9 +393,7 @@ async def test_proxy_reopens_upstream_after_idle_close(
     w.write(get("/idle-close"))
     assert (await read_response(r)).status == 200
     (conn,) = proxy.connections
-    async with asyncio.timeout(TIMEOUT):
-        while conn._up is not None:  # the proxy noticed the upstream close
-            await asyncio.sleep(0.01)
+    await until(lambda: conn._up is None, "the proxy to notice the upstream close", TIMEOUT)
     w.write(get("/next"))
     assert (await read_response(r)).body.endswith(b'"/next"}')
     assert upstream.connections == 2

@@ -9,20 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from agent.kube_aad_proxy.config import KubeAadProxyConfig
 from agent.kube_aad_proxy.proxy import KubeAadProxy
-from tests.agent.test_kube_aad_proxy_support import (
-    TIMEOUT,
-    Pki,
-    RecordingUpstream,
-    connect,
-    get,
-    read_response,
-)
+from tests.support.kube_aad_proxy import TIMEOUT, RecordingUpstream, connect, get, read_response
+from tests.support.pki import Pki
+from tests.support.waits import until
 
 SHORT = 0.5  # seconds: head and handshake timeouts of the proxy under test
 
@@ -63,13 +58,6 @@ async def served(pki: Pki, proxy: KubeAadProxy) -> bool:
     ok = (await read_response(r)).status == 200
     w.close()
     return ok
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Poll an in-process condition (bounded by TIMEOUT)."""
-    async with asyncio.timeout(TIMEOUT):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_proxy_closes_connection_silent_after_tls(pki: Pki, proxy: KubeAadProxy) -> None:
@@ -121,7 +109,7 @@ async def test_proxy_closes_connection_that_never_starts_tls(pki: Pki, proxy: Ku
     assert await served(pki, proxy)
     assert await until_closed(r) == b""
     w.close()
-    await wait_until(lambda: proxy.preauth_connections == 0)
+    await until(lambda: proxy.preauth_connections == 0, "no connection before its head")
 
 
 async def test_proxy_refuses_connections_beyond_preauth_limit(
@@ -136,7 +124,7 @@ async def test_proxy_refuses_connections_beyond_preauth_limit(
         assert (await read_response(kept_r)).status == 200  # past its head: not counted
         silent = [await connect(pki, p.port) for _ in range(2)]
         bare = await asyncio.open_connection("127.0.0.1", p.port)  # not even TLS
-        await wait_until(lambda: p.preauth_connections == 3)
+        await until(lambda: p.preauth_connections == 3, "3 connections before their head")
         caplog.set_level(logging.INFO, logger="agent.kube_aad_proxy")
         for _ in range(3):
             r, w = await asyncio.open_connection("127.0.0.1", p.port)
@@ -149,7 +137,7 @@ async def test_proxy_refuses_connections_beyond_preauth_limit(
         assert (await read_response(kept_r)).status == 200
         for _, w in [*silent, bare]:
             w.close()
-        await wait_until(lambda: p.preauth_connections == 0)
+        await until(lambda: p.preauth_connections == 0, "no connection before its head")
         assert await served(pki, p)
         kept_w.close()
     finally:

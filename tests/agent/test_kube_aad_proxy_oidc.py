@@ -7,35 +7,20 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from agent import KubeAadProxy, KubeAadProxyConfig
 from identity import HttpGroupResolver, TokenValidator, TrustedIssuer
 from sandbox.idp import DEFAULT_AUDIENCE, SandboxIdp
-from tests.agent.test_kube_aad_proxy_support import (
-    Pki,
-    RecordingUpstream,
-    connect,
-    get,
-    read_response,
-    status_of,
-)
+from tests.support.kube_aad_proxy import RecordingUpstream, connect, get, read_response, status_of
+from tests.support.pki import Pki
 
 pytestmark = pytest.mark.timeout(60)
 
 AGENT_TOKEN = "agent-sa-token"
 DEMO_OID = "35233192-fc5d-4d88-83c8-36ab5ca99ad9"
 OVERAGE_USER = "overage@contoso.example"
-
-
-@pytest.fixture
-async def idp(tmp_path: Path) -> AsyncIterator[SandboxIdp]:
-    server = SandboxIdp(tmp_path / "idp")
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def start_proxy(

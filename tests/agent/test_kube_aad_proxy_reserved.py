@@ -22,7 +22,7 @@ from certs import CertificateAuthority, client_ssl_context
 from configfile import validate_config
 from identity import TokenValidator, TrustedIssuer
 from sandbox.idp import DEFAULT_AUDIENCE, SandboxIdp
-from tests.agent.test_kube_aad_proxy_support import TIMEOUT, Response, read_response
+from tests.support.kube_aad_proxy import TIMEOUT, Response, read_response
 
 try:
     from sandbox import SandboxApiServer

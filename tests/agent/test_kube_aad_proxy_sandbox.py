@@ -19,8 +19,8 @@ from agent import KubeAadProxy, KubeAadProxyConfig
 from certs import CertificateAuthority
 from identity import TokenValidator, TrustedIssuer
 from sandbox.idp import DEFAULT_AUDIENCE, SandboxIdp
-from tests.agent.test_kube_aad_proxy_support import TIMEOUT, get, pattern, read_response
-from tests.kubectl import require_kubectl
+from tests.support.kube_aad_proxy import TIMEOUT, get, pattern, read_response
+from tests.support.kubectl import require_kubectl
 
 try:
     from sandbox import SandboxApiServer

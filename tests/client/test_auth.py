@@ -4,7 +4,6 @@ one-line errors that never contain a secret."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jwt
@@ -15,14 +14,6 @@ from client.config import AuthConfig
 from client.demo import load_demo_identity
 from client.errors import AuthError
 from sandbox.idp import SandboxIdp
-
-
-@pytest.fixture
-async def idp(tmp_path: Path) -> AsyncIterator[SandboxIdp]:
-    server = SandboxIdp(state_dir=tmp_path / "idp", host="127.0.0.1", port=0)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def _auth(idp: SandboxIdp, **kw: str) -> AuthConfig:

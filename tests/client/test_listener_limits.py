@@ -10,7 +10,8 @@ import logging
 import pytest
 
 from client.listener import MAX_PENDING_OPENS, LocalListener
-from tests.client.test_listener_resets import _echo_check, _until, rig
+from tests.client.test_listener_resets import _echo_check, rig
+from tests.support.waits import until
 from tests.tunnel.test_aio import WAIT
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,7 +26,7 @@ async def test_listener_closes_connections_beyond_the_pending_open_bound(
     async with rig(max_pending_opens=4) as r:
         r.admit.clear()
         waiting = [await r.connect() for _ in range(4)]
-        await _until(lambda: len(r.opens) == 4, "4 OPENs pending at the far side")
+        await until(lambda: len(r.opens) == 4, "4 OPENs pending at the far side")
         extra_reader, extra_writer = await r.connect()
         async with asyncio.timeout(WAIT):
             assert await extra_reader.read() == b""  # closed by the listener

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from client.listener import LocalListener
+from tests.support.waits import until
 from tests.tunnel.test_aio import WAIT, Pair, tunnel_pair
 from tunnel import TunnelSession, TunnelStream, splice
 
@@ -116,12 +117,6 @@ def _close(writer: asyncio.StreamWriter, rst: bool) -> None:
         writer.close()
 
 
-async def _until(predicate: object, what: str) -> None:
-    async with asyncio.timeout(WAIT):
-        while not predicate():  # type: ignore[operator]
-            await asyncio.sleep(0.005)
-
-
 async def _echo_check(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
     data = bytes([n % 251]) * 50_000
     writer.write(data)
@@ -133,7 +128,7 @@ async def _before_open_ok(r: Rig, rst: bool) -> None:
     r.admit.clear()
     seen = len(r.opens)
     _, writer = await r.connect()
-    await _until(lambda: len(r.opens) > seen, "OPEN reached the far side")
+    await until(lambda: len(r.opens) > seen, "OPEN reached the far side")
     _close(writer, rst)
     await asyncio.sleep(0)  # let the listener notice nothing; the OPEN is still pending
     r.admit.set()
@@ -197,7 +192,7 @@ async def test_listener_client_closing_at_any_moment_ends_only_its_stream(
                 assert r.keeper.the_session is session and not session.closed
                 assert not session.draining and not r.pair.server.draining
         # Every cut stream ends on both sides: only the live one remains.
-        await _until(lambda: session.streams == 1 and r.pair.server.streams == 1,
+        await until(lambda: session.streams == 1 and r.pair.server.streams == 1,
                      "cut streams cleaned up")
         await _echo_check(live_reader, live_writer, 99)
         live_writer.close()

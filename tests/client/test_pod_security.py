@@ -27,7 +27,7 @@ from client.manifests import (
     dump_manifests,
 )
 from client.manifests_chart import CHART_DIR, EXAMPLE, VALUE_PATHS, chart_template, values_yaml
-from tests.client.chart_render import RequiredValueMissing, render
+from tests.support.helm_chart import RequiredValueMissing, render
 
 ROOT = Path(__file__).resolve().parents[2]
 

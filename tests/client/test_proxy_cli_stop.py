@@ -18,7 +18,9 @@ import yaml
 
 from certs import CertificateAuthority, generate_key_pair
 from relay.registry import Cluster
-from tests.relay.harness import WAIT, RelayEnv, running_env, server_port, start_echo_server
+from tests.support.relay import RelayEnv, running_env
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT
 
 
 @pytest.fixture

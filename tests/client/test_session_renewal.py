@@ -6,32 +6,18 @@ on the old session until the token that opened them expires
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from client.auth import Token, TokenSource
 from client.config import AuthConfig, ClientConfig
 from client.relay_client import RelaySessionKeeper
-from tests.relay.harness import (
-    DEMO_OID,
-    WAIT,
-    RelayEnv,
-    running_env,
-    server_port,
-    start_echo_server,
-)
+from tests.support.relay import DEMO_OID, RelayEnv
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT, until
 from tunnel import ErrorCode, StreamReset
 
 LIFETIME = 3
-
-
-@pytest.fixture
-async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
-    """A started relay and sandbox issuer."""
-    async with running_env(tmp_path) as env:
-        yield env
 
 
 def test_token_renews_at_a_quarter_of_a_short_lifetime() -> None:
@@ -71,9 +57,7 @@ async def test_keeper_renews_session_and_old_stream_ends_at_token_expiry(relay_e
         first = await keeper.start()
         stream = await (await keeper.session()).open_stream(b"rg1/alpha", timeout=WAIT)
         assert await _echo(stream, b"before") == b"before"
-        async with asyncio.timeout(WAIT):
-            while keeper.renewals < 1:
-                await asyncio.sleep(0.1)
+        await until(lambda: keeper.renewals >= 1, "the keeper to renew its session")
         assert first.draining  # we sent GOAWAY on it
         with pytest.raises(StreamReset) as reset:
             async with asyncio.timeout(WAIT):

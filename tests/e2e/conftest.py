@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from client.demo import DemoEnvironment
-from tests.e2e.helpers import Proxy, free_port, start_proxy
+from tests.support.e2e import Proxy, start_proxy
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +41,6 @@ def demo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoEnvironme
 def proxy(demo_env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     """One ``arc-proxy -n demo`` for the session, user = exec plugin (OIDC token)."""
     kc = tmp_path_factory.mktemp("kube") / "config"
-    p = start_proxy(demo_env, free_port(), kc)
+    p = start_proxy(demo_env.client_config_path, kc)
     yield p
     p.stop()

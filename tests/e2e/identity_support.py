@@ -14,14 +14,11 @@ import json
 import os
 import socket
 import ssl
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +28,6 @@ from client.demo import DemoEnvironment
 from sandbox.idp.keys import SigningKeys
 from sandbox.idp.tokens import TokenMinter
 from sandbox.idp.users import load_directory
-from tests.e2e.helpers import READY_MARK, ROOT, LineReader, child_env
 
 AUDIENCE = "api://cluster-connect"
 AGENT_SA = "system:serviceaccount:cluster-connect:arc-agent"
@@ -249,45 +245,6 @@ def relay_metric(env: DemoEnvironment, name: str) -> float:
 
 
 # -- arc-proxy with its stderr visible ---------------------------------------------------
-
-@dataclass
-class VerboseProxy:
-    """An ``arc-proxy -v`` whose stdout and stderr lines can be waited for."""
-
-    proc: subprocess.Popen[str]
-    port: int
-    kubeconfig: Path
-    out: LineReader
-    err: LineReader
-    extra: list[str] = field(default_factory=list)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def start_verbose_proxy(client_config: Path, port: int, kubeconfig: Path, *extra: str) -> VerboseProxy:
-    """``arc-proxy -n demo -v --port P --file F`` with ``ARC_CONFIG=client_config``."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "client.proxy_cli", "-n", "demo", "-v", "--port", str(port),
-         "--file", str(kubeconfig), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env=child_env(ARC_CONFIG=str(client_config)))
-    out, err = LineReader(proc.stdout), LineReader(proc.stderr)
-    try:
-        out.wait_for(READY_MARK, 40)
-    except AssertionError:
-        proc.kill()
-        proc.wait(5)
-        time.sleep(0.2)
-        raise AssertionError(f"arc-proxy not ready; stderr: {list(err.lines.queue)[-20:]}") from None
-    return VerboseProxy(proc, port, kubeconfig, out, err)
-
 
 def agent_log_count(env: DemoEnvironment, needle: str) -> int:
     """Lines of the agent's log containing ``needle``."""

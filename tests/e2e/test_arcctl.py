@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from client.demo import DemoEnvironment
-from tests.e2e.helpers import ROOT, child_env
+from tests.support.processes import ROOT, child_env
 
 pytestmark = pytest.mark.e2e
 

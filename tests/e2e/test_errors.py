@@ -8,22 +8,22 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from client.demo import DemoEnvironment
-from tests.e2e.helpers import ROOT, child_env, free_port
+from tests.support.processes import ROOT, child_env
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 def _arc_proxy(env: DemoEnvironment, tmp_path: Path, *args: str, config: Path | None = None,
-               port: int | None = None) -> subprocess.CompletedProcess[str]:
+               port: int = 0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "client.proxy_cli", "--port", str(port or free_port()),
+        [sys.executable, "-m", "client.proxy_cli", "--port", str(port),
          "--file", str(tmp_path / "kubeconfig"), *args],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
         env=child_env(ARC_CONFIG=str(config or env.client_config_path)))
@@ -86,9 +86,7 @@ def test_arc_proxy_agent_offline_is_one_line(demo_env: DemoEnvironment, tmp_path
     """The agent is stopped: the registration says Offline (or the probe is refused)."""
     demo_env.stop_agent()
     try:
-        deadline = time.monotonic() + 20
-        while asyncio.run(demo_env.cluster_status()) != "Offline" and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: asyncio.run(demo_env.cluster_status()) == "Offline", "the cluster to be Offline")
         _one_line(_arc_proxy(demo_env, tmp_path, "-n", "demo"), "offline")
     finally:
         demo_env.start_agent()

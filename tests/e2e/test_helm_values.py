@@ -1,6 +1,6 @@
 """``arcctl connect --helm-values FILE`` end to end: register without touching
 the cluster, write the chart's values (keys included, 0600), install the chart
-as Helm would (rendered by tests/client/chart_render.py: Helm is not
+as Helm would (rendered by tests/support/helm_chart.py: Helm is not
 installable here), and the agent started from what the chart stored connects.
 
 The tests of this module run in order and share one environment.
@@ -17,8 +17,9 @@ import yaml
 
 from client.kube_apply import KubeTarget
 from client.manifests_chart import chart_template
-from tests.client.chart_render import render
-from tests.e2e.lifecycle_harness import GROUP, LifecycleEnv, json_out, wait_for
+from tests.support.helm_chart import render
+from tests.support.lifecycle import GROUP, LifecycleEnv, json_out
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -95,7 +96,7 @@ def test_chart_installed_with_those_values_runs_a_connected_agent(env: Lifecycle
     finally:
         target.close()
     env.start_agent(NAME)
-    wait_for(lambda: env.status(NAME) == "Connected", "the chart's agent to connect")
+    wait_until(lambda: env.status(NAME) == "Connected", "the chart's agent to connect")
 
 
 def test_delete_leaves_the_helm_release_to_helm(env: LifecycleEnv) -> None:

@@ -28,21 +28,19 @@ from client.auth import TokenSource
 from client.demo import DemoEnvironment
 from client.relay_client import RelayApi
 from identity import sign_agent_assertion
-from tests.e2e.helpers import Kubectl, free_port
 from tests.e2e.identity_support import (
     Forge,
-    VerboseProxy,
     audit,
     audit_since,
     demo,
     get_head,
     raw_request,
     relay_status,
-    start_verbose_proxy,
     token_kubeconfig,
     whoami_head,
 )
-from tests.kubectl import require_kubectl
+from tests.support.e2e import Kubectl, Proxy, start_proxy
+from tests.support.kubectl import require_kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -64,11 +62,11 @@ def forge(env: DemoEnvironment) -> Forge:
 
 
 @pytest.fixture(scope="module")
-def proxy(env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerboseProxy]:
+def proxy(env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     """The demo user's arc-proxy: a legitimate relay session that carries the
     attacker's kubectl traffic (the relay cannot see inside the TLS)."""
     kc = tmp_path_factory.mktemp("kube-attacks") / "config"
-    p = start_verbose_proxy(env.client_config_path, free_port(), kc)
+    p = start_proxy(env.client_config_path, kc, "-v")
     yield p
     p.stop()
 
@@ -88,7 +86,7 @@ def _assert_nothing_reached(env: DemoEnvironment, mark: int) -> None:
     assert reached == [], f"requests reached the API server: {reached}"
 
 
-def _refused_everywhere(env: DemoEnvironment, proxy: VerboseProxy, token: str, status: int = 401) -> str:
+def _refused_everywhere(env: DemoEnvironment, proxy: Proxy, token: str, status: int = 401) -> str:
     """The token is refused by kube-aad-proxy (through the real path) and by
     the relay, and the API server saw nothing. Returns the proxy's message."""
     mark = _mark(env)
@@ -102,55 +100,55 @@ def _refused_everywhere(env: DemoEnvironment, proxy: VerboseProxy, token: str, s
     return message
 
 
-def test_attack_alg_none_is_refused(env: DemoEnvironment, forge: Forge, proxy: VerboseProxy) -> None:
+def test_attack_alg_none_is_refused(env: DemoEnvironment, forge: Forge, proxy: Proxy) -> None:
     """An unsigned token (``alg: none``) with otherwise perfect claims."""
     token = forge.raw(forge.claims("demo"), algorithm="none")
     assert "algorithm not allowed" in _refused_everywhere(env, proxy, token)
 
 
 def test_attack_hs256_signed_with_issuer_public_key_is_refused(env: DemoEnvironment, forge: Forge,
-                                                               proxy: VerboseProxy) -> None:
+                                                               proxy: Proxy) -> None:
     """The classic key-confusion forgery: HMAC keyed with the issuer's public key."""
     token = forge.raw(forge.claims("demo"), algorithm="HS256", key=forge.public_key_pem,
                       headers={"kid": forge.minter.keys.current.kid})
     assert "algorithm not allowed" in _refused_everywhere(env, proxy, token)
 
 
-def test_attack_wrong_issuer_is_refused(env: DemoEnvironment, forge: Forge, proxy: VerboseProxy) -> None:
+def test_attack_wrong_issuer_is_refused(env: DemoEnvironment, forge: Forge, proxy: Proxy) -> None:
     """A token for our audience from an issuer nobody trusts (signed with the
     real key, so only the ``iss`` check can stop it)."""
     token = forge.token("demo", iss="https://evil.example/9dc190c4/v2.0")
     assert "untrusted issuer" in _refused_everywhere(env, proxy, token)
 
 
-def test_attack_wrong_audience_is_refused(env: DemoEnvironment, forge: Forge, proxy: VerboseProxy) -> None:
+def test_attack_wrong_audience_is_refused(env: DemoEnvironment, forge: Forge, proxy: Proxy) -> None:
     """A genuine token of the trusted issuer, minted for another API."""
     token = forge.token("demo", aud="api://some-other-api")
     assert "wrong audience" in _refused_everywhere(env, proxy, token)
 
 
-def test_attack_expired_token_is_refused(env: DemoEnvironment, forge: Forge, proxy: VerboseProxy) -> None:
+def test_attack_expired_token_is_refused(env: DemoEnvironment, forge: Forge, proxy: Proxy) -> None:
     """Expired well beyond the clock skew."""
     now = int(time.time())
     token = forge.token("demo", iat=now - 7200, nbf=now - 7200, exp=now - 3600)
     assert "token expired" in _refused_everywhere(env, proxy, token)
 
 
-def test_attack_nbf_in_the_future_is_refused(env: DemoEnvironment, forge: Forge, proxy: VerboseProxy) -> None:
+def test_attack_nbf_in_the_future_is_refused(env: DemoEnvironment, forge: Forge, proxy: Proxy) -> None:
     """Not valid before an hour from now."""
     now = int(time.time())
     token = forge.token("demo", nbf=now + 3600, exp=now + 7200)
     assert "not yet valid" in _refused_everywhere(env, proxy, token)
 
 
-def test_attack_unknown_kid_is_refused(env: DemoEnvironment, forge: Forge, proxy: VerboseProxy) -> None:
+def test_attack_unknown_kid_is_refused(env: DemoEnvironment, forge: Forge, proxy: Proxy) -> None:
     """Signed by a key the issuer never published, under a made-up kid."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     token = forge.raw(forge.claims("demo"), key=key, headers={"kid": "attacker-" + uuid.uuid4().hex})
     assert "unknown signing key" in _refused_everywhere(env, proxy, token)
 
 
-def test_attack_tampered_payload_is_refused(env: DemoEnvironment, forge: Forge, proxy: VerboseProxy) -> None:
+def test_attack_tampered_payload_is_refused(env: DemoEnvironment, forge: Forge, proxy: Proxy) -> None:
     """A genuine signature over a payload edited afterwards (groups added)."""
     import base64
 
@@ -162,7 +160,7 @@ def test_attack_tampered_payload_is_refused(env: DemoEnvironment, forge: Forge, 
 
 
 def test_attack_token_of_another_tenant_is_refused(env: DemoEnvironment, forge: Forge,
-                                                   proxy: VerboseProxy) -> None:
+                                                   proxy: Proxy) -> None:
     """Genuinely signed, right issuer and audience, but a tenant outside the
     ``tenant_ids`` allow-list (relay and proxy both configure it)."""
     token = forge.token("demo", tid=str(uuid.uuid4()))
@@ -192,7 +190,7 @@ def _spoofed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_attack_spoofed_impersonation_with_valid_oidc_token_is_stripped(
-        env: DemoEnvironment, forge: Forge, proxy: VerboseProxy, kubectl_bin: str, tmp_path: Path) -> None:
+        env: DemoEnvironment, forge: Forge, proxy: Proxy, kubectl_bin: str, tmp_path: Path) -> None:
     """A valid OIDC token plus ``Impersonate-User/-Group/-Uid/-Extra-*`` (kubectl
     --as/--as-group/--as-uid, and mixed-case by hand): the request runs as the
     token's user only; no request ever runs as the spoofed identity."""
@@ -221,7 +219,7 @@ def test_attack_spoofed_impersonation_with_valid_oidc_token_is_stripped(
 
 
 def test_attack_spoofed_impersonation_with_service_account_token_is_stripped(
-        env: DemoEnvironment, proxy: VerboseProxy, kubectl_bin: str, tmp_path: Path) -> None:
+        env: DemoEnvironment, proxy: Proxy, kubectl_bin: str, tmp_path: Path) -> None:
     """A service-account token (pass-through path) plus spoofed ``Impersonate-*``:
     headers are removed, the API server sees the service account itself and
     never an impersonation request."""
@@ -243,7 +241,7 @@ def test_attack_spoofed_impersonation_with_service_account_token_is_stripped(
 
 
 def test_attack_two_authorization_headers_are_refused(env: DemoEnvironment, forge: Forge,
-                                                      proxy: VerboseProxy) -> None:
+                                                      proxy: Proxy) -> None:
     """Two ``Authorization`` headers (valid OIDC + admin-looking SA token, both
     orders): 400 at kube-aad-proxy, nothing forwarded."""
     good = forge.token("bob")
@@ -359,7 +357,7 @@ def test_attack_replayed_agent_assertion_is_refused(env: DemoEnvironment) -> Non
 
 
 def test_attack_overage_user_whose_groups_cannot_be_resolved_is_refused(
-        env: DemoEnvironment, forge: Forge, proxy: VerboseProxy) -> None:
+        env: DemoEnvironment, forge: Forge, proxy: Proxy) -> None:
     """A genuine overage token (more than 200 groups) of a user the group
     source does not know (deleted since the token was issued), even with a
     ``_claim_sources`` URL naming a real user: groups are looked up for the
@@ -371,7 +369,7 @@ def test_attack_overage_user_whose_groups_cannot_be_resolved_is_refused(
     assert "group membership could not be resolved" in _refused_everywhere(env, proxy, token, 403)
 
 
-def test_attack_suite_left_no_token_in_any_log(env: DemoEnvironment, proxy: VerboseProxy) -> None:
+def test_attack_suite_left_no_token_in_any_log(env: DemoEnvironment, proxy: Proxy) -> None:
     """After every attack above: no process log (API server, issuer, relay,
     agent with kube-aad-proxy's audit lines) contains a JWT; the audit lines
     are there, one per request, with principal, cluster, verb, path, status."""

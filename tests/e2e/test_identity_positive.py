@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import queue
 import subprocess
 import sys
 import time
@@ -22,21 +21,20 @@ import pytest
 import yaml
 
 from client.demo import DemoEnvironment
-from tests.e2e.helpers import ROOT, Kubectl, LineReader, child_env, free_port, stop
 from tests.e2e.identity_support import (
     WAIT,
     Forge,
-    VerboseProxy,
     agent_log_count,
     demo,
     raw_request,
     relay_metric,
     relay_status,
-    start_verbose_proxy,
     token_kubeconfig,
     whoami_head,
 )
-from tests.kubectl import require_kubectl
+from tests.support.e2e import Kubectl, Proxy, start_proxy, stop
+from tests.support.kubectl import require_kubectl
+from tests.support.processes import ROOT, child_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kubectl]
 
@@ -66,10 +64,9 @@ def kubectl_bin() -> str:
 
 
 @pytest.fixture(scope="module")
-def proxy(env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerboseProxy]:
+def proxy(env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     """The demo user's arc-proxy with one-hour tokens (exec-plugin kubeconfig)."""
-    p = start_verbose_proxy(env.client_config_path, free_port(),
-                            tmp_path_factory.mktemp("kube-positive") / "config")
+    p = start_proxy(env.client_config_path, tmp_path_factory.mktemp("kube-positive") / "config", "-v")
     yield p
     p.stop()
 
@@ -85,9 +82,9 @@ def short_config(env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
-def short_proxy(short_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerboseProxy]:
+def short_proxy(short_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     """arc-proxy whose relay session and kubeconfig tokens live 6 seconds."""
-    p = start_verbose_proxy(short_config, free_port(), tmp_path_factory.mktemp("kube-short") / "config")
+    p = start_proxy(short_config, tmp_path_factory.mktemp("kube-short") / "config", "-v")
     yield p
     p.stop()
 
@@ -114,7 +111,7 @@ def _bind_role(env: DemoEnvironment, name: str, namespace: str, group: str, reso
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]})
 
 
-def test_positive_whoami_shows_oidc_oid_and_groups(env: DemoEnvironment, forge: Forge, proxy: VerboseProxy,
+def test_positive_whoami_shows_oidc_oid_and_groups(env: DemoEnvironment, forge: Forge, proxy: Proxy,
                                                    kubectl_bin: str) -> None:
     """``kubectl auth whoami`` through the exec-plugin kubeconfig shows the
     OIDC user's oid, its groups, and the oid/tid extras."""
@@ -126,7 +123,7 @@ def test_positive_whoami_shows_oidc_oid_and_groups(env: DemoEnvironment, forge: 
     assert info["extra"]["tid"] == [env.identity.tenant_id]
 
 
-def test_positive_group_rbac_grants_exactly_that(env: DemoEnvironment, forge: Forge, proxy: VerboseProxy,
+def test_positive_group_rbac_grants_exactly_that(env: DemoEnvironment, forge: Forge, proxy: Proxy,
                                                  kubectl_bin: str, tmp_path: Path) -> None:
     """A Role bound to the ``viewers`` group (bob is a member; no binding names
     bob): list pods in ``demo`` yes; delete there, or list elsewhere, no."""
@@ -142,7 +139,7 @@ def test_positive_group_rbac_grants_exactly_that(env: DemoEnvironment, forge: Fo
 
 
 def test_positive_overage_user_works_through_group_resolution(env: DemoEnvironment, forge: Forge,
-                                                               proxy: VerboseProxy, kubectl_bin: str,
+                                                               proxy: Proxy, kubectl_bin: str,
                                                                tmp_path: Path) -> None:
     """The overage user (250 groups: the token carries ``_claim_names`` instead
     of ``groups``) is resolved through the member-groups source, at the proxy
@@ -171,7 +168,7 @@ def test_positive_service_account_token_via_arc_proxy_token(env: DemoEnvironment
     sa_token = admin.call("POST", "/api/v1/namespaces/default/serviceaccounts/ci-bot/token",
                           {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                            "spec": {"expirationSeconds": 3600}}, ok_conflict=False)["status"]["token"]
-    p = start_verbose_proxy(env.client_config_path, free_port(), tmp_path / "config", "--token", sa_token)
+    p = start_proxy(env.client_config_path, tmp_path / "config", "-v", "--token", sa_token)
     try:
         doc = yaml.safe_load(p.kubeconfig.read_text())
         user = next(u["user"] for u in doc["users"])
@@ -184,7 +181,7 @@ def test_positive_service_account_token_via_arc_proxy_token(env: DemoEnvironment
 
 
 def test_positive_token_signature_verified_once_at_relay_and_proxy(env: DemoEnvironment, forge: Forge,
-                                                                   proxy: VerboseProxy) -> None:
+                                                                   proxy: Proxy) -> None:
     """One fresh token, 25 requests each on its own TLS connection (so 25
     tunnel streams) through arc-proxy, and 25 relay API calls: kube-aad-proxy
     validates it once (its log has one validation line for it) and the relay
@@ -218,7 +215,7 @@ def _sleep_past(epoch: float) -> None:
     time.sleep(max(0.0, epoch - time.time()) + 0.5)
 
 
-def test_positive_kubectl_outlives_token_expiry_via_exec_plugin(short_config: Path, short_proxy: VerboseProxy,
+def test_positive_kubectl_outlives_token_expiry_via_exec_plugin(short_config: Path, short_proxy: Proxy,
                                                                 env: DemoEnvironment, kubectl_bin: str) -> None:
     """The kubeconfig runs ``arcctl get-token`` (ExecCredential v1 with
     ``expirationTimestamp``); with 6-second tokens kubectl keeps working past
@@ -242,17 +239,8 @@ def test_positive_kubectl_outlives_token_expiry_via_exec_plugin(short_config: Pa
     assert later["status"]["token"] != first_token and _expiry(later) > first_exp
 
 
-def _drain(reader: LineReader) -> None:
-    while True:
-        try:
-            line = reader.lines.get_nowait()
-        except queue.Empty:
-            return
-        reader.seen.append(line.rstrip("\n"))
-
-
 def test_positive_relay_session_renews_and_expired_token_ends_watch_and_logs(
-        env: DemoEnvironment, short_proxy: VerboseProxy, kubectl_bin: str) -> None:
+        env: DemoEnvironment, short_proxy: Proxy, kubectl_bin: str) -> None:
     """arc-proxy's relay session token lives 6 s. New kubectl calls (get, exec)
     work throughout: the proxy renews its session before expiry. An open
     ``kubectl get -w`` and ``kubectl logs -f`` outlive the renewal (they stay on
@@ -272,7 +260,7 @@ def test_positive_relay_session_renews_and_expired_token_ends_watch_and_logs(
     try:
         out.wait_for("configmap/before", WAIT)
         logs_out.wait_for(before, WAIT)
-        _drain(short_proxy.err)
+        short_proxy.err.drain()  # a renewal logged before now does not count
         short_proxy.err.wait_for("renewed its relay session", WAIT)
         admin.create("/api/v1/namespaces/demo/configmaps", cm("after-renewal"))
         # Both long-lived streams end when the token that opened them expires.

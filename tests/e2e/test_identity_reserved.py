@@ -10,17 +10,15 @@ from collections.abc import Iterator
 import pytest
 
 from client.demo import DemoEnvironment
-from tests.e2e.helpers import free_port
 from tests.e2e.identity_support import (
     Forge,
-    VerboseProxy,
     audit,
     audit_since,
     demo,
     raw_request,
-    start_verbose_proxy,
     whoami_head,
 )
+from tests.support.e2e import Proxy, start_proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -33,15 +31,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoEnvironment]:
 
 
 @pytest.fixture(scope="module")
-def proxy(env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerboseProxy]:
+def proxy(env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     """The demo user's arc-proxy (a legitimate relay session)."""
-    p = start_verbose_proxy(env.client_config_path, free_port(),
-                            tmp_path_factory.mktemp("kube-reserved") / "config")
+    p = start_proxy(env.client_config_path, tmp_path_factory.mktemp("kube-reserved") / "config", "-v")
     yield p
     p.stop()
 
 
-def test_e2e_token_group_system_masters_is_dropped(env: DemoEnvironment, proxy: VerboseProxy) -> None:
+def test_e2e_token_group_system_masters_is_dropped(env: DemoEnvironment, proxy: Proxy) -> None:
     """demo's token with ``system:masters`` added to its groups: the API server
     sees demo's oid and its real groups, never system:masters."""
     forge = Forge(env)
@@ -55,7 +52,7 @@ def test_e2e_token_group_system_masters_is_dropped(env: DemoEnvironment, proxy: 
     assert [r["user"] for r in audit_since(env, mark)] == [forge.oid("demo")]
 
 
-def test_e2e_token_system_username_is_refused(env: DemoEnvironment, proxy: VerboseProxy) -> None:
+def test_e2e_token_system_username_is_refused(env: DemoEnvironment, proxy: Proxy) -> None:
     """A token whose ``oid`` (the impersonated claim) is ``system:admin`` is
     refused by kube-aad-proxy with 403; nothing reaches the API server."""
     forge = Forge(env)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from client.demo import DemoEnvironment
-from tests.e2e.helpers import Kubectl, Proxy, stop
-from tests.kubectl import require_kubectl
-from tests.tcp_server import threaded_tcp_server
+from tests.support.e2e import Kubectl, Proxy, stop
+from tests.support.kubectl import require_kubectl
+from tests.support.servers import threaded_tcp_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kubectl]
 

@@ -21,7 +21,8 @@ from kubernetes import client as k8s
 
 from certs import client_ssl_context, generate_key_pair
 from identity import sign_agent_assertion
-from tests.e2e.lifecycle_harness import GROUP, LifecycleEnv, json_out, sandbox_nodes, wait_for
+from tests.support.lifecycle import GROUP, LifecycleEnv, json_out, sandbox_nodes
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -148,9 +149,9 @@ def test_agent_reports_metadata_and_goes_connected(env: LifecycleEnv) -> None:
     """The agent started from the stored config connects; show reports its
     metadata, with node and core counts equal to the sandbox's nodes."""
     env.start_agent(NAME, metadata_interval=1)
-    wait_for(lambda: env.status(NAME) == "Connected", "Connected")
+    wait_until(lambda: env.status(NAME) == "Connected", "Connected")
     nodes, cores = sandbox_nodes(env)
-    reg = wait_for(lambda: (r := env.registration(NAME)).get("totalNodeCount") is not None and r,
+    reg = wait_until(lambda: (r := env.registration(NAME)).get("totalNodeCount") is not None and r,
                    "metadata")
     shown = json_out(env.arcctl("show", "-n", NAME, "-g", GROUP))
     for key in ("connectivityStatus", "lastConnectivityTime", "agentVersion", "kubernetesVersion",
@@ -169,7 +170,7 @@ def test_agent_reports_metadata_periodically(env: LifecycleEnv) -> None:
                             "status": {"capacity": {"cpu": "3", "memory": "4Gi"}}})
     new_nodes, new_cores = sandbox_nodes(env)
     assert new_nodes == nodes + 1
-    wait_for(lambda: env.registration(NAME).get("totalCoreCount") == new_cores, "new core count")
+    wait_until(lambda: env.registration(NAME).get("totalCoreCount") == new_cores, "new core count")
 
 
 def test_list_in_three_formats(env: LifecycleEnv) -> None:
@@ -191,22 +192,22 @@ def test_status_goes_offline_and_back(env: LifecycleEnv) -> None:
     Offline through the relay's missed heartbeat, and back after SIGCONT."""
     first = env.registration(NAME)["lastConnectivityTime"]
     env.stop_agent(NAME)
-    wait_for(lambda: env.status(NAME) == "Offline", "Offline after stop")
+    wait_until(lambda: env.status(NAME) == "Offline", "Offline after stop")
     assert env.registration(NAME)["lastConnectivityTime"] >= first
     child = env.start_agent(NAME)
-    wait_for(lambda: env.status(NAME) == "Connected", "Connected after restart")
+    wait_until(lambda: env.status(NAME) == "Connected", "Connected after restart")
     assert child.proc is not None
     child.proc.kill()
     child.proc.wait(5)
-    wait_for(lambda: env.status(NAME) == "Offline", "Offline after kill -9")
+    wait_until(lambda: env.status(NAME) == "Offline", "Offline after kill -9")
     child = env.start_agent(NAME)
-    wait_for(lambda: env.status(NAME) == "Connected", "Connected after kill -9")
+    wait_until(lambda: env.status(NAME) == "Connected", "Connected after kill -9")
     os.kill(child.pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: env.status(NAME) == "Offline", "Offline after missed heartbeats")
+        wait_until(lambda: env.status(NAME) == "Offline", "Offline after missed heartbeats")
     finally:
         os.kill(child.pid, signal.SIGCONT)
-    wait_for(lambda: env.status(NAME) == "Connected", "Connected after the partition")
+    wait_until(lambda: env.status(NAME) == "Connected", "Connected after the partition")
 
 
 def test_delete_without_yes_on_non_interactive_stdin_refuses(env: LifecycleEnv) -> None:
@@ -308,7 +309,7 @@ def test_move_cluster_to_another_relay(env: LifecycleEnv) -> None:
     files, config = env.read_agent_objects()
     assert files["agent.key"] == old_files["agent.key"] and config["relay"]["url"] == url_b
     env.start_agent(NAME)
-    shown = wait_for(lambda: (s := json_out(env.arcctl("show", "-n", NAME, "-g", GROUP, config=alice_b)))
+    shown = wait_until(lambda: (s := json_out(env.arcctl("show", "-n", NAME, "-g", GROUP, config=alice_b)))
                      ["connectivityStatus"] == "Connected" and s, "Connected at the new relay")
     assert shown["agentPublicKeyCertificate"].strip() == files["agent.crt"].strip()
     p = env.arcctl("delete", "-n", NAME, "-g", GROUP, "--kube-config", env.kubeconfig, "-y")

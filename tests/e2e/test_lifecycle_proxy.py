@@ -14,14 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.lifecycle_harness import GROUP, LifecycleEnv, wait_for
+from tests.support.lifecycle import GROUP, LifecycleEnv
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 TINYPROXY = shutil.which("tinyproxy")
 
 
-def _free_port() -> int:
+def _unused_port() -> int:
+    """A port free right now, for tinyproxy alone: it takes its port from its
+    config file only (no port 0, it reports no address), so here, and only
+    here, a port is picked by binding and closing a socket."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -31,7 +35,7 @@ class Tinyproxy:
     """tinyproxy in the foreground on 127.0.0.1, CONNECT allowed to one port."""
 
     def __init__(self, base: Path, connect_port: int) -> None:
-        self.port = _free_port()
+        self.port = _unused_port()
         self.log = base / "tinyproxy.log"
         conf = base / "tinyproxy.conf"
         conf.write_text("\n".join([
@@ -41,7 +45,7 @@ class Tinyproxy:
         ]))
         self.proc = subprocess.Popen([str(TINYPROXY), "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        wait_for(self._listening, "tinyproxy to listen", timeout=10)
+        wait_until(self._listening, "tinyproxy to listen", timeout=10)
 
     @property
     def url(self) -> str:
@@ -113,7 +117,7 @@ def test_agent_reaches_relay_through_tinyproxy(env: LifecycleEnv, proxy: Tinypro
                                "ca_file": ""}
     before = proxy.connects_to(env.demo.relay_port)
     env.start_agent("via-proxy")
-    wait_for(lambda: env.status("via-proxy") == "Connected", "Connected through the proxy")
+    wait_until(lambda: env.status("via-proxy") == "Connected", "Connected through the proxy")
     assert proxy.connects_to(env.demo.relay_port) > before
     _delete(env, "via-proxy")
 
@@ -136,6 +140,6 @@ def test_agent_trusts_relay_ca_from_proxy_cert_only(env: LifecycleEnv, proxy: Ti
     assert agent_config["proxy"]["ca_file"].endswith("/proxy-ca.crt")
     before = proxy.connects_to(env.demo.relay_port)
     env.start_agent("custom-ca")
-    wait_for(lambda: env.status("custom-ca") == "Connected", "Connected with the custom CA")
+    wait_until(lambda: env.status("custom-ca") == "Connected", "Connected with the custom CA")
     assert proxy.connects_to(env.demo.relay_port) > before
     _delete(env, "custom-ca")

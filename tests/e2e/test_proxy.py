@@ -4,7 +4,6 @@ account), `--file -`, and what is left in the kubeconfig on exit."""
 from __future__ import annotations
 
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,8 +11,9 @@ import pytest
 import yaml
 
 from client.demo import DemoEnvironment
-from tests.e2e.helpers import ROOT, Kubectl, LineReader, Proxy, child_env, free_port, start_proxy
-from tests.kubectl import require_kubectl
+from tests.support.e2e import Kubectl, Proxy, start_proxy
+from tests.support.kubectl import require_kubectl
+from tests.support.processes import ChildProcess, child_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kubectl]
 
@@ -29,8 +29,9 @@ def test_arc_proxy_two_at_once_with_token_and_restore(demo_env: DemoEnvironment,
         "users": [{"name": "me", "user": {"token": "abc"}}],
         "contexts": [{"name": "mine", "context": {"cluster": "mine", "user": "me"}}],
     }))
-    second = start_proxy(demo_env, free_port(), kc, "--token", demo_env.agent_token,
+    second = start_proxy(demo_env.client_config_path, kc, "--token", demo_env.agent_token,
                          "--kube-context", "demo-sa")
+    assert second.port != proxy.port
     try:
         doc = yaml.safe_load(kc.read_text())
         assert doc["current-context"] == "demo-sa"
@@ -53,21 +54,18 @@ def test_arc_proxy_file_dash_prints_kubeconfig(demo_env: DemoEnvironment, tmp_pa
     """`--file -` prints a kubeconfig on stdout and writes no file."""
     home = tmp_path / "home"
     home.mkdir()
-    p = subprocess.Popen(
-        [sys.executable, "-m", "client.proxy_cli", "-n", "demo", "--port", str(free_port()),
-         "--file", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    p = ChildProcess.start(
+        [sys.executable, "-m", "client.proxy_cli", "-n", "demo", "--port", "0", "--file", "-"],
+        ready="printed on stdout", ready_on="stderr", name="arc-proxy",
         env=child_env(ARC_CONFIG=str(demo_env.client_config_path), HOME=str(home)))
-    out, err = LineReader(p.stdout), LineReader(p.stderr)
     try:
-        err.wait_for("printed on stdout", 30)
-        out.wait_for("current-context", 5)
-        doc = yaml.safe_load("\n".join(out.seen))
+        p.out.wait_for("current-context", 5)
+        doc = yaml.safe_load("\n".join(p.out.seen))
         assert doc["current-context"] == "demo"
         assert doc["clusters"][0]["cluster"]["tls-server-name"]
         assert "get-token" in doc["users"][0]["user"]["exec"]["args"]
     finally:
-        p.terminate()
-        p.wait(15)
+        p.stop()
     assert not (home / ".kube").exists()
 
 
@@ -79,8 +77,7 @@ def test_arc_proxy_sigterm_restores_current_context(demo_env: DemoEnvironment, t
     kc = tmp_path / "config"
     kc.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": "before",
                                   "clusters": [], "users": [], "contexts": []}))
-    p = start_proxy(demo_env, free_port(), kc)
+    p = start_proxy(demo_env.client_config_path, kc)
     assert yaml.safe_load(kc.read_text())["current-context"] == "demo"
-    p.proc.send_signal(signal.SIGTERM)
-    assert p.proc.wait(15) == 0
+    assert p.stop(signal.SIGTERM) == 0
     assert yaml.safe_load(kc.read_text())["current-context"] == "before"

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from client.demo import DemoEnvironment
-from tests.e2e.helpers import Kubectl, Proxy
-from tests.kubectl import require_kubectl
+from tests.support.e2e import Kubectl, Proxy
+from tests.support.kubectl import require_kubectl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kubectl]
 
@@ -41,7 +41,7 @@ def test_relay_restart_new_kubectl_call_succeeds(demo_env: DemoEnvironment, prox
             break
         time.sleep(0.05)
     elapsed = time.monotonic() - t0
-    assert r.returncode == 0, f"kubectl still failing after {elapsed:.2f} s: {last_err[-500:]!r}"
+    assert r.returncode == 0, f"kubectl still failing after {elapsed:.2f} s: {last_err[-500:]!r} {proxy.child.output()}"
     print(f"first success {elapsed:.2f} s after the relay was ready ({attempts} attempts)")
     assert proxy.proc.poll() is None, "arc-proxy must not have exited"
     assert demo_env.children["agent"].pid == agent_pid and demo_env.children["agent"].running()

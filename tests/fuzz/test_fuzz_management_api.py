@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from certs import generate_key_pair
-from tests.relay.harness import BOB_OID, WAIT, RelayEnv
+from tests.support.relay import BOB_OID, RelayEnv
+from tests.support.waits import WAIT
 
 T = TypeVar("T")
 FUZZ = settings(max_examples=200, deadline=None,

@@ -7,7 +7,6 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import jwt
 import pytest
@@ -67,14 +66,6 @@ async def ec_issuer() -> AsyncIterator[EcIssuer]:
     state["issuer"] = f"https://127.0.0.1:{port}/realms/demo"
     yield EcIssuer(state["issuer"], ca.certificate_pem, key)
     await runner.cleanup()
-
-
-@pytest.fixture
-async def idp(tmp_path: Path) -> AsyncIterator[SandboxIdp]:
-    server = SandboxIdp(tmp_path / "idp")
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_issuers_es256_keycloak_style_and_entra_side_by_side(ec_issuer: EcIssuer, idp: SandboxIdp) -> None:

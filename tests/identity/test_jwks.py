@@ -8,7 +8,6 @@ import base64
 import json
 import secrets
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -26,14 +25,6 @@ class FakeMonotonic:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def idp(tmp_path: Path) -> AsyncIterator[SandboxIdp]:
-    server = SandboxIdp(tmp_path / "idp")
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -4,8 +4,7 @@ fails closed when it cannot."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -23,14 +22,6 @@ AUD = "api://cluster-connect"
 SP_ID, SP_SECRET = "2788b2a2-9ad3-4af4-8567-a7214ea67c4a", "ci-secret"
 DEVELOPERS = "1babbe50-9daf-4990-acad-d801629bb7a8"
 OVERAGE_OID = "0de74a08-180b-45bd-a341-31ff9245995e"
-
-
-@pytest.fixture
-async def idp(tmp_path: Path) -> AsyncIterator[SandboxIdp]:
-    server = SandboxIdp(tmp_path / "idp")
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def _trusted(idp: SandboxIdp) -> list[TrustedIssuer]:

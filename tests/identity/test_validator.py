@@ -28,14 +28,6 @@ DEMO_OID = "35233192-fc5d-4d88-83c8-36ab5ca99ad9"
 DEVELOPERS = "1babbe50-9daf-4990-acad-d801629bb7a8"
 
 
-@pytest.fixture
-async def idp(tmp_path: Path) -> AsyncIterator[SandboxIdp]:
-    server = SandboxIdp(tmp_path / "idp")
-    await server.start()
-    yield server
-    await server.stop()
-
-
 def _trust(idp: SandboxIdp, **kw: Any) -> TrustedIssuer:
     return TrustedIssuer(issuer=idp.issuer, audiences=[AUD], ca_pem=idp.ca_pem, **kw)
 

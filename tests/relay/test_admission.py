@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from relay.admission import MIN_RATE_ESTIMATE, HandshakeAdmission
-from tests.relay.harness import WAIT, RelayEnv, running_env
+from tests.support.relay import RelayEnv, running_env
+from tests.support.waits import WAIT
 from tunnel import RETRY_AFTER_CAP, retry_after_delay, retry_after_seconds
 
 RETRY_AFTER = 3
@@ -209,19 +210,22 @@ def test_admission_refuses_while_the_loop_lags_and_learns_its_rate() -> None:
 
 
 async def test_loop_lag_measures_a_blocked_loop() -> None:
-    """The lag timer reads ~0 on an idle loop and at least the length of a
-    blocking call made on the loop."""
+    """The lag timer reads at least the length of a blocking call made on the
+    loop, from the moment the loop is blocked; the tick after the late one
+    measures afresh (a lag is not carried forward)."""
     from relay.admission import LoopLag
 
-    monitor = LoopLag(interval=0.01)
+    ticks: asyncio.Queue[float] = asyncio.Queue()
+    monitor = LoopLag(interval=0.01, on_tick=lambda: ticks.put_nowait(monitor.last))
     monitor.start()
     try:
-        await asyncio.sleep(0.05)
-        assert monitor.current() < 0.05
-        time.sleep(0.2)
-        assert monitor.current() >= 0.19
-        await asyncio.sleep(0.05)  # the timer ran late once, then on time
-        assert monitor.current() < 0.15
+        await asyncio.wait_for(ticks.get(), WAIT)  # ticking; the next is due in 0.01 s
+        time.sleep(0.2)  # block the loop
+        assert monitor.current() >= 0.19  # overdue now, before the timer could run
+        late = await asyncio.wait_for(ticks.get(), WAIT)
+        assert late >= 0.19
+        after = await asyncio.wait_for(ticks.get(), WAIT)
+        assert after < late
     finally:
         monitor.stop()
 

@@ -12,7 +12,8 @@ import pytest
 from certs import generate_key_pair, load_private_key
 from identity import AgentAssertionVerifier, TokenInvalid, sign_agent_assertion
 from identity.agent_assertion import unverified_cluster_id
-from tests.relay.harness import WAIT, RelayEnv
+from tests.support.relay import RelayEnv
+from tests.support.waits import until
 from tunnel import TunnelSession, ws_connect_kwargs
 
 
@@ -109,24 +110,15 @@ async def test_agent_auth_refuses_expired_unknown_and_missing(relay_env: RelayEn
 
 async def test_agent_auth_marks_cluster_connected_then_offline(relay_env: RelayEnv) -> None:
     """connectivityStatus follows the agent session; metadata from the control stream is stored."""
-    import asyncio
-
     keys = relay_env.register("rg1", "alpha")
     connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", 9))
     await relay_env.wait_agent("rg1/alpha")
     registry = relay_env.state.registry
-    for _ in range(int(WAIT / 0.05)):
-        if registry.get("rg1/alpha").agent_version:
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: registry.get("rg1/alpha").agent_version, "the agent's version from its control stream")
     cluster = registry.get("rg1/alpha")
     assert cluster.connectivity_status == "Connected" and cluster.agent_version
     await connector.stop()
-    for _ in range(int(WAIT / 0.05)):
-        if registry.get("rg1/alpha").connectivity_status == "Offline":
-            break
-        await asyncio.sleep(0.05)
-    assert registry.get("rg1/alpha").connectivity_status == "Offline"
+    await until(lambda: registry.get("rg1/alpha").connectivity_status == "Offline", "Offline after stop")
 
 
 def test_assertion_verifier_checks_claims() -> None:

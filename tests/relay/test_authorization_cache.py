@@ -15,15 +15,9 @@ import pytest
 
 from relay.log_limit import RefusalLog
 from relay.roles import AuthorizationCache
-from tests.relay.harness import (
-    DEMO_OID,
-    WAIT,
-    RelayEnv,
-    roundtrip,
-    running_env,
-    server_port,
-    start_echo_server,
-)
+from tests.support.relay import DEMO_OID, RelayEnv, roundtrip, running_env
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT
 from tunnel import ErrorCode, StreamRefused, TunnelSession
 
 ASSIGNMENT = "/api/v1/roleAssignments/demo-alpha"

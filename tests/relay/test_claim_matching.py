@@ -10,15 +10,9 @@ from pathlib import Path
 import pytest
 
 from relay.config import ConfigError, RelayConfig, authorization_warnings, relay_config_from_dict
-from tests.relay.harness import (
-    DEMO_OID,
-    WAIT,
-    RelayEnv,
-    roundtrip,
-    running_env,
-    server_port,
-    start_echo_server,
-)
+from tests.support.relay import DEMO_OID, RelayEnv, roundtrip, running_env
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT
 from tunnel import ErrorCode, StreamRefused
 
 DEMO_UPN = "demo@contoso.example"

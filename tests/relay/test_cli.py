@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from certs import client_ssl_context
-from tests.relay.harness import free_port
+from tests.support.processes import ChildProcess
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -40,29 +39,26 @@ def test_relay_cli_reports_bad_values_in_one_line(tmp_path: Path) -> None:
 
 
 def test_relay_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """arc-relay serves /readyz over dev TLS and exits 0 on SIGTERM."""
-    port = free_port()
+    """arc-relay on port 0 prints the URL it serves, serves /readyz over dev
+    TLS there and exits 0 on SIGTERM."""
     config = tmp_path / "relay.yaml"
-    config.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{port}", "state_dir": str(tmp_path / "state")}))
-    proc = subprocess.Popen([sys.executable, "-m", "relay.cli", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    config.write_text(yaml.safe_dump({"listen": "127.0.0.1:0", "state_dir": str(tmp_path / "state")}))
+    relay = ChildProcess.start([sys.executable, "-m", "relay.cli", "--config", str(config)],
+                               ready="arc-relay: serving ", name="arc-relay")
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith(f"arc-relay: serving https://127.0.0.1:{port}"), line
+        assert relay.ready_line.startswith("arc-relay: serving https://127.0.0.1:"), relay.ready_line
+        assert relay.port != 0
+        url = f"https://127.0.0.1:{relay.port}"
         ca = (tmp_path / "state" / "tls" / "ca.crt").read_bytes()
         ctx = client_ssl_context(ca)
-        with urllib.request.urlopen(f"https://127.0.0.1:{port}/readyz", context=ctx, timeout=10) as resp:
+        with urllib.request.urlopen(f"{url}/readyz", context=ctx, timeout=10) as resp:
             assert resp.status == 200
-        with urllib.request.urlopen(f"https://127.0.0.1:{port}/openapi.json", context=ctx, timeout=10) as resp:
+        with urllib.request.urlopen(f"{url}/openapi.json", context=ctx, timeout=10) as resp:
             assert "paths" in json.loads(resp.read())
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=30) == 0, relay.output()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        relay.kill()
 
 
 def test_relay_cli_reports_port_in_use(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import ssl
 
 from certs import client_ssl_context
 from relay import agent_endpoint
-from tests.relay.harness import WAIT, RelayEnv
+from tests.support.relay import RelayEnv
+from tests.support.waits import WAIT
 
 
 async def test_relay_sends_no_tls_session_tickets(relay_env: RelayEnv) -> None:

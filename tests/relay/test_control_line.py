@@ -10,7 +10,8 @@ import pytest
 
 from identity import sign_agent_assertion
 from relay.agent_endpoint import MAX_CONTROL_LINE
-from tests.relay.harness import WAIT, RelayEnv
+from tests.support.relay import RelayEnv
+from tests.support.waits import WAIT
 from tunnel import CONTROL_TARGET, ErrorCode, StreamReset, TunnelSession, ws_connect_kwargs
 
 

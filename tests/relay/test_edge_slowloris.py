@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from certs import client_ssl_context
 from relay.edge_limits import EdgeLimits
-from tests.relay.harness import WAIT, RelayEnv, running_env
+from tests.support.relay import RelayEnv, running_env
+from tests.support.waits import WAIT, until
 
 SHORT = 0.5  # seconds: the head and handshake timeouts of these relays
 
@@ -144,13 +145,6 @@ async def test_relay_serves_head_sent_in_pieces_within_timeout(edge_env: RelayEn
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok\n")
 
 
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Poll an in-process condition (bounded by WAIT)."""
-    async with asyncio.timeout(WAIT):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
 async def test_relay_refuses_connections_beyond_preauth_limit(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Beyond max_preauth_connections new connections are closed at once, with
@@ -161,10 +155,10 @@ async def test_relay_refuses_connections_beyond_preauth_limit(
         # A kept-alive client whose request is done does not hold a slot.
         assert await served(env)
         silent = [await tls_open(env) for _ in range(2)]
-        await wait_until(lambda: listener.preauth_connections == 2)
+        await until(lambda: listener.preauth_connections == 2, "2 connections before their head")
         assert await served(env)
         silent.append(await tls_open(env))
-        await wait_until(lambda: listener.preauth_connections == 3)
+        await until(lambda: listener.preauth_connections == 3, "3 connections before their head")
         caplog.set_level(logging.INFO, logger="relay")
         for _ in range(3):
             reader, writer = await asyncio.open_connection("127.0.0.1", env.relay.port)
@@ -175,6 +169,6 @@ async def test_relay_refuses_connections_beyond_preauth_limit(
         # Freeing the slots lets new clients in again.
         for _, writer in silent:
             writer.close()
-        await wait_until(lambda: listener.preauth_connections == 0)
+        await until(lambda: listener.preauth_connections == 0, "no connection before its head")
         assert await served(env)
         assert await metric(env, "relay_edge_refused_total") == 3

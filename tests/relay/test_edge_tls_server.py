@@ -17,7 +17,7 @@ from aiohttp import web
 from certs import CertificateAuthority, client_ssl_context, server_ssl_context
 from relay.edge_limits import EdgeLimits
 from relay.listener import RelayListener
-from tests.relay.harness import WAIT
+from tests.support.waits import WAIT
 
 BIG = 8 * 1024 * 1024
 CHUNK = 64 * 1024

@@ -19,15 +19,9 @@ import socket
 
 import pytest
 
-from tests.relay.harness import (
-    ADMIN_OID,
-    BOB_OID,
-    DEMO_OID,
-    WAIT,
-    RelayEnv,
-    roundtrip,
-    server_port,
-)
+from tests.support.relay import ADMIN_OID, BOB_OID, DEMO_OID, RelayEnv, roundtrip
+from tests.support.servers import server_port
+from tests.support.waits import WAIT, until
 from tunnel import TunnelSession, TunnelStream
 from tunnel.aio_config import ADAPTER_STREAM_WINDOW
 from tunnel.limits import INITIAL_STREAM_WINDOW
@@ -68,12 +62,6 @@ async def _stall(session: TunnelSession) -> TunnelStream:
     return stream
 
 
-async def _until(predicate: object, what: str) -> None:
-    async with asyncio.timeout(WAIT):
-        while not predicate():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
-
-
 async def test_relay_stalled_readers_in_two_users_sessions_do_not_slow_anyone(
     relay_env: RelayEnv,
 ) -> None:
@@ -93,10 +81,10 @@ async def test_relay_stalled_readers_in_two_users_sessions_do_not_slow_anyone(
     try:
         stalled = [await _stall(s) for s in (demo, bob) for _ in range(STALLED_PER_SESSION)]
         # Every stalled stream filled its client window and stopped there.
-        await _until(lambda: all(s.buffered >= INITIAL_STREAM_WINDOW for s in stalled),
+        await until(lambda: all(s.buffered >= INITIAL_STREAM_WINDOW for s in stalled),
                      "stalled client windows full")
         # The relay's agent leg holds their next window: the stall reached it.
-        await _until(lambda: agent_leg.buffered >= len(stalled) * INITIAL_STREAM_WINDOW,
+        await until(lambda: agent_leg.buffered >= len(stalled) * INITIAL_STREAM_WINDOW,
                      "the stall reached the relay")
         most = 0
 
@@ -144,7 +132,7 @@ async def test_relay_many_stalled_readers_in_one_session_do_not_slow_its_other_s
     demo = await relay_env.client(relay_env.token("demo"))
     try:
         stalled = [await _stall(demo) for _ in range(40)]
-        await _until(lambda: all(s.buffered >= INITIAL_STREAM_WINDOW for s in stalled),
+        await until(lambda: all(s.buffered >= INITIAL_STREAM_WINDOW for s in stalled),
                      "stalled client windows full")
         payload = b"E" + os.urandom(2 * 1024 * 1024)
         results = await asyncio.gather(*(roundtrip(demo, b"rg1/alpha", payload) for _ in range(2)))
@@ -193,7 +181,7 @@ async def test_relay_stalled_kubectl_sockets_behind_arc_proxy_do_not_slow_a_live
             writer.write(b"F")
             stalled.append(writer)
         # The stall reached the relay: each stalled stream's next window waits there.
-        await _until(lambda: agent_leg.buffered >= len(stalled) * INITIAL_STREAM_WINDOW,
+        await until(lambda: agent_leg.buffered >= len(stalled) * INITIAL_STREAM_WINDOW,
                      "the stall reached the relay")
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
         payload = os.urandom(4 * 1024 * 1024)

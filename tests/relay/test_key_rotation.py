@@ -9,14 +9,9 @@ import logging
 import pytest
 
 from certs import fingerprint_sha256, generate_key_pair
-from tests.relay.harness import (
-    DEMO_OID,
-    WAIT,
-    RelayEnv,
-    roundtrip,
-    server_port,
-    start_echo_server,
-)
+from tests.support.relay import DEMO_OID, RelayEnv, roundtrip
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT
 from tunnel import ErrorCode, StreamRefused, StreamReset, TunnelClosed
 
 CLUSTER_PATH = "/api/v1/resourceGroups/rg1/clusters/alpha"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from certs import generate_key_pair
-from tests.relay.harness import BOB_OID, DEMO_OID, VIEWERS_GROUP, RelayEnv
+from tests.support.relay import BOB_OID, DEMO_OID, VIEWERS_GROUP, RelayEnv
 
 CLUSTER = "/api/v1/resourceGroups/rg1/clusters/alpha"
 

@@ -23,7 +23,8 @@ from certs import generate_key_pair
 from relay import names
 from relay.json_body import MAX_BODY_BYTES, MAX_BODY_DEPTH, nesting_exceeds, read_json_object
 from relay.roles import assignment_errors
-from tests.relay.harness import BOB_OID, WAIT, RelayEnv, running_env
+from tests.support.relay import BOB_OID, RelayEnv, running_env
+from tests.support.waits import WAIT, until
 
 CLUSTERS = "/api/v1/resourceGroups/{rg}/clusters/{name}"
 
@@ -272,10 +273,7 @@ async def test_agent_hostile_metadata_is_neither_stored_nor_logged_raw(
                                           relay_ca_pem=relay_env.relay.ca_pem), metadata=hostile)
     relay_env.connectors.append((connector, asyncio.ensure_future(connector.run())))
     registry = relay_env.state.registry
-    for _ in range(int(WAIT / 0.05)):
-        if registry.get("rg1/alpha").total_node_count == 3:
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: registry.get("rg1/alpha").total_node_count == 3, "the agent's node count")
     cluster = registry.get("rg1/alpha")
     assert cluster.total_node_count == 3
     assert cluster.agent_version is None and cluster.kubernetes_version is None

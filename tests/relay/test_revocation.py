@@ -13,15 +13,9 @@ from pathlib import Path
 import pytest
 
 from relay.revocation import ACCESS_REVOKED, TOKEN_EXPIRED
-from tests.relay.harness import (
-    BOB_OID,
-    DEMO_OID,
-    WAIT,
-    RelayEnv,
-    running_env,
-    server_port,
-    start_echo_server,
-)
+from tests.support.relay import BOB_OID, DEMO_OID, RelayEnv, running_env
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT
 from tunnel import ErrorCode, StreamRefused, StreamReset, TunnelSession, TunnelStream
 
 SCOPE = "/resourceGroups/rg1/clusters/alpha"

@@ -11,18 +11,41 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.relay.harness import (
-    DEMO_OID,
-    WAIT,
-    RelayEnv,
-    free_port,
-    roundtrip,
-    running_env,
-    server_port,
-    start_banner_server,
-    start_echo_server,
-)
-from tunnel import ErrorCode, StreamRefused, TunnelClosed, ws_connect_kwargs
+from relay.directory import SessionDirectory
+from tests.support.relay import DEMO_OID, RelayEnv, roundtrip, running_env
+from tests.support.servers import refusing_port, server_port, start_banner_server, start_echo_server
+from tests.support.waits import WAIT, until
+from tunnel import ErrorCode, StreamRefused, TunnelClosed, TunnelSession, ws_connect_kwargs
+
+
+class WaitRecordingDirectory:
+    """The relay's session directory, recording when a stream starts waiting
+    for an agent that has no session yet (the grace period at work)."""
+
+    def __init__(self, inner: SessionDirectory[TunnelSession]) -> None:
+        self.inner = inner
+        self.waiting_for: dict[str, asyncio.Event] = {}
+
+    def register(self, cluster_id: str, session: TunnelSession) -> TunnelSession | None:
+        return self.inner.register(cluster_id, session)
+
+    def unregister(self, cluster_id: str, session: TunnelSession) -> bool:
+        return self.inner.unregister(cluster_id, session)
+
+    def get(self, cluster_id: str) -> TunnelSession | None:
+        return self.inner.get(cluster_id)
+
+    def is_present(self, cluster_id: str) -> bool:
+        return self.inner.is_present(cluster_id)
+
+    async def wait_for(self, cluster_id: str, timeout: float, *,
+                       not_this: TunnelSession | None = None) -> TunnelSession | None:
+        if self.inner.get(cluster_id) is None:
+            self.waiting_for.setdefault(cluster_id, asyncio.Event()).set()
+        return await self.inner.wait_for(cluster_id, timeout, not_this=not_this)
+
+    def sessions(self) -> list[tuple[str, TunnelSession]]:
+        return self.inner.sessions()
 
 
 async def test_relay_routes_stream_bytes_exact(relay_env: RelayEnv) -> None:
@@ -98,24 +121,28 @@ async def test_relay_resets_offline_cluster_after_grace(relay_env: RelayEnv) -> 
 
 async def test_relay_passes_agent_connect_failure(relay_env: RelayEnv) -> None:
     """An agent whose upstream is down refuses with CONNECT_FAILED, passed to the client."""
-    dead_port = free_port()
     keys = relay_env.register("rg1", "alpha")
-    await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", dead_port))
-    await relay_env.wait_agent("rg1/alpha")
-    client = await relay_env.client(relay_env.token("admin"))
-    with pytest.raises(StreamRefused) as refused:
-        await client.open_stream(b"rg1/alpha", timeout=10)
+    with refusing_port() as dead_port:
+        await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", dead_port))
+        await relay_env.wait_agent("rg1/alpha")
+        client = await relay_env.client(relay_env.token("admin"))
+        with pytest.raises(StreamRefused) as refused:
+            await client.open_stream(b"rg1/alpha", timeout=10)
     assert refused.value.code == ErrorCode.CONNECT_FAILED
 
 
 async def test_relay_waits_grace_for_agent_that_connects_late(relay_env: RelayEnv) -> None:
-    """An OPEN that arrives before the agent connects is routed once it does."""
+    """An OPEN that arrives before the agent connects is routed once it does:
+    the agent is started only once the relay is waiting for it."""
     echo = await start_echo_server()
     keys = relay_env.register("rg1", "alpha")
     relay_env.state.config = dataclasses.replace(relay_env.state.config, agent_grace_seconds=15.0)
+    directory = relay_env.state.directory = WaitRecordingDirectory(relay_env.state.directory)
     client = await relay_env.client(relay_env.token("admin"))
     pending = asyncio.ensure_future(roundtrip(client, b"rg1/alpha", b"late"))
-    await asyncio.sleep(0.2)
+    waiting = directory.waiting_for.setdefault("rg1/alpha", asyncio.Event())
+    await asyncio.wait_for(waiting.wait(), WAIT)
+    assert not pending.done()
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     assert await asyncio.wait_for(pending, 30) == b"late"
     echo.close()
@@ -216,8 +243,8 @@ async def test_relay_stop_drains_open_streams(relay_env: RelayEnv) -> None:
     stream = await client.open_stream(b"rg1/alpha", timeout=WAIT)
     await stream.write(b"first ")
     stopping = asyncio.ensure_future(relay_env.relay.stop(drain_seconds=WAIT))
-    await asyncio.sleep(0.2)
-    assert not stopping.done()
+    await until(lambda: client.goaway_received, "the relay's GOAWAY")
+    assert not stopping.done()  # draining: the open stream holds the stop
     with pytest.raises(StreamRefused):
         await client.open_stream(b"rg1/alpha", timeout=5)
     await stream.write(b"second")

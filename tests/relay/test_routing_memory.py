@@ -13,31 +13,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Callable
 
 import pytest
 
 from relay.metrics import RelayMetrics
 from relay.router import _meter, principal_key
-from tests.relay.harness import (
-    DEMO_OID,
-    WAIT,
-    RelayEnv,
-    server_port,
-    start_echo_server,
-)
+from tests.support.relay import DEMO_OID, RelayEnv
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT, until
 from tunnel import ErrorCode, StreamReset, TunnelSession, TunnelStream
 
 STREAMS = 24
 
-
-
-async def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll an in-process condition (bounded by WAIT)."""
-    async with asyncio.timeout(WAIT):
-        while not predicate():
-            await asyncio.sleep(0.01)
-    assert predicate(), what
 
 
 def streams_open(env: RelayEnv) -> float:
@@ -99,7 +86,7 @@ async def test_relay_router_holds_no_task_per_idle_routed_stream(relay_env: Rela
     streams = await open_idle(client, STREAMS)
     assert streams_open(relay_env) == STREAMS
     assert len(relay_env.state.live_streams) == STREAMS
-    await wait_until(lambda: relay_stream_handlers() == 0, "router handlers returned")
+    await until(lambda: relay_stream_handlers() == 0, "router handlers returned")
     for i, stream in enumerate(streams):
         payload = f"stream {i}".encode()
         await stream.write(payload)
@@ -123,11 +110,11 @@ async def test_relay_releases_routed_stream_accounting_on_fin_and_reset(relay_en
         await stream.aclose()
     for stream in streams[STREAMS // 2 :]:
         stream.reset(ErrorCode.CANCEL, "test")
-    await wait_until(lambda: accounting_released(relay_env, key), "routing accounting released")
+    await until(lambda: accounting_released(relay_env, key), "routing accounting released")
     again = await open_idle(client, 1)
     assert streams_open(relay_env) == 1
     await again[0].aclose()
-    await wait_until(lambda: accounting_released(relay_env, key), "released again")
+    await until(lambda: accounting_released(relay_env, key), "released again")
 
 
 async def test_relay_releases_routed_stream_accounting_when_agent_session_dies(
@@ -146,7 +133,7 @@ async def test_relay_releases_routed_stream_accounting_when_agent_session_dies(
             async with asyncio.timeout(WAIT):
                 await stream.read()
         assert info.value.code == ErrorCode.CANCEL
-    await wait_until(lambda: accounting_released(relay_env, key), "routing accounting released")
+    await until(lambda: accounting_released(relay_env, key), "routing accounting released")
 
 
 def test_router_byte_meters_are_shared_and_go_with_their_metrics() -> None:

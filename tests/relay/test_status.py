@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -25,7 +24,9 @@ from agent.connector import Connector, ConnectorConfig
 from certs import CertificateAuthority, client_ssl_context, generate_key_pair
 from relay.registry import Cluster, SqliteDatabase, SqliteRegistry
 from sandbox.idp import SandboxIdp
-from tests.relay.harness import ADMIN_OID, WAIT, RelayEnv, free_port, running_env
+from tests.support.processes import ChildProcess
+from tests.support.relay import ADMIN_OID, RelayEnv, running_env
+from tests.support.waits import WAIT
 
 
 def _stored_status(db_file: Path, cid: str) -> str | None:
@@ -73,15 +74,10 @@ async def test_relay_reconciles_stale_connected_rows_at_start(tmp_path: Path) ->
         assert body["lastConnectivityTime"]
 
 
-async def _start_relay_process(config_file: Path) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "relay.cli", "--config", str(config_file),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), WAIT)
-    assert line.startswith(b"arc-relay: serving"), line
-    return proc
+async def _start_relay_process(config_file: Path) -> ChildProcess:
+    """arc-relay as a process; it binds the port its config names (0: any) and prints its URL."""
+    return await ChildProcess.start_async([sys.executable, "-m", "relay.cli", "--config", str(config_file)],
+                                          ready="arc-relay: serving ", name="arc-relay")
 
 
 async def test_relay_killed_while_agent_connected_reports_offline_after_restart(tmp_path: Path) -> None:
@@ -91,16 +87,15 @@ async def test_relay_killed_while_agent_connected_reports_offline_after_restart(
     with the one-line "agent offline" error."""
     idp = SandboxIdp(tmp_path / "idp")
     await idp.start()
-    port = free_port()
     state_dir = tmp_path / "relay"
     config_file = tmp_path / "relay.yaml"
     config_file.write_text(yaml.safe_dump({
-        "listen": f"127.0.0.1:{port}", "state_dir": str(state_dir),
+        "listen": "127.0.0.1:0", "state_dir": str(state_dir),
         "oidc": {"issuers": [{"issuer": idp.issuer, "audiences": ["api://cluster-connect"],
                               "ca_file": str(idp.ca_file)}]},
         "admins": [ADMIN_OID], "limits": {"status_flush_seconds": 0.05}}))
     relay = await _start_relay_process(config_file)
-    relay_url = f"https://127.0.0.1:{port}"
+    relay_url = f"https://127.0.0.1:{relay.port}"
     ca_pem = (state_dir / "tls" / "ca.crt").read_bytes()
     keys = generate_key_pair("rg1/alpha")
     serving_ca = CertificateAuthority.create("alpha serving CA").certificate_pem.decode()
@@ -120,13 +115,14 @@ async def test_relay_killed_while_agent_connected_reports_offline_after_restart(
         async with asyncio.timeout(WAIT):
             while _stored_status(state_dir / "relay.db", "rg1/alpha") != "Connected":
                 await asyncio.sleep(0.02)
-        relay.send_signal(signal.SIGKILL)
-        await relay.wait()
+        relay.kill()
         await connector.stop()
         await asyncio.wait_for(agent, WAIT)
         assert _stored_status(state_dir / "relay.db", "rg1/alpha") == "Connected"  # what the crash left
 
-        relay = await _start_relay_process(config_file)
+        relay = await _start_relay_process(config_file)  # restarted on a port of its own
+        relay_url = f"https://127.0.0.1:{relay.port}"
+        cluster_url = f"{relay_url}/api/v1/resourceGroups/rg1/clusters/alpha"
         async with http.get(cluster_url, headers=admin) as resp:
             body = await resp.json()
         assert body["connectivityStatus"] == "Offline" and body["lastConnectivityTime"], body
@@ -149,9 +145,7 @@ async def test_relay_killed_while_agent_connected_reports_offline_after_restart(
         assert "offline" in text and "rg1/alpha" in text and "Traceback" not in text, text
         assert text.strip().count("\n") == 0, text
     finally:
-        if relay.returncode is None:
-            relay.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(relay.wait(), WAIT)
+        await asyncio.to_thread(relay.stop)
         if not agent.done():
             await connector.stop()
             await asyncio.wait_for(agent, WAIT)

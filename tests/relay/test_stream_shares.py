@@ -15,15 +15,9 @@ import pytest
 
 from client.listener import refusal_error
 from relay.router import principal_key
-from tests.relay.harness import (
-    BOB_OID,
-    DEMO_OID,
-    WAIT,
-    RelayEnv,
-    running_env,
-    server_port,
-    start_echo_server,
-)
+from tests.support.relay import BOB_OID, DEMO_OID, RelayEnv, running_env
+from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT
 from tunnel import ErrorCode, StreamRefused, TunnelSession, TunnelStream
 
 PER_PRINCIPAL = 3

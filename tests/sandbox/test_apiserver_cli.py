@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.sandbox.conftest import spawn_apiserver
+from tests.support.sandbox import spawn_apiserver
 
 
 def test_cli_writes_ready_file_serves_and_exits_on_sigterm(tmp_path: Path) -> None:
@@ -20,7 +20,7 @@ def test_cli_writes_ready_file_serves_and_exits_on_sigterm(tmp_path: Path) -> No
     try:
         # The figure is reported, not asserted (performance belongs to bench/).
         print(f"apiserver ready after {time.monotonic() - started:.2f}s")
-        info = server.info
+        info = server.ready_info
         assert {"url", "port", "ca_pem", "ca_file", "admin_token", "admin_kubeconfig_path"} <= set(info)
         ctx = ssl.create_default_context(cafile=info["ca_file"])
         req = urllib.request.Request(info["url"] + "/version",
@@ -29,7 +29,8 @@ def test_cli_writes_ready_file_serves_and_exits_on_sigterm(tmp_path: Path) -> No
             version = json.load(resp)
         assert (version["major"], version["minor"], version["gitVersion"]) == ("1", "30", "v1.30.2")
         assert server.stop() == 0
-        _, stderr = server.proc.communicate(timeout=5)
+        server.err.wait_eof()
+        stderr = "\n".join(server.err.seen)
         assert "Traceback" not in stderr
         assert info["admin_token"] not in stderr
     finally:

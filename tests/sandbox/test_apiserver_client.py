@@ -15,7 +15,7 @@ from kubernetes.client.rest import ApiException
 
 from sandbox.apiserver.resources import lookup
 from sandbox.apiserver.store import HISTORY_LIMIT
-from tests.sandbox.conftest import RunningApiServer
+from tests.support.sandbox import RunningApiServer
 
 NS = "pyclient"
 

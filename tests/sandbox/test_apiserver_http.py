@@ -8,7 +8,8 @@ import socket
 import ssl
 
 from sandbox.apiserver.http import MAX_BODY
-from tests.sandbox.conftest import RunningApiServer
+from tests.support.sandbox import RunningApiServer
+from tests.support.waits import wait_until
 
 # Socket operations in these tests give up after this many seconds.
 SOCKET_TIMEOUT = 10.0
@@ -87,7 +88,6 @@ def test_http_answers_malformed_request_with_400(sandbox_apiserver: RunningApiSe
 
 def test_http_watch_is_released_when_the_client_goes_away(sandbox_apiserver: RunningApiServer) -> None:
     """Closing the socket of a chunked watch ends it on the server (no leaked watcher)."""
-    import time
 
     store = sandbox_apiserver.server.store
 
@@ -105,7 +105,4 @@ def test_http_watch_is_released_when_the_client_goes_away(sandbox_apiserver: Run
     assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
     assert watchers() == before + 1
     sock.close()
-    deadline = time.monotonic() + SOCKET_TIMEOUT
-    while watchers() != before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert watchers() == before
+    wait_until(lambda: watchers() == before, "the server to drop the closed watch", SOCKET_TIMEOUT)

@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
-from tests.kubectl import require_kubectl
-from tests.sandbox.conftest import LineReader, RunningApiServer
+from tests.support.kubectl import require_kubectl
+from tests.support.processes import LineReader
+from tests.support.sandbox import RunningApiServer
 
 VERSIONS = ["1.27", "1.29", "1.30", "1.33"]
 # Upper bound for a live watch event to show up in kubectl's output.
@@ -139,13 +140,14 @@ def test_kubectl_get_watch_shows_new_pod_live(sandbox_apiserver: RunningApiServe
     env = {**os.environ, "KUBECONFIG": str(sandbox_apiserver.kubeconfig)}
     sandbox_apiserver.kubectl(k, "-n", ns, "run", "before-watch", "--image=busybox")
     proc = subprocess.Popen([k, "-n", ns, "get", "pods", "-w"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    lines = LineReader(proc)
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines = LineReader(proc.stdout)
     try:
         # The initial list is printed first; only then is the new pod created.
-        assert lines.read_until(lambda line: line.startswith("before-watch "), WATCH_DEADLINE), lines.lines
+        lines.wait_for(lambda line: line.startswith("before-watch "), WATCH_DEADLINE)
         sandbox_apiserver.kubectl(k, "-n", ns, "run", "watched", "--image=busybox")
-        assert lines.read_until(lambda line: line.startswith("watched "), WATCH_DEADLINE), lines.lines
+        lines.wait_for(lambda line: line.startswith("watched "), WATCH_DEADLINE)
         assert proc.poll() is None, "the watch ended instead of staying open"
     finally:
         proc.kill()
@@ -242,13 +244,14 @@ def test_kubectl_exec_and_logs_follow_go_through_the_server(sandbox_apiserver: R
     run(k, "-n", ns, "exec", "talker", "--", "sh", "-c", "echo first-line > /proc/1/fd/1")
     env = {**os.environ, "KUBECONFIG": str(sandbox_apiserver.kubeconfig)}
     proc = subprocess.Popen([k, "-n", ns, "logs", "-f", "talker"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    lines = LineReader(proc)
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines = LineReader(proc.stdout)
     try:
         # Only once the existing log is shown is the next line written: it can only arrive by following.
-        assert lines.read_until(lambda line: line == "first-line\n", WATCH_DEADLINE), lines.lines
+        lines.wait_for(lambda line: line == "first-line\n", WATCH_DEADLINE)
         run(k, "-n", ns, "exec", "talker", "--", "sh", "-c", "echo followed-line > /proc/1/fd/1")
-        assert lines.read_until(lambda line: line == "followed-line\n", WATCH_DEADLINE), lines.lines
+        lines.wait_for(lambda line: line == "followed-line\n", WATCH_DEADLINE)
         assert proc.poll() is None, "logs -f ended instead of following"
     finally:
         proc.kill()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -18,19 +17,12 @@ import pytest
 
 from certs import client_ssl_context
 from sandbox.idp import SandboxIdp
+from tests.support.processes import ChildProcess
 
 DEMO = "demo@contoso.example"
 SCOPE = "api://cluster-connect/.default"
 SP_ID, SP_SECRET = "2788b2a2-9ad3-4af4-8567-a7214ea67c4a", "ci-secret"
 OVERAGE_OID = "0de74a08-180b-45bd-a341-31ff9245995e"
-
-
-@pytest.fixture
-async def idp(tmp_path: Path) -> AsyncIterator[SandboxIdp]:
-    server = SandboxIdp(tmp_path / "idp")
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
@@ -206,25 +198,14 @@ async def test_idp_mint_overrides_and_removes_claims(idp: SandboxIdp) -> None:
     assert c["name"] == "Other" and "groups" not in c and c["exp"] - c["iat"] == 60
 
 
-async def _wait_file(path: Path, proc: asyncio.subprocess.Process) -> dict[str, Any]:
-    for _ in range(200):  # 20 s at most
-        if path.exists():
-            return json.loads(path.read_text())
-        if proc.returncode is not None:
-            break
-        await asyncio.sleep(0.1)
-    raise AssertionError("ready file not written")
-
-
 async def test_idp_cli_writes_ready_file_and_exits_on_sigterm(tmp_path: Path) -> None:
     """python -m sandbox.idp writes the ready JSON, serves tokens, rotates on SIGHUP, exits 0 on SIGTERM."""
     ready = tmp_path / "ready.json"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sandbox.idp", "--port", "0", "--state-dir", str(tmp_path / "s"),
-        "--ready-file", str(ready), stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await ChildProcess.start_async(
+        [sys.executable, "-m", "sandbox.idp", "--port", "0", "--state-dir", str(tmp_path / "s"),
+         "--ready-file", str(ready)], ready_file=ready, name="sandbox.idp")
     try:
-        info = await _wait_file(ready, proc)
+        info = proc.ready_info
         assert info["issuer"].endswith(f"/{info['tenant_id']}/v2.0") and Path(info["ca_file"]).exists()
         ssl = client_ssl_context(info["ca_pem"].encode())
         async with aiohttp.ClientSession() as s:
@@ -240,11 +221,9 @@ async def test_idp_cli_writes_ready_file_and_exits_on_sigterm(tmp_path: Path) ->
             else:
                 raise AssertionError("SIGHUP did not rotate the signing key")
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await asyncio.to_thread(proc.wait, 10) == 0, proc.output()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        proc.kill()
 
 
 async def test_idp_cli_reports_bad_users_file_in_one_line(tmp_path: Path) -> None:

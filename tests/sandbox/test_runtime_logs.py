@@ -8,6 +8,7 @@ import re
 from sandbox.runtime import PodRuntime
 from sandbox.runtime.logs import LogBuffer, rfc3339nano
 from sandbox.runtime.pod import parse_duration
+from tests.support.waits import until
 
 
 def _pod(every: str | None = None) -> dict:
@@ -67,9 +68,9 @@ async def test_log_follow_sees_new_lines_and_ends_at_close() -> None:
             got.append(line)
 
     task = asyncio.create_task(follow())
-    await asyncio.sleep(0.05)
+    await until(lambda: got == [b"first\n"], "the follower to read what was there")
     buf.write(b"second\npartial")
-    await asyncio.sleep(0.05)
+    await until(lambda: len(got) == 2, "the follower to get the line written later")
     buf.close()
     await asyncio.wait_for(task, 5)
     assert got == [b"first\n", b"second\n", b"partial\n"]

@@ -8,15 +8,15 @@ import json
 import os
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.kubectl import require_kubectl
-from tests.sandbox.conftest import RunningApiServer
-from tests.tcp_server import threaded_tcp_server
+from tests.support.kubectl import require_kubectl
+from tests.support.processes import LineReader
+from tests.support.sandbox import RunningApiServer
+from tests.support.servers import threaded_tcp_server
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.timeout(120)]
 
@@ -113,17 +113,16 @@ def test_apiserver_kubectl_cp_and_logs_follow_through_sandbox(
     sandbox_apiserver.kubectl(kubectl, "cp", f"{pod}:/tmp/d", str(tmp_path / "back"))
     assert (tmp_path / "back" / "f.txt").read_text() == "file body\n"
 
-    logs = subprocess.Popen([kubectl, "logs", "-f", pod], stdout=subprocess.PIPE,
+    logs = subprocess.Popen([kubectl, "logs", "-f", pod], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "KUBECONFIG": str(sandbox_apiserver.kubeconfig)})
+    assert logs.stdout is not None
+    lines = LineReader(logs.stdout)
     try:
-        assert logs.stdout is not None
-        assert logs.stdout.readline() == b"container app started (image busybox)\n"
-        time.sleep(0.2)
+        # Following once the existing log is shown: the next line can only arrive live.
+        assert lines.wait_for("\n", WAIT) == "container app started (image busybox)\n"
         sandbox_apiserver.kubectl(kubectl, "exec", pod, "--", "sh", "-c",
                                   "echo live line > /proc/1/fd/1")
-        assert logs.stdout.readline() == b"live line\n"
+        assert lines.wait_for("\n", WAIT) == "live line\n"
     finally:
         logs.terminate()
         logs.wait(WAIT)
-        if logs.stdout is not None:
-            logs.stdout.close()

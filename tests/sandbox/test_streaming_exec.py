@@ -14,7 +14,6 @@ from urllib.parse import urlencode
 import pytest
 from websockets.frames import Opcode
 
-from tests.kubectl import require_kubectl
 from tests.sandbox.test_streaming_harness import (
     WAIT,
     Harness,
@@ -25,6 +24,8 @@ from tests.sandbox.test_streaming_harness import (
     running_harness,
     ws_headers,
 )
+from tests.support.kubectl import require_kubectl
+from tests.support.sandbox import SessionSpy
 
 pytestmark = pytest.mark.timeout(120)
 EXEC = "/api/v1/namespaces/default/pods/p/exec"
@@ -227,14 +228,15 @@ async def test_kubectl_exec_unknown_command_reports_127(harness: Harness) -> Non
     assert err == b"sh: nosuch: not found\ncommand terminated with exit code 127\n"
 
 
-async def test_runtime_stop_ends_a_running_session(harness: Harness) -> None:
+async def test_runtime_stop_ends_a_running_session(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """PodRuntime.stop() cancels sessions: the websocket closes promptly."""
+    spy = SessionSpy(harness.runtimes["p"], monkeypatch)
     reader, writer, code, _ = await open_upgrade(
         harness, "GET", EXEC + _query(["sleep", "100"], stdout=True),
         ws_headers("v5.channel.k8s.io"))
     assert code == 101
     ws = WsClient(reader, writer)
-    await asyncio.sleep(0.1)
+    await spy.session()  # ``sleep 100`` is running in the pod
     harness.runtimes["p"].stop()
     frames = [op async for op, _ in ws.frames()]
     assert frames[-1] == Opcode.CLOSE

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.kubectl import require_kubectl
 from tests.sandbox.test_streaming_harness import WAIT, Harness, make_pod, running_harness
+from tests.support.kubectl import require_kubectl
+from tests.support.sandbox import SessionSpy
+from tests.support.waits import until
 
 pytestmark = [pytest.mark.kubectl, pytest.mark.timeout(120)]
 
@@ -65,9 +67,11 @@ def _set_size(fd: int, rows: int, cols: int) -> None:
 
 
 @pytest.mark.parametrize("version", ["1.27", "1.33"])
-async def test_kubectl_exec_it_under_pty_sees_resize(harness: Harness, version: str) -> None:
+async def test_kubectl_exec_it_under_pty_sees_resize(harness: Harness, version: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """``exec -it -- sh`` in a pty: size at start, a SIGWINCH resize, exit code."""
     kubectl = require_kubectl(version)
+    spy = SessionSpy(harness.runtimes["p"], monkeypatch)
     master, slave = pty.openpty()
     _set_size(slave, 30, 100)
     proc = await asyncio.create_subprocess_exec(
@@ -81,7 +85,8 @@ async def test_kubectl_exec_it_under_pty_sees_resize(harness: Harness, version: 
         await term.expect(b"30 100\r\n")
         _set_size(master, 50, 160)
         proc.send_signal(signal.SIGWINCH)
-        await asyncio.sleep(0.3)  # let kubectl's resize reach the session first
+        session = await spy.session()
+        await until(lambda: session.terminal_size == (160, 50), "kubectl's resize in the session")
         os.write(master, b"stty size\r")
         await term.expect(b"50 160\r\n")
         os.write(master, b"exit 3\r")
@@ -154,8 +159,14 @@ async def test_kubectl_logs_follow_shows_appended_line(harness: Harness, version
         await asyncio.wait_for(proc.wait(), WAIT)
 
 
-async def test_kubectl_attach_it_under_pty_echoes_and_detaches(harness: Harness) -> None:
-    """``attach -it``: a typed line comes back (CRLF), Ctrl-D ends the session."""
+async def test_kubectl_attach_it_under_pty_echoes_and_detaches(harness: Harness,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``attach -it``: a typed line comes back (CRLF), Ctrl-D ends the session.
+
+    The pod's container has no TTY, so kubectl leaves the terminal in cooked
+    mode and the line discipline echoes the typed line itself: the pod's echo
+    is the second copy, and the pod's log proves the line reached it."""
+    spy = SessionSpy(harness.runtimes["p"], monkeypatch)
     master, slave = pty.openpty()
     _set_size(slave, 24, 80)
     proc = await asyncio.create_subprocess_exec(
@@ -164,9 +175,12 @@ async def test_kubectl_attach_it_under_pty_echoes_and_detaches(harness: Harness)
     os.close(slave)
     term = PtyReader(master)
     try:
-        await asyncio.sleep(0.5)  # attach prints its hint once the session is up
+        await spy.session()  # attached: what is typed now reaches the pod
         os.write(master, b"typed here\r")
-        await term.expect(b"typed here\r\n")
+        await term.expect(b"typed here\r\n")  # the terminal's own echo
+        await term.expect(b"typed here\r\n")  # the pod's
+        log = [x async for x in harness.runtimes["p"].log_stream(None)]
+        assert log[-1] == b"typed here\n"
         os.write(master, b"\x04")
         assert await asyncio.wait_for(proc.wait(), WAIT) == 0
     finally:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.kubectl import require_kubectl
 from tests.sandbox.test_streaming_harness import (
     WAIT,
     Harness,
@@ -20,6 +19,7 @@ from tests.sandbox.test_streaming_harness import (
     open_upgrade,
     running_harness,
 )
+from tests.support.kubectl import require_kubectl
 
 pytestmark = pytest.mark.timeout(120)
 BIG = 50 * 1024 * 1024

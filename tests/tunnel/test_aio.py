@@ -22,6 +22,7 @@ import pytest
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from certs import CertificateAuthority, client_ssl_context, server_ssl_context
+from tests.support.waits import until
 from tunnel import (
     ErrorCode,
     Frame,
@@ -134,14 +135,6 @@ async def read_all(stream: TunnelStream) -> bytes:
     return b"".join(parts)
 
 
-async def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll ``predicate`` (bounded) until it holds."""
-    async with asyncio.timeout(WAIT):
-        while not predicate():
-            await asyncio.sleep(0.01)
-    assert predicate(), what
-
-
 async def test_session_transfers_bytes_exactly_on_concurrent_streams() -> None:
     """Several MB on 4 concurrent streams come back byte-exact (sha256), both ways."""
 
@@ -207,7 +200,7 @@ async def test_stalled_reader_does_not_stall_other_streams() -> None:
             await stalled.write_eof()
 
         filler = asyncio.create_task(fill())
-        await wait_until(lambda: stalled._write_waiter is not None, "writer parked on credit")
+        await until(lambda: stalled._write_waiter is not None, "writer parked on credit")
 
         other = await pair.client.open_stream(b"echo")
         data = os.urandom(8_000_000)
@@ -225,7 +218,7 @@ async def test_stalled_reader_does_not_stall_other_streams() -> None:
         release.set()
         async with asyncio.timeout(WAIT):
             await filler
-            await wait_until(lambda: bool(stalled_got), "stalled stream drained")
+            await until(lambda: bool(stalled_got), "stalled stream drained")
         assert stalled_got[0] == blob
 
 
@@ -246,8 +239,8 @@ async def test_write_blocks_when_peer_does_not_read_and_buffer_stays_bounded() -
         assert pair.server.config.limits.stream_window > window  # it could grow, but does not
         stream = await pair.client.open_stream(b"sink")
         writer = asyncio.create_task(stream.write(b"x" * (4 * window)))
-        await wait_until(lambda: stream._write_waiter is not None, "writer parked on credit")
-        await wait_until(
+        await until(lambda: stream._write_waiter is not None, "writer parked on credit")
+        await until(
             lambda: bool(server_streams) and server_streams[0].buffered == window,
             "receiver got the whole window",
         )
@@ -317,7 +310,7 @@ async def test_goaway_lets_existing_streams_finish_and_refuses_new_ones() -> Non
         stream = await pair.client.open_stream(b"echo")
         await stream.write(b"before")
         await pair.server.goaway()
-        await wait_until(lambda: pair.client._goaway_received, "client saw GOAWAY")
+        await until(lambda: pair.client._goaway_received, "client saw GOAWAY")
         with pytest.raises(StreamRefused):
             await pair.client.open_stream(b"echo")
         await stream.write(b" and after")

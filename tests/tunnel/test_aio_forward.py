@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.support.waits import until
 from tests.tunnel.test_aio import (
     WAIT,
     Handler,
@@ -28,7 +29,6 @@ from tests.tunnel.test_aio import (
     echo,
     read_all,
     tunnel_pair,
-    wait_until,
 )
 from tunnel import ErrorCode, StreamReset, TunnelStream, join_streams, splice, splice_streams
 from tunnel.limits import INITIAL_STREAM_WINDOW
@@ -123,7 +123,7 @@ async def test_splice_streams_forwards_bytes_exactly_both_ways_through_a_relay(j
         sizes = [3_000_000, 500_000, 1]
         async with asyncio.timeout(WAIT):
             await asyncio.gather(*(one(n) for n in sizes))
-            await wait_until(lambda: relay.forwarded["b_to_a"] == sum(sizes), "metered")
+            await until(lambda: relay.forwarded["b_to_a"] == sum(sizes), "metered")
         assert relay.forwarded == {"a_to_b": sum(sizes), "b_to_a": sum(sizes)}
 
 
@@ -151,7 +151,7 @@ async def test_splice_streams_holds_at_most_the_window_when_the_consumer_stalls(
             await stream.write_eof()
 
         filler = asyncio.create_task(fill())
-        await wait_until(lambda: stream._write_waiter is not None, "writer parked on credit")
+        await until(lambda: stream._write_waiter is not None, "writer parked on credit")
         near_side, far_side = relay.joined[0]
         # What the relay holds is bounded by the window it granted the client;
         # what went on is bounded by the far side's window.
@@ -162,7 +162,7 @@ async def test_splice_streams_holds_at_most_the_window_when_the_consumer_stalls(
         release.set()
         async with asyncio.timeout(WAIT):
             await filler
-            await wait_until(lambda: bool(got), "far side read everything")
+            await until(lambda: bool(got), "far side read everything")
         assert got[0] == blob
 
 
@@ -183,7 +183,7 @@ async def test_splice_streams_forwards_data_that_arrived_before_the_join(join: b
         assert relay.near is not None
         relay.hold_before_join.clear()
         stream = await relay.near.client.open_stream(b"greet")
-        await wait_until(
+        await until(
             lambda: bool(relay.joined) and relay.joined[0][1].at_eof() is False
             and relay.joined[0][1]._eof,
             "the far side's bytes and FIN wait at the relay",
@@ -208,7 +208,7 @@ async def test_splice_streams_resets_the_client_when_the_far_session_dies(join: 
         assert relay.near is not None and relay.far is not None
         stream = await relay.near.client.open_stream(b"x")
         await stream.write(b"hello")
-        await wait_until(lambda: bool(relay.joined), "joined")
+        await until(lambda: bool(relay.joined), "joined")
         await relay.far.client.close()
         with pytest.raises(StreamReset) as info:
             async with asyncio.timeout(WAIT):
@@ -229,7 +229,7 @@ async def test_join_streams_ends_with_fin_both_ways_then_calls_on_done_once() ->
         await stream.write_eof()
         async with asyncio.timeout(WAIT):
             assert await read_all(stream) == payload
-            await wait_until(lambda: bool(relay.done_calls), "on_done called")
+            await until(lambda: bool(relay.done_calls), "on_done called")
         assert relay.done_calls == [(True, True)]
         assert relay.near.server.streams == 0 and relay.far.client.streams == 0
 
@@ -251,7 +251,7 @@ async def test_join_streams_passes_a_reset_on_with_its_code_then_calls_on_done()
                 await read_all(stream)
         assert (info.value.code, info.value.reason) == (ErrorCode.CONNECT_FAILED, "upstream gone")
         async with asyncio.timeout(WAIT):
-            await wait_until(lambda: bool(relay.done_calls), "on_done called")
+            await until(lambda: bool(relay.done_calls), "on_done called")
         assert relay.done_calls == [(True, True)]
         assert relay.near.server.streams == 0 and relay.far.client.streams == 0
 
@@ -357,12 +357,12 @@ async def test_splice_socket_stops_the_writer_when_the_tcp_peer_stalls() -> None
                 await stream.write_eof()
 
             filler = asyncio.create_task(fill())
-            await wait_until(lambda: stream._write_waiter is not None, "writer parked on credit")
+            await until(lambda: stream._write_waiter is not None, "writer parked on credit")
             assert stream.bytes_sent < total
             release.set()
             async with asyncio.timeout(WAIT * 2):
                 await filler
-                await wait_until(lambda: bool(received), "peer read everything")
+                await until(lambda: bool(received), "peer read everything")
             assert received[0] == total
     finally:
         tcp.close()

@@ -12,45 +12,33 @@ import hashlib
 import json
 import os
 import random
+import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 
+from tests.support.processes import ChildProcess
 from tunnel import TunnelClosed, TunnelSession, TunnelStream, ws_connect_kwargs
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 30.0
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.asynccontextmanager
-async def peer_process() -> AsyncIterator[tuple[int, asyncio.subprocess.Process]]:
+async def peer_process() -> AsyncIterator[tuple[int, ChildProcess]]:
     """Start the peer process and yield its port and handle; stop it afterwards."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.tunnel.peer_process",
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    peer = await ChildProcess.start_async([sys.executable, "-m", "tests.tunnel.peer_process"],
+                                          ready='"port"', name="peer_process", stdin=subprocess.PIPE,
+                                          timeout=WAIT)
     try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(WAIT):
-            line = await proc.stdout.readline()
-        yield int(json.loads(line)["port"]), proc
+        yield int(json.loads(peer.ready_line)["port"]), peer
     finally:
-        assert proc.stdin is not None
-        proc.stdin.close()  # the peer exits on stdin EOF
-        try:
-            async with asyncio.timeout(10):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        assert peer.proc.stdin is not None
+        peer.proc.stdin.close()  # the peer exits on stdin EOF
+        await asyncio.to_thread(peer.stop, signal.SIGTERM, 10)
 
 
 async def read_all(stream: TunnelStream) -> bytes:
@@ -113,7 +101,7 @@ async def test_process_peer_killed_ends_session_with_tunnel_closed() -> None:
         stream = await session.open_stream(b"echo")
         await stream.write(b"still there?")
         assert await stream.readexactly(12) == b"still there?"
-        proc.kill()
+        proc.kill()  # SIGKILL mid-session
         async with asyncio.timeout(WAIT):
             with pytest.raises(TunnelClosed):
                 await stream.read()

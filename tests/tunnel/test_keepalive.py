@@ -12,26 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.support.waits import until
 from tunnel import TunnelConfig, TunnelSession, server_websocket_response, ws_connect_kwargs
 
 WAIT = 20.0  # bound for every wait (never reached when all is well)
 INTERVAL = 0.1
-
-
-async def _until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll ``predicate`` (bounded by WAIT; ``what`` names it on failure)."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 @contextlib.asynccontextmanager
@@ -95,11 +86,11 @@ async def test_session_pinged_by_its_peer_does_not_ping_and_pings_after_silence(
 
     pinger = asyncio.create_task(ping_often())
     try:
-        await _until(lambda: server.their_pings >= 40, "40 client pings (~10 server intervals)")
+        await until(lambda: server.their_pings >= 40, "40 client pings (~10 server intervals)")
     finally:
         pinger.cancel()
     assert client.their_pings == 0, "the server pinged a peer that kept pinging it"
-    await _until(lambda: client.their_pings >= 1, "a server ping after silence")
+    await until(lambda: client.their_pings >= 1, "a server ping after silence")
     assert server.rtt is not None and server.rtt > 0
 
 
@@ -116,7 +107,7 @@ async def test_dialling_session_pings_every_interval_even_when_pinged() -> None:
 
         pinger = asyncio.create_task(server_pings_often())
         try:
-            await _until(lambda: server.their_pings >= 5, "5 client pings while pinged")
+            await until(lambda: server.their_pings >= 5, "5 client pings while pinged")
         finally:
             pinger.cancel()
         assert client.their_pings >= 10

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.support.waits import until
 from tests.tunnel.test_aio import WAIT, _serve, echo, read_all
 from tunnel import (
     SUBPROTOCOL,
@@ -133,7 +134,7 @@ async def test_ping_flood_without_reading_is_closed_with_enhance_your_calm(
             async with asyncio.timeout(WAIT):
                 await echo_once(200_000)
             flooder = await asyncio.to_thread(_handshake, port)
-            await _wait_for(lambda: len(sessions) == 2)
+            await until(lambda: len(sessions) == 2, "both server sessions")
             victim, victim_transport = sessions[1], transports[1]
             result: dict[str, Any] = {}
             thread = threading.Thread(target=_flood, args=(flooder, result), daemon=True)
@@ -159,12 +160,6 @@ async def test_ping_flood_without_reading_is_closed_with_enhance_your_calm(
             await good_task
     finally:
         await runner.cleanup()
-
-
-async def _wait_for(predicate: Any) -> None:
-    async with asyncio.timeout(WAIT):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 def test_queued_replies_cap_ends_the_session_in_the_core() -> None:

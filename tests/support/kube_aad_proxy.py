@@ -1,6 +1,6 @@
-"""Support for the kube-aad-proxy tests (no tests here): a small real TLS
-upstream that records every request head it receives, and raw HTTP/1.1
-helpers for the client side."""
+"""Support for the kube-aad-proxy tests: a small real TLS upstream that
+records every request head it receives, and raw HTTP/1.1 helpers for the
+client side."""
 
 from __future__ import annotations
 
@@ -10,29 +10,10 @@ import json
 import ssl
 from dataclasses import dataclass, field
 
-from certs import CertificateAuthority, IssuedCertificate, client_ssl_context, server_ssl_context
+from certs import server_ssl_context
+from tests.support.pki import PROXY_NAME, Pki
 
 TIMEOUT = 10.0
-PROXY_NAME = "kube-aad-proxy.test"
-
-
-@dataclass
-class Pki:
-    """One CA, a serving cert for the proxy and one for the upstream."""
-
-    ca: CertificateAuthority
-    proxy_cert: IssuedCertificate
-    upstream_cert: IssuedCertificate
-
-    @classmethod
-    def create(cls) -> Pki:
-        ca = CertificateAuthority.create("kube-aad-proxy test CA")
-        return cls(ca, ca.issue_server([PROXY_NAME]), ca.issue_server(["localhost"]))
-
-    def client_context(self) -> ssl.SSLContext:
-        ctx = client_ssl_context(self.ca.certificate_pem)
-        ctx.set_alpn_protocols(["h2", "http/1.1"])  # as kubectl offers
-        return ctx
 
 
 @dataclass
@@ -107,8 +88,9 @@ async def read_response(reader: asyncio.StreamReader, *, method: str = "GET") ->
 
 
 def status_of(resp: Response) -> dict[str, object]:
+    """The body of a Kubernetes ``Status`` response."""
     doc = json.loads(resp.body)
-    assert doc["kind"] == "Status"
+    assert isinstance(doc, dict) and doc["kind"] == "Status"
     return doc
 
 
@@ -135,6 +117,8 @@ class RecordingUpstream:
     watch_events: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     watch_started: asyncio.Event = field(default_factory=asyncio.Event)
     connections: int = 0
+    # Bytes of ``/big`` bodies the proxy has taken so far (counted after each drain).
+    big_sent: int = 0
     _server: asyncio.Server | None = None
 
     @property
@@ -211,6 +195,7 @@ class RecordingUpstream:
             for i in range(0, n, 1 << 20):
                 writer.write(data[i:i + (1 << 20)])
                 await writer.drain()
+                self.big_sent += len(data[i:i + (1 << 20)])
         elif path == "/watch":
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
             await writer.drain()

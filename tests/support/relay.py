@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,44 +23,13 @@ from certs import KeyPair, client_ssl_context, generate_key_pair
 from relay import Cluster, IssuerConfig, RelayConfig, RelayServer
 from relay.roles import RoleAssignment
 from sandbox.idp import SandboxIdp
+from tests.support.waits import WAIT
 from tunnel import TunnelSession, ws_connect_kwargs
 
 DEMO_OID = "35233192-fc5d-4d88-83c8-36ab5ca99ad9"   # demo@contoso.example (developers)
 BOB_OID = "7a338408-e16c-4e47-9de2-1202ff0e1eaa"    # bob@contoso.example (viewers)
 ADMIN_OID = "72456920-99c3-4dff-ae71-fa469274d15a"  # admin@contoso.example
 VIEWERS_GROUP = "96214857-9d36-4dff-b3b1-4f6f28cf474b"
-# Every wait in these tests is bounded by this (seconds).
-WAIT = 20.0
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for restart tests)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def start_echo_server() -> asyncio.Server:
-    """A TCP server on 127.0.0.1 echoing every byte back, FIN for FIN."""
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-            writer.write_eof()
-            await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(echo, "127.0.0.1", 0)
-
-
-def server_port(server: asyncio.Server) -> int:
-    return int(server.sockets[0].getsockname()[1])
-
 
 @dataclass
 class RelayEnv:
@@ -195,29 +163,10 @@ async def roundtrip(session: TunnelSession, target: bytes, payload: bytes) -> by
 
 @contextlib.asynccontextmanager
 async def running_env(tmp_path: Path, **overrides: Any) -> AsyncIterator[RelayEnv]:
-    """A started relay + sandbox issuer, torn down on exit. Test modules wrap
-    it in a fixture (each module declares its own, pytest finds it there)."""
+    """A started relay + sandbox issuer, torn down on exit (``relay_env`` in
+    ``tests/conftest.py`` wraps it; a module needing other limits calls it itself)."""
     env = await RelayEnv.start(tmp_path, **overrides)
     try:
         yield env
     finally:
         await env.close()
-
-
-async def start_banner_server(banner: bytes) -> asyncio.Server:
-    """A TCP server that first sends ``banner`` then echoes (tells upstreams apart)."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(banner)
-            await writer.drain()
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-            writer.write_eof()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(serve, "127.0.0.1", 0)

@@ -1,7 +1,9 @@
-"""Harness of the lifecycle tests: sandbox API server, sandbox IdP and a relay
-as processes (through ``client.demo.DemoEnvironment``'s pieces, but with no
-cluster registered), ``arcctl`` run as a process, an exec-plugin kubeconfig,
-and ``arc-agent`` started from what ``arcctl connect`` stored in the cluster.
+"""The lifecycle tests' environment: sandbox API server, sandbox IdP and a
+relay as processes (through ``client.demo.DemoEnvironment``'s pieces, but with
+no cluster registered), ``arcctl`` run as a process, an exec-plugin
+kubeconfig, and ``arc-agent`` started from what ``arcctl connect`` stored in
+the cluster. Its own children (a second relay, the agents) are
+``ChildProcess``es: a relay on port 0 prints the URL it got.
 """
 
 from __future__ import annotations
@@ -9,13 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import shutil
-import ssl
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -27,30 +25,18 @@ from kubernetes import config as k8s_config
 
 from client.auth import TokenSource
 from client.config import ClientConfig, write_config
-from client.demo import DemoEnvironment, free_port
-from client.procs import Child
+from client.demo import DemoEnvironment
 from client.relay_client import RelayApi
+from tests.support.processes import ChildProcess, child_env
 
-ROOT = Path(__file__).resolve().parents[2]
 ALICE, ALICE_PASSWORD = "alice@contoso.example", "alice-password"
 ALICE_OID = "3f1c8e52-6b0e-4a8f-9d41-5c2a7e9b1d60"
 GROUP = "lab"
 # Relay heartbeat for the tests: a silent agent is pinged after 0.5 s and
 # declared dead 2 s later (defaults: 20 s + 20 s).
 RELAY_TUNNEL = {"ping_interval": 0.5, "ping_timeout": 2.0}
-WAIT = 20.0
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll ``predicate`` (bounded) until truthy."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+# arc-agent logs this once its kube-aad-proxy serves (agent/cli.py); it dials the relay next.
+AGENT_READY = "kube-aad-proxy listening on"
 
 
 class LifecycleEnv:
@@ -59,7 +45,8 @@ class LifecycleEnv:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.demo = DemoEnvironment(base / "state", client_config_path=base / "admin-config.yaml")
-        self.agents: dict[str, Child] = {}
+        # The second relay and the agents, by name (stopped together).
+        self.children: dict[str, ChildProcess] = {}
 
     # -- start/stop ----------------------------------------------------------------
     def start(self) -> None:
@@ -89,27 +76,19 @@ class LifecycleEnv:
             (its URL, an admin client config for it, alice's client config for it).
         """
         d = self.demo
-        port = free_port()
-        url = f"https://127.0.0.1:{port}"
         state = self.base / "relay-b"
         state.mkdir(exist_ok=True)
         cfg = yaml.safe_load(self.relay_config_path.read_text())
-        cfg.update({"listen": f"127.0.0.1:{port}", "public_url": url, "state_dir": str(state),
-                    "database": str(state / "relay.db")})
+        # Port 0 and no public_url: the relay binds a free port, derives its
+        # agent audience from it and prints its URL.
+        cfg.pop("public_url", None)
+        cfg.update({"listen": "127.0.0.1:0", "state_dir": str(state), "database": str(state / "relay.db")})
         path = state / "config.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        child = Child("relay-b", [sys.executable, "-m", "relay.cli", "--config", str(path)], d.logs).start()
-        self.agents["relay-b"] = child  # stopped with the agents
-        ctx = ssl.create_default_context(cafile=self.relay_ca_file)
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(url + "/readyz", context=ctx, timeout=2) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                child.check_alive()
-                return False
-        wait_for(ready, "the second relay to be ready")
+        child = ChildProcess.start([sys.executable, "-m", "relay.cli", "--config", str(path)],
+                                   ready="arc-relay: serving ", name="relay-b")
+        self.children["relay-b"] = child
+        url = f"https://127.0.0.1:{child.port}"
         admin = replace(d.admin_config(), relay_url=url)
         write_config(admin, self.base / "admin-config-b.yaml")
         alice = replace(d.admin_config(), relay_url=url, resource_group=GROUP, auth=d._auth(ALICE, ALICE_PASSWORD))
@@ -117,13 +96,15 @@ class LifecycleEnv:
         return url, self.base / "admin-config-b.yaml", self.base / "alice-config-b.yaml"
 
     def stop(self) -> None:
-        for child in self.agents.values():
+        for child in self.children.values():
             child.stop()
         self.demo.stop()
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}:\n{p.read_text(errors='replace')[-3000:]}"
-                         for p in sorted(self.demo.logs.glob("*.log")))
+        """The demo processes' log tails and this environment's children's output."""
+        files = [f"--- {p.name}:\n{p.read_text(errors='replace')[-3000:]}"
+                 for p in sorted(self.demo.logs.glob("*.log"))]
+        return "\n".join(files + [f"--- {child.output()}" for child in self.children.values()])
 
     # -- files -------------------------------------------------------------------
     def write_client_config(self, name: str, *, relay_ca: bool = True) -> Path:
@@ -171,14 +152,15 @@ class LifecycleEnv:
     def arcctl(self, *args: str, config: Path | None = None, stdin: str | None = None,
                env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run ``arcctl ARGS`` as a process (alice's config by default)."""
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), "ARC_CONFIG": str(config or self.alice_config),
-                    "XDG_CACHE_HOME": str(self.base / "cache"), **(env or {})}
+        full_env = child_env(ARC_CONFIG=str(config or self.alice_config),
+                             XDG_CACHE_HOME=str(self.base / "cache"), **(env or {}))
         return subprocess.run([sys.executable, "-m", "client.arcctl", *args], capture_output=True,
                               text=True, env=full_env, timeout=timeout,
                               stdin=subprocess.DEVNULL if stdin is None else None, input=stdin)
 
     def core(self) -> k8s.CoreV1Api:
-        return k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=self.admin_kubeconfig))
+        api_client = k8s_config.new_client_from_config(config_file=self.admin_kubeconfig)  # type: ignore[no-untyped-call]
+        return k8s.CoreV1Api(api_client)
 
     def read_agent_objects(self) -> tuple[dict[str, str], dict[str, Any]]:
         """The agent Secret (decoded) and config (parsed) that connect stored."""
@@ -186,6 +168,7 @@ class LifecycleEnv:
         secret = core.read_namespaced_secret("arc-agent", "arc-system")
         cm = core.read_namespaced_config_map("arc-agent", "arc-system")
         files = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        assert cm.data is not None, "connect stored an empty ConfigMap"
         return files, yaml.safe_load(cm.data["agent.yaml"])
 
     def service_account_token(self) -> str:
@@ -193,10 +176,11 @@ class LifecycleEnv:
         body = k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[],
                                                                              expiration_seconds=3600))
         resp = core.create_namespaced_service_account_token("arc-agent", "arc-system", body)
+        assert resp.status is not None
         return str(resp.status.token)
 
     # -- agent ---------------------------------------------------------------------
-    def start_agent(self, name: str, *, metadata_interval: float | None = None) -> Child:
+    def start_agent(self, name: str, *, metadata_interval: float | None = None) -> ChildProcess:
         """Start ``arc-agent`` with the Secret/ConfigMap that connect stored; the
         in-cluster paths (Secret mount, ServiceAccount) are mapped to local files."""
         files, config = self.read_agent_objects()
@@ -230,14 +214,14 @@ class LifecycleEnv:
         path = d / "agent.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         # The agent must rely on its config only: no inherited proxy or CA settings.
-        env = {"HTTPS_PROXY": "", "https_proxy": "", "NO_PROXY": "", "no_proxy": "", "SSL_CERT_FILE": ""}
-        child = Child(f"agent-{name}", [sys.executable, "-m", "agent.cli", "--config", str(path)],
-                      self.demo.logs, env=env).start()
-        self.agents[name] = child
+        env = child_env(HTTPS_PROXY="", https_proxy="", NO_PROXY="", no_proxy="", SSL_CERT_FILE="")
+        child = ChildProcess.start([sys.executable, "-m", "agent.cli", "--config", str(path)],
+                                   ready=AGENT_READY, ready_on="stderr", name=f"agent-{name}", env=env)
+        self.children[name] = child
         return child
 
     def stop_agent(self, name: str) -> None:
-        child = self.agents.pop(name, None)
+        child = self.children.pop(name, None)
         if child is not None:
             child.stop()
 
@@ -245,7 +229,10 @@ class LifecycleEnv:
 def sandbox_nodes(env: LifecycleEnv) -> tuple[int, int]:
     """(node count, total cores) of the sandbox, read with the kubernetes client."""
     nodes = env.core().list_node().items
-    cores = sum(int(n.status.capacity["cpu"]) for n in nodes)
+    cores = 0
+    for node in nodes:
+        assert node.status is not None and node.status.capacity is not None
+        cores += int(node.status.capacity["cpu"])
     return len(nodes), cores
 
 
