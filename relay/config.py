@@ -27,8 +27,8 @@ Example::
              tunnel: {}}                         # tunnel: keyword arguments of tunnel.TunnelConfig
     admission: {max_concurrent_handshakes: 64,   # authentication + upgrade in flight
                 max_loop_lag_seconds: 0.25,      # hold handshakes while the event loop runs this late (0: off)
-                max_queue_seconds: 5,            # a held handshake waits this long for its turn (0: 503 at once)
-                max_queued_handshakes: 1024,     # this many wait at most; beyond: 503
+                max_queue_seconds: 8,            # a held handshake waits this long for its turn (0: 503 at once)
+                max_queued_handshakes: 4096,     # this many wait at most; beyond: 503
                 handshakes_per_second: 0,        # fixed token-bucket rate (0: off, the lag bound paces)
                 retry_after_seconds: 1,          # the 503's Retry-After beyond a bound (least)
                 max_retry_after_seconds: 60}     # its most (each refused peer gets its own slot)
@@ -110,9 +110,13 @@ class RelayConfig:
     max_loop_lag_seconds: float = 0.25
     # A handshake beyond the bounds waits for its turn instead of a 503: its
     # TLS handshake is paid for (~1 ms of relay CPU), a 503 would waste it.
-    # 5 s stays well inside the agent's dial timeout (2 x 10 s).
-    max_queue_seconds: float = 5.0
-    max_queued_handshakes: int = 1024
+    # 8 s stays well inside the agent's dial timeout (2 x 10 s); only as many
+    # wait as the measured rate serves within it (relay/admission.py), the
+    # rest get a 503 at once. 4096 waiting (~40 KiB each, TLS + request) is
+    # most of a 5,000-agent storm after a restart: a refusal costs both
+    # sides a TLS handshake for nothing.
+    max_queue_seconds: float = 8.0
+    max_queued_handshakes: int = 4096
     handshakes_per_second: float = 0.0
     retry_after_seconds: int = 1
     max_retry_after_seconds: int = 60
@@ -270,8 +274,8 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             status_flush_seconds=float(limits.get("status_flush_seconds", 1.0)),
             max_concurrent_handshakes=int(admission.get("max_concurrent_handshakes", 64)),
             max_loop_lag_seconds=float(admission.get("max_loop_lag_seconds", 0.25)),
-            max_queue_seconds=float(admission.get("max_queue_seconds", 5.0)),
-            max_queued_handshakes=int(admission.get("max_queued_handshakes", 1024)),
+            max_queue_seconds=float(admission.get("max_queue_seconds", 8.0)),
+            max_queued_handshakes=int(admission.get("max_queued_handshakes", 4096)),
             handshakes_per_second=float(admission.get("handshakes_per_second", 0.0)),
             retry_after_seconds=int(admission.get("retry_after_seconds", 1)),
             max_retry_after_seconds=int(admission.get("max_retry_after_seconds", 60)),
