@@ -69,6 +69,11 @@ BACKOFF_INITIAL: float = _DEFAULTS.backoff_initial
 BACKOFF_CAP: float = _DEFAULTS.backoff_cap
 STABLE_AFTER: float = _DEFAULTS.stable_after
 ASSERTION_LIFETIME: int = _DEFAULTS.assertion_lifetime
+# The connector's bound of one dial (TCP, TLS, admission queue, upgrade): a
+# shorter one would abandon handshakes waiting in the relay's admission queue
+# that a real agent waits out (each abandoned one costs the relay a TLS
+# handshake and a queue slot for nothing).
+DIAL_TIMEOUT: float | None = _DEFAULTS.effective_dial_timeout
 FAST_WINDOW: float = getattr(agent_connector, "FAST_WINDOW", 30.0)
 FAST_CAP: float = getattr(agent_connector, "FAST_CAP", 0.5)
 AUTH_FAILURE_CAP: float = getattr(agent_connector, "AUTH_FAILURE_CAP", 30.0)
@@ -189,7 +194,7 @@ class SimulatedAgent:
                                          audience=agent_audience(fleet.relay_url),
                                          lifetime=ASSERTION_LIFETIME)
             try:
-                async with asyncio.timeout(fleet.tunnel.handshake_timeout or None):
+                async with asyncio.timeout(DIAL_TIMEOUT):
                     ws = await fleet.http.ws_connect(
                         agent_connect_url(fleet.relay_url), headers={"Authorization": f"Bearer {token}"},
                         **ws_connect_kwargs(fleet.tunnel))
