@@ -44,7 +44,12 @@ import aiohttp
 
 from agent import connector as agent_connector
 from agent.connector import CONTROL_TARGET, UPSTREAM_TARGET, ConnectorConfig
-from agent.connector_dial import agent_audience, agent_connect_url, relay_ssl_context
+from agent.connector_dial import (
+    agent_audience,
+    agent_connect_url,
+    relay_not_listening,
+    relay_ssl_context,
+)
 from identity import sign_agent_assertion
 from tunnel import (
     Backoff,
@@ -147,6 +152,7 @@ class SimulatedAgent:
         self.private_key_pem = private_key_pem
         self.last_refusal = False
         self.last_retry_after: float | None = None
+        self.last_not_listening = False
 
     async def run(self) -> None:
         """Dial, serve, redial (mirrors ``Connector.run``) until the fleet stops."""
@@ -163,7 +169,8 @@ class SimulatedAgent:
                     delay = auth_backoff.next_delay()
                 else:
                     recently_lost = lost_at is not None and loop.time() - lost_at < FAST_WINDOW
-                    delay = backoff.next_delay(FAST_CAP if recently_lost else None)
+                    fast = recently_lost and self.last_not_listening
+                    delay = backoff.next_delay(FAST_CAP if fast else None)
                 if self.last_retry_after is not None:
                     # As the connector: the hint plus its jitter, whatever the backoff says.
                     delay = retry_after_delay(self.last_retry_after)
@@ -185,7 +192,7 @@ class SimulatedAgent:
     async def dial(self) -> TunnelSession | None:
         """One authenticated websocket upgrade; None (and why, on self) if refused."""
         fleet = self.fleet
-        self.last_refusal, self.last_retry_after = False, None
+        self.last_refusal, self.last_retry_after, self.last_not_listening = False, None, False
         async with fleet.dial_slots:
             if fleet.stopping.is_set():
                 return None
@@ -205,8 +212,9 @@ class SimulatedAgent:
                 if self.last_retry_after is not None:
                     fleet.stats.retry_after += 1
                 return None
-            except (aiohttp.ClientError, OSError, TimeoutError):
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 fleet.stats.unreachable += 1
+                self.last_not_listening = relay_not_listening(exc)
                 return None
         return TunnelSession(ws, is_client=True, config=fleet.tunnel, name=f"agent:{self.cluster_id}",
                              on_stream=self.on_stream)
