@@ -10,8 +10,12 @@ the session was only seconds old: then another agent probably replaced it, and t
 backs off from 1 s to 30 s so two agents do not evict each other in a loop). When a
 session ends or a dial fails the loop sleeps an exponential backoff with full
 jitter (a delay drawn in [0, ceiling], the ceiling 100 ms doubling to 2 s; at
-most 0.5 s during the 30 s after losing a session, the usual cause being a
-relay restart), reset once a session has been up for ``stable_after`` seconds.
+most 0.5 s during the 30 s after losing a session while nothing listens at the
+relay's address, the usual cause being a relay restart: a refused TCP connect
+costs the relay nothing, whereas a relay that is up but closes connections at
+accept (its pre-authentication bound is full) pays for every redial, so those
+back off to the usual 2 s), reset once a session has been up for
+``stable_after`` seconds.
 A relay whose admission is full answers 503 with ``Retry-After``: the loop
 then waits that hint plus up to a second (``retry_after_delay``); the relay
 gives each refused agent its own slot, so a fleet redialling after a relay
@@ -41,6 +45,7 @@ import aiohttp
 from agent.connector_dial import (
     agent_audience,
     agent_connect_url,
+    relay_not_listening,
     relay_ssl_context,
     resolve_proxy,
 )
@@ -157,6 +162,8 @@ class Connector:
         # (then with its Retry-After hint in seconds).
         self._auth_refused = False
         self._retry_after: float | None = None
+        # The last dial found nothing listening (see relay_not_listening).
+        self._relay_not_listening = False
         self.busy_refusals = 0
         # The last delay the dial loop chose after a failed dial (seconds).
         self.last_delay = 0.0
@@ -209,7 +216,8 @@ class Connector:
                         self.last_delay = auth_backoff.next_delay()
                     else:
                         recently_lost = lost_at is not None and loop.time() - lost_at < FAST_WINDOW
-                        self.last_delay = backoff.next_delay(FAST_CAP if recently_lost else None)
+                        fast = recently_lost and self._relay_not_listening
+                        self.last_delay = backoff.next_delay(FAST_CAP if fast else None)
                     await self._sleep(self.last_delay)
                     continue
                 auth_backoff.reset()
@@ -241,6 +249,7 @@ class Connector:
         assert self._http is not None
         self._auth_refused = False
         self._retry_after = None
+        self._relay_not_listening = False
         try:
             token = sign_agent_assertion(cfg.private_key_pem, cluster_id=cfg.cluster_id,
                                          audience=agent_audience(cfg.relay_url),
@@ -276,6 +285,7 @@ class Connector:
             self._dial_failed(url, "relay TLS certificate not trusted: set relay.ca_file to its CA")
             return None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._relay_not_listening = relay_not_listening(exc)
             self._dial_failed(url, f"cannot reach relay: {type(exc).__name__}")
             return None
         self.sessions_started += 1

@@ -1,5 +1,6 @@
 """How the agent reaches the relay: URL, TLS trust, outbound proxy, backoff,
-and the relay's ``Retry-After`` when its admission is full.
+the relay's ``Retry-After`` when its admission is full, and which dial
+failures may be retried fast.
 
 Proxy: ``proxy.https`` from the config wins; otherwise the standard
 ``HTTPS_PROXY`` / ``https_proxy`` (then ``WSS_PROXY``) environment. ``NO_PROXY``
@@ -14,6 +15,8 @@ import ipaddress
 import os
 import ssl
 from urllib.parse import urlsplit
+
+import aiohttp
 
 from certs import client_ssl_context
 from identity.agent_assertion import AGENT_CONNECT_PATH
@@ -31,6 +34,15 @@ def relay_ssl_context(relay_ca_pem: bytes | None, proxy_ca_pem: bytes | None) ->
     proxy's CA when one is configured."""
     bundle = b"\n".join(p.strip() for p in (relay_ca_pem, proxy_ca_pem) if p)
     return client_ssl_context(bundle + b"\n" if bundle else None)
+
+
+def relay_not_listening(exc: BaseException) -> bool:
+    """Whether a failed dial found nothing listening (TCP connection refused):
+    the relay (or the proxy) is restarting, and a refused connect costs it
+    nothing, so redialling fast is cheap. Any other failure (reset or closed
+    during TLS: a relay up but shedding connections at accept; a timeout) is
+    not: each redial costs the relay an accept or a handshake."""
+    return isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ConnectionRefusedError)
 
 
 def _bypassed(host: str, no_proxy: str) -> bool:

@@ -21,7 +21,11 @@ probe's latency do.
 A third, in-process phase times the registry work of a connect on the event
 loop: synchronous commits (before) against the write-behind (now), same run;
 a fourth the jti replay check with ``--live-jtis`` remembered: a scan of every
-entry (before) against the expiry-ordered cache (now).
+entry (before) against the expiry-ordered cache (now); a fifth the floor of a
+connect, in process, on this machine: the server CPU of one full TLS handshake
+with the relay's own context (its dev certificate, key exchange and settings),
+of one assertion check, and of the ECDSA verify inside it (what no code
+change on our side removes).
 The ratio connect / bare TLS request is a same-run figure that does not depend
 on how loaded the machine is. Prints a table, then one JSON line.
 ``$BENCH_RELAY_PROFILE=FILE`` runs the relay under cProfile (to see where a
@@ -34,6 +38,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import statistics
 import sys
 import tempfile
@@ -46,8 +51,8 @@ import aiohttp
 import yaml
 
 from agent.connector import Connector, ConnectorConfig
-from certs import KeyPair, client_ssl_context, generate_key_pair
-from identity.agent_assertion import ReplayCache
+from certs import KeyPair, client_ssl_context, generate_key_pair, load_private_key
+from identity.agent_assertion import AgentAssertionVerifier, ReplayCache, sign_agent_assertion
 from relay.registry import Cluster, SqliteDatabase, SqliteRegistry
 from relay.status import LiveStatusRegistry
 
@@ -218,6 +223,74 @@ async def registry_loop_time(n: int, tmp: Path) -> dict[str, float]:
             "flush_ms": 1000 * flush / n}
 
 
+def thread_cpu() -> float:
+    return time.thread_time()
+
+
+def tls_handshake_server_ms(rounds: int, tmp: Path) -> float:
+    """Server CPU milliseconds of one full TLS handshake with the relay's own
+    context (as ``arc-relay`` builds it, dev certificate), against the
+    client context agents use; both sides over memory BIOs in this thread,
+    only the server's steps timed."""
+    from relay.app import _ssl_context
+    from relay.config import RelayConfig
+
+    server_ctx, dev = _ssl_context(RelayConfig(state_dir=str(tmp / "tls-floor")))
+    assert dev is not None
+    client_ctx = client_ssl_context(dev.ca_file.read_bytes())
+    spent = 0.0
+    for _ in range(rounds):
+        s_in, s_out, c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+        server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+        client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+        server_done = client_done = False
+        while not (server_done and client_done):
+            if not client_done:
+                try:
+                    client.do_handshake()
+                    client_done = True
+                except ssl.SSLWantReadError:
+                    pass
+            s_in.write(c_out.read())
+            started = thread_cpu()
+            if not server_done:
+                try:
+                    server.do_handshake()
+                    server_done = True
+                except ssl.SSLWantReadError:
+                    pass
+            spent += thread_cpu() - started
+            c_in.write(s_out.read())
+    return 1000 * spent / rounds
+
+
+def assertion_check_ms(rounds: int) -> dict[str, float]:
+    """CPU milliseconds of the relay's assertion check, and of the ECDSA
+    P-256 verify inside it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    keys = generate_key_pair("bench/floor")
+    audience = "https://127.0.0.1/agent/v1/connect"
+    verifier = AgentAssertionVerifier(audience, max_replay_entries=rounds + 1)
+    tokens = [sign_agent_assertion(keys.private_key_pem, "bench/floor", audience) for _ in range(rounds)]
+    verifier.verify(tokens.pop(), keys.certificate_pem)  # the key parsed once, as the relay caches it
+    started = thread_cpu()
+    for token in tokens:
+        verifier.verify(token, keys.certificate_pem)
+    check = (thread_cpu() - started) / len(tokens)
+    public_key = x509.load_pem_x509_certificate(keys.certificate_pem).public_key()
+    private_key = load_private_key(keys.private_key_pem)
+    assert isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(private_key, ec.EllipticCurvePrivateKey)
+    signature = private_key.sign(b"x" * 400, ec.ECDSA(hashes.SHA256()))
+    started = thread_cpu()
+    for _ in range(rounds):
+        public_key.verify(signature, b"x" * 400, ec.ECDSA(hashes.SHA256()))
+    ecdsa = (thread_cpu() - started) / rounds
+    return {"assertion_check_ms": 1000 * check, "ecdsa_verify_ms": 1000 * ecdsa}
+
+
 def replay_check_ms(live: int, checks: int = 200) -> dict[str, float]:
     """Milliseconds per connect of the jti replay check with ``live`` jtis
     remembered, same run: a scan of every entry (what the verifier did before)
@@ -291,6 +364,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     result["replay_expiry_ordered_over_scan"] = round(replay["expiry_ordered_ms"] / replay["scan_ms"], 5)
     print(f"replay check with {args.live_jtis} live jtis: scan {replay['scan_ms']:.3f} ms, "
           f"expiry-ordered {replay['expiry_ordered_ms']:.4f} ms per connect")
+    with tempfile.TemporaryDirectory(prefix="connect-cost-") as tmp:
+        floor = {"tls_handshake_server_ms": tls_handshake_server_ms(300, Path(tmp)), **assertion_check_ms(300)}
+    result["floor_ms"] = {k: round(v, 4) for k, v in floor.items()}
+    if "this" in result:
+        result["floor_share_of_connect"] = round(
+            (floor["tls_handshake_server_ms"] + floor["assertion_check_ms"]) / result["this"]["connect_ms"], 3)
+    print(f"floor on this machine: TLS handshake (server side) {floor['tls_handshake_server_ms']:.3f} ms, "
+          f"assertion check {floor['assertion_check_ms']:.3f} ms (of which ECDSA verify "
+          f"{floor['ecdsa_verify_ms']:.3f} ms) per connect")
     if args.baseline_source:
         for key in ("connect_ms", "connect_per_tls_request", "all_connected_s", "healthz_p50_ms"):
             result[f"{key}_this_over_baseline"] = round(result["this"][key] / result["baseline"][key], 3)

@@ -44,7 +44,12 @@ import aiohttp
 
 from agent import connector as agent_connector
 from agent.connector import ConnectorConfig
-from agent.connector_dial import agent_audience, agent_connect_url, relay_ssl_context
+from agent.connector_dial import (
+    agent_audience,
+    agent_connect_url,
+    relay_not_listening,
+    relay_ssl_context,
+)
 from identity import sign_agent_assertion
 from tunnel import (
     CONTROL_TARGET,
@@ -71,6 +76,11 @@ BACKOFF_INITIAL: float = _DEFAULTS.backoff_initial
 BACKOFF_CAP: float = _DEFAULTS.backoff_cap
 STABLE_AFTER: float = _DEFAULTS.stable_after
 ASSERTION_LIFETIME: int = _DEFAULTS.assertion_lifetime
+# The connector's bound of one dial (TCP, TLS, admission queue, upgrade): a
+# shorter one would abandon handshakes waiting in the relay's admission queue
+# that a real agent waits out (each abandoned one costs the relay a TLS
+# handshake and a queue slot for nothing).
+DIAL_TIMEOUT: float | None = _DEFAULTS.effective_dial_timeout
 FAST_WINDOW: float = getattr(agent_connector, "FAST_WINDOW", 30.0)
 FAST_CAP: float = getattr(agent_connector, "FAST_CAP", 0.5)
 AUTH_FAILURE_CAP: float = getattr(agent_connector, "AUTH_FAILURE_CAP", 30.0)
@@ -144,6 +154,7 @@ class SimulatedAgent:
         self.private_key_pem = private_key_pem
         self.last_refusal = False
         self.last_retry_after: float | None = None
+        self.last_not_listening = False
 
     async def run(self) -> None:
         """Dial, serve, redial (mirrors ``Connector.run``) until the fleet stops."""
@@ -160,7 +171,8 @@ class SimulatedAgent:
                     delay = auth_backoff.next_delay()
                 else:
                     recently_lost = lost_at is not None and loop.time() - lost_at < FAST_WINDOW
-                    delay = backoff.next_delay(FAST_CAP if recently_lost else None)
+                    fast = recently_lost and self.last_not_listening
+                    delay = backoff.next_delay(FAST_CAP if fast else None)
                 if self.last_retry_after is not None:
                     # As the connector: the hint plus its jitter, whatever the backoff says.
                     delay = retry_after_delay(self.last_retry_after)
@@ -182,7 +194,7 @@ class SimulatedAgent:
     async def dial(self) -> TunnelSession | None:
         """One authenticated websocket upgrade; None (and why, on self) if refused."""
         fleet = self.fleet
-        self.last_refusal, self.last_retry_after = False, None
+        self.last_refusal, self.last_retry_after, self.last_not_listening = False, None, False
         async with fleet.dial_slots:
             if fleet.stopping.is_set():
                 return None
@@ -191,7 +203,7 @@ class SimulatedAgent:
                                          audience=agent_audience(fleet.relay_url),
                                          lifetime=ASSERTION_LIFETIME)
             try:
-                async with asyncio.timeout(fleet.tunnel.handshake_timeout or None):
+                async with asyncio.timeout(DIAL_TIMEOUT):
                     ws = await fleet.http.ws_connect(
                         agent_connect_url(fleet.relay_url), headers={"Authorization": f"Bearer {token}"},
                         **ws_connect_kwargs(fleet.tunnel))
@@ -202,8 +214,9 @@ class SimulatedAgent:
                 if self.last_retry_after is not None:
                     fleet.stats.retry_after += 1
                 return None
-            except (aiohttp.ClientError, OSError, TimeoutError):
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 fleet.stats.unreachable += 1
+                self.last_not_listening = relay_not_listening(exc)
                 return None
         return TunnelSession(ws, is_client=True, config=fleet.tunnel, name=f"agent:{self.cluster_id}",
                              on_stream=self.on_stream)

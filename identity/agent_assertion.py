@@ -11,7 +11,10 @@ connect the agent signs a short-lived JWT:
 
 The relay reads the claimed cluster id unverified (:func:`unverified_cluster_id`),
 looks up that cluster's certificate, then :meth:`AgentAssertionVerifier.verify`
-checks signature, claims and that the ``jti`` was never seen before. Because the
+checks signature, claims and that the ``jti`` was never seen before. Signing
+uses PyJWT; verification is done here, for the one form an agent sends (it
+runs on every connect, and PyJWT's general path cost more than the signature
+check itself). Because the
 signature is checked with the claimed cluster's own key, one agent's key can
 never speak for another cluster.
 """
@@ -22,6 +25,8 @@ import base64
 import binascii
 import heapq
 import json
+import math
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -31,8 +36,10 @@ from urllib.parse import urlsplit
 
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from identity.errors import TokenInvalid
 
@@ -178,6 +185,105 @@ class ReplayCache:
         heapq.heappush(self._by_expiry, (forget_at, key))
 
 
+# The verification of one assertion, without PyJWT's general machinery (its
+# per-character alphabet scan, option merging and claim validators cost more
+# than the ECDSA verify itself: 0.33 ms against 0.14 ms per connect). Only the
+# compact JWS form with ES256 or RS256, the algorithm fixed by the registered
+# key; header ``crit`` (extensions) is refused, since none is understood.
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti")
+
+
+def _segment(text: str) -> bytes:
+    """One base64url segment (unpadded, as JWS writes it), or TokenInvalid."""
+    if len(text) % 4 == 1 or not _BASE64URL.fullmatch(text):
+        raise TokenInvalid("malformed assertion")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        raise TokenInvalid("malformed assertion") from None
+    if not isinstance(value, dict):
+        raise TokenInvalid("malformed assertion")
+    return value
+
+
+def _signature_valid(public_key: Any, alg: str, signed: bytes, signature: bytes) -> bool:
+    try:
+        if alg == "ES256":
+            # JWS carries r || s (32 bytes each); cryptography verifies DER.
+            if len(signature) != 64:
+                return False
+            der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
+                                       int.from_bytes(signature[32:], "big"))
+            public_key.verify(der, signed, ec.ECDSA(hashes.SHA256()))
+        else:
+            public_key.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _verified_claims(token: str, public_key: Any, alg: str) -> dict[str, Any]:
+    """The claims of ``token`` once its header names ``alg`` and its signature
+    verifies with ``public_key``; every required claim present.
+
+    Raises:
+        TokenInvalid: anything else.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenInvalid("malformed assertion")
+    header = _json_object(_segment(parts[0]))
+    if "crit" in header:
+        raise TokenInvalid("malformed assertion")
+    if header.get("alg") != alg:
+        raise TokenInvalid("assertion algorithm does not match the registered key")
+    payload, signature = _segment(parts[1]), _segment(parts[2])
+    # (both segments passed the base64url alphabet check: ASCII)
+    if not _signature_valid(public_key, alg, f"{parts[0]}.{parts[1]}".encode("ascii"), signature):
+        raise TokenInvalid("assertion signature does not match the registered key")
+    claims = _json_object(payload)
+    if any(name not in claims for name in _REQUIRED_CLAIMS):
+        raise TokenInvalid("assertion lacks a required claim")
+    return claims
+
+
+def _number(value: Any) -> float:
+    """A NumericDate: a finite JSON number (not a string, not a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenInvalid("malformed assertion")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise TokenInvalid("malformed assertion") from None
+    if not math.isfinite(number):
+        raise TokenInvalid("malformed assertion")
+    return number
+
+
+def _check_times(claims: dict[str, Any], now: float, skew: float) -> None:
+    """``exp`` not past, ``iat`` and ``nbf`` (if present) not ahead, each by ``skew``."""
+    if _number(claims["exp"]) <= now - skew:
+        raise TokenInvalid("assertion expired")
+    if _number(claims["iat"]) > now + skew:
+        raise TokenInvalid("assertion not yet valid")
+    if "nbf" in claims and _number(claims["nbf"]) > now + skew:
+        raise TokenInvalid("assertion not yet valid")
+
+
+def _check_audience(claims: dict[str, Any], audiences: Sequence[str]) -> None:
+    aud = claims["aud"]
+    listed = [aud] if isinstance(aud, str) else aud
+    if not isinstance(listed, list) or not all(isinstance(a, str) for a in listed):
+        raise TokenInvalid("malformed assertion")
+    if not any(a in audiences for a in listed):
+        raise TokenInvalid("assertion audience is not this relay")
+
+
 class AgentAssertionVerifier:
     """Verifies agent assertions for one relay and refuses replays.
 
@@ -230,36 +336,17 @@ class AgentAssertionVerifier:
         alg = _algorithm(public_key)
         if len(token) > MAX_TOKEN_LENGTH:
             raise TokenInvalid("malformed assertion")
-        try:
-            claims = jwt.decode(
-                token,
-                public_key,
-                algorithms=[alg],
-                audience=self.audiences,
-                leeway=self.clock_skew,
-                options={"require": ["iss", "sub", "aud", "exp", "iat", "jti"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenInvalid("assertion expired") from None
-        except jwt.InvalidAudienceError:
-            raise TokenInvalid("assertion audience is not this relay") from None
-        except jwt.InvalidAlgorithmError:
-            raise TokenInvalid("assertion algorithm does not match the registered key") from None
-        except jwt.InvalidSignatureError:
-            raise TokenInvalid("assertion signature does not match the registered key") from None
-        except jwt.MissingRequiredClaimError:
-            raise TokenInvalid("assertion lacks a required claim") from None
-        except jwt.ImmatureSignatureError:
-            raise TokenInvalid("assertion not yet valid") from None
-        except jwt.PyJWTError:
-            raise TokenInvalid("malformed assertion") from None
-        iss, jti, exp = claims["iss"], claims["jti"], float(claims["exp"])
-        if claims["sub"] != iss:
+        claims = _verified_claims(token, public_key, alg)
+        now = time.time()
+        _check_times(claims, now, self.clock_skew)
+        _check_audience(claims, self.audiences)
+        iss, jti, exp = claims["iss"], claims["jti"], _number(claims["exp"])
+        if not isinstance(iss, str) or claims["sub"] != iss:
             raise TokenInvalid("assertion subject differs from issuer")
         if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
             raise TokenInvalid("assertion jti is malformed")
-        now = time.time()
         if exp - now > self.max_lifetime + self.clock_skew:
             raise TokenInvalid("assertion lifetime too long")
         self.replay_cache.add((iss, jti), exp + self.clock_skew, now)
         return str(iss)
+

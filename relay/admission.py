@@ -18,13 +18,17 @@ management API stop answering. :class:`HandshakeAdmission` bounds
 and a handshake beyond a bound waits its turn (:meth:`HandshakeAdmission.admit`,
 first come first served) up to ``admission.max_queue_seconds``, at most
 ``admission.max_queued_handshakes`` of them: its TLS handshake is already paid
-for, and a waiting request costs memory, not CPU. Beyond the queue's bounds it
-is answered, before any crypto or database work, with ``503`` and a
+for, and a waiting request costs memory, not CPU. It joins the queue only if
+the queue ahead of it drains within that time at the measured rate (a peer
+that would time out in the queue is refused at once: waiting first would cost
+it the wait and the relay the slot). Beyond the queue's bounds it is
+answered, before any crypto or database work, with ``503`` and a
 ``Retry-After`` hint.
 
 Hints are staggered: each refused peer is given its own slot in a virtual
-queue advancing by 1/R seconds per refusal (R: the fixed rate, else the rate
-at which handshakes were recently completed), capped at
+queue advancing by 1/R seconds per refusal, behind the handshakes waiting in
+the real queue (R: the fixed rate, else the rate at which handshakes were
+completed in a recent second at the limit, i.e. with refusals or waiters), capped at
 ``admission.max_retry_after_seconds`` ahead, never below
 ``admission.retry_after_seconds``. Agents come back within a second of their
 slot (agent/connector_dial.py), so N refused agents return at about the rate
@@ -147,7 +151,7 @@ class HandshakeAdmission:
         # and the capacity measured over the last window that was at its limit.
         self._window_start = clock()
         self._window_done = 0
-        self._window_refused = 0
+        self._window_saturated = False
         self._measured_rate = INITIAL_RATE_ESTIMATE
 
     def start(self) -> None:
@@ -171,19 +175,21 @@ class HandshakeAdmission:
     def _roll_window(self, now: float) -> None:
         elapsed = now - self._window_start
         if elapsed >= 1.0:
-            # Only a window in which handshakes were refused was at the
-            # relay's limit: its completions measure capacity. A quiet one
+            # Only a window in which handshakes were refused or waited was at
+            # the relay's limit: its completions measure capacity. A quiet one
             # measures demand and keeps the last estimate.
-            if self._window_refused and elapsed < 2.0:
+            if (self._window_saturated or self._waiting) and elapsed < 2.0:
                 self._measured_rate = self._window_done / elapsed
-            self._window_start, self._window_done, self._window_refused = now, 0, 0
+            self._window_start, self._window_done, self._window_saturated = now, 0, False
 
     def _count_refusal(self) -> None:
         self.refused += 1
         now = self.clock()
         self._roll_window(now)
-        self._window_refused += 1
-        slot = max(self._horizon, now) + 1.0 / self.rate_estimate()
+        self._window_saturated = True
+        rate = self.rate_estimate()
+        # Behind the waiters: they are served before any refused peer returns.
+        slot = max(self._horizon, now + len(self._waiting) / rate) + 1.0 / rate
         self._horizon = min(slot, now + self.max_retry_after)
 
     def retry_after_hint(self) -> int:
@@ -235,12 +241,13 @@ class HandshakeAdmission:
         if not self._waiting and self._may_start():
             self.in_flight += 1
             return True
-        if self.max_queue_seconds <= 0 or len(self._waiting) >= self.max_queued:
+        if not self._may_wait():
             self._count_refusal()
             return False
         turn: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append(turn)
         self.queued_total += 1
+        self._window_saturated = True
         try:
             async with asyncio.timeout(self.max_queue_seconds):
                 return await turn
@@ -258,6 +265,14 @@ class HandshakeAdmission:
                 turn.cancel()
             if turn in self._waiting:
                 self._waiting.remove(turn)
+
+    def _may_wait(self) -> bool:
+        """Whether one more handshake may join the queue: room in it, and the
+        waiters ahead of it served within ``max_queue_seconds`` at the
+        estimated rate."""
+        if self.max_queue_seconds <= 0 or len(self._waiting) >= self.max_queued:
+            return False
+        return (len(self._waiting) + 1) / self.rate_estimate() <= self.max_queue_seconds
 
     def _hand_over(self) -> None:
         """Give free slots to waiters, oldest first (after a handshake ends

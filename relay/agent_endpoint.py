@@ -157,17 +157,17 @@ async def _agent_handshake(state: RelayState, request: web.Request
         return _refuse(state, request, exc.reason, None)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    cluster = state.registry.get(claimed)
-    certificate = cluster.agent_public_key_certificate.encode() if cluster else _decoy_certificate()
+    registered = state.registry.agent_certificate(claimed)
+    certificate = registered.encode() if registered is not None else _decoy_certificate()
     try:
         cid = state.verifier.verify(token, certificate)
-        if cluster is None:  # only whoever holds the decoy's private key gets here: nobody
+        if registered is None:  # only whoever holds the decoy's private key gets here: nobody
             raise TokenInvalid("unknown cluster")
     except TokenInvalid as exc:
         # Verification cost differs by key type (an algorithm mismatch needs no
         # crypto at all); a fixed floor hides that, and so which key is registered.
         await asyncio.sleep(max(0.0, started + REFUSAL_FLOOR_SECONDS - loop.time()))
-        reason = exc.reason if cluster else "unknown cluster"
+        reason = exc.reason if registered is not None else "unknown cluster"
         return _refuse(state, request, reason, claimed, public_reason=NOT_ACCEPTED)
     ws = server_websocket_response(state.tunnel_config)
     try:
@@ -191,8 +191,8 @@ async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
     """Run an upgraded agent's session: live in the directory until it ends."""
     session = TunnelSession(ws, is_client=False, config=state.tunnel_config, name=f"agent:{cid}",
                             on_stream=partial(control_stream, state, cid))
-    current = state.registry.get(cid)
-    if current is None or _fingerprint(current.agent_public_key_certificate.encode()) != fingerprint:
+    current = state.registry.agent_certificate(cid)
+    if current is None or _fingerprint(current.encode()) != fingerprint:
         # The key changed (or the cluster went) while this agent was upgrading:
         # the key it proved is no longer the registered one.
         log.info("agent refused after upgrade cluster=%s reason='agent key changed' peer=%s",

@@ -27,8 +27,8 @@ Example::
              tunnel: {}}                         # tunnel: keyword arguments of tunnel.TunnelConfig
     admission: {max_concurrent_handshakes: 64,   # authentication + upgrade in flight
                 max_loop_lag_seconds: 0.25,      # hold handshakes while the event loop runs this late (0: off)
-                max_queue_seconds: 5,            # a held handshake waits this long for its turn (0: 503 at once)
-                max_queued_handshakes: 1024,     # this many wait at most; beyond: 503
+                max_queue_seconds: 8,            # a held handshake waits this long for its turn (0: 503 at once)
+                max_queued_handshakes: 4096,     # this many wait at most; beyond: 503
                 handshakes_per_second: 0,        # fixed token-bucket rate (0: off, the lag bound paces)
                 retry_after_seconds: 1,          # the 503's Retry-After beyond a bound (least)
                 max_retry_after_seconds: 60}     # its most (each refused peer gets its own slot)
@@ -121,9 +121,13 @@ class RelayConfig:
     max_loop_lag_seconds: float = 0.25
     # A handshake beyond the bounds waits for its turn instead of a 503: its
     # TLS handshake is paid for (~1 ms of relay CPU), a 503 would waste it.
-    # 5 s stays well inside the agent's dial timeout (2 x 10 s).
-    max_queue_seconds: float = 5.0
-    max_queued_handshakes: int = 1024
+    # 8 s stays well inside the agent's dial timeout (2 x 10 s); only as many
+    # wait as the measured rate serves within it (relay/admission.py), the
+    # rest get a 503 at once. 4096 waiting (~40 KiB each, TLS + request) is
+    # most of a 5,000-agent storm after a restart: a refusal costs both
+    # sides a TLS handshake for nothing.
+    max_queue_seconds: float = 8.0
+    max_queued_handshakes: int = 4096
     handshakes_per_second: float = 0.0
     retry_after_seconds: int = 1
     max_retry_after_seconds: int = 60

@@ -137,9 +137,9 @@ class AdmissionSection(ConfigModel):
     max_concurrent_handshakes: int = Field(default=64, ge=1, description="Authentication + upgrade in flight.")
     max_loop_lag_seconds: float = Field(default=0.25, ge=0, description="Hold handshakes while the event loop "
                                         "runs this late (0: off).")
-    max_queue_seconds: float = Field(default=5.0, ge=0, description="A held handshake waits this long for its "
+    max_queue_seconds: float = Field(default=8.0, ge=0, description="A held handshake waits this long for its "
                                      "turn (0: 503 at once).")
-    max_queued_handshakes: int = Field(default=1024, ge=1, description="This many wait at most; beyond: 503.")
+    max_queued_handshakes: int = Field(default=4096, ge=1, description="This many wait at most; beyond: 503.")
     handshakes_per_second: float = Field(default=0.0, ge=0, description="Fixed token-bucket rate (0: off, the "
                                          "lag bound paces).")
     retry_after_seconds: int = Field(default=1, ge=1, description="The 503's Retry-After beyond a bound (least).")

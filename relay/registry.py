@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -54,9 +55,19 @@ CREATE INDEX IF NOT EXISTS role_assignments_principal ON role_assignments (princ
 """
 
 
+# (epoch second, its RFC 3339 text): every connect and disconnect stamps the
+# time, thousands per second in a reconnect storm, within the same second.
+_last_stamp: tuple[int, str] = (-1, "")
+
+
 def utc_now() -> str:
     """Now as an RFC 3339 UTC timestamp with second precision (``...Z``)."""
-    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    global _last_stamp
+    second = int(time.time())
+    if _last_stamp[0] != second:
+        text = dt.datetime.fromtimestamp(second, dt.UTC).isoformat().replace("+00:00", "Z")
+        _last_stamp = (second, text)
+    return _last_stamp[1]
 
 
 def cluster_id(resource_group: str, name: str) -> str:
@@ -119,6 +130,11 @@ class ClusterRegistry(Protocol):
     to call from the event loop (calls are short; SQLite is local)."""
 
     def get(self, cluster_id: str) -> Cluster | None: ...
+
+    def agent_certificate(self, cluster_id: str) -> str | None:
+        """The cluster's registered ``agentPublicKeyCertificate`` (None: no
+        such cluster): all an agent connect needs, without the whole row."""
+        ...
 
     def list(self, resource_group: str | None = None) -> list[Cluster]: ...
 
@@ -235,6 +251,12 @@ class SqliteRegistry:
         with self.db.reading() as cur:
             row = cur.execute("SELECT * FROM clusters WHERE id = ?", (cluster_id,)).fetchone()
         return self._row(row) if row else None
+
+    def agent_certificate(self, cluster_id: str) -> str | None:
+        with self.db.reading() as cur:
+            row = cur.execute("SELECT agent_public_key_certificate FROM clusters WHERE id = ?",
+                              (cluster_id,)).fetchone()
+        return str(row[0]) if row else None
 
     def list(self, resource_group: str | None = None) -> list[Cluster]:
         with self.db.transaction() as cur:

@@ -36,6 +36,8 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -49,6 +51,16 @@ from relay.registry import (
 )
 
 log = logging.getLogger("relay")
+
+# Agent certificates remembered (cluster id -> PEM, ~1 KiB each): a connect
+# reads its cluster's twice (to verify the assertion, and after the upgrade to
+# see the key did not change meanwhile), and a reconnect storm reads every one.
+MAX_CACHED_AGENT_CERTIFICATES = 10_000
+# How long one is trusted without reading the store again. Changes made
+# through this registry (management API) drop the entry at once; this bounds
+# how long a change made elsewhere (another replica sharing the database, an
+# operator's edit of the file) goes unseen by new connects.
+AGENT_CERTIFICATE_TTL = 5.0
 
 # Clusters written per transaction of a flush: each transaction holds
 # SQLite's write lock (and a management write on the main connection waits
@@ -81,6 +93,9 @@ class LiveStatusRegistry:
         self._pending: dict[str, dict[str, Any]] = {}
         self._dirty = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        # cluster id -> (read at, monotonic; PEM), oldest first.
+        self._certificates: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self.clock: Callable[[], float] = time.monotonic
 
     # -- lifecycle ---------------------------------------------------------------
     def reconcile(self) -> int:
@@ -164,15 +179,36 @@ class LiveStatusRegistry:
         cluster = self.store.get(cluster_id)
         return self._view(cluster) if cluster is not None else None
 
+    def agent_certificate(self, cluster_id: str) -> str | None:
+        """The registered agent certificate, from a bounded cache of at most
+        ``AGENT_CERTIFICATE_TTL`` seconds' age (``put``/``delete`` drop the
+        entry). An unknown cluster is never cached: it costs a lookup each
+        time, and cannot fill the cache."""
+        now = self.clock()
+        cached = self._certificates.get(cluster_id)
+        if cached is not None and now - cached[0] < AGENT_CERTIFICATE_TTL:
+            return cached[1]
+        certificate = self.store.agent_certificate(cluster_id)
+        if certificate is None:
+            self._certificates.pop(cluster_id, None)
+            return None
+        self._certificates[cluster_id] = (now, certificate)
+        self._certificates.move_to_end(cluster_id)
+        if len(self._certificates) > MAX_CACHED_AGENT_CERTIFICATES:
+            self._certificates.popitem(last=False)
+        return certificate
+
     def list(self, resource_group: str | None = None) -> list[Cluster]:
         return [self._view(c) for c in self.store.list(resource_group)]
 
     def put(self, cluster: Cluster) -> tuple[Cluster, bool]:
         stored, created = self.store.put(cluster)
+        self._certificates.pop(cluster.id, None)
         return self._view(stored), created
 
     def delete(self, cluster_id: str) -> bool:
         self._pending.pop(cluster_id, None)
+        self._certificates.pop(cluster_id, None)
         return self.store.delete(cluster_id)
 
     def set_connectivity(self, cluster_id: str, status: ConnectivityStatus) -> None:

@@ -351,6 +351,9 @@ async def test_agent_storm_waits_in_the_admission_queue_instead_of_503(tmp_path:
         admission = env.state.admission
         keys = [env.register("queue", f"c{i}") for i in range(agents)]
         assert await admission.admit() and await admission.admit()  # both slots taken
+        # (these two may have waited a turn themselves, on a machine busy enough
+        # for the loop-lag bound to hold them: count from here)
+        queued_before = admission.queued_total
         connectors = [await env.start_agent(f"queue/c{i}", k, ("127.0.0.1", 9)) for i, k in enumerate(keys)]
         async with asyncio.timeout(WAIT):
             while admission.queued < agents:
@@ -359,11 +362,11 @@ async def test_agent_storm_waits_in_the_admission_queue_instead_of_503(tmp_path:
         admission.done()
         assert all(await asyncio.gather(*(c.wait_connected(WAIT) for c in connectors)))
         assert all(c.sessions_started == 1 and c.busy_refusals == 0 for c in connectors)
-        assert admission.queued_total == agents
+        assert admission.queued_total - queued_before == agents
         assert admission.in_flight == 0 and admission.queued == 0
         refused = await _metric(env, 'arc_relay_admission_refused_total{endpoint="agent"}')
         assert refused == 0
-        assert await _metric(env, "arc_relay_admission_queued_total") == agents
+        assert await _metric(env, "arc_relay_admission_queued_total") == agents + queued_before
         assert await _metric(env, "arc_relay_admission_queued") == 0
 
 
@@ -410,3 +413,31 @@ async def test_admission_queue_hands_refilled_tokens_to_waiters() -> None:
         assert admission.queued_total == 1 and admission.refused == 0
     finally:
         admission.stop()
+
+
+async def test_admission_refuses_at_once_who_would_time_out_in_the_queue() -> None:
+    """At a measured rate of R handshakes per second, the queue takes only as
+    many waiters as R drains within ``max_queue_seconds``; the next one is
+    refused at once (not after waiting in vain), and its Retry-After slot
+    lies behind the waiters, whose turns come first."""
+    now = [0.0]
+    admission = HandshakeAdmission(max_concurrent=1, per_second=0.0, retry_after=1,
+                                   clock=lambda: now[0], max_retry_after=60,
+                                   max_queue_seconds=2.0, max_queued=1000)
+    assert await admission.admit()
+    waiters = [asyncio.ensure_future(admission.admit()) for _ in range(5)]
+    await asyncio.sleep(0)
+    for _ in range(20):  # a second at the limit (waiters queued), 20 completed
+        admission.in_flight += 1
+        admission.done()
+    now[0] = 1.0
+    assert admission.rate_estimate() == 20.0
+    # 2 s at 20/s: 40 may wait; 5 already do.
+    more = [asyncio.ensure_future(admission.admit()) for _ in range(40)]
+    await asyncio.sleep(0)
+    assert admission.queued == 40 and admission.refused == 5
+    # The refused peers are hinted behind the 40 waiters: 40/20 = 2 s, then 1/20 s each.
+    assert admission.retry_after_hint() == 3
+    for waiter in [*waiters, *more]:
+        waiter.cancel()
+    await asyncio.gather(*waiters, *more, return_exceptions=True)

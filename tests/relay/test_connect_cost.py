@@ -2,16 +2,21 @@
 
 No TLS 1.3 session tickets (no client of the relay can resume through aiohttp's
 public API; making and sending two per handshake was ~15 % of its TLS CPU),
-and a registered certificate's fingerprint computed once per PEM, bounded.
+a registered certificate's fingerprint computed once per PEM, bounded, and
+its certificate read from the store once per connect (a bounded cache that a
+key change through the registry clears, and that expires).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from pathlib import Path
 
-from certs import client_ssl_context
-from relay import agent_endpoint
+from certs import client_ssl_context, generate_key_pair
+from relay import agent_endpoint, status
+from relay.registry import Cluster, SqliteDatabase, SqliteRegistry
+from relay.status import LiveStatusRegistry
 from tests.support.relay import RelayEnv
 from tests.support.waits import WAIT
 
@@ -48,3 +53,74 @@ async def test_relay_fingerprints_a_registered_certificate_once(relay_env: Relay
         await connector.stop()
     info = agent_endpoint._fingerprint.cache_info()
     assert info.misses == 1 and info.hits >= 3
+
+
+async def test_relay_reads_an_agents_certificate_from_the_store_once_per_connect(relay_env: RelayEnv) -> None:
+    """The assertion check and the post-upgrade key check of one connect share
+    one store read (the whole row is never read on the connect path)."""
+    keys = relay_env.register("rg1", "alpha")
+    registry = relay_env.state.registry
+    assert isinstance(registry, LiveStatusRegistry)
+    reads: list[str] = []
+    real_read = registry.store.agent_certificate
+
+    def counted(cid: str) -> str | None:
+        reads.append(cid)
+        return real_read(cid)
+
+    registry.store.agent_certificate = counted  # type: ignore[method-assign]
+    registry.store.get = None  # type: ignore[assignment,method-assign]  # the connect path must not call it
+    connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", 9))
+    await relay_env.wait_agent("rg1/alpha")
+    await connector.stop()
+    assert reads == ["rg1/alpha"]
+
+
+def _registry(tmp_path: Path) -> tuple[LiveStatusRegistry, SqliteRegistry]:
+    store = SqliteRegistry(SqliteDatabase(tmp_path / "relay.db"))
+    return LiveStatusRegistry(store, lambda cid: False), store
+
+
+def _cluster(name: str, pem: bytes) -> Cluster:
+    return Cluster(name=name, resource_group="rg1", agent_public_key_certificate=pem.decode())
+
+
+def test_certificate_cache_drops_a_key_changed_or_deleted_through_it(tmp_path: Path) -> None:
+    """A key put or a cluster deleted through the registry is seen by the very
+    next connect, whatever the cache held."""
+    registry, _ = _registry(tmp_path)
+    old, new = generate_key_pair("rg1/a").certificate_pem, generate_key_pair("rg1/a").certificate_pem
+    registry.put(_cluster("a", old))
+    assert registry.agent_certificate("rg1/a") == old.decode()
+    registry.put(_cluster("a", new))
+    assert registry.agent_certificate("rg1/a") == new.decode()
+    assert registry.delete("rg1/a")
+    assert registry.agent_certificate("rg1/a") is None
+
+
+def test_certificate_cache_rereads_after_its_ttl_and_is_bounded(tmp_path: Path) -> None:
+    """A key changed behind the registry's back (another replica, an edit of
+    the file) is seen once the entry is AGENT_CERTIFICATE_TTL old; unknown
+    clusters are not cached; the cache never holds more than its bound."""
+    registry, store = _registry(tmp_path)
+    now = [100.0]
+    registry.clock = lambda: now[0]
+    old, new = generate_key_pair("rg1/a").certificate_pem, generate_key_pair("rg1/a").certificate_pem
+    store.put(_cluster("a", old))
+    assert registry.agent_certificate("rg1/a") == old.decode()
+    store.put(_cluster("a", new))  # not through the cache
+    now[0] += status.AGENT_CERTIFICATE_TTL / 2
+    assert registry.agent_certificate("rg1/a") == old.decode()
+    now[0] += status.AGENT_CERTIFICATE_TTL
+    assert registry.agent_certificate("rg1/a") == new.decode()
+    assert registry.agent_certificate("rg1/nobody") is None
+    assert "rg1/nobody" not in registry._certificates
+    bound = 3
+    original, status.MAX_CACHED_AGENT_CERTIFICATES = status.MAX_CACHED_AGENT_CERTIFICATES, bound
+    try:
+        for i in range(bound + 2):
+            store.put(_cluster(f"b{i}", old))
+            registry.agent_certificate(f"rg1/b{i}")
+        assert len(registry._certificates) == bound
+    finally:
+        status.MAX_CACHED_AGENT_CERTIFICATES = original
