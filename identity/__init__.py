@@ -12,6 +12,7 @@ from identity.errors import GroupResolutionError, IdentityError, TokenInvalid
 from identity.group_source import GroupSourceSettings, parse_group_source
 from identity.groups import ClientCredentialsToken, GroupResolver, HttpGroupResolver
 from identity.jwks import JwksCache
+from identity.metrics import TokenValidatorCollector
 from identity.oidc import ALLOWED_ALGORITHMS, TokenValidator, TrustedIssuer
 from identity.principal import Principal
 
@@ -27,6 +28,7 @@ __all__ = [
     "Principal",
     "TokenInvalid",
     "TokenValidator",
+    "TokenValidatorCollector",
     "TrustedIssuer",
     "parse_group_source",
 ]
