@@ -19,6 +19,7 @@ from typing import Any
 from agent.config import AgentConfig, AgentConfigError, load_agent_config
 from agent.connector import Connector, ConnectorConfig
 from agent.connector_metadata import api_server_metadata, static_metadata
+from agent.health import agent_health_listener
 from certs import IssuedCertificate
 from logfmt import add_log_format_argument, configure_logging
 from tunnel import TunnelConfig
@@ -109,6 +110,15 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
         metadata_interval=config.metadata_interval,
         tunnel=TunnelConfig(limits=adapter_limits(max_concurrent_streams=config.max_concurrent_streams)),
     ), metadata=metadata)
+    health = agent_health_listener(connector, proxy, config.health_limits)
+    try:
+        await health.start(config.health_host, config.health_port)
+    except OSError as exc:
+        if proxy is not None:
+            await proxy.stop()
+        raise AgentConfigError(
+            f"health listener cannot listen on {config.health_host}:{config.health_port}: {exc.strerror}"
+        ) from None
     task = asyncio.ensure_future(connector.run())
     try:
         await stop.wait()
@@ -117,6 +127,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
         await task
         if proxy is not None:
             await proxy.stop()
+        await health.stop()
 
 
 async def _main(config: AgentConfig) -> None:

@@ -25,6 +25,8 @@ Example::
     forward_to: "127.0.0.1:9000"    # optional: pipe streams there instead of kube-aad-proxy
     metadata_interval_seconds: 300
     limits: {max_concurrent_streams: 1024}   # streams this agent's session accepts at once
+    health: {listen: "127.0.0.1:0",           # /livez /readyz /metrics, plain HTTP: keep it private
+             max_connections: 32, connection_seconds: 30}   # health/listener.py bounds
 
 Relative paths are resolved against the config file's folder. Files named
 here are read at load time so that a missing or unreadable one is reported as
@@ -42,6 +44,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from certs import load_private_key
+from health import HealthLimits
 from identity.group_source import GroupSourceSettings, parse_group_source
 
 # Files we read whole: PEM keys, certificates, tokens. Anything larger is a mistake.
@@ -105,6 +108,10 @@ class AgentConfig:
     # Streams the agent's one session accepts at once, shared by every user
     # (the relay gives each user and client session a share of it).
     max_concurrent_streams: int = 1024
+    # health.*: the /livez /readyz /metrics listener (agent/health.py); port 0: any free port.
+    health_host: str = "127.0.0.1"
+    health_port: int = 0
+    health_limits: HealthLimits = field(default_factory=HealthLimits)
 
     @property
     def cluster_id(self) -> str:
@@ -259,6 +266,7 @@ def agent_config_from_dict(data: Any, *, base_dir: Path | None = None) -> AgentC
         max_streams = 0
     if max_streams < 1:
         raise AgentConfigError("limits.max_concurrent_streams must be a whole number >= 1")
+    health_host, health_port, health_limits = _health(data.get("health") or {})
     return AgentConfig(
         relay_url=_relay_url(relay.get("url")),
         relay_ca_pem=_read(base, relay.get("ca_file"), "relay.ca_file"),
@@ -273,7 +281,23 @@ def agent_config_from_dict(data: Any, *, base_dir: Path | None = None) -> AgentC
         forward_to=forward_to,
         metadata_interval=max(1.0, interval),
         max_concurrent_streams=max_streams,
+        health_host=health_host,
+        health_port=health_port,
+        health_limits=health_limits,
     )
+
+
+def _health(raw: Any) -> tuple[str, int, HealthLimits]:
+    """``health.{listen, max_connections, connection_seconds}``, checked."""
+    if not isinstance(raw, dict):
+        raise AgentConfigError("health must be a mapping")
+    host, port = parse_host_port(raw.get("listen", "127.0.0.1:0"), "health.listen")
+    try:
+        limits = HealthLimits(max_connections=int(raw.get("max_connections", 32)),
+                              connection_seconds=float(raw.get("connection_seconds", 30.0)))
+    except (TypeError, ValueError) as exc:
+        raise AgentConfigError(f"health: {exc}") from None
+    return host, port, limits
 
 
 def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:

@@ -7,6 +7,6 @@ the ports their users and agents reach. Imports nothing of ours.
 
 from __future__ import annotations
 
-from health.listener import Check, HealthListener, HealthLimits
+from health.listener import Check, HealthLimits, HealthListener
 
 __all__ = ["Check", "HealthLimits", "HealthListener"]

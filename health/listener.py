@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger("health")
@@ -73,6 +74,7 @@ class _Bounded(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
         owner = self.owner
         if owner.open_connections >= owner.limits.max_connections:
             owner.refused_connections += 1
@@ -203,6 +205,10 @@ class HealthListener:
         if runner is not None:
             await runner.cleanup()
 
+    def collector(self, prefix: str) -> ListenerCollector:
+        """Its own bounds as ``<prefix>_health_connections_*`` (register it on :attr:`registry`)."""
+        return ListenerCollector(self, prefix)
+
     async def _livez(self, request: web.Request) -> web.Response:
         return _report(self.live, request)
 
@@ -212,6 +218,24 @@ class HealthListener:
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
+
+
+class ListenerCollector:
+    """A health listener's connection count and refusals, under a daemon's prefix."""
+
+    def __init__(self, listener: HealthListener, prefix: str) -> None:
+        self.listener = listener
+        self.prefix = prefix
+
+    def collect(self) -> Iterable[Metric]:
+        held = GaugeMetricFamily(f"{self.prefix}_health_connections_open",
+                                 "Connections held now by the health/metrics listener.")
+        held.add_metric([], self.listener.open_connections)
+        refused = CounterMetricFamily(f"{self.prefix}_health_connections_refused",
+                                      "Health/metrics connections closed at accept: "
+                                      "health.max_connections reached.")
+        refused.add_metric([], self.listener.refused_connections)
+        return (held, refused)
 
 
 def _report(checks: Mapping[str, Check], request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from typing import Any, TypeGuard
 
 import aiohttp
 import jwt
+
 from identity.errors import GroupResolutionError, TokenInvalid
 from identity.groups import GroupResolver, overage_source
 from identity.http import DEFAULT_HTTP_TIMEOUT

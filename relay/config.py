@@ -32,6 +32,9 @@ Example::
                 handshakes_per_second: 0,        # fixed token-bucket rate (0: off, the lag bound paces)
                 retry_after_seconds: 1,          # the 503's Retry-After beyond a bound (least)
                 max_retry_after_seconds: 60}     # its most (each refused peer gets its own slot)
+    health: {listen: "127.0.0.1:0",              # /livez /readyz /metrics, plain HTTP: keep it private
+             max_connections: 32, connection_seconds: 30,   # health/listener.py bounds
+             max_cluster_series: 1000}           # clusters with their own metric label (relay/metrics.py)
     debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
 """
 
@@ -45,6 +48,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from health import HealthLimits
 from identity.group_source import GroupSourceSettings, parse_group_source
 from relay.edge_limits import EdgeLimits, edge_limits_from
 
@@ -130,9 +134,17 @@ class RelayConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.authorization_cache_entries < 0:
             raise ValueError("authorization_cache_entries must be >= 0")
+        if self.max_cluster_series < 0:
+            raise ValueError("health.max_cluster_series must be >= 0")
     # Management API request bodies (relay.json_body): bytes (413 above) and nesting (400).
     api_max_body_bytes: int = 64 * 1024
     api_max_body_depth: int = 32
+    # health.*: the /livez /readyz /metrics listener (health/listener.py) and
+    # the per-cluster metric label cap (relay/metrics.py). Port 0: any free port.
+    health_host: str = "127.0.0.1"
+    health_port: int = 0
+    health_limits: HealthLimits = field(default_factory=HealthLimits)
+    max_cluster_series: int = 1000
 
     @property
     def database_path(self) -> str:
@@ -235,6 +247,7 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
     if not isinstance(limits, dict) or not isinstance(admission, dict):
         raise ConfigError("limits and admission must be YAML mappings")
     mutable_claims, recheck_seconds = _authorization(data.get("authorization") or {})
+    health_host, health_port, health_limits, max_cluster_series = _health(data.get("health") or {})
     try:
         edge = edge_limits_from(data.get("listener") or {}, limits)
     except (TypeError, ValueError) as exc:
@@ -275,6 +288,10 @@ def relay_config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None
             handshakes_per_second=float(admission.get("handshakes_per_second", 0.0)),
             retry_after_seconds=int(admission.get("retry_after_seconds", 1)),
             max_retry_after_seconds=int(admission.get("max_retry_after_seconds", 60)),
+            health_host=health_host,
+            health_port=health_port,
+            health_limits=health_limits,
+            max_cluster_series=max_cluster_series,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"limits/admission: {exc}") from None
@@ -294,6 +311,25 @@ def _authorization(raw: Any) -> tuple[tuple[str, ...], float]:
     if not 0 < recheck <= MAX_RECHECK_SECONDS:
         raise ConfigError(f"authorization.recheck_seconds must be a number in (0, {MAX_RECHECK_SECONDS:g}]")
     return tuple(dict.fromkeys(str(c) for c in claims)), recheck
+
+
+def _health(raw: Any) -> tuple[str, int, HealthLimits, int]:
+    """``health.{listen, max_connections, connection_seconds, max_cluster_series}``, checked."""
+    if not isinstance(raw, dict):
+        raise ConfigError("health must be a mapping")
+    listen = str(raw.get("listen", "127.0.0.1:0"))
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"health.listen {listen!r} is not host:port; write e.g. '127.0.0.1:9090'")
+    try:
+        limits = HealthLimits(max_connections=int(raw.get("max_connections", 32)),
+                              connection_seconds=float(raw.get("connection_seconds", 30.0)))
+        series = int(raw.get("max_cluster_series", 1000))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"health: {exc}") from None
+    if series < 0:
+        raise ConfigError("health.max_cluster_series must be a whole number >= 0")
+    return host.strip("[]"), int(port), limits, series
 
 
 def _positive_int(limits: dict[str, Any], key: str, default: int) -> int:

@@ -22,6 +22,7 @@ from agent.kube_aad_proxy.config import (
     KubeAadProxyConfig,
 )
 from agent.kube_aad_proxy.connection import ProxyConnection
+from agent.kube_aad_proxy.health import UpstreamHealth
 from agent.kube_aad_proxy.names import NameMapper
 from agent.kube_aad_proxy.oidc import OidcGate, audiences_of, issuers_of
 from agent.kube_aad_proxy.policy import HeaderPolicy
@@ -126,6 +127,9 @@ class KubeAadProxy:
                                    "max_preauth_connections")
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Readiness (the API server answered) and counters (agent/kube_aad_proxy/health.py).
+        self.health = UpstreamHealth()
+        self._prober: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -150,6 +154,7 @@ class KubeAadProxy:
         self._server = await loop.create_server(lambda: TlsAcceptor(self, ctx), host, port,
                                                 reuse_address=True)
         self._sweeper = loop.create_task(self._sweep())
+        self._prober = loop.create_task(self.health.run(self.config, self.upstream_ssl))
         log.info("listening host=%s port=%d upstream=%s oidc=%s",
                  host, self.port, self.config.upstream_url, self.gate is not None)
 
@@ -159,9 +164,10 @@ class KubeAadProxy:
         if server is None:
             return
         server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        for task in (self._sweeper, self._prober):
+            if task is not None:
+                task.cancel()
+        self._sweeper = self._prober = None
         for acceptor in list(self.handshaking):
             acceptor.abort()
         for conn in list(self.connections):

@@ -45,7 +45,7 @@ async def _get(env: RelayEnv, path: str, token: str = "x") -> tuple[int, str | N
 
 
 async def _metric(env: RelayEnv, line_prefix: str) -> float:
-    async with env.http.get(env.relay.url + "/metrics") as resp:
+    async with env.http.get(env.relay.health_url + "/metrics") as resp:
         text = await resp.text()
     for line in text.splitlines():
         if line.startswith(line_prefix + " "):
