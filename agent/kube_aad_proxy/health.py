@@ -1,10 +1,11 @@
 """kube-aad-proxy's readiness and metrics (served by arc-agent's health listener).
 
 Ready means the API server answered: the last TLS connection to it, whether
-opened for a kubectl request or by the probe, completed its handshake. The
-probe (:meth:`UpstreamHealth.run`) connects once at start and then every
-``PROBE_INTERVAL`` seconds in which no request connected, so an idle proxy
-still knows, and a busy one costs the API server no extra connection.
+opened for a kubectl request or by a probe, completed its handshake. A
+readiness check that finds that knowledge older than ``PROBE_INTERVAL``
+starts one probe connection in the background: an idle proxy still knows
+within one probe period, a busy one costs the API server no extra
+connection, and a proxy nobody asks (no health listener) never probes.
 
 Metrics are ``arc_kube_aad_proxy_*`` (docs/metrics.md); ``code`` is a status
 class (``2xx`` ... ``5xx``), never a free-form value.
@@ -55,16 +56,24 @@ class UpstreamHealth:
     """What kube-aad-proxy knows about its API server, and its counters.
 
     Call :meth:`record` after every upstream connect and :meth:`request_done`
-    after every answered request; run :meth:`run` while the proxy listens.
+    after every answered request; :meth:`check` answers readiness;
+    :meth:`close` when the proxy stops.
+
+    Args:
+        config: The proxy's configuration (the API server's address).
+        ctx: The proxy's upstream TLS context.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, config: KubeAadProxyConfig, ctx: ssl.SSLContext) -> None:
+        self.config = config
+        self.ctx = ctx
         #: None until the first connect; then whether the last one succeeded
         self.upstream_ok: bool | None = None
         self.upstream_error = ""
         self.connects: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
-        self._last_connect = 0.0
+        self._last_connect: float | None = None
+        self._probe: asyncio.Task[None] | None = None
 
     def record(self, ok: bool, reason: str = "") -> None:
         """One upstream connect finished (``reason``: why it failed, one line)."""
@@ -78,33 +87,38 @@ class UpstreamHealth:
         self.requests[f"{min(max(status // 100, 1), 5)}xx"] += 1
 
     def check(self) -> str | None:
-        """Readiness: None when the API server answered last time."""
+        """Readiness: None when the API server answered last time. When that
+        is older than ``PROBE_INTERVAL``, a probe starts in the background
+        (at most one at a time) and the next check sees its result."""
+        stale = self._last_connect is None or time.monotonic() - self._last_connect >= PROBE_INTERVAL
+        if stale and (self._probe is None or self._probe.done()):
+            self._probe = asyncio.get_running_loop().create_task(self._probe_once())
         if self.upstream_ok is None:
             return "API server not reached yet"
         return None if self.upstream_ok else f"API server unreachable: {self.upstream_error}"
 
-    async def run(self, config: KubeAadProxyConfig, ctx: ssl.SSLContext) -> None:
-        """Probe the API server now and whenever ``PROBE_INTERVAL`` passed
-        without a connect; runs until cancelled."""
-        while True:
-            if time.monotonic() - self._last_connect >= PROBE_INTERVAL or self.upstream_ok is None:
-                was = self.upstream_ok
-                try:
-                    probe = await open_upstream(config, ctx, _Discard())
-                except (OSError, ssl.SSLError, TimeoutError) as exc:
-                    self.record(False, connect_reason(exc))
-                else:
-                    if probe.transport is not None:
-                        probe.transport.close()
-                    self.record(True)
-                if self.upstream_ok != was:  # one line per change, not per probe
-                    if self.upstream_ok:
-                        log.info("upstream probe ok url=%s", config.upstream_url)
-                    else:
-                        log.warning("upstream probe failed url=%s reason=%s", config.upstream_url,
-                                    self.upstream_error)
-            wait = PROBE_INTERVAL - (time.monotonic() - self._last_connect)
-            await asyncio.sleep(max(0.1, wait))
+    async def _probe_once(self) -> None:
+        was = self.upstream_ok
+        try:
+            probe = await open_upstream(self.config, self.ctx, _Discard())
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            self.record(False, connect_reason(exc))
+        else:
+            if probe.transport is not None:
+                probe.transport.close()
+            self.record(True)
+        if self.upstream_ok != was:  # one line per change, not per probe
+            if self.upstream_ok:
+                log.info("upstream probe ok url=%s", self.config.upstream_url)
+            else:
+                log.warning("upstream probe failed url=%s reason=%s", self.config.upstream_url,
+                            self.upstream_error)
+
+    def close(self) -> None:
+        """Cancel a probe in flight (proxy stop)."""
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
 
 
 class KubeAadProxyCollector:

@@ -128,8 +128,7 @@ class KubeAadProxy:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         # Readiness (the API server answered) and counters (agent/kube_aad_proxy/health.py).
-        self.health = UpstreamHealth()
-        self._prober: asyncio.Task[None] | None = None
+        self.health = UpstreamHealth(config, self.upstream_ssl)
 
     @property
     def port(self) -> int:
@@ -154,7 +153,6 @@ class KubeAadProxy:
         self._server = await loop.create_server(lambda: TlsAcceptor(self, ctx), host, port,
                                                 reuse_address=True)
         self._sweeper = loop.create_task(self._sweep())
-        self._prober = loop.create_task(self.health.run(self.config, self.upstream_ssl))
         log.info("listening host=%s port=%d upstream=%s oidc=%s",
                  host, self.port, self.config.upstream_url, self.gate is not None)
 
@@ -164,10 +162,10 @@ class KubeAadProxy:
         if server is None:
             return
         server.close()
-        for task in (self._sweeper, self._prober):
-            if task is not None:
-                task.cancel()
-        self._sweeper = self._prober = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self.health.close()
         for acceptor in list(self.handshaking):
             acceptor.abort()
         for conn in list(self.connections):
