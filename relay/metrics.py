@@ -131,7 +131,8 @@ class AdmissionCollector:
 
     def collect(self) -> Iterable[Metric]:
         a = self.admission
-        queued = GaugeMetricFamily("arc_relay_admission_queued", "Handshakes waiting for an admission turn.")
+        # Not "..._queued": that is the counter's family name (exposed as ..._queued_total).
+        queued = GaugeMetricFamily("arc_relay_admission_waiting", "Handshakes waiting for an admission turn now.")
         queued.add_metric([], a.queued)
         queued_total = CounterMetricFamily("arc_relay_admission_queued",
                                            "Handshakes that waited for an admission turn.")

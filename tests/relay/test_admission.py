@@ -360,7 +360,7 @@ async def test_agent_storm_waits_in_the_admission_queue_instead_of_503(tmp_path:
         refused = await _metric(env, 'arc_relay_admission_refused_total{endpoint="agent"}')
         assert refused == 0
         assert await _metric(env, "arc_relay_admission_queued_total") == agents
-        assert await _metric(env, "arc_relay_admission_queued") == 0
+        assert await _metric(env, "arc_relay_admission_waiting") == 0
 
 
 async def test_admission_queue_is_bounded_in_length_and_time() -> None:
