@@ -77,13 +77,13 @@ class _Bounded(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         owner = self.owner
         if owner.open_connections >= owner.limits.max_connections:
-            owner.refused_connections += 1
-            transport.abort()
+            owner.refuse(transport)
             return
-        owner.open_connections += 1
+        owner.admitted()
         self._counted = True
+        # abort, not close: close would wait for a peer that does not read.
         self._timer = asyncio.get_running_loop().call_later(owner.limits.connection_seconds,
-                                                            transport.close)
+                                                            transport.abort)
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -154,6 +154,7 @@ class HealthListener:
         self.refused_connections = 0
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
+        self._refusing = False  # one log line per burst of refusals, not one per connection
 
     @property
     def port(self) -> int:
@@ -204,6 +205,20 @@ class HealthListener:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+    def admitted(self) -> None:
+        """A connection took a slot."""
+        self.open_connections += 1
+        self._refusing = False
+
+    def refuse(self, transport: asyncio.Transport) -> None:
+        """Close a connection beyond ``max_connections`` at accept."""
+        self.refused_connections += 1
+        if not self._refusing:
+            self._refusing = True
+            log.warning("%s health listener refusing new connections: health.max_connections=%d reached",
+                        self.name, self.limits.max_connections)
+        transport.abort()
 
     def collector(self, prefix: str) -> ListenerCollector:
         """Its own bounds as ``<prefix>_health_connections_*`` (register it on :attr:`registry`)."""
