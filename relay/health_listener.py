@@ -40,12 +40,14 @@ def relay_health_listener(state: RelayState, listener: RelayListener) -> HealthL
     config = state.config
     registry.register(EdgeCollector(listener.gate))
     registry.register(AdmissionCollector(state.admission))
-    registry.register(ClusterCollector(
+    clusters = ClusterCollector(
         lambda: [c.id for c in state.registry.list()],
         state.directory.is_present,
         lambda: (live.cluster for live in state.live_streams),
         config.max_cluster_series,
-    ))
+    )
+    registry.register(clusters)
+    state.metrics.clusters = clusters
     validator = state.validator if isinstance(state.validator, TokenValidator) else None
     registry.register(TokenValidatorCollector(validator, PREFIX))
     health = HealthListener(registry, ready_checks(state), limits=config.health_limits, name="relay")

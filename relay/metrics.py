@@ -93,6 +93,8 @@ class RelayMetrics:
             self.bytes.labels(direction)
         for endpoint in ("agent", "client"):
             self.admission_refused.labels(endpoint)
+        #: the per-cluster collector, once the health listener registered it
+        self.clusters: ClusterCollector | None = None
 
     def render(self) -> bytes:
         """The text exposition of every metric (what ``/metrics`` serves)."""
@@ -173,6 +175,11 @@ class ClusterCollector:
             self._ids = self._cluster_ids()
             self._read_at = now
         return self._ids
+
+    def expire(self) -> None:
+        """Re-read the registered clusters at the next scrape (a cluster was
+        added or deleted; benchmarks)."""
+        self._read_at = None
 
     def collect(self) -> Iterable[Metric]:
         ids = self.registered()
