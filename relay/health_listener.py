@@ -41,7 +41,7 @@ def relay_health_listener(state: RelayState, listener: RelayListener) -> HealthL
     registry.register(EdgeCollector(listener.gate))
     registry.register(AdmissionCollector(state.admission))
     clusters = ClusterCollector(
-        lambda: [c.id for c in state.registry.list()],
+        state.registry.ids,
         state.directory.is_present,
         lambda: (live.cluster for live in state.live_streams),
         config.max_cluster_series,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -157,7 +157,7 @@ class ClusterCollector:
         clock: Monotonic clock (tests).
     """
 
-    def __init__(self, cluster_ids: Callable[[], list[str]], is_present: Callable[[str], bool],
+    def __init__(self, cluster_ids: Callable[[], Sequence[str]], is_present: Callable[[str], bool],
                  stream_clusters: Callable[[], Iterable[str]], max_series: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._cluster_ids = cluster_ids
@@ -165,10 +165,10 @@ class ClusterCollector:
         self._stream_clusters = stream_clusters
         self.max_series = max_series
         self._clock = clock
-        self._ids: list[str] = []
+        self._ids: Sequence[str] = ()
         self._read_at: float | None = None
 
-    def registered(self) -> list[str]:
+    def registered(self) -> Sequence[str]:
         """Registered cluster ids, re-read at most every ``CLUSTER_LIST_SECONDS``."""
         now = self._clock()
         if self._read_at is None or now - self._read_at >= CLUSTER_LIST_SECONDS:
