@@ -197,10 +197,12 @@ class ClusterCollector:
         for cid in self._stream_clusters():
             streams[cid if cid in label_of else OTHER_CLUSTERS] += 1
         per_cluster = GaugeMetricFamily("arc_relay_cluster_streams_open",
-                                        "Routed streams open per cluster (clusters without a series "
-                                        "of their own summed as cluster=\"_other\").",
+                                        "Routed streams open per cluster with any (clusters without "
+                                        "a series of their own summed as cluster=\"_other\").",
                                         labels=["cluster"])
-        for cid in sorted(label_of):
+        # Only clusters with open streams: a sample per idle cluster would double
+        # the scrape's size (docs/metrics.md) and say nothing a missing one does not.
+        for cid in sorted(c for c in streams if c != OTHER_CLUSTERS):
             per_cluster.add_metric([cid], streams[cid])
         per_cluster.add_metric([OTHER_CLUSTERS], streams[OTHER_CLUSTERS])
         registered = GaugeMetricFamily("arc_relay_clusters_registered", "Registered clusters.")

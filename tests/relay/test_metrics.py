@@ -127,7 +127,7 @@ async def test_sample_alert_rules_parse_and_name_existing_metrics(relay_env: Rel
 
 async def test_relay_cluster_metrics_follow_agent_sessions_and_streams(relay_env: RelayEnv) -> None:
     """A connected cluster reads 1, a registered one without agent 0; a routed stream
-    counts for its cluster while open."""
+    counts for its cluster while open (a cluster without streams has no stream series)."""
     echo = await start_echo_server()
     relay_env.register("rg1", "idle")
     keys = relay_env.register("rg1", "alpha")
@@ -143,6 +143,7 @@ async def test_relay_cluster_metrics_follow_agent_sessions_and_streams(relay_env
     assert value(samples, "arc_relay_clusters_unlisted") == 0
     assert value(samples, "arc_relay_cluster_streams_open", cluster="rg1/alpha") == 1
     assert value(samples, "arc_relay_cluster_streams_open", cluster=OTHER_CLUSTERS) == 0
+    assert value(samples, "arc_relay_cluster_streams_open", cluster="rg1/idle") is None  # no streams: no series
     await stream.aclose()
     echo.close()
 
