@@ -117,7 +117,8 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
         if proxy is not None:
             await proxy.stop()
         raise AgentConfigError(
-            f"health listener cannot listen on {config.health_host}:{config.health_port}: {exc.strerror}"
+            f"cannot listen on health.listen {config.health_host}:{config.health_port}: {exc.strerror}; "
+            "pick a free port in 'health.listen'"
         ) from None
     task = asyncio.ensure_future(connector.run())
     try:

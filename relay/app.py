@@ -40,6 +40,7 @@ from tunnel.aio_config import adapter_limits
 
 log = logging.getLogger("relay")
 
+
 @dataclass(frozen=True)
 class DevTls:
     """Development TLS material in the state dir (reused across restarts so
@@ -150,8 +151,9 @@ class RelayServer:
     """One relay: ``await start()``, serve, ``await stop()``.
 
     Attributes (after ``start``): ``port``, ``url`` (``https://host:port``),
-    ``ca_file`` / ``ca_pem`` (the dev CA when no certificate is configured,
-    else None), ``state``.
+    ``health_url`` (``http://host:port`` of the /livez /readyz /metrics
+    listener), ``ca_file`` / ``ca_pem`` (the dev CA when no certificate is
+    configured, else None), ``state``.
     """
 
     def __init__(self, config: RelayConfig) -> None:
