@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from agent import KubeAadProxy, KubeAadProxyConfig
+from agent.cli import run_agent
 from agent.config import AgentConfigError, agent_config_from_dict
 from agent.connector import Connector, ConnectorConfig
 from agent.health import agent_health_listener
@@ -151,3 +152,19 @@ def test_agent_config_reads_health_keys(tmp_path: Path) -> None:
         agent_config_from_dict({**base, "health": {"listen": "x"}})
     with pytest.raises(AgentConfigError, match=re.escape("health.connection_seconds must be > 0")):
         agent_config_from_dict({**base, "health": {"connection_seconds": 0}})
+
+
+async def test_run_agent_fails_with_one_line_when_health_port_is_taken(tmp_path: Path) -> None:
+    """arc-agent with a health.listen port in use stops with a config error naming the key."""
+    key = tmp_path / "agent.key"
+    key.write_bytes(generate_key_pair("rg/a").private_key_pem)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = agent_config_from_dict({
+            "relay": {"url": "https://127.0.0.1:9"}, "cluster": {"resource_group": "rg", "name": "a"},
+            "agent_key_file": str(key), "forward_to": "127.0.0.1:9",
+            "health": {"listen": f"127.0.0.1:{port}"}})
+        with pytest.raises(AgentConfigError, match=re.escape(f"cannot listen on health.listen 127.0.0.1:{port}: ")):
+            await run_agent(config, asyncio.Event())
