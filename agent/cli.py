@@ -110,17 +110,19 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
         metadata_interval=config.metadata_interval,
         tunnel=TunnelConfig(limits=adapter_limits(max_concurrent_streams=config.max_concurrent_streams)),
     ), metadata=metadata)
-    health = agent_health_listener(connector, proxy, config.health_limits)
+    task = asyncio.ensure_future(connector.run())
+    health = agent_health_listener(connector, proxy, config.health_limits, dial_loop=task)
     try:
         await health.start(config.health_host, config.health_port)
     except OSError as exc:
+        await connector.stop()
+        await task
         if proxy is not None:
             await proxy.stop()
         raise AgentConfigError(
             f"cannot listen on health.listen {config.health_host}:{config.health_port}: {exc.strerror}; "
             "pick a free port in 'health.listen'"
         ) from None
-    task = asyncio.ensure_future(connector.run())
     try:
         await stop.wait()
     finally:

@@ -2,7 +2,8 @@
 
 ``/readyz``: the agent's relay session is up (``relay-session``) and, when it
 runs kube-aad-proxy, the API server answered it (``kube-aad-proxy``,
-agent/kube_aad_proxy/health.py). ``/livez``: the event loop answers.
+agent/kube_aad_proxy/health.py). ``/livez``: the event loop answers and the
+relay dial loop still runs (``dial-loop``).
 ``/metrics``: ``arc_agent_*`` and ``arc_kube_aad_proxy_*`` on one registry
 (docs/metrics.md). health/listener.py has the bounds and why the listener
 shares the agent's event loop.
@@ -10,6 +11,7 @@ shares the agent's event loop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry
@@ -58,10 +60,25 @@ class AgentCollector:
 
 
 def agent_health_listener(connector: Connector, proxy: KubeAadProxy | None,
-                          limits: HealthLimits | None = None) -> HealthListener:
-    """A (not started) health listener for one agent process and its kube-aad-proxy."""
+                          limits: HealthLimits | None = None,
+                          dial_loop: asyncio.Future[None] | None = None) -> HealthListener:
+    """A (not started) health listener for one agent process and its kube-aad-proxy.
+
+    Args:
+        connector: The relay connector (readiness: its session is up).
+        proxy: kube-aad-proxy, when this agent runs one.
+        limits: The listener's bounds.
+        dial_loop: The task running ``connector.run()``: liveness fails once it
+            has ended, so the kubelet restarts an agent that can never reconnect.
+    """
     registry = CollectorRegistry()
     registry.register(AgentCollector(connector))
+    live: dict[str, Check] = {}
+    if dial_loop is not None:
+        def dial_loop_running() -> str | None:
+            return "the relay dial loop has ended" if dial_loop.done() else None
+
+        live["dial-loop"] = dial_loop_running
 
     def relay_session() -> str | None:
         return None if connector.connected else f"no relay session ({connector.last_error or 'connecting'})"
@@ -73,6 +90,6 @@ def agent_health_listener(connector: Connector, proxy: KubeAadProxy | None,
         registry.register(TokenValidatorCollector(
             validator if isinstance(validator, TokenValidator) else None, PROXY_PREFIX))
         ready["kube-aad-proxy"] = proxy.health.check
-    health = HealthListener(registry, ready, limits=limits, name="agent")
+    health = HealthListener(registry, ready, live=live, limits=limits, name="agent")
     registry.register(health.collector(PREFIX))
     return health

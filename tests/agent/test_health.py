@@ -168,3 +168,18 @@ async def test_run_agent_fails_with_one_line_when_health_port_is_taken(tmp_path:
             "health": {"listen": f"127.0.0.1:{port}"}})
         with pytest.raises(AgentConfigError, match=re.escape(f"cannot listen on health.listen 127.0.0.1:{port}: ")):
             await run_agent(config, asyncio.Event())
+
+
+async def test_agent_livez_fails_once_its_dial_loop_has_ended() -> None:
+    """/livez passes while the dial loop runs and names it once it has ended
+    (the kubelet then restarts an agent that could never reconnect)."""
+    connector = unreachable_connector()
+    dial_loop = asyncio.ensure_future(connector.run())
+    health = await started(agent_health_listener(connector, None, dial_loop=dial_loop))
+    try:
+        assert await get(health.url + "/livez") == (200, "ok\n")
+        await connector.stop()
+        await asyncio.wait_for(dial_loop, WAIT)
+        assert await get(health.url + "/livez") == (503, "[-]dial-loop failed: the relay dial loop has ended\n")
+    finally:
+        await health.stop()
