@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from agent.config import AgentConfig, AgentConfigError, load_agent_config
 from agent.connector import Connector, ConnectorConfig
 from agent.connector_metadata import api_server_metadata, static_metadata
+from agent.health import agent_health_listener
 from certs import IssuedCertificate
 from cmdline import (
     CommandParser,
@@ -36,6 +37,7 @@ from tunnel.aio_config import adapter_limits
 
 if TYPE_CHECKING:
     from agent import KubeAadProxy
+    from health import HealthListener
     from identity import TokenValidator
 
 __all__ = ["build_parser", "main", "run_agent", "split_chain"]
@@ -145,6 +147,24 @@ async def _start_kube_aad_proxy(config: AgentConfig, proxy: KubeAadProxy) -> tup
     return kap.listen_host, proxy.port
 
 
+async def _start_health(config: AgentConfig, health: HealthListener) -> None:
+    """Start the ``/livez`` ``/readyz`` ``/metrics`` listener on ``health.listen``.
+
+    Raises:
+        PortInUse: the port is taken.
+        ConfigError: any other reason it cannot listen there.
+    """
+    where = f"{config.health_host}:{config.health_port}"
+    try:
+        await health.start(config.health_host, config.health_port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(f"cannot listen on health.listen {where}: the port is in use; "
+                            "pick a free port in 'health.listen'") from None
+        raise ConfigError(f"cannot listen on health.listen {where}: {exc.strerror}; "
+                          "fix 'health.listen'") from None
+
+
 async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
     """Run the agent until ``stop`` is set, then stop it and close everything
     it opened (the connector, kube-aad-proxy, the token validator's sessions).
@@ -180,7 +200,12 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
         ), metadata=metadata)
         task = asyncio.ensure_future(connector.run())
         try:
-            await stop.wait()
+            health = agent_health_listener(connector, proxy, config.health_limits, dial_loop=task)
+            await _start_health(config, health)
+            try:
+                await stop.wait()
+            finally:
+                await health.stop()
         finally:
             await connector.stop()
             await task

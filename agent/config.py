@@ -25,6 +25,8 @@ Example::
     forward_to: "127.0.0.1:9000"    # optional: pipe streams there instead of kube-aad-proxy
     metadata_interval_seconds: 300
     limits: {max_concurrent_streams: 1024}   # streams this agent's session accepts at once
+    health: {listen: "127.0.0.1:0",           # /livez /readyz /metrics, plain HTTP: keep it private
+             max_connections: 32, connection_seconds: 30}   # health/listener.py bounds
 
 Relative paths are resolved against the config file's folder. Files named
 here are read at load time so that a missing or unreadable one is reported as
@@ -45,6 +47,8 @@ from agent.kube_aad_proxy.config import DEFAULT_AUDIENCE, KubeAadProxySection, h
 from certs import load_private_key
 from cmdline.errors import ConfigError
 from configfile import ConfigModel, Problems, Text, load_config_file, validate_config
+from health import HealthLimits
+from health.config import HealthSection
 from identity import GroupSourceSettings
 
 __all__ = [
@@ -119,6 +123,8 @@ class AgentFile(ConfigModel):
     metadata_interval_seconds: float = Field(default=300.0, ge=1, description="How often cluster metadata "
                                              "(version, node count) is reported.")
     limits: AgentLimitsSection = Field(default=AgentLimitsSection(), description="Session bounds.")
+    health: HealthSection = Field(default=HealthSection(), description="The `/livez` `/readyz` `/metrics` "
+                                  "listener (ready: relay session up, API server answering).")
 
     @field_validator("forward_to")
     @classmethod
@@ -181,6 +187,10 @@ class AgentConfig:
     # Streams the agent's one session accepts at once, shared by every user
     # (the relay gives each user and client session a share of it).
     max_concurrent_streams: int = 1024
+    # health.*: the /livez /readyz /metrics listener (agent/health.py); port 0: any free port.
+    health_host: str = "127.0.0.1"
+    health_port: int = 0
+    health_limits: HealthLimits = field(default_factory=HealthLimits)
 
     @property
     def cluster_id(self) -> str:
@@ -236,6 +246,9 @@ def agent_config_from_file(doc: AgentFile, base: Path, source: str) -> AgentConf
         forward_to=host_port(doc.forward_to) if doc.forward_to else None,
         metadata_interval=doc.metadata_interval_seconds,
         max_concurrent_streams=doc.limits.max_concurrent_streams,
+        health_host=doc.health.address()[0],
+        health_port=doc.health.address()[1],
+        health_limits=doc.health.limits(),
     )
 
 

@@ -33,6 +33,7 @@ on connect and every ``metadata_interval`` seconds.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -165,6 +166,9 @@ class Connector:
         # The last dial found nothing listening (see relay_not_listening).
         self._relay_not_listening = False
         self.busy_refusals = 0
+        # Dials that failed, and relay-opened streams by outcome (agent/health.py).
+        self.dial_failures = 0
+        self.streams: collections.Counter[str] = collections.Counter()
         # The last delay the dial loop chose after a failed dial (seconds).
         self.last_delay = 0.0
         self._stopping = asyncio.Event()
@@ -300,6 +304,7 @@ class Connector:
     def _dial_failed(self, url: str, error: str, level: int = logging.WARNING) -> None:
         # While the relay is down the loop retries every few hundred ms; log
         # a failure once per distinct cause, not once per attempt.
+        self.dial_failures += 1
         level = logging.DEBUG if error == self.last_error else level
         self.last_error = error
         log.log(level, "agent dial failed url=%s error=%r", url, error)
@@ -361,6 +366,7 @@ class Connector:
     async def _on_stream(self, stream: TunnelStream) -> None:
         """Pipe one relay-opened stream to the upstream TCP target."""
         if stream.target != UPSTREAM_TARGET:
+            self.streams["unknown_target"] += 1
             stream.reject(ErrorCode.NOT_FOUND, "unknown target")
             return
         host, port = self.config.upstream
@@ -370,8 +376,10 @@ class Connector:
         except (TimeoutError, OSError) as exc:
             log.warning("agent upstream connect failed target=%s:%d error=%s", host, port,
                         type(exc).__name__)
+            self.streams["upstream_failed"] += 1
             stream.reject(ErrorCode.CONNECT_FAILED, "agent cannot reach kube-aad-proxy")
             return
+        self.streams["accepted"] += 1
         stream.accept()
         await splice(stream, reader, writer)
 

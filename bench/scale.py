@@ -174,7 +174,7 @@ class Bench:
         assert session is not None
         try:
             async with asyncio.timeout(5):
-                async with session.get(self.relay.url + "/metrics") as resp:
+                async with session.get(self.relay.health_url + "/metrics") as resp:
                     value = metric_value(await resp.text(), *AGENT_GAUGE)
         except (aiohttp.ClientError, OSError, TimeoutError):
             return None
@@ -281,7 +281,7 @@ class Bench:
         assert self.relay is not None and self.http is not None
         deadline, last, still_since = time.monotonic() + timeout, -1.0, time.monotonic()
         while time.monotonic() < deadline:
-            async with self.http.get(self.relay.url + "/metrics") as resp:
+            async with self.http.get(self.relay.health_url + "/metrics") as resp:
                 routed = metric_value(await resp.text(), "arc_relay_bytes_total",
                                       'direction="agent_to_client"') or 0.0
             if routed != last:
@@ -299,8 +299,8 @@ class Bench:
                                       trace_configs=[connect_timing()])
         admin = {"Authorization": f"Bearer {self.admin_token}"}
         get_cluster = f"/api/v1/resourceGroups/{self.clusters[0].replace('/', '/clusters/')}"
-        pollers = {"readyz": Poller(polls, relay.url + "/readyz", {}),
-                   "metrics": Poller(polls, relay.url + "/metrics", {}),
+        pollers = {"readyz": Poller(polls, relay.health_url + "/readyz", {}),
+                   "metrics": Poller(polls, relay.health_url + "/metrics", {}),
                    "api": Poller(polls, relay.url + get_cluster, admin)}
         stop = asyncio.Event()
         retry_before = self.workers.total("retry_after")

@@ -27,6 +27,8 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVING_RE = re.compile(r"arc-relay: serving (https://\S+)")
+# The health listener (/readyz, /metrics), logged before the serving line.
+HEALTH_RE = re.compile(r"relay health listener url=(http://\S+)")
 TRACEBACK = "Traceback (most recent call last)"
 
 
@@ -77,6 +79,8 @@ class RelayProcess:
     admins: tuple[str, ...]
     port: int = 0
     url: str = ""
+    health_port: int = 0
+    health_url: str = ""
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     log_files: list[Path] = field(default_factory=list)
@@ -94,6 +98,7 @@ class RelayProcess:
     def _write_config(self) -> Path:
         config = {
             "listen": f"127.0.0.1:{self.port}",
+            "health": {"listen": f"127.0.0.1:{self.health_port}"},
             "state_dir": str(self.work / "relay-state"),
             "oidc": {"issuers": [{"issuer": self.issuer, "audiences": ["api://cluster-connect"],
                                   "ca_file": self.issuer_ca_file}]},
@@ -119,10 +124,13 @@ class RelayProcess:
                                          stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            match = SERVING_RE.search(log_file.read_text(errors="replace"))
-            if match:
+            text = log_file.read_text(errors="replace")
+            match, health = SERVING_RE.search(text), HEALTH_RE.search(text)
+            if match and health:
                 self.url = match.group(1)
                 self.port = int(self.url.rsplit(":", 1)[1])
+                self.health_url = health.group(1)
+                self.health_port = int(self.health_url.rsplit(":", 1)[1])
                 return
             if self.proc.poll() is not None:
                 break

@@ -43,6 +43,9 @@ IN_CLUSTER_API = "https://kubernetes.default.svc"
 # kube-aad-proxy runs in the agent's process; the connector pipes streams to it
 # over loopback, so any free port does.
 KAP_LISTEN = "127.0.0.1:0"
+# The agent's /livez /readyz /metrics (agent/health.py): on the pod's address so
+# the kubelet's probes and a Prometheus scrape reach it; no Service exposes it.
+HEALTH_PORT = 8081
 
 # Secret key -> AgentValues field holding its PEM text.
 SECRET_KEYS: dict[str, str] = {
@@ -228,6 +231,7 @@ def agent_config(values: AgentValues) -> dict[str, Any]:
                 "ca_file": _path_if(values, "oidc_ca", f"{SECRET_DIR}/oidc-ca.crt"),
             }]},
         },
+        "health": {"listen": f"0.0.0.0:{HEALTH_PORT}"},
         "proxy": {
             "https": _v(values, "proxy_https"),
             "http": _v(values, "proxy_http"),
@@ -286,6 +290,14 @@ def _container(values: AgentValues) -> dict[str, Any]:
         "name": AGENT_NAME,
         "image": _v(values, "image"),
         "args": ["--config", CONFIG_PATH],
+        "ports": [{"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+        # Live: the dial loop runs. Ready: the relay session is up and the API
+        # server answers (a rollout waits for the new pod's session; see the
+        # strategy below).
+        "livenessProbe": {"httpGet": {"path": "/livez", "port": "health"},
+                          "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "health"},
+                           "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "secret", "mountPath": SECRET_DIR, "readOnly": True},

@@ -13,6 +13,7 @@ from configfile.messages import problem_lines
 from configfile.model import ConfigModel, Secret, Text, models_in, secret_paths
 from configfile.problems import MAX_NAMED_FILE_BYTES, Problems, resolve_path
 from configfile.source import load_config_file, read_yaml, validate_config
+from configfile.values import parse_host_port
 
 __all__ = [
     "MAX_NAMED_FILE_BYTES",
@@ -22,6 +23,7 @@ __all__ = [
     "Text",
     "load_config_file",
     "models_in",
+    "parse_host_port",
     "problem_lines",
     "read_yaml",
     "resolve_path",

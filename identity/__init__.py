@@ -17,6 +17,7 @@ from identity.group_source import (
 )
 from identity.groups import ClientCredentialsToken, GroupResolver, HttpGroupResolver
 from identity.jwks import JwksCache
+from identity.metrics import TokenValidatorCollector
 from identity.oidc import ALLOWED_ALGORITHMS, TokenValidator, TrustedIssuer, token_digest
 from identity.principal import Principal
 
@@ -34,6 +35,7 @@ __all__ = [
     "Principal",
     "TokenInvalid",
     "TokenValidator",
+    "TokenValidatorCollector",
     "TrustedIssuer",
     "parse_group_source",
     "token_digest",

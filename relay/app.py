@@ -20,13 +20,15 @@ from typing import Any
 from aiohttp import web
 
 from certs import CertificateAuthority, IssuedCertificate, server_ssl_context, write_pem_pair
+from health import HealthListener
 from identity import Principal, TokenInvalid, TokenValidator, TrustedIssuer
 from identity.agent_assertion import AgentAssertionVerifier
 from relay import agent_endpoint, client_endpoint, management_api
 from relay.config import ConfigError, RelayConfig, authorization_warnings
 from relay.directory import LocalDirectory
+from relay.health_listener import ready_checks, relay_health_listener
 from relay.listener import RelayListener
-from relay.metrics import CONTENT_TYPE_LATEST, RelayMetrics
+from relay.metrics import RelayMetrics
 from relay.registry import SqliteDatabase, SqliteRegistry
 from relay.roles import RoleStore
 from relay.router import DataRecorder
@@ -37,9 +39,6 @@ from tunnel import TunnelConfig, TunnelSession
 from tunnel.aio_config import adapter_limits
 
 log = logging.getLogger("relay")
-
-# The listener, for /metrics (its slow-loris counters).
-LISTENER: web.AppKey[RelayListener] = web.AppKey("relay_listener", RelayListener)
 
 
 @dataclass(frozen=True)
@@ -130,43 +129,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: accepting connections and the database answers."""
-    state = request.app[STATE]
-    if not state.accepting:
-        return web.Response(status=503, text="shutting down\n")
-    if not state.registry.ping():
-        return web.Response(status=503, text="database unreachable\n")
+    """Readiness: accepting connections and the database answers (the same
+    checks as the health listener's ``/readyz``)."""
+    for why in (check() for check in ready_checks(request.app[STATE]).values()):
+        if why is not None:
+            return web.Response(status=503, text=f"{why}\n")
     return web.Response(text="ready\n")
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition."""
-    state = request.app[STATE]
-    # The validator counts signatures it verified (cache hits excluded): the
-    # proof that the hot path verifies a token once, not per stream.
-    verified = int(getattr(state.validator, "signature_verifications", 0))
-    body = state.metrics.render() + (
-        "# HELP relay_token_signature_verifications_total OIDC token signatures verified "
-        "(validated-token cache misses).\n"
-        "# TYPE relay_token_signature_verifications_total counter\n"
-        f"relay_token_signature_verifications_total {verified}\n"
-    ).encode()
-    admission = state.admission
-    body += (
-        "# HELP arc_relay_admission_queued Handshakes waiting for an admission turn.\n"
-        "# TYPE arc_relay_admission_queued gauge\n"
-        f"arc_relay_admission_queued {admission.queued}\n"
-        "# HELP arc_relay_admission_queued_total Handshakes that waited for an admission turn.\n"
-        "# TYPE arc_relay_admission_queued_total counter\n"
-        f"arc_relay_admission_queued_total {admission.queued_total}\n"
-        "# HELP arc_relay_event_loop_lag_seconds How late the event loop ran its lag timer (admission).\n"
-        "# TYPE arc_relay_event_loop_lag_seconds gauge\n"
-        f"arc_relay_event_loop_lag_seconds {admission.loop_lag():.4f}\n"
-    ).encode()
-    listener = request.app.get(LISTENER)
-    if listener is not None:
-        body += listener.render_metrics()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def openapi_document() -> dict[str, Any]:
@@ -183,8 +151,9 @@ class RelayServer:
     """One relay: ``await start()``, serve, ``await stop()``.
 
     Attributes (after ``start``): ``port``, ``url`` (``https://host:port``),
-    ``ca_file`` / ``ca_pem`` (the dev CA when no certificate is configured,
-    else None), ``state``.
+    ``health_url`` (``http://host:port`` of the /livez /readyz /metrics
+    listener), ``ca_file`` / ``ca_pem`` (the dev CA when no certificate is
+    configured, else None), ``state``.
     """
 
     def __init__(self, config: RelayConfig) -> None:
@@ -199,6 +168,8 @@ class RelayServer:
         self._db: SqliteDatabase | None = None
         self._status_db: SqliteDatabase | None = None
         self._status: LiveStatusRegistry | None = None
+        self._health: HealthListener | None = None
+        self.health_url = ""
 
     @property
     def listener(self) -> RelayListener:
@@ -272,7 +243,6 @@ class RelayServer:
         app[STATE] = self.state
         app.router.add_get("/healthz", healthz, allow_head=False)
         app.router.add_get("/readyz", readyz, allow_head=False)
-        app.router.add_get("/metrics", metrics, allow_head=False)
         app.router.add_get("/openapi.json", openapi, allow_head=False)
         management_api.add_routes(app)
         agent_endpoint.add_routes(app)
@@ -285,7 +255,6 @@ class RelayServer:
         # Our own listener, not a TCPSite: it terminates TLS with small buffers
         # and bounds what a connection holds before its first request head.
         self._listener = RelayListener(self._runner, ssl_ctx, config.edge)
-        app[LISTENER] = self._listener
         await self._runner.setup()
         try:
             await self._listener.start(config.host, config.port)
@@ -299,6 +268,17 @@ class RelayServer:
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror}; "
                 "pick a free port in 'listen'"
             ) from None
+        self._health = relay_health_listener(self.state, self._listener)
+        try:
+            await self._health.start(config.health_host, config.health_port)
+        except OSError as exc:
+            self._health = None
+            await self.stop(drain_seconds=0)
+            raise ConfigError(
+                f"cannot listen on health.listen {config.health_host}:{config.health_port}: "
+                f"{exc.strerror}; pick a free port in 'health.listen'"
+            ) from None
+        self.health_url = self._health.url
         self.state.admission.start()  # its loop-lag timer
         self.port = self._listener.port
         host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -340,4 +320,8 @@ class RelayServer:
             await self._status.stop()  # write what the write-behind still holds
         self._close_databases()
         self._runner = None
+        # Last: /readyz says "shutting down" to the load balancer throughout the drain.
+        if self._health is not None:
+            await self._health.stop()
+            self._health = None
         log.info("relay stopped")

@@ -32,6 +32,9 @@ Example::
                 handshakes_per_second: 0,        # fixed token-bucket rate (0: off, the lag bound paces)
                 retry_after_seconds: 1,          # the 503's Retry-After beyond a bound (least)
                 max_retry_after_seconds: 60}     # its most (each refused peer gets its own slot)
+    health: {listen: "127.0.0.1:0",              # /livez /readyz /metrics, plain HTTP: keep it private
+             max_connections: 32, connection_seconds: 30,   # health/listener.py bounds
+             max_cluster_series: 1000}           # clusters with their own metric label (relay/metrics.py)
     debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
 """
 
@@ -45,6 +48,7 @@ from urllib.parse import urlsplit
 
 from cmdline.errors import ConfigError
 from configfile import Problems, load_config_file, resolve_path, validate_config
+from health import HealthLimits
 from identity import GroupSourceSettings
 from identity.agent_assertion import AGENT_CONNECT_PATH, agent_audiences
 from relay.config_schema import (
@@ -145,9 +149,17 @@ class RelayConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.authorization_cache_entries < 0:
             raise ValueError("authorization_cache_entries must be >= 0")
+        if self.max_cluster_series < 0:
+            raise ValueError("health.max_cluster_series must be >= 0")
     # Management API request bodies (relay.json_body): bytes (413 above) and nesting (400).
     api_max_body_bytes: int = 64 * 1024
     api_max_body_depth: int = 32
+    # health.*: the /livez /readyz /metrics listener (health/listener.py) and
+    # the per-cluster metric label cap (relay/metrics.py). Port 0: any free port.
+    health_host: str = "127.0.0.1"
+    health_port: int = 0
+    health_limits: HealthLimits = field(default_factory=HealthLimits)
+    max_cluster_series: int = 1000
 
     @property
     def database_path(self) -> str:
@@ -271,6 +283,10 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
         handshakes_per_second=admission.handshakes_per_second,
         retry_after_seconds=admission.retry_after_seconds,
         max_retry_after_seconds=admission.max_retry_after_seconds,
+        health_host=doc.health.address()[0],
+        health_port=doc.health.address()[1],
+        health_limits=doc.health.limits(),
+        max_cluster_series=doc.health.max_cluster_series,
     )
 
 

@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from configfile import ConfigModel, Text
+from configfile import ConfigModel, Text, parse_host_port
+from health.config import HealthSection
 from identity import OptionalGroupSource
 from relay.edge_limits import (
     HEAD_TIMEOUT,
@@ -153,6 +154,13 @@ class DebugSection(ConfigModel):
                                          "(tests; also `$ARC_RELAY_RECORD_DATA_FILE`).")
 
 
+class RelayHealthSection(HealthSection):
+    """The relay's ``health`` section: the listener plus the per-cluster series cap."""
+
+    max_cluster_series: int = Field(default=1000, ge=0, description="Clusters with their own metric label "
+                                    "(offline first); the rest are summed under `cluster=\"_other\"`.")
+
+
 class RelayFile(ConfigModel):
     """The ``arc-relay --config`` file."""
 
@@ -171,6 +179,8 @@ class RelayFile(ConfigModel):
     limits: RelayLimitsSection = Field(default=RelayLimitsSection(), description="Timeouts and bounds.")
     admission: AdmissionSection = Field(default=AdmissionSection(), description="Handshake admission.")
     debug: DebugSection = Field(default=DebugSection(), description="Test hooks.")
+    health: RelayHealthSection = Field(default=RelayHealthSection(), description="The `/livez` `/readyz` "
+                                       "`/metrics` listener (docs/metrics.md).")
 
     @field_validator("listen")
     @classmethod
@@ -187,12 +197,9 @@ class RelayFile(ConfigModel):
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:port`` for IPv6) -> (host, port).
+    """``host:port`` (``[::1]:port`` for IPv6; ``:port``: every address) -> (host, port).
 
     Raises:
         ValueError: not host:port.
     """
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("expected host:port such as '127.0.0.1:8443'")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return parse_host_port(value, default_host="0.0.0.0")

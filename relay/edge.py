@@ -27,7 +27,7 @@ _HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
 
 
 class EdgeStats:
-    """Counters of the listener, rendered on ``/metrics`` (relay/app.py)."""
+    """Counters of the listener, exposed on ``/metrics`` (relay/metrics.py)."""
 
     def __init__(self) -> None:
         #: connections closed by a guard, by reason

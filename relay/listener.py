@@ -104,20 +104,3 @@ class RelayListener:
             # Steps already running finish on their own; their connections are aborted.
             self._handshake_pool.shutdown(wait=False, cancel_futures=True)
             self._handshake_pool = None
-
-    def render_metrics(self) -> bytes:
-        """Prometheus lines of the listener's gauges and counters."""
-        lines = [
-            "# HELP relay_edge_preauth_connections Connections held before their first request head.",
-            "# TYPE relay_edge_preauth_connections gauge",
-            f"relay_edge_preauth_connections {self.gate.held}",
-            "# HELP relay_edge_refused_total Connections closed at accept: pre-authentication limit reached.",
-            "# TYPE relay_edge_refused_total counter",
-            f"relay_edge_refused_total {self.gate.refused}",
-            "# HELP relay_edge_closed_total Connections closed by a slow-loris guard, by reason.",
-            "# TYPE relay_edge_closed_total counter",
-        ]
-        for reason in ("tls handshake timeout", "tls error", "head timeout", "head too large"):
-            label = reason.replace(" ", "_")
-            lines.append(f'relay_edge_closed_total{{reason="{label}"}} {self.stats.closed[reason]}')
-        return ("\n".join(lines) + "\n").encode()

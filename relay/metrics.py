@@ -1,19 +1,45 @@
-"""Prometheus metrics of one relay (served at ``/metrics``).
+"""Prometheus metrics of one relay, served by its health listener (``/metrics``).
 
-Each ``RelayMetrics`` owns its own ``CollectorRegistry`` so several relays in
-one process (tests) never collide on metric names.
+Everything is a prometheus_client collector on ONE registry per relay
+(``RelayMetrics.registry``; several relays in one process, as in tests, never
+collide): instruments the handlers update (sessions, streams, bytes, refusals)
+and collectors that read live state at scrape time (the listener's guards,
+admission, per-cluster connectivity, the token validator). Names follow one
+scheme, ``arc_relay_<what>[_<unit>][_total]``, each listed in docs/metrics.md.
+
+Per-cluster series are bounded: at most ``health.max_cluster_series`` clusters
+get their own ``cluster`` label (offline ones first, then by id, so the series
+an alert needs are the ones kept); the streams of every other cluster are
+summed under ``cluster="_other"`` (a cluster id always holds a ``/``, so it
+can never be ``_other``), and ``arc_relay_clusters_unlisted`` says how many
+were left out.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["CONTENT_TYPE_LATEST", "RelayMetrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from relay.admission import HandshakeAdmission
+from relay.edge import EdgeGate
+
+__all__ = ["OTHER_CLUSTERS", "AdmissionCollector", "ClusterCollector", "EdgeCollector", "RelayMetrics"]
+
+#: The ``cluster`` label of the streams of clusters beyond the series cap.
+OTHER_CLUSTERS = "_other"
+# Registered cluster ids are read from the database at most this often (one
+# scrape every few seconds must not be one full-table read each).
+CLUSTER_LIST_SECONDS = 5.0
+# Reasons of the listener's slow-loris guards (relay/edge.py), always exposed.
+EDGE_CLOSE_REASONS = ("tls handshake timeout", "tls error", "head timeout", "head too large")
 
 
 class RelayMetrics:
-    """The relay's counters, gauges and histograms."""
+    """The relay's registry and the instruments its handlers update."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -65,7 +91,127 @@ class RelayMetrics:
             self.sessions.labels(kind).set(0)
         for direction in ("client_to_agent", "agent_to_client"):
             self.bytes.labels(direction)
+        for endpoint in ("agent", "client"):
+            self.admission_refused.labels(endpoint)
+        #: the per-cluster collector, once the health listener registered it
+        self.clusters: ClusterCollector | None = None
 
     def render(self) -> bytes:
-        """The text exposition format."""
+        """The text exposition of every metric (what ``/metrics`` serves)."""
         return generate_latest(self.registry)
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """One sample's current value (tests and benchmarks), None when absent."""
+        return self.registry.get_sample_value(name, labels)
+
+
+class EdgeCollector:
+    """The public listener's slow-loris guards (relay/listener.py, relay/edge.py)."""
+
+    def __init__(self, gate: EdgeGate) -> None:
+        self.gate = gate
+
+    def collect(self) -> Iterable[Metric]:
+        held = GaugeMetricFamily("arc_relay_edge_preauth_connections",
+                                 "Connections held before their first request head is complete.")
+        held.add_metric([], self.gate.held)
+        refused = CounterMetricFamily("arc_relay_edge_refused",
+                                      "Connections closed at accept: limits.max_preauth_connections reached.")
+        refused.add_metric([], self.gate.refused)
+        closed = CounterMetricFamily("arc_relay_edge_closed",
+                                     "Connections closed by a slow-loris guard, by reason.", labels=["reason"])
+        for reason in EDGE_CLOSE_REASONS:
+            closed.add_metric([reason.replace(" ", "_")], self.gate.stats.closed[reason])
+        return (held, refused, closed)
+
+
+class AdmissionCollector:
+    """Handshake admission (relay/admission.py): its queue and the loop lag it watches."""
+
+    def __init__(self, admission: HandshakeAdmission) -> None:
+        self.admission = admission
+
+    def collect(self) -> Iterable[Metric]:
+        a = self.admission
+        # Not "..._queued": that is the counter's family name (exposed as ..._queued_total).
+        queued = GaugeMetricFamily("arc_relay_admission_waiting", "Handshakes waiting for an admission turn now.")
+        queued.add_metric([], a.queued)
+        queued_total = CounterMetricFamily("arc_relay_admission_queued",
+                                           "Handshakes that waited for an admission turn.")
+        queued_total.add_metric([], a.queued_total)
+        lag = GaugeMetricFamily("arc_relay_event_loop_lag_seconds",
+                                "How late the event loop ran admission's lag timer.")
+        lag.add_metric([], a.loop_lag())
+        return (queued, queued_total, lag)
+
+
+class ClusterCollector:
+    """Per-cluster connectivity and open streams, with a bounded ``cluster`` label.
+
+    Args:
+        cluster_ids: Registered cluster ids (a database read; cached
+            ``CLUSTER_LIST_SECONDS``).
+        is_present: Whether a live agent session of a cluster exists.
+        stream_clusters: The cluster of every open routed stream.
+        max_series: Clusters given their own label (``health.max_cluster_series``).
+        clock: Monotonic clock (tests).
+    """
+
+    def __init__(self, cluster_ids: Callable[[], Sequence[str]], is_present: Callable[[str], bool],
+                 stream_clusters: Callable[[], Iterable[str]], max_series: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._cluster_ids = cluster_ids
+        self._is_present = is_present
+        self._stream_clusters = stream_clusters
+        self.max_series = max_series
+        self._clock = clock
+        self._ids: Sequence[str] = ()
+        self._read_at: float | None = None
+
+    def registered(self) -> Sequence[str]:
+        """Registered cluster ids, re-read at most every ``CLUSTER_LIST_SECONDS``."""
+        now = self._clock()
+        if self._read_at is None or now - self._read_at >= CLUSTER_LIST_SECONDS:
+            self._ids = self._cluster_ids()
+            self._read_at = now
+        return self._ids
+
+    def expire(self) -> None:
+        """Re-read the registered clusters at the next scrape (a cluster was
+        added or deleted; benchmarks)."""
+        self._read_at = None
+
+    def collect(self) -> Iterable[Metric]:
+        ids = self.registered()
+        present = {cid: self._is_present(cid) for cid in ids}
+        # Offline first: those are the series a "cluster offline" alert needs.
+        listed = sorted(ids, key=lambda cid: (present[cid], cid))[: self.max_series]
+        connected = GaugeMetricFamily("arc_relay_cluster_connected",
+                                      "1 while the cluster's agent has a live session, else 0 "
+                                      "(at most health.max_cluster_series clusters, offline first).",
+                                      labels=["cluster"])
+        for cid in sorted(listed):
+            connected.add_metric([cid], 1 if present[cid] else 0)
+        label_of = set(listed)
+        streams: Tally[str] = Tally()
+        for cid in self._stream_clusters():
+            streams[cid if cid in label_of else OTHER_CLUSTERS] += 1
+        per_cluster = GaugeMetricFamily("arc_relay_cluster_streams_open",
+                                        "Routed streams open per cluster with any (clusters without "
+                                        "a series of their own summed as cluster=\"_other\").",
+                                        labels=["cluster"])
+        # Only clusters with open streams: a sample per idle cluster would double
+        # the scrape's size (docs/metrics.md) and say nothing a missing one does not.
+        for cid in sorted(c for c in streams if c != OTHER_CLUSTERS):
+            per_cluster.add_metric([cid], streams[cid])
+        per_cluster.add_metric([OTHER_CLUSTERS], streams[OTHER_CLUSTERS])
+        registered = GaugeMetricFamily("arc_relay_clusters_registered", "Registered clusters.")
+        registered.add_metric([], len(ids))
+        online = GaugeMetricFamily("arc_relay_clusters_connected",
+                                   "Registered clusters whose agent has a live session.")
+        online.add_metric([], sum(present.values()))
+        unlisted = GaugeMetricFamily("arc_relay_clusters_unlisted",
+                                     "Registered clusters beyond health.max_cluster_series "
+                                     "(no per-cluster series).")
+        unlisted.add_metric([], len(ids) - len(listed))
+        return (connected, per_cluster, registered, online, unlisted)

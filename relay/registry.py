@@ -138,6 +138,10 @@ class ClusterRegistry(Protocol):
 
     def list(self, resource_group: str | None = None) -> list[Cluster]: ...
 
+    def ids(self) -> tuple[str, ...]:
+        """Every registered cluster id, sorted (cheap: no rows built; metrics)."""
+        ...
+
     def put(self, cluster: Cluster) -> tuple[Cluster, bool]:
         """Create or update the registration part; returns (stored, created)."""
         ...
@@ -267,6 +271,10 @@ class SqliteRegistry:
                     "SELECT * FROM clusters WHERE resource_group = ? ORDER BY id", (resource_group,)
                 ).fetchall()
         return [self._row(r) for r in rows]
+
+    def ids(self) -> tuple[str, ...]:
+        with self.db.reading() as cur:
+            return tuple(row[0] for row in cur.execute("SELECT id FROM clusters ORDER BY id"))
 
     def put(self, cluster: Cluster) -> tuple[Cluster, bool]:
         with self.db.transaction() as cur:

@@ -201,6 +201,9 @@ class LiveStatusRegistry:
     def list(self, resource_group: str | None = None) -> list[Cluster]:
         return [self._view(c) for c in self.store.list(resource_group)]
 
+    def ids(self) -> tuple[str, ...]:
+        return self.store.ids()
+
     def put(self, cluster: Cluster) -> tuple[Cluster, bool]:
         stored, created = self.store.put(cluster)
         self._certificates.pop(cluster.id, None)

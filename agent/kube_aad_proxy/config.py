@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 
 from agent.kube_aad_proxy.names import is_reserved
-from configfile import ConfigModel, Text
+from configfile import ConfigModel, Text, parse_host_port
 from identity import OptionalGroupSource
 
 if TYPE_CHECKING:
@@ -211,7 +211,4 @@ def host_port(value: str) -> tuple[str, int]:
     Raises:
         ValueError: not host:port.
     """
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError("expected host:port such as '127.0.0.1:8080'")
-    return host.strip("[]"), int(port)
+    return parse_host_port(value)

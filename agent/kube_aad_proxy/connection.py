@@ -165,13 +165,15 @@ class ProxyConnection(asyncio.Protocol):
             if isinstance(decision, Forward) and self._up is None:
                 try:
                     up = await open_upstream(self.config, self.proxy.upstream_ssl, self)
+                    self.proxy.health.record(True)
                     if self._closing:  # closed (proxy stop) while we connected
                         if up.transport is not None:
                             up.transport.abort()
                         return
                     self._up = up
                 except (OSError, ssl.SSLError, TimeoutError) as exc:
-                    reason = _connect_reason(exc)
+                    reason = connect_reason(exc)
+                    self.proxy.health.record(False, reason)
                     log.warning("upstream unreachable reason=%s", reason)
                     ex = self._exchange(ev, decision.principal)
                     self._refuse(502, f"kube-aad-proxy cannot reach the API server: {reason}", ex)
@@ -334,6 +336,7 @@ class ProxyConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _audit(self, ex: Exchange, status: int) -> None:
+        self.proxy.health.request_done(status)
         audit(self.config.cluster_name, ex.principal, ex.method, ex.path, status, time.perf_counter() - ex.started)
 
     def check_timeouts(self, now: float) -> None:
@@ -360,7 +363,7 @@ class ProxyConnection(asyncio.Protocol):
             self._up.transport.abort()
 
 
-def _connect_reason(exc: BaseException) -> str:
+def connect_reason(exc: BaseException) -> str:
     """One line, no secrets: why the API server could not be reached."""
     if isinstance(exc, TimeoutError):
         return "connect timed out"

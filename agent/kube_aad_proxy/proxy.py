@@ -22,6 +22,7 @@ from agent.kube_aad_proxy.config import (
     KubeAadProxyConfig,
 )
 from agent.kube_aad_proxy.connection import ProxyConnection
+from agent.kube_aad_proxy.health import UpstreamHealth
 from agent.kube_aad_proxy.names import NameMapper
 from agent.kube_aad_proxy.oidc import OidcGate, audiences_of, issuers_of
 from agent.kube_aad_proxy.policy import HeaderPolicy
@@ -126,6 +127,8 @@ class KubeAadProxy:
                                    "max_preauth_connections")
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Readiness (the API server answered) and counters (agent/kube_aad_proxy/health.py).
+        self.health = UpstreamHealth(config, self.upstream_ssl)
 
     @property
     def port(self) -> int:
@@ -162,6 +165,7 @@ class KubeAadProxy:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self.health.close()
         for acceptor in list(self.handshaking):
             acceptor.abort()
         for conn in list(self.connections):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import ssl
 import urllib.error
@@ -235,9 +236,11 @@ def relay_status(env: DemoEnvironment, path: str, token: str | None) -> int:
 
 
 def relay_metric(env: DemoEnvironment, name: str) -> float:
-    """One sample of the relay's /metrics (0 when absent)."""
-    ctx = ssl.create_default_context(cafile=str(env.dir / "relay" / "ca.crt"))
-    with urllib.request.urlopen(env.relay_url + "/metrics", context=ctx, timeout=15) as resp:
+    """One sample of the relay's /metrics on its health listener (0 when absent);
+    the listener's address is the last one the relay logged."""
+    found = re.findall(r"relay health listener url=(http://\S+)", (env.logs / "relay.log").read_text(errors="replace"))
+    assert found, "the relay logged no health listener address"
+    with urllib.request.urlopen(found[-1] + "/metrics", timeout=15) as resp:
         for line in resp.read().decode().splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])

@@ -185,17 +185,17 @@ def test_positive_token_signature_verified_once_at_relay_and_proxy(env: DemoEnvi
     """One fresh token, 25 requests each on its own TLS connection (so 25
     tunnel streams) through arc-proxy, and 25 relay API calls: kube-aad-proxy
     validates it once (its log has one validation line for it) and the relay
-    verifies its signature once (``relay_token_signature_verifications_total``)."""
+    verifies its signature once (``arc_relay_token_signature_verifications_total``)."""
     token = forge.token("alice")
     alice = forge.oid("alice")
     needle = f"oidc token validated principal={alice}"
     before_agent = agent_log_count(env, needle)
-    before_relay = relay_metric(env, "relay_token_signature_verifications_total")
+    before_relay = relay_metric(env, "arc_relay_token_signature_verifications_total")
     for _ in range(25):
         assert raw_request(proxy.kubeconfig, whoami_head(token)).status == 201
         assert relay_status(env, "/api/v1/clusters", token) == 200
     assert agent_log_count(env, needle) - before_agent == 1
-    assert relay_metric(env, "relay_token_signature_verifications_total") - before_relay == 1
+    assert relay_metric(env, "arc_relay_token_signature_verifications_total") - before_relay == 1
 
 
 def _exec_credential(config: Path) -> dict[str, Any]:

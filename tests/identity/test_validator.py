@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry
 
 from certs import client_ssl_context
-from identity import Principal, TokenInvalid, TokenValidator, TrustedIssuer
+from identity import Principal, TokenInvalid, TokenValidator, TokenValidatorCollector, TrustedIssuer
 from sandbox.idp import SandboxIdp
 
 AUD = "api://cluster-connect"
@@ -96,14 +96,15 @@ async def test_validator_accepts_refreshed_token(idp: SandboxIdp, validator: Tok
 
 async def test_validator_caches_validated_token(idp: SandboxIdp, validator: TokenValidator) -> None:
     """A second validate of the same token does not verify the signature again."""
-    metric = "identity_token_signature_verifications_total"
-    before = REGISTRY.get_sample_value(metric) or 0.0
+    registry = CollectorRegistry()
+    registry.register(TokenValidatorCollector(validator, "arc_test"))
+    metric = "arc_test_token_signature_verifications_total"
     token = idp.mint("demo")
     first = await validator.validate(token)
     second = await validator.validate(token)
     assert first is second and validator.signature_verifications == 1
-    assert REGISTRY.get_sample_value(metric) == before + 1
-    assert REGISTRY.get_sample_value("identity_token_validations_total", {"result": "cached"})
+    assert registry.get_sample_value(metric) == 1
+    assert registry.get_sample_value("arc_test_token_validations_total", {"result": "cached"}) == 1
     await validator.validate(idp.mint("bob"))
     assert validator.signature_verifications == 2
 

@@ -46,7 +46,7 @@ async def _get(env: RelayEnv, path: str, token: str = "x") -> tuple[int, str | N
 
 
 async def _metric(env: RelayEnv, line_prefix: str) -> float:
-    async with env.http.get(env.relay.url + "/metrics") as resp:
+    async with env.http.get(env.relay.health_url + "/metrics") as resp:
         text = await resp.text()
     for line in text.splitlines():
         if line.startswith(line_prefix + " "):
@@ -367,7 +367,7 @@ async def test_agent_storm_waits_in_the_admission_queue_instead_of_503(tmp_path:
         refused = await _metric(env, 'arc_relay_admission_refused_total{endpoint="agent"}')
         assert refused == 0
         assert await _metric(env, "arc_relay_admission_queued_total") == agents + queued_before
-        assert await _metric(env, "arc_relay_admission_queued") == 0
+        assert await _metric(env, "arc_relay_admission_waiting") == 0
 
 
 async def test_admission_queue_is_bounded_in_length_and_time() -> None:

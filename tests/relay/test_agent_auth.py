@@ -101,7 +101,7 @@ async def test_agent_auth_refuses_expired_unknown_and_missing(relay_env: RelayEn
     wrong_aud = sign_agent_assertion(keys.private_key_pem, "rg1/alpha", "https://elsewhere/agent/v1/connect")
     assert (await _dial(relay_env, wrong_aud))[0] == 401
     assert (await _dial(relay_env, None))[0] == 401
-    async with relay_env.http.get(relay_env.relay.url + "/metrics") as resp:
+    async with relay_env.http.get(relay_env.relay.health_url + "/metrics") as resp:
         text = await resp.text()
     # The metric label is the public reason too (/metrics must not be an oracle).
     assert 'arc_relay_auth_failures_total{endpoint="agent",reason="assertion not accepted"}' in text

@@ -60,7 +60,7 @@ async def served(env: RelayEnv) -> bool:
 
 async def metric(env: RelayEnv, name: str) -> float:
     """One sample of the relay's /metrics (exact name with labels)."""
-    async with env.http.get(env.relay.url + "/metrics") as resp:
+    async with env.http.get(env.relay.health_url + "/metrics") as resp:
         for line in (await resp.text()).splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[-1])
@@ -73,7 +73,7 @@ async def test_relay_closes_connection_silent_after_tls(edge_env: RelayEnv) -> N
     assert await served(edge_env)
     assert await closed_by_relay(reader) == b""
     writer.close()
-    assert await metric(edge_env, 'relay_edge_closed_total{reason="head_timeout"}') == 1
+    assert await metric(edge_env, 'arc_relay_edge_closed_total{reason="head_timeout"}') == 1
 
 
 async def test_relay_closes_connection_with_partial_head(edge_env: RelayEnv) -> None:
@@ -95,7 +95,7 @@ async def test_relay_closes_connection_with_partial_upgrade_head(edge_env: Relay
     assert await served(edge_env)
     assert await closed_by_relay(reader) == b""
     writer.close()
-    assert await metric(edge_env, "relay_edge_preauth_connections") == 0
+    assert await metric(edge_env, "arc_relay_edge_preauth_connections") == 0
 
 
 async def test_relay_closes_partial_second_head_on_kept_alive_connection(edge_env: RelayEnv) -> None:
@@ -119,7 +119,7 @@ async def test_relay_closes_connection_that_never_starts_tls(edge_env: RelayEnv)
     assert await closed_by_relay(reader) == b""
     writer.close()
     if edge_env.relay.config.edge.tls_engine == "memorybio":  # asyncio's engine times out inside asyncio
-        assert await metric(edge_env, 'relay_edge_closed_total{reason="tls_handshake_timeout"}') == 1
+        assert await metric(edge_env, 'arc_relay_edge_closed_total{reason="tls_handshake_timeout"}') == 1
     assert edge_env.relay.listener.preauth_connections == 0
 
 
@@ -130,7 +130,7 @@ async def test_relay_closes_oversized_first_head(edge_env: RelayEnv) -> None:
     await writer.drain()
     assert await closed_by_relay(reader) == b""
     writer.close()
-    assert await metric(edge_env, 'relay_edge_closed_total{reason="head_too_large"}') == 1
+    assert await metric(edge_env, 'arc_relay_edge_closed_total{reason="head_too_large"}') == 1
     assert await served(edge_env)
 
 
@@ -171,4 +171,4 @@ async def test_relay_refuses_connections_beyond_preauth_limit(
             writer.close()
         await until(lambda: listener.preauth_connections == 0, "no connection before its head")
         assert await served(env)
-        assert await metric(env, "relay_edge_refused_total") == 3
+        assert await metric(env, "arc_relay_edge_refused_total") == 3

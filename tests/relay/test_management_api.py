@@ -42,7 +42,7 @@ async def test_api_refuses_missing_and_invalid_tokens(relay_env: RelayEnv) -> No
         status, body = await relay_env.api("GET", "/api/v1/clusters", token)
         assert status == 401 and body["error"]["code"] == "InvalidToken", body
         assert token not in body["error"]["message"]
-    async with relay_env.http.get(relay_env.relay.url + "/metrics") as resp:
+    async with relay_env.http.get(relay_env.relay.health_url + "/metrics") as resp:
         assert 'arc_relay_auth_failures_total{endpoint="api"' in await resp.text()
 
 

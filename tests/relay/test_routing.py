@@ -190,7 +190,7 @@ async def test_relay_exposes_metrics(relay_env: RelayEnv) -> None:
     await relay_env.wait_agent("rg1/alpha")
     client = await relay_env.client(relay_env.token("admin"))
     await roundtrip(client, b"rg1/alpha", b"z" * 1000)
-    async with relay_env.http.get(relay_env.relay.url + "/metrics") as resp:
+    async with relay_env.http.get(relay_env.relay.health_url + "/metrics") as resp:
         text = await resp.text()
     assert 'arc_relay_sessions_open{kind="agent"} 1.0' in text
     assert 'arc_relay_streams_total{outcome="routed"} 1.0' in text

@@ -1,0 +1,55 @@
+"""The relay's health and metrics listener: what it checks and what it exposes.
+
+``/livez``, ``/readyz`` and ``/metrics`` on ``health.listen`` (plain HTTP,
+loopback by default; health/listener.py says why it shares the event loop and
+how it is bounded). The public TLS port keeps ``/healthz`` and ``/readyz`` for
+load balancers but no longer serves ``/metrics``: unauthenticated counters of
+every cluster and principal do not belong on an Internet-facing port.
+"""
+
+from __future__ import annotations
+
+from health import Check, HealthListener
+from identity import TokenValidator, TokenValidatorCollector
+from relay.listener import RelayListener
+from relay.metrics import AdmissionCollector, ClusterCollector, EdgeCollector
+from relay.state import RelayState
+
+PREFIX = "arc_relay"
+
+
+def ready_checks(state: RelayState) -> dict[str, Check]:
+    """Readiness: the relay takes new sessions and its database answers."""
+
+    def accepting() -> str | None:
+        return None if state.accepting else "shutting down"
+
+    def database() -> str | None:
+        return None if state.registry.ping() else "database unreachable"
+
+    return {"accepting": accepting, "database": database}
+
+
+def relay_health_listener(state: RelayState, listener: RelayListener) -> HealthListener:
+    """A (not started) health listener whose registry holds every relay metric.
+
+    Registers the live-state collectors (listener guards, admission,
+    clusters, token validator) on ``state.metrics.registry``.
+    """
+    registry = state.metrics.registry
+    config = state.config
+    registry.register(EdgeCollector(listener.gate))
+    registry.register(AdmissionCollector(state.admission))
+    clusters = ClusterCollector(
+        state.registry.ids,
+        state.directory.is_present,
+        lambda: (live.cluster for live in state.live_streams),
+        config.max_cluster_series,
+    )
+    registry.register(clusters)
+    state.metrics.clusters = clusters
+    validator = state.validator if isinstance(state.validator, TokenValidator) else None
+    registry.register(TokenValidatorCollector(validator, PREFIX))
+    health = HealthListener(registry, ready_checks(state), limits=config.health_limits, name="relay")
+    registry.register(health.collector(PREFIX))
+    return health
