@@ -209,6 +209,8 @@ class LifecycleEnv:
         kap["upstream_url"] = self.demo.api["url"]
         kap["upstream_ca_file"] = self.demo.api["ca_file"]
         kap["upstream_token_file"] = str(token)
+        # In a pod the probes reach health on the pod's address; here: loopback, any port.
+        config["health"] = {"listen": "127.0.0.1:0"}
         if metadata_interval is not None:
             config["metadata_interval_seconds"] = metadata_interval
         path = d / "agent.yaml"
