@@ -9,7 +9,7 @@ import logging
 import random
 import time
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -18,7 +18,7 @@ from client.config import ClientConfig
 from client.errors import AuthError, CliError, ClusterNotFound, Forbidden, RelayUnreachable
 from tunnel import retry_after_seconds
 
-__all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper"]
+__all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper", "relay_unreachable"]
 
 log = logging.getLogger("client")
 
@@ -49,6 +49,50 @@ class RelayBusy(RelayUnreachable):
 def busy_delay(hint: float) -> float:
     """Wait at least the hint, spread over one more: uniform in [hint, 2 * hint]."""
     return hint + random.uniform(0.0, hint)
+
+
+# OpenSSL's verify codes for a certificate that does not name the host or IP
+# address dialled (X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH).
+_NAME_MISMATCH_CODES = (62, 64)
+
+
+def relay_unreachable(err: BaseException, config: ClientConfig) -> RelayUnreachable:
+    """The one-line error (cause and fix) for a failure to talk to the relay.
+
+    The one place that tells apart a wrong name (DNS), nothing listening
+    (refused), a certificate the configured CA did not sign, a certificate for
+    another host name, another TLS failure, and a timeout.
+
+    Args:
+        err: what aiohttp (or the socket layer) raised.
+        config: the client config, for the relay URL and ``relay.ca_file``.
+    """
+    url = config.relay_url
+    host = urlsplit(url).hostname or url
+    ca = f"relay.ca_file ({config.relay_ca_file})" if config.relay_ca_file else \
+        "relay.ca_file (not set: the system's CA store was used)"
+    if isinstance(err, aiohttp.ClientConnectorCertificateError):
+        cert_err = err.certificate_error
+        if getattr(cert_err, "verify_code", None) in _NAME_MISMATCH_CODES:
+            return RelayUnreachable(
+                f"TLS certificate of the relay at {url} is not valid for {host!r} (hostname mismatch): "
+                "set relay.url to a name the relay's certificate holds")
+        reason = getattr(cert_err, "verify_message", "") or type(cert_err).__name__
+        return RelayUnreachable(f"TLS certificate verification failed for {url} ({reason}): check {ca}")
+    if isinstance(err, (aiohttp.ClientConnectorSSLError, aiohttp.ClientSSLError)):
+        return RelayUnreachable(f"TLS handshake with the relay at {url} failed ({type(err).__name__}): "
+                                "check that relay.url names the relay's HTTPS port")
+    if isinstance(err, aiohttp.ClientConnectorDNSError):
+        return RelayUnreachable(f"cannot resolve the relay's host name {host!r} ({url}): "
+                                "check relay.url in the client config")
+    if isinstance(err, aiohttp.ClientConnectorError) and isinstance(err.os_error, ConnectionRefusedError):
+        return RelayUnreachable(f"cannot reach the relay at {url}: connection refused; is it running? "
+                                "check relay.url in the client config")
+    if isinstance(err, TimeoutError):
+        return RelayUnreachable(f"the relay at {url} did not answer in time: check relay.url and the "
+                                "network (a proxy or firewall in the way?)")
+    return RelayUnreachable(f"cannot reach the relay at {url} ({type(err).__name__}): is it running? "
+                            "check relay.url in the client config")
 
 
 def _error_message(body: Any) -> str:
@@ -106,9 +150,7 @@ class RelayApi:
                         body = None
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as err:
-            raise RelayUnreachable(
-                f"cannot reach the relay at {self.config.relay_url} ({type(err).__name__}): "
-                "is it running? check relay.url in the client config") from None
+            raise relay_unreachable(err, self.config) from None
         if status < 300:
             return body
         msg = _error_message(body)
@@ -285,9 +327,7 @@ class RelaySessionKeeper:
                 raise RelayUnreachable(f"relay refused the websocket (HTTP {err.status}) at "
                                        f"{self.url}") from None
             except (TimeoutError, aiohttp.ClientError, OSError) as err:
-                raise RelayUnreachable(
-                    f"cannot reach the relay at {self.config.relay_url} ({type(err).__name__}): "
-                    "is it running? check relay.url in the client config") from None
+                raise relay_unreachable(err, self.config) from None
             session = self._tunnel.TunnelSession(ws, is_client=True, config=self._tcfg,
                                                  name=self.name, on_stream=self._refuse)
             old, old_run = self._session, self._run_task
