@@ -43,8 +43,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LifecycleEnv]:
 
 
 def connect(env: LifecycleEnv, *extra: str, name: str = NAME) -> tuple[int, str, str]:
+    # The agent is started by each test after connect: connect must not wait for it.
     p = env.arcctl("connect", "-n", name, "-g", GROUP, "--location", "westeurope",
-                   "--kube-config", env.kubeconfig, *extra)
+                   "--kube-config", env.kubeconfig, "--no-wait", *extra)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -300,7 +301,8 @@ def test_move_cluster_to_another_relay(env: LifecycleEnv) -> None:
     p = env.arcctl("role", "import", "--file", str(exported), config=admin_b)
     assert p.returncode == 0, p.stderr
     old_files, _ = env.read_agent_objects()
-    p = env.arcctl("connect", "-n", NAME, "-g", GROUP, "--kube-config", env.kubeconfig, config=alice_b)
+    p = env.arcctl("connect", "-n", NAME, "-g", GROUP, "--kube-config", env.kubeconfig, "--no-wait",
+                   config=alice_b)
     assert p.returncode == 0, p.stderr + p.stdout
     assert "moving from" in p.stdout and "Deployment arc-agent unchanged (restarted" in p.stdout
     deployment = k8s.AppsV1Api(env.core().api_client).read_namespaced_deployment("arc-agent", "arc-system")
