@@ -155,7 +155,7 @@ def test_agent_reports_metadata_and_goes_connected(env: LifecycleEnv) -> None:
                    "metadata")
     shown = json_out(env.arcctl("show", "-n", NAME, "-g", GROUP))
     for key in ("connectivityStatus", "lastConnectivityTime", "agentVersion", "kubernetesVersion",
-                "totalNodeCount", "totalCoreCount", "agentPublicKeyCertificate", "location",
+                "totalNodeCount", "totalCoreCount", "agentPublicKeyCertificateSha256", "location",
                 "provisioningState"):
         assert shown.get(key) not in (None, ""), key
     assert (shown["totalNodeCount"], shown["totalCoreCount"]) == (nodes, cores)
