@@ -248,6 +248,9 @@ class RelaySessionKeeper:
         self._renew_at = float("inf")
         # Sessions replaced by a renewal, draining their open streams.
         self._old_runs: set[asyncio.Task[None]] = set()
+        # Why the relay is lost (its session ended and a reconnect failed), or
+        # None while it is reachable: while lost, session() answers at once.
+        self.relay_lost_reason: str | None = None
 
     @property
     def url(self) -> str:
@@ -286,12 +289,19 @@ class RelaySessionKeeper:
         """The live session, connecting if it is down.
 
         Raises:
-            CliError: could not connect within ``timeout``.
+            RelayUnreachable: the relay is lost (at once), or could not be
+                reached within ``timeout``.
+            CliError: another reason not to connect (token refused, forbidden).
         """
         s = self._session
         if self._usable(s):
             return s
         self._kick.set()
+        if self.relay_lost_reason is not None:
+            # The reconnect loop (kicked now, retrying at least every
+            # BACKOFF_CAP) notices the relay's return; a local connection does
+            # not wait for it.
+            raise RelayUnreachable(self.relay_lost_reason)
         return await asyncio.wait_for(self._connect(), timeout)
 
     @staticmethod
@@ -350,6 +360,9 @@ class RelaySessionKeeper:
                          "%d open stream(s)", self.name, self.connects, old.streams)
             else:
                 log.info("= %s connected to relay (connect #%d)", self.name, self.connects)
+            if self.relay_lost_reason is not None:
+                self.relay_lost_reason = None
+                log.warning("relay %s is reachable again: serving kubectl", self.config.relay_url)
             return session
 
     async def _run(self, session: Any) -> None:
@@ -397,6 +410,10 @@ class RelaySessionKeeper:
                 log.debug("! reconnect refused, relay busy: waiting %.1f s", busy_wait)
             except CliError as err:
                 log.debug("! reconnect failed: %s", err)
+                if self.relay_lost_reason is None and not self._usable(self._session):
+                    # Said once per loss, in the user's shell; kubectl is refused at once meanwhile.
+                    self.relay_lost_reason = str(err)
+                    log.warning("lost the relay: %s; kubectl is refused until it is back", err)
             self._kick.clear()
             self.last_delay = busy_wait if busy_wait is not None else random.uniform(0.0, backoff)
             try:
