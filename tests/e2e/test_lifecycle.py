@@ -19,7 +19,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from certs import client_ssl_context, generate_key_pair
+from certs import client_ssl_context, fingerprint_sha256, generate_key_pair
 from identity import sign_agent_assertion
 from tests.e2e.lifecycle_harness import GROUP, LifecycleEnv, json_out, sandbox_nodes, wait_for
 
@@ -312,7 +312,7 @@ def test_move_cluster_to_another_relay(env: LifecycleEnv) -> None:
     env.start_agent(NAME)
     shown = wait_for(lambda: (s := json_out(env.arcctl("show", "-n", NAME, "-g", GROUP, config=alice_b)))
                      ["connectivityStatus"] == "Connected" and s, "Connected at the new relay")
-    assert shown["agentPublicKeyCertificate"].strip() == files["agent.crt"].strip()
+    assert shown["agentPublicKeyCertificateSha256"] == fingerprint_sha256(files["agent.crt"].encode())
     p = env.arcctl("delete", "-n", NAME, "-g", GROUP, "--kube-config", env.kubeconfig, "-y")
     assert p.returncode == 0, p.stderr
     assert "left in place" in p.stdout
