@@ -22,7 +22,7 @@ from client.arcctl_options import add_common_options
 from client.arcctl_role import add_role
 from client.auth import CachedTokenSource, TokenSource
 from client.config import load_config
-from client.output import render
+from client.output import render, with_certificate_fingerprints
 from client.relay_client import RelayApi
 from cmdline import (
     CommandParser,
@@ -65,7 +65,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     async def go() -> list[dict[str, Any]]:
         async with RelayApi(config, TokenSource(config.auth)) as api:
             return await api.list_clusters(args.group)
-    print(render(asyncio.run(go()), args.output))
+    clusters = asyncio.run(go())
+    if not args.show_certificates:
+        clusters = [with_certificate_fingerprints(c) for c in clusters]
+    print(render(clusters, args.output))
     return 0
 
 
@@ -77,7 +80,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     async def go() -> dict[str, Any]:
         async with RelayApi(config, TokenSource(config.auth)) as api:
             return await api.get_cluster(group, args.name)
-    print(render(asyncio.run(go()), args.output))
+    cluster = asyncio.run(go())
+    print(render(cluster if args.show_certificates else with_certificate_fingerprints(cluster), args.output))
     return 0
 
 
@@ -107,11 +111,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _add_show_certificates(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--show-certificates", action="store_true",
+                   help="print the agent and serving CA certificates (PEM) instead of their "
+                        "SHA-256 fingerprints (agentPublicKeyCertificateSha256, servingCaCertificateSha256)")
+
+
 def _add_list(sub: Subcommands) -> None:
     p = add_command(sub, "list", summary="list the registered clusters and their status",
                     examples=["arcctl list", "arcctl list -g lab -o table"])
     p.add_argument("-g", "--resource-group", dest="group", metavar="GROUP",
                    help="only the clusters of this resource group (default: all you may see)")
+    _add_show_certificates(p)
     add_common_options(p)
     p.set_defaults(func=cmd_list)
 
@@ -124,6 +135,7 @@ def _add_show(sub: Subcommands) -> None:
     p.add_argument("-n", "--name", required=True, metavar="NAME", help="the cluster's name")
     p.add_argument("-g", "--resource-group", dest="group", metavar="GROUP",
                    help="its resource group (default: resource_group in the client config)")
+    _add_show_certificates(p)
     add_common_options(p)
     p.set_defaults(func=cmd_show)
 

@@ -44,7 +44,7 @@ from certs import CertificateAuthority, fingerprint_sha256, generate_key_pair, w
 from client.arcctl_options import add_common_options
 from client.auth import TokenSource
 from client.config import ClientConfig, load_config
-from client.errors import CliError, ClusterNotFound, ConfigError
+from client.errors import AgentOffline, CliError, ClusterNotFound, ConfigError, Forbidden
 from client.manifests import (
     AGENT_NAME,
     NAMESPACE,
@@ -65,12 +65,55 @@ __all__ = ["add_connect", "cmd_connect", "owner_of", "plan_ownership", "tls_serv
 SECRET_REF = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": AGENT_NAME, "namespace": NAMESPACE}}
 CONFIGMAP_REF = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": AGENT_NAME, "namespace": NAMESPACE}}
 STEPS = 6
+# The wait for Connected: its default bound (as az connectedk8s), how often it
+# asks the relay, and how often it says it is still waiting (seconds).
+WAIT_TIMEOUT = 120.0
+WAIT_POLL_INTERVAL = 1.0
+WAIT_PROGRESS_EVERY = 15.0
 
 
 def tls_server_name(resource_group: str, name: str) -> str:
     """The name kube-aad-proxy's serving certificate is issued for; arc-proxy
     writes it as the kubeconfig's ``tls-server-name``."""
     return f"{name}.{resource_group}.kube-aad-proxy.cluster-connect.local"
+
+
+def onboarding_forbidden(resource_group: str, name: str, object_id: str) -> Forbidden:
+    """What connect says when the relay refuses it: the role and scope it needs.
+
+    Connect reads and writes the registration, which the ``onboarding`` role
+    (or ``admin``) allows at the cluster's scope or any scope containing it; a
+    registration that does not exist yet is normal here, so the line never
+    suggests a wrong name.
+    """
+    scope = f"/resourceGroups/{resource_group}/clusters/{name}"
+    return Forbidden(
+        f"arcctl connect needs the onboarding role at scope {scope} or /resourceGroups/{resource_group} "
+        f"(you have neither); ask an admin to run: arcctl role assign --role onboarding --assignee "
+        f"{object_id or 'YOUR_OBJECT_ID'} -g {resource_group}")
+
+
+async def _get_registration(api: RelayApi, resource_group: str, name: str,
+                            object_id: str) -> dict[str, Any] | None:
+    """The registration, None when there is none yet.
+
+    Raises:
+        Forbidden: the caller may not read it (no onboarding role): which role where.
+    """
+    try:
+        return await api.get_cluster(resource_group, name)
+    except ClusterNotFound:
+        return None
+    except Forbidden:
+        raise onboarding_forbidden(resource_group, name, object_id) from None
+
+
+async def _put_registration(api: RelayApi, resource_group: str, name: str, spec: dict[str, Any],
+                            object_id: str) -> None:
+    try:
+        await api.put_cluster(resource_group, name, spec)
+    except Forbidden:  # e.g. a viewer: may read the registration, not write it
+        raise onboarding_forbidden(resource_group, name, object_id) from None
 
 
 def _say(step: int, text: str) -> None:
@@ -303,13 +346,11 @@ def helm_values(values: AgentValues) -> dict[str, Any]:
     return tree
 
 
-async def _register_for_helm(args: argparse.Namespace, api: RelayApi, values: AgentValues, cid: str) -> int:
+async def _register_for_helm(args: argparse.Namespace, api: RelayApi, values: AgentValues, cid: str,
+                             object_id: str) -> int:
     path = Path(args.helm_values).expanduser()
     earlier = _values_from_helm_file(path)
-    try:
-        registration: dict[str, Any] | None = await api.get_cluster(values.resource_group, values.cluster_name)
-    except ClusterNotFound:
-        registration = None
+    registration = await _get_registration(api, values.resource_group, values.cluster_name, object_id)
     _say(1, f"relay: cluster {cid} " + ("is registered" if registration else "is not registered yet"))
     registered = str((registration or {}).get("agentPublicKeyCertificate") or "")
     if registration is not None and not _same_pem(earlier.get("agentCert", ""), registered):
@@ -339,7 +380,7 @@ async def _register_for_helm(args: argparse.Namespace, api: RelayApi, values: Ag
     if registration is not None and all(registration.get(k) == v for k, v in spec.items()):
         _say(4, f"relay: registration of {cid} unchanged")
     else:
-        await api.put_cluster(values.resource_group, values.cluster_name, spec)
+        await _put_registration(api, values.resource_group, values.cluster_name, spec, object_id)
         _say(4, f"relay: {'updated' if registration else 'registered'} {cid}")
     print(f"Cluster {cid} is registered at {values.relay_url}. Deploy its agent with: helm install arc-agent "
           f"deploy/helm/cluster-connect-agent -n arc-system --create-namespace -f {path}")
@@ -362,15 +403,14 @@ async def connect(args: argparse.Namespace) -> int:
               "generated and registered only by a real connect (or by --helm-values FILE)")
         _warn_unreachable_relay(values.relay_url)
         return 0
+    # Whom to name in a "needs the onboarding role" line (role assignments name the oid).
+    object_id = str((claims or await _token_claims(tokens)).get("oid") or "")
     if args.helm_values:
         _warn_unreachable_relay(values.relay_url)
         async with RelayApi(config, tokens) as helm_api:
-            return await _register_for_helm(args, helm_api, values, cid)
+            return await _register_for_helm(args, helm_api, values, cid, object_id)
     async with RelayApi(config, tokens) as api:
-        try:
-            registration: dict[str, Any] | None = await api.get_cluster(group, args.name)
-        except ClusterNotFound:
-            registration = None
+        registration = await _get_registration(api, group, args.name, object_id)
         _say(1, f"relay {config.relay_url}: cluster {cid} "
                 + ("is registered" if registration else "is not registered yet"))
         from client.kube_apply import KubeTarget  # lazy: the kubernetes package is slow to import
@@ -399,7 +439,7 @@ async def connect(args: argparse.Namespace) -> int:
             if registration is not None and all(registration.get(k) == v for k, v in spec.items()):
                 _say(5, f"relay: registration of {cid} unchanged")
             else:
-                await api.put_cluster(group, args.name, spec)
+                await _put_registration(api, group, args.name, spec, object_id)
                 _say(5, f"relay: {'updated' if registration else 'registered'} {cid}")
             rest = [await asyncio.to_thread(target.apply, m) for m in manifests[first:]]
             summary = _summary(manifests[first:], rest)
@@ -412,16 +452,63 @@ async def connect(args: argparse.Namespace) -> int:
             outcomes += rest
         finally:
             target.close()
-    changed = any(o != "unchanged" for o in outcomes)
-    print(f"Cluster {cid} is registered at {config.relay_url} and its agent is deployed"
-          + ("" if changed else " (nothing changed)")
-          + f". Check it with: arcctl show -n {args.name} -g {group}")
+        changed = any(o != "unchanged" for o in outcomes)
+        print(f"Cluster {cid} is registered at {config.relay_url} and its agent is deployed"
+              + ("" if changed else " (nothing changed)")
+              + f". Check it with: arcctl show -n {args.name} -g {group}", flush=True)
+        if not args.no_wait:
+            await wait_connected(api, group, args.name, args.wait_timeout, config.relay_url)
     return 0
+
+
+async def wait_connected(api: RelayApi, resource_group: str, name: str, timeout: float,
+                         relay_url: str) -> None:
+    """Poll the registration until the agent is ``Connected``, as ``az
+    connectedk8s connect`` does, with a progress line now and then.
+
+    Raises:
+        AgentOffline: not connected within ``timeout`` seconds; the
+            registration and the cluster objects stay.
+    """
+    cid = f"{resource_group}/{name}"
+    print(f"Waiting up to {timeout:g} s for the agent of {cid} to connect (--no-wait skips this)",
+          flush=True)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    next_progress = start + WAIT_PROGRESS_EVERY
+    status = ""
+    while True:
+        status = str((await api.get_cluster(resource_group, name)).get("connectivityStatus") or "")
+        now = loop.time()
+        if status == "Connected":
+            print(f"Agent of {cid} is Connected (after {now - start:.0f} s)", flush=True)
+            return
+        if now - start >= timeout:
+            break
+        if now >= next_progress:
+            print(f"  still {status or 'not connected'} after {now - start:.0f} s", flush=True)
+            next_progress += WAIT_PROGRESS_EVERY
+        await asyncio.sleep(min(WAIT_POLL_INTERVAL, max(0.0, start + timeout - now)))
+    raise AgentOffline(
+        f"the agent of {cid} did not connect within {timeout:g} s (status {status or 'unknown'}); the "
+        f"registration and the cluster objects stay. Likely causes: its image cannot be pulled, the cluster "
+        f"cannot reach the relay at {relay_url}, or it needs a proxy (--proxy-https). Look with: kubectl -n "
+        f"{NAMESPACE} logs deploy/{AGENT_NAME}; then 'arcctl show -n {name} -g {resource_group}'")
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
     """``arcctl connect``."""
     return asyncio.run(connect(args))
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0 and 86400")
+    return value
 
 
 def add_connect(sub: Subcommands) -> None:
@@ -431,7 +518,8 @@ def add_connect(sub: Subcommands) -> None:
         description="The agent goes to the cluster of the current kubeconfig context (or\n"
                     "--kube-context). Running it again changes nothing; a cluster moved to a new\n"
                     "relay keeps its agent key. It takes over no object that another install or\n"
-                    "nobody owns (--adopt to force). --dry-run prints the manifests instead;\n"
+                    "nobody owns (--adopt to force). Then it waits until the agent is Connected\n"
+                    "(--wait-timeout, --no-wait). --dry-run prints the manifests instead;\n"
                     "--helm-values registers and writes the Helm chart's values instead.",
         examples=["arcctl connect -n edge-1 -g lab --location westeurope",
                   "arcctl connect -n edge-1 -g lab --kube-context edge-1-admin",
@@ -462,6 +550,11 @@ def add_connect(sub: Subcommands) -> None:
     default_image = AgentValues.__dataclass_fields__["image"].default
     p.add_argument("--image", default=default_image, metavar="IMAGE",
                    help=f"agent container image (default {default_image})")
+    p.add_argument("--no-wait", action="store_true",
+                   help="return once the agent is deployed, without waiting until it is Connected")
+    p.add_argument("--wait-timeout", type=_seconds, default=WAIT_TIMEOUT, metavar="SECONDS",
+                   help=f"how long to wait for the agent to be Connected (default {WAIT_TIMEOUT:g}); "
+                        "when it is not, exit 7 and keep the registration and the objects")
     p.add_argument("--adopt", action="store_true",
                    help="take over agent objects that exist in the cluster but another install (or nobody) owns")
     mode = p.add_mutually_exclusive_group()

@@ -28,7 +28,7 @@ import yaml
 from client.arcctl_options import add_common_options
 from client.auth import TokenSource
 from client.config import ClientConfig, load_config
-from client.errors import CliError, ConfigError
+from client.errors import CliError, ConfigError, Forbidden
 from client.output import render
 from client.relay_client import RelayApi
 from cmdline import Subcommands, add_command
@@ -77,8 +77,20 @@ def _run(config: ClientConfig, body: Any) -> Any:
 
 
 async def _list(api: RelayApi, principal: str | None, scope: str | None) -> list[dict[str, Any]]:
+    """The assignments the caller administers (at ``scope`` when given).
+
+    Raises:
+        Forbidden: the caller is admin nowhere (or not at ``scope``): the relay
+            says so with 403 rather than an empty list.
+    """
     params = {k: v for k, v in (("principalId", principal), ("scope", scope)) if v}
-    doc = await api.request("GET", "/api/v1/roleAssignments", params=params or None)
+    try:
+        doc = await api.request("GET", "/api/v1/roleAssignments", params=params or None)
+    except Forbidden:
+        where = f"at scope {scope} (or a scope containing it)" if scope else "at some scope"
+        raise Forbidden(f"reading role assignments needs the admin role {where}, and you have none: "
+                        "ask an admin for it (arcctl role assign --role admin --assignee YOUR_OBJECT_ID "
+                        f"--scope {scope or 'SCOPE'})") from None
     value = doc.get("value", []) if isinstance(doc, dict) else []
     return [dict(a) for a in value if isinstance(a, dict)]
 

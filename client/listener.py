@@ -10,11 +10,18 @@ import errno
 import logging
 import socket
 
-from client.errors import AgentOffline, CliError, ClusterNotFound, Forbidden, PortInUse
+from client.errors import (
+    AgentOffline,
+    CliError,
+    ClusterNotFound,
+    Forbidden,
+    PortInUse,
+    RelayUnreachable,
+)
 from client.relay_client import RelaySessionKeeper
 from tunnel import ErrorCode
 
-__all__ = ["LocalListener", "refusal_error"]
+__all__ = ["TLS_ALERT_INTERNAL_ERROR", "LocalListener", "refusal_error"]
 
 log = logging.getLogger("client")
 
@@ -28,6 +35,17 @@ READ_LIMIT = 1 << 20
 # and queuing more only holds sockets and tasks: excess connections are
 # closed at once (the client sees the connection closed and may retry).
 MAX_PENDING_OPENS = 128
+# What a local connection gets when no stream can be opened for it (relay
+# lost, cluster offline, refused): a plaintext TLS alert record (fatal,
+# internal_error), which a TLS client may receive before any handshake. kubectl
+# then fails at once with "remote error: tls: internal error"; a bare close
+# reads as EOF, which client-go retries for ~30-40 s before giving up. No key
+# is involved: kubectl's TLS still ends only at kube-aad-proxy.
+TLS_ALERT_INTERNAL_ERROR = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50])
+# The refused client's ClientHello is read (up to this much, this long) before
+# the alert, so that closing with unread data does not reset the alert away.
+CLIENT_HELLO_READ = 16 * 1024 + 5
+CLIENT_HELLO_WAIT = 1.0
 
 
 def refusal_error(code: ErrorCode | int, reason: str, cluster: str) -> CliError:
@@ -144,12 +162,20 @@ class LocalListener:
         except tunnel.StreamRefused as err:
             log.warning("x conn %d: %s", conn_no, refusal_error(err.code, err.reason,
                                                                 self.target.decode()))
-            writer.close()
+            await self._refuse(reader, writer)
+            return
+        except RelayUnreachable as err:
+            if self.keeper.relay_lost_reason is not None:
+                # The shell already has the one "lost the relay" line.
+                log.debug("x conn %d: refused at once, relay lost", conn_no)
+            else:
+                log.warning("x conn %d: no stream to the relay (%s)", conn_no, err)
+            await self._refuse(reader, writer)
             return
         except (TimeoutError, CliError, tunnel.TunnelClosed, OSError) as err:
             log.warning("x conn %d: no stream to the relay (%s)", conn_no,
                         str(err) if isinstance(err, CliError) else type(err).__name__)
-            writer.close()
+            await self._refuse(reader, writer)
             return
         finally:
             self._pending_opens -= 1
@@ -161,6 +187,19 @@ class LocalListener:
         finally:
             if not writer.is_closing():
                 writer.close()
+
+    @staticmethod
+    async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer a connection that gets no stream with a TLS alert, then close it."""
+        try:
+            async with asyncio.timeout(CLIENT_HELLO_WAIT):
+                await reader.read(CLIENT_HELLO_READ)
+                writer.write(TLS_ALERT_INTERNAL_ERROR)
+                await writer.drain()
+        except (TimeoutError, OSError):
+            pass  # the client went away or sent nothing: closing is all that is left
+        finally:
+            writer.close()
 
     async def close(self) -> None:
         """Stop listening and abort live connections."""

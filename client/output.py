@@ -8,15 +8,45 @@ from typing import Any
 
 import yaml
 
+from certs import fingerprint_sha256
 from logfmt import escape_control
 
-__all__ = ["FORMATS", "render"]
+__all__ = ["CERTIFICATE_FIELDS", "FORMATS", "render", "with_certificate_fingerprints"]
 
 FORMATS = ("json", "yaml", "table")
 
 # Columns shown by ``-o table``, in order; anything else stays in json/yaml.
 TABLE_COLUMNS = ("name", "resourceGroup", "connectivityStatus", "kubernetesVersion",
                  "agentVersion", "totalNodeCount", "lastConnectivityTime")
+
+
+# A registration's certificate fields: two PEM blocks per cluster would bury
+# the status a reader looks for, so list/show print each one's SHA-256
+# fingerprint under ``<field>Sha256`` unless --show-certificates is given.
+CERTIFICATE_FIELDS = ("agentPublicKeyCertificate", "servingCaCertificate")
+
+
+def _fingerprint(pem: Any) -> str:
+    if not isinstance(pem, str) or not pem.strip():
+        return ""
+    try:
+        return fingerprint_sha256(pem.encode())
+    except ValueError:
+        # Not a certificate we can parse: say so rather than print it.
+        return "(not a PEM certificate)"
+
+
+def with_certificate_fingerprints(cluster: Mapping[str, Any]) -> dict[str, Any]:
+    """``cluster`` with each certificate field replaced by ``<field>Sha256``
+    (lowercase hex of the DER, as ``openssl x509 -fingerprint -sha256`` without
+    colons), in the same place among the keys."""
+    out: dict[str, Any] = {}
+    for key, value in cluster.items():
+        if key in CERTIFICATE_FIELDS:
+            out[key + "Sha256"] = _fingerprint(value)
+        else:
+            out[key] = value
+    return out
 
 
 class _BlockScalarDumper(yaml.SafeDumper):

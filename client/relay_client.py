@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any, TypeGuard
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -23,7 +23,7 @@ from tunnel import Backoff, ErrorCode, retry_after_delay, retry_after_seconds
 if TYPE_CHECKING:
     from tunnel import TunnelConfig, TunnelSession, TunnelStream
 
-__all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper"]
+__all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper", "relay_unreachable"]
 
 log = logging.getLogger("client")
 
@@ -49,6 +49,50 @@ class RelayBusy(RelayUnreachable):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+# OpenSSL's verify codes for a certificate that does not name the host or IP
+# address dialled (X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH).
+_NAME_MISMATCH_CODES = (62, 64)
+
+
+def relay_unreachable(err: BaseException, config: ClientConfig) -> RelayUnreachable:
+    """The one-line error (cause and fix) for a failure to talk to the relay.
+
+    The one place that tells apart a wrong name (DNS), nothing listening
+    (refused), a certificate the configured CA did not sign, a certificate for
+    another host name, another TLS failure, and a timeout.
+
+    Args:
+        err: what aiohttp (or the socket layer) raised.
+        config: the client config, for the relay URL and ``relay.ca_file``.
+    """
+    url = config.relay_url
+    host = urlsplit(url).hostname or url
+    ca = f"relay.ca_file ({config.relay_ca_file})" if config.relay_ca_file else \
+        "relay.ca_file (not set: the system's CA store was used)"
+    if isinstance(err, aiohttp.ClientConnectorCertificateError):
+        cert_err = err.certificate_error
+        if getattr(cert_err, "verify_code", None) in _NAME_MISMATCH_CODES:
+            return RelayUnreachable(
+                f"TLS certificate of the relay at {url} is not valid for {host!r} (hostname mismatch): "
+                "set relay.url to a name the relay's certificate holds")
+        reason = getattr(cert_err, "verify_message", "") or type(cert_err).__name__
+        return RelayUnreachable(f"TLS certificate verification failed for {url} ({reason}): check {ca}")
+    if isinstance(err, (aiohttp.ClientConnectorSSLError, aiohttp.ClientSSLError)):
+        return RelayUnreachable(f"TLS handshake with the relay at {url} failed ({type(err).__name__}): "
+                                "check that relay.url names the relay's HTTPS port")
+    if isinstance(err, aiohttp.ClientConnectorDNSError):
+        return RelayUnreachable(f"cannot resolve the relay's host name {host!r} ({url}): "
+                                "check relay.url in the client config")
+    if isinstance(err, aiohttp.ClientConnectorError) and isinstance(err.os_error, ConnectionRefusedError):
+        return RelayUnreachable(f"cannot reach the relay at {url}: connection refused; is it running? "
+                                "check relay.url in the client config")
+    if isinstance(err, TimeoutError):
+        return RelayUnreachable(f"the relay at {url} did not answer in time: check relay.url and the "
+                                "network (a proxy or firewall in the way?)")
+    return RelayUnreachable(f"cannot reach the relay at {url} ({type(err).__name__}): is it running? "
+                            "check relay.url in the client config")
 
 
 def _error_message(body: object) -> str:
@@ -106,9 +150,7 @@ class RelayApi:
                         body = None
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as err:
-            raise RelayUnreachable(
-                f"cannot reach the relay at {self.config.relay_url} ({type(err).__name__}): "
-                "is it running? check relay.url in the client config") from None
+            raise relay_unreachable(err, self.config) from None
         if status < 300:
             return body
         msg = _error_message(body)
@@ -205,6 +247,9 @@ class RelaySessionKeeper:
         self._renew_at = float("inf")
         # Sessions replaced by a renewal, draining their open streams.
         self._old_runs: set[asyncio.Task[None]] = set()
+        # Why the relay is lost (its session ended and a reconnect failed), or
+        # None while it is reachable: while lost, session() answers at once.
+        self.relay_lost_reason: str | None = None
 
     @property
     def url(self) -> str:
@@ -240,12 +285,19 @@ class RelaySessionKeeper:
         """The live session, connecting if it is down.
 
         Raises:
-            CliError: could not connect within ``timeout``.
+            RelayUnreachable: the relay is lost (at once), or could not be
+                reached within ``timeout``.
+            CliError: another reason not to connect (token refused, forbidden).
         """
         s = self._session
         if self._usable(s):
             return s
         self._kick.set()
+        if self.relay_lost_reason is not None:
+            # The reconnect loop (kicked now, retrying at least every
+            # BACKOFF_CAP) notices the relay's return; a local connection does
+            # not wait for it.
+            raise RelayUnreachable(self.relay_lost_reason)
         return await asyncio.wait_for(self._connect(), timeout)
 
     @staticmethod
@@ -281,9 +333,7 @@ class RelaySessionKeeper:
                 raise RelayUnreachable(f"relay refused the websocket (HTTP {err.status}) at "
                                        f"{self.url}") from None
             except (TimeoutError, aiohttp.ClientError, OSError) as err:
-                raise RelayUnreachable(
-                    f"cannot reach the relay at {self.config.relay_url} ({type(err).__name__}): "
-                    "is it running? check relay.url in the client config") from None
+                raise relay_unreachable(err, self.config) from None
             session = tunnel.TunnelSession(ws, is_client=True, config=self._tcfg,
                                                  name=self.name, on_stream=self._refuse)
             old, old_run = self._session, self._run_task
@@ -306,6 +356,9 @@ class RelaySessionKeeper:
                          "%d open stream(s)", self.name, self.connects, old.streams)
             else:
                 log.info("= %s connected to relay (connect #%d)", self.name, self.connects)
+            if self.relay_lost_reason is not None:
+                self.relay_lost_reason = None
+                log.warning("relay %s is reachable again: serving kubectl", self.config.relay_url)
             return session
 
     async def _run(self, session: TunnelSession) -> None:
@@ -353,6 +406,10 @@ class RelaySessionKeeper:
                 log.debug("! reconnect refused, relay busy: waiting %.1f s", busy_wait)
             except CliError as err:
                 log.debug("! reconnect failed: %s", err)
+                if self.relay_lost_reason is None and not self._usable(self._session):
+                    # Said once per loss, in the user's shell; kubectl is refused at once meanwhile.
+                    self.relay_lost_reason = str(err)
+                    log.warning("lost the relay: %s; kubectl is refused until it is back", err)
             self._kick.clear()
             # The backoff advances on a busy refusal too: the relay's pace wins
             # this time, and the next plain failure waits longer.

@@ -22,13 +22,15 @@ from relay.json_body import BodyRefused, read_json_object
 from relay.names import has_control_characters, valid_name
 from relay.registry import Cluster, cluster_id
 from relay.roles import (
+    ROLES,
     Action,
     RoleAssignment,
     assignment_errors,
     cluster_scope,
     valid_assignment_id,
+    valid_scope,
 )
-from relay.state import STATE, authenticate, json_error
+from relay.state import STATE, RelayState, authenticate, json_error
 
 log = logging.getLogger("relay")
 
@@ -283,6 +285,13 @@ async def delete_role_assignment(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _administers_any_scope(state: RelayState, principal_ids: set[str]) -> bool:
+    ids = frozenset(principal_ids)
+    if ids & state.roles.bootstrap_admins:
+        return True
+    return any("manage_roles" in ROLES.get(a.role, ()) for a in state.roles.for_principals(ids))
+
+
 @_handler
 async def list_role_assignments(request: web.Request) -> web.Response:
     """GET /api/v1/roleAssignments[?principalId=&scope=]: those the caller administers."""
@@ -290,6 +299,18 @@ async def list_role_assignments(request: web.Request) -> web.Response:
     principal = await _principal(request)
     ids = state.principal_ids(principal)
     want_principal, want_scope = request.query.get("principalId"), request.query.get("scope")
+    # A caller who administers nothing (or not the scope asked for) is told so,
+    # not handed an empty list that reads as "there are no assignments".
+    if want_scope is not None:
+        if not valid_scope(want_scope):
+            return json_error(400, "InvalidScope", "scope must be '/', '/resourceGroups/RG' or "
+                              "'/resourceGroups/RG/clusters/NAME'")
+        _require(request, principal, "manage_roles", want_scope, "admin")
+    elif not _administers_any_scope(state, ids):
+        state.metrics.auth_failures.labels("api", "forbidden").inc()
+        log.info("api forbidden principal=%s action=manage_roles scope=any", principal.name)
+        return json_error(403, "Forbidden", f"principal {principal.name} has no admin role at any scope; "
+                          "listing role assignments needs admin at the scopes they are listed for")
     value = [
         a.to_json() for a in state.roles.list_all()
         if state.roles.allowed(ids, "manage_roles", a.scope)

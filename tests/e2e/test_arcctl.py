@@ -9,6 +9,7 @@ import sys
 import pytest
 import yaml
 
+from certs import fingerprint_sha256
 from client.demo import DemoEnvironment
 from tests.support.processes import ROOT, child_env
 
@@ -27,7 +28,14 @@ def test_arcctl_show_reports_connectivity_in_three_formats(demo_env: DemoEnviron
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["name"] == "demo" and doc["connectivityStatus"] == "Connected"
-    assert "BEGIN CERTIFICATE" in doc["agentPublicKeyCertificate"]
+    # Fingerprints by default, the PEM only when asked.
+    assert "agentPublicKeyCertificate" not in r.stdout.replace("agentPublicKeyCertificateSha256", "")
+    assert len(doc["agentPublicKeyCertificateSha256"]) == 64
+    r = _arcctl(demo_env, "show", "-n", "demo", "--show-certificates")
+    full = json.loads(r.stdout)
+    assert "BEGIN CERTIFICATE" in full["agentPublicKeyCertificate"]
+    assert fingerprint_sha256(full["agentPublicKeyCertificate"].encode()) \
+        == doc["agentPublicKeyCertificateSha256"]
     r = _arcctl(demo_env, "show", "-n", "demo", "-o", "yaml")
     assert yaml.safe_load(r.stdout)["resourceGroup"] == "default"
     r = _arcctl(demo_env, "show", "-n", "demo", "-o", "table")
@@ -41,6 +49,7 @@ def test_arcctl_list_shows_the_demo_cluster(demo_env: DemoEnvironment) -> None:
     r = _arcctl(demo_env, "list", "-g", "default")
     assert r.returncode == 0, r.stderr
     assert [c["name"] for c in json.loads(r.stdout)] == ["demo"]
+    assert "BEGIN CERTIFICATE" not in r.stdout
 
 
 def test_arcctl_show_unknown_cluster_is_one_line(demo_env: DemoEnvironment) -> None:

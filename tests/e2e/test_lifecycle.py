@@ -19,7 +19,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from certs import client_ssl_context, generate_key_pair
+from certs import client_ssl_context, fingerprint_sha256, generate_key_pair
 from identity import sign_agent_assertion
 from tests.support.lifecycle import GROUP, LifecycleEnv, json_out, sandbox_nodes
 from tests.support.waits import wait_until
@@ -44,8 +44,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LifecycleEnv]:
 
 
 def connect(env: LifecycleEnv, *extra: str, name: str = NAME) -> tuple[int, str, str]:
+    # The agent is started by each test after connect: connect must not wait for it.
     p = env.arcctl("connect", "-n", name, "-g", GROUP, "--location", "westeurope",
-                   "--kube-config", env.kubeconfig, *extra)
+                   "--kube-config", env.kubeconfig, "--no-wait", *extra)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -155,7 +156,7 @@ def test_agent_reports_metadata_and_goes_connected(env: LifecycleEnv) -> None:
                    "metadata")
     shown = json_out(env.arcctl("show", "-n", NAME, "-g", GROUP))
     for key in ("connectivityStatus", "lastConnectivityTime", "agentVersion", "kubernetesVersion",
-                "totalNodeCount", "totalCoreCount", "agentPublicKeyCertificate", "location",
+                "totalNodeCount", "totalCoreCount", "agentPublicKeyCertificateSha256", "location",
                 "provisioningState"):
         assert shown.get(key) not in (None, ""), key
     assert (shown["totalNodeCount"], shown["totalCoreCount"]) == (nodes, cores)
@@ -301,7 +302,8 @@ def test_move_cluster_to_another_relay(env: LifecycleEnv) -> None:
     p = env.arcctl("role", "import", "--file", str(exported), config=admin_b)
     assert p.returncode == 0, p.stderr
     old_files, _ = env.read_agent_objects()
-    p = env.arcctl("connect", "-n", NAME, "-g", GROUP, "--kube-config", env.kubeconfig, config=alice_b)
+    p = env.arcctl("connect", "-n", NAME, "-g", GROUP, "--kube-config", env.kubeconfig, "--no-wait",
+                   config=alice_b)
     assert p.returncode == 0, p.stderr + p.stdout
     assert "moving from" in p.stdout and "Deployment arc-agent unchanged (restarted" in p.stdout
     deployment = k8s.AppsV1Api(env.core().api_client).read_namespaced_deployment("arc-agent", "arc-system")
@@ -311,7 +313,7 @@ def test_move_cluster_to_another_relay(env: LifecycleEnv) -> None:
     env.start_agent(NAME)
     shown = wait_until(lambda: (s := json_out(env.arcctl("show", "-n", NAME, "-g", GROUP, config=alice_b)))
                      ["connectivityStatus"] == "Connected" and s, "Connected at the new relay")
-    assert shown["agentPublicKeyCertificate"].strip() == files["agent.crt"].strip()
+    assert shown["agentPublicKeyCertificateSha256"] == fingerprint_sha256(files["agent.crt"].encode())
     p = env.arcctl("delete", "-n", NAME, "-g", GROUP, "--kube-config", env.kubeconfig, "-y")
     assert p.returncode == 0, p.stderr
     assert "left in place" in p.stdout

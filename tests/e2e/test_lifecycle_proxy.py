@@ -109,7 +109,7 @@ def _delete(env: LifecycleEnv, name: str) -> None:
 def test_agent_reaches_relay_through_tinyproxy(env: LifecycleEnv, proxy: Tinyproxy) -> None:
     """--proxy-https/--proxy-skip-range land in the ConfigMap; the agent's
     websocket goes through tinyproxy's CONNECT and the cluster is Connected."""
-    p = env.arcctl("connect", "-n", "via-proxy", "-g", GROUP, "--kube-config", env.kubeconfig,
+    p = env.arcctl("connect", "-n", "via-proxy", "-g", GROUP, "--kube-config", env.kubeconfig, "--no-wait",
                    "--proxy-https", proxy.url, "--proxy-skip-range", "10.0.0.0/8,.svc.cluster.local")
     assert p.returncode == 0, p.stderr
     _, config = env.read_agent_objects()
@@ -129,7 +129,7 @@ def test_agent_trusts_relay_ca_from_proxy_cert_only(env: LifecycleEnv, proxy: Ti
     config = env.write_client_config("alice-no-relay-ca.yaml", relay_ca=False)
     decoy = env.base / "decoy-ca.crt"
     decoy.write_text(Path(env.demo.api["ca_file"]).read_text())  # a real CA, but not the relay's
-    p = env.arcctl("connect", "-n", "custom-ca", "-g", GROUP, "--kube-config", env.kubeconfig,
+    p = env.arcctl("connect", "-n", "custom-ca", "-g", GROUP, "--kube-config", env.kubeconfig, "--no-wait",
                    "--proxy-https", proxy.url, "--custom-ca-cert", str(decoy),
                    "--proxy-cert", env.relay_ca_file, config=config,
                    env={"SSL_CERT_FILE": env.relay_ca_file})

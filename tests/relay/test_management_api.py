@@ -74,8 +74,11 @@ async def test_api_enforces_roles(relay_env: RelayEnv) -> None:
     status, _ = await relay_env.api("PUT", "/api/v1/roleAssignments/x", bob, {
         "principalId": BOB_OID, "role": "admin", "scope": "/"})
     assert status == 403
+    # bob administers nothing: told so, not handed an empty list
     status, body = await relay_env.api("GET", "/api/v1/roleAssignments", bob)
-    assert status == 200 and body["value"] == []
+    assert status == 403 and "no admin role at any scope" in body["error"]["message"]
+    status, body = await relay_env.api("GET", "/api/v1/roleAssignments?scope=/resourceGroups/rg1", bob)
+    assert status == 403 and "no admin role at scope /resourceGroups/rg1" in body["error"]["message"]
     status, body = await relay_env.api("GET", "/api/v1/roleAssignments", admin)
     assert {a["id"] for a in body["value"]} == {"onb", "viewers"}
     status, _ = await relay_env.api("DELETE", "/api/v1/roleAssignments/viewers", admin)
