@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib.util
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +23,7 @@ from client.arcctl_delete import add_delete
 from client.arcctl_role import add_role
 from client.auth import CachedTokenSource, TokenSource
 from client.config import load_config
-from client.errors import run_cli
+from client.errors import CliError, run_cli
 from client.output import FORMATS, render
 from client.relay_client import RelayApi
 from logfmt import add_log_format_argument, configure_logging
@@ -84,10 +86,21 @@ def cmd_get_token(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``arcctl demo``: see client.demo."""
-    from client.demo import run_demo
-
-    return run_demo(args)
+    """``arcctl demo``: runs ``python -m demo`` in this process's place (the demo
+    imports the sandbox; ``client`` never does), with the same flags."""
+    if importlib.util.find_spec("demo") is None:
+        raise CliError("the demo is not installed here: pip install 'cluster-connect[demo]'")
+    argv = [sys.executable, "-m", "demo", "--relay-port", str(args.relay_port),
+            "--kube-version", args.kube_version, "--log-format", args.log_format]
+    if args.state_dir is not None:
+        argv += ["--state-dir", str(args.state_dir)]
+    if args.no_restart:
+        argv.append("--no-restart")
+    if args.debug:
+        argv.append("--debug")
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+    return 0  # not reached: execv replaces this process
 
 
 def _add_list(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -116,6 +129,8 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--state-dir", type=Path, help="keep all files here (default: a temp dir, removed on exit)")
     p.add_argument("--relay-port", type=int, default=0, help="relay port (default: any free port)")
     p.add_argument("--kube-version", default="1.33.0", help="version the sandbox API server reports")
+    p.add_argument("--no-restart", action="store_true",
+                   help="leave a child that dies down instead of restarting it (its files stay until Ctrl-C)")
     _common(p, output=False)
     p.set_defaults(func=cmd_demo)
 

@@ -1,5 +1,6 @@
 """Child processes of ``arcctl demo`` (and of the end-to-end tests): start
-with logs to a file, wait for a ready file, stop with SIGTERM then SIGKILL.
+with logs to a file, wait for a ready file, say how one ended, start it again,
+stop with SIGTERM then SIGKILL.
 
 Children get ``PR_SET_PDEATHSIG`` on Linux so they die with their parent even
 if it is killed with SIGKILL: the demo must leave nothing behind. (The signal
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from client.errors import CliError
+from cmdline.errors import CliError
 
 __all__ = ["Child", "wait_until"]
 
@@ -84,7 +85,8 @@ class Child:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Child:
-        """Start the process (appending to its log)."""
+        """Start the process, appending to its log (also after it ended: the
+        supervisor restarts a child with the same command and log file)."""
         env = {**os.environ, **self.env}
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -105,11 +107,29 @@ class Child:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def exit_code(self) -> int | None:
+        """The exit code once the process has ended (negative: killed by that
+        signal), None while it runs or before it was started."""
+        return None if self.proc is None else self.proc.poll()
+
+    def describe_exit(self) -> str:
+        """How the ended process ended, as a few words: ``killed by SIGKILL``
+        or ``exited with code 1``."""
+        code = self.exit_code()
+        if code is None:
+            return "is running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with code {code}"
+
     def check_alive(self) -> None:
         """Raise a one-line error with the log's tail if the child has exited."""
         if self.proc is not None and self.proc.poll() is not None:
             tail = self.log_tail()
-            raise CliError(f"{self.name} exited with code {self.proc.returncode}"
+            raise CliError(f"{self.name} {self.describe_exit()}"
                            + (f": {tail}" if tail else f" (see {self.log_path})"))
 
     def log_tail(self, lines: int = 1) -> str:

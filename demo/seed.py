@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from client.errors import CliError
+from cmdline.errors import CliError
 
 __all__ = ["AGENT_NAMESPACE", "AGENT_SERVICE_ACCOUNT", "SandboxAdmin", "seed_demo"]
 

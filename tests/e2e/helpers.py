@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_MARK = "Ctrl-C to stop."

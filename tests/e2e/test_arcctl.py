@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.e2e.helpers import ROOT, child_env
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.e2e.helpers import ROOT, child_env, free_port
 
 pytestmark = pytest.mark.e2e

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.e2e.helpers import ROOT, Kubectl, LineReader, child_env, free_port, stop
 from tests.e2e.identity_support import (
     WAIT,

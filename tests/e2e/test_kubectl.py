@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.e2e.helpers import Kubectl, Proxy, stop
 from tests.kubectl import require_kubectl
 from tests.tcp_server import threaded_tcp_server

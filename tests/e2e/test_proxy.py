@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.e2e.helpers import ROOT, Kubectl, LineReader, Proxy, child_env, free_port, start_proxy
 from tests.kubectl import require_kubectl
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.e2e.helpers import Kubectl, Proxy
 from tests.kubectl import require_kubectl
 
