@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cmdline.errors import CliError
+from logfmt import escape_control
 
 __all__ = ["Child", "wait_until"]
 
@@ -133,11 +134,14 @@ class Child:
                            + (f": {tail}" if tail else f" (see {self.log_path})"))
 
     def log_tail(self, lines: int = 1) -> str:
+        """The last ``lines`` lines of the log as one line (`` | ``-joined, at most
+        300 characters), control characters escaped: it goes into a one-line
+        report and must neither break it nor drive the user's terminal."""
         try:
             text = self.log_path.read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return " | ".join(text[-lines:])[:300]
+        return escape_control(" | ".join(text[-lines:])[:300])
 
     def wait_ready_file(self, path: Path, timeout: float = 30.0,
                         checkpoint: Callable[[], None] | None = None) -> dict[str, Any]:

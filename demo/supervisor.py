@@ -139,6 +139,7 @@ class Supervisor:
 
     def _report_death(self, name: str, child: SupervisedChild, now: float) -> None:
         how = child.describe_exit()
+        # The log's last line says why a crashed child exited (a killed one's says nothing).
         tail = child.log_tail() if not how.startswith("killed") else ""
         detail = f" ({tail})" if tail else ""
         backoff = self.backoffs.setdefault(name, self.make_backoff())
