@@ -36,6 +36,7 @@ from client.relay_client import RelayApi
 from cmdline.errors import CliError
 from demo.processes import Child, wait_until
 from demo.seed import SandboxAdmin, seed_demo
+from demo.web import DemoWebServer
 
 __all__ = ["CHILD_NAMES", "DemoEnvironment", "DemoIdentity", "free_port", "load_demo_identity"]
 
@@ -136,6 +137,8 @@ class DemoEnvironment:
         self._wrote_config = False
         self._written_config = b""
         self.agent_token = ""
+        # What the demo pods' port 8080 forwards to (started with the API server).
+        self.web: DemoWebServer | None = None
 
     # -- processes ---------------------------------------------------------------
     def _python(self, module: str, *args: str) -> list[str]:
@@ -362,9 +365,10 @@ class DemoEnvironment:
                   f"{self.identity.user} has cluster-user")
         self._checkpoint()
         if with_api:
-            self.agent_token = seed_demo(self.sandbox_admin(), demo_user_oid=self.identity.user_oid)
+            self.web = DemoWebServer().start()
+            self._seed()
             self._say("[5/7] sandbox seeded         RBAC for the demo user, agent ServiceAccount, "
-                      "demo pods")
+                      "demo pods (port 8080 answers port-forward)")
         self._checkpoint()
         self._write_agent(cluster_ca, tls_server_name, agent_keys.private_key_pem)
         self.start_agent()
@@ -408,7 +412,7 @@ class DemoEnvironment:
             old.stop()  # it ended already, or the apiserver's restart replaced it
         if name == "apiserver":
             self.start_apiserver(port=int(self.api["port"]))
-            self.agent_token = seed_demo(self.sandbox_admin(), demo_user_oid=self.identity.user_oid)
+            self._seed()
             write_secret_file(self.dir / "agent" / "upstream.token", self.agent_token)
             self.stop_agent()
             self.start_agent()
@@ -421,6 +425,10 @@ class DemoEnvironment:
         else:
             self.start_agent()
         return ""
+
+    def _seed(self) -> None:
+        self.agent_token = seed_demo(self.sandbox_admin(), demo_user_oid=self.identity.user_oid,
+                                     web_address=self.web.address if self.web else None)
 
     def write_info(self) -> None:
         """(Re)write ``demo.json`` in the state dir: :meth:`info` as JSON, mode
@@ -441,6 +449,7 @@ class DemoEnvironment:
             "state_dir": str(self.dir), "relay_url": self.relay_url,
             "client_config": str(self.client_config_path),
             "apiserver": self.api, "idp": self.idp,
+            "web": self.web.address if self.web else None,
             "pids": {n: c.pid for n, c in self.children.items() if c.proc is not None},
         }
 
@@ -460,6 +469,9 @@ class DemoEnvironment:
         names = sorted(self.children, key=lambda n: order.index(n) if n in order else len(order))
         stuck = [f"{name} (pid {self.children[name].pid})" for name in names if not self.children[name].stop()]
         self.children.clear()
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
         if self._wrote_config:
             try:
                 current = self.client_config_path.read_bytes()
