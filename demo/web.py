@@ -52,10 +52,15 @@ class _Server(HTTPServer):
 
 
 class DemoWebServer:
-    """The responder on ``127.0.0.1:<free port>``; :meth:`start`, :attr:`address`, :meth:`stop`."""
+    """The responder on ``127.0.0.1:<free port>``; :meth:`start`, :attr:`address`, :meth:`stop`.
 
-    def __init__(self) -> None:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+    Args:
+        timeout: seconds one connection may take (tests shorten it).
+    """
+
+    def __init__(self, timeout: float = CONNECTION_TIMEOUT) -> None:
+        handler = type("_BoundedHandler", (_Handler,), {"timeout": timeout})
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="demo-web", daemon=True)
 
     @property
