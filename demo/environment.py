@@ -17,13 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import ssl
 import sys
 import tempfile
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,60 +32,18 @@ from client.auth import TokenSource
 from client.config import AuthConfig, ClientConfig, default_config_path, write_config
 from client.relay_client import RelayApi
 from cmdline.errors import CliError
-from demo.processes import Child, wait_until
+from demo.identity import AUDIENCE, load_demo_identity, oidc_section
+from demo.processes import Child, free_port, wait_until
 from demo.seed import SandboxAdmin, seed_demo
 from demo.web import DemoWebServer
 
-__all__ = ["CHILD_NAMES", "DemoEnvironment", "DemoIdentity", "free_port", "load_demo_identity"]
+__all__ = ["CHILD_NAMES", "DemoEnvironment"]
 
 RESOURCE_GROUP = "default"
 CLUSTER = "demo"
-AUDIENCE = "api://cluster-connect"
 READY_TIMEOUT = 30.0
 # Every child the demo may start, in start order (stop goes the other way).
 CHILD_NAMES = ("apiserver", "idp", "relay", "agent")
-
-
-@dataclass(frozen=True)
-class DemoIdentity:
-    """Who is who in the sandbox issuer's built-in directory."""
-
-    tenant_id: str
-    user: str
-    password: str
-    user_oid: str
-    admin: str
-    admin_password: str
-    admin_oid: str
-    client_id: str
-    # The service principal that reads group memberships for overage users.
-    group_reader_client_id: str = ""
-    group_reader_secret: str = ""
-
-
-def load_demo_identity() -> DemoIdentity:
-    """Read sandbox/idp/demo-users.yaml (the ids are fixed there)."""
-    import sandbox.idp
-
-    path = Path(sandbox.idp.__file__).resolve().parent / "demo-users.yaml"
-    doc = yaml.safe_load(path.read_text())
-    users = {u["username"]: u for u in doc["users"]}
-    demo, admin = users["demo@contoso.example"], users["admin@contoso.example"]
-    clients = doc.get("public_clients") or [{"client_id": "arc-cli"}]
-    sps = doc.get("service_principals") or [{}]
-    return DemoIdentity(
-        tenant_id=str(doc["tenant_id"]), user=demo["username"], password=str(demo["password"]),
-        user_oid=str(demo["oid"]), admin=admin["username"], admin_password=str(admin["password"]),
-        admin_oid=str(admin["oid"]), client_id=str(clients[0]["client_id"]),
-        group_reader_client_id=str(sps[0].get("client_id", "")),
-        group_reader_secret=str(sps[0].get("client_secret", "")))
-
-
-def free_port() -> int:
-    """A currently free loopback port (the relay needs its port in its config)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class DemoEnvironment:
@@ -215,21 +171,9 @@ class DemoEnvironment:
             child.stop()
 
     def _oidc(self, secret_dir: Path) -> dict[str, Any]:
-        """The ``oidc`` section of relay and agent: the sandbox issuer, its tenant
-        only, and its member-groups endpoint as the overage group source."""
+        """The ``oidc`` section of relay and agent, its group reader's secret in ``secret_dir``."""
         secret = write_secret_file(secret_dir / "group-source.secret", self.identity.group_reader_secret)
-        host = str(self.idp["url"]).split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
-        return {
-            "issuers": [{"issuer": self.idp["issuer"], "audiences": [AUDIENCE],
-                         "ca_file": self.idp["ca_file"], "tenant_ids": [self.identity.tenant_id]}],
-            "group_source": {"token_endpoint": self.idp["token_endpoint"],
-                             "client_id": self.identity.group_reader_client_id,
-                             "client_secret_file": str(secret),
-                             "scope": "https://graph.microsoft.com/.default",
-                             # The oid comes from the validated token, never from a URL in it.
-                             "endpoint_template": f"{self.idp['url']}/v1.0/users/{{oid}}/getMemberObjects",
-                             "allowed_hosts": [host], "ca_file": self.idp["ca_file"]},
-        }
+        return oidc_section(self.identity, self.idp, secret)
 
     def write_relay_config(self) -> Path:
         """Write the relay's CA, TLS pair and config (needs the issuer started).

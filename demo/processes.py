@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from typing import Any
 from cmdline.errors import CliError
 from logfmt import escape_control
 
-__all__ = ["Child", "wait_until"]
+__all__ = ["Child", "free_port", "wait_until"]
 
 _PR_SET_PDEATHSIG = 1
 # A child gets this long to exit after SIGTERM (the relay drains its sessions),
@@ -39,6 +40,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass  # not Linux: the parent's cleanup is the only guard
+
+
+def free_port() -> int:
+    """A currently free loopback port (the relay needs its port in its config)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, *, interval: float = 0.05,
