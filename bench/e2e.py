@@ -384,7 +384,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 # -- the full path -------------------------------------------------------------------
 def start_tunnel(work: Path, sink_port: int) -> tuple[Any, subprocess.Popen[bytes], int]:
     """Demo processes with the agent forwarding to the sink, plus arc-proxy."""
-    from client.demo import DemoEnvironment
+    from demo import DemoEnvironment
 
     env = DemoEnvironment(work / "demo", client_config_path=work / "client.yaml",
                           agent_forward_to=f"127.0.0.1:{sink_port}")
@@ -410,7 +410,7 @@ def full_path_latency(work: Path, n: int) -> tuple[tuple[float, float], tuple[fl
     Returns:
         ((direct p50, p99), (full path p50, p99)) in milliseconds.
     """
-    from client.demo import DemoEnvironment
+    from demo import DemoEnvironment
 
     env = DemoEnvironment(work / "demo-full", client_config_path=work / "client-full.yaml")
     proxy: subprocess.Popen[bytes] | None = None

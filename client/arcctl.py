@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib.util
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from client.config import load_config
 from client.output import render, with_certificate_fingerprints
 from client.relay_client import RelayApi
 from cmdline import (
+    CliError,
     CommandParser,
     Subcommands,
     add_command,
@@ -105,10 +108,21 @@ def cmd_get_token(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``arcctl demo``: see client.demo."""
-    from client.demo import run_demo
-
-    return run_demo(args)
+    """``arcctl demo``: runs ``python -m demo`` in this process's place (the demo
+    imports the sandbox; ``client`` never does), with the same flags."""
+    if importlib.util.find_spec("demo") is None:
+        raise CliError("the demo is not installed here: pip install 'cluster-connect[demo]'")
+    argv = [sys.executable, "-m", "demo", "--relay-port", str(args.relay_port),
+            "--kube-version", args.kube_version, "--log-format", args.log_format]
+    if args.state_dir is not None:
+        argv += ["--state-dir", str(args.state_dir)]
+    if args.no_restart:
+        argv.append("--no-restart")
+    if args.debug:
+        argv.append("--debug")
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+    return 0  # not reached: execv replaces this process
 
 
 def _add_show_certificates(p: argparse.ArgumentParser) -> None:
@@ -154,7 +168,8 @@ def _add_demo(sub: Subcommands) -> None:
     p = add_command(
         sub, "demo", summary="run a sandbox cluster, OIDC issuer, relay and agent on loopback",
         description="Registers cluster 'demo' and prints what to run next (arc-proxy -n demo,\n"
-                    "then kubectl). Ctrl-C stops everything and removes what it made.",
+                    "then kubectl). A child that dies is reported and restarted (--no-restart:\n"
+                    "left down). Ctrl-C stops everything and removes what it made.",
         examples=["arcctl demo", "arcctl demo --state-dir ./demo-state --relay-port 8443"])
     p.add_argument("--state-dir", type=Path, metavar="DIR",
                    help="keep every file of the demo here (default: a temporary folder, "
@@ -163,6 +178,8 @@ def _add_demo(sub: Subcommands) -> None:
                    help="port of the relay on 127.0.0.1 (default: any free port)")
     p.add_argument("--kube-version", default="1.33.0", metavar="VERSION",
                    help="Kubernetes version the sandbox API server reports (default 1.33.0)")
+    p.add_argument("--no-restart", action="store_true",
+                   help="leave a child that dies down instead of restarting it (its files stay until Ctrl-C)")
     add_common_options(p, output=False)
     p.set_defaults(func=cmd_demo)
 

@@ -11,8 +11,8 @@ import pytest
 
 from client.auth import CachedTokenSource, TokenSource
 from client.config import AuthConfig
-from client.demo import load_demo_identity
 from client.errors import AuthError
+from demo import load_demo_identity
 from sandbox.idp import SandboxIdp
 
 

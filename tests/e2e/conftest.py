@@ -1,6 +1,6 @@
 """End-to-end fixtures: the demo's processes (sandbox API server, sandbox OIDC
 issuer, arc-relay, arc-agent), each a separate process, started through
-``client.demo.DemoEnvironment`` exactly as ``arcctl demo`` does, plus one
+``demo.DemoEnvironment`` exactly as ``arcctl demo`` does, plus one
 ``arc-proxy`` for the session."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.support.e2e import Proxy, start_proxy
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from sandbox.idp.keys import SigningKeys
 from sandbox.idp.tokens import TokenMinter
 from sandbox.idp.users import load_directory

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from certs import fingerprint_sha256
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.support.processes import ROOT, child_env
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.support.processes import ROOT, child_env
 from tests.support.waits import wait_until
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.support.e2e import Kubectl, start_proxy
 from tests.support.kubectl import require_kubectl
 

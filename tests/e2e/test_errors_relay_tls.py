@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from certs import CertificateAuthority
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.support.processes import ROOT, child_env
 
 pytestmark = pytest.mark.e2e

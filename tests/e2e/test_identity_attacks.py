@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certs import generate_key_pair
 from client.auth import TokenSource
-from client.demo import DemoEnvironment
 from client.relay_client import RelayApi
+from demo import DemoEnvironment
 from identity import sign_agent_assertion
 from tests.e2e.identity_support import (
     Forge,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.e2e.identity_support import (
     WAIT,
     Forge,

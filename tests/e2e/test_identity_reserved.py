@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.e2e.identity_support import (
     Forge,
     audit,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.support.e2e import Kubectl, Proxy, stop
 from tests.support.kubectl import require_kubectl
 from tests.support.servers import threaded_tcp_server

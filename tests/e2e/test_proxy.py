@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.support.e2e import Kubectl, Proxy, start_proxy
 from tests.support.kubectl import require_kubectl
 from tests.support.processes import ChildProcess, child_env

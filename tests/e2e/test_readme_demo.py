@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from client.demo import load_demo_identity
+from demo import load_demo_identity
 from tests.support.processes import ROOT, LineReader
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from client.demo import DemoEnvironment
+from demo import DemoEnvironment
 from tests.support.e2e import Kubectl, Proxy
 from tests.support.kubectl import require_kubectl
 

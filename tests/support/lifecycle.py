@@ -1,5 +1,5 @@
 """The lifecycle tests' environment: sandbox API server, sandbox IdP and a
-relay as processes (through ``client.demo.DemoEnvironment``'s pieces, but with
+relay as processes (through ``demo.DemoEnvironment``'s pieces, but with
 no cluster registered), ``arcctl`` run as a process, an exec-plugin
 kubeconfig, and ``arc-agent`` started from what ``arcctl connect`` stored in
 the cluster. Its own children (a second relay, the agents) are
@@ -25,8 +25,8 @@ from kubernetes import config as k8s_config
 
 from client.auth import TokenSource
 from client.config import ClientConfig, write_config
-from client.demo import DemoEnvironment
 from client.relay_client import RelayApi
+from demo import DemoEnvironment
 from tests.support.processes import ChildProcess, child_env
 
 ALICE, ALICE_PASSWORD = "alice@contoso.example", "alice-password"
@@ -51,10 +51,9 @@ class LifecycleEnv:
     # -- start/stop ----------------------------------------------------------------
     def start(self) -> None:
         d = self.demo
-        d.api = d._start_ready("apiserver", "sandbox.apiserver", "--version", "1.33.0")
-        d.idp = d._start_ready("idp", "sandbox.idp")
-        d._write_relay_config()
-        self.relay_config_path = d.dir / "relay" / "config.yaml"
+        d.start_apiserver()
+        d.start_idp()
+        self.relay_config_path = d.write_relay_config()
         cfg = yaml.safe_load(self.relay_config_path.read_text())
         cfg["limits"]["tunnel"] = dict(RELAY_TUNNEL)
         self.relay_config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -91,7 +90,7 @@ class LifecycleEnv:
         url = f"https://127.0.0.1:{child.port}"
         admin = replace(d.admin_config(), relay_url=url)
         write_config(admin, self.base / "admin-config-b.yaml")
-        alice = replace(d.admin_config(), relay_url=url, resource_group=GROUP, auth=d._auth(ALICE, ALICE_PASSWORD))
+        alice = replace(d.admin_config(), relay_url=url, resource_group=GROUP, auth=d.auth_config(ALICE, ALICE_PASSWORD))
         write_config(alice, self.base / "alice-config-b.yaml")
         return url, self.base / "admin-config-b.yaml", self.base / "alice-config-b.yaml"
 
@@ -111,7 +110,7 @@ class LifecycleEnv:
         """alice's client config (``relay_ca=False``: trust from the environment)."""
         d = self.demo
         cfg = ClientConfig(relay_url=d.relay_url, relay_ca_file=self.relay_ca_file if relay_ca else None,
-                           resource_group=GROUP, auth=d._auth(ALICE, ALICE_PASSWORD))
+                           resource_group=GROUP, auth=d.auth_config(ALICE, ALICE_PASSWORD))
         path = self.base / name
         write_config(cfg, path)
         return path

@@ -1,33 +1,27 @@
-"""``arcctl demo``: the embedded default on loopback.
+"""The demo's processes and files: :class:`DemoEnvironment`.
 
 Starts, each as its own process: the sandbox API server, the sandbox OIDC
 issuer, ``arc-relay`` and ``arc-agent`` (with kube-aad-proxy); registers
-cluster ``default/demo``, gives the demo user ``cluster-user`` on it, writes
-the client config so ``arc-proxy -n demo`` needs no flags, prints the next two
-commands and stays in the foreground. Ctrl-C/SIGTERM stops every child and
-removes what it created.
+cluster ``default/demo``, gives the demo user ``cluster-user`` on it and writes
+the client config so ``arc-proxy -n demo`` needs no flags. :meth:`restart`
+starts a child that died again on the same port with the same files (the
+supervisor of ``arcctl demo`` calls it); :meth:`stop` stops every child and
+removes what the demo created.
 
-:class:`DemoEnvironment` is also what the end-to-end tests use (it can
-restart the relay).
+:class:`DemoEnvironment` is also what the end-to-end tests and ``bench/e2e.py``
+use.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
-import shlex
 import shutil
-import signal
-import socket
 import ssl
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,59 +30,20 @@ import yaml
 from certs import CertificateAuthority, generate_key_pair, write_pem_pair, write_secret_file
 from client.auth import TokenSource
 from client.config import AuthConfig, ClientConfig, default_config_path, write_config
-from client.demo_seed import SandboxAdmin, seed_demo
-from client.errors import CliError
-from client.procs import Child, wait_until
 from client.relay_client import RelayApi
+from cmdline.errors import CliError
+from demo.identity import AUDIENCE, load_demo_identity, oidc_section
+from demo.processes import Child, free_port, wait_until
+from demo.seed import SandboxAdmin, seed_demo
+from demo.web import DemoWebServer
 
-__all__ = ["DemoEnvironment", "DemoIdentity", "run_demo"]
+__all__ = ["CHILD_NAMES", "DemoEnvironment"]
 
 RESOURCE_GROUP = "default"
 CLUSTER = "demo"
-AUDIENCE = "api://cluster-connect"
 READY_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class DemoIdentity:
-    """Who is who in the sandbox issuer's built-in directory."""
-
-    tenant_id: str
-    user: str
-    password: str
-    user_oid: str
-    admin: str
-    admin_password: str
-    admin_oid: str
-    client_id: str
-    # The service principal that reads group memberships for overage users.
-    group_reader_client_id: str = ""
-    group_reader_secret: str = ""
-
-
-def load_demo_identity() -> DemoIdentity:
-    """Read sandbox/idp/demo-users.yaml (the ids are fixed there)."""
-    import sandbox.idp
-
-    path = Path(sandbox.idp.__file__).resolve().parent / "demo-users.yaml"
-    doc = yaml.safe_load(path.read_text())
-    users = {u["username"]: u for u in doc["users"]}
-    demo, admin = users["demo@contoso.example"], users["admin@contoso.example"]
-    clients = doc.get("public_clients") or [{"client_id": "arc-cli"}]
-    sps = doc.get("service_principals") or [{}]
-    return DemoIdentity(
-        tenant_id=str(doc["tenant_id"]), user=demo["username"], password=str(demo["password"]),
-        user_oid=str(demo["oid"]), admin=admin["username"], admin_password=str(admin["password"]),
-        admin_oid=str(admin["oid"]), client_id=str(clients[0]["client_id"]),
-        group_reader_client_id=str(sps[0].get("client_id", "")),
-        group_reader_secret=str(sps[0].get("client_secret", "")))
-
-
-def free_port() -> int:
-    """A currently free loopback port (the relay needs its port in its config)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# Every child the demo may start, in start order (stop goes the other way).
+CHILD_NAMES = ("apiserver", "idp", "relay", "agent")
 
 
 class DemoEnvironment:
@@ -106,6 +61,9 @@ class DemoEnvironment:
         checkpoint: called between start-up steps and in every wait; raises to
             abandon the start (``arcctl demo`` raises ``DemoInterrupted`` from it
             once SIGINT/SIGTERM arrived). :meth:`stop` then cleans up.
+
+    Nothing is removed before :meth:`stop`: a child that dies leaves its log,
+    its state and the client config in place for a restart (or a look).
     """
 
     def __init__(self, state_dir: Path | None = None, *, relay_port: int = 0,
@@ -135,21 +93,52 @@ class DemoEnvironment:
         self._wrote_config = False
         self._written_config = b""
         self.agent_token = ""
+        # What the demo pods' port 8080 forwards to (started with the API server).
+        self.web: DemoWebServer | None = None
 
     # -- processes ---------------------------------------------------------------
     def _python(self, module: str, *args: str) -> list[str]:
         return [sys.executable, "-m", module, *args]
 
-    def _start_ready(self, name: str, module: str, *args: str) -> dict[str, Any]:
+    def _start_ready(self, name: str, module: str, port: int, *args: str) -> dict[str, Any]:
+        """Start a sandbox server that writes a ready file and wait for it."""
         sub = self.dir / name
         sub.mkdir(mode=0o700, exist_ok=True)
         ready = sub / "ready.json"
         ready.unlink(missing_ok=True)
-        child = Child(name, self._python(module, "--port", "0", "--state-dir", str(sub),
+        child = Child(name, self._python(module, "--port", str(port), "--state-dir", str(sub),
                                          "--ready-file", str(ready), *args), self.logs)
         self.children[name] = child
         child.start()
         return child.wait_ready_file(ready, READY_TIMEOUT, checkpoint=self._checkpoint)
+
+    def start_apiserver(self, port: int = 0) -> dict[str, Any]:
+        """Start the sandbox API server and wait until it serves.
+
+        Args:
+            port: 0 = any free port; a restart passes the port it had, since the
+                agent's config names it.
+
+        Returns:
+            Its ready data (``url``, ``ca_file``, ``admin_token``, ...), also kept in ``api``.
+        """
+        self.api = self._start_ready("apiserver", "sandbox.apiserver", port,
+                                     "--version", self.kube_version)
+        return self.api
+
+    def start_idp(self, port: int = 0) -> dict[str, Any]:
+        """Start the sandbox OIDC issuer and wait until it serves.
+
+        Args:
+            port: 0 = any free port; a restart passes the port it had, since the
+                issuer URL in the relay's and the agent's config contains it
+                (its CA and signing keys persist in its state dir).
+
+        Returns:
+            Its ready data (``issuer``, ``token_endpoint``, ``ca_file``, ...), also kept in ``idp``.
+        """
+        self.idp = self._start_ready("idp", "sandbox.idp", port)
+        return self.idp
 
     def _alive_check(self, child: Child | None) -> Callable[[], None]:
         """What a wait calls each round: stop requested? child died?"""
@@ -182,23 +171,16 @@ class DemoEnvironment:
             child.stop()
 
     def _oidc(self, secret_dir: Path) -> dict[str, Any]:
-        """The ``oidc`` section of relay and agent: the sandbox issuer, its tenant
-        only, and its member-groups endpoint as the overage group source."""
+        """The ``oidc`` section of relay and agent, its group reader's secret in ``secret_dir``."""
         secret = write_secret_file(secret_dir / "group-source.secret", self.identity.group_reader_secret)
-        host = str(self.idp["url"]).split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
-        return {
-            "issuers": [{"issuer": self.idp["issuer"], "audiences": [AUDIENCE],
-                         "ca_file": self.idp["ca_file"], "tenant_ids": [self.identity.tenant_id]}],
-            "group_source": {"token_endpoint": self.idp["token_endpoint"],
-                             "client_id": self.identity.group_reader_client_id,
-                             "client_secret_file": str(secret),
-                             "scope": "https://graph.microsoft.com/.default",
-                             # The oid comes from the validated token, never from a URL in it.
-                             "endpoint_template": f"{self.idp['url']}/v1.0/users/{{oid}}/getMemberObjects",
-                             "allowed_hosts": [host], "ca_file": self.idp["ca_file"]},
-        }
+        return oidc_section(self.identity, self.idp, secret)
 
-    def _write_relay_config(self) -> None:
+    def write_relay_config(self) -> Path:
+        """Write the relay's CA, TLS pair and config (needs the issuer started).
+
+        Returns:
+            The config file's path.
+        """
         d = self.dir / "relay"
         d.mkdir(mode=0o700, exist_ok=True)
         ca = CertificateAuthority.create("cluster-connect demo relay CA")
@@ -214,9 +196,12 @@ class DemoEnvironment:
             "admins": [self.identity.admin_oid],
             "limits": {"agent_grace_seconds": 5},
         }
-        (d / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        path = d / "config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
 
-    def _auth(self, user: str, password: str) -> AuthConfig:
+    def auth_config(self, user: str, password: str) -> AuthConfig:
+        """How ``user`` signs in at the sandbox issuer (password grant, demo audience)."""
         return AuthConfig(token_endpoint=self.idp["token_endpoint"], ca_file=self.idp["ca_file"],
                           client_id=self.identity.client_id, scope=f"{AUDIENCE}/.default",
                           username=user, password=password)
@@ -225,12 +210,12 @@ class DemoEnvironment:
         """The demo user's client config (what ``arc-proxy -n demo`` reads)."""
         return ClientConfig(relay_url=self.relay_url, relay_ca_file=str(self.dir / "relay" / "ca.crt"),
                             resource_group=RESOURCE_GROUP,
-                            auth=self._auth(self.identity.user, self.identity.password))
+                            auth=self.auth_config(self.identity.user, self.identity.password))
 
     def admin_config(self) -> ClientConfig:
         """A client config for the bootstrap admin (registration, role assignments)."""
         cfg = self.client_config()
-        cfg.auth = self._auth(self.identity.admin, self.identity.admin_password)
+        cfg.auth = self.auth_config(self.identity.admin, self.identity.admin_password)
         return cfg
 
     async def _register(self, cluster_ca: CertificateAuthority, tls_server_name: str,
@@ -249,6 +234,7 @@ class DemoEnvironment:
             })
 
     async def cluster_status(self) -> str:
+        """The demo cluster's ``connectivityStatus`` at the relay (asked as the admin)."""
         cfg = self.admin_config()
         async with RelayApi(cfg, TokenSource(cfg.auth)) as api:
             reg = await api.get_cluster(RESOURCE_GROUP, CLUSTER)
@@ -282,13 +268,14 @@ class DemoEnvironment:
         return path
 
     def start_agent(self) -> None:
-        """Start ``arc-agent`` (restartable by tests)."""
+        """Start ``arc-agent``; it dials the relay on its own (see :meth:`wait_connected`)."""
         child = Child("agent", self._python("agent.cli", "--config", str(self.dir / "agent" / "config.yaml")),
                       self.logs)
         self.children["agent"] = child
         child.start()
 
     def stop_agent(self) -> None:
+        """Stop the agent (tests restart it with :meth:`start_agent`)."""
         child = self.children.pop("agent", None)
         if child is not None:
             child.stop()
@@ -305,13 +292,12 @@ class DemoEnvironment:
         there is no API server: the agent pipes streams to that address."""
         with_api = self.agent_forward_to is None
         if with_api:
-            self.api = self._start_ready("apiserver", "sandbox.apiserver", "--version",
-                                         self.kube_version)
+            self.start_apiserver()
             self._say(f"[1/7] sandbox API server     {self.api['url']}")
-        self.idp = self._start_ready("idp", "sandbox.idp")
+        self.start_idp()
         self._say(f"[2/7] sandbox OIDC issuer    {self.idp['issuer']}")
         self._checkpoint()
-        self._write_relay_config()
+        self.write_relay_config()
         self.start_relay()
         self._say(f"[3/7] relay                  {self.relay_url}")
         tls_server_name = f"{CLUSTER}.{RESOURCE_GROUP}.kube-aad-proxy.cluster-connect.local"
@@ -323,9 +309,10 @@ class DemoEnvironment:
                   f"{self.identity.user} has cluster-user")
         self._checkpoint()
         if with_api:
-            self.agent_token = seed_demo(self.sandbox_admin(), demo_user_oid=self.identity.user_oid)
+            self.web = DemoWebServer().start()
+            self._seed()
             self._say("[5/7] sandbox seeded         RBAC for the demo user, agent ServiceAccount, "
-                      "demo pods")
+                      "demo pods (port 8080 answers port-forward)")
         self._checkpoint()
         self._write_agent(cluster_ca, tls_server_name, agent_keys.private_key_pem)
         self.start_agent()
@@ -334,7 +321,62 @@ class DemoEnvironment:
         self._checkpoint()
         self._write_client_config()
         self._say(f"[7/7] client config          {self.client_config_path}")
-        # Holds the sandbox API server's admin token.
+        self.write_info()
+
+    def restart(self, name: str) -> str:
+        """Start child ``name`` again after it ended: same port, files and log
+        (appended to), and wait until it serves. Nothing else is touched, except
+        that a new sandbox API server is a new, empty cluster: it is seeded again
+        and the agent restarted with the new ServiceAccount token.
+
+        Args:
+            name: one of :data:`CHILD_NAMES` that this environment started.
+
+        Returns:
+            What else the restart did, as a clause to append to the report ("" if nothing).
+
+        Raises:
+            CliError: the child did not come up (it is stopped again; call again later).
+        """
+        try:
+            note = self._restart(name)
+        except CliError:
+            child = self.children.get(name)
+            if child is not None:
+                child.stop()
+            raise
+        self.write_info()
+        return note
+
+    def _restart(self, name: str) -> str:
+        if name not in CHILD_NAMES:
+            raise ValueError(f"not a child of the demo: {name!r}")
+        old = self.children.pop(name, None)
+        if old is not None:
+            old.stop()  # it ended already, or the apiserver's restart replaced it
+        if name == "apiserver":
+            self.start_apiserver(port=int(self.api["port"]))
+            self._seed()
+            write_secret_file(self.dir / "agent" / "upstream.token", self.agent_token)
+            self.stop_agent()
+            self.start_agent()
+            return ("; it is a new, empty cluster: the demo objects were created again and the "
+                    "agent restarted with its new token")
+        if name == "idp":
+            self.start_idp(port=int(self.idp["port"]))
+        elif name == "relay":
+            self.start_relay()
+        else:
+            self.start_agent()
+        return ""
+
+    def _seed(self) -> None:
+        self.agent_token = seed_demo(self.sandbox_admin(), demo_user_oid=self.identity.user_oid,
+                                     web_address=self.web.address if self.web else None)
+
+    def write_info(self) -> None:
+        """(Re)write ``demo.json`` in the state dir: :meth:`info` as JSON, mode
+        0600 (it holds the sandbox API server's admin token)."""
         write_secret_file(self.dir / "demo.json", json.dumps(self.info(), indent=2))
 
     def _write_client_config(self) -> None:
@@ -351,6 +393,7 @@ class DemoEnvironment:
             "state_dir": str(self.dir), "relay_url": self.relay_url,
             "client_config": str(self.client_config_path),
             "apiserver": self.api, "idp": self.idp,
+            "web": self.web.address if self.web else None,
             "pids": {n: c.pid for n, c in self.children.items() if c.proc is not None},
         }
 
@@ -359,11 +402,6 @@ class DemoEnvironment:
         return SandboxAdmin(self.api["url"], Path(self.api["ca_file"]).read_bytes(),
                             str(self.api["admin_token"]))
 
-    def check_children(self) -> None:
-        """Raise if a child died."""
-        for child in list(self.children.values()):
-            child.check_alive()
-
     def stop(self) -> list[str]:
         """Stop every child (agent first, API server last) and remove what we
         created. Never raises.
@@ -371,10 +409,13 @@ class DemoEnvironment:
         Returns:
             ``"name (pid N)"`` of each child still there after SIGKILL (normally none).
         """
-        order = ["agent", "relay", "idp", "apiserver"]
+        order = list(reversed(CHILD_NAMES))
         names = sorted(self.children, key=lambda n: order.index(n) if n in order else len(order))
         stuck = [f"{name} (pid {self.children[name].pid})" for name in names if not self.children[name].stop()]
         self.children.clear()
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
         if self._wrote_config:
             try:
                 current = self.client_config_path.read_bytes()
@@ -393,111 +434,3 @@ class DemoEnvironment:
         if self.own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
         return stuck
-
-
-def _runnable(script: str) -> str:
-    """How the user can run one of our console scripts from another shell:
-    the bare name when PATH finds this installation's copy (venv activated),
-    else its path — `./run demo` does not activate the venv. A non-default
-    $ARC_CONFIG is carried along, since the other shell will not have it."""
-    ours = Path(sys.executable).parent / script
-    found = shutil.which(script)
-    command = script if found and Path(found).resolve() == ours.resolve() else str(ours)
-    if ours.exists() and command != script:
-        try:
-            command = str(ours.relative_to(Path.cwd()))
-        except ValueError:
-            pass
-    config = os.environ.get("ARC_CONFIG")
-    return f"ARC_CONFIG={shlex.quote(config)} {command}" if config else command
-
-
-class DemoInterrupted(Exception):
-    """SIGINT/SIGTERM arrived; raised only at a checkpoint of the demo."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class StopSignals:
-    """Records SIGINT/SIGTERM instead of raising where the main thread happens
-    to be. A ``KeyboardInterrupt`` thrown into ``subprocess``, ``print`` or the
-    event loop can leave a lock held or a child unrecorded, and the demo then
-    failed its own clean-up; here the signal only sets a flag and
-    :meth:`check` raises :class:`DemoInterrupted` at points that are safe.
-    A second signal during the stop is recorded and otherwise ignored: the stop
-    is bounded (``client.procs.STOP_TIMEOUT``) and leaves nothing behind."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum = 0
-
-    def install(self) -> None:
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._record)
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def _record(self, signum: int, _frame: Any) -> None:
-        if not self.signum:
-            self.signum = signum
-
-    def check(self) -> None:
-        """Raise :class:`DemoInterrupted` once a stop signal has arrived."""
-        if self.signum:
-            raise DemoInterrupted(self.signum)
-
-
-# How often the foreground loop looks for a stop signal and dead children.
-POLL_INTERVAL = 0.2
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo in the foreground until Ctrl-C/SIGTERM.
-
-    Exit codes: 0 when stopped by SIGINT/SIGTERM at any point (start-up
-    included) and everything was removed; a ``CliError`` code (one line) when a
-    step failed or a child died; 1 when a child could not be stopped.
-    """
-    def say(msg: str) -> None:
-        print(msg, flush=True)
-
-    stops = StopSignals()
-    stops.install()
-    env: DemoEnvironment | None = None
-    code = 0
-    try:
-        try:
-            env = DemoEnvironment(args.state_dir, relay_port=args.relay_port, say=say,
-                                  kube_version=args.kube_version, checkpoint=stops.check)
-        except OSError as err:
-            raise CliError(f"cannot create the demo's files in {err.filename or args.state_dir}: "
-                           f"{err.strerror}; pass a writable --state-dir") from None
-        say(f"Starting the cluster-connect demo (files in {env.dir})")
-        env.start()
-        say("")
-        say("Ready. In another shell run:")
-        say(f"  {_runnable('arc-proxy')} -n demo")
-        kubectl_note = "" if shutil.which("kubectl") else "   (kubectl is not on PATH: install it first)"
-        say(f"  kubectl get pods -A{kubectl_note}")
-        say("Ctrl-C here stops the demo and removes what it created.")
-        while True:
-            stops.check()
-            env.check_children()
-            time.sleep(POLL_INTERVAL)
-    except DemoInterrupted:
-        say("Stopping the demo...")
-    finally:
-        stuck = env.stop() if env is not None else []
-        stops.restore()
-        if stuck:
-            print(f"arcctl demo: {', '.join(stuck)} did not exit after SIGKILL; check it with ps",
-                  file=sys.stderr)
-            code = 1
-        if env is not None:
-            say("Demo stopped.")
-    return code

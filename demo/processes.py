@@ -1,5 +1,6 @@
 """Child processes of ``arcctl demo`` (and of the end-to-end tests): start
-with logs to a file, wait for a ready file, stop with SIGTERM then SIGKILL.
+with logs to a file, wait for a ready file, say how one ended, start it again,
+stop with SIGTERM then SIGKILL.
 
 Children get ``PR_SET_PDEATHSIG`` on Linux so they die with their parent even
 if it is killed with SIGKILL: the demo must leave nothing behind. (The signal
@@ -13,6 +14,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,9 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from client.errors import CliError
+from cmdline.errors import CliError
+from logfmt import escape_control
 
-__all__ = ["Child", "wait_until"]
+__all__ = ["Child", "free_port", "wait_until"]
 
 _PR_SET_PDEATHSIG = 1
 # A child gets this long to exit after SIGTERM (the relay drains its sessions),
@@ -37,6 +40,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass  # not Linux: the parent's cleanup is the only guard
+
+
+def free_port() -> int:
+    """A currently free loopback port (the relay needs its port in its config)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, *, interval: float = 0.05,
@@ -84,7 +94,8 @@ class Child:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Child:
-        """Start the process (appending to its log)."""
+        """Start the process, appending to its log (also after it ended: the
+        supervisor restarts a child with the same command and log file)."""
         env = {**os.environ, **self.env}
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -105,19 +116,40 @@ class Child:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def exit_code(self) -> int | None:
+        """The exit code once the process has ended (negative: killed by that
+        signal), None while it runs or before it was started."""
+        return None if self.proc is None else self.proc.poll()
+
+    def describe_exit(self) -> str:
+        """How the ended process ended, as a few words: ``killed by SIGKILL``
+        or ``exited with code 1``."""
+        code = self.exit_code()
+        if code is None:
+            return "is running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with code {code}"
+
     def check_alive(self) -> None:
         """Raise a one-line error with the log's tail if the child has exited."""
         if self.proc is not None and self.proc.poll() is not None:
             tail = self.log_tail()
-            raise CliError(f"{self.name} exited with code {self.proc.returncode}"
+            raise CliError(f"{self.name} {self.describe_exit()}"
                            + (f": {tail}" if tail else f" (see {self.log_path})"))
 
     def log_tail(self, lines: int = 1) -> str:
+        """The last ``lines`` lines of the log as one line (`` | ``-joined, at most
+        300 characters), control characters escaped: it goes into a one-line
+        report and must neither break it nor drive the user's terminal."""
         try:
             text = self.log_path.read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return " | ".join(text[-lines:])[:300]
+        return escape_control(" | ".join(text[-lines:])[:300])
 
     def wait_ready_file(self, path: Path, timeout: float = 30.0,
                         checkpoint: Callable[[], None] | None = None) -> dict[str, Any]:

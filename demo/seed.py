@@ -1,6 +1,7 @@
 """What ``arcctl demo`` creates inside the sandbox API server: RBAC for the demo
 user, the agent's ServiceAccount (impersonation rights) and its token, and a
-few namespaces and pods so ``kubectl get pods -A`` shows something.
+few namespaces and pods so ``kubectl get pods -A`` shows something, whose
+port 8080 forwards to the demo's web responder (``demo.web``).
 
 Plain HTTPS with the sandbox admin token (urllib): this runs once, before the
 tunnel exists, so it is deliberately simple and synchronous.
@@ -14,9 +15,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from client.errors import CliError
+from cmdline.errors import CliError
+from sandbox.runtime import PORTFORWARD_ANNOTATION_PREFIX
 
-__all__ = ["AGENT_NAMESPACE", "AGENT_SERVICE_ACCOUNT", "SandboxAdmin", "seed_demo"]
+__all__ = ["AGENT_NAMESPACE", "AGENT_SERVICE_ACCOUNT", "DEMO_PODS", "POD_PORT", "SandboxAdmin", "seed_demo"]
 
 AGENT_NAMESPACE = "cluster-connect"
 AGENT_SERVICE_ACCOUNT = "arc-agent"
@@ -66,21 +68,31 @@ def _namespace(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
 
 
-def _pod(ns: str, name: str, image: str, labels: dict[str, str]) -> dict[str, Any]:
+# The pods' declared port; port-forward to it reaches the web responder.
+POD_PORT = 8080
+
+
+def _pod(ns: str, name: str, image: str, labels: dict[str, str],
+         web_address: str | None) -> dict[str, Any]:
+    # A sandbox pod runs no process: this annotation tells the API server where
+    # a port-forward to POD_PORT goes (a loopback host:port).
+    annotations = {f"{PORTFORWARD_ANNOTATION_PREFIX}{POD_PORT}": web_address} if web_address else {}
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations},
         "spec": {"containers": [{"name": name.split("-")[0], "image": image,
-                                 "ports": [{"containerPort": 8080}]}]},
+                                 "ports": [{"containerPort": POD_PORT}]}]},
     }
 
 
-def seed_demo(admin: SandboxAdmin, *, demo_user_oid: str) -> str:
+def seed_demo(admin: SandboxAdmin, *, demo_user_oid: str, web_address: str | None = None) -> str:
     """Create the demo's objects.
 
     Args:
         admin: client with the sandbox admin token.
         demo_user_oid: the demo user's object id; kube-aad-proxy impersonates it.
+        web_address: ``127.0.0.1:PORT`` that port-forwards to the demo pods'
+            port 8080 reach (``demo.web``); None = none (port-forward is refused).
 
     Returns:
         A token of the agent's ServiceAccount (may impersonate users and groups).
@@ -120,7 +132,7 @@ def seed_demo(admin: SandboxAdmin, *, demo_user_oid: str) -> str:
                       "namespace": AGENT_NAMESPACE}],
     })
     for ns, name, image, labels in DEMO_PODS:
-        admin.create(f"/api/v1/namespaces/{ns}/pods", _pod(ns, name, image, labels))
+        admin.create(f"/api/v1/namespaces/{ns}/pods", _pod(ns, name, image, labels, web_address))
     resp = admin.call(
         "POST",
         f"/api/v1/namespaces/{AGENT_NAMESPACE}/serviceaccounts/{AGENT_SERVICE_ACCOUNT}/token",
