@@ -108,7 +108,7 @@ async def serve(ping_interval: float, certs_dir: Path) -> None:
         if line == "sessions":
             print(f"sessions {len(sessions)}", flush=True)
         elif line == "profile":
-            profiler = cProfile.Profile()
+            profiler = cProfile.Profile(time.process_time)  # CPU, not wall: the machine is busy
             profiler.enable()
             print("profiling", flush=True)
         elif line == "stats" and profiler is not None:
