@@ -10,14 +10,13 @@ reader, the dispatch of core events to streams, and the public stream API.
   no task hop, which is what keeps small round trips close to raw TCP. Else
   it wakes the writer task, which sends with ``send_bytes`` (awaiting
   aiohttp's drain when paused); kicks coalesce while it runs.
-* Keepalive: PING every ``ping_interval`` (the accepting side: only after
-  ``ACCEPTOR_SILENCE`` intervals without a PING from the peer); a PING
-  unanswered within ``ping_timeout`` means the peer is dead:
-  GOAWAY(PING_TIMEOUT) and close. Streams silent for ``idle_timeout`` are
-  reset (IDLE_TIMEOUT). Neither runs a task: each is a ``Timer`` of the
-  loop's one ``TimerWheel`` (aio_timers.py), and the idle sweep is armed only
-  while the session has streams, so an idle session costs one wheel slot
-  entry per interval and nothing else.
+* Keepalive (aio_keepalive.py): PING every ``ping_interval`` (the accepting
+  side: only after silence from the peer); a PING unanswered within
+  ``ping_timeout`` means the peer is dead: GOAWAY(PING_TIMEOUT) and close.
+  Streams silent for ``idle_timeout`` are reset (IDLE_TIMEOUT). Neither runs
+  a task: each is a ``Timer`` of the loop's one ``TimerWheel``
+  (aio_timers.py), and the idle sweep is armed only while the session has
+  streams, so an idle session costs one wheel entry per interval.
 * Shutdown happens once, in its own task (``_begin_shutdown``): mark closed
   and wake every waiter with ``TunnelClosed``, let the writer flush what the
   core queued (GOAWAY included), close the websocket with a bounded wait.
@@ -37,6 +36,7 @@ from aiohttp import WSCloseCode
 
 from tunnel.aio_config import TunnelConfig
 from tunnel.aio_errors import TunnelClosed
+from tunnel.aio_keepalive import Keepalive
 from tunnel.aio_timers import timer_wheel
 from tunnel.aio_writer import BatchSender
 from tunnel.connection import Connection
@@ -55,13 +55,6 @@ _PING = struct.Struct("!Q")
 FLUSH_TIMEOUT = 5.0
 # The same bound once the peer is known dead (no PONG).
 DEAD_PEER_FLUSH_TIMEOUT = 0.5
-# The accepting side pings a peer silent (no PING from it) for this many
-# ping intervals. Not 1: the dialler's own PINGs arrive every interval plus
-# its timer's lateness (up to 1 s, aio_timers.py) plus a transit, so a bound
-# of exactly one interval would race each of them and double the PINGs of
-# every idle agent. 1.5 stays within what the old per-session loop allowed
-# (a silent window of one interval, seen up to one interval late: <= 2).
-ACCEPTOR_SILENCE = 1.5
 
 
 class _Deferred(Protocol):
@@ -144,67 +137,31 @@ class SessionIO:
         self._closed_event = asyncio.Event()
         self.rtt: float | None = None
         self.their_pings = 0  # PINGs received (the accepting side's keepalive skips a ping after one)
-        self._their_ping_at = self._loop.time()  # when the last one came (start: the handshake)
         self.is_client = False  # the side that dialled (TunnelSession sets it)
         self.debug = log.isEnabledFor(logging.DEBUG)
         self._streams: dict[int, TunnelStream] = {}  # the session's live streams
-        # Keepalive: the payload of our PING awaiting its PONG (None: none out).
-        self._keepalive_ping: bytes | None = None
-        self._keepalive_sent_at = 0.0
-        wheel = timer_wheel()
-        self._keepalive = wheel.timer(self._on_keepalive_due)
-        self._idle_sweep = wheel.timer(self._on_idle_sweep_due)
+        self._keepalive: Keepalive | None = None  # made by _start_timers (is_client known then)
+        self._idle_sweep = timer_wheel().timer(self._on_idle_sweep_due)
 
     def _start_timers(self) -> None:
-        """Arm the keepalive (the idle sweep arms itself with the first stream)."""
-        if self.config.ping_interval > 0:
-            self._keepalive.schedule(self._keepalive_delay())
+        """Start the keepalive (the idle sweep arms itself with the first stream)."""
+        self._keepalive = Keepalive(
+            self.config.ping_interval, self.config.ping_timeout, is_client=self.is_client,
+            send_ping=self._send_keepalive_ping, on_dead=self._on_ping_timeout,
+        )
+        self._keepalive.start()
 
-    def _keepalive_delay(self) -> float:
-        interval = self.config.ping_interval
-        if self.is_client:
-            return interval
-        # The accepting side's next look: when the peer will have been silent
-        # long enough (a peer that pinged us is alive and keeps the path busy).
-        quiet_until = self._their_ping_at + interval * ACCEPTOR_SILENCE
-        return max(interval, quiet_until - self._loop.time())
-
-    def _on_keepalive_due(self) -> None:
-        if self._closed:
-            return
-        if self._keepalive_ping is not None:
-            self._on_ping_timeout()
-            return
-        now = self._loop.time()
-        if not self.is_client:
-            # The dialler (an agent, arc-proxy) always pings, so the wire is
-            # never silent for more than one interval (middleboxes' idle
-            # timeouts); the accepting side (the relay) pings only a silent
-            # peer: half the PING/PONG frames of 5,000 idle agents.
-            quiet_until = self._their_ping_at + self.config.ping_interval * ACCEPTOR_SILENCE
-            if quiet_until > now:
-                self._keepalive.schedule(quiet_until - now)
-                return
+    def _send_keepalive_ping(self) -> bytes:
         payload = _PING.pack(next(self._ping_ids))
-        self._keepalive_ping = payload
-        self._keepalive_sent_at = now
         self._core.ping(payload)
-        if self.config.ping_timeout > 0:
-            self._keepalive.schedule(self.config.ping_timeout)
         self._kick()
-
-    def _on_keepalive_pong(self) -> None:
-        self._keepalive_ping = None
-        self.rtt = rtt = self._loop.time() - self._keepalive_sent_at
-        if self.debug:
-            log.debug("%s = rtt %.3f ms", self.name, rtt * 1e3)
-        if not self._closed and self.config.ping_interval > 0:
-            self._keepalive.schedule(self._keepalive_delay())
+        return payload
 
     def _on_ping_timeout(self) -> None:
         log.warning("%s ! no PONG within %g s: peer is dead", self.name, self.config.ping_timeout)
-        with contextlib.suppress(LocalProtocolError):
-            self._core.goaway(ErrorCode.PING_TIMEOUT, "ping timeout")
+        if not self._closed:
+            with contextlib.suppress(LocalProtocolError):
+                self._core.goaway(ErrorCode.PING_TIMEOUT, "ping timeout")
         # The peer is not reading: waiting long to flush or for its close
         # frame would only delay the reconnect.
         self._begin_shutdown(
@@ -214,7 +171,8 @@ class SessionIO:
     def _on_their_ping(self) -> None:
         """The peer pinged us (the core answers it): it is alive."""
         self.their_pings += 1
-        self._their_ping_at = self._loop.time()
+        if self._keepalive is not None:
+            self._keepalive.their_ping()
 
     def _add_stream(self, stream: TunnelStream) -> None:
         """Track a new stream; the first one arms the idle sweep."""
@@ -255,8 +213,11 @@ class SessionIO:
         """Hook: wake every stream waiter with ``exc`` (TunnelSession)."""
 
     def _on_pong(self, payload: bytes) -> None:
-        if payload == self._keepalive_ping:
-            self._on_keepalive_pong()
+        rtt = self._keepalive.pong(payload) if self._keepalive is not None else None
+        if rtt is not None:
+            self.rtt = rtt
+            if self.debug:
+                log.debug("%s = rtt %.3f ms", self.name, rtt * 1e3)
             return
         entry = self._pings.get(payload)
         if entry is not None and not entry[0].done():
@@ -380,7 +341,8 @@ class SessionIO:
             return
         self._closed = True
         self.close_reason = reason
-        self._keepalive.cancel()
+        if self._keepalive is not None:
+            self._keepalive.stop()
         self._idle_sweep.cancel()
         exc = self._closed_error()
         self._session_closed(exc)
