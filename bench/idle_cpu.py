@@ -7,7 +7,9 @@ tunnel sessions over TLS websockets on 127.0.0.1 (``TunnelSession``,
 (``is_client=True``: the agents' side, which pings every ``ping_interval``).
 Once all are up, the server's CPU seconds (utime + stime from /proc, not
 wall time: the machine may be busy) over ``--seconds`` of idleness give the
-figure, with its RSS per session (after connect, against before).
+figure, with the PINGs it answered meanwhile (CPU per PING: the idle cost
+that the diallers' ping rate does not explain) and its RSS per session
+(after connect, against before).
 
 ``--baseline DIR`` runs the same measurement on another source tree (e.g.
 ``git archive BASE | tar -x -C DIR``) in the same run, alternating tree by
@@ -107,6 +109,8 @@ async def serve(ping_interval: float, certs_dir: Path) -> None:
     while line := (await reader.readline()).decode().strip():
         if line == "sessions":
             print(f"sessions {len(sessions)}", flush=True)
+        elif line == "pings":  # PINGs received so far from the sessions still open
+            print(f"pings {sum(s.their_pings for s in sessions)}", flush=True)
         elif line == "profile":
             profiler = cProfile.Profile(time.process_time)  # CPU, not wall: the machine is busy
             profiler.enable()
@@ -224,15 +228,18 @@ async def one_run(tree: Path, opts: argparse.Namespace, certs_dir: Path) -> dict
         rss1 = rss_kib(pid)
         if opts.profile:
             await server.ask("profile")
+        pings0 = int((await server.ask("pings")).split()[1])
         cpu0, w0 = cpu_seconds(pid), time.monotonic()
         await asyncio.sleep(opts.seconds)
         cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - w0
+        pings = int((await server.ask("pings")).split()[1]) - pings0
         if opts.profile:
             print(json.loads(await server.ask("stats"))["stats"], file=sys.stderr)
         still = int((await server.ask("sessions")).split()[1])
         return {"tree": str(tree), "sessions": ready, "held": held, "held_after": still,
                 "connect_s": round(connect_seconds, 1), "idle_s": round(wall, 1),
                 "cpu_s": round(cpu, 2), "cpu_percent": round(cpu / wall * 100, 2),
+                "pings": pings, "cpu_us_per_ping": round(cpu / max(1, pings) * 1e6, 1),
                 "rss_kib_per_session": round((rss1 - rss0) / max(1, held), 2),
                 "loadavg_1m": round(os.getloadavg()[0], 2)}
     finally:
@@ -269,6 +276,7 @@ async def drive(opts: argparse.Namespace) -> dict[str, Any]:
         result[f"{label}_cpu_percent_median"] = statistics.median(r["cpu_percent"] for r in mine)
         result[f"{label}_rss_kib_per_session_median"] = statistics.median(
             r["rss_kib_per_session"] for r in mine)
+        result[f"{label}_cpu_us_per_ping_median"] = statistics.median(r["cpu_us_per_ping"] for r in mine)
     if opts.baseline:
         result["cpu_ratio_current_to_baseline"] = round(
             result["current_cpu_percent_median"] / max(1e-9, result["baseline_cpu_percent_median"]), 3)
@@ -276,10 +284,12 @@ async def drive(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    head = f"{'tree':<40} {'sessions':>8} {'idle s':>7} {'cpu s':>7} {'cpu %':>7} {'KiB/sess':>9} {'load':>6}"
+    head = (f"{'tree':<32} {'sessions':>8} {'idle s':>7} {'cpu s':>7} {'cpu %':>7} {'pings':>7} "
+            f"{'us/ping':>8} {'KiB/sess':>9} {'load':>6}")
     rows = [head] + [
-        f"{r['tree'][-40:]:<40} {r['held']:>8} {r['idle_s']:>7} {r['cpu_s']:>7} {r['cpu_percent']:>7} "
-        f"{r['rss_kib_per_session']:>9} {r['loadavg_1m']:>6}" for r in result["runs"]]
+        f"{r['tree'][-32:]:<32} {r['held']:>8} {r['idle_s']:>7} {r['cpu_s']:>7} {r['cpu_percent']:>7} "
+        f"{r['pings']:>7} {r['cpu_us_per_ping']:>8} {r['rss_kib_per_session']:>9} {r['loadavg_1m']:>6}"
+        for r in result["runs"]]
     return "\n".join(rows)
 
 
