@@ -145,6 +145,8 @@ class SessionIO:
 
     def _start_timers(self) -> None:
         """Start the keepalive (the idle sweep arms itself with the first stream)."""
+        if self._closed:
+            return  # closed before it ran: nothing to keep alive
         self._keepalive = Keepalive(
             self.config.ping_interval, self.config.ping_timeout, is_client=self.is_client,
             send_ping=self._send_keepalive_ping, on_dead=self._on_ping_timeout,
@@ -153,8 +155,9 @@ class SessionIO:
 
     def _send_keepalive_ping(self) -> bytes:
         payload = _PING.pack(next(self._ping_ids))
-        self._core.ping(payload)
-        self._kick()
+        with contextlib.suppress(LocalProtocolError):  # the core failed: the session is closing
+            self._core.ping(payload)
+            self._kick()
         return payload
 
     def _on_ping_timeout(self) -> None:
