@@ -76,8 +76,9 @@ class TunnelConfig:
         handshake_timeout: Bound for the websocket handshake plus
             authentication; applied by whoever dials/accepts (relay, agent,
             client), not by the session.
-        ping_interval: The session pings the peer after this much silence
-            from it (the PONG also measures ``session.rtt``).
+        ping_interval: The dialling side pings this often; the accepting
+            side pings a peer silent (no PING) for 1.5 times this long (the
+            PONG also measures ``session.rtt``).
         ping_timeout: A ping unanswered for this long means the peer is dead:
             the session is closed.
         fast_dispatch: Dispatch binary messages synchronously from aiohttp's

@@ -10,10 +10,13 @@ reader, the dispatch of core events to streams, and the public stream API.
   no task hop, which is what keeps small round trips close to raw TCP. Else
   it wakes the writer task, which sends with ``send_bytes`` (awaiting
   aiohttp's drain when paused); kicks coalesce while it runs.
-* Keepalive: PING every ``ping_interval`` (the accepting side: only after an
-  interval without a PING from the peer); a PING unanswered within
+* Keepalive (aio_keepalive.py): PING every ``ping_interval`` (the accepting
+  side: only after silence from the peer); a PING unanswered within
   ``ping_timeout`` means the peer is dead: GOAWAY(PING_TIMEOUT) and close.
-  Streams silent for ``idle_timeout`` are reset (IDLE_TIMEOUT).
+  Streams silent for ``idle_timeout`` are reset (IDLE_TIMEOUT). Neither runs
+  a task: each is a ``Timer`` of the loop's one ``TimerWheel``
+  (aio_timers.py), and the idle sweep is armed only while the session has
+  streams, so an idle session costs one wheel entry per interval.
 * Shutdown happens once, in its own task (``_begin_shutdown``): mark closed
   and wake every waiter with ``TunnelClosed``, let the writer flush what the
   core queued (GOAWAY included), close the websocket with a bounded wait.
@@ -33,6 +36,8 @@ from aiohttp import WSCloseCode
 
 from tunnel.aio_config import TunnelConfig
 from tunnel.aio_errors import TunnelClosed
+from tunnel.aio_keepalive import Keepalive
+from tunnel.aio_timers import timer_wheel
 from tunnel.aio_writer import BatchSender
 from tunnel.connection import Connection
 from tunnel.errors import ErrorCode, LocalProtocolError
@@ -118,7 +123,6 @@ class SessionIO:
         self.name = name
         self._loop = asyncio.get_running_loop()
         self._writer_task: asyncio.Task[None] | None = None
-        self._helpers: list[asyncio.Task[None]] = []
         self._wakeup: asyncio.Future[None] | None = None
         self._kicked = False
         self._batched = False  # in BATCH.pending
@@ -136,36 +140,88 @@ class SessionIO:
         self.is_client = False  # the side that dialled (TunnelSession sets it)
         self.debug = log.isEnabledFor(logging.DEBUG)
         self._streams: dict[int, TunnelStream] = {}  # the session's live streams
+        self._keepalive: Keepalive | None = None  # made by _start_timers (is_client known then)
+        self._idle_sweep = timer_wheel().timer(self._on_idle_sweep_due)
 
-    async def _idle_loop(self) -> None:
+    def _start_timers(self) -> None:
+        """Start the keepalive (the idle sweep arms itself with the first stream)."""
+        if self._closed:
+            return  # closed before it ran: nothing to keep alive
+        self._keepalive = Keepalive(
+            self.config.ping_interval, self.config.ping_timeout, is_client=self.is_client,
+            send_ping=self._send_keepalive_ping, on_dead=self._on_ping_timeout,
+        )
+        self._keepalive.start()
+
+    def _send_keepalive_ping(self) -> bytes:
+        payload = _PING.pack(next(self._ping_ids))
+        with contextlib.suppress(LocalProtocolError):  # the core failed: the session is closing
+            self._core.ping(payload)
+            self._kick()
+        return payload
+
+    def _on_ping_timeout(self) -> None:
+        log.warning("%s ! no PONG within %g s: peer is dead", self.name, self.config.ping_timeout)
+        if not self._closed:
+            with contextlib.suppress(LocalProtocolError):
+                self._core.goaway(ErrorCode.PING_TIMEOUT, "ping timeout")
+        # The peer is not reading: waiting long to flush or for its close
+        # frame would only delay the reconnect.
+        self._begin_shutdown(
+            "ping timeout", ws_code=WSCloseCode.GOING_AWAY, flush_timeout=DEAD_PEER_FLUSH_TIMEOUT
+        )
+
+    def _on_their_ping(self) -> None:
+        """The peer pinged us (the core answers it): it is alive."""
+        self.their_pings += 1
+        if self._keepalive is not None:
+            self._keepalive.their_ping()
+
+    def _add_stream(self, stream: TunnelStream) -> None:
+        """Track a new stream; the first one arms the idle sweep."""
+        self._streams[stream.id] = stream
+        if not self._idle_sweep.armed and self.config.idle_timeout > 0 and not self._closed:
+            self._idle_sweep.schedule(self._idle_period())
+
+    def _idle_period(self) -> float:
+        # Resets land within idle_timeout + 2 periods of a stream's last byte.
+        # Capped at 60 s: with the default hour that is 3.3 % late, and a
+        # relay with 5,000 agent sessions holding streams looks at each of
+        # them once a minute, not 12 times (5 s cap).
+        return min(self.config.idle_timeout / 4, 60.0)
+
+    def _on_idle_sweep_due(self) -> None:
         # Per stream (in its _idle_moved / _idle_since slots, not in a dict
         # of tuples: no memory per idle stream beyond the stream itself):
         # bytes moved either way at the last look, and since when that count
-        # has not changed. Comparing counters keeps the clock off the DATA
-        # path; a stream is reset within idle_timeout + period of its last byte.
+        # has not changed. Comparing counters keeps the clock off the DATA path.
+        if self._closed:
+            return
         idle = self.config.idle_timeout
-        # Resets land within idle_timeout + period. Capped at 60 s: with the
-        # default hour that is 1.7 % late, and a relay with 5,000 agent
-        # sessions wakes 83 times a second for this, not 1,000 (5 s cap).
-        period = min(idle / 4, 60.0)
-        while not self._closed:
-            await asyncio.sleep(period)
-            now = self._loop.time()
-            for stream in list(self._streams.values()):
-                if not stream._accepted:
-                    continue
-                moved = stream.bytes_received + stream.bytes_sent
-                if moved != stream._idle_moved:
-                    stream._idle_moved = moved
-                    stream._idle_since = now
-                elif now - stream._idle_since >= idle:
-                    log.info("%s x stream %d idle for %g s: reset", self.name, stream.id, idle)
-                    stream.reset(ErrorCode.IDLE_TIMEOUT, "idle timeout")
+        now = self._loop.time()
+        for stream in list(self._streams.values()):
+            if not stream._accepted:
+                continue
+            moved = stream.bytes_received + stream.bytes_sent
+            if moved != stream._idle_moved:
+                stream._idle_moved = moved
+                stream._idle_since = now
+            elif now - stream._idle_since >= idle:
+                log.info("%s x stream %d idle for %g s: reset", self.name, stream.id, idle)
+                stream.reset(ErrorCode.IDLE_TIMEOUT, "idle timeout")
+        if self._streams and not self._closed:
+            self._idle_sweep.schedule(self._idle_period())
 
     def _session_closed(self, exc: TunnelClosed) -> None:
         """Hook: wake every stream waiter with ``exc`` (TunnelSession)."""
 
     def _on_pong(self, payload: bytes) -> None:
+        rtt = self._keepalive.pong(payload) if self._keepalive is not None else None
+        if rtt is not None:
+            self.rtt = rtt
+            if self.debug:
+                log.debug("%s = rtt %.3f ms", self.name, rtt * 1e3)
+            return
         entry = self._pings.get(payload)
         if entry is not None and not entry[0].done():
             self.rtt = self._loop.time() - entry[1]
@@ -280,41 +336,6 @@ class SessionIO:
             self._close_cause = exc
             self._begin_shutdown("connection lost")
 
-    async def _keepalive_loop(self) -> None:
-        interval = self.config.ping_interval
-        while not self._closed:
-            their_pings = self.their_pings
-            await asyncio.sleep(interval)
-            if not self.is_client and self.their_pings != their_pings:
-                # The dialling peer (an agent, arc-proxy) pinged us meanwhile:
-                # it is alive and keeps the path busy every interval itself.
-                # The accepting side (the relay) pings only after silence:
-                # half the PING/PONG frames of idle sessions (5,000 agents).
-                # The dialler always pings, so the wire is never silent for
-                # more than one interval (middleboxes' idle timeouts).
-                continue
-            try:
-                rtt = await self.ping()
-            except TimeoutError:
-                log.warning(
-                    "%s ! no PONG within %g s: peer is dead", self.name, self.config.ping_timeout
-                )
-                if not self._closed:
-                    with contextlib.suppress(LocalProtocolError):
-                        self._core.goaway(ErrorCode.PING_TIMEOUT, "ping timeout")
-                # The peer is not reading: waiting long to flush or for its
-                # close frame would only delay the reconnect.
-                self._begin_shutdown(
-                    "ping timeout",
-                    ws_code=WSCloseCode.GOING_AWAY,
-                    flush_timeout=DEAD_PEER_FLUSH_TIMEOUT,
-                )
-                return
-            except TunnelClosed:
-                return
-            if self.debug:
-                log.debug("%s = rtt %.3f ms", self.name, rtt * 1e3)
-
     def _begin_shutdown(
         self, reason: str, *, ws_code: int = WSCloseCode.OK, flush_timeout: float = FLUSH_TIMEOUT
     ) -> None:
@@ -323,6 +344,9 @@ class SessionIO:
             return
         self._closed = True
         self.close_reason = reason
+        if self._keepalive is not None:
+            self._keepalive.stop()
+        self._idle_sweep.cancel()
         exc = self._closed_error()
         self._session_closed(exc)
         for fut, _ in self._pings.values():

@@ -5,7 +5,7 @@ Theory of operation. The session's own task (``run``) is the reader:
 ``TunnelStream`` objects, waking their futures; nothing here parses frames.
 DATA and WINDOW, nearly all the traffic, are dispatched first. The writer,
 the keepalive and the shutdown sequence live in ``SessionIO`` (aio_io.py);
-an optional sweeper resets streams silent for ``idle_timeout``.
+a sweep on the loop's timer wheel resets streams silent for ``idle_timeout``.
 
 Each OPEN from the peer runs ``on_stream`` in its own task; the session keeps
 every task it starts and cancels and awaits them before ``run`` returns. When
@@ -146,10 +146,7 @@ class TunnelSession(SessionIO):
                 # line; a second one per session is measurable in a reconnect storm.
                 log.debug("%s = session open", self.name)
                 self._writer_task = self._loop.create_task(self._write_loop())
-                if self.config.ping_interval > 0:
-                    self._helpers.append(self._loop.create_task(self._keepalive_loop()))
-                if self.config.idle_timeout > 0:
-                    self._helpers.append(self._loop.create_task(self._idle_loop()))
+                self._start_timers()
                 if self.config.fast_dispatch:
                     self._fast = install_fast_path(self._ws, self._on_binary)
                 await self._read_loop()
@@ -186,7 +183,7 @@ class TunnelSession(SessionIO):
         except LocalProtocolError as exc:
             raise StreamRefused(exc.error_code, "cannot open stream") from exc
         stream = TunnelStream(self, sid, target, incoming=False)
-        self._streams[sid] = stream
+        self._add_stream(stream)
         fut: asyncio.Future[None] = self._loop.create_future()
         stream._open_waiter = fut
         self._kick()
@@ -391,7 +388,7 @@ class TunnelSession(SessionIO):
         elif isinstance(event, ev.PongReceived):
             self._on_pong(event.payload)
         elif isinstance(event, ev.PingReceived):
-            self.their_pings += 1  # the core answers it; the keepalive counts it
+            self._on_their_ping()
         elif isinstance(event, ev.GoAwayReceived):
             log.info("%s < GOAWAY %s %s", self.name, event.error_code.name, event.reason)
             self._goaway_received = True
@@ -413,7 +410,7 @@ class TunnelSession(SessionIO):
 
     def _on_open(self, event: ev.StreamOpened) -> None:
         stream = TunnelStream(self, event.stream_id, event.target, incoming=True)
-        self._streams[event.stream_id] = stream
+        self._add_stream(stream)
         if self._on_stream is None or self._goaway_sent:
             stream.reject(ErrorCode.REFUSED_STREAM, "not accepting streams")
             return
@@ -448,7 +445,7 @@ class TunnelSession(SessionIO):
         """Cancel and await every task the session owns (nothing leaks)."""
         tasks = [
             t
-            for t in (self._writer_task, *self._helpers, *self._handlers)
+            for t in (self._writer_task, *self._handlers)
             if t is not None and not t.done()
         ]
         current = asyncio.current_task()

@@ -77,7 +77,7 @@ class TunnelStream:
         # Set while forward_streams joins this stream to another (aio_forward.py):
         # the session's events then go to the bridge instead of the waiters.
         self._bridge: StreamHook | None = None
-        # The idle sweeper's last look (aio_io.SessionIO._idle_loop): bytes
+        # The idle sweep's last look (aio_io.SessionIO._on_idle_sweep_due): bytes
         # moved then, and since when that count has not changed.
         self._idle_moved = -1
         self._idle_since = 0.0

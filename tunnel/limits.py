@@ -148,7 +148,7 @@ IDLE_TIMEOUT = 3600.0
 HANDSHAKE_TIMEOUT = 10.0
 
 # The dialling side (agent, arc-proxy) sends a PING this often; the accepting side
-# (relay) only after this long without one (aio_io.py). Below the 60 s idle
+# (relay) only after 1.5 times this long without one (aio_keepalive.py). Below the 60 s idle
 # timeout of common load balancers, proxies and NATs, so a quiet session is never
 # dropped by a middlebox; 30 s rather than 20 s: every idle agent's PING costs the
 # relay ~0.3 ms of CPU (TLS record both ways, websocket parse, a send), 5,000

@@ -24,7 +24,7 @@ from tunnel.events import (
     WindowUpdated,
 )
 from tunnel.frames import HEADER, HEADER_SIZE, Frame, FrameType
-from tunnel.limits import MAX_STREAM_ID, MAX_WINDOW_SIZE, Limits
+from tunnel.limits import MAX_STREAM_ID, MAX_WINDOW_SIZE, PING_PAYLOAD_LENGTH, Limits
 from tunnel.session import SessionCore, StreamRecord
 from tunnel.state import (
     ConnectionInput,
@@ -39,7 +39,12 @@ __all__ = ["FrameReceiver"]
 _CLOSED = StreamState.CLOSED
 _RECV_DATA = StreamInput.RECV_DATA
 _DATA = FrameType.DATA
+_PING = FrameType.PING
 _unpack_header = HEADER.unpack_from
+# A well-formed PING, the only frame an idle session receives: its whole size,
+# and the header of the PONG that answers it.
+_PING_SIZE = HEADER_SIZE + PING_PAYLOAD_LENGTH
+_PONG_HEADER = HEADER.pack(FrameType.PONG, 0, 0)
 # GOAWAY codes that drain the session; any other code ends it at once.
 _GRACEFUL = frozenset({ErrorCode.NO_ERROR, ErrorCode.GOING_AWAY})
 
@@ -84,6 +89,10 @@ class FrameReceiver(SessionCore):
                 frame_type, _flags, stream_id = _unpack_header(message)
                 if frame_type == _DATA:
                     return self._receive_data(stream_id, message)
+                if frame_type == _PING and stream_id == 0 and len(message) == _PING_SIZE:
+                    # Every idle agent's keepalive: no Frame parsed or built.
+                    # A malformed PING takes the checked path below.
+                    return self._receive_ping_message(bytes(message[HEADER_SIZE:]))
             frame = Frame.parse(message, self._max_receive_payload)
             return self._handlers[frame.type](frame)
         except LocalProtocolError as exc:
@@ -210,9 +219,12 @@ class FrameReceiver(SessionCore):
         return [StreamReset(frame.stream_id, frame.error_code, frame.reason)]
 
     def _receive_ping(self, frame: Frame) -> list[Event]:
+        return self._receive_ping_message(frame.payload)
+
+    def _receive_ping_message(self, payload: bytes) -> list[Event]:
         self._machine.process(ConnectionInput.RECV_PING)
-        self._queue_reply(Frame.pong(frame.payload).serialize())
-        return [PingReceived(frame.payload)]
+        self._queue_reply(_PONG_HEADER + payload)  # what Frame.pong(payload).serialize() gives
+        return [PingReceived(payload)]
 
     def _receive_pong(self, frame: Frame) -> list[Event]:
         return [PongReceived(frame.payload)]

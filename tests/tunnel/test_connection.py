@@ -29,6 +29,7 @@ from tunnel import (
     StreamState,
 )
 from tunnel.events import Event
+from tunnel.frames import HEADER_SIZE
 from tunnel.limits import (
     INITIAL_SESSION_WINDOW,
     INITIAL_STREAM_WINDOW,
@@ -308,6 +309,34 @@ def test_connection_ping_is_answered_by_the_core() -> None:
     assert client_events == [PongReceived(b"12345678")]
     with pytest.raises(LocalProtocolError):
         pair.client.ping(b"short")
+
+
+@pytest.mark.parametrize("message", [
+    Frame.ping(b"12345678").serialize(),
+    bytearray(Frame.ping(b"\x00" * 8).serialize()),
+])
+def test_connection_answers_a_ping_with_the_pong_frame_of_its_payload(message: bytes) -> None:
+    """The PING fast path (no Frame parsed) answers exactly
+    ``Frame.pong(payload).serialize()``, whatever buffer type the message is."""
+    conn = Connection(is_client=False)
+    payload = bytes(message[HEADER_SIZE:])
+    assert conn.receive(message) == [PingReceived(payload)]
+    assert conn.data_to_send() == [Frame.pong(payload).serialize()]
+
+
+@pytest.mark.parametrize(("message", "code"), [
+    (Frame.ping(b"12345678").serialize()[:-1], ErrorCode.FRAME_SIZE_ERROR),
+    (Frame.ping(b"12345678").serialize() + b"9", ErrorCode.FRAME_SIZE_ERROR),
+    (b"\x06\x00\x00\x00\x00\x01" + b"12345678", ErrorCode.PROTOCOL_ERROR),
+])
+def test_connection_refuses_a_malformed_ping(message: bytes, code: ErrorCode) -> None:
+    """A PING of the wrong size or on a stream misses the fast path and fails
+    the session with the code the checked parser gives (no PONG)."""
+    conn = Connection(is_client=False)
+    with pytest.raises(RemoteProtocolError) as err:
+        conn.receive(message)
+    assert err.value.error_code == code
+    assert [Frame.parse(m).type for m in conn.data_to_send()] == [FrameType.GOAWAY]
 
 
 def test_connection_goaway_refuses_streams_above_last_id_and_lets_others_finish() -> None:
