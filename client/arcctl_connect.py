@@ -41,7 +41,7 @@ import jwt
 import yaml
 
 from certs import CertificateAuthority, fingerprint_sha256, generate_key_pair, write_secret_file
-from client.arcctl_options import add_common_options
+from client.arcctl_options import add_cluster_options, add_common_options
 from client.auth import TokenSource
 from client.config import ClientConfig, load_config
 from client.errors import AgentOffline, CliError, ClusterNotFound, ConfigError, Forbidden
@@ -526,15 +526,9 @@ def add_connect(sub: Subcommands) -> None:
                   "arcctl connect -n edge-1 -g lab --proxy-https http://proxy.corp:3128 "
                   "--proxy-skip-range 10.0.0.0/8,.svc --proxy-cert corp-ca.pem",
                   "arcctl connect -n edge-1 -g lab --dry-run > agent.yaml"])
-    p.add_argument("-n", "--name", required=True, metavar="NAME", help="the cluster's name at the relay")
-    p.add_argument("-g", "--resource-group", dest="group", metavar="GROUP",
-                   help="its resource group (default: resource_group in the client config)")
+    add_cluster_options(p)
     p.add_argument("--location", metavar="LOCATION",
                    help="a location recorded with the registration (free text, e.g. westeurope)")
-    p.add_argument("--kube-config", metavar="FILE",
-                   help="kubeconfig of the cluster (default: $KUBECONFIG or ~/.kube/config)")
-    p.add_argument("--kube-context", metavar="CONTEXT",
-                   help="kubeconfig context of the cluster (default: the current context)")
     p.add_argument("--proxy-https", metavar="URL",
                    help="HTTPS proxy the agent dials the relay through, e.g. http://proxy:3128")
     p.add_argument("--proxy-http", metavar="URL", help="HTTP proxy, used when no HTTPS proxy is set")

@@ -20,7 +20,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from client.arcctl_connect import owner_of, read_in_cluster
-from client.arcctl_options import add_common_options
+from client.arcctl_options import add_cluster_options, add_common_options
 from client.auth import TokenSource
 from client.config import load_config
 from client.errors import CliError, ClusterNotFound
@@ -147,13 +147,7 @@ def add_delete(sub: Subcommands) -> None:
                     "deleted, unless --force, which removes the registration anyway.",
         examples=["arcctl delete -n edge-1 -g lab", "arcctl delete -n edge-1 -g lab -y",
                   "arcctl delete -n edge-1 -g lab -y --force   # the cluster is gone"])
-    p.add_argument("-n", "--name", required=True, metavar="NAME", help="the cluster's name at the relay")
-    p.add_argument("-g", "--resource-group", dest="group", metavar="GROUP",
-                   help="its resource group (default: resource_group in the client config)")
-    p.add_argument("--kube-config", metavar="FILE",
-                   help="kubeconfig of the cluster (default: $KUBECONFIG or ~/.kube/config)")
-    p.add_argument("--kube-context", metavar="CONTEXT",
-                   help="kubeconfig context of the cluster (default: the current context)")
+    add_cluster_options(p)
     p.add_argument("--force", action="store_true",
                    help="remove the registration even when the cluster cannot be reached")
     p.add_argument("-y", "--yes", action="store_true",

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -51,6 +52,14 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _quiet_interrupted_coroutines() -> None:
+    """A signal that lands between creating a coroutine and awaiting it (e.g.
+    inside aiohttp's connect) leaves that coroutine unawaited; Python then
+    warns on stderr when it is collected. The user asked the command to stop:
+    that is expected, not a fault to report."""
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+
+
 def run_cli(prog: str, body: Callable[[], int], *, debug: bool, stderr: TextIO | None = None) -> int:
     """Run ``body`` and turn every way it can fail into one line and an exit code.
 
@@ -80,8 +89,10 @@ def run_cli(prog: str, body: Callable[[], int], *, debug: bool, stderr: TextIO |
         print(f"{prog}: {err}", file=out, flush=True)
         return err.exit_code
     except KeyboardInterrupt:
+        _quiet_interrupted_coroutines()
         return INTERRUPTED
     except Terminated:
+        _quiet_interrupted_coroutines()
         return TERMINATED
     except Exception as err:  # a bug: still one line, the traceback only on request
         if debug:

@@ -69,3 +69,20 @@ def test_link_reader_finds_dead_and_skips_external_links() -> None:
                                     "docs/limits.md"]
     assert named_files("read `../shared/ARCHITECTURE.md`, not `README.md`") == [
         "../shared/ARCHITECTURE.md"]
+
+
+# docs/limits.md names the test that hits each bound as `file::name` under tests/.
+LIMITS_TEST_REF = re.compile(r"([\w/]+\.py)::(\w+)")
+
+
+def test_every_test_named_in_the_limits_table_exists() -> None:
+    """Each bound's test in docs/limits.md is a test function of that file."""
+    text = (ROOT / "docs" / "limits.md").read_text()
+    refs = LIMITS_TEST_REF.findall(text)
+    assert len(refs) > 50, "the table names its tests as file::name"
+    missing = []
+    for file, name in refs:
+        path = ROOT / "tests" / file
+        if not path.is_file() or not re.search(rf"^\s*(async )?def {name}\b", path.read_text(), re.MULTILINE):
+            missing.append(f"{file}::{name}")
+    assert not missing, missing

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from client.errors import ClusterNotFound
-from tests.support.lifecycle import GROUP, LifecycleEnv
+from tests.support.lifecycle import GROUP, LifecycleEnv, running_lifecycle_env
 from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,15 +33,8 @@ BOB_OID = "7a338408-e16c-4e47-9de2-1202ff0e1eaa"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LifecycleEnv]:
     """Sandbox API server, IdP and relay, no cluster registered."""
-    e = LifecycleEnv(tmp_path_factory.mktemp("errors-lifecycle"))
-    try:
-        e.start()
-    except BaseException:
-        logs = e.logs()
-        e.stop()
-        raise AssertionError(f"environment did not start:\n{logs}") from None
-    yield e
-    e.stop()
+    with running_lifecycle_env(tmp_path_factory.mktemp("errors-lifecycle")) as e:
+        yield e
 
 
 def _one_line(p: subprocess.CompletedProcess[str], prog: str, code: int) -> str:

@@ -18,7 +18,7 @@ import yaml
 from client.kube_apply import KubeTarget
 from client.manifests_chart import chart_template
 from tests.support.helm_chart import render
-from tests.support.lifecycle import GROUP, LifecycleEnv, json_out
+from tests.support.lifecycle import GROUP, LifecycleEnv, json_out, running_lifecycle_env
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,15 +28,8 @@ NAME = "helm-1"
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LifecycleEnv]:
-    e = LifecycleEnv(tmp_path_factory.mktemp("helm"))
-    try:
-        e.start()
-    except BaseException:
-        logs = e.logs()
-        e.stop()
-        raise AssertionError(f"environment did not start:\n{logs}") from None
-    yield e
-    e.stop()
+    with running_lifecycle_env(tmp_path_factory.mktemp("helm")) as e:
+        yield e
 
 
 def helm_connect(env: LifecycleEnv, values: Path) -> tuple[int, str, str]:

@@ -21,7 +21,13 @@ from kubernetes import client as k8s
 
 from certs import client_ssl_context, fingerprint_sha256, generate_key_pair
 from identity import sign_agent_assertion
-from tests.support.lifecycle import GROUP, LifecycleEnv, json_out, sandbox_nodes
+from tests.support.lifecycle import (
+    GROUP,
+    LifecycleEnv,
+    json_out,
+    running_lifecycle_env,
+    sandbox_nodes,
+)
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,15 +38,8 @@ NAME = "edge-1"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LifecycleEnv]:
     """Sandbox API server, IdP and relay, no cluster registered."""
-    e = LifecycleEnv(tmp_path_factory.mktemp("lifecycle"))
-    try:
-        e.start()
-    except BaseException:
-        logs = e.logs()
-        e.stop()
-        raise AssertionError(f"environment did not start:\n{logs}") from None
-    yield e
-    e.stop()
+    with running_lifecycle_env(tmp_path_factory.mktemp("lifecycle")) as e:
+        yield e
 
 
 def connect(env: LifecycleEnv, *extra: str, name: str = NAME) -> tuple[int, str, str]:

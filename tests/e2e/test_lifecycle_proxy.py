@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.lifecycle import GROUP, LifecycleEnv
+from tests.support.lifecycle import GROUP, LifecycleEnv, running_lifecycle_env
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -81,15 +81,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LifecycleEnv]:
     """Sandbox API server, IdP and relay, no cluster registered."""
     if TINYPROXY is None:
         pytest.skip("tinyproxy is not installed (apt-get install -y tinyproxy; .ci/run does)")
-    e = LifecycleEnv(tmp_path_factory.mktemp("lifecycle-proxy"))
-    try:
-        e.start()
-    except BaseException:
-        logs = e.logs()
-        e.stop()
-        raise AssertionError(f"environment did not start:\n{logs}") from None
-    yield e
-    e.stop()
+    with running_lifecycle_env(tmp_path_factory.mktemp("lifecycle-proxy")) as e:
+        yield e
 
 
 @pytest.fixture(scope="module")

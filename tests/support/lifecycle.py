@@ -14,7 +14,8 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -240,3 +241,21 @@ def sandbox_nodes(env: LifecycleEnv) -> tuple[int, int]:
 def json_out(proc: subprocess.CompletedProcess[str]) -> Any:
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+@contextmanager
+def running_lifecycle_env(base: Path) -> Iterator[LifecycleEnv]:
+    """A started ``LifecycleEnv`` in ``base`` (sandbox API server, IdP and relay,
+    no cluster registered), stopped on exit; its logs are the error when it does
+    not start."""
+    env = LifecycleEnv(base)
+    try:
+        env.start()
+    except BaseException:
+        logs = env.logs()
+        env.stop()
+        raise AssertionError(f"environment did not start:\n{logs}") from None
+    try:
+        yield env
+    finally:
+        env.stop()
