@@ -101,10 +101,11 @@ async def delete(args: argparse.Namespace) -> int:
         print("Nothing deleted.")
         return 1
     async with RelayApi(config, TokenSource(config.auth)) as api:
-        # Authorisation and existence first: a user without the role must not
-        # get as far as deleting objects in the cluster.
+        # Authorisation and existence first: a user without the right to
+        # delete the registration (a viewer, say) must not get as far as
+        # deleting objects in the cluster.
         try:
-            await api.get_cluster(group, args.name)
+            await api.check_delete(group, args.name)
             registered = True
         except ClusterNotFound:
             if not args.force:

@@ -55,7 +55,7 @@ def refusal_error(code: ErrorCode | int, reason: str, cluster: str) -> CliError:
         return AgentOffline(f"cluster {cluster} is offline (its agent is not connected to the relay): "
                             "check that arc-agent is running in the cluster")
     if name == "FORBIDDEN":
-        return Forbidden(f"{reason or 'forbidden'}: ask an admin for the cluster-user role on {cluster}")
+        return Forbidden(f"{reason or 'forbidden'}: arc-proxy needs the cluster-user role on cluster {cluster}")
     if name == "NOT_FOUND":
         return ClusterNotFound(f"cluster {cluster} is not registered at the relay: "
                                "check the name and -g, or 'arcctl list'")
@@ -144,7 +144,7 @@ class LocalListener:
         conn_no = self.accepted
         if self._pending_opens >= self.max_pending_opens:
             self.refused += 1
-            log.warning("x conn %d: closed: %d connections already wait for their stream "
+            log.warning("connection %d closed: %d connections already wait for their stream "
                         "to open (is the relay or the agent answering?)", conn_no,
                         self._pending_opens)
             writer.close()
@@ -160,30 +160,30 @@ class LocalListener:
             session = await self.keeper.session()
             stream = await session.open_stream(self.target, timeout=OPEN_TIMEOUT)
         except tunnel.StreamRefused as err:
-            log.warning("x conn %d: %s", conn_no, refusal_error(err.code, err.reason,
+            log.warning("connection %d refused: %s", conn_no, refusal_error(err.code, err.reason,
                                                                 self.target.decode()))
             await self._refuse(reader, writer)
             return
         except RelayUnreachable as err:
             if self.keeper.relay_lost_reason is not None:
                 # The shell already has the one "lost the relay" line.
-                log.debug("x conn %d: refused at once, relay lost", conn_no)
+                log.debug("connection %d refused at once: the relay is lost", conn_no)
             else:
-                log.warning("x conn %d: no stream to the relay (%s)", conn_no, err)
+                log.warning("connection %d closed: no stream to the relay (%s)", conn_no, err)
             await self._refuse(reader, writer)
             return
         except (TimeoutError, CliError, tunnel.TunnelClosed, OSError) as err:
-            log.warning("x conn %d: no stream to the relay (%s)", conn_no,
+            log.warning("connection %d closed: no stream to the relay (%s)", conn_no,
                         str(err) if isinstance(err, CliError) else type(err).__name__)
             await self._refuse(reader, writer)
             return
         finally:
             self._pending_opens -= 1
-        log.debug("> conn %d -> stream %s", conn_no, getattr(stream, "id", "?"))
+        log.debug("connection %d joined stream %s", conn_no, getattr(stream, "id", "?"))
         try:
             await tunnel.splice(stream, reader, writer)
         except Exception as err:  # splice reports errors as resets; never crash the listener
-            log.debug("! conn %d splice ended: %s", conn_no, type(err).__name__)
+            log.debug("connection %d splice ended: %s", conn_no, type(err).__name__)
         finally:
             if not writer.is_closing():
                 writer.close()

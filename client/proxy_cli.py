@@ -155,7 +155,7 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         async with RelayApi(config, tokens) as api:
-            reg = await api.get_cluster(group, args.name)
+            reg = await api.get_cluster(group, args.name, command="arc-proxy", role="cluster-user")
         if reg.get("connectivityStatus") == "Offline":
             raise AgentOffline(f"cluster {cluster_id} is offline (its agent is not connected to the "
                                "relay): check that arc-agent is running in the cluster")

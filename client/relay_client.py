@@ -23,7 +23,7 @@ from tunnel import Backoff, ErrorCode, retry_after_delay, retry_after_seconds
 if TYPE_CHECKING:
     from tunnel import TunnelConfig, TunnelSession, TunnelStream
 
-__all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper", "relay_unreachable"]
+__all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper", "relay_unreachable", "role_forbidden"]
 
 log = logging.getLogger("client")
 
@@ -101,6 +101,16 @@ def _error_message(body: object) -> str:
     return ""
 
 
+def role_forbidden(role: str, command: str, resource_group: str, name: str) -> Forbidden:
+    """The one line for a refusal at a cluster: the role ``command`` needs, the
+    scope, and the command an admin runs (a cluster that does not exist looks
+    the same to a caller without a role, so the name is worth checking too)."""
+    scope = f"/resourceGroups/{resource_group}/clusters/{name}"
+    return Forbidden(f"{command} needs the {role} role at scope {scope} (or a scope containing it), and you "
+                     f"have none there: check the name and -g ('arcctl list'), or ask an admin to run: "
+                     f"arcctl role assign --role {role} --assignee YOUR_OBJECT_ID -n {name} -g {resource_group}")
+
+
 class RelayApi:
     """The relay's management REST API, authenticated with the user's token.
 
@@ -170,8 +180,16 @@ class RelayApi:
     def cluster_path(resource_group: str, name: str) -> str:
         return f"/api/v1/resourceGroups/{quote(resource_group, safe='')}/clusters/{quote(name, safe='')}"
 
-    async def get_cluster(self, resource_group: str, name: str) -> dict[str, Any]:
+    async def get_cluster(self, resource_group: str, name: str, *, command: str = "arcctl show",
+                          role: str = "viewer") -> dict[str, Any]:
         """The registration of ``resource_group/name``.
+
+        Args:
+            resource_group: the cluster's resource group.
+            name: the cluster's name.
+            command: the caller's command, named in a refusal.
+            role: the least role ``command`` needs on the cluster (relay.roles:
+                ``viewer`` for show, ``cluster-user`` for arc-proxy).
 
         Raises:
             ClusterNotFound: no such cluster (admins see this).
@@ -183,10 +201,22 @@ class RelayApi:
             body = await self.request("GET", self.cluster_path(resource_group, name),
                                       what=f"cluster {cid}")
         except Forbidden:
-            raise Forbidden(f"cluster {cid} does not exist or you have no role on it: check the "
-                            "name and -g ('arcctl list'), or ask an admin for the cluster-user "
-                            "role") from None
+            raise role_forbidden(role, command, resource_group, name) from None
         return dict(body or {})
+
+    async def check_delete(self, resource_group: str, name: str) -> None:
+        """Ask the relay whether the caller may delete the registration, without
+        deleting it (``DELETE ...?dryRun=true``).
+
+        Raises:
+            ClusterNotFound: no such cluster.
+            Forbidden: the caller has no onboarding (or admin) role on it.
+        """
+        try:
+            await self.request("DELETE", self.cluster_path(resource_group, name),
+                               params={"dryRun": "true"}, what=f"cluster {resource_group}/{name}")
+        except Forbidden:
+            raise role_forbidden("onboarding", "arcctl delete", resource_group, name) from None
 
     async def list_clusters(self, resource_group: str | None = None) -> list[dict[str, Any]]:
         """Registered clusters, optionally in one resource group."""
@@ -276,7 +306,7 @@ class RelaySessionKeeper:
                 if attempt == START_BUSY_RETRIES:
                     raise
                 delay = retry_after_delay(busy.retry_after)
-                log.info("= relay busy; retrying in %.1f s", delay)
+                log.info("relay busy; retrying in %.1f s", delay)
                 await asyncio.sleep(delay)
         self._runner = asyncio.create_task(self._keep_up(), name="relay-session-keeper")
         return session
@@ -324,8 +354,8 @@ class RelaySessionKeeper:
                     raise AuthError("the relay refused the token (expired or invalid): "
                                     "get a new one and retry") from None
                 if err.status == 403:
-                    raise Forbidden("the relay refused the connection (forbidden): "
-                                    "ask an admin for the cluster-user role") from None
+                    raise Forbidden("the relay refused arc-proxy's connection (forbidden): arc-proxy "
+                                    "needs the cluster-user role on the cluster; ask an admin") from None
                 hint = retry_after_seconds(err.headers) if err.status in (429, 503) else None
                 if hint is not None:
                     raise RelayBusy(f"the relay is busy (HTTP {err.status}); it asked to retry "
@@ -351,11 +381,11 @@ class RelaySessionKeeper:
                 try:
                     await old.goaway()  # its open streams finish; new ones use `session`
                 except Exception as err:  # the old session may be closing already
-                    log.debug("! goaway on replaced session: %s", type(err).__name__)
-                log.info("= %s renewed its relay session (connect #%d); previous session drains "
+                    log.debug("goaway on the replaced session failed: %s", type(err).__name__)
+                log.info("%s renewed its relay session (connect #%d); previous session drains "
                          "%d open stream(s)", self.name, self.connects, old.streams)
             else:
-                log.info("= %s connected to relay (connect #%d)", self.name, self.connects)
+                log.info("%s connected to the relay (connect #%d)", self.name, self.connects)
             if self.relay_lost_reason is not None:
                 self.relay_lost_reason = None
                 log.warning("relay %s is reachable again: serving kubectl", self.config.relay_url)
@@ -365,7 +395,7 @@ class RelaySessionKeeper:
         try:
             await session.run()
         except Exception as err:  # the session's end is reported by close_reason
-            log.debug("! session run ended with %s", type(err).__name__)
+            log.debug("session run ended with %s", type(err).__name__)
 
     async def _refuse(self, stream: TunnelStream) -> None:
         # The relay never opens streams towards a client.
@@ -388,9 +418,9 @@ class RelaySessionKeeper:
                     if time.time() < self._renew_at:
                         continue
                     renew = True
-                    log.info("= %s relay token is due for renewal; opening a new session", self.name)
+                    log.info("%s relay token is due for renewal; opening a new session", self.name)
                 else:
-                    log.info("x %s session to relay ended (%s); reconnecting", self.name,
+                    log.info("%s session to the relay ended (%s); reconnecting", self.name,
                              s.close_reason or "closed")
                 backoff.reset()
             busy_wait: float | None = None
@@ -403,9 +433,9 @@ class RelaySessionKeeper:
             except RelayBusy as busy:
                 # Honour the relay's pace; an on-demand session() does not cut this short.
                 busy_wait = retry_after_delay(busy.retry_after)
-                log.debug("! reconnect refused, relay busy: waiting %.1f s", busy_wait)
+                log.debug("reconnect refused, relay busy: waiting %.1f s", busy_wait)
             except CliError as err:
-                log.debug("! reconnect failed: %s", err)
+                log.debug("reconnect failed: %s", err)
                 if self.relay_lost_reason is None and not self._usable(self._session):
                     # Said once per loss, in the user's shell; kubectl is refused at once meanwhile.
                     self.relay_lost_reason = str(err)
@@ -434,7 +464,7 @@ class RelaySessionKeeper:
             try:
                 await asyncio.wait_for(s.close(), 3.0)
             except (TimeoutError, Exception) as err:  # closing best effort
-                log.debug("! close: %s", type(err).__name__)
+                log.debug("close failed: %s", type(err).__name__)
         for old_run in list(self._old_runs):
             old_run.cancel()
         if self._run_task is not None:

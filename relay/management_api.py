@@ -191,12 +191,21 @@ async def get_cluster(request: web.Request) -> web.Response:
 
 @_handler
 async def delete_cluster(request: web.Request) -> web.Response:
-    """DELETE /api/v1/resourceGroups/{rg}/clusters/{name}; ends its agent session."""
+    """DELETE /api/v1/resourceGroups/{rg}/clusters/{name}; ends its agent session.
+
+    ``?dryRun=true`` authorises and checks existence only (204, nothing
+    deleted): ``arcctl delete`` asks it before touching the cluster, so a
+    refused delete changes nothing anywhere.
+    """
     state = request.app[STATE]
     principal = await _principal(request)
     rg, name = _names(request)
     _require(request, principal, "delete", cluster_scope(rg, name), "onboarding")
     cid = cluster_id(rg, name)
+    if request.query.get("dryRun") == "true":
+        if state.registry.get(cid) is None:
+            return json_error(404, "NotFound", f"cluster {cid} is not registered")
+        return web.Response(status=204)
     if not state.registry.delete(cid):
         return json_error(404, "NotFound", f"cluster {cid} is not registered")
     session = state.directory.get(cid)

@@ -4,13 +4,16 @@ server, IdP, relay; alice has the onboarding role on resource group ``lab``):
 - connect without the onboarding role names that role and its scopes;
 - ``role list``/``role export`` without admin say so and exit 5 (not ``[]``);
 - connect waits until the agent is Connected, and a wait that runs out says
-  where to look and exits 7, keeping the registration and the objects.
+  where to look and exits 7, keeping the registration and the objects;
+- show without a role names viewer, delete names onboarding, and a viewer's
+  refused delete removes nothing in the cluster.
 
 The tests of this module run in order and share one environment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -119,4 +122,35 @@ def test_connect_waits_until_the_agent_is_connected(env: LifecycleEnv) -> None:
             proc.communicate()
     assert proc.returncode == 0, err
     assert f"Agent of {GROUP}/{NAME} is Connected" in out
+    assert env.status(NAME) == "Connected"
+
+
+def test_show_and_delete_without_a_role_name_the_role_each_needs(env: LifecycleEnv) -> None:
+    """bob has no role: show names the viewer role, delete the onboarding role,
+    each at the cluster's scope; exit 5, one line, nothing deleted."""
+    scope = f"/resourceGroups/{GROUP}/clusters/{NAME}"
+    show = _one_line(env.arcctl("show", "-n", NAME, "-g", GROUP, config=_bob(env)), "arcctl show", 5)
+    assert f"arcctl show needs the viewer role at scope {scope}" in show
+    assert "cluster-user" not in show
+    delete = _one_line(env.arcctl("delete", "-n", NAME, "-g", GROUP, "-y", "--kube-config", env.kubeconfig,
+                                  config=_bob(env)), "arcctl delete", 5)
+    assert f"arcctl delete needs the onboarding role at scope {scope}" in delete
+    assert "cluster-user" not in delete
+    assert env.registration(NAME)
+
+
+def test_delete_by_a_viewer_is_refused_before_it_touches_the_cluster(env: LifecycleEnv) -> None:
+    """bob gets viewer on the cluster (he may read the registration, not delete
+    it): delete exits 5 naming onboarding, and the agent's objects in the
+    cluster and the registration are all still there."""
+    asyncio.run(env.admin_call(lambda api: api.put_role_assignment("bob-viewer", {
+        "principalId": BOB_OID, "principalType": "User", "role": "viewer",
+        "scope": f"/resourceGroups/{GROUP}/clusters/{NAME}"})))
+    assert env.arcctl("show", "-n", NAME, "-g", GROUP, config=_bob(env)).returncode == 0
+    p = env.arcctl("delete", "-n", NAME, "-g", GROUP, "-y", "--kube-config", env.kubeconfig, config=_bob(env))
+    line = _one_line(p, "arcctl delete", 5)
+    assert "needs the onboarding role" in line
+    assert "[1/2]" not in p.stdout
+    files, _ = env.read_agent_objects()
+    assert files["agent.key"]
     assert env.status(NAME) == "Connected"
