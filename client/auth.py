@@ -141,7 +141,7 @@ class TokenSource:
                 return await self._post({**base, "grant_type": "refresh_token",
                                          "refresh_token": old.refresh_token})
             except AuthError:
-                log.info("= token refresh refused; using the configured grant again")
+                log.info("token refresh refused; using the configured grant again")
         if a.username:
             if a.password is None:
                 raise ConfigError("client config auth.username is set but auth.password is not")
@@ -172,7 +172,7 @@ class TokenSource:
             raise AuthError(f"cannot reach the identity provider at {url} "
                             f"({type(err).__name__}): is it running?") from None
         access = str(body["access_token"])
-        log.info("= token acquired via %s grant", form["grant_type"])
+        log.info("token acquired via %s grant", form["grant_type"])
         return Token(access, _expiry(access, body.get("expires_in")), body.get("refresh_token"),
                      issued_at=time.time())
 
@@ -243,4 +243,4 @@ class CachedTokenSource(TokenSource):
                 {"access_token": token.access_token, "expires_at": token.expires_at,
                  "refresh_token": token.refresh_token, "issued_at": token.issued_at}))
         except OSError as err:
-            log.debug("! token cache not written: %s", err.strerror)
+            log.debug("token cache not written: %s", err.strerror)

@@ -71,5 +71,5 @@ def tune_allocator(
             (_M_TOP_PAD, top_pad),
         )
     )
-    log.debug("= allocator thresholds fixed: %s", ok)
+    log.debug("allocator thresholds fixed: %s", ok)
     return ok

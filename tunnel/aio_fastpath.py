@@ -182,5 +182,5 @@ def install_fast_path(ws: Any, on_binary: Callable[[bytes], bool]) -> FastPath |
         # Client side: read timeouts and connection loss are reported there.
         protocol._payload = new_queue
     fast.drain()
-    log.debug("= websocket fast path installed")
+    log.debug("websocket fast path installed")
     return fast

@@ -249,7 +249,7 @@ class StreamBridge:
             except Exception:
                 # The owner's bug: one record with the traceback, the
                 # sessions and their other streams go on.
-                log.exception("! stream join %d/%d: on_done failed", self.a.id, self.b.id)
+                log.exception("stream join %d/%d: on_done failed", self.a.id, self.b.id)
 
 
 def join_streams(

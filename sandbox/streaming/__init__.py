@@ -71,12 +71,12 @@ async def serve_upgrade(kind: str, req: UpgradeRequest, runtime: PodRuntime | No
         return
     if body is None:
         return
-    log.info("= %s upgraded pod=%s/%s user=%s", kind, runtime.namespace, runtime.name, req.user)
+    log.info("%s upgraded pod=%s/%s user=%s", kind, runtime.namespace, runtime.name, req.user)
     task = asyncio.create_task(body)
     runtime.track(task)
     with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
         await task
-    log.info("= %s ended pod=%s/%s", kind, runtime.namespace, runtime.name)
+    log.info("%s ended pod=%s/%s", kind, runtime.namespace, runtime.name)
 
 
 def _validate(kind: str, opts: StreamOptions, runtime: PodRuntime) -> str | None:

@@ -64,13 +64,13 @@ async def _forward(runtime: PodRuntime, error: SpdyStream, data: SpdyStream) -> 
             f"dial tcp4 127.0.0.1:{port_text}: connect: connection refused")
         msg = (f"error forwarding port {port_text} to pod {runtime.name}, "
                f"uid {runtime.uid}: {reason}")
-        log.info("! portforward pod=%s/%s port=%s failed", runtime.namespace, runtime.name,
+        log.info("portforward pod=%s/%s port=%s failed", runtime.namespace, runtime.name,
                  port_text)
         await error.write(msg.encode())
         await error.write_eof()
         await data.write_eof()
         return
-    log.info("= portforward pod=%s/%s port=%s -> %s:%s", runtime.namespace, runtime.name,
+    log.info("portforward pod=%s/%s port=%s to %s:%s", runtime.namespace, runtime.name,
              port, host, tport)
 
     async def upstream() -> None:

@@ -25,10 +25,10 @@ async def run_process(kind: str, runtime: PodRuntime, opts: StreamOptions,
         raise
     except (ConnectionError, OSError):
         # The client went away mid-write: nobody is left to tell.
-        log.info("! %s in pod %s: client connection lost", kind, runtime.name)
+        log.info("%s in pod %s: client connection lost", kind, runtime.name)
         return None, "connection lost"
     except Exception as exc:  # a sandbox bug must not kill the server
-        log.exception("! %s failed in pod %s", kind, runtime.name)
+        log.exception("%s failed in pod %s", kind, runtime.name)
         return None, f"internal error running {kind}: {type(exc).__name__}"
 
 

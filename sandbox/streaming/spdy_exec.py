@@ -59,7 +59,7 @@ async def serve_spdy_exec(kind: str, transport: ByteTransport, protocol: str,
         try:
             await asyncio.wait_for(_ready_or_closed(ready, session), STREAM_CREATION_TIMEOUT)
         except TimeoutError:
-            log.info("! %s: timed out waiting for streams %s", kind, sorted(expected))
+            log.info("%s timed out waiting for streams %s", kind, sorted(expected))
             return
         if not ready.is_set():
             return

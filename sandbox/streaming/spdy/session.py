@@ -116,7 +116,7 @@ class SpdySession:
                         return
                 await self.flush()
         except SpdyProtocolError as exc:
-            log.info("! spdy protocol error: %s", exc)
+            log.info("spdy protocol error: %s", exc)
         finally:
             for stream in self.streams.values():
                 stream.queue.feed_eof()
@@ -124,7 +124,7 @@ class SpdySession:
 
     async def _dispatch(self, frame: object) -> bool:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("< spdy %s", _describe(frame))
+            log.debug("spdy frame received: %s", _describe(frame))
         if isinstance(frame, Data):
             stream = self.streams.get(frame.stream_id)
             if stream is None:
