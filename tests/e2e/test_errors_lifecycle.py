@@ -148,9 +148,10 @@ def test_delete_by_a_viewer_is_refused_before_it_touches_the_cluster(env: Lifecy
         "scope": f"/resourceGroups/{GROUP}/clusters/{NAME}"})))
     assert env.arcctl("show", "-n", NAME, "-g", GROUP, config=_bob(env)).returncode == 0
     p = env.arcctl("delete", "-n", NAME, "-g", GROUP, "-y", "--kube-config", env.kubeconfig, config=_bob(env))
-    line = _one_line(p, "arcctl delete", 5)
-    assert "needs the onboarding role" in line
-    assert "[1/2]" not in p.stdout
+    # What must not happen first, then the message.
+    assert "[1/2]" not in p.stdout, p.stdout
     files, _ = env.read_agent_objects()
     assert files["agent.key"]
     assert env.status(NAME) == "Connected"
+    line = _one_line(p, "arcctl delete", 5)
+    assert "needs the onboarding role" in line

@@ -27,9 +27,15 @@ async def test_api_admin_registers_shows_lists_deletes_cluster(relay_env: RelayE
     assert status == 200 and body["tlsServerName"] == "kube-aad-proxy.alpha"
     status, body = await relay_env.api("GET", "/api/v1/clusters?resourceGroup=rg1", admin)
     assert status == 200 and [c["id"] for c in body["value"]] == ["rg1/alpha"]
+    status, body = await relay_env.api("DELETE", CLUSTER + "?dryRun=true", admin)
+    assert status == 204
+    status, body = await relay_env.api("GET", CLUSTER, admin)
+    assert status == 200, "a dry-run delete deleted the registration"
     status, body = await relay_env.api("DELETE", CLUSTER, admin)
     assert status == 204
     status, body = await relay_env.api("GET", CLUSTER, admin)
+    assert status == 404 and body["error"]["code"] == "NotFound"
+    status, body = await relay_env.api("DELETE", CLUSTER + "?dryRun=true", admin)
     assert status == 404 and body["error"]["code"] == "NotFound"
 
 
@@ -69,8 +75,9 @@ async def test_api_enforces_roles(relay_env: RelayEnv) -> None:
     assert status == 201
     status, _ = await relay_env.api("GET", CLUSTER, bob)
     assert status == 200
-    status, _ = await relay_env.api("DELETE", CLUSTER, bob)
-    assert status == 403
+    for path in (CLUSTER + "?dryRun=true", CLUSTER):  # the dry run answers as the delete would
+        status, body = await relay_env.api("DELETE", path, bob)
+        assert status == 403 and "onboarding" in body["error"]["message"]
     status, _ = await relay_env.api("PUT", "/api/v1/roleAssignments/x", bob, {
         "principalId": BOB_OID, "role": "admin", "scope": "/"})
     assert status == 403
