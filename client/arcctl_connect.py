@@ -478,7 +478,8 @@ async def wait_connected(api: RelayApi, resource_group: str, name: str, timeout:
     next_progress = start + WAIT_PROGRESS_EVERY
     status = ""
     while True:
-        status = str((await api.get_cluster(resource_group, name)).get("connectivityStatus") or "")
+        reg = await api.get_cluster(resource_group, name, command="arcctl connect", role="onboarding")
+        status = str(reg.get("connectivityStatus") or "")
         now = loop.time()
         if status == "Connected":
             print(f"Agent of {cid} is Connected (after {now - start:.0f} s)", flush=True)

@@ -25,7 +25,7 @@ import yaml
 
 from client.errors import ClusterNotFound
 from tests.support.lifecycle import GROUP, LifecycleEnv, running_lifecycle_env
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, child_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -155,3 +155,14 @@ def test_delete_by_a_viewer_is_refused_before_it_touches_the_cluster(env: Lifecy
     assert env.status(NAME) == "Connected"
     line = _one_line(p, "arcctl delete", 5)
     assert "needs the onboarding role" in line
+
+
+def test_arc_proxy_for_a_viewer_names_the_cluster_user_role(env: LifecycleEnv) -> None:
+    """bob, now a viewer of the cluster, runs arc-proxy: the relay refuses his
+    stream, and arc-proxy says it needs cluster-user on that cluster; exit 5."""
+    full_env = child_env(ARC_CONFIG=str(_bob(env)), XDG_CACHE_HOME=str(env.base / "cache"))
+    p = subprocess.run([sys.executable, "-m", "client.proxy_cli", "-n", NAME, "-g", GROUP, "--port", "0",
+                        "-f", str(env.base / "bob-kubeconfig")], capture_output=True, text=True,
+                       env=full_env, timeout=60, stdin=subprocess.DEVNULL)
+    line = _one_line(p, "arc-proxy", 5)
+    assert f"arc-proxy needs the cluster-user role on cluster {GROUP}/{NAME}" in line
