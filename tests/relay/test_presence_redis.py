@@ -8,13 +8,16 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from relay.presence import PresenceUnavailable, Route
+from relay.presence import Presence, PresenceConfig, PresenceUnavailable, Route
 from relay.presence_redis import RedisPresence, presence_key
 from tests.support.redis import RedisServer, running_redis
+from tests.support.relay import DEMO_OID, roundtrip, running_env
+from tests.support.servers import server_port, start_echo_server
 from tests.support.waits import WAIT, until, until_async
 
 CLUSTER = "rg1/alpha"
@@ -203,3 +206,46 @@ async def _all_routed(presence: RedisPresence, count: int, first: int = 0) -> bo
     except PresenceUnavailable:
         return False
     return all(found)
+
+
+async def test_relay_keeps_routing_its_agents_while_redis_is_down(
+        tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A relay with Redis presence: redis-server killed -9 while an agent is
+    connected -> kubectl-like streams to that agent still work, and a new
+    agent still connects; one line on the loss, errors counted in
+    /metrics' collector; Redis back -> both agents' routes are re-asserted."""
+    caplog.set_level(logging.INFO, logger="relay")
+    presence = PresenceConfig(redis_url=redis_server.url, ttl_seconds=1.5, replica_id="relay-a")
+    async with running_env(tmp_path / "env", presence=presence) as env:
+        echo = await start_echo_server()
+        keys = env.register("rg1", "alpha")
+        env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+        await env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
+        await env.wait_agent("rg1/alpha")
+        store = env.state.presence
+        await until_async(lambda: store.lookup("rg1/alpha"), "the agent's route")
+
+        redis_server.kill()
+        await until(lambda: env.state.metrics.sample("arc_relay_presence_errors_total"), "a failed refresh")
+        client = await env.client(env.token("demo"))
+        assert await roundtrip(client, b"rg1/alpha", b"still served" * 1000) == b"still served" * 1000
+        beta_keys = env.register("rg1", "beta")
+        await env.start_agent("rg1/beta", beta_keys, ("127.0.0.1", server_port(echo)))
+        await env.wait_agent("rg1/beta")
+        assert env.state.metrics.sample("arc_relay_presence_store_up") == 0
+
+        await asyncio.to_thread(redis_server.start)
+        for cid in ("rg1/alpha", "rg1/beta"):
+            await until_async(partial(_lookup_quietly, store, cid), f"{cid}'s route re-asserted")
+        assert env.state.metrics.sample("arc_relay_presence_store_up") == 1
+        echo.close()
+    lost = [r for r in caplog.records if "presence store unreachable" in r.message]
+    back = [r for r in caplog.records if "presence store reachable again" in r.message]
+    assert len(lost) == 1 and len(back) == 1, [r.message for r in lost + back]
+
+
+async def _lookup_quietly(presence: Presence, cluster: str) -> list[Route]:
+    try:
+        return await presence.lookup(cluster)
+    except PresenceUnavailable:
+        return []
