@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from importlib import resources
@@ -28,7 +29,9 @@ from relay.config import ConfigError, RelayConfig, authorization_warnings
 from relay.directory import LocalDirectory
 from relay.health_listener import ready_checks, relay_health_listener
 from relay.listener import RelayListener
-from relay.metrics import RelayMetrics
+from relay.metrics import PresenceCollector, RelayMetrics
+from relay.presence import MemoryPresence, PresenceDirectory, SessionIds
+from relay.presence_redis import RedisPresence
 from relay.registry import SqliteDatabase, SqliteRegistry
 from relay.roles import RoleStore
 from relay.router import DataRecorder
@@ -112,6 +115,26 @@ def _ssl_context(config: RelayConfig) -> tuple[ssl.SSLContext, DevTls | None]:
     return ctx, dev
 
 
+def _presence(config: RelayConfig) -> MemoryPresence | RedisPresence:
+    """The configured presence; its replica id and address are set once the relay listens."""
+    settings = config.presence
+    if settings.redis_url is None:
+        return MemoryPresence("", "")
+    try:
+        return RedisPresence(settings.redis_url, replica_id="", address="", ttl_seconds=settings.ttl_seconds)
+    except ValueError as exc:  # redis-py refuses the URL's form (the schema checked its scheme)
+        raise ConfigError(f"presence.redis_url: {exc}") from None
+
+
+def _advertise(config: RelayConfig, port: int) -> str:
+    """``presence.advertise``, else the listen address with the bound port (the
+    host name for a wildcard host)."""
+    if config.presence.advertise:
+        return config.presence.advertise
+    host = config.host if config.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class NoIssuers:
     """Stands in for ``TokenValidator`` when no issuer is configured: agents
     can still connect, every user token is refused with a clear reason."""
@@ -165,6 +188,7 @@ class RelayServer:
         self._runner: web.AppRunner | None = None
         self._listener: RelayListener | None = None
         self.state: RelayState | None = None
+        self._presence: MemoryPresence | RedisPresence | None = None
         self._db: SqliteDatabase | None = None
         self._status_db: SqliteDatabase | None = None
         self._status: LiveStatusRegistry | None = None
@@ -222,7 +246,9 @@ class RelayServer:
         except Exception as exc:  # sqlite3.Error or OSError: both operator-fixable
             self._close_databases()
             raise ConfigError(f"cannot open database {config.database_path}: {exc}") from None
-        directory = LocalDirectory[TunnelSession]()
+        presence = _presence(config)
+        self._presence = presence
+        directory = PresenceDirectory(LocalDirectory[TunnelSession](), presence, SessionIds())
         self._status = LiveStatusRegistry(SqliteRegistry(self._db), directory.is_present,
                                           config.status_flush_seconds,
                                           writer=SqliteRegistry(self._status_db) if self._status_db else None)
@@ -237,7 +263,9 @@ class RelayServer:
             verifier=AgentAssertionVerifier([]),
             tunnel_config=tunnel_config,
             recorder=DataRecorder(config.record_data_file) if config.record_data_file else None,
+            presence=presence,
         )
+        self.state.metrics.registry.register(PresenceCollector(presence))
         install_parser_error_filter()
         app = web.Application(client_max_size=64 * 1024, middlewares=[unexpected_error_middleware])
         app[STATE] = self.state
@@ -261,6 +289,7 @@ class RelayServer:
         except OSError as exc:
             await self._runner.cleanup()
             await validator.close()
+            await presence.close()
             await self._status.stop()
             self._close_databases()
             self._runner = None
@@ -281,11 +310,16 @@ class RelayServer:
         self.health_url = self._health.url
         self.state.admission.start()  # its loop-lag timer
         self.port = self._listener.port
+        presence.address = _advertise(config, self.port)
+        presence.replica_id = config.presence.replica_id or presence.address
+        await presence.start()
         host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         self.url = f"https://{f'[{host}]' if ':' in host else host}:{self.port}"
         self.state.verifier.audiences = config.agent_audiences(self.port)
-        log.info("relay listening url=%s agent_audience=%s dev_tls=%s tls_engine=%s", self.url,
-                 self.state.verifier.audiences[0], dev is not None, config.edge.tls_engine)
+        log.info("relay listening url=%s agent_audience=%s dev_tls=%s tls_engine=%s presence=%s "
+                 "replica=%s", self.url, self.state.verifier.audiences[0], dev is not None,
+                 config.edge.tls_engine, "redis" if config.presence.redis_url else "memory",
+                 presence.replica_id)
 
     def _close_databases(self) -> None:
         for db in (self._status_db, self._db):
@@ -318,6 +352,9 @@ class RelayServer:
             state.recorder.close()
         if self._status is not None:
             await self._status.stop()  # write what the write-behind still holds
+        if self._presence is not None:
+            await self._presence.close()  # after the sessions: their unregistrations go out
+            self._presence = None
         self._close_databases()
         self._runner = None
         # Last: /readyz says "shutting down" to the load balancer throughout the drain.

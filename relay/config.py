@@ -35,6 +35,10 @@ Example::
     health: {listen: "127.0.0.1:0",              # /livez /readyz /metrics, plain HTTP: keep it private
              max_connections: 32, connection_seconds: 30,   # health/listener.py bounds
              max_cluster_series: 1000}           # clusters with their own metric label (relay/metrics.py)
+    presence: {redis_url: null,                  # redis://host:6379/0 or unix:///path: shared by replicas
+               ttl_seconds: 15,                  # a dead replica's routes lapse within this
+               replica_id: null,                 # unique and stable per replica (default: advertise)
+               advertise: null}                  # host:port other replicas reach this one at
     debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
 """
 
@@ -59,6 +63,7 @@ from relay.config_schema import (
     parse_listen,
 )
 from relay.edge_limits import EdgeLimits
+from relay.presence import PresenceConfig
 
 __all__ = [
     "MUTABLE_CLAIMS",
@@ -160,6 +165,8 @@ class RelayConfig:
     health_port: int = 0
     health_limits: HealthLimits = field(default_factory=HealthLimits)
     max_cluster_series: int = 1000
+    # presence.*: routes to agent sessions shared between replicas (relay/presence.py).
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
 
     @property
     def database_path(self) -> str:
@@ -287,6 +294,8 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
         health_port=doc.health.address()[1],
         health_limits=doc.health.limits(),
         max_cluster_series=doc.health.max_cluster_series,
+        presence=PresenceConfig(redis_url=doc.presence.redis_url, ttl_seconds=doc.presence.ttl_seconds,
+                                replica_id=doc.presence.replica_id, advertise=doc.presence.advertise),
     )
 
 

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self, get_args
+from typing import Annotated, Any, Literal, Self, get_args
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from configfile import ConfigModel, Text, parse_host_port
+from configfile import ConfigModel, Secret, Text, parse_host_port
 from health.config import HealthSection
 from identity import OptionalGroupSource
 from relay.edge_limits import (
@@ -31,6 +31,7 @@ __all__ = [
     "DebugSection",
     "IssuerSection",
     "ListenerSection",
+    "PresenceSection",
     "RelayFile",
     "RelayLimitsSection",
     "RelayOidcSection",
@@ -154,6 +155,39 @@ class DebugSection(ConfigModel):
                                          "(tests; also `$ARC_RELAY_RECORD_DATA_FILE`).")
 
 
+class PresenceSection(ConfigModel):
+    """``presence``: where replicas record which of them holds which agent session
+    (relay/presence.py; unset `redis_url`: in this process only, for one replica)."""
+
+    # Secret: a URL may carry the Redis password; it is never shown in an error.
+    redis_url: Annotated[str | None, Secret()] = Field(
+        default=None, description="`redis://[:password@]host:port/db`, `rediss://...` (TLS) or "
+        "`unix:///path/redis.sock` (unset: in memory, one replica).")
+    ttl_seconds: float = Field(default=15.0, ge=0.3, le=3600, description="A route lapses this long after "
+                               "its replica stopped refreshing it (every third of it).")
+    replica_id: Text | None = Field(default=None, min_length=1, max_length=253, pattern=r"^[^\s]+$",
+                                    description="This replica's name in routes, unique in the tier "
+                                    "and stable across its restarts, e.g. the pod name (unset: `advertise`).")
+    advertise: str | None = Field(default=None, description="`host:port` other replicas reach this one "
+                                  "at (unset: `listen`, the host name standing in for a wildcard host).")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("advertise")
+    @classmethod
+    def _advertise_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            host, port = parse_host_port(value)
+            if not host or port == 0:
+                raise ValueError("expected host:port with a host and a non-zero port")
+        return value
+
+
 class RelayHealthSection(HealthSection):
     """The relay's ``health`` section: the listener plus the per-cluster series cap."""
 
@@ -178,6 +212,8 @@ class RelayFile(ConfigModel):
     listener: ListenerSection = Field(default=ListenerSection(), description="TLS engine of the listening port.")
     limits: RelayLimitsSection = Field(default=RelayLimitsSection(), description="Timeouts and bounds.")
     admission: AdmissionSection = Field(default=AdmissionSection(), description="Handshake admission.")
+    presence: PresenceSection = Field(default=PresenceSection(), description="Routes to agent sessions "
+                                      "shared between replicas (Redis).")
     debug: DebugSection = Field(default=DebugSection(), description="Test hooks.")
     health: RelayHealthSection = Field(default=RelayHealthSection(), description="The `/livez` `/readyz` "
                                        "`/metrics` listener (docs/metrics.md).")

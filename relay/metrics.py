@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,7 +28,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from relay.admission import HandshakeAdmission
 from relay.edge import EdgeGate
 
-__all__ = ["OTHER_CLUSTERS", "AdmissionCollector", "ClusterCollector", "EdgeCollector", "RelayMetrics"]
+__all__ = [
+    "OTHER_CLUSTERS",
+    "AdmissionCollector",
+    "ClusterCollector",
+    "EdgeCollector",
+    "PresenceCollector",
+    "PresenceStats",
+    "RelayMetrics",
+]
 
 #: The ``cluster`` label of the streams of clusters beyond the series cap.
 OTHER_CLUSTERS = "_other"
@@ -215,3 +224,40 @@ class ClusterCollector:
                                      "(no per-cluster series).")
         unlisted.add_metric([], len(ids) - len(listed))
         return (connected, per_cluster, registered, online, unlisted)
+
+
+class PresenceStats(Protocol):
+    """What a presence (relay/presence.py, relay/presence_redis.py) counts."""
+
+    reachable: bool | None
+    errors: int
+    reasserted: int
+    fenced: int
+
+    def held(self) -> dict[str, int]: ...
+
+
+class PresenceCollector:
+    """``arc_relay_presence_*``, read from the presence at scrape time."""
+
+    def __init__(self, presence: PresenceStats) -> None:
+        self.presence = presence
+
+    def collect(self) -> Iterable[Metric]:
+        p = self.presence
+        errors = CounterMetricFamily("arc_relay_presence_errors", "Presence store operations that "
+                                     "failed (unreachable, timed out).")
+        errors.add_metric([], p.errors)
+        reasserted = CounterMetricFamily("arc_relay_presence_reasserted", "Routes the presence store "
+                                         "had lost, written again from memory.")
+        reasserted.add_metric([], p.reasserted)
+        fenced = CounterMetricFamily("arc_relay_presence_fenced", "Registrations refused because a "
+                                     "newer session holds this replica id.")
+        fenced.add_metric([], p.fenced)
+        up = GaugeMetricFamily("arc_relay_presence_store_up", "1 while the presence store answered "
+                               "its last operation, else 0.")
+        up.add_metric([], 1 if p.reachable else 0)
+        routes = GaugeMetricFamily("arc_relay_presence_routes", "Agent sessions this replica "
+                                   "registers in presence.")
+        routes.add_metric([], len(p.held()))
+        return (errors, reasserted, fenced, up, routes)

@@ -21,6 +21,7 @@ from relay.config import RelayConfig
 from relay.directory import SessionDirectory
 from relay.log_limit import RefusalLog
 from relay.metrics import RelayMetrics
+from relay.presence import MemoryPresence, Presence
 from relay.registry import ClusterRegistry
 from relay.revocation import LiveStreams
 from relay.roles import RoleStore
@@ -79,6 +80,9 @@ class RelayState:
     admission: HandshakeAdmission = field(init=False)
     # Routed client streams, re-authorised while open (relay/revocation.py).
     live_streams: LiveStreams = field(init=False)
+    # Routes to agent sessions on every replica (relay/presence.py); the
+    # directory registers this replica's sessions in it.
+    presence: Presence = field(default_factory=lambda: MemoryPresence("local", ""))
 
     def __post_init__(self) -> None:
         config = self.config

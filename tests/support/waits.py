@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -31,6 +31,23 @@ async def until(predicate: Callable[[], T], what: str, timeout: float = WAIT) ->
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
         await asyncio.sleep(POLL_INTERVAL)
+    return value
+
+
+async def until_async(check: Callable[[], Awaitable[T]], what: str, timeout: float = WAIT, *,
+                      interval: float = POLL_INTERVAL) -> T:
+    """``until`` for a condition read with an await (e.g. from another
+    server, such as Redis): re-checked every ``interval`` until truthy.
+
+    Raises:
+        AssertionError: ``what`` did not happen within ``timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := await check()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
+        await asyncio.sleep(interval)
     return value
 
 
