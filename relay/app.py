@@ -25,12 +25,13 @@ from identity import Principal, TokenInvalid, TokenValidator, TrustedIssuer
 from identity.agent_assertion import AgentAssertionVerifier
 from relay import agent_endpoint, client_endpoint, management_api
 from relay.config import ConfigError, RelayConfig, authorization_warnings
+from relay.database_health import DatabaseHealth
 from relay.directory import LocalDirectory
 from relay.health_listener import ready_checks, relay_health_listener
 from relay.listener import RelayListener
 from relay.metrics import RelayMetrics
 from relay.registry import SqliteDatabase, SqliteRegistry
-from relay.roles import RoleStore
+from relay.roles import SqliteRoleStore
 from relay.router import DataRecorder
 from relay.state import STATE, RelayState
 from relay.status import LiveStatusRegistry
@@ -168,6 +169,7 @@ class RelayServer:
         self._db: SqliteDatabase | None = None
         self._status_db: SqliteDatabase | None = None
         self._status: LiveStatusRegistry | None = None
+        self._database_health: DatabaseHealth | None = None
         self._health: HealthListener | None = None
         self.health_url = ""
 
@@ -227,10 +229,13 @@ class RelayServer:
                                           config.status_flush_seconds,
                                           writer=SqliteRegistry(self._status_db) if self._status_db else None)
         await self._status.start()  # reconcile: nothing stays Connected without a session
+        self._database_health = DatabaseHealth(self._status.ping)
+        await self._database_health.start()
         self.state = RelayState(
             config=config,
             registry=self._status,
-            roles=RoleStore(self._db, config.admins),
+            roles=SqliteRoleStore(self._db, config.admins),
+            database=self._database_health,
             directory=directory,
             metrics=RelayMetrics(),
             validator=validator,
@@ -262,6 +267,7 @@ class RelayServer:
             await self._runner.cleanup()
             await validator.close()
             await self._status.stop()
+            await self._database_health.stop()
             self._close_databases()
             self._runner = None
             raise ConfigError(
@@ -318,6 +324,8 @@ class RelayServer:
             state.recorder.close()
         if self._status is not None:
             await self._status.stop()  # write what the write-behind still holds
+        if self._database_health is not None:
+            await self._database_health.stop()
         self._close_databases()
         self._runner = None
         # Last: /readyz says "shutting down" to the load balancer throughout the drain.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -28,6 +28,17 @@ async def until(predicate: Callable[[], T], what: str, timeout: float = WAIT) ->
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not (value := predicate()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
+        await asyncio.sleep(POLL_INTERVAL)
+    return value
+
+
+async def until_async(predicate: Callable[[], Awaitable[T]], what: str, timeout: float = WAIT) -> T:
+    """``until`` for a condition read through a coroutine (a store query)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := await predicate()):
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
         await asyncio.sleep(POLL_INTERVAL)
