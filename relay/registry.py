@@ -24,40 +24,13 @@ from pathlib import Path
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
 from relay import names
+from relay.migrations import migrate_sqlite
 
 ConnectivityStatus = Literal["Connecting", "Connected", "Offline"]
 
 # Names are checked by relay.names (fullmatch, closed alphabet).
 NAME_RE = names.NAME_RE
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS clusters (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    resource_group TEXT NOT NULL,
-    location TEXT NOT NULL DEFAULT '',
-    agent_public_key_certificate TEXT NOT NULL,
-    serving_ca_certificate TEXT NOT NULL DEFAULT '',
-    tls_server_name TEXT NOT NULL DEFAULT '',
-    connectivity_status TEXT NOT NULL DEFAULT 'Connecting',
-    last_connectivity_time TEXT,
-    agent_version TEXT,
-    kubernetes_version TEXT,
-    total_node_count INTEGER,
-    total_core_count INTEGER,
-    provisioning_state TEXT NOT NULL DEFAULT 'Succeeded',
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS role_assignments (
-    id TEXT PRIMARY KEY,
-    principal_id TEXT NOT NULL,
-    principal_type TEXT NOT NULL,
-    role TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS role_assignments_principal ON role_assignments (principal_id);
-"""
 
 
 # (epoch second, its RFC 3339 text): every connect and disconnect stamps the
@@ -239,7 +212,8 @@ class SqliteDatabase:
             # behind a writer. Set outside a transaction, as SQLite requires;
             # executescript commits by itself.
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+            conn.execute("PRAGMA busy_timeout=10000")  # another migrator/writer holds the lock: wait
+            migrate_sqlite(conn)
         except BaseException:
             conn.close()
             raise
