@@ -144,7 +144,7 @@ class ClusterRegistry(Protocol):
         ...
 
 
-_COLUMNS = (
+COLUMNS = (
     "name", "resource_group", "location", "agent_public_key_certificate",
     "serving_ca_certificate", "tls_server_name", "connectivity_status",
     "last_connectivity_time", "agent_version", "kubernetes_version",
@@ -265,7 +265,7 @@ class SqliteRegistry:
 
     @staticmethod
     def _row(row: sqlite3.Row) -> Cluster:
-        return Cluster(**{c: row[c] for c in _COLUMNS})
+        return Cluster(**{c: row[c] for c in COLUMNS})
 
     async def get(self, cluster_id: str) -> Cluster | None:
         return await self.db.run(self._get, cluster_id)
@@ -315,9 +315,9 @@ class SqliteRegistry:
                 stored = replace(cluster, created_at=cluster.created_at or utc_now())
                 values = asdict(stored)
                 cur.execute(
-                    f"INSERT INTO clusters (id, {', '.join(_COLUMNS)}) "
-                    f"VALUES (?, {', '.join('?' for _ in _COLUMNS)})",
-                    (stored.id, *(values[c] for c in _COLUMNS)),
+                    f"INSERT INTO clusters (id, {', '.join(COLUMNS)}) "
+                    f"VALUES (?, {', '.join('?' for _ in COLUMNS)})",
+                    (stored.id, *(values[c] for c in COLUMNS)),
                 )
                 return stored, True
             # An update changes only what the caller registers; status and
