@@ -37,7 +37,6 @@ class DatabaseHealth:
         self.reachable = False
         #: completed pings (tests wait on this, never on sleeps)
         self.pings = 0
-        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -67,13 +66,7 @@ class DatabaseHealth:
                         f"unreachable: no answer within {self.timeout:g} s or an error")
         self.reachable = ok
         self.pings += 1
-        self._changed.set()
         return ok
-
-    async def wait_ping(self) -> None:
-        """Wait for the next completed ping (tests)."""
-        self._changed.clear()
-        await self._changed.wait()
 
     async def _loop(self) -> None:
         while True:
