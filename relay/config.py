@@ -6,7 +6,8 @@ Example::
     public_url: "https://relay.example.com"     # what agents put in their assertion's aud
     state_dir: /var/lib/arc-relay                # dev TLS material and the default database
     tls: {cert_file: /etc/arc-relay/tls.crt, key_file: /etc/arc-relay/tls.key}   # omit: dev CA
-    database: /var/lib/arc-relay/relay.db
+    database: /var/lib/arc-relay/relay.db       # or PostgreSQL, shared by replicas:
+    # database: {url: "postgresql://relay@db:5432/arc", password_file: /etc/arc-relay/db.password}
     oidc:
       issuers:
         - {issuer: "https://login.example.com/TENANT/v2.0", audiences: ["api://cluster-connect"],
