@@ -33,8 +33,8 @@ async def measure() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         env = await RelayEnv.start(Path(tmp))
         try:
-            env.register("rg1", "alpha")
-            env.register("rg1", "beta", generate_key_pair("rg1/beta", kind="rsa"))
+            await env.register("rg1", "alpha")
+            await env.register("rg1", "beta", generate_key_pair("rg1/beta", kind="rsa"))
             stranger = generate_key_pair("stranger")
             url = env.relay.url + "/agent/v1/connect"
             samples: dict[str, list[float]] = {k: [] for k in KINDS}

@@ -85,7 +85,7 @@ class RelayProcess:
         db = SqliteDatabase(state / "relay.db")
         registry = SqliteRegistry(db)
         for i, keys in enumerate(self.keys):
-            registry.put(Cluster(name=f"c{i}", resource_group="bench",
+            await registry.put(Cluster(name=f"c{i}", resource_group="bench",
                                  agent_public_key_certificate=keys.certificate_pem.decode()))
         db.close()
         config = self.workdir / "relay.yaml"
@@ -190,30 +190,30 @@ async def agent_connects(relay: RelayProcess, concurrency: int) -> dict[str, flo
 
 
 async def registry_loop_time(n: int, tmp: Path) -> dict[str, float]:
-    """Event-loop milliseconds per connect spent on the registry, same run:
-    synchronous (look up, commit Connected, commit the metadata report: what
-    the relay did before) against ``LiveStatusRegistry`` (look up, queue two
-    writes; the batched commit runs on a worker thread, timed separately)."""
+    """Milliseconds per connect spent on the registry, same run: through the
+    store (look up, commit Connected, commit the metadata report, each awaited
+    on the database's worker thread) against ``LiveStatusRegistry`` (look up,
+    queue two writes; the batched commit, timed separately)."""
     db = SqliteDatabase(tmp / f"registry-{os.urandom(3).hex()}.db")
     store = SqliteRegistry(db)
     cert = generate_key_pair("bench/r").certificate_pem.decode()
     ids = []
     for i in range(n):
-        stored, _ = store.put(Cluster(name=f"r{i}", resource_group="bench", agent_public_key_certificate=cert))
+        stored, _ = await store.put(Cluster(name=f"r{i}", resource_group="bench", agent_public_key_certificate=cert))
         ids.append(stored.id)
     metadata = {"agentVersion": "1.0", "kubernetesVersion": "v1.33.0", "totalNodeCount": 3}
     started = time.perf_counter()
     for cid in ids:
-        store.get(cid)
-        store.set_connectivity(cid, "Connected")
-        store.set_metadata(cid, metadata)
+        await store.get(cid)
+        await store.set_connectivity(cid, "Connected")
+        await store.set_metadata(cid, metadata)
     synchronous = time.perf_counter() - started
     live = LiveStatusRegistry(store, lambda cid: False, flush_seconds=3600.0)
     started = time.perf_counter()
     for cid in ids:
-        live.get(cid)
-        live.set_connectivity(cid, "Connected")
-        live.set_metadata(cid, metadata)
+        await live.get(cid)
+        await live.set_connectivity(cid, "Connected")
+        await live.set_metadata(cid, metadata)
     queued = time.perf_counter() - started
     started = time.perf_counter()
     await live.flush()

@@ -50,7 +50,7 @@ async def measure(clusters: int, max_series: int, scrapes: int) -> dict[str, Any
             assert relay.state is not None
             cert = generate_key_pair(f"{RG}/c").certificate_pem.decode()
             for i in range(clusters):
-                relay.state.registry.put(Cluster(name=f"c{i:05d}", resource_group=RG,
+                await relay.state.registry.put(Cluster(name=f"c{i:05d}", resource_group=RG,
                                                  agent_public_key_certificate=cert))
             url = relay.health_url + "/metrics"
             cold = []

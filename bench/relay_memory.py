@@ -40,7 +40,7 @@ from certs import client_ssl_context, generate_key_pair
 from identity.agent_assertion import sign_agent_assertion
 from relay import Cluster, SqliteDatabase, SqliteRegistry
 from relay.config import agent_endpoint_url
-from relay.roles import RoleAssignment, RoleStore, group_scope
+from relay.roles import RoleAssignment, SqliteRoleStore, group_scope
 from sandbox.idp import SandboxIdp
 from tunnel import TunnelSession, TunnelStream, ws_connect_kwargs
 
@@ -59,14 +59,14 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def prepare_state(state: Path, clusters: int, cert_pem: str) -> None:
+async def prepare_state(state: Path, clusters: int, cert_pem: str) -> None:
     """Register ``clusters`` clusters (one shared agent key) and a cluster-user
     role for the demo user on the resource group, before the relay starts."""
     db = SqliteDatabase(state / "relay.db")
     registry = SqliteRegistry(db)
     for i in range(clusters):
-        registry.put(Cluster(name=f"c{i}", resource_group=RG, agent_public_key_certificate=cert_pem))
-    RoleStore(db).put(RoleAssignment("bench", DEMO_OID, "User", "cluster-user", group_scope(RG)))
+        await registry.put(Cluster(name=f"c{i}", resource_group=RG, agent_public_key_certificate=cert_pem))
+    await SqliteRoleStore(db).put(RoleAssignment("bench", DEMO_OID, "User", "cluster-user", group_scope(RG)))
     db.close()
 
 
@@ -195,7 +195,7 @@ async def measure(engine: str, agents: int, streams: int, trace: bool) -> dict[s
         await idp.start()
         keys = generate_key_pair("bench agents")
         (root / "relay").mkdir()
-        prepare_state(root / "relay", agents + 1, keys.certificate_pem.decode())
+        await prepare_state(root / "relay", agents + 1, keys.certificate_pem.decode())
         config = root / "relay.yaml"
         config.write_text(yaml.safe_dump({
             "listen": "127.0.0.1:0", "state_dir": str(root / "relay"),

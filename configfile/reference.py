@@ -99,6 +99,9 @@ def _without_none(annotation: Any) -> Any:
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
     annotation = _without_none(annotation)
+    if get_origin(annotation) in (Union, types.UnionType):  # e.g. `str | Section`: the section
+        models = [m for m in map(_model_of, get_args(annotation)) if m is not None]
+        return models[0] if models else None
     if get_origin(annotation) is list:
         annotation = get_args(annotation)[0]
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
@@ -111,6 +114,8 @@ _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 def _type_name(annotation: Any) -> str:
     annotation = _without_none(annotation)
     origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):  # several kinds (None already dropped)
+        return " or ".join(_type_name(a) for a in get_args(annotation) if a is not type(None))
     if origin is Literal:
         return "one of " + ", ".join(f"`{v}`" for v in get_args(annotation))
     if origin is list:

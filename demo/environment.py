@@ -70,7 +70,8 @@ class DemoEnvironment:
                  client_config_path: Path | None = None, say: Any = None,
                  kube_version: str = "1.33.0", relay_env: dict[str, str] | None = None,
                  agent_forward_to: str | None = None,
-                 checkpoint: Callable[[], None] | None = None) -> None:
+                 checkpoint: Callable[[], None] | None = None,
+                 relay_database: dict[str, str] | None = None) -> None:
         self.own_dir = state_dir is None
         # mkdtemp and mode 0700: keys, tokens and logs below are the user's only.
         self.dir = Path(tempfile.mkdtemp(prefix="arc-demo-")) if state_dir is None else state_dir
@@ -85,6 +86,8 @@ class DemoEnvironment:
         self.kube_version = kube_version
         self.relay_env = relay_env or {}
         self.agent_forward_to = agent_forward_to
+        # The relay config's `database` section (tests: PostgreSQL); None: the SQLite file.
+        self.relay_database = relay_database
         self.children: dict[str, Child] = {}
         self.identity = load_demo_identity()
         self.api: dict[str, Any] = {}
@@ -191,7 +194,7 @@ class DemoEnvironment:
             "public_url": self.relay_url,
             "state_dir": str(d),
             "tls": {"cert_file": str(d / "tls.crt"), "key_file": str(d / "tls.key")},
-            "database": str(d / "relay.db"),
+            "database": self.relay_database or str(d / "relay.db"),
             "oidc": self._oidc(d),
             "admins": [self.identity.admin_oid],
             "limits": {"agent_grace_seconds": 5},

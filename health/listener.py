@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -139,12 +139,16 @@ class HealthListener:
         live: Liveness checks by name (``/livez``); none: the loop answers.
         limits: Connection bounds.
         name: The daemon, for the log line.
+        before_metrics: Awaited before each ``/metrics`` encoding (refreshes
+            what synchronous collectors read from async sources).
     """
 
     def __init__(self, registry: CollectorRegistry, ready: Mapping[str, Check], *,
                  live: Mapping[str, Check] | None = None, limits: HealthLimits | None = None,
-                 name: str = "daemon") -> None:
+                 name: str = "daemon",
+                 before_metrics: Callable[[], Awaitable[None]] | None = None) -> None:
         self.registry = registry
+        self.before_metrics = before_metrics
         self.ready = dict(ready)
         self.live = dict(live or {})
         self.limits = limits or HealthLimits()
@@ -232,6 +236,8 @@ class HealthListener:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        if self.before_metrics is not None:
+            await self.before_metrics()
         return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
 
 

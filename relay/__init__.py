@@ -20,7 +20,15 @@ from relay.config import (
 from relay.directory import LocalDirectory, SessionDirectory
 from relay.metrics import RelayMetrics
 from relay.registry import Cluster, ClusterRegistry, SqliteDatabase, SqliteRegistry, cluster_id
-from relay.roles import ROLES, RoleAssignment, RoleStore, cluster_scope, group_scope, scope_covers
+from relay.roles import (
+    ROLES,
+    RoleAssignment,
+    RoleStore,
+    SqliteRoleStore,
+    cluster_scope,
+    group_scope,
+    scope_covers,
+)
 
 __all__ = [
     "ROLES",
@@ -38,6 +46,7 @@ __all__ = [
     "SessionDirectory",
     "SqliteDatabase",
     "SqliteRegistry",
+    "SqliteRoleStore",
     "agent_endpoint_url",
     "cluster_id",
     "cluster_scope",

@@ -105,7 +105,7 @@ async def control_stream(state: RelayState, cid: str, stream: TunnelStream) -> N
             buffer += chunk
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
-                _store_metadata(state, cid, line)
+                await _store_metadata(state, cid, line)
             if len(buffer) > MAX_CONTROL_LINE:
                 stream.reset(ErrorCode.PROTOCOL_ERROR, "control line too long")
                 return
@@ -115,7 +115,7 @@ async def control_stream(state: RelayState, cid: str, stream: TunnelStream) -> N
         await stream.aclose()
 
 
-def _store_metadata(state: RelayState, cid: str, line: bytes) -> None:
+async def _store_metadata(state: RelayState, cid: str, line: bytes) -> None:
     try:
         data = json.loads(line)
     except (ValueError, RecursionError):  # a 4 KiB line of '[' is not JSON we take
@@ -125,7 +125,7 @@ def _store_metadata(state: RelayState, cid: str, line: bytes) -> None:
         data, problems = validate_agent_metadata(data)
         if problems:
             log.info("agent metadata refused fields cluster=%s problems=%r", cid, problems)
-        state.registry.set_metadata(cid, data)
+        await state.registry.set_metadata(cid, data)
         # DEBUG: every agent reports on connect and every few minutes (thousands
         # of lines an hour on a large relay); `arcctl show` has the values.
         log.debug("agent metadata cluster=%s agentVersion=%s kubernetesVersion=%s nodes=%s cores=%s",
@@ -157,7 +157,7 @@ async def _agent_handshake(state: RelayState, request: web.Request
         return _refuse(state, request, exc.reason, None)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    registered = state.registry.agent_certificate(claimed)
+    registered = await state.registry.agent_certificate(claimed)
     certificate = registered.encode() if registered is not None else _decoy_certificate()
     try:
         cid = state.verifier.verify(token, certificate)
@@ -191,7 +191,7 @@ async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
     """Run an upgraded agent's session: live in the directory until it ends."""
     session = TunnelSession(ws, is_client=False, config=state.tunnel_config, name=f"agent:{cid}",
                             on_stream=partial(control_stream, state, cid))
-    current = state.registry.agent_certificate(cid)
+    current = await state.registry.agent_certificate(cid)
     if current is None or _fingerprint(current.encode()) != fingerprint:
         # The key changed (or the cluster went) while this agent was upgrading:
         # the key it proved is no longer the registered one.
@@ -204,7 +204,7 @@ async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
     state.metrics.sessions.labels("agent").inc()
     state.metrics.sessions_total.labels("agent").inc()
     previous = state.directory.register(cid, session)
-    state.registry.set_connectivity(cid, "Connected")
+    await state.registry.set_connectivity(cid, "Connected")
     log.info("agent connected cluster=%s peer=%s replaced=%s", cid, request.remote, previous is not None)
     if previous is not None:
         # The old session drains its streams; new streams go to this one.
@@ -216,7 +216,7 @@ async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
         state.agent_fingerprints.pop(session, None)
         state.metrics.sessions.labels("agent").dec()
         if state.directory.unregister(cid, session):
-            state.registry.set_connectivity(cid, "Offline")
+            await state.registry.set_connectivity(cid, "Offline")
         log.info("agent disconnected cluster=%s reason=%r", cid, _reason(session))
 
 
@@ -230,7 +230,7 @@ async def end_sessions_of_old_key(state: RelayState, cid: str, new_fingerprint: 
     for session in stale:
         state.agent_fingerprints.pop(session, None)
         if state.directory.unregister(cid, session):
-            state.registry.set_connectivity(cid, "Offline")
+            await state.registry.set_connectivity(cid, "Offline")
     await asyncio.gather(*(s.close(ErrorCode.FORBIDDEN, KEY_CHANGED_REASON) for s in stale),
                          return_exceptions=True)
     return len(stale)

@@ -26,14 +26,16 @@ from identity import Principal, TokenInvalid, TokenValidator, TrustedIssuer
 from identity.agent_assertion import AgentAssertionVerifier
 from relay import agent_endpoint, client_endpoint, management_api
 from relay.config import ConfigError, RelayConfig, authorization_warnings
+from relay.database_health import DatabaseHealth
 from relay.directory import LocalDirectory
 from relay.health_listener import ready_checks, relay_health_listener
 from relay.listener import RelayListener
 from relay.metrics import PresenceCollector, RelayMetrics
+from relay.postgres_store import PostgresDatabase, PostgresRegistry, PostgresRoleStore
 from relay.presence import MemoryPresence, PresenceDirectory, SessionIds
 from relay.presence_redis import RedisPresence
-from relay.registry import SqliteDatabase, SqliteRegistry
-from relay.roles import RoleStore
+from relay.registry import ClusterRegistry, SqliteDatabase, SqliteRegistry
+from relay.roles import RoleStore, SqliteRoleStore
 from relay.router import DataRecorder
 from relay.state import STATE, RelayState
 from relay.status import LiveStatusRegistry
@@ -191,7 +193,9 @@ class RelayServer:
         self._presence: MemoryPresence | RedisPresence | None = None
         self._db: SqliteDatabase | None = None
         self._status_db: SqliteDatabase | None = None
+        self._postgres: PostgresDatabase | None = None
         self._status: LiveStatusRegistry | None = None
+        self._database_health: DatabaseHealth | None = None
         self._health: HealthListener | None = None
         self.health_url = ""
 
@@ -236,27 +240,20 @@ class RelayServer:
         for warning in authorization_warnings(config):
             log.warning("%s", warning)
         validator = self._validator()
-        try:
-            self._db = SqliteDatabase(config.database_path)
-            # Status is derived from the directory of live sessions (relay/status.py);
-            # its write-behind flushes through a connection of its own, so a flush
-            # never holds the one the event loop reads clusters through.
-            if config.database_path != ":memory:":
-                self._status_db = SqliteDatabase(config.database_path)
-        except Exception as exc:  # sqlite3.Error or OSError: both operator-fixable
-            self._close_databases()
-            raise ConfigError(f"cannot open database {config.database_path}: {exc}") from None
+        store, writer, roles = await self._open_database()
         presence = _presence(config)
         self._presence = presence
         directory = PresenceDirectory(LocalDirectory[TunnelSession](), presence, SessionIds())
-        self._status = LiveStatusRegistry(SqliteRegistry(self._db), directory.is_present,
-                                          config.status_flush_seconds,
-                                          writer=SqliteRegistry(self._status_db) if self._status_db else None)
+        self._status = LiveStatusRegistry(store, directory.is_present, config.status_flush_seconds,
+                                          writer=writer)
         await self._status.start()  # reconcile: nothing stays Connected without a session
+        self._database_health = DatabaseHealth(self._status.ping)
+        await self._database_health.start()
         self.state = RelayState(
             config=config,
             registry=self._status,
-            roles=RoleStore(self._db, config.admins),
+            roles=roles,
+            database=self._database_health,
             directory=directory,
             metrics=RelayMetrics(),
             validator=validator,
@@ -291,7 +288,11 @@ class RelayServer:
             await validator.close()
             await presence.close()
             await self._status.stop()
+            await self._database_health.stop()
             self._close_databases()
+            if self._postgres is not None:
+                await self._postgres.close()
+                self._postgres = None
             self._runner = None
             raise ConfigError(
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror}; "
@@ -320,6 +321,45 @@ class RelayServer:
                  "replica=%s", self.url, self.state.verifier.audiences[0], dev is not None,
                  config.edge.tls_engine, "redis" if config.presence.redis_url else "memory",
                  presence.replica_id)
+
+    async def _open_database(self) -> tuple[ClusterRegistry, ClusterRegistry | None, RoleStore]:
+        """The cluster store, the store the status write-behind flushes
+        through (None: the same), and the role store.
+
+        Raises:
+            ConfigError: the database cannot be opened or reached.
+        """
+        config = self.config
+        if config.database_url:
+            password = None
+            if config.database_password_file:
+                try:
+                    password = Path(config.database_password_file).read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(f"database.password_file {config.database_password_file}: "
+                                      f"{exc.strerror}") from None
+            try:
+                self._postgres = await PostgresDatabase.connect(config.database_url, password)
+            except Exception as exc:  # network, auth, TLS, bad name: all operator-fixable
+                # The URL never holds the password (the config refuses one).
+                raise ConfigError(f"cannot connect to database {config.database_url}: "
+                                  f"{type(exc).__name__}: {exc}; check database.url and "
+                                  "database.password_file") from None
+            # One pool: a flush takes a connection of its own from it.
+            return (PostgresRegistry(self._postgres), None,
+                    PostgresRoleStore(self._postgres, config.admins))
+        try:
+            self._db = SqliteDatabase(config.database_path)
+            # Status is derived from the directory of live sessions (relay/status.py);
+            # its write-behind flushes through a connection (and thread) of its own,
+            # so a flush never queues the statements cluster lookups wait for.
+            if config.database_path != ":memory:":
+                self._status_db = SqliteDatabase(config.database_path)
+        except Exception as exc:  # sqlite3.Error or OSError: both operator-fixable
+            self._close_databases()
+            raise ConfigError(f"cannot open database {config.database_path}: {exc}") from None
+        return (SqliteRegistry(self._db), SqliteRegistry(self._status_db) if self._status_db else None,
+                SqliteRoleStore(self._db, config.admins))
 
     def _close_databases(self) -> None:
         for db in (self._status_db, self._db):
@@ -355,7 +395,12 @@ class RelayServer:
         if self._presence is not None:
             await self._presence.close()  # after the sessions: their unregistrations go out
             self._presence = None
+        if self._database_health is not None:
+            await self._database_health.stop()
         self._close_databases()
+        if self._postgres is not None:
+            await self._postgres.close()
+            self._postgres = None
         self._runner = None
         # Last: /readyz says "shutting down" to the load balancer throughout the drain.
         if self._health is not None:

@@ -6,7 +6,8 @@ Example::
     public_url: "https://relay.example.com"     # what agents put in their assertion's aud
     state_dir: /var/lib/arc-relay                # dev TLS material and the default database
     tls: {cert_file: /etc/arc-relay/tls.crt, key_file: /etc/arc-relay/tls.key}   # omit: dev CA
-    database: /var/lib/arc-relay/relay.db
+    database: /var/lib/arc-relay/relay.db       # or PostgreSQL, shared by replicas:
+    # database: {url: "postgresql://relay@db:5432/arc", password_file: /etc/arc-relay/db.password}
     oidc:
       issuers:
         - {issuer: "https://login.example.com/TENANT/v2.0", audiences: ["api://cluster-connect"],
@@ -59,6 +60,7 @@ from relay.config_schema import (
     DEFAULT_AUDIENCE,
     DEFAULT_RECHECK_SECONDS,
     MUTABLE_CLAIMS,
+    PostgresSection,
     RelayFile,
     parse_listen,
 )
@@ -102,6 +104,9 @@ class RelayConfig:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     database: str | None = None
+    # PostgreSQL instead of the SQLite file (database: {url, password_file}).
+    database_url: str | None = None
+    database_password_file: str | None = None
     issuers: tuple[IssuerConfig, ...] = ()
     group_source: GroupSourceSettings | None = None
     admins: tuple[str, ...] = ()
@@ -209,6 +214,21 @@ def default_state_dir() -> str:
     return str(Path(base) / "cluster-connect" / "relay")
 
 
+def postgres_url(value: str, source: str) -> str:
+    """``value`` when it is a ``postgresql://`` URL without a password.
+
+    Raises:
+        ConfigError: not such a URL (the message never repeats it).
+    """
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ConfigError(f"{source}: database.url: expected postgresql://user@host:port/dbname")
+    if parts.password is not None:
+        raise ConfigError(f"{source}: database.url holds a password: remove it and put the password "
+                          "in the file database.password_file names")
+    return value
+
+
 def relay_config_from_dict(data: Any, *, base_dir: Path | None = None,
                            source: str = "relay config") -> RelayConfig:
     """Build a ``RelayConfig`` from parsed YAML; relative paths are resolved
@@ -248,7 +268,11 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
         state_dir=path(doc.state_dir) or default_state_dir(),
         tls_cert_file=path(doc.tls.cert_file),
         tls_key_file=path(doc.tls.key_file),
-        database=path(doc.database),
+        database=path(doc.database) if isinstance(doc.database, str) else None,
+        database_url=(postgres_url(doc.database.url, source)
+                      if isinstance(doc.database, PostgresSection) else None),
+        database_password_file=(path(doc.database.password_file)
+                                if isinstance(doc.database, PostgresSection) else None),
         issuers=tuple(IssuerConfig(
             issuer=item.issuer,
             audiences=tuple(item.audiences or (DEFAULT_AUDIENCE,)),

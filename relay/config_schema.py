@@ -195,6 +195,18 @@ class RelayHealthSection(HealthSection):
                                     "(offline first); the rest are summed under `cluster=\"_other\"`.")
 
 
+class PostgresSection(ConfigModel):
+    """``database`` as a section: a PostgreSQL database shared by relay replicas."""
+
+    url: Annotated[str, Secret()] = Field(description="`postgresql://user@host:port/dbname` (no password "
+                                          "here: `password_file`).")
+    password_file: str | None = Field(default=None, description="File holding the database user's "
+                                      "password (unset: none, or the server's trust/peer rules).")
+
+    # Checked by relay.config.postgres_url (after parsing), so that a refused
+    # URL is never echoed: it may hold a password.
+
+
 class RelayFile(ConfigModel):
     """The ``arc-relay --config`` file."""
 
@@ -204,7 +216,9 @@ class RelayFile(ConfigModel):
     state_dir: str | None = Field(default=None, description="Dev TLS material and the default database "
                                   "(unset: `$XDG_STATE_HOME/cluster-connect/relay`).")
     tls: TlsSection = Field(default=TlsSection(), description="Serving certificate.")
-    database: str | None = Field(default=None, description="SQLite file (unset: `state_dir/relay.db`).")
+    database: str | PostgresSection | None = Field(
+        default=None, description="A SQLite file (unset: `state_dir/relay.db`), or a section "
+        "`{url: postgresql://..., password_file: ...}` for PostgreSQL.")
     oidc: RelayOidcSection = Field(default=RelayOidcSection(), description="Trusted OIDC issuers.")
     admins: list[Text] = Field(default=[], description="Object ids (or group object ids) with every role "
                                "(upn only with authorization.match_mutable_claims).")

@@ -25,7 +25,8 @@ def ready_checks(state: RelayState) -> dict[str, Check]:
         return None if state.accepting else "shutting down"
 
     def database() -> str | None:
-        return None if state.registry.ping() else "database unreachable"
+        # The last periodic ping's answer (relay/database_health.py), not a query per probe.
+        return state.database.problem() if state.database is not None else None
 
     return {"accepting": accepting, "database": database}
 
@@ -50,6 +51,7 @@ def relay_health_listener(state: RelayState, listener: RelayListener) -> HealthL
     state.metrics.clusters = clusters
     validator = state.validator if isinstance(state.validator, TokenValidator) else None
     registry.register(TokenValidatorCollector(validator, PREFIX))
-    health = HealthListener(registry, ready_checks(state), limits=config.health_limits, name="relay")
+    health = HealthListener(registry, ready_checks(state), limits=config.health_limits, name="relay",
+                            before_metrics=clusters.refresh)
     registry.register(health.collector(PREFIX))
     return health

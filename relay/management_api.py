@@ -56,9 +56,9 @@ class _Abort(Exception):
         self.response = response
 
 
-def _require(request: web.Request, principal: Principal, action: Action, scope: str, role_hint: str) -> None:
+async def _require(request: web.Request, principal: Principal, action: Action, scope: str, role_hint: str) -> None:
     state = request.app[STATE]
-    if not state.roles.allowed(state.principal_ids(principal), action, scope):
+    if not await state.roles.allowed(state.principal_ids(principal), action, scope):
         state.metrics.auth_failures.labels("api", "forbidden").inc()
         log.info("api forbidden principal=%s action=%s scope=%s", principal.name, action, scope)
         raise _Abort(json_error(
@@ -125,7 +125,7 @@ async def put_cluster(request: web.Request) -> web.Response:
     state = request.app[STATE]
     principal = await _principal(request)
     rg, name = _names(request)
-    _require(request, principal, "write", cluster_scope(rg, name), "onboarding")
+    await _require(request, principal, "write", cluster_scope(rg, name), "onboarding")
     body = await _json_body(request)
     if not _valid_pem_certificate(body.get("agentPublicKeyCertificate")):
         return json_error(400, "InvalidRequest", "agentPublicKeyCertificate must be a PEM certificate")
@@ -135,8 +135,8 @@ async def put_cluster(request: web.Request) -> web.Response:
     problem = _descriptive_field_problem(body)
     if problem:
         return json_error(400, "InvalidRequest", problem)
-    previous = state.registry.get(cluster_id(rg, name))
-    cluster, created = state.registry.put(Cluster(
+    previous = await state.registry.get(cluster_id(rg, name))
+    cluster, created = await state.registry.put(Cluster(
         name=name,
         resource_group=rg,
         agent_public_key_certificate=body["agentPublicKeyCertificate"],
@@ -182,8 +182,8 @@ async def get_cluster(request: web.Request) -> web.Response:
     state = request.app[STATE]
     principal = await _principal(request)
     rg, name = _names(request)
-    _require(request, principal, "read", cluster_scope(rg, name), "viewer or cluster-user")
-    cluster = state.registry.get(cluster_id(rg, name))
+    await _require(request, principal, "read", cluster_scope(rg, name), "viewer or cluster-user")
+    cluster = await state.registry.get(cluster_id(rg, name))
     if cluster is None:
         return json_error(404, "NotFound", f"cluster {rg}/{name} is not registered")
     return web.json_response(cluster.to_json())
@@ -200,13 +200,13 @@ async def delete_cluster(request: web.Request) -> web.Response:
     state = request.app[STATE]
     principal = await _principal(request)
     rg, name = _names(request)
-    _require(request, principal, "delete", cluster_scope(rg, name), "onboarding")
+    await _require(request, principal, "delete", cluster_scope(rg, name), "onboarding")
     cid = cluster_id(rg, name)
     if request.query.get("dryRun") == "true":
-        if state.registry.get(cid) is None:
+        if await state.registry.get(cid) is None:
             return json_error(404, "NotFound", f"cluster {cid} is not registered")
         return web.Response(status=204)
-    if not state.registry.delete(cid):
+    if not await state.registry.delete(cid):
         return json_error(404, "NotFound", f"cluster {cid} is not registered")
     session = state.directory.get(cid)
     if session is not None:
@@ -226,8 +226,8 @@ async def list_clusters(request: web.Request) -> web.Response:
         return json_error(400, "InvalidName", f"resource group {rg!r} is not a valid name")
     ids = state.principal_ids(principal)
     clusters = [
-        c.to_json() for c in state.registry.list(rg)
-        if state.roles.allowed(ids, "read", cluster_scope(c.resource_group, c.name))
+        c.to_json() for c in await state.registry.list(rg)
+        if await state.roles.allowed(ids, "read", cluster_scope(c.resource_group, c.name))
     ]
     return web.json_response({"value": clusters})
 
@@ -249,11 +249,11 @@ async def put_role_assignment(request: web.Request) -> web.Response:
     errors = assignment_errors(body)
     if errors:
         return json_error(400, "InvalidRequest", "; ".join(errors))
-    _require(request, principal, "manage_roles", body["scope"], "admin")
-    existing = state.roles.get(aid)
+    await _require(request, principal, "manage_roles", body["scope"], "admin")
+    existing = await state.roles.get(aid)
     if existing is not None:
-        _require(request, principal, "manage_roles", existing.scope, "admin")
-    stored, created = state.roles.put(RoleAssignment(
+        await _require(request, principal, "manage_roles", existing.scope, "admin")
+    stored, created = await state.roles.put(RoleAssignment(
         aid, body["principalId"], body.get("principalType", "User"), body["role"], body["scope"]
     ))
     log.info("role assignment %s id=%s role=%s scope=%s by=%s", "created" if created else "updated",
@@ -269,10 +269,10 @@ async def get_role_assignment(request: web.Request) -> web.Response:
     state = request.app[STATE]
     principal = await _principal(request)
     aid = _assignment_id(request)
-    found = state.roles.get(aid)
-    if found is None or not state.roles.allowed(state.principal_ids(principal), "manage_roles", found.scope):
+    found = await state.roles.get(aid)
+    if found is None or not await state.roles.allowed(state.principal_ids(principal), "manage_roles", found.scope):
         # Without admin at its scope an assignment is indistinguishable from none.
-        _require(request, principal, "manage_roles", found.scope if found else "/", "admin")
+        await _require(request, principal, "manage_roles", found.scope if found else "/", "admin")
         return json_error(404, "NotFound", f"role assignment {aid} does not exist")
     return web.json_response(found.to_json())
 
@@ -283,22 +283,22 @@ async def delete_role_assignment(request: web.Request) -> web.Response:
     state = request.app[STATE]
     principal = await _principal(request)
     aid = _assignment_id(request)
-    found = state.roles.get(aid)
+    found = await state.roles.get(aid)
     if found is None:
-        _require(request, principal, "manage_roles", "/", "admin")
+        await _require(request, principal, "manage_roles", "/", "admin")
         return json_error(404, "NotFound", f"role assignment {aid} does not exist")
-    _require(request, principal, "manage_roles", found.scope, "admin")
-    state.roles.delete(aid)
+    await _require(request, principal, "manage_roles", found.scope, "admin")
+    await state.roles.delete(aid)
     state.live_streams.wake()  # open streams of whoever held it are re-checked now
     log.info("role assignment deleted id=%s by=%s", aid, principal.name)
     return web.Response(status=204)
 
 
-def _administers_any_scope(state: RelayState, principal_ids: set[str]) -> bool:
+async def _administers_any_scope(state: RelayState, principal_ids: set[str]) -> bool:
     ids = frozenset(principal_ids)
     if ids & state.roles.bootstrap_admins:
         return True
-    return any("manage_roles" in ROLES.get(a.role, ()) for a in state.roles.for_principals(ids))
+    return any("manage_roles" in ROLES.get(a.role, ()) for a in await state.roles.for_principals(ids))
 
 
 @_handler
@@ -314,15 +314,15 @@ async def list_role_assignments(request: web.Request) -> web.Response:
         if not valid_scope(want_scope):
             return json_error(400, "InvalidScope", "scope must be '/', '/resourceGroups/RG' or "
                               "'/resourceGroups/RG/clusters/NAME'")
-        _require(request, principal, "manage_roles", want_scope, "admin")
-    elif not _administers_any_scope(state, ids):
+        await _require(request, principal, "manage_roles", want_scope, "admin")
+    elif not await _administers_any_scope(state, ids):
         state.metrics.auth_failures.labels("api", "forbidden").inc()
         log.info("api forbidden principal=%s action=manage_roles scope=any", principal.name)
         return json_error(403, "Forbidden", f"principal {principal.name} has no admin role at any scope; "
                           "listing role assignments needs admin at the scopes they are listed for")
     value = [
-        a.to_json() for a in state.roles.list_all()
-        if state.roles.allowed(ids, "manage_roles", a.scope)
+        a.to_json() for a in await state.roles.list_all()
+        if await state.roles.allowed(ids, "manage_roles", a.scope)
         and (want_principal is None or a.principal_id == want_principal)
         and (want_scope is None or a.scope == want_scope)
     ]

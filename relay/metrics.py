@@ -17,9 +17,10 @@ were left out.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -27,6 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from relay.admission import HandshakeAdmission
 from relay.edge import EdgeGate
+
+log = logging.getLogger("relay")
 
 __all__ = [
     "OTHER_CLUSTERS",
@@ -158,15 +161,15 @@ class ClusterCollector:
     """Per-cluster connectivity and open streams, with a bounded ``cluster`` label.
 
     Args:
-        cluster_ids: Registered cluster ids (a database read; cached
-            ``CLUSTER_LIST_SECONDS``).
+        cluster_ids: Registered cluster ids (an async database read, done
+            by :meth:`refresh` before a scrape; cached ``CLUSTER_LIST_SECONDS``).
         is_present: Whether a live agent session of a cluster exists.
         stream_clusters: The cluster of every open routed stream.
         max_series: Clusters given their own label (``health.max_cluster_series``).
         clock: Monotonic clock (tests).
     """
 
-    def __init__(self, cluster_ids: Callable[[], Sequence[str]], is_present: Callable[[str], bool],
+    def __init__(self, cluster_ids: Callable[[], Awaitable[Sequence[str]]], is_present: Callable[[str], bool],
                  stream_clusters: Callable[[], Iterable[str]], max_series: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._cluster_ids = cluster_ids
@@ -177,12 +180,20 @@ class ClusterCollector:
         self._ids: Sequence[str] = ()
         self._read_at: float | None = None
 
-    def registered(self) -> Sequence[str]:
-        """Registered cluster ids, re-read at most every ``CLUSTER_LIST_SECONDS``."""
+    async def refresh(self) -> None:
+        """Re-read the registered clusters when the last read is older than
+        ``CLUSTER_LIST_SECONDS`` (the health listener awaits this before a
+        scrape: collectors themselves are synchronous)."""
         now = self._clock()
         if self._read_at is None or now - self._read_at >= CLUSTER_LIST_SECONDS:
-            self._ids = self._cluster_ids()
             self._read_at = now
+            try:
+                self._ids = await self._cluster_ids()
+            except Exception as exc:  # database down: /metrics still answers, with the last list
+                log.warning("cluster list for metrics not read error=%s", type(exc).__name__)
+
+    def registered(self) -> Sequence[str]:
+        """Registered cluster ids as of the last :meth:`refresh`."""
         return self._ids
 
     def expire(self) -> None:

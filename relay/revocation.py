@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from identity import Principal
@@ -51,14 +51,14 @@ class LiveStreams:
 
     Args:
         recheck_seconds: longest time a revoked principal's stream stays open.
-        allowed: ``(principal, scope) -> bool``: may this principal still
+        allowed: ``async (principal, scope) -> bool``: may this principal still
             connect at this scope (the router's own check).
         on_ended: called with the outcome (``"revoked"`` / ``"expired"``) of
             every stream ended here (metrics).
         clock: wall clock, seconds since the epoch (token expiry).
     """
 
-    def __init__(self, recheck_seconds: float, allowed: Callable[[Principal, str], bool],
+    def __init__(self, recheck_seconds: float, allowed: Callable[[Principal, str], Awaitable[bool]],
                  on_ended: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.recheck_seconds = recheck_seconds
@@ -111,19 +111,21 @@ class LiveStreams:
                 await self._task
             self._task = None
 
-    def check_now(self) -> int:
+    async def check_now(self) -> int:
         """Re-authorise every open stream; reset those whose credential no
         longer allows them. Returns how many were reset."""
         now = self._clock()
         verdicts: dict[tuple[int, str], bool] = {}
         ended = 0
         for live in list(self._streams):
+            if live not in self._streams:  # ended while a verdict was awaited
+                continue
             if live.principal.expires_at <= now:
                 outcome, reason = "expired", TOKEN_EXPIRED
             else:
                 key = (id(live.principal), live.scope)
                 if key not in verdicts:
-                    verdicts[key] = self._allowed(live.principal, live.scope)
+                    verdicts[key] = await self._allowed(live.principal, live.scope)
                 if verdicts[key]:
                     continue
                 outcome, reason = "revoked", ACCESS_REVOKED
@@ -158,4 +160,4 @@ class LiveStreams:
             self._wake.clear()
             if due and self._streams:
                 self._check_requested = False
-                self.check_now()
+                await self.check_now()

@@ -18,8 +18,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol
 
 from relay import names
 from relay.registry import SqliteDatabase, utc_now
@@ -120,6 +120,9 @@ class AuthorizationCache:
         self.clock = clock
         self.hits = 0
         self.misses = 0
+        # Bumped by clear(): a decision read from the store before a change
+        # committed and answered after it must not be cached (see allowed()).
+        self.generation = 0
         self._decisions: OrderedDict[tuple[frozenset[str], str, str], tuple[bool, float]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -147,78 +150,58 @@ class AuthorizationCache:
 
     def clear(self) -> None:
         self._decisions.clear()
+        self.generation += 1
 
 
-class RoleStore:
-    """Role assignments in the relay's SQLite file, plus the bootstrap admins.
+class RoleStore(Protocol):
+    """Role assignments plus the bootstrap admins; every call a coroutine.
 
-    ``allowed`` answers from :class:`AuthorizationCache` when it can; ``put``
-    and ``delete`` clear that cache.
+    ``allowed`` answers from :attr:`cache` (an :class:`AuthorizationCache`)
+    when it can; ``put`` and ``delete`` clear that cache.
     """
 
-    def __init__(self, db: SqliteDatabase, bootstrap_admins: Iterable[str] = (),
-                 cache: AuthorizationCache | None = None) -> None:
-        self.db = db
-        self.bootstrap_admins = frozenset(bootstrap_admins)
-        self.cache = cache or AuthorizationCache()
+    bootstrap_admins: frozenset[str]
+    cache: AuthorizationCache
 
-    @staticmethod
-    def _row(row: Any) -> RoleAssignment:
-        return RoleAssignment(
-            row["id"], row["principal_id"], row["principal_type"], row["role"], row["scope"],
-            row["created_at"],
-        )
-
-    def put(self, assignment: RoleAssignment) -> tuple[RoleAssignment, bool]:
+    async def put(self, assignment: RoleAssignment) -> tuple[RoleAssignment, bool]:
         """Create or replace; returns (stored, created)."""
-        with self.db.transaction() as cur:
-            old = cur.execute(
-                "SELECT created_at FROM role_assignments WHERE id = ?", (assignment.id,)
-            ).fetchone()
-            created_at = old["created_at"] if old else utc_now()
-            self.cache.clear()
-            cur.execute(
-                "INSERT OR REPLACE INTO role_assignments "
-                "(id, principal_id, principal_type, role, scope, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (assignment.id, assignment.principal_id, assignment.principal_type,
-                 assignment.role, assignment.scope, created_at),
-            )
-        return RoleAssignment(
-            assignment.id, assignment.principal_id, assignment.principal_type, assignment.role,
-            assignment.scope, created_at,
-        ), old is None
+        ...
 
-    def get(self, assignment_id: str) -> RoleAssignment | None:
-        with self.db.transaction() as cur:
-            row = cur.execute("SELECT * FROM role_assignments WHERE id = ?", (assignment_id,)).fetchone()
-        return self._row(row) if row else None
+    async def get(self, assignment_id: str) -> RoleAssignment | None: ...
 
-    def delete(self, assignment_id: str) -> bool:
-        with self.db.transaction() as cur:
-            cur.execute("DELETE FROM role_assignments WHERE id = ?", (assignment_id,))
-            self.cache.clear()
-            return cur.rowcount > 0
+    async def delete(self, assignment_id: str) -> bool: ...
 
-    def list_all(self) -> list[RoleAssignment]:
-        with self.db.transaction() as cur:
-            rows = cur.execute("SELECT * FROM role_assignments ORDER BY id").fetchall()
-        return [self._row(r) for r in rows]
+    async def list_all(self) -> list[RoleAssignment]: ...
 
-    def for_principals(self, principal_ids: Iterable[str]) -> list[RoleAssignment]:
+    async def for_principals(self, principal_ids: Iterable[str]) -> list[RoleAssignment]:
         """Assignments held by any of ``principal_ids`` (a user and its groups)."""
-        ids = sorted(set(principal_ids))
-        if not ids:
-            return []
-        marks = ", ".join("?" for _ in ids)
-        with self.db.transaction() as cur:
-            rows = cur.execute(
-                f"SELECT * FROM role_assignments WHERE principal_id IN ({marks})", ids
-            ).fetchall()
-        return [self._row(r) for r in rows]
+        ...
 
-    def allowed(self, principal_ids: Iterable[str], action: Action, scope: str) -> bool:
+    async def allowed(self, principal_ids: Iterable[str], action: Action, scope: str) -> bool:
         """Whether any of ``principal_ids`` holds a role granting ``action`` at
         ``scope`` (directly or through a covering scope)."""
+        ...
+
+
+def assignment_from_row(row: Any) -> RoleAssignment:
+    """A :class:`RoleAssignment` from a database row with the table's column names."""
+    return RoleAssignment(
+        row["id"], row["principal_id"], row["principal_type"], row["role"], row["scope"],
+        row["created_at"],
+    )
+
+
+class CachedAuthorization:
+    """``allowed`` for a role store: bootstrap admins first, then the cache,
+    then the store's ``for_principals``."""
+
+    bootstrap_admins: frozenset[str]
+    cache: AuthorizationCache
+
+    async def for_principals(self, principal_ids: Iterable[str]) -> list[RoleAssignment]:
+        raise NotImplementedError
+
+    async def allowed(self, principal_ids: Iterable[str], action: Action, scope: str) -> bool:
         ids = frozenset(principal_ids)
         if ids & self.bootstrap_admins:
             return True
@@ -226,9 +209,83 @@ class RoleStore:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
+        generation = self.cache.generation
         decision = any(
             action in ROLES.get(a.role, ()) and scope_covers(a.scope, scope)
-            for a in self.for_principals(ids)
+            for a in await self.for_principals(ids)
         )
-        self.cache.put(key, decision)
+        if self.cache.generation == generation:  # no change committed meanwhile
+            self.cache.put(key, decision)
         return decision
+
+
+class SqliteRoleStore(CachedAuthorization):
+    """Role assignments in the relay's SQLite file (statements on the
+    database's worker thread), plus the bootstrap admins."""
+
+    def __init__(self, db: SqliteDatabase, bootstrap_admins: Iterable[str] = (),
+                 cache: AuthorizationCache | None = None) -> None:
+        self.db = db
+        self.bootstrap_admins = frozenset(bootstrap_admins)
+        self.cache = cache or AuthorizationCache()
+
+    async def put(self, assignment: RoleAssignment) -> tuple[RoleAssignment, bool]:
+        """Create or replace; returns (stored, created)."""
+        stored, created = await self.db.run(self._put, assignment)
+        self.cache.clear()
+        return stored, created
+
+    def _put(self, assignment: RoleAssignment) -> tuple[RoleAssignment, bool]:
+        with self.db.transaction() as cur:
+            old = cur.execute(
+                "SELECT created_at FROM role_assignments WHERE id = ?", (assignment.id,)
+            ).fetchone()
+            created_at = old["created_at"] if old else utc_now()
+            cur.execute(
+                "INSERT OR REPLACE INTO role_assignments "
+                "(id, principal_id, principal_type, role, scope, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (assignment.id, assignment.principal_id, assignment.principal_type,
+                 assignment.role, assignment.scope, created_at),
+            )
+        return replace(assignment, created_at=created_at), old is None
+
+    async def get(self, assignment_id: str) -> RoleAssignment | None:
+        return await self.db.run(self._get, assignment_id)
+
+    def _get(self, assignment_id: str) -> RoleAssignment | None:
+        with self.db.reading() as cur:
+            row = cur.execute("SELECT * FROM role_assignments WHERE id = ?", (assignment_id,)).fetchone()
+        return assignment_from_row(row) if row else None
+
+    async def delete(self, assignment_id: str) -> bool:
+        deleted = await self.db.run(self._delete, assignment_id)
+        self.cache.clear()
+        return deleted
+
+    def _delete(self, assignment_id: str) -> bool:
+        with self.db.transaction() as cur:
+            cur.execute("DELETE FROM role_assignments WHERE id = ?", (assignment_id,))
+            return cur.rowcount > 0
+
+    async def list_all(self) -> list[RoleAssignment]:
+        return await self.db.run(self._list_all)
+
+    def _list_all(self) -> list[RoleAssignment]:
+        with self.db.reading() as cur:
+            rows = cur.execute("SELECT * FROM role_assignments ORDER BY id").fetchall()
+        return [assignment_from_row(r) for r in rows]
+
+    async def for_principals(self, principal_ids: Iterable[str]) -> list[RoleAssignment]:
+        """Assignments held by any of ``principal_ids`` (a user and its groups)."""
+        ids = sorted(set(principal_ids))
+        if not ids:
+            return []
+        return await self.db.run(self._for_principals, ids)
+
+    def _for_principals(self, ids: list[str]) -> list[RoleAssignment]:
+        marks = ", ".join("?" for _ in ids)
+        with self.db.reading() as cur:
+            rows = cur.execute(
+                f"SELECT * FROM role_assignments WHERE principal_id IN ({marks})", ids
+            ).fetchall()
+        return [assignment_from_row(r) for r in rows]

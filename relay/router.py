@@ -192,13 +192,13 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
         metrics.streams_total.labels("forbidden").inc()
         stream.reject(ErrorCode.FORBIDDEN, "token expired; reconnect with a fresh token")
         return
-    if not state.may_connect(principal, scope):
+    if not await state.may_connect(principal, scope):
         metrics.streams_total.labels("forbidden").inc()
         state.refusals.refused("stream forbidden", principal.name, cid, "no connect role")
         stream.reject(ErrorCode.FORBIDDEN, f"principal {principal.name} has no cluster-user or admin "
                                            f"role at scope {scope} (or /resourceGroups/{rg} or /)")
         return
-    if state.registry.get(cid) is None:
+    if await state.registry.get(cid) is None:
         metrics.streams_total.labels("not_found").inc()
         stream.reject(ErrorCode.NOT_FOUND, f"cluster {cid} is not registered")
         return

@@ -18,6 +18,7 @@ from identity import Principal, TokenInvalid
 from identity.agent_assertion import AgentAssertionVerifier
 from relay.admission import HandshakeAdmission
 from relay.config import RelayConfig
+from relay.database_health import DatabaseHealth
 from relay.directory import SessionDirectory
 from relay.log_limit import RefusalLog
 from relay.metrics import RelayMetrics
@@ -69,6 +70,8 @@ class RelayState:
     accepting: bool = True
     # Test hook recording routed DATA (RelayConfig.record_data_file); None: off.
     recorder: DataRecorder | None = None
+    # The periodic database ping /readyz reads (relay/database_health.py); None: not checked.
+    database: DatabaseHealth | None = None
     # Agent sessions -> (cluster id, SHA-256 fingerprint of the certificate
     # they authenticated with): a key change ends the sessions of the old key.
     agent_fingerprints: dict[TunnelSession, tuple[str, str]] = field(default_factory=dict)
@@ -105,9 +108,9 @@ class RelayState:
             on_ended=lambda outcome: self.metrics.streams_total.labels(outcome).inc(),
         )
 
-    def may_connect(self, principal: Principal, scope: str) -> bool:
+    async def may_connect(self, principal: Principal, scope: str) -> bool:
         """Whether ``principal`` holds a role allowing ``connect`` at ``scope``."""
-        return bool(self.roles.allowed(self.principal_ids(principal), "connect", scope))
+        return bool(await self.roles.allowed(self.principal_ids(principal), "connect", scope))
 
     def principal_ids(self, principal: Principal) -> set[str]:
         """The ids role assignments may name for ``principal`` under this

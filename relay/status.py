@@ -14,13 +14,13 @@ agent was away came back reporting ``Connected`` with no session. Now:
 - **write-behind**: a connect, a disconnect and a metadata report no longer
   commit to SQLite on the event loop. They are coalesced per cluster (so the
   backlog is bounded by the number of clusters) and flushed every
-  ``limits.status_flush_seconds`` on a worker thread, through a store of its
-  own (``writer``: a second SQLite connection to the same WAL file) in
-  transactions of at most ``FLUSH_CHUNK`` clusters. Why: the relay's main
-  connection is guarded by a lock; a flush of thousands of rows holding it
-  (one transaction plus its fsync) stalled every cluster lookup on the event
-  loop behind it: agent connects, ``/readyz`` and the management API (seconds
-  at 5,000 agents reconnecting, measured by ``bench.scale``).
+  ``limits.status_flush_seconds``, through a store of its own (``writer``:
+  for SQLite a second connection to the same WAL file, with its own worker
+  thread) in transactions of at most ``FLUSH_CHUNK`` clusters. Why: the main
+  connection runs one statement at a time; a flush of thousands of rows on
+  it (one transaction plus its fsync) queued every cluster lookup behind it:
+  agent connects and the management API (seconds at 5,000 agents
+  reconnecting, measured by ``bench.scale``).
 - **reconciled at start-up**: :meth:`LiveStatusRegistry.start` marks every
   stored ``Connected`` row without a live session ``Offline`` (a crash leaves
   no such row behind for long; the derived view never shows one at all).
@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -44,8 +43,9 @@ from typing import Any
 
 from relay.registry import (
     Cluster,
+    ClusterRegistry,
     ConnectivityStatus,
-    SqliteRegistry,
+    check_writable,
     metadata_columns,
     utc_now,
 )
@@ -82,8 +82,8 @@ class LiveStatusRegistry:
             connection the event loop reads through.
     """
 
-    def __init__(self, store: SqliteRegistry, is_present: Callable[[str], bool],
-                 flush_seconds: float = 1.0, writer: SqliteRegistry | None = None) -> None:
+    def __init__(self, store: ClusterRegistry, is_present: Callable[[str], bool],
+                 flush_seconds: float = 1.0, writer: ClusterRegistry | None = None) -> None:
         self.store = store
         self.writer = writer or store
         self.is_present = is_present
@@ -98,19 +98,19 @@ class LiveStatusRegistry:
         self.clock: Callable[[], float] = time.monotonic
 
     # -- lifecycle ---------------------------------------------------------------
-    def reconcile(self) -> int:
+    async def reconcile(self) -> int:
         """Mark stored ``Connected`` rows without a live session ``Offline``;
         returns how many were changed. Run before serving."""
-        stale = [c.id for c in self.store.list()
+        stale = [c.id for c in await self.store.list()
                  if c.connectivity_status == "Connected" and not self.is_present(c.id)]
         if stale:
-            self.store.apply_updates({cid: {"connectivity_status": "Offline"} for cid in stale})
+            await self.store.apply_updates({cid: {"connectivity_status": "Offline"} for cid in stale})
         log.info("status reconciled offline=%d", len(stale))
         return len(stale)
 
     async def start(self) -> None:
         """Reconcile, then start the write-behind flusher."""
-        await asyncio.to_thread(self.reconcile)
+        await self.reconcile()
         self._flusher = asyncio.ensure_future(self._flush_loop())
 
     async def stop(self) -> None:
@@ -123,8 +123,8 @@ class LiveStatusRegistry:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write every pending update now (worker thread, ``FLUSH_CHUNK``
-        clusters per transaction)."""
+        """Write every pending update now (``FLUSH_CHUNK`` clusters per
+        transaction, through ``writer``)."""
         if not self._pending:
             return
         batch, self._pending = self._pending, {}
@@ -132,12 +132,12 @@ class LiveStatusRegistry:
         for start in range(0, len(items), FLUSH_CHUNK):
             chunk = dict(items[start:start + FLUSH_CHUNK])
             try:
-                await asyncio.to_thread(self.writer.apply_updates, chunk)
+                await self.writer.apply_updates(chunk)
             except asyncio.CancelledError:
-                # The thread still writes this chunk; the rest waits for stop()'s flush.
+                # The store may still write this chunk; the rest waits for stop()'s flush.
                 self._requeue(items[start + FLUSH_CHUNK:])
                 raise
-            except sqlite3.Error as exc:
+            except Exception as exc:  # any store failure (sqlite3, asyncpg, OSError): retried next flush
                 self._requeue(items[start:])
                 log.warning("status flush failed clusters=%d error=%s", len(items) - start,
                             type(exc).__name__)
@@ -175,11 +175,11 @@ class LiveStatusRegistry:
             status = "Offline"
         return replace(cluster, connectivity_status=status)
 
-    def get(self, cluster_id: str) -> Cluster | None:
-        cluster = self.store.get(cluster_id)
+    async def get(self, cluster_id: str) -> Cluster | None:
+        cluster = await self.store.get(cluster_id)
         return self._view(cluster) if cluster is not None else None
 
-    def agent_certificate(self, cluster_id: str) -> str | None:
+    async def agent_certificate(self, cluster_id: str) -> str | None:
         """The registered agent certificate, from a bounded cache of at most
         ``AGENT_CERTIFICATE_TTL`` seconds' age (``put``/``delete`` drop the
         entry). An unknown cluster is never cached: it costs a lookup each
@@ -188,7 +188,7 @@ class LiveStatusRegistry:
         cached = self._certificates.get(cluster_id)
         if cached is not None and now - cached[0] < AGENT_CERTIFICATE_TTL:
             return cached[1]
-        certificate = self.store.agent_certificate(cluster_id)
+        certificate = await self.store.agent_certificate(cluster_id)
         if certificate is None:
             self._certificates.pop(cluster_id, None)
             return None
@@ -198,31 +198,37 @@ class LiveStatusRegistry:
             self._certificates.popitem(last=False)
         return certificate
 
-    def list(self, resource_group: str | None = None) -> list[Cluster]:
-        return [self._view(c) for c in self.store.list(resource_group)]
+    async def list(self, resource_group: str | None = None) -> list[Cluster]:
+        return [self._view(c) for c in await self.store.list(resource_group)]
 
-    def ids(self) -> tuple[str, ...]:
-        return self.store.ids()
+    async def ids(self) -> tuple[str, ...]:
+        return await self.store.ids()
 
-    def put(self, cluster: Cluster) -> tuple[Cluster, bool]:
-        stored, created = self.store.put(cluster)
+    async def put(self, cluster: Cluster) -> tuple[Cluster, bool]:
+        stored, created = await self.store.put(cluster)
         self._certificates.pop(cluster.id, None)
         return self._view(stored), created
 
-    def delete(self, cluster_id: str) -> bool:
+    async def delete(self, cluster_id: str) -> bool:
         self._pending.pop(cluster_id, None)
         self._certificates.pop(cluster_id, None)
-        return self.store.delete(cluster_id)
+        return await self.store.delete(cluster_id)
 
-    def set_connectivity(self, cluster_id: str, status: ConnectivityStatus) -> None:
+    async def set_connectivity(self, cluster_id: str, status: ConnectivityStatus) -> None:
         """Record a connect or disconnect (write-behind); the status reported
         comes from the directory, the stored one only feeds reconciliation."""
         self._queue(cluster_id, {"connectivity_status": status, "last_connectivity_time": utc_now()})
 
-    def set_metadata(self, cluster_id: str, metadata: dict[str, Any]) -> None:
+    async def set_metadata(self, cluster_id: str, metadata: dict[str, Any]) -> None:
         # A report is proof of connectivity: lastConnectivityTime means "last
         # seen connected" (as in Azure Arc), not "last status change".
         self._queue(cluster_id, {**metadata_columns(metadata), "last_connectivity_time": utc_now()})
 
-    def ping(self) -> bool:
-        return self.store.ping()
+    async def apply_updates(self, batch: dict[str, dict[str, Any]]) -> None:
+        """Queue status/metadata columns (write-behind, like set_connectivity)."""
+        check_writable(batch)
+        for cid, columns in batch.items():
+            self._queue(cid, columns)
+
+    async def ping(self) -> bool:
+        return await self.store.ping()

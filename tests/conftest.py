@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, settings
 
 if TYPE_CHECKING:
     from sandbox.idp import SandboxIdp
+    from tests.support.postgres import PostgresServer
     from tests.support.relay import RelayEnv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,3 +60,20 @@ async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
 
     async with running_env(tmp_path) as env:
         yield env
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (skips when not installed)."""
+    from tests.support.postgres import running_postgres
+
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    from tests.support.postgres import create_database
+
+    return create_database(postgres_server)

@@ -54,7 +54,7 @@ async def test_agent_cli_stops_without_error_lines_after_validating_a_token(
     cert_file, key_file = write_pem_pair(tmp_path, "serving", serving)
     token_file = tmp_path / "token"
     token_file.write_text(api.admin_token)
-    keys = relay_env.register("rg1", "oidc")
+    keys = await relay_env.register("rg1", "oidc")
     agent_key = tmp_path / "agent.key"
     agent_key.write_bytes(keys.private_key_pem)
     idp = relay_env.idp

@@ -99,7 +99,7 @@ def test_connector_builds_urls_and_parses_cpu() -> None:
 async def test_connector_honours_goaway_and_old_streams_drain(relay_env: RelayEnv) -> None:
     """On GOAWAY the agent redials at once; a stream open on the old session keeps working."""
     echo = await start_echo_server()
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     old = await relay_env.wait_agent("rg1/alpha")
     client = await relay_env.client(relay_env.token("admin"))
@@ -129,7 +129,7 @@ async def test_connector_dials_through_https_proxy(relay_env: RelayEnv, monkeypa
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     echo = await start_echo_server()
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     await relay_env.wait_agent("rg1/alpha")
     assert proxy.requests and proxy.requests[0].startswith(f"CONNECT 127.0.0.1:{relay_env.relay.port} ")
@@ -148,14 +148,14 @@ async def test_connector_keeps_retrying_when_refused(relay_env: RelayEnv) -> Non
     await until(lambda: connector.last_error, "the agent's first dial error")
     assert connector.last_error.startswith("relay refused the agent (401)")
     assert not connector.connected
-    relay_env.register("rg1", "late", keys)
+    await relay_env.register("rg1", "late", keys)
     await relay_env.wait_agent("rg1/late")
 
 
 async def test_connector_stop_drains_open_streams(relay_env: RelayEnv) -> None:
     """stop() sends GOAWAY but lets an open stream finish before closing."""
     echo = await start_echo_server()
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     agent_session = await relay_env.wait_agent("rg1/alpha")
     client = await relay_env.client(relay_env.token("admin"))
@@ -176,7 +176,7 @@ async def test_connector_stop_drains_open_streams(relay_env: RelayEnv) -> None:
 
 async def test_connector_names_untrusted_relay_certificate(relay_env: RelayEnv) -> None:
     """Without the relay's CA the agent says the certificate is not trusted (and retries)."""
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", 9), relay_ca_pem=None)
     await until(lambda: connector.last_error, "the agent's first dial error")
     assert connector.last_error.startswith("relay TLS certificate not trusted")

@@ -19,7 +19,7 @@ from sandbox.apiserver.server import SandboxApiServer
 from tests.support.processes import ChildProcess, child_env
 from tests.support.relay import RelayEnv, roundtrip
 from tests.support.servers import server_port, start_echo_server
-from tests.support.waits import WAIT, until
+from tests.support.waits import WAIT, until_async
 from tunnel import TunnelSession, splice
 
 
@@ -33,8 +33,8 @@ def _run_cli(config: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def _agent_base(env: RelayEnv, tmp: Path, rg: str, name: str) -> dict[str, Any]:
-    keys = env.register(rg, name)
+async def _agent_base(env: RelayEnv, tmp: Path, rg: str, name: str) -> dict[str, Any]:
+    keys = await env.register(rg, name)
     key_file = tmp / f"{name}.key"
     key_file.write_bytes(keys.private_key_pem)
     assert env.relay.ca_file is not None
@@ -88,7 +88,7 @@ async def test_agent_cli_forward_to_pipes_streams_to_tcp(relay_env: RelayEnv, tm
     """With forward_to the agent process pipes each stream to that TCP address."""
     echo = await start_echo_server()
     config = _write_config(tmp_path / "agent.yaml", {
-        **_agent_base(relay_env, tmp_path, "rg1", "fwd"),
+        **await _agent_base(relay_env, tmp_path, "rg1", "fwd"),
         "forward_to": f"127.0.0.1:{server_port(echo)}"})
     agent = await start_agent_process(config)
     try:
@@ -124,7 +124,7 @@ async def test_agent_cli_default_mode_serves_api_through_kube_aad_proxy(
     token_file = tmp_path / "token"
     token_file.write_text(api.admin_token)
     config = _write_config(tmp_path / "agent.yaml", {
-        **_agent_base(relay_env, tmp_path, "rg1", "demo"),
+        **await _agent_base(relay_env, tmp_path, "rg1", "demo"),
         "kube_aad_proxy": {"listen": "127.0.0.1:0", "serving_cert_file": str(cert_file),
                            "serving_key_file": str(key_file), "upstream_url": api.url,
                            "upstream_ca_file": str(api.ca_file), "upstream_token_file": str(token_file)}})
@@ -143,8 +143,10 @@ async def test_agent_cli_default_mode_serves_api_through_kube_aad_proxy(
             assert resp.status == 200
             assert (await resp.json())["gitVersion"].startswith("v1.33")
         registry = relay_env.state.registry
-        await until(lambda: registry.get("rg1/demo").total_node_count is not None, "the agent's metadata")
-        cluster = registry.get("rg1/demo")
+        async def metadata() -> bool:
+            return (await registry.get("rg1/demo")).total_node_count is not None
+        await until_async(metadata, "the agent's metadata")
+        cluster = await registry.get("rg1/demo")
         assert cluster.kubernetes_version.startswith("v1.33")
         assert cluster.total_node_count >= 1 and cluster.total_core_count >= 1
     finally:
@@ -162,7 +164,7 @@ async def test_agent_cli_limits_its_session_streams_from_config(relay_env: Relay
 
     echo = await start_echo_server()
     config = _write_config(tmp_path / "agent.yaml", {
-        **_agent_base(relay_env, tmp_path, "rg1", "small"),
+        **await _agent_base(relay_env, tmp_path, "rg1", "small"),
         "forward_to": f"127.0.0.1:{server_port(echo)}", "limits": {"max_concurrent_streams": 2}})
     agent = await start_agent_process(config)
     try:

@@ -67,7 +67,7 @@ async def test_agent_readyz_follows_its_relay_session(tmp_path: Path) -> None:
     while the session is up; /metrics counts the session and the stream it served."""
     async with running_env(tmp_path) as env:
         echo = await start_echo_server()
-        keys = env.register("rg1", "alpha")
+        keys = await env.register("rg1", "alpha")
         connector = await env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
         health = await started(agent_health_listener(connector, None))
         try:

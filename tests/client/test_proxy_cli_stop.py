@@ -35,7 +35,7 @@ async def _registered_cluster(env: RelayEnv, rg: str, name: str) -> None:
     kubeconfig) and a connected agent that echoes every stream."""
     keys = generate_key_pair(f"{rg}/{name}")
     ca = CertificateAuthority.create(f"{rg}/{name} serving CA")
-    env.state.registry.put(Cluster(
+    await env.state.registry.put(Cluster(
         name=name, resource_group=rg, agent_public_key_certificate=keys.certificate_pem.decode(),
         serving_ca_certificate=ca.certificate_pem.decode(), tls_server_name=f"{name}.local"))
     echo = await start_echo_server()

@@ -43,8 +43,8 @@ async def test_keeper_renews_session_and_old_stream_ends_at_token_expiry(relay_e
     12 item 6). New streams go to the newest session; the old session closes
     once its stream ended."""
     echo = await start_echo_server()
-    keys = relay_env.register("rg1", "alpha")
-    relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+    keys = await relay_env.register("rg1", "alpha")
+    await relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     await relay_env.wait_agent("rg1/alpha")
     idp = relay_env.idp

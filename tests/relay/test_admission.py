@@ -89,7 +89,7 @@ async def test_agent_redials_after_the_hinted_delay(tmp_path: Path) -> None:
     (hint plus jitter) and then connects."""
     async with running_env(tmp_path, handshakes_per_second=0.3, retry_after_seconds=1,
                            max_retry_after_seconds=1, max_queue_seconds=0.0, max_loop_lag_seconds=0.0) as env:
-        keys = env.register("rg1", "alpha")
+        keys = await env.register("rg1", "alpha")
         loop = asyncio.get_running_loop()
         assert (await _get(env, "/agent/v1/connect"))[0] == 401  # takes the one token
         started = loop.time()
@@ -317,7 +317,7 @@ async def test_agent_storm_is_paced_by_admission_without_abandoned_sessions(tmp_
     agents = 30
     async with running_env(tmp_path, handshakes_per_second=10.0, retry_after_seconds=1,
                            max_queue_seconds=0.0, max_loop_lag_seconds=0.0) as env:
-        keys = [env.register("storm", f"c{i}") for i in range(agents)]
+        keys = [await env.register("storm", f"c{i}") for i in range(agents)]
         stop = asyncio.Event()
 
         async def probe_readyz() -> list[int]:
@@ -349,7 +349,7 @@ async def test_agent_storm_waits_in_the_admission_queue_instead_of_503(tmp_path:
     agents = 30
     async with running_env(tmp_path, max_concurrent_handshakes=2) as env:
         admission = env.state.admission
-        keys = [env.register("queue", f"c{i}") for i in range(agents)]
+        keys = [await env.register("queue", f"c{i}") for i in range(agents)]
         assert await admission.admit() and await admission.admit()  # both slots taken
         # (these two may have waited a turn themselves, on a machine busy enough
         # for the loop-lag bound to hold them: count from here)

@@ -13,7 +13,7 @@ from certs import generate_key_pair, load_private_key
 from identity import AgentAssertionVerifier, TokenInvalid, sign_agent_assertion
 from identity.agent_assertion import unverified_cluster_id
 from tests.support.relay import RelayEnv
-from tests.support.waits import until
+from tests.support.waits import until_async
 from tunnel import TunnelSession, ws_connect_kwargs
 
 
@@ -38,15 +38,15 @@ def _audience(env: RelayEnv) -> str:
 
 async def test_agent_auth_accepts_good_assertion(relay_env: RelayEnv) -> None:
     """A fresh assertion signed with the registered key is accepted (101)."""
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     token = sign_agent_assertion(keys.private_key_pem, "rg1/alpha", _audience(relay_env))
     assert await _dial(relay_env, token) == (101, "")
 
 
 async def test_agent_auth_refuses_other_clusters_key(relay_env: RelayEnv) -> None:
     """Cluster A's key claiming cluster B is refused: a cluster name cannot be taken over."""
-    keys_a = relay_env.register("rg1", "alpha")
-    relay_env.register("rg1", "beta")
+    keys_a = await relay_env.register("rg1", "alpha")
+    await relay_env.register("rg1", "beta")
     token = sign_agent_assertion(keys_a.private_key_pem, "rg1/beta", _audience(relay_env))
     status, message = await _dial(relay_env, token)
     assert status == 401 and message == "agent refused: assertion not accepted"
@@ -67,8 +67,8 @@ async def test_agent_auth_refuses_unknown_and_wrong_key_alike(
     key (also of another key type) get byte-identical answers; the log tells
     them apart."""
     caplog.set_level(logging.INFO, logger="relay")
-    relay_env.register("rg1", "alpha")
-    relay_env.register("rg1", "beta", generate_key_pair("rsa", kind="rsa"))
+    await relay_env.register("rg1", "alpha")
+    await relay_env.register("rg1", "beta", generate_key_pair("rsa", kind="rsa"))
     stranger = generate_key_pair("stranger")
     aud = _audience(relay_env)
     unknown = await _raw_refusal(relay_env, sign_agent_assertion(stranger.private_key_pem, "rg1/ghost", aud))
@@ -84,7 +84,7 @@ async def test_agent_auth_refuses_unknown_and_wrong_key_alike(
 
 async def test_agent_auth_refuses_replayed_jti(relay_env: RelayEnv) -> None:
     """The same assertion presented twice is refused the second time."""
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     token = sign_agent_assertion(keys.private_key_pem, "rg1/alpha", _audience(relay_env))
     assert (await _dial(relay_env, token))[0] == 101
     status, message = await _dial(relay_env, token)
@@ -93,7 +93,7 @@ async def test_agent_auth_refuses_replayed_jti(relay_env: RelayEnv) -> None:
 
 async def test_agent_auth_refuses_expired_unknown_and_missing(relay_env: RelayEnv) -> None:
     """Expired, unknown cluster, wrong audience and missing assertions are 401 and counted."""
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     expired = sign_agent_assertion(keys.private_key_pem, "rg1/alpha", _audience(relay_env), lifetime=-300)
     assert (await _dial(relay_env, expired)) == (401, "agent refused: assertion not accepted")
     unknown = sign_agent_assertion(keys.private_key_pem, "rg1/ghost", _audience(relay_env))
@@ -110,15 +110,19 @@ async def test_agent_auth_refuses_expired_unknown_and_missing(relay_env: RelayEn
 
 async def test_agent_auth_marks_cluster_connected_then_offline(relay_env: RelayEnv) -> None:
     """connectivityStatus follows the agent session; metadata from the control stream is stored."""
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", 9))
     await relay_env.wait_agent("rg1/alpha")
     registry = relay_env.state.registry
-    await until(lambda: registry.get("rg1/alpha").agent_version, "the agent's version from its control stream")
-    cluster = registry.get("rg1/alpha")
+    async def agent_version() -> str | None:
+        return (await registry.get("rg1/alpha")).agent_version  # type: ignore[no-any-return]
+    await until_async(agent_version, "the agent's version from its control stream")
+    cluster = await registry.get("rg1/alpha")
     assert cluster.connectivity_status == "Connected" and cluster.agent_version
     await connector.stop()
-    await until(lambda: registry.get("rg1/alpha").connectivity_status == "Offline", "Offline after stop")
+    async def offline() -> bool:
+        return (await registry.get("rg1/alpha")).connectivity_status == "Offline"  # type: ignore[no-any-return]
+    await until_async(offline, "Offline after stop")
 
 
 def test_assertion_verifier_checks_claims() -> None:

@@ -46,7 +46,7 @@ async def test_relay_caches_forbidden_decisions_and_logs_one_line(
         relay_env: RelayEnv, caplog: pytest.LogCaptureFixture) -> None:
     """50 forbidden OPENs: one database lookup, 49 cache hits, one log line."""
     echo = await start_echo_server()
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     await relay_env.wait_agent("rg1/alpha")
     client = await relay_env.client(relay_env.token("demo"))
@@ -65,7 +65,7 @@ async def test_relay_role_change_through_api_takes_effect_on_next_open(relay_env
     """Forbidden (and cached); an admin grants cluster-user through the API:
     the next OPEN is routed; the admin deletes it: the next OPEN is refused."""
     echo = await start_echo_server()
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     await relay_env.wait_agent("rg1/alpha")
     client = await relay_env.client(relay_env.token("demo"))

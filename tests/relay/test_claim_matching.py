@@ -30,7 +30,7 @@ async def _open_outcome(env: RelayEnv) -> ErrorCode | bytes:
 
 async def _agent_with_echo(env: RelayEnv) -> None:
     echo = await start_echo_server()
-    keys = env.register("rg1", "alpha")
+    keys = await env.register("rg1", "alpha")
     await env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     await env.wait_agent("rg1/alpha")
 
@@ -40,9 +40,9 @@ async def test_relay_ignores_upn_assignment_by_default(tmp_path: Path) -> None:
     demo's oid does."""
     async with running_env(tmp_path) as env:
         await _agent_with_echo(env)
-        env.grant(DEMO_UPN, "cluster-user", SCOPE)
+        await env.grant(DEMO_UPN, "cluster-user", SCOPE)
         assert await _open_outcome(env) == ErrorCode.FORBIDDEN
-        env.grant(DEMO_OID, "cluster-user", SCOPE)
+        await env.grant(DEMO_OID, "cluster-user", SCOPE)
         assert await _open_outcome(env) == b"hello"
 
 
@@ -53,7 +53,7 @@ async def test_relay_matches_upn_with_opt_in(tmp_path: Path, caplog: pytest.LogC
     async with running_env(tmp_path, match_mutable_claims=("upn",)) as env:
         assert any("match_mutable_claims" in r.getMessage() for r in caplog.records)
         await _agent_with_echo(env)
-        env.grant(DEMO_UPN, "cluster-user", SCOPE)
+        await env.grant(DEMO_UPN, "cluster-user", SCOPE)
         assert await _open_outcome(env) == b"hello"
 
 
@@ -74,11 +74,11 @@ async def test_relay_matches_issuer_scoped_sub(tmp_path: Path) -> None:
     async with running_env(tmp_path) as env:
         await _agent_with_echo(env)
         client = await env.client(env.token("demo", oid=None, sub="subject-1"))
-        env.grant("subject-1", "cluster-user", SCOPE)
+        await env.grant("subject-1", "cluster-user", SCOPE)
         with pytest.raises(StreamRefused) as refused:
             await client.open_stream(b"rg1/alpha", timeout=WAIT)
         assert refused.value.code == ErrorCode.FORBIDDEN
-        env.grant(f"{env.idp.issuer}#subject-1", "cluster-user", SCOPE)
+        await env.grant(f"{env.idp.issuer}#subject-1", "cluster-user", SCOPE)
         assert await roundtrip(client, b"rg1/alpha", b"sub") == b"sub"
 
 

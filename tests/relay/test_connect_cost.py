@@ -44,7 +44,7 @@ async def test_relay_fingerprints_a_registered_certificate_once(relay_env: Relay
     (the handshake and the post-upgrade check share it); the cache is bounded."""
     info = agent_endpoint._fingerprint.cache_info()
     assert info.maxsize == agent_endpoint.MAX_CACHED_FINGERPRINTS
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     agent_endpoint._fingerprint.cache_clear()
     previous = None
     for _ in range(2):
@@ -58,17 +58,17 @@ async def test_relay_fingerprints_a_registered_certificate_once(relay_env: Relay
 async def test_relay_reads_an_agents_certificate_from_the_store_once_per_connect(relay_env: RelayEnv) -> None:
     """The assertion check and the post-upgrade key check of one connect share
     one store read (the whole row is never read on the connect path)."""
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     registry = relay_env.state.registry
     assert isinstance(registry, LiveStatusRegistry)
     reads: list[str] = []
     real_read = registry.store.agent_certificate
 
-    def counted(cid: str) -> str | None:
+    async def counted(cid: str) -> str | None:
         reads.append(cid)
-        return real_read(cid)
+        return await real_read(cid)
 
-    registry.store.agent_certificate = counted  # type: ignore[method-assign]
+    registry.store.agent_certificate = counted  # type: ignore[method-assign,assignment]
     registry.store.get = None  # type: ignore[assignment,method-assign]  # the connect path must not call it
     connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", 9))
     await relay_env.wait_agent("rg1/alpha")
@@ -85,20 +85,20 @@ def _cluster(name: str, pem: bytes) -> Cluster:
     return Cluster(name=name, resource_group="rg1", agent_public_key_certificate=pem.decode())
 
 
-def test_certificate_cache_drops_a_key_changed_or_deleted_through_it(tmp_path: Path) -> None:
+async def test_certificate_cache_drops_a_key_changed_or_deleted_through_it(tmp_path: Path) -> None:
     """A key put or a cluster deleted through the registry is seen by the very
     next connect, whatever the cache held."""
     registry, _ = _registry(tmp_path)
     old, new = generate_key_pair("rg1/a").certificate_pem, generate_key_pair("rg1/a").certificate_pem
-    registry.put(_cluster("a", old))
-    assert registry.agent_certificate("rg1/a") == old.decode()
-    registry.put(_cluster("a", new))
-    assert registry.agent_certificate("rg1/a") == new.decode()
-    assert registry.delete("rg1/a")
-    assert registry.agent_certificate("rg1/a") is None
+    await registry.put(_cluster("a", old))
+    assert await registry.agent_certificate("rg1/a") == old.decode()
+    await registry.put(_cluster("a", new))
+    assert await registry.agent_certificate("rg1/a") == new.decode()
+    assert await registry.delete("rg1/a")
+    assert await registry.agent_certificate("rg1/a") is None
 
 
-def test_certificate_cache_rereads_after_its_ttl_and_is_bounded(tmp_path: Path) -> None:
+async def test_certificate_cache_rereads_after_its_ttl_and_is_bounded(tmp_path: Path) -> None:
     """A key changed behind the registry's back (another replica, an edit of
     the file) is seen once the entry is AGENT_CERTIFICATE_TTL old; unknown
     clusters are not cached; the cache never holds more than its bound."""
@@ -106,21 +106,21 @@ def test_certificate_cache_rereads_after_its_ttl_and_is_bounded(tmp_path: Path) 
     now = [100.0]
     registry.clock = lambda: now[0]
     old, new = generate_key_pair("rg1/a").certificate_pem, generate_key_pair("rg1/a").certificate_pem
-    store.put(_cluster("a", old))
-    assert registry.agent_certificate("rg1/a") == old.decode()
-    store.put(_cluster("a", new))  # not through the cache
+    await store.put(_cluster("a", old))
+    assert await registry.agent_certificate("rg1/a") == old.decode()
+    await store.put(_cluster("a", new))  # not through the cache
     now[0] += status.AGENT_CERTIFICATE_TTL / 2
-    assert registry.agent_certificate("rg1/a") == old.decode()
+    assert await registry.agent_certificate("rg1/a") == old.decode()
     now[0] += status.AGENT_CERTIFICATE_TTL
-    assert registry.agent_certificate("rg1/a") == new.decode()
-    assert registry.agent_certificate("rg1/nobody") is None
+    assert await registry.agent_certificate("rg1/a") == new.decode()
+    assert await registry.agent_certificate("rg1/nobody") is None
     assert "rg1/nobody" not in registry._certificates
     bound = 3
     original, status.MAX_CACHED_AGENT_CERTIFICATES = status.MAX_CACHED_AGENT_CERTIFICATES, bound
     try:
         for i in range(bound + 2):
-            store.put(_cluster(f"b{i}", old))
-            registry.agent_certificate(f"rg1/b{i}")
+            await store.put(_cluster(f"b{i}", old))
+            await registry.agent_certificate(f"rg1/b{i}")
         assert len(registry._certificates) == bound
     finally:
         status.MAX_CACHED_AGENT_CERTIFICATES = original

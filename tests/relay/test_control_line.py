@@ -16,7 +16,7 @@ from tunnel import CONTROL_TARGET, ErrorCode, StreamReset, TunnelSession, ws_con
 
 
 async def test_control_line_beyond_the_bound_resets_only_that_stream(relay_env: RelayEnv) -> None:
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     url = relay_env.relay.url + "/agent/v1/connect"
     token = sign_agent_assertion(keys.private_key_pem, "rg1/alpha", url)
     ws = await relay_env.http.ws_connect(url, headers={"Authorization": f"Bearer {token}"},
@@ -34,7 +34,7 @@ async def test_control_line_beyond_the_bound_resets_only_that_stream(relay_env: 
         again = await session.open_stream(CONTROL_TARGET, timeout=WAIT)
         await again.write(b'{"agentVersion": "1.2.3"}\n')
         async with asyncio.timeout(WAIT):
-            while (relay_env.state.registry.get("rg1/alpha").agent_version or "") != "1.2.3":
+            while ((await relay_env.state.registry.get("rg1/alpha")).agent_version or "") != "1.2.3":
                 await asyncio.sleep(0.05)
     finally:
         await session.close()

@@ -70,9 +70,9 @@ async def test_relay_stalled_readers_in_two_users_sessions_do_not_slow_anyone(
     4 MiB byte-exact through the relay and back, while the stalled streams
     stay stalled; the relay holds at most the windows it granted."""
     upstream = await _start_upstream()
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     for oid in (DEMO_OID, BOB_OID, ADMIN_OID):
-        relay_env.grant(oid, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+        await relay_env.grant(oid, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(upstream)))
     agent_leg = await relay_env.wait_agent("rg1/alpha")
     demo = await relay_env.client(relay_env.token("demo"))
@@ -125,8 +125,8 @@ async def test_relay_many_stalled_readers_in_one_session_do_not_slow_its_other_s
     """40 stalled readers on one arc-proxy session: two more streams on the
     same session still move 2 MiB each, byte-exact."""
     upstream = await _start_upstream()
-    keys = relay_env.register("rg1", "alpha")
-    relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+    keys = await relay_env.register("rg1", "alpha")
+    await relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(upstream)))
     agent_leg = await relay_env.wait_agent("rg1/alpha")
     demo = await relay_env.client(relay_env.token("demo"))
@@ -162,8 +162,8 @@ async def test_relay_stalled_kubectl_sockets_behind_arc_proxy_do_not_slow_a_live
             return self.the_session
 
     upstream = await _start_upstream()
-    keys = relay_env.register("rg1", "alpha")
-    relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+    keys = await relay_env.register("rg1", "alpha")
+    await relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(upstream)))
     agent_leg = await relay_env.wait_agent("rg1/alpha")
     session = await relay_env.client(relay_env.token("demo"))

@@ -24,8 +24,8 @@ async def _connected_cluster(env: RelayEnv) -> tuple[object, int]:
     demo holds cluster-user. Returns the agent's relay-side session and the echo port."""
     echo = await start_echo_server()
     port = server_port(echo)
-    keys = env.register("rg1", "alpha")
-    env.grant(DEMO_OID, "cluster-user", SCOPE)
+    keys = await env.register("rg1", "alpha")
+    await env.grant(DEMO_OID, "cluster-user", SCOPE)
     await env.start_agent("rg1/alpha", keys, ("127.0.0.1", port))
     return await env.wait_agent("rg1/alpha"), port
 
@@ -39,7 +39,7 @@ async def test_relay_key_change_ends_old_key_session(
     and both fingerprints."""
     caplog.set_level(logging.INFO, logger="relay")
     old_session, port = await _connected_cluster(relay_env)
-    old_cert = relay_env.state.registry.get("rg1/alpha").agent_public_key_certificate
+    old_cert = (await relay_env.state.registry.get("rg1/alpha")).agent_public_key_certificate
     client = await relay_env.client(relay_env.token("demo"))
     open_stream = await client.open_stream(b"rg1/alpha", timeout=WAIT)
     await open_stream.write(b"x")
@@ -55,7 +55,7 @@ async def test_relay_key_change_ends_old_key_session(
         async with asyncio.timeout(WAIT):
             while await open_stream.read():
                 pass
-    assert relay_env.state.registry.get("rg1/alpha").connectivity_status == "Offline"
+    assert (await relay_env.state.registry.get("rg1/alpha")).connectivity_status == "Offline"
     # The old agent keeps redialing with its old key and is refused; no agent, no route.
     with pytest.raises(StreamRefused) as refused:
         await client.open_stream(b"rg1/alpha", timeout=WAIT)
@@ -76,7 +76,7 @@ async def test_relay_key_change_ends_old_key_session(
 async def test_relay_same_key_put_keeps_session(relay_env: RelayEnv) -> None:
     """A PUT that keeps the key (e.g. a new location) leaves the session alone."""
     session, _ = await _connected_cluster(relay_env)
-    cert = relay_env.state.registry.get("rg1/alpha").agent_public_key_certificate
+    cert = (await relay_env.state.registry.get("rg1/alpha")).agent_public_key_certificate
     status, _ = await relay_env.api("PUT", CLUSTER_PATH, relay_env.token("admin"),
                                     {"agentPublicKeyCertificate": cert, "location": "eu"})
     assert status == 200
@@ -86,14 +86,14 @@ async def test_relay_same_key_put_keeps_session(relay_env: RelayEnv) -> None:
 async def test_relay_cluster_user_cannot_change_key(relay_env: RelayEnv) -> None:
     """A principal with only cluster-user on the cluster gets 403 and changes nothing."""
     session, _ = await _connected_cluster(relay_env)
-    before = relay_env.state.registry.get("rg1/alpha").agent_public_key_certificate
+    before = (await relay_env.state.registry.get("rg1/alpha")).agent_public_key_certificate
     stranger = generate_key_pair("rg1/alpha")
     for body in ({"agentPublicKeyCertificate": stranger.certificate_pem.decode()},
                  {"agentPublicKeyCertificate": before,
                   "servingCaCertificate": stranger.certificate_pem.decode()}):
         status, _ = await relay_env.api("PUT", CLUSTER_PATH, relay_env.token("demo"), body)
         assert status == 403
-    cluster = relay_env.state.registry.get("rg1/alpha")
+    cluster = await relay_env.state.registry.get("rg1/alpha")
     assert cluster.agent_public_key_certificate == before and cluster.serving_ca_certificate == ""
     assert relay_env.state.directory.get("rg1/alpha") is session
 
@@ -102,7 +102,7 @@ async def test_relay_onboarding_may_change_key(relay_env: RelayEnv) -> None:
     """The role that may create the cluster (onboarding at its resource group)
     may change its key, and that change ends the old session too."""
     session, _ = await _connected_cluster(relay_env)
-    relay_env.grant(DEMO_OID, "onboarding", "/resourceGroups/rg1")
+    await relay_env.grant(DEMO_OID, "onboarding", "/resourceGroups/rg1")
     new_keys = generate_key_pair("rg1/alpha")
     status, _ = await relay_env.api("PUT", CLUSTER_PATH, relay_env.token("demo"),
                                     {"agentPublicKeyCertificate": new_keys.certificate_pem.decode()})

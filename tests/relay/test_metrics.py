@@ -130,8 +130,8 @@ async def test_relay_cluster_metrics_follow_agent_sessions_and_streams(relay_env
     """A connected cluster reads 1, a registered one without agent 0; a routed stream
     counts for its cluster while open (a cluster without streams has no stream series)."""
     echo = await start_echo_server()
-    relay_env.register("rg1", "idle")
-    keys = relay_env.register("rg1", "alpha")
+    await relay_env.register("rg1", "idle")
+    keys = await relay_env.register("rg1", "alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     await relay_env.wait_agent("rg1/alpha")
     client = await relay_env.client(relay_env.token("admin"))
@@ -155,7 +155,7 @@ async def test_relay_caps_cluster_series_offline_first_with_an_other_bucket(tmp_
     async with running_env(tmp_path, max_cluster_series=1) as env:
         echo = await start_echo_server()
         for name in ("a", "b", "c"):
-            keys = env.register("rg1", name)
+            keys = await env.register("rg1", name)
             if name != "b":
                 await env.start_agent(f"rg1/{name}", keys, ("127.0.0.1", server_port(echo)))
                 await env.wait_agent(f"rg1/{name}")

@@ -24,7 +24,7 @@ from relay import names
 from relay.json_body import MAX_BODY_BYTES, MAX_BODY_DEPTH, nesting_exceeds, read_json_object
 from relay.roles import assignment_errors
 from tests.support.relay import BOB_OID, RelayEnv, running_env
-from tests.support.waits import WAIT, until
+from tests.support.waits import WAIT, until_async
 
 CLUSTERS = "/api/v1/resourceGroups/{rg}/clusters/{name}"
 
@@ -81,7 +81,7 @@ async def test_api_refuses_control_characters_in_path_names(relay_env: RelayEnv)
         for method in ("PUT", "GET", "DELETE"):
             status, body = await relay_env.api(method, path, admin, _registration() if method == "PUT" else None)
             assert status == 400 and body["error"]["code"] == "InvalidName", (method, path, body)
-    assert relay_env.state.registry.list(None) == []
+    assert await relay_env.state.registry.list(None) == []
     status, body = await relay_env.api("GET", "/api/v1/clusters?resourceGroup=rg1%0A", admin)
     assert status == 400 and body["error"]["code"] == "InvalidName"
     for aid in ("acc-nl%0A", "a%1B", "a%09"):
@@ -89,7 +89,7 @@ async def test_api_refuses_control_characters_in_path_names(relay_env: RelayEnv)
             status, body = await relay_env.api(method, f"/api/v1/roleAssignments/{aid}", admin,
                                                _assignment() if method == "PUT" else None)
             assert status == 400 and body["error"]["code"] == "InvalidName", (method, aid, body)
-    assert relay_env.state.roles.list_all() == []
+    assert await relay_env.state.roles.list_all() == []
 
 
 async def test_api_refuses_control_characters_in_assignment_bodies(relay_env: RelayEnv) -> None:
@@ -102,7 +102,7 @@ async def test_api_refuses_control_characters_in_assignment_bodies(relay_env: Re
                 {"principalId": "bob \u202e"}, {"principalId": "x" * 300}):
         status, body = await relay_env.api("PUT", "/api/v1/roleAssignments/a1", admin, _assignment(**bad))
         assert status == 400 and body["error"]["code"] == "InvalidRequest", (bad, body)
-    assert relay_env.state.roles.list_all() == []
+    assert await relay_env.state.roles.list_all() == []
     status, _ = await relay_env.api("PUT", "/api/v1/roleAssignments/a1", admin, _assignment())
     assert status == 201
 
@@ -224,7 +224,7 @@ async def test_unexpected_error_is_500_with_request_id_and_one_error_line(
     ERROR line with the type; the traceback only at DEBUG."""
     caplog.set_level(logging.DEBUG, logger="relay")
 
-    def broken(_cid: str) -> None:
+    async def broken(_cid: str) -> None:
         raise RuntimeError("secret detail")
     monkeypatch.setattr(relay_env.state.registry, "get", broken)
     status, body = await relay_env.api("GET", CLUSTERS.format(rg="rg1", name="alpha"), relay_env.token("admin"))
@@ -262,7 +262,7 @@ async def test_agent_hostile_metadata_is_neither_stored_nor_logged_raw(
     5,000 characters: the relay stores only the clean field and no log record
     carries a control character."""
     caplog.set_level(logging.INFO)
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     forged = "1.0\n2026-12-03 INFO relay cluster registered id=rg1/x principal=admin\x1b]0;pwned\x07"
 
     async def hostile() -> dict[str, Any]:
@@ -273,8 +273,10 @@ async def test_agent_hostile_metadata_is_neither_stored_nor_logged_raw(
                                           relay_ca_pem=relay_env.relay.ca_pem), metadata=hostile)
     relay_env.connectors.append((connector, asyncio.ensure_future(connector.run())))
     registry = relay_env.state.registry
-    await until(lambda: registry.get("rg1/alpha").total_node_count == 3, "the agent's node count")
-    cluster = registry.get("rg1/alpha")
+    async def node_count() -> bool:
+        return bool((await registry.get("rg1/alpha")).total_node_count == 3)
+    await until_async(node_count, "the agent's node count")
+    cluster = await registry.get("rg1/alpha")
     assert cluster.total_node_count == 3
     assert cluster.agent_version is None and cluster.kubernetes_version is None
     assert cluster.total_core_count is None

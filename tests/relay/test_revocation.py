@@ -28,7 +28,7 @@ async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
     server, and cluster-user for demo and bob through the management API."""
     async with running_env(tmp_path, recheck_seconds=RECHECK_SECONDS) as env:
         echo = await start_echo_server()
-        keys = env.register("rg1", "alpha")
+        keys = await env.register("rg1", "alpha")
         await env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
         await env.wait_agent("rg1/alpha")
         for oid in (DEMO_OID, BOB_OID):
@@ -97,7 +97,7 @@ async def test_relay_periodic_recheck_ends_stream_within_bound(
     _, demo_stream = await _live_stream(relay_env, relay_env.token("demo"))
     _, bob_stream = await _live_stream(relay_env, relay_env.token("bob"))
     live = relay_env.state.live_streams
-    assert relay_env.state.roles.delete(_aid(DEMO_OID))
+    assert await relay_env.state.roles.delete(_aid(DEMO_OID))
     passes_before = live.passes
     reset = await _reset_of(demo_stream)
     assert (reset.code, reset.reason) == (ErrorCode.FORBIDDEN, ACCESS_REVOKED)
@@ -138,11 +138,11 @@ async def test_relay_short_token_ends_on_time_despite_long_recheck(tmp_path: Pat
     wait out the interval."""
     async with running_env(tmp_path, recheck_seconds=60.0) as env:
         echo = await start_echo_server()
-        keys = env.register("rg1", "alpha")
+        keys = await env.register("rg1", "alpha")
         await env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
         await env.wait_agent("rg1/alpha")
-        env.grant(DEMO_OID, "cluster-user", SCOPE)
-        env.grant(BOB_OID, "cluster-user", SCOPE)
+        await env.grant(DEMO_OID, "cluster-user", SCOPE)
+        await env.grant(BOB_OID, "cluster-user", SCOPE)
         _, bob_stream = await _live_stream(env, env.token("bob"))
         _, short_stream = await _live_stream(env, env.token("demo", lifetime=3))
         reset = await _reset_of(short_stream)

@@ -51,8 +51,8 @@ class WaitRecordingDirectory:
 async def test_relay_routes_stream_bytes_exact(relay_env: RelayEnv) -> None:
     """A few MB sent through client -> relay -> agent -> echo come back byte-exact."""
     echo = await start_echo_server()
-    keys = relay_env.register("rg1", "alpha")
-    relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+    keys = await relay_env.register("rg1", "alpha")
+    await relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     await relay_env.wait_agent("rg1/alpha")
     client = await relay_env.client(relay_env.token("demo"))
@@ -65,7 +65,7 @@ async def test_relay_routes_stream_bytes_exact(relay_env: RelayEnv) -> None:
 async def test_relay_refuses_stream_without_cluster_user_role(relay_env: RelayEnv) -> None:
     """A principal without cluster-user on the cluster gets RESET FORBIDDEN."""
     echo = await start_echo_server()
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     await relay_env.wait_agent("rg1/alpha")
     client = await relay_env.client(relay_env.token("demo"))
@@ -83,9 +83,9 @@ async def test_relay_isolates_clusters_by_role(relay_env: RelayEnv) -> None:
     """A principal authorised for cluster A reaches A's upstream and is refused B."""
     server_a = await start_banner_server(b"A")
     server_b = await start_banner_server(b"B")
-    keys_a = relay_env.register("rg1", "alpha")
-    keys_b = relay_env.register("rg1", "beta")
-    relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+    keys_a = await relay_env.register("rg1", "alpha")
+    keys_b = await relay_env.register("rg1", "beta")
+    await relay_env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
     await relay_env.start_agent("rg1/alpha", keys_a, ("127.0.0.1", server_port(server_a)))
     await relay_env.start_agent("rg1/beta", keys_b, ("127.0.0.1", server_port(server_b)))
     await relay_env.wait_agent("rg1/alpha")
@@ -111,7 +111,7 @@ async def test_relay_resets_unknown_cluster_not_found(relay_env: RelayEnv) -> No
 
 async def test_relay_resets_offline_cluster_after_grace(relay_env: RelayEnv) -> None:
     """A registered cluster without an agent session: TARGET_UNAVAILABLE after the grace."""
-    relay_env.register("rg1", "alpha")
+    await relay_env.register("rg1", "alpha")
     client = await relay_env.client(relay_env.token("admin"))
     with pytest.raises(StreamRefused) as refused:
         await client.open_stream(b"rg1/alpha", timeout=10)
@@ -121,7 +121,7 @@ async def test_relay_resets_offline_cluster_after_grace(relay_env: RelayEnv) -> 
 
 async def test_relay_passes_agent_connect_failure(relay_env: RelayEnv) -> None:
     """An agent whose upstream is down refuses with CONNECT_FAILED, passed to the client."""
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     with refusing_port() as dead_port:
         await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", dead_port))
         await relay_env.wait_agent("rg1/alpha")
@@ -135,7 +135,7 @@ async def test_relay_waits_grace_for_agent_that_connects_late(relay_env: RelayEn
     """An OPEN that arrives before the agent connects is routed once it does:
     the agent is started only once the relay is waiting for it."""
     echo = await start_echo_server()
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     relay_env.state.config = dataclasses.replace(relay_env.state.config, agent_grace_seconds=15.0)
     directory = relay_env.state.directory = WaitRecordingDirectory(relay_env.state.directory)
     client = await relay_env.client(relay_env.token("admin"))
@@ -152,7 +152,7 @@ async def test_relay_restart_agent_reconnects(relay_env: RelayEnv) -> None:
     """After a relay restart on the same port the agent reconnects on its own
     and new streams are routed again."""
     echo = await start_echo_server()
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     await relay_env.wait_agent("rg1/alpha")
     before = connector.sessions_started
@@ -168,7 +168,7 @@ async def test_relay_newer_agent_session_replaces_older(relay_env: RelayEnv) -> 
     """A second authenticated agent for the same cluster takes over; the first drains."""
     server_1 = await start_banner_server(b"1")
     server_2 = await start_banner_server(b"2")
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(server_1)))
     first = await relay_env.wait_agent("rg1/alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(server_2)))
@@ -185,7 +185,7 @@ async def test_relay_newer_agent_session_replaces_older(relay_env: RelayEnv) -> 
 async def test_relay_exposes_metrics(relay_env: RelayEnv) -> None:
     """/metrics shows sessions, routed streams, bytes both ways and open latency."""
     echo = await start_echo_server()
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     await relay_env.wait_agent("rg1/alpha")
     client = await relay_env.client(relay_env.token("admin"))
@@ -205,7 +205,7 @@ async def test_relay_records_forwarded_data_when_hook_on(tmp_path: Path) -> None
     record = tmp_path / "record.bin"
     async with running_env(tmp_path, record_data_file=str(record)) as env:
         echo = await start_echo_server()
-        keys = env.register("rg1", "alpha")
+        keys = await env.register("rg1", "alpha")
         await env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
         await env.wait_agent("rg1/alpha")
         client = await env.client(env.token("admin"))
@@ -236,7 +236,7 @@ async def test_relay_sends_goaway_when_client_token_expires(relay_env: RelayEnv)
 async def test_relay_stop_drains_open_streams(relay_env: RelayEnv) -> None:
     """On shutdown the relay sends GOAWAY but lets an open stream finish byte-exact."""
     echo = await start_echo_server()
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     await relay_env.wait_agent("rg1/alpha")
     client = await relay_env.client(relay_env.token("admin"))

@@ -52,8 +52,8 @@ async def routed_env(env: RelayEnv) -> TunnelSession:
     """Cluster rg1/alpha with an agent in front of an echo server, the demo
     user granted, and a client session."""
     echo = await start_echo_server()
-    keys = env.register("rg1", "alpha")
-    env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+    keys = await env.register("rg1", "alpha")
+    await env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
     await env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
     await env.wait_agent("rg1/alpha")
     return await env.client(env.token("demo"))

@@ -39,22 +39,22 @@ def _stored_status(db_file: Path, cid: str) -> str | None:
 async def test_relay_status_follows_live_session_and_is_written_behind(relay_env: RelayEnv) -> None:
     """Connected while the session lives; Offline as soon as it ends, with
     lastConnectivityTime kept; the store catches up at the next flush."""
-    keys = relay_env.register("rg1", "alpha")
+    keys = await relay_env.register("rg1", "alpha")
     registry = relay_env.state.registry
-    assert registry.get("rg1/alpha").connectivity_status == "Connecting"
+    assert (await registry.get("rg1/alpha")).connectivity_status == "Connecting"
     connector = await relay_env.start_agent("rg1/alpha", keys, ("127.0.0.1", 9))
     await relay_env.wait_agent("rg1/alpha")
-    assert registry.get("rg1/alpha").connectivity_status == "Connected"
+    assert (await registry.get("rg1/alpha")).connectivity_status == "Connected"
     await registry.flush()
-    assert registry.store.get("rg1/alpha").connectivity_status == "Connected"
+    assert (await registry.store.get("rg1/alpha")).connectivity_status == "Connected"
     await connector.stop()
     async with asyncio.timeout(WAIT):
         while relay_env.state.directory.is_present("rg1/alpha"):
             await asyncio.sleep(0.01)
-    cluster = registry.get("rg1/alpha")
+    cluster = await registry.get("rg1/alpha")
     assert cluster.connectivity_status == "Offline" and cluster.last_connectivity_time
     await registry.flush()
-    assert registry.store.get("rg1/alpha").connectivity_status == "Offline"
+    assert (await registry.store.get("rg1/alpha")).connectivity_status == "Offline"
     assert registry.flushes >= 2
 
 
@@ -62,12 +62,12 @@ async def test_relay_reconciles_stale_connected_rows_at_start(tmp_path: Path) ->
     """A database left saying Connected (a crash) is corrected before serving."""
     db = SqliteDatabase(tmp_path / "relay" / "relay.db")
     store = SqliteRegistry(db)
-    store.put(Cluster(name="alpha", resource_group="rg1",
-                      agent_public_key_certificate=generate_key_pair("a").certificate_pem.decode()))
-    store.set_connectivity("rg1/alpha", "Connected")
+    await store.put(Cluster(name="alpha", resource_group="rg1",
+                            agent_public_key_certificate=generate_key_pair("a").certificate_pem.decode()))
+    await store.set_connectivity("rg1/alpha", "Connected")
     db.close()
     async with running_env(tmp_path) as env:
-        assert env.state.registry.store.get("rg1/alpha").connectivity_status == "Offline"
+        assert (await env.state.registry.store.get("rg1/alpha")).connectivity_status == "Offline"
         status, body = await env.api("GET", "/api/v1/resourceGroups/rg1/clusters/alpha",
                                      env.token("admin"))
         assert status == 200 and body["connectivityStatus"] == "Offline"
@@ -167,13 +167,13 @@ async def test_status_flush_never_holds_the_connection_lookups_use(tmp_path: Pat
     certificate = generate_key_pair("a").certificate_pem.decode()
     count = FLUSH_CHUNK * 2 + 1
     for i in range(count):
-        store.put(Cluster(name=f"c{i}", resource_group="rg1", agent_public_key_certificate=certificate))
+        await store.put(Cluster(name=f"c{i}", resource_group="rg1", agent_public_key_certificate=certificate))
     registry = LiveStatusRegistry(store, lambda cid: False, 0.0, writer=writer)
     inside, release = threading.Event(), threading.Event()
     chunks: list[int] = []
-    apply_updates = writer.apply_updates
+    apply_updates = writer._apply_updates
 
-    def held_apply(batch: dict[str, dict[str, object]]) -> None:
+    def held_apply(batch: dict[str, dict[str, object]]) -> None:  # on the writer's worker thread
         chunks.append(len(batch))
         with writer.db.transaction() as cur:  # the write lock, held like a slow commit
             cur.execute("UPDATE clusters SET agent_version = 'x' WHERE id = ?", ("rg1/c0",))
@@ -181,20 +181,20 @@ async def test_status_flush_never_holds_the_connection_lookups_use(tmp_path: Pat
             release.wait(WAIT)
         apply_updates(batch)
 
-    writer.apply_updates = held_apply  # type: ignore[method-assign]
+    writer._apply_updates = held_apply  # type: ignore[method-assign]
     for i in range(count):
-        registry.set_connectivity(f"rg1/c{i}", "Connected")
+        await registry.set_connectivity(f"rg1/c{i}", "Connected")
     flush = asyncio.ensure_future(registry.flush())
     try:
         assert await asyncio.to_thread(inside.wait, WAIT)
         async with asyncio.timeout(2.0):  # blocked on the flush, this would wait for `release`
-            cluster = await asyncio.to_thread(registry.get, "rg1/c1")
+            cluster = await registry.get("rg1/c1")
         assert cluster is not None and cluster.agent_public_key_certificate == certificate
     finally:
         release.set()
         await flush
     assert chunks == [FLUSH_CHUNK, FLUSH_CHUNK, 1]
-    assert all(c.last_connectivity_time for c in store.list("rg1"))
+    assert all(c.last_connectivity_time for c in await store.list("rg1"))
     assert registry.flushes == 1
 
 

@@ -35,9 +35,9 @@ async def relay_env(tmp_path: Path) -> AsyncIterator[RelayEnv]:
 async def _cluster(env: RelayEnv, name: str) -> asyncio.Server:
     """Register ``rg1/<name>``, grant demo and bob, connect its agent to an echo server."""
     echo = await start_echo_server()
-    keys = env.register("rg1", name)
+    keys = await env.register("rg1", name)
     for oid in (DEMO_OID, BOB_OID):
-        env.grant(oid, "cluster-user", f"/resourceGroups/rg1/clusters/{name}")
+        await env.grant(oid, "cluster-user", f"/resourceGroups/rg1/clusters/{name}")
     await env.start_agent(f"rg1/{name}", keys, ("127.0.0.1", server_port(echo)))
     await env.wait_agent(f"rg1/{name}")
     return echo

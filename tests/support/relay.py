@@ -80,16 +80,16 @@ class RelayEnv:
             except ValueError:
                 return resp.status, text
 
-    def register(self, rg: str, name: str, keys: KeyPair | None = None) -> KeyPair:
+    async def register(self, rg: str, name: str, keys: KeyPair | None = None) -> KeyPair:
         """Register a cluster directly in the registry; returns its agent keys."""
         keys = keys or generate_key_pair(f"{rg}/{name}")
-        self.state.registry.put(Cluster(name=name, resource_group=rg,
+        await self.state.registry.put(Cluster(name=name, resource_group=rg,
                                         agent_public_key_certificate=keys.certificate_pem.decode()))
         return keys
 
-    def grant(self, principal: str, role: str, scope: str) -> None:
+    async def grant(self, principal: str, role: str, scope: str) -> None:
         aid = hashlib.sha256(f"{principal}{role}{scope}".encode()).hexdigest()[:16]
-        self.state.roles.put(RoleAssignment(aid, principal, "User", role, scope))
+        await self.state.roles.put(RoleAssignment(aid, principal, "User", role, scope))
 
     async def start_agent(self, cluster_id: str, keys: KeyPair, upstream: tuple[str, int],
                           *, relay_url: str | None = None, **options: Any) -> Connector:
