@@ -9,6 +9,12 @@ Public names (re-exported lazily by ``tunnel/__init__.py``)::
     join_streams                                                (aio_forward)
     StreamError, StreamReset, StreamRefused, TunnelClosed       (aio_errors)
     tune_allocator                                              (aio_alloc)
+    MessageTransport, TransportClosed                           (message_transport)
+    AiohttpTransport                                            (aio_ws_aiohttp)
+
+The session does its I/O through a ``MessageTransport`` (message_transport.py);
+``AiohttpTransport`` is the one over aiohttp, which ``TunnelSession`` wraps
+an aiohttp websocket in by itself.
 
 Internals: aio_io.py (writer, keepalive, idle sweep, shutdown, write batches),
 aio_writer.py (batching frames onto the websocket), aio_fastpath.py (dispatch
@@ -29,13 +35,18 @@ from tunnel.aio_forward import join_streams
 from tunnel.aio_session import StreamHandler, TunnelSession
 from tunnel.aio_splice import splice, splice_streams
 from tunnel.aio_stream import TunnelStream
+from tunnel.aio_ws_aiohttp import AiohttpTransport
+from tunnel.message_transport import MessageTransport, TransportClosed
 
 __all__ = [
     "SUBPROTOCOL",
+    "AiohttpTransport",
+    "MessageTransport",
     "StreamError",
     "StreamHandler",
     "StreamRefused",
     "StreamReset",
+    "TransportClosed",
     "TunnelClosed",
     "TunnelConfig",
     "TunnelSession",
