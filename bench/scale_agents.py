@@ -66,7 +66,7 @@ from tunnel import (
     retry_after_seconds,
     ws_connect_kwargs,
 )
-from tunnel.aio_alloc import tune_allocator
+from tunnel.aio import tune_allocator
 
 # The connector's reconnect policy, through its public names; the defaults
 # mirror today's values should another branch rename one.

@@ -3,6 +3,7 @@
 Public names (re-exported lazily by ``tunnel/__init__.py``)::
 
     TunnelConfig, ws_connect_kwargs, server_websocket_response   (aio_config)
+    adapter_limits, ADAPTER_SEND_PAYLOAD, ADAPTER_STREAM_WINDOW  (aio_config)
     TunnelSession                                               (aio_session)
     TunnelStream                                                (aio_stream)
     splice, splice_streams                                      (aio_splice)
@@ -22,6 +23,9 @@ from aiohttp's parser without a task hop), aio_forward.py (stream <-> stream
 at the frame level, the relay), aio_socket.py (stream <-> TCP socket without
 tasks, arc-proxy and the agent).
 
+Code outside ``tunnel/`` imports these from here, never from a
+``tunnel.aio_*`` module (import-linter contract ``tunnel-adapter-public``).
+
 Only ``tunnel/aio*.py`` import asyncio or aiohttp; the core never does.
 """
 
@@ -29,7 +33,14 @@ from __future__ import annotations
 
 from tunnel import SUBPROTOCOL
 from tunnel.aio_alloc import tune_allocator
-from tunnel.aio_config import TunnelConfig, server_websocket_response, ws_connect_kwargs
+from tunnel.aio_config import (
+    ADAPTER_SEND_PAYLOAD,
+    ADAPTER_STREAM_WINDOW,
+    TunnelConfig,
+    adapter_limits,
+    server_websocket_response,
+    ws_connect_kwargs,
+)
 from tunnel.aio_errors import StreamError, StreamRefused, StreamReset, TunnelClosed
 from tunnel.aio_forward import join_streams
 from tunnel.aio_session import StreamHandler, TunnelSession
@@ -39,6 +50,8 @@ from tunnel.aio_ws_aiohttp import AiohttpTransport
 from tunnel.message_transport import MessageTransport, TransportClosed
 
 __all__ = [
+    "ADAPTER_SEND_PAYLOAD",
+    "ADAPTER_STREAM_WINDOW",
     "SUBPROTOCOL",
     "AiohttpTransport",
     "MessageTransport",
@@ -51,6 +64,7 @@ __all__ = [
     "TunnelConfig",
     "TunnelSession",
     "TunnelStream",
+    "adapter_limits",
     "join_streams",
     "server_websocket_response",
     "splice",
