@@ -92,6 +92,7 @@ class TunnelSession(SessionIO):
         self._handlers: set[asyncio.Task[None]] = set()
         self._goaway_sent = False
         self._goaway_received = False
+        self._goaway_event = asyncio.Event()  # set with _goaway_received
 
     def __repr__(self) -> str:
         return f"<TunnelSession {self.name} streams={len(self._streams)}>"
@@ -125,6 +126,14 @@ class TunnelSession(SessionIO):
         """True once the peer sent GOAWAY (e.g. the relay is shutting down):
         open no new streams here; dial a new session for new work."""
         return self._goaway_received
+
+    async def wait_goaway_received(self) -> None:
+        """Return once the peer sent GOAWAY (at once if it already did).
+
+        It does not return when the session ends without one: wait on
+        ``run()`` or ``wait_closed()`` beside it.
+        """
+        await self._goaway_event.wait()
 
     @property
     def draining(self) -> bool:
@@ -397,6 +406,7 @@ class TunnelSession(SessionIO):
         elif isinstance(event, ev.GoAwayReceived):
             log.info("%s < GOAWAY %s %s", self.name, event.error_code.name, event.reason)
             self._goaway_received = True
+            self._goaway_event.set()
             self._maybe_drained()
 
     def _discard(self, event: ev.DataReceived) -> None:

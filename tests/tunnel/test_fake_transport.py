@@ -130,8 +130,13 @@ async def test_stalled_reader_holds_only_its_own_window(push: bool) -> None:
 async def test_goaway_refuses_new_streams_and_drains(push: bool) -> None:
     async with session_pair(push) as pair:
         stream = await pair.client.open_stream(b"echo")
+        waiter = asyncio.create_task(pair.client.wait_goaway_received())
+        await pair.client.ping()  # a round trip with no GOAWAY yet
+        assert not waiter.done(), "wait_goaway_received returned before any GOAWAY"
         await pair.server.goaway(ErrorCode.NO_ERROR, "restarting")
-        await until(lambda: pair.client.goaway_received, "client saw GOAWAY")
+        await asyncio.wait_for(waiter, 10)
+        assert pair.client.goaway_received
+        await asyncio.wait_for(pair.client.wait_goaway_received(), 10)  # at once now
         with pytest.raises(StreamRefused):
             await pair.client.open_stream(b"echo")
         await stream.write(b"still works")  # an old stream finishes its work
