@@ -448,7 +448,7 @@ class TunnelSession(SessionIO):
         finally:
             # A stream handed to join_streams (aio_forward.py) belongs to the
             # join now, which closes it when the pair ends.
-            if not stream.done and not self._closed and not isinstance(stream._bridge, StreamBridge):
+            if not stream.done and not self._closed and not isinstance(stream.hook, StreamBridge):
                 with contextlib.suppress(StreamError, TunnelClosed):
                     await stream.aclose()
 
