@@ -196,7 +196,7 @@ class StreamBridge:
                 return
             if moved:
                 dst.flush()
-                src.acknowledge(moved)
+                src.consume_held(moved)
             if buf:
                 dst.want_credit(True)  # a session WINDOW must reach on_credit
                 return

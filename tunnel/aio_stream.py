@@ -420,9 +420,22 @@ class TunnelStream:
         """Forget the (now empty) held deque: an idle stream keeps none."""
         self._buf = None
 
-    def acknowledge(self, n: int) -> None:
-        """``n`` held bytes were consumed: return their stream credit to the peer."""
+    def take_held(self) -> list[bytes]:
+        """Take every held chunk (not acknowledged yet: ``acknowledge`` them
+        once consumed); ``bytes_received`` no longer counts them."""
+        chunks = list(self._buf or ())
+        self._buf = None
+        self._buffered = 0
+        self.bytes_received -= sum(map(len, chunks))
+        return chunks
+
+    def consume_held(self, n: int) -> None:
+        """``n`` bytes popped from ``held`` were passed on: ``acknowledge`` them."""
         self._buffered -= n
+        self.acknowledge(n)
+
+    def acknowledge(self, n: int) -> None:
+        """``n`` received bytes were consumed: return their stream credit to the peer."""
         session = self._session
         if not session._closed:
             with contextlib.suppress(LocalProtocolError):
