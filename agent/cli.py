@@ -32,8 +32,7 @@ from cmdline import (
 )
 from logfmt import add_log_format_argument, configure_logging
 from tunnel import TunnelConfig
-from tunnel.aio_alloc import tune_allocator
-from tunnel.aio_config import adapter_limits
+from tunnel.aio import adapter_limits, tune_allocator
 
 if TYPE_CHECKING:
     from agent import KubeAadProxy

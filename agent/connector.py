@@ -73,9 +73,6 @@ log = logging.getLogger("agent")
 
 # kube-aad-proxy is on loopback: a connect that takes longer is a dead process.
 UPSTREAM_CONNECT_TIMEOUT = 5.0
-# How often the dial loop looks for a GOAWAY on the live session. The adapter
-# has no callback for it; 50 ms is invisible next to the 2 s reconnect goal.
-GOAWAY_POLL = 0.05
 # A refused assertion will not fix itself quickly; back off longer than for
 # network errors, but keep trying (the cluster may be re-registered).
 AUTH_FAILURE_CAP = 30.0
@@ -324,22 +321,38 @@ class Connector:
             True when the relay asked us to go away (redial at once).
         """
         self._connected.set()
+        goaway = asyncio.ensure_future(session.wait_goaway_received())
+        stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            while not run_task.done():
-                if goaway_received(session):
-                    log.info("agent got GOAWAY cluster=%s: redialling while streams drain",
-                             self.config.cluster_id)
-                    return True
-                if self._stopping.is_set():
-                    await session.goaway()
-                    return False
-                await asyncio.wait({run_task}, timeout=GOAWAY_POLL)
+            await asyncio.wait({run_task, goaway, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if goaway_received(session):
+                log.info("agent got GOAWAY cluster=%s: redialling while streams drain",
+                         self.config.cluster_id)
+                return True
+            if self._stopping.is_set() and not run_task.done():
+                await session.goaway()
             return False
         finally:
+            goaway.cancel()
+            stopping.cancel()
             self._connected.clear()
             # On stop the session stays referenced so _shutdown can drain it.
             if self.session is session and not self._stopping.is_set():
                 self.session = None
+
+    async def _until_goaway_or_stop(self, session: TunnelSession, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a GOAWAY, the session's end or ``stop()``."""
+        waits = {
+            asyncio.ensure_future(session.wait_goaway_received()),
+            asyncio.ensure_future(session.wait_closed()),
+            asyncio.ensure_future(self._stopping.wait()),
+        }
+        try:
+            await asyncio.wait(waits, timeout=max(timeout, 0.0),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
 
     async def _report_metadata(self, session: TunnelSession) -> None:
         """Open the control stream and send metadata now and every interval;
@@ -354,7 +367,7 @@ class Connector:
                     data = await self.metadata()
                     await stream.write(json.dumps(data, separators=(",", ":")).encode() + b"\n")
                     next_report = loop.time() + self.config.metadata_interval
-                await asyncio.sleep(min(GOAWAY_POLL * 4, self.config.metadata_interval))
+                await self._until_goaway_or_stop(session, next_report - loop.time())
         except (StreamRefused, StreamReset, TunnelClosed) as exc:
             log.info("agent metadata stream ended reason=%r", getattr(exc, "reason", str(exc)))
         finally:

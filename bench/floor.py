@@ -280,7 +280,7 @@ class _Websocket:
     def __init__(self, inner: _End, client: bool, stream_id: int) -> None:
         from websockets.speedups import apply_mask
 
-        from tunnel.aio_config import ADAPTER_SEND_PAYLOAD
+        from tunnel.aio import ADAPTER_SEND_PAYLOAD
         from tunnel.frames import HEADER, FrameType
 
         self.inner, self.client = inner, client
@@ -579,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--framing", choices=["none", "ws"], default="none")
     p.add_argument("--state", type=Path, required=True)
     args = p.parse_args(argv)
-    from tunnel.aio_alloc import tune_allocator
+    from tunnel.aio import tune_allocator
 
     tune_allocator()
     listen = socket.socket(fileno=args.fd)

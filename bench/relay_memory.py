@@ -260,7 +260,7 @@ def serve(config_path: str, trace: bool) -> None:
     """The relay process: serve until SIGTERM; SIGUSR1 writes a tracemalloc snapshot."""
     from relay.app import RelayServer
     from relay.config import load_relay_config
-    from tunnel.aio_alloc import tune_allocator
+    from tunnel.aio import tune_allocator
 
     if trace:
         tracemalloc.start(1)

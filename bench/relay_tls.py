@@ -42,7 +42,7 @@ def serve(engine: str, tls_dir: str) -> None:
     from certs import IssuedCertificate
     from relay.edge_limits import EdgeLimits
     from relay.listener import RelayListener
-    from tunnel.aio_alloc import tune_allocator
+    from tunnel.aio import tune_allocator
 
     tune_allocator()  # as arc-relay does
 

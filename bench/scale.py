@@ -60,7 +60,7 @@ from bench.scale_workers import Workers
 from certs import client_ssl_context, generate_key_pair
 from sandbox.idp import SandboxIdp
 from tunnel import TunnelSession
-from tunnel.aio_alloc import tune_allocator
+from tunnel.aio import tune_allocator
 
 PARTS = ("memory", "connect", "restart", "fairness")
 RESOURCE_GROUP = "bench"

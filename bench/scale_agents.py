@@ -66,7 +66,7 @@ from tunnel import (
     retry_after_seconds,
     ws_connect_kwargs,
 )
-from tunnel.aio_alloc import tune_allocator
+from tunnel.aio import tune_allocator
 
 # The connector's reconnect policy, through its public names; the defaults
 # mirror today's values should another branch rename one.
@@ -136,8 +136,9 @@ class Fleet:
             await asyncio.wait_for(self.stopping.wait(), delay)
 
     async def watch_goaways(self) -> None:
-        """One poller for every session of the worker (the connector polls its
-        own every ``GOAWAY_POLL``): wakes the agents whose session got GOAWAY."""
+        """One poller for every session of the worker, every ``GOAWAY_POLL``
+        (the connector awaits ``session.wait_goaway_received()`` instead):
+        wakes the agents whose session got GOAWAY."""
         while not self.stopping.is_set():
             for session, woken in list(self.live.items()):
                 if session.goaway_received and not woken.is_set():

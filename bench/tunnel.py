@@ -49,7 +49,7 @@ from tunnel import (
     server_websocket_response,
     ws_connect_kwargs,
 )
-from tunnel.aio_alloc import tune_allocator
+from tunnel.aio import tune_allocator
 
 COUNT = struct.Struct("!Q")
 CHUNK = b"\x00" * (1 << 20)  # what a bulk sender writes per call (zeros: no compression anywhere)

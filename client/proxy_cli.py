@@ -22,7 +22,7 @@ from client.listener import LocalListener, refusal_error
 from client.relay_client import RelayApi, RelaySessionKeeper
 from cmdline import INTERRUPTED, TERMINATED, CommandParser, add_version_argument, help_epilog
 from logfmt import add_log_format_argument, configure_logging
-from tunnel.aio_alloc import tune_allocator
+from tunnel.aio import tune_allocator
 
 __all__ = ["main"]
 

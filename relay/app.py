@@ -41,7 +41,7 @@ from relay.state import STATE, RelayState
 from relay.status import LiveStatusRegistry
 from relay.unexpected_errors import install_parser_error_filter, unexpected_error_middleware
 from tunnel import TunnelConfig, TunnelSession
-from tunnel.aio_config import adapter_limits
+from tunnel.aio import adapter_limits
 
 log = logging.getLogger("relay")
 

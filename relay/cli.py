@@ -18,7 +18,7 @@ from logfmt import add_log_format_argument, configure_logging
 from relay import config as relay_config
 from relay.app import RelayServer
 from relay.config import load_relay_config
-from tunnel.aio_alloc import tune_allocator
+from tunnel.aio import tune_allocator
 
 __all__ = ["build_parser", "main"]
 

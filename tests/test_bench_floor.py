@@ -125,7 +125,7 @@ def test_floor_websocket_framing_is_rfc6455_with_tunnel_data_frames(client: bool
     from websockets.frames import Frame, Opcode
     from websockets.streams import StreamReader
 
-    from tunnel.aio_config import ADAPTER_SEND_PAYLOAD
+    from tunnel.aio import ADAPTER_SEND_PAYLOAD
     from tunnel.frames import Frame as TunnelFrame
     from tunnel.frames import FrameType
 

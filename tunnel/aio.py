@@ -3,18 +3,28 @@
 Public names (re-exported lazily by ``tunnel/__init__.py``)::
 
     TunnelConfig, ws_connect_kwargs, server_websocket_response   (aio_config)
+    adapter_limits, ADAPTER_SEND_PAYLOAD, ADAPTER_STREAM_WINDOW  (aio_config)
     TunnelSession                                               (aio_session)
     TunnelStream                                                (aio_stream)
     splice, splice_streams                                      (aio_splice)
     join_streams                                                (aio_forward)
     StreamError, StreamReset, StreamRefused, TunnelClosed       (aio_errors)
     tune_allocator                                              (aio_alloc)
+    MessageTransport, TransportClosed                           (message_transport)
+    AiohttpTransport                                            (aio_ws_aiohttp)
+
+The session does its I/O through a ``MessageTransport`` (message_transport.py);
+``AiohttpTransport`` is the one over aiohttp, which ``TunnelSession`` wraps
+an aiohttp websocket in by itself.
 
 Internals: aio_io.py (writer, keepalive, idle sweep, shutdown, write batches),
 aio_writer.py (batching frames onto the websocket), aio_fastpath.py (dispatch
 from aiohttp's parser without a task hop), aio_forward.py (stream <-> stream
 at the frame level, the relay), aio_socket.py (stream <-> TCP socket without
 tasks, arc-proxy and the agent).
+
+Code outside ``tunnel/`` imports these from here, never from a
+``tunnel.aio_*`` module (import-linter contract ``tunnel-adapter-public``).
 
 Only ``tunnel/aio*.py`` import asyncio or aiohttp; the core never does.
 """
@@ -23,23 +33,38 @@ from __future__ import annotations
 
 from tunnel import SUBPROTOCOL
 from tunnel.aio_alloc import tune_allocator
-from tunnel.aio_config import TunnelConfig, server_websocket_response, ws_connect_kwargs
+from tunnel.aio_config import (
+    ADAPTER_SEND_PAYLOAD,
+    ADAPTER_STREAM_WINDOW,
+    TunnelConfig,
+    adapter_limits,
+    server_websocket_response,
+    ws_connect_kwargs,
+)
 from tunnel.aio_errors import StreamError, StreamRefused, StreamReset, TunnelClosed
 from tunnel.aio_forward import join_streams
 from tunnel.aio_session import StreamHandler, TunnelSession
 from tunnel.aio_splice import splice, splice_streams
 from tunnel.aio_stream import TunnelStream
+from tunnel.aio_ws_aiohttp import AiohttpTransport
+from tunnel.message_transport import MessageTransport, TransportClosed
 
 __all__ = [
+    "ADAPTER_SEND_PAYLOAD",
+    "ADAPTER_STREAM_WINDOW",
     "SUBPROTOCOL",
+    "AiohttpTransport",
+    "MessageTransport",
     "StreamError",
     "StreamHandler",
     "StreamRefused",
     "StreamReset",
+    "TransportClosed",
     "TunnelClosed",
     "TunnelConfig",
     "TunnelSession",
     "TunnelStream",
+    "adapter_limits",
     "join_streams",
     "server_websocket_response",
     "splice",

@@ -107,13 +107,13 @@ class StreamBridge:
     def start(self) -> None:
         """Attach to both streams and forward whatever they already hold."""
         a, b = self.a, self.b
-        a._bridge = self
-        b._bridge = self
+        a.set_hook(self)
+        b.set_hook(self)
         for stream in (a, b):
-            if stream._error is not None:
+            if stream.error is not None:
                 self.on_reset(stream)
                 return
-            if stream._session._closed:
+            if stream.session.closed:
                 self.on_closed(stream)
                 return
         self._pump(a)
@@ -131,7 +131,7 @@ class StreamBridge:
 
     def on_data(self, src: TunnelStream, data: bytes) -> None:
         """DATA arrived for ``src``: pass it on (or hold it without credit)."""
-        src._buffer(data)
+        src.hold(data)
         self._pump(src)
 
     def on_credit(self, dst: TunnelStream) -> None:
@@ -146,7 +146,7 @@ class StreamBridge:
         """``stream`` was reset (either way): reset the other with the same code."""
         if self.finished:
             return
-        err = stream._error
+        err = stream.error
         code: ErrorCode | int = err.code if err is not None else ErrorCode.CANCEL
         reason = err.reason if err is not None else "other side closed"
         self._finish()
@@ -165,15 +165,15 @@ class StreamBridge:
         if self.finished:
             return
         dst = self.other(src)
-        buf = src._buf
+        buf = src.held
         if buf:
-            core = dst._core
-            sid = dst.id
+            send_credit = dst.send_credit
+            queue_data = dst.queue_data
             on_bytes = self._on_a_to_b if src is self.a else self._on_b_to_a
             moved = 0
             try:
                 while buf:
-                    credit = core.send_window(sid)
+                    credit = send_credit()
                     if credit <= 0:
                         break
                     chunk = buf[0]
@@ -184,7 +184,7 @@ class StreamBridge:
                         # windows, frames are 64 KiB), so a copy is fine.
                         buf[0] = chunk[credit:]
                         chunk = chunk[:credit]
-                    core.send_data(sid, chunk)
+                    queue_data(chunk)
                     moved += len(chunk)
                     if on_bytes is not None:
                         on_bytes(chunk)
@@ -195,28 +195,17 @@ class StreamBridge:
                 dst.reset(ErrorCode.CANCEL, "other side closed")
                 return
             if moved:
-                src._buffered -= moved
-                dst.bytes_sent += moved
-                dst._session._kick()
-                if not src._session._closed:
-                    with contextlib.suppress(LocalProtocolError):
-                        src._core.acknowledge_received_data(src.id, moved)
-                    src._session._kick()
-            blocked = dst._session._blocked_writers
+                dst.flush()
+                src.consume_held(moved)
             if buf:
-                blocked.add(dst)  # a session WINDOW must reach on_credit
+                dst.want_credit(True)  # a session WINDOW must reach on_credit
                 return
-            blocked.discard(dst)
-            src._buf = None  # all passed on: an idle pair keeps no empty deque
+            dst.want_credit(False)
+            src.drop_held()  # all passed on: an idle pair keeps no empty deque
         fin_bit = _FIN_FROM_A if src is self.a else _FIN_FROM_B
-        if src._eof and not self._fins & fin_bit:
+        if src.eof_received and not self._fins & fin_bit:
             self._fins |= fin_bit
-            if not dst._fin_sent and dst._error is None and not dst._session._closed:
-                dst._fin_sent = True
-                with contextlib.suppress(LocalProtocolError):
-                    dst._core.send_fin(dst.id)
-                dst._session._kick()
-                dst._session._maybe_forget(dst)
+            dst.finish_sending()
             if self._fins == _FIN_BOTH:
                 self._finish()
 
@@ -225,21 +214,20 @@ class StreamBridge:
             return
         self.finished = True
         for stream in (self.a, self.b):
-            stream._bridge = None
-            stream._session._blocked_writers.discard(stream)
+            stream.set_hook(None)
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
         if self._on_done is not None:
             # Not now: _finish runs before the other side's reset is sent
             # (on_reset, on_closed); by the next loop turn both ends are final.
-            self.a._session._loop.call_soon(self._release)
+            asyncio.get_running_loop().call_soon(self._release)
 
     def _release(self) -> None:
         """join_streams: close both streams (as forward_streams' finally does),
         then tell the owner."""
         for stream in (self.a, self.b):
             try:
-                stream._close()
+                stream.close_now()
             except (StreamError, TunnelClosed):
                 pass
         on_done, self._on_done = self._on_done, None

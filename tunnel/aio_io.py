@@ -6,10 +6,10 @@ reader, the dispatch of core events to streams, and the public stream API.
 
 * Writing: every call that queues frames to the core then calls ``_kick``.
   When the writer task is idle (nothing in flight) and the transport is not
-  paused, ``_kick`` frames the batch right there (``BatchSender.send_now``):
+  paused, ``_kick`` frames the batch right there (``transport.send_now``):
   no task hop, which is what keeps small round trips close to raw TCP. Else
-  it wakes the writer task, which sends with ``send_bytes`` (awaiting
-  aiohttp's drain when paused); kicks coalesce while it runs.
+  it wakes the writer task, which sends with ``transport.send_many``
+  (awaiting the transport's drain when paused); kicks coalesce while it runs.
 * Keepalive (aio_keepalive.py): PING every ``ping_interval`` (the accepting
   side: only after silence from the peer); a PING unanswered within
   ``ping_timeout`` means the peer is dead: GOAWAY(PING_TIMEOUT) and close.
@@ -30,17 +30,15 @@ import itertools
 import logging
 import struct
 import threading
-from typing import TYPE_CHECKING, Any, Protocol
-
-from aiohttp import WSCloseCode
+from typing import TYPE_CHECKING, Protocol
 
 from tunnel.aio_config import TunnelConfig
 from tunnel.aio_errors import TunnelClosed
 from tunnel.aio_keepalive import Keepalive
 from tunnel.aio_timers import timer_wheel
-from tunnel.aio_writer import BatchSender
 from tunnel.connection import Connection
 from tunnel.errors import ErrorCode, LocalProtocolError
+from tunnel.message_transport import CLOSE_GOING_AWAY, CLOSE_OK, MessageTransport
 
 if TYPE_CHECKING:
     from tunnel.aio_stream import TunnelStream
@@ -110,14 +108,16 @@ class SessionIO:
     """Writer, pings and lifetime of one session; subclassed by TunnelSession.
 
     Args:
-        ws: The websocket (aiohttp, client or server side).
+        transport: The websocket (message_transport.py).
         core: The sans-I/O connection it drives.
         config: Limits and timeouts.
         name: Shown in every log record.
     """
 
-    def __init__(self, ws: Any, core: Connection, config: TunnelConfig, name: str) -> None:
-        self._ws = ws
+    def __init__(
+        self, transport: MessageTransport, core: Connection, config: TunnelConfig, name: str
+    ) -> None:
+        self._transport = transport
         self._core = core
         self.config = config
         self.name = name
@@ -127,7 +127,6 @@ class SessionIO:
         self._kicked = False
         self._batched = False  # in BATCH.pending
         self._pending: list[bytes] = []
-        self._sender = BatchSender(ws)
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
         self._ping_ids = itertools.count(1)
         self._closed = False
@@ -168,7 +167,7 @@ class SessionIO:
         # The peer is not reading: waiting long to flush or for its close
         # frame would only delay the reconnect.
         self._begin_shutdown(
-            "ping timeout", ws_code=WSCloseCode.GOING_AWAY, flush_timeout=DEAD_PEER_FLUSH_TIMEOUT
+            "ping timeout", ws_code=CLOSE_GOING_AWAY, flush_timeout=DEAD_PEER_FLUSH_TIMEOUT
         )
 
     def _on_their_ping(self) -> None:
@@ -281,7 +280,7 @@ class SessionIO:
             if not messages:
                 return
             try:
-                if self._sender.send_now(messages):
+                if self._transport.send_now(messages):
                     return
             except (ConnectionError, RuntimeError, OSError) as exc:
                 self._lost(exc)
@@ -301,7 +300,7 @@ class SessionIO:
 
     async def _write_loop(self) -> None:
         core = self._core
-        send = self._sender.send
+        send = self._transport.send_many
         debug = self.debug
         try:
             while True:
@@ -326,8 +325,8 @@ class SessionIO:
                 if messages:
                     await send(messages)
         except (ConnectionError, RuntimeError, OSError) as exc:
-            # aiohttp raises ClientConnectionResetError (a ConnectionError) or
-            # RuntimeError once the transport is closing.
+            # A closing transport raises these (aiohttp: ClientConnectionResetError,
+            # a ConnectionError, or RuntimeError).
             self._lost(exc)
 
     def _lost(self, exc: BaseException) -> None:
@@ -337,7 +336,7 @@ class SessionIO:
             self._begin_shutdown("connection lost")
 
     def _begin_shutdown(
-        self, reason: str, *, ws_code: int = WSCloseCode.OK, flush_timeout: float = FLUSH_TIMEOUT
+        self, reason: str, *, ws_code: int = CLOSE_OK, flush_timeout: float = FLUSH_TIMEOUT
     ) -> None:
         """Mark the session closed (once) and start the shutdown task."""
         if self._shutdown_task is not None:
@@ -366,7 +365,7 @@ class SessionIO:
             message = reason.encode()[:120]  # a close reason must fit one control frame
             with contextlib.suppress(TimeoutError, Exception):
                 async with asyncio.timeout(max(flush_timeout, 0.1)):
-                    await self._ws.close(code=ws_code, message=message)
+                    await self._transport.close(ws_code, message)
             log.info("%s x session closed: %s", self.name, reason)
         finally:
             self._closed_event.set()

@@ -1,7 +1,7 @@
-"""``TunnelSession``: drives the sans-I/O core over one aiohttp websocket.
+"""``TunnelSession``: drives the sans-I/O core over one websocket (a ``MessageTransport``).
 
 Theory of operation. The session's own task (``run``) is the reader:
-``ws.receive()`` -> ``core.receive()`` -> dispatch the events to
+``transport.receive()`` (or, pushed, ``_on_binary``) -> ``core.receive()`` -> dispatch the events to
 ``TunnelStream`` objects, waking their futures; nothing here parses frames.
 DATA and WINDOW, nearly all the traffic, are dispatched first. The writer,
 the keepalive and the shutdown sequence live in ``SessionIO`` (aio_io.py);
@@ -24,18 +24,23 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
-
 from tunnel import SUBPROTOCOL
 from tunnel import events as ev
 from tunnel.aio_config import TunnelConfig
 from tunnel.aio_errors import StreamError, StreamRefused, TunnelClosed
-from tunnel.aio_fastpath import FastPath, install_fast_path
 from tunnel.aio_forward import StreamBridge
 from tunnel.aio_io import DEAD_PEER_FLUSH_TIMEOUT, FLUSH_TIMEOUT, SessionIO
 from tunnel.aio_stream import TunnelStream
+from tunnel.aio_ws_aiohttp import AiohttpTransport
 from tunnel.connection import Connection
 from tunnel.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from tunnel.message_transport import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_PROTOCOL_ERROR,
+    MessageTransport,
+    TransportClosed,
+)
 
 __all__ = ["StreamHandler", "TunnelSession"]
 
@@ -45,25 +50,18 @@ StreamHandler = Callable[[TunnelStream], Awaitable[None]]
 
 # Payload bytes appear in debug logs only when this is set: they may be secrets.
 _DEBUG_PAYLOAD = os.environ.get("ARC_TUNNEL_DEBUG_PAYLOAD") == "1"
-_BINARY = WSMsgType.BINARY
 _DATA = ev.DataReceived
 _WINDOW = ev.WindowUpdated
-
-
-def _negotiated_subprotocol(ws: Any) -> str | None:
-    # web.WebSocketResponse calls it ws_protocol, ClientWebSocketResponse protocol.
-    if isinstance(ws, web.WebSocketResponse):
-        return ws.ws_protocol
-    protocol: str | None = getattr(ws, "protocol", None)
-    return protocol
 
 
 class TunnelSession(SessionIO):
     """One tunnel over one websocket (see the module docstring).
 
     Args:
-        ws: A prepared ``web.WebSocketResponse`` or a ``ClientWebSocketResponse``
-            made with ``server_websocket_response`` / ``ws_connect_kwargs``.
+        ws: A ``MessageTransport`` (message_transport.py), or an aiohttp
+            websocket (a prepared ``web.WebSocketResponse`` or a
+            ``ClientWebSocketResponse``, made with ``server_websocket_response``
+            / ``ws_connect_kwargs``), which is wrapped in ``AiohttpTransport``.
         is_client: True on the side that dialled (opens odd stream ids).
         config: Limits and timeouts.
         name: Shown in every log record, e.g. ``"agent:rg/demo"``.
@@ -86,19 +84,25 @@ class TunnelSession(SessionIO):
         on_stream: StreamHandler | None = None,
     ) -> None:
         config = config or TunnelConfig()
-        super().__init__(ws, Connection(is_client=is_client, limits=config.limits), config, name)
+        transport = ws if isinstance(ws, MessageTransport) else AiohttpTransport(ws)
+        super().__init__(transport, Connection(is_client=is_client, limits=config.limits), config, name)
         self.is_client = is_client
         self._on_stream = on_stream
         self._blocked_writers: set[TunnelStream] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._goaway_sent = False
         self._goaway_received = False
-        self._fast: FastPath | None = None
+        self._goaway_event = asyncio.Event()  # set with _goaway_received
 
     def __repr__(self) -> str:
         return f"<TunnelSession {self.name} streams={len(self._streams)}>"
 
     # ------------------------------------------------------------ public API
+
+    @property
+    def transport(self) -> MessageTransport:
+        """The websocket this session runs on."""
+        return self._transport
 
     @property
     def streams(self) -> int:
@@ -123,6 +127,14 @@ class TunnelSession(SessionIO):
         open no new streams here; dial a new session for new work."""
         return self._goaway_received
 
+    async def wait_goaway_received(self) -> None:
+        """Return once the peer sent GOAWAY (at once if it already did).
+
+        It does not return when the session ends without one: wait on
+        ``run()`` or ``wait_closed()`` beside it.
+        """
+        await self._goaway_event.wait()
+
     @property
     def draining(self) -> bool:
         """True once a GOAWAY went either way: ``open_stream`` is refused."""
@@ -135,11 +147,11 @@ class TunnelSession(SessionIO):
         and waiters see ``TunnelClosed`` instead.
         """
         try:
-            if _negotiated_subprotocol(self._ws) != SUBPROTOCOL:
+            if self._transport.subprotocol != SUBPROTOCOL:
                 log.warning("%s ! websocket subprotocol is not %s: refused", self.name, SUBPROTOCOL)
                 self._begin_shutdown(
                     f"websocket subprotocol {SUBPROTOCOL} not negotiated",
-                    ws_code=WSCloseCode.PROTOCOL_ERROR,
+                    ws_code=CLOSE_PROTOCOL_ERROR,
                 )
             else:
                 # DEBUG: the relay and the agent each log their own "connected"
@@ -148,7 +160,7 @@ class TunnelSession(SessionIO):
                 self._writer_task = self._loop.create_task(self._write_loop())
                 self._start_timers()
                 if self.config.fast_dispatch:
-                    self._fast = install_fast_path(self._ws, self._on_binary)
+                    self._transport.set_receiver(self._on_binary)
                 await self._read_loop()
                 self._begin_shutdown("websocket closed")
             assert self._shutdown_task is not None
@@ -241,8 +253,8 @@ class TunnelSession(SessionIO):
             self._begin_shutdown("drained after GOAWAY")
 
     def _on_binary(self, data: bytes) -> bool:
-        """One binary message from the fast path (aio_fastpath.py), on the
-        loop thread inside the protocol's ``data_received``.
+        """One binary message pushed by the transport (``set_receiver``; over
+        aiohttp, aio_fastpath.py), on the loop thread inside ``data_received``.
 
         Returns:
             False once the session no longer takes messages this way.
@@ -260,11 +272,11 @@ class TunnelSession(SessionIO):
             self._on_protocol_error(exc)
             return False
         except Exception:
-            # A bug here must not escape into aiohttp's protocol callback.
+            # A bug here must not escape into the transport's protocol callback.
             log.exception("%s ! dispatch failed", self.name)
             with contextlib.suppress(LocalProtocolError):
                 self._core.goaway(ErrorCode.INTERNAL_ERROR, "internal error")
-            self._begin_shutdown("internal error", ws_code=WSCloseCode.INTERNAL_ERROR)
+            self._begin_shutdown("internal error", ws_code=CLOSE_INTERNAL_ERROR)
             return False
         return True
 
@@ -275,41 +287,43 @@ class TunnelSession(SessionIO):
             # The peer does not read: flushing our GOAWAY can only wait.
             self._begin_shutdown(
                 "peer does not read its replies: ENHANCE_YOUR_CALM",
-                ws_code=WSCloseCode.POLICY_VIOLATION,
+                ws_code=CLOSE_POLICY_VIOLATION,
                 flush_timeout=DEAD_PEER_FLUSH_TIMEOUT,
             )
             return
         self._begin_shutdown(
-            f"protocol error: {exc.error_code.name}", ws_code=WSCloseCode.PROTOCOL_ERROR
+            f"protocol error: {exc.error_code.name}", ws_code=CLOSE_PROTOCOL_ERROR
         )
 
     async def _read_loop(self) -> None:
-        # With the fast path, binary messages rarely come this way (only
-        # those queued behind a control message); the rest is the same.
-        ws = self._ws
+        # With push delivery (set_receiver), binary messages rarely come this
+        # way (only those queued behind a control message); the rest is the same.
+        receive = self._transport.receive
         core = self._core
         dispatch = self._dispatch
         while True:
-            msg = await ws.receive()
             try:
-                if msg.type is _BINARY:
-                    events = core.receive(msg.data)
-                    if events:
-                        dispatch(events)
-                        # A lone DATA event never queues output (credit goes
-                        # back only when the app reads): skip the kick.
-                        if len(events) == 1 and type(events[0]) is _DATA:
-                            continue
-                    self._kick()
-                    continue
-                if msg.type is WSMsgType.TEXT:
+                msg = await receive()
+            except TransportClosed as exc:
+                if exc.__cause__ is not None:
+                    self._close_cause = exc.__cause__
+                    log.info("%s websocket error: %s", self.name, exc.reason)
+                return
+            try:
+                if isinstance(msg, str):
                     core.receive_text()
+                    return
+                events = core.receive(msg)
+                if events:
+                    dispatch(events)
+                    # A lone DATA event never queues output (credit goes
+                    # back only when the app reads): skip the kick.
+                    if len(events) == 1 and type(events[0]) is _DATA:
+                        continue
+                self._kick()
+                continue
             except RemoteProtocolError as exc:
                 self._on_protocol_error(exc)
-                return
-            if msg.type is WSMsgType.ERROR:
-                self._close_cause = msg.data if isinstance(msg.data, BaseException) else None
-                log.info("%s x websocket error: %s", self.name, type(msg.data).__name__)
             return
 
     def _dispatch(self, events: list[ev.Event]) -> None:
@@ -392,6 +406,7 @@ class TunnelSession(SessionIO):
         elif isinstance(event, ev.GoAwayReceived):
             log.info("%s < GOAWAY %s %s", self.name, event.error_code.name, event.reason)
             self._goaway_received = True
+            self._goaway_event.set()
             self._maybe_drained()
 
     def _discard(self, event: ev.DataReceived) -> None:
@@ -433,7 +448,7 @@ class TunnelSession(SessionIO):
         finally:
             # A stream handed to join_streams (aio_forward.py) belongs to the
             # join now, which closes it when the pair ends.
-            if not stream.done and not self._closed and not isinstance(stream._bridge, StreamBridge):
+            if not stream.done and not self._closed and not isinstance(stream.hook, StreamBridge):
                 with contextlib.suppress(StreamError, TunnelClosed):
                     await stream.aclose()
 

@@ -2,7 +2,7 @@
 
 Theory of operation. ``SocketSplice`` becomes the socket transport's protocol
 (``transport.set_protocol``) after taking whatever asyncio's StreamReader had
-already buffered, and the stream's hook (``TunnelStream._bridge``):
+already buffered, and the stream's hook (``TunnelStream.set_hook``):
 
 * socket -> stream: each ``data_received`` chunk (up to 256 KiB) goes to the
   core's ``send_data`` as far as the stream's credit allows (the core cuts it
@@ -28,7 +28,6 @@ returns None when they are missing and ``splice`` then copies with two tasks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -53,8 +52,7 @@ class SocketSplice(asyncio.Protocol):
     def __init__(self, stream: TunnelStream, transport: Any) -> None:
         self.stream = stream
         self.transport = transport
-        self._session = stream._session
-        self._core = stream._core
+        self._session = stream.session
         self._held: deque[bytes | memoryview] = deque()  # socket bytes without credit yet
         self._socket_eof = False  # the socket sent EOF
         self._fin_sent = False  # ... and it became FIN on the stream
@@ -90,17 +88,17 @@ class SocketSplice(asyncio.Protocol):
         """Queue as much of ``data`` as the credit allows; return the rest
         (then reading is paused until a WINDOW) or None."""
         stream = self.stream
-        if stream._error is not None or self._session._closed:
+        if stream.error is not None or self._session.closed:
             return None
-        credit = self._core.send_window(stream.id)
+        credit = stream.send_credit()
         n = len(data)
         rest: bytes | memoryview | None = None
         try:
             if credit >= n:
-                self._core.send_data(stream.id, data)
+                stream.queue_data(data)
             elif credit > 0:
                 view = memoryview(data)
-                self._core.send_data(stream.id, view[:credit])
+                stream.queue_data(view[:credit])
                 rest = view[credit:]
                 n = credit
             else:
@@ -110,24 +108,18 @@ class SocketSplice(asyncio.Protocol):
             self._abort_stream()
             return None
         if n:
-            stream.bytes_sent += n
-            self._session._kick()
+            stream.flush()
         if rest is not None:
             self.transport.pause_reading()
-            self._session._blocked_writers.add(stream)
+            stream.want_credit(True)
         return rest
 
     def _send_fin(self) -> None:
         stream = self.stream
-        if self._fin_sent or stream._error is not None or self._session._closed:
+        if self._fin_sent or stream.error is not None or self._session.closed:
             return
         self._fin_sent = True
-        if not stream._fin_sent:
-            stream._fin_sent = True
-            with contextlib.suppress(LocalProtocolError):
-                self._core.send_fin(stream.id)
-            self._session._kick()
-            self._session._maybe_forget(stream)
+        stream.finish_sending()
         self._maybe_done()
 
     # ----------------------------------------------- hooks from TunnelStream
@@ -141,7 +133,7 @@ class SocketSplice(asyncio.Protocol):
                 held[0] = rest  # still short of credit: wait for the next WINDOW
                 return
             held.popleft()
-        self._session._blocked_writers.discard(stream)
+        stream.want_credit(False)
         if self._socket_eof:
             self._send_fin()
         else:
@@ -180,10 +172,8 @@ class SocketSplice(asyncio.Protocol):
 
     def _ack(self, n: int) -> None:
         stream = self.stream
-        if n and stream._error is None and not self._session._closed:
-            with contextlib.suppress(LocalProtocolError):
-                self._core.acknowledge_received_data(stream.id, n)
-            self._session._kick()
+        if n and stream.error is None:
+            stream.acknowledge(n)
 
     def on_fin(self, stream: TunnelStream) -> None:
         """The peer sent FIN: half-close the socket after the data."""
@@ -231,8 +221,8 @@ class SocketSplice(asyncio.Protocol):
         if not self.done.done():
             if not (self._fin_sent and self._eof_written):
                 # Closed before both directions finished: a reset, not an end.
-                if stream._error is None:
-                    stream._bridge = None
+                if stream.error is None:
+                    stream.set_hook(None)
                     stream.reset(ErrorCode.CANCEL, "connection reset")
                 self.failed = True
             self._finish()
@@ -262,8 +252,7 @@ class SocketSplice(asyncio.Protocol):
             self._finish()
 
     def _finish(self) -> None:
-        self.stream._bridge = None
-        self._session._blocked_writers.discard(self.stream)
+        self.stream.set_hook(None)
         if not self.done.done():
             self.done.set_result(None)
 
@@ -290,37 +279,32 @@ def attach(stream: TunnelStream, reader: asyncio.StreamReader, transport: Any) -
         # The connection was reset (or aborted) before the join: its
         # connection_lost already went to the StreamReader, so the splice
         # would never hear of it. End the stream now.
-        stream._bridge = splice
+        stream.set_hook(splice)
         log.info(
             "%s x stream %d: local connection gone before the stream opened: reset CANCEL",
-            stream._session.name, stream.id,
+            stream.session.name, stream.id,
         )
         splice._abort_stream()
         if not splice.lost.done():
             splice.lost.set_result(None)
         return splice
     transport.set_protocol(splice)
-    stream._bridge = splice
+    stream.set_hook(splice)
     pending = bytes(buffered)
     buffered.clear()
     # The StreamReader may have paused reading when its buffer filled.
     if not transport.is_closing() and not transport.is_reading():
         transport.resume_reading()
-    held = stream._buf
-    if held:
-        # DATA that arrived before the splice started (e.g. server speaks first).
-        chunks = list(held)
-        stream._buf = None
-        stream._buffered = 0
-        for chunk in chunks:
-            stream.bytes_received -= len(chunk)  # on_data counts it again
-            splice.on_data(stream, chunk)
+    # DATA that arrived before the splice started (e.g. server speaks first);
+    # on_data counts it again and acknowledges it once written.
+    for chunk in stream.take_held():
+        splice.on_data(stream, chunk)
     if pending:
         splice.data_received(pending)
     if eof:
         splice.eof_received()
-    if stream._error is not None or stream._session._closed:
+    if stream.error is not None or stream.session.closed:
         splice._fail()
-    elif stream._eof:
+    elif stream.eof_received:
         splice.on_fin(stream)
     return splice

@@ -21,6 +21,7 @@ exist only while something is buffered or somebody waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -367,6 +368,120 @@ class TunnelStream:
         self._buffered += n
         self.bytes_received += n
         return buf
+
+    # -------------------------------------------------------------- join API
+    # For code that moves a stream's bytes itself instead of read()/write():
+    # the relay's bridge (aio_forward.py) and the socket splice (aio_socket.py).
+    # A join sets a hook; the session's events for this stream then go to it.
+
+    @property
+    def session(self) -> TunnelSession:
+        """The session this stream belongs to."""
+        return self._session
+
+    @property
+    def error(self) -> StreamReset | None:
+        """Why the stream was reset or refused (None while it was not)."""
+        return self._error
+
+    @property
+    def eof_received(self) -> bool:
+        """True once the peer sent FIN (nothing more will arrive)."""
+        return self._eof
+
+    @property
+    def fin_sent(self) -> bool:
+        """True once our FIN was queued."""
+        return self._fin_sent
+
+    @property
+    def hook(self) -> StreamHook | None:
+        """The join that takes this stream's events (None: the waiters do)."""
+        return self._bridge
+
+    def set_hook(self, hook: StreamHook | None) -> None:
+        """Send this stream's events to ``hook`` (None: back to the waiters,
+        and stop asking for session credit)."""
+        self._bridge = hook
+        if hook is None:
+            self._session._blocked_writers.discard(self)
+
+    def hold(self, data: bytes) -> None:
+        """Keep received ``data`` until it is taken (``held``) and acknowledged."""
+        self._buffer(data)
+
+    @property
+    def held(self) -> deque[bytes] | None:
+        """Received bytes not consumed yet, oldest first (None while empty).
+        A join pops what it passes on, then calls ``acknowledge``."""
+        return self._buf
+
+    def drop_held(self) -> None:
+        """Forget the (now empty) held deque: an idle stream keeps none."""
+        self._buf = None
+
+    def take_held(self) -> list[bytes]:
+        """Take every held chunk (not acknowledged yet: ``acknowledge`` them
+        once consumed); ``bytes_received`` no longer counts them."""
+        chunks = list(self._buf or ())
+        self._buf = None
+        self._buffered = 0
+        self.bytes_received -= sum(map(len, chunks))
+        return chunks
+
+    def consume_held(self, n: int) -> None:
+        """``n`` bytes popped from ``held`` were passed on: ``acknowledge`` them."""
+        self._buffered -= n
+        self.acknowledge(n)
+
+    def acknowledge(self, n: int) -> None:
+        """``n`` received bytes were consumed: return their stream credit to the peer."""
+        session = self._session
+        if not session._closed:
+            with contextlib.suppress(LocalProtocolError):
+                self._core.acknowledge_received_data(self.id, n)
+            session._kick()
+
+    def send_credit(self) -> int:
+        """Bytes ``queue_data`` may send now (stream and session credit)."""
+        return self._core.send_window(self.id)
+
+    def queue_data(self, data: bytes | memoryview) -> None:
+        """Queue DATA within ``send_credit()``; ``flush()`` sends it.
+
+        Raises:
+            LocalProtocolError: The stream can no longer send.
+        """
+        self._core.send_data(self.id, data)
+        self.bytes_sent += len(data)
+
+    def flush(self) -> None:
+        """Send what was queued (coalesced with the session's other output)."""
+        self._session._kick()
+
+    def want_credit(self, wanted: bool) -> None:
+        """Ask (or stop asking) for the hook's ``on_credit`` when the session's
+        credit comes back; the stream's own WINDOW always reaches it."""
+        if wanted:
+            self._session._blocked_writers.add(self)
+        else:
+            self._session._blocked_writers.discard(self)
+
+    def finish_sending(self) -> None:
+        """Send FIN now if it can still be sent (a join forwarding the peer's);
+        never raises."""
+        if self._fin_sent or self._error is not None or self._session._closed:
+            return
+        self._fin_sent = True
+        with contextlib.suppress(LocalProtocolError):
+            self._core.send_fin(self.id)
+        self._session._kick()
+        self._session._maybe_forget(self)
+
+    def close_now(self) -> None:
+        """``aclose`` without a coroutine (it never waits): for a join that
+        ends from a callback."""
+        self._close()
 
     # ------------------------------------------------- called by the session
 

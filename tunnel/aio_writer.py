@@ -21,7 +21,7 @@ method ``send_bytes`` uses for uncompressed frames.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from aiohttp import WSMsgType
@@ -72,7 +72,7 @@ class BatchSender:
         if self._writer is not None and not getattr(self._writer, "compress", 1):
             self._frame = getattr(self._writer, "_write_websocket_frame", None)
 
-    def send_now(self, messages: list[bytes]) -> bool:
+    def send_now(self, messages: Sequence[bytes]) -> bool:
         """Frame and write ``messages`` synchronously if that cannot block.
 
         Only call it when no ``send`` is in progress (order!).
@@ -105,7 +105,7 @@ class BatchSender:
                 real.writelines(cork.chunks)
         return True
 
-    async def send(self, messages: list[bytes]) -> None:
+    async def send(self, messages: Sequence[bytes]) -> None:
         """Send every message, in order, as one binary websocket message each.
 
         Raises:

@@ -23,7 +23,7 @@ from tests.support.relay import ADMIN_OID, BOB_OID, DEMO_OID, RelayEnv, roundtri
 from tests.support.servers import server_port
 from tests.support.waits import WAIT, until
 from tunnel import TunnelSession, TunnelStream
-from tunnel.aio_config import ADAPTER_STREAM_WINDOW
+from tunnel.aio import ADAPTER_STREAM_WINDOW
 from tunnel.limits import INITIAL_STREAM_WINDOW
 
 pytestmark = pytest.mark.timeout(120)

@@ -6,7 +6,7 @@ import pytest
 
 from relay.app import _tunnel_config
 from relay.config import ConfigError, relay_config_from_dict
-from tunnel.aio_config import ADAPTER_SEND_PAYLOAD, ADAPTER_STREAM_WINDOW
+from tunnel.aio import ADAPTER_SEND_PAYLOAD, ADAPTER_STREAM_WINDOW
 from tunnel.limits import INITIAL_STREAM_WINDOW
 
 

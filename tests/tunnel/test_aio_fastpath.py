@@ -103,8 +103,8 @@ async def test_fast_path_delivers_bytes_exactly_under_random_chunking(fast: bool
 
             async with asyncio.timeout(WAIT * 2):
                 await asyncio.gather(one(700_000), one(300_000), one(1))
-            assert (client._fast is not None) is fast
-            assert (sessions[0]._fast is not None) is fast
+            assert (client.transport.pushing) is fast
+            assert (sessions[0].transport.pushing) is fast
             await client.close()
             async with asyncio.timeout(WAIT):
                 await task
@@ -120,15 +120,15 @@ async def test_fast_path_installs_with_this_aiohttp_and_control_messages_still_w
     async with tunnel_pair(echo) as pair:
         async with asyncio.timeout(WAIT):
             await pair.client.ping()  # both sessions are running
-        assert pair.client._fast is not None and pair.server._fast is not None
+        assert pair.client.transport.pushing and pair.server.transport.pushing
         stream = await pair.client.open_stream(b"echo")
         payload = os.urandom(500_000)
 
         async def send() -> None:
             for i in range(0, len(payload), 50_000):
                 await stream.write(payload[i : i + 50_000])
-                await pair.server._ws.ping(b"p")  # a control message between frames
-                await pair.client._ws.ping(b"q")
+                await pair.server.transport.websocket.ping(b"p")  # a control message between frames
+                await pair.client.transport.websocket.ping(b"q")
             await stream.write_eof()
 
         sender = asyncio.create_task(send())
@@ -170,7 +170,7 @@ async def test_fast_path_processes_frames_that_arrived_before_it_was_installed()
             task = asyncio.create_task(client.run())
             async with asyncio.timeout(WAIT):
                 assert await pinger >= 0
-            assert client._fast is not None
+            assert client.transport.pushing
             await client.close()
             async with asyncio.timeout(WAIT):
                 await task
@@ -188,7 +188,7 @@ async def test_fast_path_falls_back_to_receive_loop_when_aiohttp_differs(
     async with tunnel_pair(echo) as pair:
         async with asyncio.timeout(WAIT):
             await pair.client.ping()  # both sessions are running
-        assert pair.client._fast is None and pair.server._fast is None
+        assert not pair.client.transport.pushing and not pair.server.transport.pushing
         stream = await pair.client.open_stream(b"echo")
         payload = os.urandom(300_000)
 
