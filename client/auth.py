@@ -217,6 +217,11 @@ class CachedTokenSource(TokenSource):
         self._path = (cache_dir or _cache_dir()) / f"{_cache_key(auth)}.json"
         self._load()
 
+    @property
+    def path(self) -> Path:
+        """The cache file of this config's token."""
+        return self._path
+
     def _load(self) -> None:
         import json
 
