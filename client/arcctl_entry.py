@@ -16,12 +16,10 @@ all mode 0600): ``login-tokens.json`` (``arcctl login``'s accounts),
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 __all__ = ["RENEW_MARGIN", "cache_dir", "config_path", "exec_credential", "fresh", "main", "read_cached"]
@@ -32,23 +30,29 @@ RENEW_MARGIN = 300.0
 INDEX_FILE = "exec-index.json"
 
 
-def cache_dir() -> Path:
+# os.path, not pathlib, and time, not datetime: each is a few ms of import on this path.
+def cache_dir() -> str:
     """Where the token cache files live."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "cluster-connect"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "cluster-connect")
 
 
-def config_path(given: str | None) -> Path:
+def config_path(given: str | None) -> str:
     """The client config path as the full path resolves it (``--config``,
     ``$ARC_CONFIG``, XDG default), made absolute so both paths key it alike."""
     if given:
-        p = Path(given).expanduser()
+        p = os.path.expanduser(given)
     elif os.environ.get("ARC_CONFIG"):
-        p = Path(os.environ["ARC_CONFIG"]).expanduser()
+        p = os.path.expanduser(os.environ["ARC_CONFIG"])
     else:
-        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-        p = Path(base) / "cluster-connect" / "config.yaml"
-    return Path(os.path.realpath(p))
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+        p = os.path.join(base, "cluster-connect", "config.yaml")
+    return os.path.realpath(p)
+
+
+def _read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def fresh(expires_at: float, issued_at: float, now: float | None = None) -> bool:
@@ -60,24 +64,24 @@ def fresh(expires_at: float, issued_at: float, now: float | None = None) -> bool
 
 def exec_credential(token: str, expires_at: float) -> str:
     """The client.authentication.k8s.io/v1 ExecCredential kubectl reads."""
-    expires = dt.datetime.fromtimestamp(expires_at, dt.UTC).replace(microsecond=0)
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))
     return json.dumps({
         "kind": "ExecCredential",
         "apiVersion": "client.authentication.k8s.io/v1",
         "spec": {"interactive": False},
-        "status": {"token": token, "expirationTimestamp": expires.isoformat().replace("+00:00", "Z")},
+        "status": {"token": token, "expirationTimestamp": expires},
     })
 
 
-def read_cached(config: Path) -> tuple[str, float] | None:
+def read_cached(config: str) -> tuple[str, float] | None:
     """(token, expires_at) cached for ``config`` if its index entry matches
     the file's current mtime and the token is fresh; else None."""
     try:
-        index = json.loads((cache_dir() / INDEX_FILE).read_text())
-        entry = index["configs"][str(config)]
-        if entry["mtime_ns"] != config.stat().st_mtime_ns:
+        index = _read_json(os.path.join(cache_dir(), INDEX_FILE))
+        entry = index["configs"][config]
+        if entry["mtime_ns"] != os.stat(config).st_mtime_ns:
             return None
-        doc: Any = json.loads(Path(entry["file"]).read_text())
+        doc: Any = _read_json(entry["file"])
         if entry.get("account"):
             doc = doc["accounts"][entry["account"]]
         token, expires_at = str(doc["access_token"]), float(doc["expires_at"])

@@ -11,6 +11,7 @@ two processes writing at once lose one update, never the file.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,7 +105,7 @@ class TokenCache:
     """The login cache and the lean path's index under ``directory``."""
 
     def __init__(self, directory: Path | None = None) -> None:
-        self.directory = directory or cache_dir()
+        self.directory = directory or Path(cache_dir())
         self.path = self.directory / LOGIN_FILE
 
     def _read(self, path: Path) -> dict[str, Any]:
@@ -167,16 +168,16 @@ class TokenCache:
             self._write(self.path, doc)
         return removed
 
-    def index(self, config: Path, file: Path, account: str | None) -> None:
+    def index(self, config: str, file: Path, account: str | None) -> None:
         """Record where ``config``'s token is, for the lean ``get-token`` path."""
         try:
-            mtime_ns = config.stat().st_mtime_ns
+            mtime_ns = os.stat(config).st_mtime_ns
         except OSError:
             return
         path = self.directory / INDEX_FILE
         doc = self._read(path)
         configs = doc.setdefault("configs", {})
         entry = {"mtime_ns": mtime_ns, "file": str(file), "account": account}
-        if configs.get(str(config)) != entry:
-            configs[str(config)] = entry
+        if configs.get(config) != entry:
+            configs[config] = entry
             self._write(path, doc)
