@@ -98,7 +98,8 @@ def cmd_get_token(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     cache = TokenCache()
     path = config_path(str(args.config) if args.config else None)
-    if config.auth.issuer:
+    auth = config.auth
+    if auth.issuer and not auth.token_endpoint and not auth.token_command:  # as TokenSource decides
         account = asyncio.run(cached_token(config.auth, cache, interactive=sys.stdin.isatty()))
         token, expires_at = account.access_token, account.expires_at
         cache.index(path, cache.path, account.key)
