@@ -281,3 +281,20 @@ def test_lean_entry_leaves_other_commands_to_the_full_path(argv: list[str]) -> N
     from client.arcctl_entry import _config_flag
 
     assert _config_flag(argv)[0] is False
+
+
+async def test_browser_login_without_an_answer_gives_up_with_one_line(
+        idp: SandboxIdp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody completes the browser sign-in: after BROWSER_TIMEOUT (1 s here)
+    login gives up with an AuthError naming the fix, and the listener is closed."""
+    from client import login as login_module
+    from client.config import AuthConfig
+    from client.errors import AuthError
+    from client.token_cache import TokenCache
+
+    monkeypatch.setattr(login_module, "BROWSER_TIMEOUT", 1.0)
+    monkeypatch.setenv("BROWSER", "true")
+    auth = AuthConfig(issuer=idp.issuer, ca_file=str(idp.ca_file), client_id=load_demo_identity().client_id)
+    with pytest.raises(AuthError, match="no sign-in within 1 s: run `arcctl login` again"):
+        await login_module.login(auth, TokenCache(tmp_path / "cache"), method="browser")
+    assert not (tmp_path / "cache" / "login-tokens.json").exists()
