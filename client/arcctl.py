@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import importlib.util
-import json
 import logging
 import os
 import sys
@@ -20,12 +18,15 @@ from typing import Any
 
 from client.arcctl_connect import add_connect
 from client.arcctl_delete import add_delete
+from client.arcctl_entry import config_path, exec_credential
 from client.arcctl_options import add_common_options
 from client.arcctl_role import add_role
 from client.auth import CachedTokenSource, TokenSource
 from client.config import load_config
+from client.login import cached_token, login
 from client.output import render, with_certificate_fingerprints
 from client.relay_client import RelayApi
+from client.token_cache import TokenCache
 from cmdline import (
     CliError,
     CommandParser,
@@ -52,6 +53,7 @@ arc-proxy -n NAME."""
 
 EXAMPLES = (
     "arcctl demo                                 # everything on loopback, Ctrl-C stops it",
+    "arcctl login                                # sign in with auth.issuer (device code or browser)",
     "arcctl connect -n edge-1 -g lab             # register + deploy the agent",
     "arcctl list -o table",
     "arcctl show -n edge-1 -g lab",
@@ -90,20 +92,62 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_get_token(args: argparse.Namespace) -> int:
     """``arcctl get-token``: a client-go exec credential plugin. Prints an
-    ``ExecCredential`` (client.authentication.k8s.io/v1) with the user's token."""
+    ``ExecCredential`` (client.authentication.k8s.io/v1) with the user's token.
+    With a fresh cached token, :mod:`client.arcctl_entry` answers before this
+    module is even imported; this is the path that renews or signs in."""
     config = load_config(args.config)
-    token = asyncio.run(CachedTokenSource(config.auth).get_token())
-    expires = dt.datetime.fromtimestamp(token.expires_at, dt.UTC)
-    cred = {
-        "kind": "ExecCredential",
-        "apiVersion": "client.authentication.k8s.io/v1",
-        "spec": {"interactive": False},
-        "status": {
-            "token": token.access_token,
-            "expirationTimestamp": expires.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-        },
-    }
-    print(json.dumps(cred))
+    cache = TokenCache()
+    path = config_path(str(args.config) if args.config else None)
+    auth = config.auth
+    if auth.issuer and not auth.token_endpoint and not auth.token_command:  # as TokenSource decides
+        account = asyncio.run(cached_token(config.auth, cache, interactive=sys.stdin.isatty()))
+        token, expires_at = account.access_token, account.expires_at
+        cache.index(path, cache.path, account.key)
+    else:
+        source = CachedTokenSource(config.auth)
+        got = asyncio.run(source.get_token())
+        token, expires_at = got.access_token, got.expires_at
+        cache.index(path, source.path, None)
+    print(exec_credential(token, expires_at))
+    return 0
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    """``arcctl login [--method devicecode|browser]``."""
+    config = load_config(args.config)
+    account = asyncio.run(login(config.auth, method=args.method))
+    print(f"signed in to {account.issuer} as {account.username or account.account}", file=sys.stderr)
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    """``arcctl logout [--all]``."""
+    cache = TokenCache()
+    if args.all:
+        removed = cache.remove(None, None)
+    else:
+        auth = load_config(args.config).auth
+        if not auth.issuer:
+            raise CliError("client config has no auth.issuer, so no login to remove: "
+                           "pass --all to remove every cached login")
+        removed = cache.remove(auth.issuer, auth.client_id or "arc-cli")
+    for a in removed:
+        print(f"signed out {a.username or a.account} from {a.issuer}", file=sys.stderr)
+    if not removed:
+        print("no cached login to remove", file=sys.stderr)
+    return 0
+
+
+def cmd_account_show(args: argparse.Namespace) -> int:
+    """``arcctl account show``: the signed-in account, never its token."""
+    auth = load_config(args.config).auth
+    if not auth.issuer:
+        raise CliError("client config has no auth.issuer: `arcctl account show` shows an "
+                       "`arcctl login` account; add auth.issuer and run `arcctl login`")
+    account = TokenCache().current(auth.issuer, auth.client_id or "arc-cli")
+    if account is None:
+        raise CliError(f"not logged in to {auth.issuer}: run `arcctl login`")
+    print(render(account.summary(), args.output))
     return 0
 
 
@@ -164,6 +208,38 @@ def _add_get_token(sub: Subcommands) -> None:
     p.set_defaults(func=cmd_get_token)
 
 
+def _add_login(sub: Subcommands) -> None:
+    p = add_command(
+        sub, "login", summary="sign in (device code or browser) and cache the token",
+        description="Uses auth.issuer's discovery document. devicecode prints a URL and a code\n"
+                    "on stderr to enter on any device; browser opens the sign-in page and\n"
+                    "takes the answer on a loopback port. The token is cached (mode 0600) and\n"
+                    "renewed silently by get-token until the refresh token runs out.",
+        examples=["arcctl login", "arcctl login --method browser"])
+    p.add_argument("--method", choices=["devicecode", "browser"],
+                   help="how to sign in (default: auth.login in the client config, else devicecode)")
+    add_common_options(p, output=False)
+    p.set_defaults(func=cmd_login)
+
+
+def _add_logout(sub: Subcommands) -> None:
+    p = add_command(sub, "logout", summary="forget the cached login",
+                    examples=["arcctl logout", "arcctl logout --all"])
+    p.add_argument("--all", action="store_true", help="forget every cached login, of every issuer")
+    add_common_options(p, output=False)
+    p.set_defaults(func=cmd_logout)
+
+
+def _add_account(sub: Subcommands) -> None:
+    p = add_command(sub, "account", summary="the signed-in account", examples=["arcctl account show"])
+    inner = p.add_subparsers(dest="account_command", metavar="SUBCOMMAND", title="subcommands")
+    inner.required = True
+    show = add_command(inner, "show", summary="who is signed in (never the token)",
+                       examples=["arcctl account show", "arcctl account show -o yaml"])
+    add_common_options(show)
+    show.set_defaults(func=cmd_account_show)
+
+
 def _add_demo(sub: Subcommands) -> None:
     p = add_command(
         sub, "demo", summary="run a sandbox cluster, OIDC issuer, relay and agent on loopback",
@@ -185,7 +261,7 @@ def _add_demo(sub: Subcommands) -> None:
 
 
 COMMANDS: list[Callable[[Subcommands], None]] = [
-    _add_demo, _add_list, _add_show, _add_get_token,
+    _add_demo, _add_login, _add_logout, _add_account, _add_list, _add_show, _add_get_token,
     add_connect, add_delete,
     add_role,
 ]

@@ -130,6 +130,8 @@ class TokenSource:
         a = self._auth
         if a.token_command:
             return await self._run_command(a.token_command)
+        if a.issuer and not a.token_endpoint:
+            return await self._from_login(a)
         if not a.token_endpoint:
             raise ConfigError("client config has no auth.token_endpoint nor auth.token_command: "
                               "add one, or pass --token")
@@ -152,6 +154,15 @@ class TokenSource:
             raise ConfigError("client config auth has neither username/password nor client_secret: "
                               "add one, set auth.token_command, or pass --token")
         return await self._post(form)
+
+    async def _from_login(self, auth: AuthConfig) -> Token:
+        # `arcctl login`'s cache, refreshed silently; a needed sign-in is an
+        # error naming `arcctl login` (a daemon such as arc-proxy cannot prompt).
+        from client.login import cached_token  # login imports this module
+        from client.token_cache import TokenCache
+
+        account = await cached_token(auth, TokenCache(), interactive=False)
+        return Token(account.access_token, account.expires_at, issued_at=account.issued_at)
 
     async def _post(self, form: dict[str, str]) -> Token:
         url = self._auth.token_endpoint or ""
@@ -216,6 +227,11 @@ class CachedTokenSource(TokenSource):
         super().__init__(auth)
         self._path = (cache_dir or _cache_dir()) / f"{_cache_key(auth)}.json"
         self._load()
+
+    @property
+    def path(self) -> Path:
+        """The cache file of this config's token."""
+        return self._path
 
     def _load(self) -> None:
         import json

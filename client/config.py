@@ -4,6 +4,8 @@
     relay: {url: https://127.0.0.1:8443, ca_file: /path/relay-ca.crt}
     resource_group: default
     auth:
+      issuer: https://idp/TENANT/v2.0     # arcctl login (device code or browser), or
+      login: devicecode                  # or browser
       token_endpoint: https://idp/TENANT/oauth2/v2.0/token
       ca_file: /path/idp-ca.crt
       client_id: arc-cli
@@ -20,7 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field
@@ -55,6 +57,14 @@ class RelaySection(ConfigModel):
 class AuthSection(ConfigModel):
     """``auth``: how the client obtains the user's OIDC token."""
 
+    issuer: Text | None = Field(default=None, description="OIDC issuer URL for `arcctl login` (its "
+                                "`.well-known/openid-configuration` names the endpoints; TLS checked "
+                                "with `ca_file`). Omit: the grants below, with `token_endpoint`.")
+    login: Literal["devicecode", "browser"] = Field(
+        default="devicecode", description="How `arcctl login` signs in: `devicecode` (a code to enter on "
+        "any device) or `browser` (authorization code + PKCE, redirect to a loopback port).")
+    scopes: list[Text] | None = Field(default=None, description="Scopes `arcctl login` requests "
+                                      "(omit: `scope` plus `openid profile offline_access`).")
     token_endpoint: Text | None = Field(default=None, description="The identity provider's OAuth2 token endpoint.")
     ca_file: Text | None = Field(default=None, description="CA bundle for the token endpoint (omit: system trust).")
     client_id: Text | None = Field(default=None, description="OAuth2 client id of the CLI application.")
@@ -80,6 +90,9 @@ class ClientFile(ConfigModel):
 class AuthConfig:
     """How the client obtains the user's OIDC token (``AuthSection`` once loaded)."""
 
+    issuer: str | None = None
+    login: str = "devicecode"
+    scopes: list[str] | None = None
     token_endpoint: str | None = None
     ca_file: str | None = None
     client_id: str | None = None
@@ -91,6 +104,11 @@ class AuthConfig:
     # Requested token lifetime in seconds, sent as the sandbox issuer's
     # ``lifetime`` extension (tests use a few seconds); None: the issuer's default.
     lifetime: str | None = None
+
+    def login_scopes(self) -> list[str]:
+        """Scopes ``arcctl login`` asks for: ``scopes``, else ``scope`` with the
+        OIDC scopes that give an id token and a refresh token."""
+        return list(self.scopes) if self.scopes else [self.scope, "openid", "profile", "offline_access"]
 
 
 @dataclass
@@ -105,7 +123,8 @@ class ClientConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML document for this config (``path`` excluded, ``None``s dropped)."""
-        auth = {k: v for k, v in asdict(self.auth).items() if v is not None}
+        auth = {k: v for k, v in asdict(self.auth).items()
+                if v is not None and not (k == "login" and v == "devicecode")}
         relay: dict[str, Any] = {"url": self.relay_url}
         if self.relay_ca_file:
             relay["ca_file"] = self.relay_ca_file

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import html
 import logging
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
@@ -36,6 +39,9 @@ log = logging.getLogger("sandbox.idp")
 DEVICE_CODE_LIFETIME = 900  # Entra: 15 minutes
 DEVICE_POLL_INTERVAL = 1  # seconds; Entra says 5, tests want less
 MAX_PENDING_DEVICE_CODES = 1000
+AUTH_CODE_LIFETIME = 600  # Entra: 10 minutes
+# Bounds the authorization codes a sign-in form can leave unredeemed.
+MAX_PENDING_AUTH_CODES = 1000
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
@@ -63,6 +69,21 @@ class DeviceCode:
     lifetime: int | None
     expires: float
     approved_oid: str | None = None
+    denied: bool = False
+    last_poll: float = 0.0
+
+
+@dataclass(frozen=True)
+class AuthCode:
+    """An authorization code waiting to be redeemed (PKCE S256 required)."""
+
+    client_id: str
+    redirect_uri: str
+    scope: str
+    code_challenge: str
+    user_oid: str
+    lifetime: int | None
+    expires: float
 
 
 class IdpHandlers:
@@ -73,6 +94,7 @@ class IdpHandlers:
         self.directory = minter.directory
         self.refresh_tokens = RefreshTokens()
         self.devices: dict[str, DeviceCode] = {}
+        self.auth_codes: dict[str, AuthCode] = {}
         #: requests served, by kind (discovery, jwks, token, member_groups, ...)
         self.request_counts: Counter[str] = Counter()
 
@@ -85,6 +107,8 @@ class IdpHandlers:
             web.post(t + "/oauth2/v2.0/devicecode", self.devicecode),
             web.get(t + "/oauth2/v2.0/deviceauth", self.deviceauth_form),
             web.post(t + "/oauth2/v2.0/deviceauth", self.deviceauth),
+            web.get(t + "/oauth2/v2.0/authorize", self.authorize_form),
+            web.post(t + "/oauth2/v2.0/authorize", self.authorize),
             web.post("/v1.0/users/{oid}/getMemberObjects", self.member_groups),
             web.get("/healthz", self.healthz),
         ]
@@ -112,8 +136,10 @@ class IdpHandlers:
                 "jwks_uri": f"{base}/discovery/v2.0/keys",
                 "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
                 "grant_types_supported": [
-                    "client_credentials", "password", "refresh_token", DEVICE_CODE_GRANT,
+                    "authorization_code", "client_credentials", "password", "refresh_token",
+                    DEVICE_CODE_GRANT,
                 ],
+                "code_challenge_methods_supported": ["S256"],
                 "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
                 "scopes_supported": ["openid", "profile", "email", "offline_access"],
                 "subject_types_supported": ["pairwise"],
@@ -155,6 +181,8 @@ class IdpHandlers:
                 body = self._refresh(params)
             elif grant == DEVICE_CODE_GRANT:
                 body = self._device_code(params)
+            elif grant == "authorization_code":
+                body = self._authorization_code(params)
             else:
                 raise OAuthError("unsupported_grant_type", "The grant type is not supported.", code=70003)
         except OAuthError as exc:
@@ -283,13 +311,22 @@ class IdpHandlers:
                 return True
         return False
 
+    def deny_device(self, user_code: str) -> bool:
+        """Refuse a pending device code (the user pressed Deny)."""
+        for d in self.devices.values():
+            if d.user_code == user_code.upper() and d.expires > time.time():
+                d.denied = True
+                return True
+        return False
+
     async def deviceauth_form(self, request: web.Request) -> web.Response:
         """A minimal sign-in page for the device flow."""
         self._tenant(request)
         page = (
             "<!doctype html><title>Sandbox sign-in</title><form method=post>"
             "<p>Code <input name=user_code></p><p>User <input name=username></p>"
-            "<p>Password <input name=password type=password></p><button>Sign in</button></form>"
+            "<p>Password <input name=password type=password></p><button>Sign in</button>"
+            "<button name=action value=deny>Deny</button></form>"
         )
         return web.Response(text=page, content_type="text/html")
 
@@ -300,6 +337,10 @@ class IdpHandlers:
         user = self.directory.find_user(str(form.get("username", "")))
         if user is None or not _same(user.password, str(form.get("password", ""))):
             return web.Response(status=401, text="Invalid username or password.")
+        if form.get("action") == "deny":
+            if not self.deny_device(str(form.get("user_code", ""))):
+                return web.Response(status=400, text="Unknown or expired code.")
+            return web.Response(text="Sign-in denied. You may close this page.")
         if not self.approve_device(str(form.get("user_code", "")), user.username):
             return web.Response(status=400, text="Unknown or expired code.")
         return web.Response(text=f"Signed in as {html.escape(user.username)}. You may close this page.")
@@ -310,13 +351,104 @@ class IdpHandlers:
         if pending is None or pending.expires <= time.time():
             self.devices.pop(code, None)
             raise OAuthError("expired_token", "The device code has expired.", code=70020)
+        if pending.denied:
+            del self.devices[code]
+            raise OAuthError("access_denied", "The user denied the sign-in.", code=70019)
         if pending.approved_oid is None:
+            # RFC 8628 3.5: polling faster than the interval earns slow_down.
+            now = time.time()
+            too_soon = now - pending.last_poll < DEVICE_POLL_INTERVAL
+            pending.last_poll = now
+            if too_soon:
+                raise OAuthError("slow_down", "Polling faster than the interval.", code=70016)
             raise OAuthError("authorization_pending", "The user has not yet signed in.", code=70016)
         del self.devices[code]
         user = self.directory.find_user(pending.approved_oid)
         assert user is not None
         lifetime = pending.lifetime or user.token_lifetime or DEFAULT_LIFETIME
         return self._user_token(user, pending.client_id, pending.scope, lifetime, "device_code")
+
+    # -- authorization code grant with PKCE (RFC 6749 4.1, RFC 7636) -------
+
+    def _authorize_params(self, params: dict[str, str]) -> dict[str, str]:
+        """The validated authorization request (raises OAuthError)."""
+        self._public_client(params)
+        if params.get("response_type") != "code":
+            raise OAuthError("unsupported_response_type", "Only response_type=code is supported.")
+        redirect = urlsplit(params.get("redirect_uri", ""))
+        # Public clients redirect to a loopback listener (RFC 8252 7.3), any port.
+        if redirect.scheme != "http" or redirect.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise OAuthError("invalid_request", "redirect_uri must be a loopback http URL.", code=50011)
+        if params.get("code_challenge_method") != "S256" or len(params.get("code_challenge", "")) < 43:
+            raise OAuthError("invalid_request", "PKCE with code_challenge_method=S256 is required.")
+        self._audience(params.get("scope", ""))
+        if "lifetime" in params:
+            self._lifetime(params, None)
+        return params
+
+    async def authorize_form(self, request: web.Request) -> web.Response:
+        """The sign-in page of the authorization endpoint; its fields carry the request."""
+        self._tenant(request)
+        self.request_counts["authorize"] += 1
+        try:
+            params = self._authorize_params(dict(request.query))
+        except OAuthError as exc:
+            return exc.response()
+        hidden = "".join(
+            f"<input type=hidden name={html.escape(k)} value=\"{html.escape(v)}\">" for k, v in params.items()
+        )
+        page = (
+            "<!doctype html><title>Sandbox sign-in</title><form method=post>" + hidden
+            + "<p>User <input name=username></p><p>Password <input name=password type=password></p>"
+            "<button>Sign in</button></form>"
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def authorize(self, request: web.Request) -> web.Response:
+        """Sign in and redirect to ``redirect_uri`` with ``code`` and ``state``."""
+        self._tenant(request)
+        form = await request.post()
+        params = {k: v for k, v in form.items() if isinstance(v, str)}
+        username, password = params.pop("username", ""), params.pop("password", "")
+        try:
+            self._authorize_params(params)
+        except OAuthError as exc:
+            return exc.response()
+        user = self.directory.find_user(username)
+        if user is None or not _same(user.password, password):
+            return web.Response(status=401, text="Invalid username or password.")
+        now = time.time()
+        self.auth_codes = {k: c for k, c in self.auth_codes.items() if c.expires > now}
+        if len(self.auth_codes) >= MAX_PENDING_AUTH_CODES:
+            return web.Response(status=429, text="Too many pending sign-ins.")
+        code = "ac." + secrets.token_urlsafe(32)
+        lifetime = int(params["lifetime"]) if "lifetime" in params else None
+        self.auth_codes[code] = AuthCode(
+            params.get("client_id") or self.minter.default_client_id, params["redirect_uri"],
+            params.get("scope", ""), params["code_challenge"], user.oid, lifetime, now + AUTH_CODE_LIFETIME,
+        )
+        query = {"code": code, **({"state": params["state"]} if "state" in params else {})}
+        sep = "&" if "?" in params["redirect_uri"] else "?"
+        raise web.HTTPFound(params["redirect_uri"] + sep + urlencode(query))
+
+    def _authorization_code(self, params: dict[str, str]) -> dict[str, Any]:
+        grant = self.auth_codes.pop(params.get("code", ""), None)  # single use
+        if grant is None or grant.expires <= time.time():
+            raise OAuthError("invalid_grant", "The authorization code is invalid or expired.", code=70008)
+        if params.get("client_id", grant.client_id) != grant.client_id:
+            raise OAuthError("invalid_grant", "The code was issued to another client.", code=70008)
+        if params.get("redirect_uri") != grant.redirect_uri:
+            raise OAuthError("invalid_grant", "redirect_uri does not match the authorization request.",
+                             code=50148)
+        digest = hashlib.sha256(params.get("code_verifier", "").encode()).digest()
+        challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        if not hmac.compare_digest(challenge, grant.code_challenge):
+            raise OAuthError("invalid_grant", "The code_verifier does not match the code_challenge.",
+                             code=501481)
+        user = self.directory.find_user(grant.user_oid)
+        assert user is not None
+        lifetime = grant.lifetime or user.token_lifetime or DEFAULT_LIFETIME
+        return self._user_token(user, grant.client_id, grant.scope, lifetime, "authorization_code")
 
     # -- member groups (Graph getMemberObjects) ----------------------------
 
