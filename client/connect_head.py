@@ -63,7 +63,13 @@ class HeadRefused(Exception):
 
 
 def sanitise_phrase(text: str) -> str:
-    """A reason phrase: printable ASCII only (no CR/LF), bounded length."""
+    """A reason phrase: printable ASCII only (no CR/LF), bounded length.
+
+    kubectl replaces any error whose text contains "connection refused" by its
+    own "The connection to the server ... was refused - did you specify the
+    right host or port?", which would hide the cause: those words are reworded.
+    """
+    text = text.replace("connection refused", "connection was refused")
     cleaned = "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
     if len(cleaned) > MAX_REASON_PHRASE:
         cleaned = cleaned[:MAX_REASON_PHRASE - 3] + "..."

@@ -67,7 +67,7 @@ async def test_connect_while_relay_lost_is_503_with_the_cause() -> None:
         writer.write(CONNECT)
         line = await _status(reader)
         assert line.startswith(b"HTTP/1.1 503 arc-proxy: cannot reach the relay at https://relay.test: "
-                               b"connection refused; arc-proxy retries at least every 1 s"), line
+                               b"connection was refused; arc-proxy retries at least every 1 s"), line
         async with asyncio.timeout(WAIT):
             rest = await reader.read()  # headers, then closed
         assert b"Connection: close" in rest
@@ -137,3 +137,10 @@ def test_reason_phrase_is_printable_ascii_one_line_and_bounded() -> None:
     assert all(" " <= c <= "~" for c in phrase)
     assert len(phrase) == MAX_REASON_PHRASE and phrase.endswith("...")
     assert phrase.startswith("bad Injected: yes?[31m caf? x")
+
+
+def test_reason_phrase_never_says_connection_refused() -> None:
+    """kubectl swaps any "connection refused" error for its own "did you specify
+    the right host or port?": the phrase rewords it so the cause stays visible."""
+    assert sanitise_phrase("relay: connection refused; is it running?") == \
+        "relay: connection was refused; is it running?"
