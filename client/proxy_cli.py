@@ -51,7 +51,10 @@ On exit current-context is put back to what it was before, if it still names
 this cluster's context. The cluster, user and context entries stay in the
 kubeconfig (server https://127.0.0.1:PORT) so the next run reuses them; with
 --token the token stays in the user entry (the file is mode 0600). Nothing
-else in the file is changed."""
+else in the file is changed. With --kubeconfig-mode proxy-url the cluster entry
+has server https://NAME.GROUP.arc-proxy.invalid and proxy-url
+http://127.0.0.1:PORT instead: kubectl then prints arc-proxy's reason when it has
+no way to the cluster (relay down, cluster offline, forbidden)."""
 
 
 def build_parser() -> CommandParser:
