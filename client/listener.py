@@ -184,6 +184,9 @@ class LocalListener:
         # The stream opens while the first bytes arrive (as soon as the
         # connection is accepted, as before the CONNECT shape existed).
         opening = asyncio.create_task(self._open(conn_no))
+        # A callback, not a finally in _open: a task cancelled before its first
+        # step never runs its body.
+        opening.add_done_callback(self._opened)
         deadline = asyncio.get_running_loop().time() + REQUEST_HEAD_WAIT
         try:
             first = await self._first_byte(reader, deadline)
@@ -231,8 +234,9 @@ class LocalListener:
             cause = str(err) if isinstance(err, CliError) else type(err).__name__
             return _NoStream(503, f"arc-proxy: no stream to the relay ({cause}); "
                                   "see arc-proxy's output")
-        finally:
-            self._pending_opens -= 1
+
+    def _opened(self, _opening: asyncio.Task[TunnelStream | _NoStream]) -> None:
+        self._pending_opens -= 1
 
     @staticmethod
     async def _first_byte(reader: asyncio.StreamReader, deadline: float) -> bytes:

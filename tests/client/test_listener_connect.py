@@ -19,6 +19,7 @@ from client.connect_head import (
 from client.listener import LocalListener
 from tests.client.test_listener_relay_lost import LostRelayKeeper
 from tests.client.test_listener_resets import FixedKeeper, _echo_check, rig
+from tests.support.waits import until
 from tests.tunnel.test_aio import WAIT, tunnel_pair
 from tunnel import ErrorCode, TunnelStream
 
@@ -117,6 +118,9 @@ async def test_other_requests_are_answered_and_closed(request_bytes: bytes, stat
         if status == b"405":
             assert b"Allow: CONNECT" in rest
         writer.close()
+        # The stream opened at accept is given back: none stays open or pending.
+        await until(lambda: r.listener._pending_opens == 0 and r.pair.client.streams == 0,
+                    "the unused stream reset and the pending count back to 0")
 
 
 async def test_a_slow_connect_head_gets_408_after_the_wait() -> None:
