@@ -24,6 +24,7 @@ __all__ = [
     "exec_user",
     "load",
     "merge",
+    "proxy_server_host",
     "restore_current_context",
     "token_user",
     "write_atomic",
@@ -58,6 +59,9 @@ class KubeconfigEntry:
     ca_pem: bytes
     tls_server_name: str | None
     user: dict[str, Any]
+    # kubeconfig ``proxy-url`` (arc-proxy as kubectl's CONNECT proxy), or None
+    # for the direct shape (``server`` is arc-proxy's own port).
+    proxy_url: str | None = None
 
     @property
     def cluster_name(self) -> str:
@@ -66,6 +70,20 @@ class KubeconfigEntry:
     @property
     def user_name(self) -> str:
         return f"arc-user-{self.context}"
+
+
+# Hosts under .invalid (RFC 6761) never resolve, so a proxy-url kubeconfig's
+# server cannot reach anything but through arc-proxy.
+PROXY_SERVER_DOMAIN = "arc-proxy.invalid"
+
+
+def proxy_server_host(resource_group: str, name: str) -> str:
+    """The stable, never-resolving host naming a cluster in a proxy-url kubeconfig
+    (``<name>.<group>.arc-proxy.invalid``); TLS still verifies ``tls-server-name``."""
+    def label(part: str) -> str:
+        return "".join(c if c.isascii() and (c.isalnum() or c in "-.") else "-"
+                       for c in part.lower()).strip(".-") or "x"
+    return f"{label(name)}.{label(resource_group)}.{PROXY_SERVER_DOMAIN}"
 
 
 def token_user(token: str) -> dict[str, Any]:
@@ -143,6 +161,8 @@ def merge(doc: dict[str, Any], entry: KubeconfigEntry, *, make_current: bool = T
     }
     if entry.tls_server_name:
         cluster["tls-server-name"] = entry.tls_server_name
+    if entry.proxy_url:
+        cluster["proxy-url"] = entry.proxy_url
     _put(doc["clusters"], entry.cluster_name, "cluster", cluster)
     _put(doc["users"], entry.user_name, "user", entry.user)
     _put(doc["contexts"], entry.context, "context",

@@ -31,6 +31,8 @@ log = logging.getLogger("client")
 PROG = "arc-proxy"
 DEFAULT_PORT = 47011
 PROBE_TIMEOUT = 15.0
+KUBECONFIG_MODES = ("proxy-url", "direct")
+DEFAULT_KUBECONFIG_MODE = "direct"
 
 DESCRIPTION = """\
 Serve one registered cluster on https://127.0.0.1:PORT through the relay, and
@@ -49,7 +51,10 @@ On exit current-context is put back to what it was before, if it still names
 this cluster's context. The cluster, user and context entries stay in the
 kubeconfig (server https://127.0.0.1:PORT) so the next run reuses them; with
 --token the token stays in the user entry (the file is mode 0600). Nothing
-else in the file is changed."""
+else in the file is changed. With --kubeconfig-mode proxy-url the cluster entry
+has server https://NAME.GROUP.arc-proxy.invalid and proxy-url
+http://127.0.0.1:PORT instead: kubectl then prints arc-proxy's reason when it has
+no way to the cluster (relay down, cluster offline, forbidden)."""
 
 
 def build_parser() -> CommandParser:
@@ -66,6 +71,11 @@ def build_parser() -> CommandParser:
     p.add_argument("-f", "--file", metavar="KUBECONFIG",
                    help="kubeconfig to merge into (default: $KUBECONFIG or ~/.kube/config); "
                         "'-' prints a kubeconfig on stdout instead")
+    p.add_argument("--kubeconfig-mode", choices=KUBECONFIG_MODES, default=DEFAULT_KUBECONFIG_MODE,
+                   help="proxy-url: kubectl CONNECTs through arc-proxy (server https://NAME.GROUP."
+                        f"{kubeconfig.PROXY_SERVER_DOMAIN}, proxy-url http://127.0.0.1:PORT), so a "
+                        "refusal reaches kubectl with its cause; direct: server https://127.0.0.1:PORT "
+                        f"(default {DEFAULT_KUBECONFIG_MODE}; the port serves both)")
     p.add_argument("--kube-context", metavar="CONTEXT",
                    help="name of the context to write (default: the cluster's name)")
     p.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
@@ -134,7 +144,10 @@ async def _run(args: argparse.Namespace) -> int:
 
     tokens = TokenSource(config.auth)
     keeper = RelaySessionKeeper(config, tokens, name=f"arc-proxy:{cluster_id}")
-    listener = LocalListener(keeper, target, port=args.port)
+    proxy_host = kubeconfig.proxy_server_host(group, args.name)
+    # A CONNECT must name this cluster's host: another kubeconfig's proxy-url
+    # pointing here by mistake is told so instead of reaching this cluster.
+    listener = LocalListener(keeper, target, port=args.port, connect_authority=f"{proxy_host}:443")
     await listener.bind()
     previous: str | None = None
     merged = False
@@ -166,9 +179,18 @@ async def _run(args: argparse.Namespace) -> int:
         await keeper.start()
         await _probe(keeper, target)
 
+        server_name = reg.get("tlsServerName") or None
+        if args.kubeconfig_mode == "proxy-url":
+            if not server_name:
+                raise CliError(f"cluster {cluster_id} has no tlsServerName in its registration, which "
+                               "--kubeconfig-mode proxy-url needs: re-register it, or use "
+                               "--kubeconfig-mode direct")
+            server, proxy_url = f"https://{proxy_host}", f"http://127.0.0.1:{listener.port}"
+        else:
+            server, proxy_url = f"https://127.0.0.1:{listener.port}", None
         entry = kubeconfig.KubeconfigEntry(
-            context=context, server=f"https://127.0.0.1:{listener.port}", ca_pem=str(ca).encode(),
-            tls_server_name=reg.get("tlsServerName"), user=_kube_user(args, config.path))
+            context=context, server=server, ca_pem=str(ca).encode(), tls_server_name=server_name,
+            user=_kube_user(args, config.path), proxy_url=proxy_url)
         if kube_path is None:
             doc = kubeconfig.load(Path(os.devnull))
             kubeconfig.merge(doc, entry)

@@ -122,3 +122,19 @@ def test_kubeconfig_load_refuses_non_mapping(tmp_path: Path) -> None:
     path.write_text("- just\n- a list\n")
     with pytest.raises(kubeconfig.ConfigError, match="not a kubeconfig"):
         kubeconfig.load(path)
+
+
+def test_kubeconfig_proxy_url_shape_and_back_to_direct(tmp_path: Path) -> None:
+    """proxy-url mode writes proxy-url and a never-resolving server naming the
+    cluster (TLS still checks tls-server-name); a direct merge drops proxy-url."""
+    host = kubeconfig.proxy_server_host("Lab_1", "edge.One")
+    assert host == "edge.one.lab-1.arc-proxy.invalid"
+    doc = kubeconfig.load(tmp_path / "missing")
+    kubeconfig.merge(doc, kubeconfig.KubeconfigEntry(
+        context="demo", server=f"https://{host}", ca_pem=CA, tls_server_name="demo.kube-aad-proxy.local",
+        user=kubeconfig.token_user("t"), proxy_url="http://127.0.0.1:47011"))
+    cluster = doc["clusters"][0]["cluster"]
+    assert cluster["server"] == f"https://{host}" and cluster["proxy-url"] == "http://127.0.0.1:47011"
+    assert cluster["tls-server-name"] == "demo.kube-aad-proxy.local"
+    kubeconfig.merge(doc, _entry())
+    assert "proxy-url" not in doc["clusters"][0]["cluster"]

@@ -38,11 +38,11 @@ async def test_listener_closes_connections_beyond_the_pending_open_bound(
         r.admit.set()
         async with asyncio.timeout(WAIT):
             for n, (reader, writer) in enumerate(waiting):
-                writer.write(b"E")
+                writer.write(b"e")
                 await _echo_check(reader, writer, n)
                 writer.close()
             reader, writer = await r.connect()
-            writer.write(b"E")
+            writer.write(b"e")
             await _echo_check(reader, writer, 9)
             writer.close()
         assert r.listener.refused == 1

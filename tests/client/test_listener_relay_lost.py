@@ -1,6 +1,6 @@
 """While the relay is lost, a local connection is answered at once with a TLS
 alert (kubectl stops instead of retrying an EOF), and a client that sends
-nothing is closed after the bounded ClientHello wait."""
+nothing is closed after the bounded first-bytes wait."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from client.connect_head import REQUEST_HEAD_WAIT
 from client.errors import RelayUnreachable
-from client.listener import CLIENT_HELLO_WAIT, TLS_ALERT_INTERNAL_ERROR, LocalListener
+from client.listener import TLS_ALERT_INTERNAL_ERROR, LocalListener
 
 
 class LostRelayKeeper:
@@ -53,11 +54,11 @@ async def test_listener_answers_a_tls_client_with_an_alert_while_the_relay_is_lo
 
 
 async def test_listener_closes_a_silent_client_after_the_hello_wait() -> None:
-    """A client that sends nothing is closed (no alert) once CLIENT_HELLO_WAIT passes."""
+    """A client that sends nothing is closed (no alert) once REQUEST_HEAD_WAIT passes."""
     listener, _ = await _listener()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
-        async with asyncio.timeout(CLIENT_HELLO_WAIT + 10):
+        async with asyncio.timeout(REQUEST_HEAD_WAIT + 10):
             assert await reader.read() == b""
         writer.close()
     finally:

@@ -26,7 +26,7 @@ from tunnel import TunnelSession, TunnelStream, splice
 
 pytestmark = pytest.mark.timeout(90)
 
-FLOOD = 4 * 1024 * 1024  # what the upstream sends after b"F"
+FLOOD = 4 * 1024 * 1024  # what the upstream sends after b"f"
 
 
 class FixedKeeper:
@@ -42,10 +42,10 @@ class FixedKeeper:
 
 
 async def _upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """b"E": echo until EOF; b"F": send FLOOD bytes, then echo."""
+    """b"e": echo until EOF; b"f": send FLOOD bytes, then echo."""
     try:
         mode = await reader.readexactly(1)
-        if mode == b"F":
+        if mode == b"f":
             writer.write(b"f" * FLOOD)
         while data := await reader.read(65536):
             writer.write(data)
@@ -136,7 +136,7 @@ async def _before_open_ok(r: Rig, rst: bool) -> None:
 
 async def _mid_data_down(r: Rig, rst: bool) -> None:
     reader, writer = await r.connect()
-    writer.write(b"F")
+    writer.write(b"f")
     await writer.drain()
     await reader.readexactly(300_000)  # part of the 4 MiB flood
     _close(writer, rst)
@@ -144,7 +144,7 @@ async def _mid_data_down(r: Rig, rst: bool) -> None:
 
 async def _mid_data_up(r: Rig, rst: bool) -> None:
     reader, writer = await r.connect()
-    writer.write(b"E")
+    writer.write(b"e")
     writer.write(b"u" * 2_000_000)  # more than any window: still flowing when cut
     await reader.readexactly(100_000)
     _close(writer, rst)
@@ -152,7 +152,7 @@ async def _mid_data_up(r: Rig, rst: bool) -> None:
 
 async def _after_fin(r: Rig, rst: bool) -> None:
     reader, writer = await r.connect()
-    writer.write(b"E" + b"x" * 100_000)
+    writer.write(b"e" + b"x" * 100_000)
     writer.write_eof()
     await reader.readexactly(10_000)  # the echo is still coming back
     _close(writer, rst)
@@ -160,7 +160,7 @@ async def _after_fin(r: Rig, rst: bool) -> None:
 
 async def _after_both_fins(r: Rig, rst: bool) -> None:
     reader, writer = await r.connect()
-    writer.write(b"Ehello")
+    writer.write(b"ehello")
     writer.write_eof()
     assert await reader.read() == b"hello"  # upstream's FIN reached us
     _close(writer, rst)
@@ -180,7 +180,7 @@ async def test_listener_client_closing_at_any_moment_ends_only_its_stream(
     async with rig() as r:
         session = r.pair.client
         live_reader, live_writer = await r.connect()
-        live_writer.write(b"E")
+        live_writer.write(b"e")
         await _echo_check(live_reader, live_writer, 0)
         round_no = 0
         for rst in (False, True):

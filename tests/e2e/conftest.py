@@ -44,3 +44,12 @@ def proxy(demo_env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -
     p = start_proxy(demo_env.client_config_path, kc)
     yield p
     p.stop()
+
+
+@pytest.fixture(scope="session")
+def connect_proxy(demo_env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """One ``arc-proxy -n demo --kubeconfig-mode proxy-url``: kubectl CONNECTs through it."""
+    kc = tmp_path_factory.mktemp("kube-connect") / "config"
+    p = start_proxy(demo_env.client_config_path, kc, "--kubeconfig-mode", "proxy-url")
+    yield p
+    p.stop()

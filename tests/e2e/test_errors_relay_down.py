@@ -61,3 +61,43 @@ def test_relay_down_is_said_once_and_kubectl_is_answered_at_once(
     assert sum("reachable again" in ln for ln in lines) == 1, lines
     # No line per kubectl connection ("connection N refused ...").
     assert not [ln for ln in lines if re.search(r"\bconnection \d+ ", ln)], lines
+
+
+# kubectl with the relay down must fail well inside this (client-go's EOF
+# retries took 12-40 s); a kubectl still running then fails the test.
+FAIL_FAST_BOUND = 15.0
+
+
+@pytest.mark.parametrize("version", ["1.27", "1.33"])
+def test_relay_down_kubectl_prints_the_cause_through_proxy_url(
+        demo_env: DemoEnvironment, tmp_path: Path, version: str) -> None:
+    """proxy-url kubeconfig, relay stopped: `kubectl get pods` fails within
+    FAIL_FAST_BOUND and its stderr carries arc-proxy's cause (the refused
+    CONNECT's reason phrase); with the relay back it works again."""
+    kubectl = require_kubectl(version)
+    kubeconfig = tmp_path / "kubeconfig"
+    proxy = start_proxy(demo_env.client_config_path, kubeconfig, "--kubeconfig-mode", "proxy-url")
+    k = Kubectl(kubectl, kubeconfig)
+    try:
+        k.run("get", "pods", "-A")
+        demo_env.stop_relay()
+        try:
+            proxy.err.wait_for("lost the relay", LINE_WAIT)
+            t0 = time.monotonic()
+            r = k.run("get", "pods", check=False, timeout=FAIL_FAST_BOUND)
+            elapsed = time.monotonic() - t0
+            text = r.stderr.decode(errors="replace")
+            assert r.returncode != 0
+            assert "arc-proxy: cannot reach the relay at" in text, text
+            assert demo_env.relay_url in text and "connection was refused" in text, text
+            assert "arc-proxy retries at least every" in text, text
+            assert "EOF" not in text and "tls: internal error" not in text, text
+            assert "did you specify the right host" not in text, text  # kubectl's own words
+            print(f"kubectl {version} (proxy-url) failed after {elapsed:.2f} s: {text.splitlines()[0]}")
+        finally:
+            demo_env.start_relay()
+        proxy.err.wait_for("is reachable again", LINE_WAIT)
+        demo_env.wait_connected()
+        k.run("get", "pods", "-A")
+    finally:
+        proxy.stop()

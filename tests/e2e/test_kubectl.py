@@ -1,5 +1,7 @@
 """Real kubectl (1.27: SPDY; 1.33: websocket) through arc-proxy → relay →
-agent → kube-aad-proxy → sandbox API server, each a separate process."""
+agent → kube-aad-proxy → sandbox API server, each a separate process; each
+test with both kubeconfig shapes (direct: server is arc-proxy's port;
+proxy-url: kubectl CONNECTs through arc-proxy)."""
 
 from __future__ import annotations
 
@@ -19,14 +21,17 @@ from tests.support.servers import threaded_tcp_server
 pytestmark = [pytest.mark.e2e, pytest.mark.kubectl]
 
 VERSIONS = ["1.27", "1.33"]
+MODES = ["direct", "proxy-url"]
 NS = "e2e"
 PF_DOWN = 100 * 1024 * 1024   # bytes the port-forward target sends (byte-exact, sha256)
 PF_UP = 8 * 1024 * 1024       # bytes sent to it
 
 
-@pytest.fixture(params=VERSIONS)
+@pytest.fixture(params=[(v, m) for v in VERSIONS for m in MODES], ids=lambda p: f"{p[0]}-{p[1]}")
 def kubectl(request: pytest.FixtureRequest, proxy: Proxy) -> Kubectl:
-    return Kubectl(require_kubectl(request.param), proxy.kubeconfig)
+    version, mode = request.param
+    via = proxy if mode == "direct" else request.getfixturevalue("connect_proxy")
+    return Kubectl(require_kubectl(version), via.kubeconfig)
 
 
 @pytest.fixture(scope="module")
