@@ -10,9 +10,10 @@ check reads the last answer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+
+from relay.background import cancel_and_wait
 
 log = logging.getLogger("relay")
 
@@ -45,11 +46,8 @@ class DatabaseHealth:
         self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def check(self) -> bool:
         """Ping now; record and return the answer."""

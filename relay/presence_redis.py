@@ -39,6 +39,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from relay.background import cancel_and_wait
 from relay.presence import PresenceUnavailable, Route
 
 __all__ = ["KEY_PREFIX", "RedisPresence", "presence_key", "redacted_url"]
@@ -205,9 +206,7 @@ class RedisPresence:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
             if self.reachable and (self._dirty or self._released):
                 # The last changes (sessions ended by the shutdown); bounded by

@@ -16,13 +16,13 @@ The checking task runs only while streams are open, so an idle relay has none.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from identity import Principal
+from relay.background import cancel_and_wait
 from tunnel import ErrorCode, TunnelStream
 
 log = logging.getLogger("relay")
@@ -105,11 +105,8 @@ class LiveStreams:
 
     async def close(self) -> None:
         """Stop the checking task (relay shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def check_now(self) -> int:
         """Re-authorise every open stream; reset those whose credential no

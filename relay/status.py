@@ -33,7 +33,6 @@ is never stale because it is never read from the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -41,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from relay.background import cancel_and_wait
 from relay.registry import (
     Cluster,
     ClusterRegistry,
@@ -115,11 +115,8 @@ class LiveStatusRegistry:
 
     async def stop(self) -> None:
         """Stop the flusher and write what is pending."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        await cancel_and_wait(self._flusher)
+        self._flusher = None
         await self.flush()
 
     async def flush(self) -> None:

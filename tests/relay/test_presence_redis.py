@@ -218,8 +218,8 @@ async def test_relay_keeps_routing_its_agents_while_redis_is_down(
     presence = PresenceConfig(redis_url=redis_server.url, ttl_seconds=1.5, replica_id="relay-a")
     async with running_env(tmp_path / "env", presence=presence) as env:
         echo = await start_echo_server()
-        keys = env.register("rg1", "alpha")
-        env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+        keys = await env.register("rg1", "alpha")
+        await env.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
         await env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
         await env.wait_agent("rg1/alpha")
         store = env.state.presence
@@ -229,7 +229,7 @@ async def test_relay_keeps_routing_its_agents_while_redis_is_down(
         await until(lambda: env.state.metrics.sample("arc_relay_presence_errors_total"), "a failed refresh")
         client = await env.client(env.token("demo"))
         assert await roundtrip(client, b"rg1/alpha", b"still served" * 1000) == b"still served" * 1000
-        beta_keys = env.register("rg1", "beta")
+        beta_keys = await env.register("rg1", "beta")
         await env.start_agent("rg1/beta", beta_keys, ("127.0.0.1", server_port(echo)))
         await env.wait_agent("rg1/beta")
         assert env.state.metrics.sample("arc_relay_presence_store_up") == 0
