@@ -106,8 +106,9 @@ def role_forbidden(role: str, command: str, resource_group: str, name: str) -> F
     scope, and the command an admin runs (a cluster that does not exist looks
     the same to a caller without a role, so the name is worth checking too)."""
     scope = f"/resourceGroups/{resource_group}/clusters/{name}"
-    return Forbidden(f"{command} needs the {role} role at scope {scope} (or a scope containing it), and you "
-                     f"have none there: check the name and -g ('arcctl list'), or ask an admin to run: "
+    return Forbidden(f"cluster {resource_group}/{name} does not exist, or {command} needs the {role} role at "
+                     f"scope {scope} (or a scope containing it) and you have none there: check the name and "
+                     f"-g ('arcctl list'), or ask an admin to run: "
                      f"arcctl role assign --role {role} --assignee YOUR_OBJECT_ID -n {name} -g {resource_group}")
 
 

@@ -91,7 +91,7 @@ async def test_connect_forbidden_is_403_with_the_fix() -> None:
             writer.write(CONNECT)
             line = await _status(reader)
             assert line.startswith(b"HTTP/1.1 403 arc-proxy: user alice may not reach rg/demo: "
-                                   b"ask an admin"), line
+                                   b"arc-proxy needs the cluster-user role on cluster rg/demo"), line
             writer.close()
         finally:
             await listener.close()

@@ -34,11 +34,12 @@ CHUNK = b"f" * 65536
 
 
 async def _start_upstream() -> asyncio.Server:
-    """b"F": send forever (until the connection goes); b"E": echo."""
+    """b"F": send forever (until the connection goes); b"E": echo. Lower case
+    too: through arc-proxy's listener a capital first byte means an HTTP request."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            mode = await reader.readexactly(1)
+            mode = (await reader.readexactly(1)).upper()
             if mode == b"F":
                 while True:
                     writer.write(CHUNK)
@@ -178,7 +179,7 @@ async def test_relay_stalled_kubectl_sockets_behind_arc_proxy_do_not_slow_a_live
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", listener.port))
             _, writer = await asyncio.open_connection(sock=sock)
-            writer.write(b"F")
+            writer.write(b"f")
             stalled.append(writer)
         # The stall reached the relay: each stalled stream's next window waits there.
         await until(lambda: agent_leg.buffered >= len(stalled) * INITIAL_STREAM_WINDOW,
@@ -187,7 +188,7 @@ async def test_relay_stalled_kubectl_sockets_behind_arc_proxy_do_not_slow_a_live
         payload = os.urandom(4 * 1024 * 1024)
 
         async def send() -> None:
-            writer.write(b"E")
+            writer.write(b"e")
             for i in range(0, len(payload), 65536):
                 writer.write(payload[i:i + 65536])
                 await writer.drain()
