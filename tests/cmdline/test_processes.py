@@ -56,8 +56,12 @@ def test_arcctl_stopped_while_waiting_on_the_relay_exits_quietly(
             [sys.executable, "-m", "client.arcctl", "list", "--config", str(_client_config(tmp_path, port))],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            conn, _ = relay.accept()  # arcctl is now inside its request
+            conn, _ = relay.accept()
             with conn:
+                # Its TLS ClientHello: arcctl is now inside its awaited request
+                # (accept alone can return before arcctl's connect has returned).
+                conn.settimeout(60)
+                assert conn.recv(1), "arcctl closed before sending its request"
                 proc.send_signal(sig)
                 out, err = proc.communicate(timeout=60)
         finally:
