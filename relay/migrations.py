@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -86,38 +88,49 @@ def _split(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-def migrate_sqlite(conn: sqlite3.Connection) -> list[int]:
-    """Apply the missing migrations to an autocommit connection; returns the
-    versions applied now."""
+@contextmanager
+def sqlite_transaction(conn: sqlite3.Connection, begin: str = "BEGIN") -> Iterator[sqlite3.Cursor]:
+    """A cursor inside ``begin``/COMMIT (ROLLBACK on any error) on an
+    autocommit connection."""
     cur = conn.cursor()
     try:
-        cur.execute("BEGIN IMMEDIATE")  # the write lock first: one migrator at a time
+        # Outside the ROLLBACK's reach: a BEGIN that fails (e.g. "database is
+        # locked") opened no transaction, and its own error is the one to see.
+        cur.execute(begin)
         try:
-            had_versions = cur.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
-            cur.execute(_VERSION_TABLE)
-            applied = {row[0] for row in cur.execute("SELECT version FROM schema_version")}
-            if not had_versions and cur.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'clusters'").fetchone():
-                # Made before versioning: its tables are migration 1's.
-                cur.execute("INSERT INTO schema_version VALUES (1, ?, ?)",
-                            ("adopted: " + MIGRATIONS[0].description, _now()))
-                applied.add(1)
-            done = []
-            for migration in MIGRATIONS:
-                if migration.version in applied:
-                    continue
-                for statement in _split(migration.sql("sqlite")):
-                    cur.execute(statement)
-                cur.execute("INSERT INTO schema_version VALUES (?, ?, ?)",
-                            (migration.version, migration.description, _now()))
-                done.append(migration.version)
+            yield cur
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
     finally:
         cur.close()
+
+
+def migrate_sqlite(conn: sqlite3.Connection) -> list[int]:
+    """Apply the missing migrations to an autocommit connection; returns the
+    versions applied now."""
+    # The write lock first (IMMEDIATE): one migrator at a time.
+    with sqlite_transaction(conn, "BEGIN IMMEDIATE") as cur:
+        had_versions = cur.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
+        cur.execute(_VERSION_TABLE)
+        applied = {row[0] for row in cur.execute("SELECT version FROM schema_version")}
+        if not had_versions and cur.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'clusters'").fetchone():
+            # Made before versioning: its tables are migration 1's.
+            cur.execute("INSERT INTO schema_version VALUES (1, ?, ?)",
+                        ("adopted: " + MIGRATIONS[0].description, _now()))
+            applied.add(1)
+        done = []
+        for migration in MIGRATIONS:
+            if migration.version in applied:
+                continue
+            for statement in _split(migration.sql("sqlite")):
+                cur.execute(statement)
+            cur.execute("INSERT INTO schema_version VALUES (?, ?, ?)",
+                        (migration.version, migration.description, _now()))
+            done.append(migration.version)
     return done
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
 from relay import names
-from relay.migrations import migrate_sqlite
+from relay.migrations import migrate_sqlite, sqlite_transaction
 
 ConnectivityStatus = Literal["Connecting", "Connected", "Offline"]
 
@@ -227,16 +227,8 @@ class SqliteDatabase:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
         """A cursor inside BEGIN/COMMIT (ROLLBACK on error); worker thread only."""
-        cur = self._conn.cursor()
-        try:
-            cur.execute("BEGIN")
+        with sqlite_transaction(self._conn) as cur:
             yield cur
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        finally:
-            cur.close()
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Cursor]:
