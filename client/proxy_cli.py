@@ -97,7 +97,7 @@ def _arcctl_command() -> tuple[str, list[str]]:
     found = shutil.which("arcctl")
     if found:
         return found, []
-    return sys.executable, ["-m", "client.arcctl"]
+    return sys.executable, ["-m", "client.arcctl_entry"]  # the lean entry: get-token runs on every kubectl call
 
 
 def _display(path: Path) -> str:
