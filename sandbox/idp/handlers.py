@@ -23,6 +23,7 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
+from sandbox.idp.pop import PopRequestError, requested_cnf
 from sandbox.idp.tokens import (
     DEFAULT_LIFETIME,
     MAX_LIFETIME,
@@ -236,11 +237,21 @@ class IdpHandlers:
         return client_id
 
     def _user_token(
-        self, user: User, client_id: str, scope: str, lifetime: int, grant: str, *, refresh: bool = True
+        self, user: User, client_id: str, scope: str, lifetime: int, grant: str, *, refresh: bool = True,
+        params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         aud, scp = self._audience(scope)
-        token = self.minter.sign(self.minter.user_claims(user, aud, lifetime, client_id=client_id, scp=scp))
+        claims = self.minter.user_claims(user, aud, lifetime, client_id=client_id, scp=scp)
+        try:
+            cnf = requested_cnf(params or {})  # proof-of-possession (sandbox/idp/pop.py)
+        except PopRequestError as exc:
+            raise OAuthError("invalid_request", str(exc)) from exc
+        if cnf is not None:
+            claims["cnf"] = cnf
+        token = self.minter.sign(claims)
         body = _token_body(token, scope, lifetime)
+        if cnf is not None:
+            body["token_type"] = "pop"
         if refresh:
             body["refresh_token"] = self.refresh_tokens.issue(user, client_id, scope, lifetime)
         log.info("token issued grant=%s oid=%s aud=%s", grant, user.oid, aud)
@@ -256,7 +267,7 @@ class IdpHandlers:
             )
         scope = params.get("scope", "")
         lifetime = self._lifetime(params, user.token_lifetime)
-        return self._user_token(user, client_id, scope, lifetime, "password")
+        return self._user_token(user, client_id, scope, lifetime, "password", params=params)
 
     def _refresh(self, params: dict[str, str]) -> dict[str, Any]:
         grant = self.refresh_tokens.redeem(params.get("refresh_token", ""))
@@ -267,7 +278,7 @@ class IdpHandlers:
             raise OAuthError("invalid_grant", "The refresh token was issued to another client.", code=70000)
         scope = params.get("scope") or grant.scope
         lifetime = self._lifetime(params, grant.lifetime or user.token_lifetime)
-        return self._user_token(user, grant.client_id, scope, lifetime, "refresh_token")
+        return self._user_token(user, grant.client_id, scope, lifetime, "refresh_token", params=params)
 
     # -- device authorization grant (RFC 8628) -----------------------------
 
@@ -366,7 +377,7 @@ class IdpHandlers:
         user = self.directory.find_user(pending.approved_oid)
         assert user is not None
         lifetime = pending.lifetime or user.token_lifetime or DEFAULT_LIFETIME
-        return self._user_token(user, pending.client_id, pending.scope, lifetime, "device_code")
+        return self._user_token(user, pending.client_id, pending.scope, lifetime, "device_code", params=params)
 
     # -- authorization code grant with PKCE (RFC 6749 4.1, RFC 7636) -------
 
@@ -448,7 +459,8 @@ class IdpHandlers:
         user = self.directory.find_user(grant.user_oid)
         assert user is not None
         lifetime = grant.lifetime or user.token_lifetime or DEFAULT_LIFETIME
-        return self._user_token(user, grant.client_id, grant.scope, lifetime, "authorization_code")
+        return self._user_token(user, grant.client_id, grant.scope, lifetime, "authorization_code",
+                                params=params)
 
     # -- member groups (Graph getMemberObjects) ----------------------------
 

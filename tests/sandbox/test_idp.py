@@ -289,3 +289,26 @@ async def test_idp_custom_users_file_with_per_user_lifetime(tmp_path: Path) -> N
         assert c["azp"] == "12345678-1234-1234-1234-123456789012"
     finally:
         await server.stop()
+
+
+async def test_idp_binds_pop_token_to_req_cnf(idp: SandboxIdp, http: aiohttp.ClientSession) -> None:
+    """token_type=pop with req_cnf gets an access token with cnf.kid = the thumbprint and
+    token_type pop; without them a plain bearer token (no cnf); req_cnf alone is refused."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from client.pop import PopKey
+
+    key = PopKey(ec.generate_private_key(ec.SECP256R1()))
+    base = {"grant_type": "password", "username": DEMO, "password": "demo-password", "scope": SCOPE}
+    status, body = await _token(http, idp, **base, token_type="pop", req_cnf=key.req_cnf())
+    assert status == 200 and body["token_type"] == "pop"
+    assert _claims(idp, body["access_token"])["cnf"] == {"kid": key.key_id}
+    status, body = await _token(http, idp, grant_type="refresh_token", refresh_token=body["refresh_token"],
+                                token_type="pop", req_cnf=key.req_cnf())
+    assert status == 200 and _claims(idp, body["access_token"])["cnf"] == {"kid": key.key_id}
+    status, body = await _token(http, idp, **base)
+    assert status == 200 and body["token_type"] == "Bearer" and "cnf" not in _claims(idp, body["access_token"])
+    status, body = await _token(http, idp, **base, req_cnf=key.req_cnf())
+    assert status == 400 and body["error"] == "invalid_request"
+    status, body = await _token(http, idp, **base, token_type="pop", req_cnf="bm90LWpzb24")
+    assert status == 400 and body["error"] == "invalid_request"
