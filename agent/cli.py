@@ -119,6 +119,7 @@ def _kube_aad_proxy(config: AgentConfig, validator: TokenValidator | None) -> Ku
             name_prefixes={i.issuer: NamePrefixes(i.username_prefix, i.groups_prefix)
                            for i in kap.issuers},
             **kap.limits,
+            **kap.pop,
         )
     except ValueError as exc:
         raise ConfigError(f"kube_aad_proxy: {exc}") from None

@@ -166,6 +166,8 @@ class KubeAadProxySettings:
     group_source: GroupSourceSettings | None = None
     # kube_aad_proxy.limits as KubeAadProxyConfig keyword arguments (_proxy_limits).
     limits: dict[str, Any] = field(default_factory=dict)
+    # kube_aad_proxy.pop (proof-of-possession) as KubeAadProxyConfig keyword arguments.
+    pop: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,7 @@ def _kube_aad_proxy(section: KubeAadProxySection, base: Path, problems: Problems
         impersonate_with=section.impersonate_with,
         group_source=group_source,
         limits=section.limits.proxy_kwargs(),
+        pop=section.pop.proxy_kwargs(),
     )
 
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 
 from agent.kube_aad_proxy.names import is_reserved
+from agent.kube_aad_proxy.pop import DEFAULT_POP_MAX_AGE
 from configfile import ConfigModel, Text, parse_host_port
 from identity import OptionalGroupSource
 
@@ -75,6 +76,11 @@ class KubeAadProxyConfig:
         max_preauth_connections: Connections held before their first request
             head is complete; beyond it new ones are closed at once.
         idle_timeout: Seconds a connection with nothing in flight is kept.
+        require_pop: Refuse a bare bearer token from a trusted issuer; only
+            proof-of-possession tokens (docs/pop.md) are accepted.
+        pop_targets: The names a PoP token's ``u`` may carry; None: the DNS
+            names of ``serving_cert`` (what arc-proxy writes as ``tls-server-name``).
+        pop_max_age: Seconds a PoP token's ``ts`` may lie in the past.
     """
 
     upstream_url: str
@@ -92,6 +98,9 @@ class KubeAadProxyConfig:
     tls_handshake_timeout: float = SSL_HANDSHAKE_TIMEOUT
     max_preauth_connections: int = MAX_PREAUTH_CONNECTIONS
     idle_timeout: float = IDLE_TIMEOUT
+    require_pop: bool = False
+    pop_targets: frozenset[str] | None = None
+    pop_max_age: float = DEFAULT_POP_MAX_AGE
     _parsed: tuple[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +113,10 @@ class KubeAadProxyConfig:
             raise ValueError("a validator needs upstream_token: impersonation is sent with the agent's own credentials")
         if not (self.head_timeout > 0 and self.tls_handshake_timeout > 0 and self.idle_timeout > 0):
             raise ValueError("head_timeout, tls_handshake_timeout and idle_timeout must be > 0")
+        if self.pop_max_age <= 0:
+            raise ValueError("pop_max_age must be > 0")
+        if self.require_pop and self.validator is None:
+            raise ValueError("require_pop needs trusted issuers (kube_aad_proxy.oidc.issuers)")
         if self.max_preauth_connections < 1:
             raise ValueError("max_preauth_connections must be >= 1")
         if self.impersonate_with not in ("oid", "upn"):
@@ -154,6 +167,23 @@ class ProxyOidcSection(ConfigModel):
                                               "(unset: overage tokens are refused).")
 
 
+class ProxyPopSection(ConfigModel):
+    """``kube_aad_proxy.pop``: proof-of-possession tokens (docs/pop.md)."""
+
+    required: bool = Field(default=False, description="Refuse bare bearer tokens from trusted issuers: only "
+                           "proof-of-possession tokens naming this cluster are accepted.")
+    targets: list[Text] | None = Field(default=None, description="Names a PoP token's `u` may carry (unset: "
+                                       "the DNS names of the serving certificate).")
+    max_age_seconds: float = Field(default=DEFAULT_POP_MAX_AGE, gt=0, description="How old a PoP token's "
+                                   "`ts` may be (plus 60 s clock skew).")
+
+    def proxy_kwargs(self) -> dict[str, Any]:
+        """The ``KubeAadProxyConfig`` keyword arguments these keys set."""
+        return {"require_pop": self.required,
+                "pop_targets": frozenset(self.targets) if self.targets else None,
+                "pop_max_age": self.max_age_seconds}
+
+
 class ProxyLimitsSection(ConfigModel):
     """``kube_aad_proxy.limits``: the slow-loris and idle bounds."""
 
@@ -188,6 +218,7 @@ class KubeAadProxySection(ConfigModel):
     oidc: ProxyOidcSection = Field(default=ProxyOidcSection(), description="Trusted OIDC issuers.")
     impersonate_with: Literal["oid", "upn"] = Field(default="oid", description="Which claim becomes Impersonate-User.")
     limits: ProxyLimitsSection = Field(default=ProxyLimitsSection(), description="Slow-loris and idle bounds.")
+    pop: ProxyPopSection = Field(default=ProxyPopSection(), description="Proof-of-possession tokens.")
 
     @field_validator("listen")
     @classmethod

@@ -25,6 +25,7 @@ from typing import Any
 from agent.kube_aad_proxy.heads import RequestHead
 from agent.kube_aad_proxy.names import MappedNames, NameMapper
 from agent.kube_aad_proxy.oidc import OidcGate, PrincipalLike, token_key
+from agent.kube_aad_proxy.pop import PopPolicy, binding_refusal, is_signed_request
 from identity import GroupResolutionError, TokenInvalid
 
 log = logging.getLogger("agent.kube_aad_proxy")
@@ -58,6 +59,9 @@ class Validate:
 
     token: str
     headers: list[tuple[bytes, bytes]]
+    # Thumbprint of the key that signed the proof-of-possession token around
+    # ``token``; None for a bare bearer token.
+    pop_key: str | None = None
 
 
 Decision = Forward | Refuse | Validate
@@ -86,8 +90,9 @@ class HeaderPolicy:
     """
 
     def __init__(self, gate: OidcGate | None, upstream_token: str | None, impersonate_with: str,
-                 names: NameMapper | None = None) -> None:
+                 names: NameMapper | None = None, pop: PopPolicy | None = None) -> None:
         self.gate = gate
+        self._pop = pop or PopPolicy(frozenset())
         self._auth = f"Bearer {upstream_token}".encode() if upstream_token else b""
         self._with = impersonate_with
         self._names = names or NameMapper()
@@ -112,14 +117,28 @@ class HeaderPolicy:
             return Refuse(400, "more than one Authorization header")
         if self.gate is not None and auth and auth[0][:7].lower() == b"bearer ":
             token = auth[0][7:].strip().decode("latin-1")
+            pop_key: str | None = None
+            if is_signed_request(token):  # proof-of-possession (pop.py): never passed through
+                try:
+                    shr = self._pop.unwrap(token)
+                except TokenInvalid as exc:
+                    log.warning("refused: invalid proof-of-possession token reason=%s path=%s",
+                                exc.reason, head.path)
+                    return Refuse(401, f"invalid proof-of-possession token: {exc.reason}")
+                token, pop_key = shr.access_token, shr.key_id
             key = token_key(token)
             # A token validated before is ours without a second look (one lookup per request).
             principal = self.gate.cached(key)
-            if principal is not None or self.gate.is_ours(token, key):
+            if principal is not None or pop_key is not None or self.gate.is_ours(token, key):
                 without_auth = [(n, v) for n, v in kept if n.lower() != _AUTHORIZATION]
                 if principal is None:
-                    return Validate(token, without_auth)
-                return self._impersonate(head, without_auth, principal)
+                    if pop_key is None and self._pop.required:
+                        log.warning("refused: bare bearer token where proof-of-possession is required "
+                                    "path=%s", head.path)
+                        return Refuse(401, "this cluster requires proof-of-possession tokens "
+                                           "(arcctl get-token --pop)")
+                    return Validate(token, without_auth, pop_key)
+                return self._impersonate(head, without_auth, principal, pop_key)
         if not stripped:
             return Forward(head.raw, PASSTHROUGH)  # byte for byte
         return Forward(_build(head.raw, kept, []), PASSTHROUGH)
@@ -148,7 +167,7 @@ class HeaderPolicy:
             # Once per validated token, not per request: the cache serves the rest.
             log.warning("reserved names in token principal=%s username_refused=%s dropped_groups=%d",
                         principal.oid, mapped.username is None, mapped.dropped_groups)
-        return self._impersonate(head, pending.headers, principal)
+        return self._impersonate(head, pending.headers, principal, pending.pop_key)
 
     def _user_claim(self, p: PrincipalLike) -> str | None:
         return p.oid if self._with == "oid" else p.upn
@@ -157,12 +176,16 @@ class HeaderPolicy:
         return self._names.map(getattr(p, "issuer", ""), self._user_claim(p) or "", p.groups)
 
     def _impersonate(
-        self, head: RequestHead, headers: list[tuple[bytes, bytes]], p: PrincipalLike
+        self, head: RequestHead, headers: list[tuple[bytes, bytes]], p: PrincipalLike, pop_key: str | None
     ) -> Forward | Refuse:
         user_claim = self._user_claim(p)
         mapped = self._map(p)
         # Audit under the name the API server will see (its own audit log then lines up).
         name = mapped.username or p.oid
+        refusal = binding_refusal(self._pop, p.claims, pop_key)
+        if refusal is not None:
+            log.warning("refused: %s principal=%s path=%s", refusal, p.oid, head.path)
+            return Refuse(401, refusal, name)
         if _claims_overage(p.claims) and not p.has_group_overage:
             # The token said "groups elsewhere" and nobody fetched them: fail closed.
             return Refuse(403, "token has a group overage and no group source resolved it", name)

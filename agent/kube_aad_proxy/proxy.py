@@ -26,6 +26,7 @@ from agent.kube_aad_proxy.health import UpstreamHealth
 from agent.kube_aad_proxy.names import NameMapper
 from agent.kube_aad_proxy.oidc import OidcGate, audiences_of, issuers_of
 from agent.kube_aad_proxy.policy import HeaderPolicy
+from agent.kube_aad_proxy.pop import PopPolicy, serving_names
 from agent.kube_aad_proxy.upstream import upstream_ssl_context
 from certs import server_ssl_context
 from tunnel import PreAuthGate, PreAuthSlot
@@ -116,8 +117,10 @@ class KubeAadProxy:
                 raise ValueError("validator has no trusted issuers; pass trusted_issuers")
             gate = OidcGate(config.validator, issuers, audiences_of(config.validator))
         self.gate = gate
+        targets = config.pop_targets if config.pop_targets is not None else serving_names(config.serving_cert)
         self.policy = HeaderPolicy(gate, config.upstream_token, config.impersonate_with,
-                                   NameMapper(config.name_prefixes))
+                                   NameMapper(config.name_prefixes),
+                                   PopPolicy(targets, config.require_pop, config.pop_max_age))
         self.upstream_ssl = upstream_ssl_context(config)
         self.write_high = WRITE_HIGH_WATER
         self.write_low = WRITE_LOW_WATER

@@ -60,3 +60,14 @@ def test_agent_cli_reports_out_of_range_limit_in_one_line(tmp_path: Path) -> Non
     assert result.stderr == (f"arc-agent: {path}: kube_aad_proxy.limits.max_preauth_connections: "
                              "expected a whole number >= 1, got 0\n"), result.stderr
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_agent_config_reads_kube_aad_proxy_pop(tmp_path: Path) -> None:
+    """kube_aad_proxy.pop: required, targets and max_age_seconds become KubeAadProxyConfig
+    arguments; unset keys keep the defaults (not required, the serving certificate's names)."""
+    doc = _config(tmp_path, {})
+    doc["kube_aad_proxy"]["pop"] = {"required": True, "targets": ["a.example"], "max_age_seconds": 120}
+    assert agent_config_from_dict(doc).kube_aad_proxy.pop == {
+        "require_pop": True, "pop_targets": frozenset({"a.example"}), "pop_max_age": 120.0}
+    assert agent_config_from_dict(_config(tmp_path, {})).kube_aad_proxy.pop == {
+        "require_pop": False, "pop_targets": None, "pop_max_age": 300.0}

@@ -84,10 +84,12 @@ def _tamper(token: str, **changes: Any) -> str:
     ("future", "proof-of-possession token signed in the future"),
     ("swapped at", "bad proof-of-possession signature"),
     ("other key", "proof-of-possession key id does not match its key"),
+    ("oversized", "malformed proof-of-possession token"),
 ])
 def test_pop_verifier_refuses(case: str, reason: str) -> None:
     """Each check refuses with its own reason: wrong u, stale or future ts, a
-    changed at under the old signature, a JWK that is not the signer's kid."""
+    changed at under the old signature, a JWK that is not the signer's kid, one
+    larger than MAX_SHR_BYTES."""
     key = PopKey(ec.generate_private_key(ec.SECP256R1()))
     other = PopKey(ec.generate_private_key(ec.SECP256R1()))
     token, now, targets = sign_shr(key, "a.b.c", TARGET, ts=TS, nonce="n"), TS, frozenset({TARGET})
@@ -101,6 +103,8 @@ def test_pop_verifier_refuses(case: str, reason: str) -> None:
         token = _tamper(token, at="x.y.z")
     elif case == "other key":
         token = _tamper(token, cnf={"jwk": other.jwk})
+    elif case == "oversized":
+        token = sign_shr(key, "a.b." + "c" * 66 * 1024, TARGET, ts=TS, nonce="n")
     with pytest.raises(TokenInvalid) as info:
         verify_shr(token, targets=targets, now=now, max_age=300, skew=60)
     assert info.value.reason == reason
