@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from client.arcctl_entry import config_path, exec_credential
 from client.arcctl_options import add_common_options
 from client.arcctl_role import add_role
 from client.auth import CachedTokenSource, TokenSource
-from client.config import load_config
+from client.config import ClientConfig, load_config
 from client.login import cached_token, login
 from client.output import render, with_certificate_fingerprints
 from client.relay_client import RelayApi
@@ -30,6 +31,7 @@ from client.token_cache import TokenCache
 from cmdline import (
     CliError,
     CommandParser,
+    ConfigError,
     Subcommands,
     add_command,
     add_version_argument,
@@ -96,6 +98,8 @@ def cmd_get_token(args: argparse.Namespace) -> int:
     With a fresh cached token, :mod:`client.arcctl_entry` answers before this
     module is even imported; this is the path that renews or signs in."""
     config = load_config(args.config)
+    if args.pop:
+        return _get_pop_token(config, args.pop_target)
     cache = TokenCache()
     path = config_path(str(args.config) if args.config else None)
     auth = config.auth
@@ -109,6 +113,22 @@ def cmd_get_token(args: argparse.Namespace) -> int:
         token, expires_at = got.access_token, got.expires_at
         cache.index(path, source.path, None)
     print(exec_credential(token, expires_at))
+    return 0
+
+
+def _get_pop_token(config: ClientConfig, target: str | None) -> int:
+    """``get-token --pop``: a signed HTTP request for ``target`` around a token
+    bound to the user's key (docs/pop.md). kubectl keeps it until its expiry
+    (a few minutes), so this path need not be the lean one."""
+    from client.pop import SHR_LIFETIME, bound_token, load_or_create_key, sign_shr
+
+    if not target:
+        raise ConfigError("arcctl get-token --pop needs --pop-target HOST: the cluster's tls-server-name "
+                          "(arc-proxy writes it into the kubeconfig)")
+    key = load_or_create_key()
+    token = asyncio.run(bound_token(config.auth, key, interactive=sys.stdin.isatty()))
+    shr = sign_shr(key, token.access_token, target)
+    print(exec_credential(shr, min(token.expires_at, time.time() + SHR_LIFETIME)))
     return 0
 
 
@@ -203,7 +223,13 @@ def _add_get_token(sub: Subcommands) -> None:
         sub, "get-token", summary="print your token as a kubectl ExecCredential",
         description="kubectl runs this itself: arc-proxy writes it into the kubeconfig as an\n"
                     "exec credential plugin, so tokens are refreshed from the token cache.",
-        examples=["arcctl get-token --config ~/.config/cluster-connect/config.yaml"])
+        examples=["arcctl get-token --config ~/.config/cluster-connect/config.yaml",
+                  "arcctl get-token --pop --pop-target demo.default.kube-aad-proxy.cluster-connect.local"])
+    p.add_argument("--pop", action="store_true",
+                   help="print a proof-of-possession token (docs/pop.md): your token, bound to a key "
+                        "kept beside the token cache, inside a request signed for one cluster")
+    p.add_argument("--pop-target", metavar="HOST",
+                   help="with --pop: the cluster it is for, its tls-server-name")
     add_common_options(p, output=False)
     p.set_defaults(func=cmd_get_token)
 

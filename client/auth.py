@@ -96,8 +96,11 @@ class TokenSource:
     to the configured grant.
     """
 
-    def __init__(self, auth: AuthConfig, *, static_token: str | None = None) -> None:
+    def __init__(self, auth: AuthConfig, *, static_token: str | None = None,
+                 extra_form: dict[str, str] | None = None) -> None:
         self._auth = auth
+        # Sent with every grant (proof-of-possession's token_type/req_cnf, client/pop.py).
+        self._extra_form = dict(extra_form or {})
         self._token: Token | None = None
         if static_token is not None:
             self._token = Token(static_token, _expiry(static_token, 10 * 365 * 86400))
@@ -135,7 +138,7 @@ class TokenSource:
         if not a.token_endpoint:
             raise ConfigError("client config has no auth.token_endpoint nor auth.token_command: "
                               "add one, or pass --token")
-        base = {"client_id": a.client_id or "arc-cli", "scope": a.scope}
+        base = {"client_id": a.client_id or "arc-cli", "scope": a.scope, **self._extra_form}
         if a.lifetime:
             base["lifetime"] = str(a.lifetime)  # sandbox issuer extension (tests: short tokens)
         if old is not None and old.refresh_token:
@@ -208,11 +211,13 @@ def _cache_dir() -> Path:
     return Path(base) / "cluster-connect" / "tokens"
 
 
-def _cache_key(auth: AuthConfig) -> str:
+def _cache_key(auth: AuthConfig, extra_form: dict[str, str]) -> str:
     import hashlib
 
     ident = "\0".join(str(x) for x in (auth.token_endpoint, auth.client_id, auth.scope,
                                         auth.username, auth.token_command, auth.lifetime))
+    if extra_form:  # a token bound to a key is another token than the bearer one
+        ident += "\0" + "\0".join(f"{k}={v}" for k, v in sorted(extra_form.items()))
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
@@ -223,9 +228,10 @@ class CachedTokenSource(TokenSource):
     file is mode 0600 in ``$XDG_CACHE_HOME/cluster-connect/tokens``, like
     other CLIs' token caches."""
 
-    def __init__(self, auth: AuthConfig, cache_dir: Path | None = None) -> None:
-        super().__init__(auth)
-        self._path = (cache_dir or _cache_dir()) / f"{_cache_key(auth)}.json"
+    def __init__(self, auth: AuthConfig, cache_dir: Path | None = None, *,
+                 extra_form: dict[str, str] | None = None) -> None:
+        super().__init__(auth, extra_form=extra_form)
+        self._path = (cache_dir or _cache_dir()) / f"{_cache_key(auth, self._extra_form)}.json"
         self._load()
 
     @property
@@ -242,6 +248,12 @@ class CachedTokenSource(TokenSource):
                                 doc.get("refresh_token"), float(doc.get("issued_at", 0.0)))
         except (OSError, ValueError, KeyError, TypeError):
             self._token = None  # no cache or a damaged one: acquire afresh
+
+    def seed_refresh_token(self, refresh_token: str) -> None:
+        """Start from ``refresh_token`` when nothing is cached (a bound token
+        renewed from ``arcctl login``'s account, client/pop.py)."""
+        if self._token is None:
+            self._token = Token("", 0.0, refresh_token)
 
     async def get_token(self) -> Token:
         before = self._token

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,12 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certs import load_private_key, write_secret_file
-from cmdline import ConfigError
+from client.auth import CachedTokenSource, Token
+from client.config import AuthConfig
+from client.errors import AuthError, ConfigError
 
-__all__ = ["SHR_LIFETIME", "PopKey", "jwk_thumbprint", "key_path", "load_or_create_key", "sign_shr"]
+__all__ = ["SHR_LIFETIME", "PopKey", "bound_token", "jwk_thumbprint", "key_path", "load_or_create_key",
+           "pop_form", "sign_shr"]
 
 # How long kubectl may reuse one SHR (its ExecCredential expiry): under
 # kube-aad-proxy's default freshness window (5 min) so kubectl asks for a new
@@ -128,3 +132,49 @@ def sign_shr(key: PopKey, access_token: str, target: str, *, ts: int | None = No
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
     return jwt.PyJWS().encode(body, key.private_key, algorithm=key.alg,
                               headers={"kid": key.key_id, "typ": "pop"})
+
+
+def pop_form(key: PopKey) -> dict[str, str]:
+    """The token request fields that ask for a token bound to ``key``."""
+    return {"token_type": "pop", "req_cnf": key.req_cnf()}
+
+
+async def bound_token(auth: AuthConfig, key: PopKey, *, interactive: bool) -> Token:
+    """An access token bound to ``key`` (``cnf``), cached apart from the bearer one.
+
+    With ``auth.token_endpoint`` the configured grant asks for it; after
+    ``arcctl login`` the account's refresh token does (the login cache keeps
+    its bearer token for the relay).
+
+    Raises:
+        ConfigError: ``auth.token_command``: an external command cannot be asked for a bound token.
+        AuthError: the issuer refused, or a sign-in is needed.
+    """
+    if auth.token_command:
+        raise ConfigError("arcctl get-token --pop needs a token the issuer binds to your key: "
+                          "configure auth.issuer (arcctl login) or auth.token_endpoint, not auth.token_command")
+    if auth.token_endpoint or not auth.issuer:
+        return await CachedTokenSource(auth, extra_form=pop_form(key)).get_token()
+    from client.login import cached_token  # the login path only
+    from client.oidc_discovery import discover
+    from client.token_cache import TokenCache
+
+    endpoints = await discover(auth.issuer, auth.ca_file)
+    derived = replace(auth, token_endpoint=endpoints.token_endpoint, scope=" ".join(auth.login_scopes()))
+    source = CachedTokenSource(derived, extra_form=pop_form(key))
+    if source.path.exists():
+        try:
+            return await source.get_token()
+        except (AuthError, ConfigError):
+            pass  # its refresh token ran out: start again from the login account
+    account = await cached_token(auth, TokenCache(), interactive=interactive)
+    if not account.refresh_token:
+        raise AuthError("the identity provider gave `arcctl login` no refresh token, which --pop needs "
+                        "to ask for a bound token: add offline_access to auth.scopes and run `arcctl login`")
+    source = CachedTokenSource(derived, extra_form=pop_form(key))
+    source.seed_refresh_token(account.refresh_token)
+    try:
+        return await source.get_token()
+    except ConfigError:  # the refresh grant was refused and no other grant is configured
+        raise AuthError("the identity provider refused to bind a token to your key: "
+                        "run `arcctl login` again") from None
