@@ -76,6 +76,9 @@ class AuthSection(ConfigModel):
                                        "(used instead of the endpoint).")
     lifetime: Text | None = Field(default=None, description="Sandbox issuer only: requested token lifetime in "
                                   "seconds (tests); omit: the issuer's default.")
+    pop: bool = Field(default=False, description="kubectl gets proof-of-possession tokens (docs/pop.md): "
+                      "`arc-proxy` writes `arcctl get-token --pop` into the kubeconfig; the issuer must "
+                      "bind tokens to a key (`req_cnf`, as Entra ID does).")
 
 
 class ClientFile(ConfigModel):
@@ -104,6 +107,8 @@ class AuthConfig:
     # Requested token lifetime in seconds, sent as the sandbox issuer's
     # ``lifetime`` extension (tests use a few seconds); None: the issuer's default.
     lifetime: str | None = None
+    # kubectl gets proof-of-possession tokens bound to one cluster (client/pop.py).
+    pop: bool = False
 
     def login_scopes(self) -> list[str]:
         """Scopes ``arcctl login`` asks for: ``scopes``, else ``scope`` with the
@@ -124,7 +129,7 @@ class ClientConfig:
     def to_dict(self) -> dict[str, Any]:
         """The YAML document for this config (``path`` excluded, ``None``s dropped)."""
         auth = {k: v for k, v in asdict(self.auth).items()
-                if v is not None and not (k == "login" and v == "devicecode")}
+                if v is not None and not (k == "login" and v == "devicecode") and not (k == "pop" and not v)}
         relay: dict[str, Any] = {"url": self.relay_url}
         if self.relay_ca_file:
             relay["ca_file"] = self.relay_ca_file

@@ -122,11 +122,13 @@ async def _probe(keeper: RelaySessionKeeper, target: bytes) -> None:
     stream.reset(tunnel.ErrorCode.CANCEL, "probe")
 
 
-def _kube_user(args: argparse.Namespace, config_path: Path | None) -> dict[str, Any]:
+def _kube_user(args: argparse.Namespace, config_path: Path | None, pop_target: str | None) -> dict[str, Any]:
     if args.token:
         return kubeconfig.token_user(args.token)
     command, prefix = _arcctl_command()
     extra = ["--config", str(config_path.resolve())] if config_path else []
+    if pop_target:  # a token usable at this cluster only (docs/pop.md)
+        extra += ["--pop", "--pop-target", pop_target]
     return kubeconfig.exec_user(command, [*prefix, "get-token", *extra])
 
 
@@ -190,7 +192,7 @@ async def _run(args: argparse.Namespace) -> int:
             server, proxy_url = f"https://127.0.0.1:{listener.port}", None
         entry = kubeconfig.KubeconfigEntry(
             context=context, server=server, ca_pem=str(ca).encode(), tls_server_name=server_name,
-            user=_kube_user(args, config.path), proxy_url=proxy_url)
+            user=_kube_user(args, config.path, server_name if config.auth.pop else None), proxy_url=proxy_url)
         if kube_path is None:
             doc = kubeconfig.load(Path(os.devnull))
             kubeconfig.merge(doc, entry)

@@ -71,7 +71,7 @@ class DemoEnvironment:
                  kube_version: str = "1.33.0", relay_env: dict[str, str] | None = None,
                  agent_forward_to: str | None = None,
                  checkpoint: Callable[[], None] | None = None,
-                 relay_database: dict[str, str] | None = None) -> None:
+                 relay_database: dict[str, str] | None = None, require_pop: bool = True) -> None:
         self.own_dir = state_dir is None
         # mkdtemp and mode 0700: keys, tokens and logs below are the user's only.
         self.dir = Path(tempfile.mkdtemp(prefix="arc-demo-")) if state_dir is None else state_dir
@@ -88,6 +88,9 @@ class DemoEnvironment:
         self.agent_forward_to = agent_forward_to
         # The relay config's `database` section (tests: PostgreSQL); None: the SQLite file.
         self.relay_database = relay_database
+        # kube-aad-proxy refuses bare bearer tokens: kubectl's are bound to the
+        # cluster (docs/pop.md). Off only for suites that send forged bare tokens.
+        self.require_pop = require_pop
         self.children: dict[str, Child] = {}
         self.identity = load_demo_identity()
         self.api: dict[str, Any] = {}
@@ -207,7 +210,9 @@ class DemoEnvironment:
         """How ``user`` signs in at the sandbox issuer (password grant, demo audience)."""
         return AuthConfig(token_endpoint=self.idp["token_endpoint"], ca_file=self.idp["ca_file"],
                           client_id=self.identity.client_id, scope=f"{AUDIENCE}/.default",
-                          username=user, password=password)
+                          username=user, password=password,
+                          # arc-proxy's kubeconfig asks for tokens bound to the cluster (docs/pop.md).
+                          pop=self.require_pop)
 
     def client_config(self) -> ClientConfig:
         """The demo user's client config (what ``arc-proxy -n demo`` reads)."""
@@ -262,6 +267,8 @@ class DemoEnvironment:
                 "upstream_ca_file": self.api["ca_file"],
                 "upstream_token_file": str(token),
                 "oidc": self._oidc(d),
+                # Only proof-of-possession tokens naming this cluster (docs/pop.md).
+                "pop": {"required": self.require_pop},
             },
         }
         if self.agent_forward_to:

@@ -19,6 +19,7 @@ from identity.groups import ClientCredentialsToken, GroupResolver, HttpGroupReso
 from identity.jwks import JwksCache
 from identity.metrics import TokenValidatorCollector
 from identity.oidc import ALLOWED_ALGORITHMS, TokenValidator, TrustedIssuer, token_digest
+from identity.pop import SignedRequest, bound_key_id, is_signed_request, jwk_thumbprint, verify_shr
 from identity.principal import Principal
 
 __all__ = [
@@ -33,12 +34,17 @@ __all__ = [
     "JwksCache",
     "OptionalGroupSource",
     "Principal",
+    "SignedRequest",
     "TokenInvalid",
     "TokenValidator",
     "TokenValidatorCollector",
     "TrustedIssuer",
+    "bound_key_id",
+    "is_signed_request",
+    "jwk_thumbprint",
     "parse_group_source",
     "token_digest",
+    "verify_shr",
 ]
 
 # identity/agent_assertion.py is written by another helper; re-export it once

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from identity import Principal, TokenInvalid
+from identity import Principal, TokenInvalid, bound_key_id
 from identity.agent_assertion import AgentAssertionVerifier
 from relay.admission import HandshakeAdmission
 from relay.config import RelayConfig
@@ -204,7 +204,12 @@ async def authenticate(request: web.Request, endpoint: str) -> Principal | web.R
         return json_error(401, "Unauthorized", "an 'Authorization: Bearer <OIDC token>' header is required",
                           **{"WWW-Authenticate": "Bearer"})
     try:
-        return await state.validator.validate(token)
+        principal = await state.validator.validate(token)
+        if bound_key_id(principal.claims) is not None:
+            # A token bound to a key is meant for a cluster, inside a signed request
+            # (docs/pop.md); bare here it was taken from a cluster: never the relay's.
+            raise TokenInvalid("token is bound to a key")
+        return principal
     except TokenInvalid as exc:
         state.metrics.auth_failures.labels(endpoint, exc.reason).inc()
         log.info("auth refused endpoint=%s reason=%r peer=%s", endpoint, exc.reason, request.remote)

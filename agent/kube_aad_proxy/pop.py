@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from identity.pop import SignedRequest, bound_key_id, is_signed_request, verify_shr
+from identity import SignedRequest, bound_key_id, is_signed_request, verify_shr
 
 if TYPE_CHECKING:
     from certs import IssuedCertificate

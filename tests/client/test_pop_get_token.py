@@ -16,7 +16,7 @@ import jwt
 import pytest
 import yaml
 
-from identity.pop import verify_shr
+from identity import verify_shr
 from sandbox.idp import SandboxIdp
 
 pytestmark = pytest.mark.timeout(90)

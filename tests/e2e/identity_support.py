@@ -37,12 +37,15 @@ WAIT = 30.0
 
 
 @contextmanager
-def demo(state: Path) -> Iterator[DemoEnvironment]:
+def demo(state: Path, *, require_pop: bool = False) -> Iterator[DemoEnvironment]:
     """A fresh demo (API server, issuer, relay, agent) in ``state``; the token
     cache of ``arcctl get-token`` is kept in ``state`` too."""
     old_cache = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(state / "cache")
-    env = DemoEnvironment(state / "state", client_config_path=state / "client-config.yaml")
+    # The identity suites send forged bare bearer tokens of many users through
+    # kubectl, which require_pop would refuse (PoP itself: tests/e2e/test_pop.py).
+    env = DemoEnvironment(state / "state", client_config_path=state / "client-config.yaml",
+                          require_pop=require_pop)
     try:
         try:
             env.start()

@@ -1,0 +1,110 @@
+"""Tokens bound to one cluster (docs/pop.md) on the whole path, with the demo
+as it ships (kube_aad_proxy.pop.required on): kubectl through arc-proxy gets
+signed requests from ``arcctl get-token --pop``; what a compromised cluster
+captures opens nothing elsewhere. Each refusal is proven at the sandbox API
+server's own audit trail: nothing reached it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+
+import jwt
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from client.pop import PopKey, sign_shr
+from demo import DemoEnvironment
+from tests.e2e.identity_support import (
+    Forge,
+    audit,
+    audit_since,
+    cluster_of,
+    demo,
+    raw_request,
+    relay_status,
+    whoami_head,
+)
+from tests.support.e2e import Proxy, start_proxy
+
+pytestmark = pytest.mark.e2e
+
+OTHER_CLUSTER = "other.default.kube-aad-proxy.cluster-connect.local"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoEnvironment]:
+    """The demo with proof-of-possession required, as `arcctl demo` runs it."""
+    with demo(tmp_path_factory.mktemp("pop"), require_pop=True) as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def proxy(env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """The demo user's arc-proxy (exec-plugin kubeconfig)."""
+    p = start_proxy(env.client_config_path, tmp_path_factory.mktemp("kube-pop") / "config", "-v")
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def captured(proxy: Proxy) -> str:
+    """What the cluster sees from kubectl: the SHR the kubeconfig's exec plugin prints."""
+    doc = yaml.safe_load(proxy.kubeconfig.read_text())
+    spec = doc["users"][0]["user"]["exec"]
+    assert "--pop" in spec["args"]
+    assert spec["args"][spec["args"].index("--pop-target") + 1] == cluster_of(proxy.kubeconfig)["tls-server-name"]
+    out = subprocess.run([spec["command"], *spec["args"]], capture_output=True, check=True, timeout=60)
+    return str(json.loads(out.stdout)["status"]["token"])
+
+
+def _refused(env: DemoEnvironment, proxy: Proxy, token: str, needle: str) -> None:
+    mark = len(audit(env))
+    resp = raw_request(proxy.kubeconfig, whoami_head(token))
+    assert resp.status == 401, (resp.status, resp.body[:300])
+    assert needle in str(resp.json().get("message", ""))
+    reached = audit_since(env, mark)
+    assert reached == [], f"requests reached the API server: {reached}"
+
+
+def test_pop_kubectl_whoami_through_signed_request(env: DemoEnvironment, proxy: Proxy, captured: str) -> None:
+    """The captured SHR itself works at its own cluster: the API server sees the demo user."""
+    mark = len(audit(env))
+    resp = raw_request(proxy.kubeconfig, whoami_head(captured))
+    assert resp.status == 201, (resp.status, resp.body[:300])
+    assert resp.json()["status"]["userInfo"]["username"] == env.identity.user_oid
+    assert audit_since(env, mark)
+
+
+def test_pop_captured_at_is_refused_bare_at_cluster_and_relay(env: DemoEnvironment, proxy: Proxy,
+                                                              captured: str) -> None:
+    """The access token taken out of the SHR: refused bare by the cluster (PoP required)
+    and by the relay's management and client endpoints (bound to a key); the SHR itself
+    is no token for the relay either."""
+    at = jwt.decode(captured, options={"verify_signature": False})["at"]
+    _refused(env, proxy, at, "proof-of-possession")
+    for token in (at, captured):
+        assert relay_status(env, "/api/v1/clusters", token) == 401
+        assert relay_status(env, "/client/v1/connect", token) == 401
+
+
+def test_pop_replayed_from_another_cluster_is_refused(env: DemoEnvironment, proxy: Proxy) -> None:
+    """An SHR that cluster A saw (u names A) replayed to this cluster: 401, nothing reached it."""
+    forge = Forge(env)
+    key = PopKey(ec.generate_private_key(ec.SECP256R1()))
+    shr = sign_shr(key, forge.token("demo", cnf={"kid": key.key_id}), OTHER_CLUSTER)
+    _refused(env, proxy, shr, "for another cluster")
+
+
+def test_pop_expired_ts_and_swapped_at_are_refused(env: DemoEnvironment, proxy: Proxy, captured: str) -> None:
+    """An SHR past its ts window, and another user's bound at under my signature: 401, nothing reached."""
+    forge = Forge(env)
+    key = PopKey(ec.generate_private_key(ec.SECP256R1()))
+    target = cluster_of(proxy.kubeconfig)["tls-server-name"]
+    mine = forge.token("demo", cnf={"kid": key.key_id})
+    _refused(env, proxy, sign_shr(key, mine, target, ts=int(time.time()) - 400), "expired")
+    theirs = jwt.decode(captured, options={"verify_signature": False})["at"]  # bound to the demo user's key
+    _refused(env, proxy, sign_shr(key, theirs, target), "bound to another key")
