@@ -92,7 +92,7 @@ class HeaderPolicy:
     def __init__(self, gate: OidcGate | None, upstream_token: str | None, impersonate_with: str,
                  names: NameMapper | None = None, pop: PopPolicy | None = None) -> None:
         self.gate = gate
-        self._pop = pop or PopPolicy(frozenset())
+        self.pop = pop or PopPolicy(frozenset())
         self._auth = f"Bearer {upstream_token}".encode() if upstream_token else b""
         self._with = impersonate_with
         self._names = names or NameMapper()
@@ -120,7 +120,7 @@ class HeaderPolicy:
             pop_key: str | None = None
             if is_signed_request(token):  # proof-of-possession (pop.py): never passed through
                 try:
-                    shr = self._pop.unwrap(token)
+                    shr = self.pop.unwrap(token)
                 except TokenInvalid as exc:
                     log.warning("refused: invalid proof-of-possession token reason=%s path=%s",
                                 exc.reason, head.path)
@@ -132,7 +132,7 @@ class HeaderPolicy:
             if principal is not None or pop_key is not None or self.gate.is_ours(token, key):
                 without_auth = [(n, v) for n, v in kept if n.lower() != _AUTHORIZATION]
                 if principal is None:
-                    if pop_key is None and self._pop.required:
+                    if pop_key is None and self.pop.required:
                         log.warning("refused: bare bearer token where proof-of-possession is required "
                                     "path=%s", head.path)
                         return Refuse(401, "this cluster requires proof-of-possession tokens "
@@ -182,7 +182,7 @@ class HeaderPolicy:
         mapped = self._map(p)
         # Audit under the name the API server will see (its own audit log then lines up).
         name = mapped.username or p.oid
-        refusal = binding_refusal(self._pop, p.claims, pop_key)
+        refusal = binding_refusal(self.pop, p.claims, pop_key)
         if refusal is not None:
             log.warning("refused: %s principal=%s path=%s", refusal, p.oid, head.path)
             return Refuse(401, refusal, name)

@@ -9,13 +9,21 @@ whoever holds it without the key is not its owner.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from identity import SignedRequest, bound_key_id, is_signed_request, verify_shr
+from identity import (
+    SignedRequest,
+    TokenInvalid,
+    bound_key_id,
+    is_signed_request,
+    token_digest,
+    verify_shr,
+)
 
 if TYPE_CHECKING:
     from certs import IssuedCertificate
@@ -28,9 +36,12 @@ __all__ = ["DEFAULT_POP_MAX_AGE", "DEFAULT_POP_SKEW", "PopPolicy", "binding_refu
 DEFAULT_POP_MAX_AGE = 300.0
 # Laptops' clocks drift; the same tolerance as for exp/nbf (identity/oidc.py).
 DEFAULT_POP_SKEW = 60.0
+# Verified SHRs kept (by SHA-256): kubectl sends one SHR for minutes, so its
+# signature is checked once, as a bearer token's is; ~3 KiB each.
+SHR_CACHE_SIZE = 10_000
 
 
-@dataclass(frozen=True)
+@dataclass
 class PopPolicy:
     """Which SHRs this cluster accepts.
 
@@ -48,14 +59,32 @@ class PopPolicy:
     max_age: float = DEFAULT_POP_MAX_AGE
     skew: float = DEFAULT_POP_SKEW
     clock: Callable[[], float] = field(default=time.time, compare=False)
+    _verified: OrderedDict[bytes, SignedRequest] = field(default_factory=OrderedDict, compare=False, repr=False)
+    #: SHR signatures checked (cache hits do not count)
+    verifications: int = field(default=0, compare=False)
 
     def unwrap(self, token: str) -> SignedRequest:
-        """The verified SHR (its ``at`` still to be validated).
+        """The verified SHR (its ``at`` still to be validated); one seen before
+        is answered from a bounded cache while its ``ts`` is still fresh.
 
         Raises:
             identity.TokenInvalid: why it is refused.
         """
-        return verify_shr(token, targets=self.targets, now=self.clock(), max_age=self.max_age, skew=self.skew)
+        now = self.clock()
+        key = token_digest(token)
+        hit = self._verified.get(key)
+        if hit is not None:
+            if hit.ts >= now - self.max_age - self.skew:
+                self._verified.move_to_end(key)
+                return hit
+            del self._verified[key]
+            raise TokenInvalid("proof-of-possession token expired")
+        self.verifications += 1
+        shr = verify_shr(token, targets=self.targets, now=now, max_age=self.max_age, skew=self.skew)
+        self._verified[key] = shr
+        while len(self._verified) > SHR_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return shr
 
 
 def binding_refusal(policy: PopPolicy, claims: Mapping[str, Any], pop_key: str | None) -> str | None:

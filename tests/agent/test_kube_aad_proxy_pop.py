@@ -60,11 +60,13 @@ async def test_pop_proxy_accepts_signed_request_for_its_own_name(
     pki: Pki, upstream: RecordingUpstream, idp: SandboxIdp, pop_proxy: KubeAadProxy, key: PopKey
 ) -> None:
     """An SHR naming this cluster's serving name, carrying an at bound to the signing key,
-    goes on as the agent's token plus impersonation of the at's oid; the SHR and at stay here."""
+    goes on as the agent's token plus impersonation of the at's oid; the SHR and at stay here;
+    its signature is checked once, not per request."""
     at = idp.mint("demo", cnf={"kid": key.key_id})
     shr = sign_shr(key, at, PROXY_NAME)
-    for _ in range(2):  # the second time from the validator's cache
+    for _ in range(3):  # then from the SHR cache and the validator's cache
         assert (await request(pki, pop_proxy, shr))[0] == 200
+    assert pop_proxy.policy.pop.verifications == 1
     got = upstream.received[-1]
     assert got.values("authorization") == [f"Bearer {AGENT_TOKEN}"]
     assert got.values("impersonate-user") == [DEMO_OID]
@@ -135,3 +137,23 @@ async def test_pop_proxy_refuses_signed_request_from_untrusted_issuer(
     status, message = await request(pki, pop_proxy, sign_shr(key, at, PROXY_NAME))
     assert status == 401 and "untrusted issuer" in message
     assert upstream.received == []
+
+
+async def test_pop_proxy_refuses_cached_signed_request_once_stale(
+    pki: Pki, upstream: RecordingUpstream, idp: SandboxIdp, key: PopKey
+) -> None:
+    """An SHR accepted (and cached) is refused once its ts leaves the window: the cache
+    never outlives max_age; nothing more reaches the API server."""
+    proxy, validator = await start_proxy(pki, upstream, idp, require_pop=True)
+    try:
+        now = [time.time()]
+        proxy.policy.pop.clock = lambda: now[0]
+        shr = sign_shr(key, idp.mint("demo", cnf={"kid": key.key_id}), PROXY_NAME)
+        assert (await request(pki, proxy, shr))[0] == 200
+        now[0] += 300 + 60 + 1
+        status, message = await request(pki, proxy, shr)
+        assert status == 401 and "expired" in message
+        assert len(upstream.received) == 1
+    finally:
+        await proxy.stop()
+        await validator.close()
