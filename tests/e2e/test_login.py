@@ -28,7 +28,9 @@ def test_login_device_code_then_kubectl_through_arc_proxy(demo_env: DemoEnvironm
     kubectl through arc-proxy is the demo user, with the token from the login cache."""
     doc = yaml.safe_load(demo_env.client_config_path.read_text())
     doc["auth"] = {"issuer": str(demo_env.idp["issuer"]), "ca_file": str(demo_env.idp["ca_file"]),
-                   "client_id": demo_env.identity.client_id}
+                   "client_id": demo_env.identity.client_id,
+                   # The demo requires PoP: the bound token comes from the login's refresh token.
+                   "pop": demo_env.require_pop}
     config = tmp_path / "login-config.yaml"
     config.write_text(yaml.safe_dump(doc))
 
