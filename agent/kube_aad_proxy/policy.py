@@ -62,6 +62,10 @@ class Validate:
     # Thumbprint of the key that signed the proof-of-possession token around
     # ``token``; None for a bare bearer token.
     pop_key: str | None = None
+    # A proof-of-possession refusal decided already (401 with this message).
+    # It is sent from the slow path: kubectl was seen to miss a refusal sent
+    # from decide() itself (e2e: the response never reached it).
+    refusal: str | None = None
 
 
 Decision = Forward | Refuse | Validate
@@ -124,7 +128,7 @@ class HeaderPolicy:
                 except TokenInvalid as exc:
                     log.warning("refused: invalid proof-of-possession token reason=%s path=%s",
                                 exc.reason, head.path)
-                    return Refuse(401, f"invalid proof-of-possession token: {exc.reason}")
+                    return Validate(token, [], refusal=f"invalid proof-of-possession token: {exc.reason}")
                 token, pop_key = shr.access_token, shr.key_id
             key = token_key(token)
             # A token validated before is ours without a second look (one lookup per request).
@@ -135,9 +139,11 @@ class HeaderPolicy:
                     if pop_key is None and self.pop.required:
                         log.warning("refused: bare bearer token where proof-of-possession is required "
                                     "path=%s", head.path)
-                        return Refuse(401, "this cluster requires proof-of-possession tokens "
-                                           "(arcctl get-token --pop)")
+                        return Validate(token, [], refusal="this cluster requires proof-of-possession tokens "
+                                                           "(arcctl get-token --pop)")
                     return Validate(token, without_auth, pop_key)
+                if binding_refusal(self.pop, principal.claims, pop_key) is not None:
+                    return Validate(token, without_auth, pop_key)  # finish() refuses it
                 return self._impersonate(head, without_auth, principal, pop_key)
         if not stripped:
             return Forward(head.raw, PASSTHROUGH)  # byte for byte
@@ -146,6 +152,8 @@ class HeaderPolicy:
     async def finish(self, head: RequestHead, pending: Validate) -> Forward | Refuse:
         """Validate the token of a :class:`Validate` decision and decide."""
         assert self.gate is not None
+        if pending.refusal is not None:
+            return Refuse(401, pending.refusal)
         try:
             principal = await self.gate.validate(pending.token)
         except GroupResolutionError as exc:
