@@ -31,6 +31,7 @@ from relay.directory import LocalDirectory
 from relay.health_listener import ready_checks, relay_health_listener
 from relay.listener import RelayListener
 from relay.metrics import PresenceCollector, RelayMetrics
+from relay.peering import Peering
 from relay.postgres_store import PostgresDatabase, PostgresRegistry, PostgresRoleStore
 from relay.presence import MemoryPresence, PresenceDirectory, SessionIds
 from relay.presence_redis import RedisPresence
@@ -128,12 +129,13 @@ def _presence(config: RelayConfig) -> MemoryPresence | RedisPresence:
         raise ConfigError(f"presence.redis_url: {exc}") from None
 
 
-def _advertise(config: RelayConfig, port: int) -> str:
+def _advertise(config: RelayConfig, port: int, host: str | None = None) -> str:
     """``presence.advertise``, else the listen address with the bound port (the
-    host name for a wildcard host)."""
+    host name for a wildcard host); with peering, the peer listener's."""
     if config.presence.advertise:
         return config.presence.advertise
-    host = config.host if config.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+    host = config.host if host is None else host
+    host = host if host not in ("0.0.0.0", "::", "") else socket.gethostname()
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -191,6 +193,7 @@ class RelayServer:
         self._listener: RelayListener | None = None
         self.state: RelayState | None = None
         self._presence: MemoryPresence | RedisPresence | None = None
+        self._peering: Peering | None = None
         self._db: SqliteDatabase | None = None
         self._status_db: SqliteDatabase | None = None
         self._postgres: PostgresDatabase | None = None
@@ -311,7 +314,17 @@ class RelayServer:
         self.health_url = self._health.url
         self.state.admission.start()  # its loop-lag timer
         self.port = self._listener.port
-        presence.address = _advertise(config, self.port)
+        if config.peering is not None:
+            try:
+                self._peering = self.state.peering = Peering(self.state, config.peering, config.edge)
+                await self._peering.start()
+            except ConfigError:
+                self._peering = self.state.peering = None
+                await self.stop(drain_seconds=0)
+                raise
+            presence.address = _advertise(config, self._peering.port, config.peering.host)
+        else:
+            presence.address = _advertise(config, self.port)
         presence.replica_id = config.presence.replica_id or presence.address
         await presence.start()
         host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -386,6 +399,9 @@ class RelayServer:
                                timeout=drain)
         await asyncio.gather(*(s.close() for s in list(state.sessions)), return_exceptions=True)
         await state.live_streams.close()
+        if self._peering is not None:
+            await self._peering.stop()
+            self._peering = None
         await self._runner.cleanup()
         await state.validator.close()
         if state.recorder is not None:
