@@ -248,7 +248,7 @@ class RelayServer:
         self._presence = presence
         directory = PresenceDirectory(LocalDirectory[TunnelSession](), presence, SessionIds())
         self._status = LiveStatusRegistry(store, directory.is_present, config.status_flush_seconds,
-                                          writer=writer)
+                                          writer=writer, present_elsewhere=presence.live_clusters)
         await self._status.start()  # reconcile: nothing stays Connected without a session
         self._database_health = DatabaseHealth(self._status.ping)
         await self._database_health.start()

@@ -4,18 +4,28 @@ mutual TLS, everything on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from certs import CertificateAuthority, KeyPair, write_pem_pair
+from relay.peering import PEER_CONNECT_PATH, STALE_ROUTE, peer_target
 from relay.presence import Route
+from relay.presence_redis import presence_key
+from tests.relay.test_fairness import _start_upstream as start_firehose_or_echo_server
 from tests.support.relay import DEMO_OID, RelayEnv, roundtrip
 from tests.support.replicas import Replicas, running_replicas
 from tests.support.servers import server_port, start_echo_server
-from tests.support.waits import until_async
+from tests.support.waits import WAIT, until, until_async
+from tunnel import ErrorCode, StreamRefused, ws_connect_kwargs
+from tunnel.limits import INITIAL_STREAM_WINDOW
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +43,7 @@ async def routes_on(env: RelayEnv, cid: str, replica: str) -> list[Route]:
     return [r for r in await env.state.presence.lookup(cid) if r.replica_id == replica]
 
 
-async def agent_on_a(pair: Replicas) -> None:
+async def agent_on_a(pair: Replicas) -> KeyPair:
     """Register the cluster, grant demo, start its agent on relay A and wait
     until relay B sees its route in presence."""
     echo = await start_echo_server()
@@ -42,6 +52,7 @@ async def agent_on_a(pair: Replicas) -> None:
     await pair.a.start_agent(CLUSTER, keys, ("127.0.0.1", server_port(echo)))
     await pair.a.wait_agent(CLUSTER)
     await until_async(lambda: routes_on(pair.b, CLUSTER, "relay-a"), "relay A's route seen by relay B")
+    return keys
 
 
 async def test_stream_on_b_reaches_agent_on_a_byte_exact(replicas: Replicas) -> None:
@@ -63,3 +74,143 @@ async def test_stream_on_b_reaches_agent_on_a_byte_exact(replicas: Replicas) -> 
     assert b_metrics.sample("arc_relay_peer_link_events_total", {"direction": "out", "event": "up"}) == 1
     assert b_metrics.sample("arc_relay_peer_links_open", {"direction": "out"}) == 1
     assert a_metrics.sample("arc_relay_peer_links_open", {"direction": "in"}) == 1
+
+
+async def test_stalled_streams_across_the_hop_do_not_slow_another_stream(replicas: Replicas) -> None:
+    """Twelve stalled readers on relay B whose agent is on relay A (all on one
+    peer link): another stream across the same link still moves 2 MiB
+    byte-exact, the stalled ones stay stalled, and each relay holds no more
+    than the windows it granted (per-stream credit across the extra hop)."""
+    upstream = await start_firehose_or_echo_server()
+    keys = await replicas.a.register("rg1", "alpha")
+    await replicas.a.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+    await replicas.a.start_agent(CLUSTER, keys, ("127.0.0.1", server_port(upstream)))
+    agent_leg = await replicas.a.wait_agent(CLUSTER)
+    await until_async(lambda: routes_on(replicas.b, CLUSTER, "relay-a"), "relay A's route seen by relay B")
+    client = await replicas.b.client(replicas.b.token("demo"))
+    try:
+        stalled = []
+        for _ in range(12):
+            stream = await client.open_stream(CLUSTER.encode(), timeout=WAIT)
+            await stream.write(b"F")
+            stalled.append(stream)
+        await until(lambda: all(s.buffered >= INITIAL_STREAM_WINDOW for s in stalled),
+                    "stalled client windows full")
+        assert replicas.b.state.peering is not None
+        link = next(iter(replicas.b.state.peering.links.live.values()))
+        await until(lambda: link.buffered >= len(stalled) * INITIAL_STREAM_WINDOW,
+                    "the stall reached relay B's end of the peer link")
+        payload = b"E" + os.urandom(2 * 1024 * 1024)
+        assert await roundtrip(client, CLUSTER.encode(), payload) == payload[1:]
+        assert not any(s.done for s in stalled)
+        assert all(s.buffered <= INITIAL_STREAM_WINDOW for s in stalled)
+        assert link.buffered <= link.buffer_bound <= link.config.limits.buffer_bound
+        assert agent_leg.buffered <= agent_leg.buffer_bound <= agent_leg.config.limits.buffer_bound
+        for s in stalled:
+            s.reset()
+    finally:
+        upstream.close()
+
+
+async def test_status_is_connected_on_every_replica_via_presence(replicas: Replicas) -> None:
+    """The agent is on relay A only: relay B's management API says Connected
+    (presence), and B's start-up reconciliation keeps the stored Connected
+    row; once the agent is gone B says Offline."""
+    await agent_on_a(replicas)
+    admin = replicas.b.token("admin")
+    status, body = await replicas.b.api("GET", "/api/v1/resourceGroups/rg1/clusters/alpha", admin)
+    assert status == 200 and body["connectivityStatus"] == "Connected", body
+    status, listed = await replicas.b.api("GET", "/api/v1/clusters", admin)
+    assert status == 200
+    assert [c["connectivityStatus"] for c in listed["value"]] == ["Connected"], listed
+    store = replicas.b.state.registry.store
+
+    async def stored_connected() -> bool:
+        cluster = await store.get(CLUSTER)
+        return cluster is not None and cluster.connectivity_status == "Connected"
+
+    await until_async(stored_connected, "relay A's write-behind stored Connected")
+    assert await replicas.b.state.registry.reconcile() == 0
+    assert await stored_connected()
+    for connector, _ in replicas.a.connectors:
+        await connector.stop()
+
+    async def offline_on_b() -> bool:
+        _, body = await replicas.b.api("GET", "/api/v1/resourceGroups/rg1/clusters/alpha", admin)
+        return bool(body["connectivityStatus"] == "Offline")
+
+    await until_async(offline_on_b, "Offline on relay B once the agent left relay A")
+
+
+async def test_stale_route_fails_fast_then_agent_on_b_serves(replicas: Replicas) -> None:
+    """Relay A stops while presence still holds its route (what kill -9 leaves
+    until the expiry): a stream on B is refused 'offline' within the agent
+    grace (the dead route is skipped, no hang); once the agent connects to B,
+    the next stream succeeds."""
+    keys = await agent_on_a(replicas)
+    [route] = await routes_on(replicas.b, CLUSTER, "relay-a")
+    for connector, _ in replicas.a.connectors:
+        await connector.stop()
+    await replicas.stop_a()
+    # Put back the route A's shutdown removed: a killed relay leaves it behind.
+    redis = replicas.redis.client()
+    seconds, micros = await redis.time()
+    expires_ms = seconds * 1000 + micros // 1000 + 60_000
+    await redis.hset(presence_key(CLUSTER), "relay-a", f"{route.session_id} {expires_ms} {route.address}")
+    await redis.aclose()
+    assert await routes_on(replicas.b, CLUSTER, "relay-a")
+    client = await replicas.b.client(replicas.b.token("demo"))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(StreamRefused) as refused:
+        await client.open_stream(CLUSTER.encode(), timeout=WAIT)
+    took = loop.time() - started
+    assert refused.value.code == ErrorCode.TARGET_UNAVAILABLE and "offline" in refused.value.reason
+    print(f"refused 'offline' {took:.2f} s after the OPEN (agent grace "
+          f"{replicas.b.relay.config.agent_grace_seconds} s)")
+    b_metrics = replicas.b.state.metrics
+    assert (b_metrics.sample("arc_relay_streams_forwarded_total",
+                             {"direction": "out", "outcome": "unreachable"}) or 0) >= 1
+    echo = await start_echo_server()
+    await replicas.b.start_agent(CLUSTER, keys, ("127.0.0.1", server_port(echo)))
+    await replicas.b.wait_agent(CLUSTER)
+    assert await roundtrip(client, CLUSTER.encode(), b"back") == b"back"
+    echo.close()
+
+
+async def test_peer_refuses_a_stale_session_id(replicas: Replicas) -> None:
+    """On a valid peer link, a target naming another session id than the
+    agent's live one is refused TARGET_UNAVAILABLE 'stale route'."""
+    await agent_on_a(replicas)
+    [route] = await routes_on(replicas.b, CLUSTER, "relay-a")
+    assert replicas.b.state.peering is not None
+    link = await replicas.b.state.peering.links.get(route.address)
+    with pytest.raises(StreamRefused) as refused:
+        await link.open_stream(peer_target(CLUSTER, route.session_id - 1), timeout=WAIT)
+    assert refused.value.code == ErrorCode.TARGET_UNAVAILABLE
+    assert refused.value.reason.startswith(STALE_ROUTE), refused.value.reason
+
+
+@pytest.mark.parametrize("credential", ["none", "other CA"])
+async def test_peer_listener_refuses_a_link_without_a_valid_peer_certificate(
+        replicas: Replicas, credential: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A TLS client trusting relay A's peer CA but presenting no certificate,
+    or one from another CA, gets no link; A logs one line saying why."""
+    assert replicas.a.relay.config.peering is not None and replicas.a.state.peering is not None
+    peering = replicas.a.relay.config.peering
+    ctx = ssl.create_default_context(cafile=peering.ca_file)
+    ctx.check_hostname = False
+    if credential == "other CA":
+        stranger = CertificateAuthority.create("stranger").issue_peer("intruder")
+        cert, key = write_pem_pair(replicas.tmp / "stranger", "intruder", stranger)
+        ctx.load_cert_chain(cert, key)
+    caplog.set_level(logging.INFO, logger="relay")
+    url = f"https://127.0.0.1:{replicas.a.state.peering.port}{PEER_CONNECT_PATH}"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
+        with pytest.raises((aiohttp.ClientError, OSError)):
+            async with asyncio.timeout(WAIT):
+                ws = await http.ws_connect(url, **ws_connect_kwargs())
+                await ws.receive()
+    await until(lambda: [r for r in caplog.records if "edge closed" in r.getMessage()
+                         and "tls error" in r.getMessage()], "relay A's refusal line")
+    assert replicas.a.state.metrics.sample("arc_relay_peer_links_open", {"direction": "in"}) == 0
