@@ -5,6 +5,7 @@ mutual TLS, everything on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -15,16 +16,21 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from certs import CertificateAuthority, KeyPair, write_pem_pair
+from certs import (
+    CertificateAuthority,
+    KeyPair,
+    client_ssl_context,
+    server_ssl_context,
+    write_pem_pair,
+)
 from relay.peering import PEER_CONNECT_PATH, STALE_ROUTE, peer_target
 from relay.presence import Route
 from relay.presence_redis import presence_key
-from tests.relay.test_fairness import _start_upstream as start_firehose_or_echo_server
 from tests.support.relay import DEMO_OID, RelayEnv, roundtrip
 from tests.support.replicas import Replicas, running_replicas
-from tests.support.servers import server_port, start_echo_server
+from tests.support.servers import server_port, start_echo_server, start_firehose_or_echo_server
 from tests.support.waits import WAIT, until, until_async
-from tunnel import ErrorCode, StreamRefused, ws_connect_kwargs
+from tunnel import ErrorCode, StreamRefused, splice, ws_connect_kwargs
 from tunnel.limits import INITIAL_STREAM_WINDOW
 
 pytestmark = pytest.mark.e2e
@@ -214,3 +220,48 @@ async def test_peer_listener_refuses_a_link_without_a_valid_peer_certificate(
     await until(lambda: [r for r in caplog.records if "edge closed" in r.getMessage()
                          and "tls error" in r.getMessage()], "relay A's refusal line")
     assert replicas.a.state.metrics.sample("arc_relay_peer_links_open", {"direction": "in"}) == 0
+
+
+async def test_tls_is_end_to_end_across_the_hop(tmp_path: Path) -> None:
+    """A TLS client talks through relay B, the peer link and relay A to a TLS
+    echo server behind the agent: the marker it sends comes back, and neither
+    relay's recorded DATA holds it (the relays carry ciphertext only)."""
+    record = tmp_path / "data.bin"
+    authority = CertificateAuthority.create("upstream CA")
+    server_ctx = server_ssl_context(authority.issue_server(("upstream.test",), ()))
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    upstream = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
+    async with running_replicas(tmp_path, record_data_file=str(record)) as pair:
+        keys = await pair.a.register("rg1", "alpha")
+        await pair.a.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+        await pair.a.start_agent(CLUSTER, keys, ("127.0.0.1", server_port(upstream)))
+        await pair.a.wait_agent(CLUSTER)
+        await until_async(lambda: routes_on(pair.b, CLUSTER, "relay-a"), "relay A's route seen by relay B")
+        client = await pair.b.client(pair.b.token("demo"))
+
+        async def through_tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await splice(await client.open_stream(CLUSTER.encode(), timeout=WAIT), reader, writer)
+
+        local = await asyncio.start_server(through_tunnel, "127.0.0.1", 0)
+        marker = f"PLAINTEXT-MARKER-{os.urandom(8).hex()}".encode() * 64
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server_port(local), ssl=client_ssl_context(authority.certificate_pem),
+            server_hostname="upstream.test")
+        writer.write(marker)
+        await writer.drain()
+        async with asyncio.timeout(WAIT):
+            assert await reader.readexactly(len(marker)) == marker
+        writer.close()
+        local.close()
+    upstream.close()
+    for side in ("a", "b"):
+        data = Path(f"{record}.{side}").read_bytes()
+        assert len(data) > len(marker), f"relay {side} recorded no DATA: is the hook on?"
+        assert marker[:40] not in data
