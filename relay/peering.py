@@ -82,6 +82,11 @@ STALE_CODES = frozenset({ErrorCode.TARGET_UNAVAILABLE, ErrorCode.GOING_AWAY,
                          ErrorCode.REFUSED_STREAM, ErrorCode.OPEN_TIMEOUT})
 
 
+# What the tunnel core of the far end of a link says when the link's stream
+# bound is reached (an agent's refusal is reworded by the far relay instead).
+LINK_FULL_REASON = "too many streams"
+
+
 class PeerUnreachable(Exception):
     """A peer link could not be had (dial failed or timed out, held down, at the bound)."""
 
@@ -191,6 +196,10 @@ async def serve_forwarded(state: RelayState, config: TunnelConfig, stream: Tunne
             metrics.forwarded.labels("in", "stale").inc()
             stream.reject(ErrorCode.TARGET_UNAVAILABLE, f"{STALE_ROUTE}: the agent session of cluster "
                           f"{cid} is going away on replica {state.presence.replica_id}")
+        elif exc.code == ErrorCode.TOO_MANY_STREAMS:
+            metrics.forwarded.labels("in", "refused").inc()
+            stream.reject(ErrorCode.TOO_MANY_STREAMS, f"the agent of cluster {cid} has all its streams "
+                          "in use (agent limits.max_concurrent_streams); retry when some close")
         else:
             metrics.forwarded.labels("in", "refused").inc()
             stream.reject(cast(ErrorCode, exc.code), exc.reason or "agent refused the stream")
@@ -323,6 +332,9 @@ class Peering:
                                            (exc.reason or str(exc.code))[:160])
                     continue
                 metrics.forwarded.labels("out", "refused").inc()
+                if exc.code == ErrorCode.TOO_MANY_STREAMS and exc.reason == LINK_FULL_REASON:
+                    return exc.code, (f"the peer link to replica {route.replica_id} has all its "
+                                      "streams in use (peering.max_streams_per_link); retry when some close")
                 return exc.code, exc.reason or "agent refused the stream"
             metrics.forwarded.labels("out", "forwarded").inc()
             return stream

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -23,7 +24,15 @@ from certs import (
     server_ssl_context,
     write_pem_pair,
 )
-from relay.peering import PEER_CONNECT_PATH, STALE_ROUTE, peer_target
+from relay import RelayServer
+from relay.config import ConfigError, relay_config_from_dict
+from relay.peering import (
+    PEER_CONNECT_PATH,
+    STALE_ROUTE,
+    PeerUnreachable,
+    issue_peer_files,
+    peer_target,
+)
 from relay.presence import Route
 from relay.presence_redis import presence_key
 from tests.support.relay import DEMO_OID, RelayEnv, roundtrip
@@ -265,3 +274,44 @@ async def test_tls_is_end_to_end_across_the_hop(tmp_path: Path) -> None:
         data = Path(f"{record}.{side}").read_bytes()
         assert len(data) > len(marker), f"relay {side} recorded no DATA: is the hook on?"
         assert marker[:40] not in data
+
+
+async def test_peer_link_bounds_its_streams_and_links(tmp_path: Path) -> None:
+    """With peering.max_streams_per_link 2, a third stream open across the
+    link is refused TOO_MANY_STREAMS naming the key (the first two go on);
+    with max_links 1, a second peer address gets no link."""
+    async with running_replicas(tmp_path, peering_limits={"max_streams_per_link": 2,
+                                                          "max_links": 1}) as pair:
+        await agent_on_a(pair)
+        client = await pair.b.client(pair.b.token("demo"))
+        held = [await client.open_stream(CLUSTER.encode(), timeout=WAIT) for _ in range(2)]
+        with pytest.raises(StreamRefused) as refused:
+            await client.open_stream(CLUSTER.encode(), timeout=WAIT)
+        assert refused.value.code == ErrorCode.TOO_MANY_STREAMS
+        assert "peering.max_streams_per_link" in refused.value.reason, refused.value.reason
+        for stream in held:
+            await stream.write(b"still")
+            assert await stream.readexactly(5) == b"still"
+            await stream.aclose()
+        assert pair.b.state.peering is not None
+        with pytest.raises(PeerUnreachable, match=r"peering\.max_links"):
+            await pair.b.state.peering.links.get("127.0.0.1:1")
+
+
+async def test_relay_config_peering_keys_and_their_errors(tmp_path: Path) -> None:
+    """``peering`` from YAML: paths relative to the config file; a missing
+    key or an unreadable file is one line naming the key."""
+    peers = issue_peer_files(tmp_path / "peers", ["relay-a"])
+    config = relay_config_from_dict({"listen": "127.0.0.1:0", "state_dir": str(tmp_path / "relay"),
+                                     "peering": {"listen": "127.0.0.1:0", "ca_file": "peers/peer-ca.crt",
+                                                 "cert_file": "peers/relay-a.crt",
+                                                 "key_file": "peers/relay-a.key", "max_links": 3}},
+                                    base_dir=tmp_path)
+    assert config.peering == dataclasses.replace(peers["relay-a"], max_links=3)
+    with pytest.raises(ConfigError, match=r"peering\.ca_file"):
+        relay_config_from_dict({"peering": {"cert_file": "a", "key_file": "b"}}, base_dir=tmp_path)
+    broken = dataclasses.replace(config, peering=dataclasses.replace(config.peering, ca_file=str(tmp_path / "no.crt")))
+    with pytest.raises(ConfigError) as error:
+        await RelayServer(broken).start()
+    assert str(error.value).startswith("peering.ca_file ") and "No such file" in str(error.value)
+    assert "\n" not in str(error.value)

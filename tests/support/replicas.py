@@ -47,9 +47,12 @@ async def _replica(env: RelayEnv, tmp: Path, name: str, **overrides: Any) -> Rel
 @contextlib.asynccontextmanager
 async def running_replicas(tmp_path: Path, **overrides: Any) -> AsyncIterator[Replicas]:
     """Relays A and B sharing a SQLite file, a redis-server and a peer CA;
-    ``overrides`` go to both ``RelayConfig``s (``record_data_file``: a file per relay, suffixed)."""
+    ``overrides`` go to both ``RelayConfig``s (``record_data_file``: a file per relay, suffixed;
+    ``peering_limits``: fields of both ``PeeringConfig``s)."""
     async for redis in running_redis(tmp_path / "redis"):
-        peers = issue_peer_files(tmp_path / "peers", ["relay-a", "relay-b"])
+        limits = overrides.pop("peering_limits", {})
+        peers = {name: dataclasses.replace(config, **limits) for name, config in
+                 issue_peer_files(tmp_path / "peers", ["relay-a", "relay-b"]).items()}
         record = overrides.pop("record_data_file", None)
 
         def presence(name: str, url: str = redis.url) -> PresenceConfig:
