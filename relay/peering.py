@@ -48,6 +48,7 @@ import aiohttp
 from aiohttp import web
 
 from certs import CertificateAuthority, IssuedCertificate, server_ssl_context, write_pem_pair
+from relay.background import cancel_and_wait
 from relay.config import ConfigError, PeeringConfig
 from relay.edge_limits import EdgeLimits
 from relay.listener import RelayListener
@@ -170,7 +171,7 @@ def issue_peer_files(directory: str | Path, replicas: Sequence[str], *,
 # -- replica A: the peer listener ------------------------------------------------------
 
 
-async def serve_forwarded(state: RelayState, config: TunnelConfig, stream: TunnelStream) -> None:
+async def serve_forwarded(state: RelayState, stream: TunnelStream) -> None:
     """``on_stream`` of an inbound peer link: join the stream to the local
     agent session the target names, or refuse it as a stale route."""
     metrics = state.metrics
@@ -242,12 +243,9 @@ async def peer_connect(request: web.Request) -> web.StreamResponse:
             request.transport.abort()
         return ws
     session = TunnelSession(ws, is_client=False, config=config, name=f"peer-in:{request.remote}",
-                            on_stream=partial(serve_forwarded, state, config))
+                            on_stream=partial(serve_forwarded, state))
     await peering.serve_link(session, "in", str(request.remote))
     return ws
-
-
-PEERING: web.AppKey[Peering] = web.AppKey("relay_peering")
 
 
 class Peering:
@@ -369,6 +367,9 @@ class Peering:
             self._runner = None
 
 
+PEERING = web.AppKey("relay_peering", Peering)
+
+
 # -- replica B: links to the others --------------------------------------------------------
 
 
@@ -379,14 +380,15 @@ class PeerLinks:
         self._peering = peering
         self._ssl = ssl_context
         self.live: dict[str, TunnelSession] = {}
-        self._dialing: dict[str, asyncio.Future[TunnelSession]] = {}
+        self._dialing: dict[str, asyncio.Task[TunnelSession]] = {}
         self._down_until: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         self.clock: Callable[[], float] = time.monotonic
 
     async def get(self, address: str) -> TunnelSession:
-        """The live link to ``address``, dialled if there is none.
+        """The live link to ``address``, dialled if there is none (one dial
+        per address at a time, shared by every stream waiting for it).
 
         Raises:
             PeerUnreachable: why there is no link (one line).
@@ -394,27 +396,24 @@ class PeerLinks:
         link = self.live.get(address)
         if link is not None and not link.draining:
             return link
-        pending = self._dialing.get(address)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        if self.clock() < self._down_until.get(address, 0.0):
-            raise PeerUnreachable(f"peer {address} failed a dial less than {DOWN_HOLD_SECONDS:g} s ago")
-        settings = self._peering.settings
-        if address not in self.live and len(self.live) + len(self._dialing) >= settings.max_links:
-            raise PeerUnreachable(f"{settings.max_links} peer links are open (peering.max_links)")
-        future: asyncio.Future[TunnelSession] = asyncio.get_running_loop().create_future()
-        self._dialing[address] = future
-        try:
-            link = await self._dial(address)
-        except PeerUnreachable as exc:
+        dial = self._dialing.get(address)
+        if dial is None:
+            if self.clock() < self._down_until.get(address, 0.0):
+                raise PeerUnreachable(f"peer {address} failed a dial less than {DOWN_HOLD_SECONDS:g} s ago")
+            settings = self._peering.settings
+            if address not in self.live and len(self.live) + len(self._dialing) >= settings.max_links:
+                raise PeerUnreachable(f"{settings.max_links} peer links are open (peering.max_links)")
+            # A task of its own: a stream giving up must not cancel the dial
+            # other streams wait for.
+            dial = asyncio.ensure_future(self._dial(address))
+            self._dialing[address] = dial
+            dial.add_done_callback(partial(self._dialed, address))
+        return await asyncio.shield(dial)
+
+    def _dialed(self, address: str, dial: asyncio.Future[TunnelSession]) -> None:
+        self._dialing.pop(address, None)
+        if not dial.cancelled() and dial.exception() is not None:
             self._down_until[address] = self.clock() + DOWN_HOLD_SECONDS
-            future.set_exception(exc)
-            future.exception()  # retrieved: a dial nobody else waited on is not an error
-            raise
-        finally:
-            self._dialing.pop(address, None)
-        future.set_result(link)
-        return link
 
     async def _dial(self, address: str) -> TunnelSession:
         settings = self._peering.settings
@@ -451,6 +450,9 @@ class PeerLinks:
 
     async def close(self) -> None:
         """Close every link and the dialling HTTP session."""
+        for dial in list(self._dialing.values()):
+            with contextlib.suppress(PeerUnreachable):
+                await cancel_and_wait(dial)
         await asyncio.gather(*(s.close() for s in list(self.live.values())), return_exceptions=True)
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):

@@ -91,6 +91,20 @@ async def test_stream_on_b_reaches_agent_on_a_byte_exact(replicas: Replicas) -> 
     assert a_metrics.sample("arc_relay_peer_links_open", {"direction": "in"}) == 1
 
 
+async def test_first_streams_to_a_replica_share_one_dial(replicas: Replicas) -> None:
+    """Eight streams opened at once before any link exists: one dial, one
+    link, every stream through it."""
+    await agent_on_a(replicas)
+    client = await replicas.b.client(replicas.b.token("demo"))
+    payloads = [os.urandom(1000) for _ in range(8)]
+    backs = await asyncio.gather(*(roundtrip(client, CLUSTER.encode(), p) for p in payloads))
+    assert backs == payloads
+    metrics = replicas.b.state.metrics
+    assert metrics.sample("arc_relay_peer_link_events_total", {"direction": "out", "event": "up"}) == 1
+    assert (metrics.sample("arc_relay_peer_link_events_total",
+                           {"direction": "out", "event": "dial_failed"}) or 0) == 0
+
+
 async def test_stalled_streams_across_the_hop_do_not_slow_another_stream(replicas: Replicas) -> None:
     """Twelve stalled readers on relay B whose agent is on relay A (all on one
     peer link): another stream across the same link still moves 2 MiB
