@@ -34,6 +34,7 @@ from relay.revocation import LiveStream
 from relay.roles import cluster_scope
 from relay.shares import SessionShare
 from relay.state import RelayState
+from relay.status import is_registered
 from tunnel import (
     UPSTREAM_TARGET,
     ErrorCode,
@@ -216,7 +217,7 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
         stream.reject(ErrorCode.FORBIDDEN, f"principal {principal.name} has no cluster-user or admin "
                                            f"role at scope {scope} (or /resourceGroups/{rg} or /)")
         return
-    if await state.registry.get(cid) is None:
+    if not await is_registered(state.registry, cid):
         metrics.streams_total.labels("not_found").inc()
         stream.reject(ErrorCode.NOT_FOUND, f"cluster {cid} is not registered")
         return
