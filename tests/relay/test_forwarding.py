@@ -329,3 +329,29 @@ async def test_relay_config_peering_keys_and_their_errors(tmp_path: Path) -> Non
         await RelayServer(broken).start()
     assert str(error.value).startswith("peering.ca_file ") and "No such file" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+async def test_remembered_route_to_a_replaced_session_is_looked_up_again(replicas: Replicas) -> None:
+    """Relay B remembers the route that worked; the agent then reconnects to
+    relay A (a new session id): B's next stream is refused 'stale route' by
+    A, B asks presence again and the stream goes to the new session."""
+    keys = await agent_on_a(replicas)
+    client = await replicas.b.client(replicas.b.token("demo"))
+    assert await roundtrip(client, CLUSTER.encode(), b"first") == b"first"
+    [old] = await routes_on(replicas.b, CLUSTER, "relay-a")
+    echo = await start_echo_server()
+    await replicas.a.connectors[0][0].stop()
+    await replicas.a.start_agent(CLUSTER, keys, ("127.0.0.1", server_port(echo)))
+
+    async def new_route() -> list[Route]:
+        return [r for r in await routes_on(replicas.b, CLUSTER, "relay-a") if r.session_id > old.session_id]
+
+    await until_async(new_route, "the new session's route")
+    stale_before = replicas.b.state.metrics.sample(
+        "arc_relay_streams_forwarded_total", {"direction": "out", "outcome": "stale"}) or 0
+    assert await roundtrip(client, CLUSTER.encode(), b"second") == b"second"
+    assert replicas.b.state.metrics.sample(
+        "arc_relay_streams_forwarded_total", {"direction": "out", "outcome": "stale"}) == stale_before + 1
+    assert replicas.a.state.metrics.sample(
+        "arc_relay_streams_forwarded_total", {"direction": "in", "outcome": "stale"}) == 1
+    echo.close()
