@@ -2,7 +2,9 @@
 
 For each OPEN on a client session: authorise (cluster-user or admin on the
 cluster), find the live agent session (waiting a short grace for an agent that
-is reconnecting, e.g. after a relay restart), open a stream on it, and only
+is reconnecting, e.g. after a relay restart; with ``peering``, on another
+replica through a peer link when it is not live here: relay/peering.py), open
+a stream on it, and only
 then accept the client's stream and join the two at the frame level
 (``tunnel.join_streams``). Nothing inside DATA is parsed; memory per stream
 is bounded by the tunnel's windows because bytes move from one stream to the
