@@ -447,7 +447,10 @@ class PeerLinks:
     def _dialed(self, address: str, dial: asyncio.Future[TunnelSession]) -> None:
         self._dialing.pop(address, None)
         if not dial.cancelled() and dial.exception() is not None:
-            self._down_until[address] = self.clock() + DOWN_HOLD_SECONDS
+            now = self.clock()
+            # Pods come back under new addresses: forget the holds that passed.
+            self._down_until = {a: t for a, t in self._down_until.items() if t > now}
+            self._down_until[address] = now + DOWN_HOLD_SECONDS
 
     async def _dial(self, address: str) -> TunnelSession:
         settings = self._peering.settings
