@@ -22,6 +22,7 @@ from client.arcctl_entry import config_path, exec_credential
 from client.arcctl_options import add_common_options
 from client.arcctl_role import add_role
 from client.auth import CachedTokenSource, TokenSource
+from client.client_credentials import uses_client_credentials
 from client.config import load_config
 from client.login import cached_token, login
 from client.output import render, with_certificate_fingerprints
@@ -99,7 +100,8 @@ def cmd_get_token(args: argparse.Namespace) -> int:
     cache = TokenCache()
     path = config_path(str(args.config) if args.config else None)
     auth = config.auth
-    if auth.issuer and not auth.token_endpoint and not auth.token_command:  # as TokenSource decides
+    if auth.issuer and not auth.token_endpoint and not auth.token_command \
+            and not uses_client_credentials(auth):  # as TokenSource decides
         account = asyncio.run(cached_token(config.auth, cache, interactive=sys.stdin.isatty()))
         token, expires_at = account.access_token, account.expires_at
         cache.index(path, cache.path, account.key)
@@ -115,6 +117,9 @@ def cmd_get_token(args: argparse.Namespace) -> int:
 def cmd_login(args: argparse.Namespace) -> int:
     """``arcctl login [--method devicecode|browser]``."""
     config = load_config(args.config)
+    if config.auth.login == "client_credentials" and not args.method:
+        raise CliError("auth.login is client_credentials in the client config: a workload needs no sign-in, "
+                       "arcctl get-token and arc-proxy get its tokens (or pass --method devicecode)")
     account = asyncio.run(login(config.auth, method=args.method))
     print(f"signed in to {account.issuer} as {account.username or account.account}", file=sys.stderr)
     return 0
