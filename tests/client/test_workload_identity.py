@@ -262,3 +262,18 @@ async def test_arcctl_get_token_with_a_federated_token_file(
     cred = json.loads(out)
     assert _claims(cred["status"]["token"])["oid"] == _oid(wi_idp, FEDERATED_APP)
     assert SA_SUBJECT not in out.decode()
+
+
+async def test_arcctl_login_with_client_credentials_is_one_line(tmp_path: Path) -> None:
+    """A workload's config has nothing to sign in to: `arcctl login` says so, exit 1."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"relay": {"url": "https://127.0.0.1:1"},
+                                      "auth": {"login": "client_credentials"}}))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "client.arcctl", "login", "--config", str(config), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, err
+    assert "client_credentials" in lines[0] and "Traceback" not in lines[0]
