@@ -19,6 +19,7 @@ from typing import Any
 from client.arcctl_connect import add_connect
 from client.arcctl_delete import add_delete
 from client.arcctl_entry import config_path, exec_credential
+from client.arcctl_known_clusters import add_known_clusters
 from client.arcctl_options import add_common_options
 from client.arcctl_role import add_role
 from client.auth import CachedTokenSource, TokenSource
@@ -268,7 +269,7 @@ def _add_demo(sub: Subcommands) -> None:
 COMMANDS: list[Callable[[Subcommands], None]] = [
     _add_demo, _add_login, _add_logout, _add_account, _add_list, _add_show, _add_get_token,
     add_connect, add_delete,
-    add_role,
+    add_role, add_known_clusters,
 ]
 
 

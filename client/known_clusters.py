@@ -7,7 +7,7 @@ could otherwise put themselves between kubectl and the cluster. arc-proxy
 records the CA's fingerprint at first use (trust on first use) or takes it
 from ``--ca-fingerprint`` (handed out of band: ``arcctl connect`` prints it),
 and refuses a later change until the user accepts it deliberately
-(``arc-proxy --accept-new-ca`` or ``arcctl known-clusters forget``).
+(``arc-proxy --accept-new-ca`` or ``arcctl known-cas forget``).
 
 The file is ``known_clusters`` next to the client config (mode 0600), one
 line per cluster::
@@ -193,7 +193,7 @@ def check_pin(known: KnownClusters, relay_url: str, cluster_id: str, ca_pem: byt
             f"TLS server name {server_name or '-'}, pinned {pinned.server_name or '-'}")
     raise CaChanged(f"cluster {cluster_id} changed at the relay ({what}): refusing to connect. If the cluster "
                     f"was re-registered on purpose, check the new fingerprint with its admin, then run "
-                    f"arc-proxy -n {name} -g {group} --accept-new-ca (or --ca-fingerprint sha256:...)")
+                    f"arc-proxy -n {name} -g {group} --accept-new-ca (or arcctl known-cas forget -n {name} -g {group})")
 
 
 def _display(path: Path) -> str:

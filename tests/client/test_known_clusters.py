@@ -77,3 +77,34 @@ def test_known_clusters_bad_input_is_one_line(tmp_path: Path) -> None:
     path.write_text("# comment\nnot a valid line\n")
     with pytest.raises(ConfigError, match=f"{path}:2"):
         KnownClusters(path).pins()
+
+
+def test_arcctl_known_clusters_list_and_forget(tmp_path: Path, cas: tuple[bytes, bytes]) -> None:
+    """`arcctl known-cas list` shows the pin of the config's file;
+    `forget` removes it (a second forget is one line, exit 1)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"relay": {"url": RELAY}, "resource_group": "lab"}))
+    check_pin(KnownClusters.beside(config), RELAY, "lab/edge", cas[0], "edge")
+
+    def arcctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "client.arcctl", "known-cas", *args,
+                               "--config", str(config)], capture_output=True, text=True, timeout=60,
+                              cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+
+    listed = arcctl("list")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == [{"relayUrl": RELAY, "cluster": "lab/edge", "tlsServerName": "edge",
+                                         "servingCaFingerprint": "sha256:" + fingerprint_sha256(cas[0])}]
+    forgot = arcctl("forget", "-n", "edge")
+    assert forgot.returncode == 0 and "Forgot" in forgot.stderr, forgot.stderr
+    assert KnownClusters.beside(config).pins() == []
+    again = arcctl("forget", "-n", "edge")
+    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1, again.stderr
