@@ -124,3 +124,16 @@ def test_arc_proxy_enforces_an_out_of_band_fingerprint(
         assert "from --ca-fingerprint" in proxy.err.wait_for("Pinned cluster")
     finally:
         assert proxy.stop() == 0
+
+
+def test_demo_pins_the_ca_it_registered(demo_env: DemoEnvironment) -> None:
+    """`arcctl demo` registers its cluster with a fresh CA on every start, so
+    it pins that CA for its client config itself (a restart on the same relay
+    port would otherwise be refused as a changed CA)."""
+    from client.known_clusters import KnownClusters
+
+    pin = KnownClusters.beside(demo_env.client_config_path).get(demo_env.relay_url, f"{RESOURCE_GROUP}/{CLUSTER}")
+    registration = asyncio.run(_registration(demo_env))
+    assert pin is not None
+    assert pin.fingerprint == fingerprint_sha256(registration["servingCaCertificate"].encode())
+    assert pin.server_name == registration["tlsServerName"]
