@@ -100,6 +100,13 @@ def client_authentication(auth: AuthConfig, client_id: str, token_endpoint: str)
     Raises:
         ConfigError: no credential configured, or one that cannot be read.
     """
+    given = [name for name in ("client_secret", "client_secret_file", "client_certificate_file",
+                               "federated_token_file") if getattr(auth, name)]
+    if len(given) > 1:
+        raise ConfigError(f"client config auth sets {' and '.join(given)}: keep only one client credential")
+    if auth.client_key_file and not auth.client_certificate_file:
+        raise ConfigError("client config auth.client_key_file is set without auth.client_certificate_file: "
+                          "add the certificate, or remove the key")
     federated = auth.federated_token_file or (
         os.environ.get(FEDERATED_TOKEN_FILE_ENV) if _workload(auth) else None)
     if auth.client_secret:

@@ -277,3 +277,14 @@ async def test_arcctl_login_with_client_credentials_is_one_line(tmp_path: Path) 
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1, err
     assert "client_credentials" in lines[0] and "Traceback" not in lines[0]
+
+
+@pytest.mark.parametrize("extra", [{"client_secret": "s", "federated_token_file": "/x"},
+                                   {"client_key_file": "/k"}])
+async def test_ambiguous_client_credential_config_is_one_line(wi_idp: SandboxIdp, extra: dict[str, str]) -> None:
+    """Two credentials at once, or a key without its certificate: a ConfigError
+    naming the keys, before any token request."""
+    with pytest.raises(ConfigError) as info:
+        await TokenSource(_auth(wi_idp, client_id=FEDERATED_APP, **extra)).get()
+    assert "auth." in str(info.value) or "auth sets" in str(info.value)
+    assert "\n" not in str(info.value)
