@@ -21,6 +21,7 @@ environment variables azure-workload-identity sets in a pod:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import time
@@ -31,6 +32,7 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from client.config import AuthConfig
 from client.errors import ConfigError
@@ -139,6 +141,14 @@ def _read_text(path: str, what: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=8)
+def _load_key(pem: bytes) -> PrivateKeyTypes:
+    # Keyed by the file's content, so a rotated key is loaded afresh; loading
+    # an RSA key checks it (tens to hundreds of ms), which need not recur on
+    # every renewal.
+    return serialization.load_pem_private_key(pem, password=None)
+
+
 def _private_key_jwt(auth: AuthConfig, client_id: str, token_endpoint: str) -> str:
     cert_path = auth.client_certificate_file or ""
     cert_pem = _read_text(cert_path, "auth.client_certificate_file").encode()
@@ -149,7 +159,7 @@ def _private_key_jwt(auth: AuthConfig, client_id: str, token_endpoint: str) -> s
     except ValueError:
         raise ConfigError(f"auth.client_certificate_file {cert_path} holds no PEM certificate") from None
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
+        key = _load_key(key_pem)
     except (ValueError, TypeError):
         raise ConfigError(f"{key_path} holds no unencrypted PEM private key: set auth.client_key_file "
                           "to the certificate's key") from None
