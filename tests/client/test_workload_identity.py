@@ -197,13 +197,14 @@ async def test_issuer_refuses_a_bad_private_key_jwt(
     """Signed by another key, for another audience, expired, for another
     subject, or living too long: invalid_client (RFC 7523 section 3.2)."""
     now = int(time.time())
-    over: dict[str, Any] = {
+    cases: dict[str, dict[str, Any]] = {
         "bad_signature": {"key": generate_key_pair("intruder", kind="rsa").private_key_pem},
         "wrong_aud": {"aud": "https://elsewhere.example/token"},
         "expired": {"iat": now - 3600, "exp": now - 1200},
         "wrong_sub": {"sub": FEDERATED_APP},
         "lifetime_too_long": {"exp": now + 7200},
-    }[case]
+    }
+    over = cases[case]
     status, body = await _token_request(
         wi_idp, _assertion_form(CERTIFICATE_APP, _private_key_jwt(wi_idp, workload, **over)))
     assert (status, body["error"]) == (401, "invalid_client"), body
