@@ -24,7 +24,7 @@ from client.arcctl_options import add_common_options
 from client.arcctl_role import add_role
 from client.auth import CachedTokenSource, TokenSource
 from client.client_credentials import uses_client_credentials
-from client.config import load_config
+from client.config import AuthConfig, load_config
 from client.login import cached_token, login
 from client.output import render, with_certificate_fingerprints
 from client.relay_client import RelayApi
@@ -147,6 +147,9 @@ def cmd_logout(args: argparse.Namespace) -> int:
 def cmd_account_show(args: argparse.Namespace) -> int:
     """``arcctl account show``: the signed-in account, never its token."""
     auth = load_config(args.config).auth
+    if uses_client_credentials(auth):
+        print(render(_application_summary(auth), args.output))
+        return 0
     if not auth.issuer:
         raise CliError("client config has no auth.issuer: `arcctl account show` shows an "
                        "`arcctl login` account; add auth.issuer and run `arcctl login`")
@@ -155,6 +158,24 @@ def cmd_account_show(args: argparse.Namespace) -> int:
         raise CliError(f"not logged in to {auth.issuer}: run `arcctl login`")
     print(render(account.summary(), args.output))
     return 0
+
+
+def _application_summary(auth: AuthConfig) -> dict[str, Any]:
+    """Who a workload is (client-credentials grant): from its cached or a new
+    token's claims, never the token."""
+    import time
+
+    import jwt
+
+    token = asyncio.run(CachedTokenSource(auth).get_token())
+    try:
+        claims = jwt.decode(token.access_token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        claims = {}  # an opaque token: only what the config says
+    return {"type": "application", "clientId": claims.get("azp") or claims.get("appid") or auth.client_id,
+            "account": claims.get("oid") or claims.get("sub"), "tenant": claims.get("tid"),
+            "issuer": claims.get("iss") or auth.issuer,
+            "expiresOn": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(token.expires_at))}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

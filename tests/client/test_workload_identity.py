@@ -246,7 +246,8 @@ async def test_federated_token_is_not_trusted_for_another_application(
 async def test_arcctl_get_token_with_a_federated_token_file(
         wi_idp: SandboxIdp, workload: WorkloadDirectory, tmp_path: Path) -> None:
     """`arcctl get-token` (the exec plugin) prints an ExecCredential with the
-    workload's app token, from the environment azure-workload-identity sets."""
+    workload's app token, from the environment azure-workload-identity sets;
+    `arcctl account show` names the application."""
     token_file = tmp_path / "token"
     token_file.write_text(workload.sa_issuer.token())
     config = tmp_path / "config.yaml"
@@ -263,6 +264,17 @@ async def test_arcctl_get_token_with_a_federated_token_file(
     cred = json.loads(out)
     assert _claims(cred["status"]["token"])["oid"] == _oid(wi_idp, FEDERATED_APP)
     assert SA_SUBJECT not in out.decode()
+
+    # account show: who the workload is, never its token
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "client.arcctl", "account", "show", "--config", str(config),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    shown = json.loads(out)
+    assert shown["type"] == "application" and shown["clientId"] == FEDERATED_APP
+    assert shown["account"] == _oid(wi_idp, FEDERATED_APP) and shown["tenant"] == wi_idp.tenant_id
+    assert cred["status"]["token"] not in out.decode()
 
 
 async def test_arcctl_login_with_client_credentials_is_one_line(tmp_path: Path) -> None:
