@@ -384,7 +384,15 @@ async def _register_for_helm(args: argparse.Namespace, api: RelayApi, values: Ag
         _say(4, f"relay: {'updated' if registration else 'registered'} {cid}")
     print(f"Cluster {cid} is registered at {values.relay_url}. Deploy its agent with: helm install arc-agent "
           f"deploy/helm/cluster-connect-agent -n arc-system --create-namespace -f {path}")
+    _print_ca_fingerprint(cid, values.serving_ca)
     return 0
+
+
+def _print_ca_fingerprint(cid: str, serving_ca: str) -> None:
+    """The fingerprint arc-proxy pins, for the admin to hand out of band."""
+    if serving_ca:
+        fp = fingerprint_sha256(serving_ca.encode())
+        print(f"Serving CA of {cid}: sha256:{fp} (users may pass it as arc-proxy --ca-fingerprint)", flush=True)
 
 
 async def connect(args: argparse.Namespace) -> int:
@@ -456,6 +464,7 @@ async def connect(args: argparse.Namespace) -> int:
         print(f"Cluster {cid} is registered at {config.relay_url} and its agent is deployed"
               + ("" if changed else " (nothing changed)")
               + f". Check it with: arcctl show -n {args.name} -g {group}", flush=True)
+        _print_ca_fingerprint(cid, values.serving_ca)
         if not args.no_wait:
             await wait_connected(api, group, args.name, args.wait_timeout, config.relay_url)
     return 0

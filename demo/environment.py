@@ -236,6 +236,17 @@ class DemoEnvironment:
                 "role": "cluster-user", "scope": f"/resourceGroups/{RESOURCE_GROUP}/clusters/{CLUSTER}",
             })
 
+    def _pin_cluster_ca(self, cluster_ca: CertificateAuthority, tls_server_name: str) -> None:
+        """Pin the demo cluster's new serving CA for the client config, as an
+        admin hands the fingerprint out: a demo restarted on the same relay
+        port makes a new CA, which arc-proxy would otherwise refuse as changed."""
+        from certs import fingerprint_sha256
+        from client.known_clusters import KnownClusters, Pin
+
+        KnownClusters.beside(self.client_config_path).put(Pin(
+            self.relay_url, f"{RESOURCE_GROUP}/{CLUSTER}", fingerprint_sha256(cluster_ca.certificate_pem),
+            tls_server_name))
+
     async def cluster_status(self) -> str:
         """The demo cluster's ``connectivityStatus`` at the relay (asked as the admin)."""
         cfg = self.admin_config()
@@ -308,6 +319,7 @@ class DemoEnvironment:
         agent_keys = generate_key_pair(f"{RESOURCE_GROUP}/{CLUSTER}")
         self._checkpoint()
         asyncio.run(self._register(cluster_ca, tls_server_name, agent_keys.certificate_pem))
+        self._pin_cluster_ca(cluster_ca, tls_server_name)
         self._say(f"[4/7] cluster registered     {RESOURCE_GROUP}/{CLUSTER}; "
                   f"{self.identity.user} has cluster-user")
         self._checkpoint()
