@@ -61,17 +61,7 @@ def resolve_prefixes(items: Sequence[IssuerNaming]) -> dict[str, Prefixes]:
         ValueError: one line: a bad or repeated alias, or prefixes that would let
             one issuer's name be read as another's.
     """
-    aliases: dict[str, str] = {}
-    for item in items:
-        if item.alias is None:
-            continue
-        # "system" would make the prefix "system:", Kubernetes' reserved namespace.
-        if not ALIAS_RE.fullmatch(item.alias) or item.alias.lower() == "system":
-            raise ValueError(f"alias {item.alias!r} of issuer {item.issuer}: expected {ALIAS_RULE}")
-        if item.alias in aliases:
-            raise ValueError(f"alias {item.alias!r} names two issuers ({aliases[item.alias]} and "
-                             f"{item.issuer}): give each issuer its own alias")
-        aliases[item.alias] = item.issuer
+    check_aliases([(item.issuer, item.alias) for item in items])
     several = len(items) > 1
     out: dict[str, Prefixes] = {}
     for item in items:
@@ -84,6 +74,25 @@ def resolve_prefixes(items: Sequence[IssuerNaming]) -> dict[str, Prefixes]:
         for kind in ("username", "groups"):
             _check_distinct(kind, {issuer: getattr(p, kind) for issuer, p in out.items()}, len(items))
     return out
+
+
+def check_aliases(items: Sequence[tuple[str, str | None]]) -> None:
+    """Each (issuer, alias) alias well-formed and naming one issuer.
+
+    Raises:
+        ValueError: one line naming the alias and what to do.
+    """
+    aliases: dict[str, str] = {}
+    for issuer, alias in items:
+        if alias is None:
+            continue
+        # "system" would make the prefix "system:", Kubernetes' reserved namespace.
+        if not ALIAS_RE.fullmatch(alias) or alias.lower() == "system":
+            raise ValueError(f"alias {alias!r} of issuer {issuer}: expected {ALIAS_RULE}")
+        if alias in aliases:
+            raise ValueError(f"alias {alias!r} names two issuers ({aliases[alias]} and "
+                             f"{issuer}): give each issuer its own alias")
+        aliases[alias] = issuer
 
 
 def _check_distinct(kind: str, prefixes: dict[str, str], count: int) -> None:

@@ -241,6 +241,7 @@ class RelayServer:
             log.warning("%s", warning)
         validator = self._validator()
         store, writer, roles = await self._open_database()
+        await _scope_old_assignments(roles, config)
         presence = _presence(config)
         self._presence = presence
         directory = PresenceDirectory(LocalDirectory[TunnelSession](), presence, SessionIds())
@@ -347,7 +348,7 @@ class RelayServer:
                                   "database.password_file") from None
             # One pool: a flush takes a connection of its own from it.
             return (PostgresRegistry(self._postgres), None,
-                    PostgresRoleStore(self._postgres, config.admins))
+                    PostgresRoleStore(self._postgres, config.bootstrap_admins))
         try:
             self._db = SqliteDatabase(config.database_path)
             # Status is derived from the directory of live sessions (relay/status.py);
@@ -359,7 +360,7 @@ class RelayServer:
             self._close_databases()
             raise ConfigError(f"cannot open database {config.database_path}: {exc}") from None
         return (SqliteRegistry(self._db), SqliteRegistry(self._status_db) if self._status_db else None,
-                SqliteRoleStore(self._db, config.admins))
+                SqliteRoleStore(self._db, config.bootstrap_admins))
 
     def _close_databases(self) -> None:
         for db in (self._status_db, self._db):
@@ -407,3 +408,21 @@ class RelayServer:
             await self._health.stop()
             self._health = None
         log.info("relay stopped")
+
+
+async def _scope_old_assignments(roles: RoleStore, config: RelayConfig) -> None:
+    """Role assignments made before they named an issuer (migration 2) belong
+    to the issuer the relay trusted then: with exactly one trusted issuer they
+    are given to it; beside several they stay unscoped, match nobody, and the
+    relay says so once."""
+    if len(config.issuers) == 1:
+        claimed = await roles.claim_unscoped(config.issuers[0].issuer)
+        if claimed:
+            log.info("role assignments scoped to the only trusted issuer count=%d issuer=%s",
+                     claimed, config.issuers[0].issuer)
+        return
+    unscoped = await roles.count_unscoped()
+    if unscoped:
+        log.warning("role assignments name no issuer and match nobody count=%d: recreate them with "
+                    "principalIssuer (arcctl role assign --assignee-issuer), or start once with only "
+                    "the issuer they were made for", unscoped)

@@ -70,6 +70,10 @@ class IssuerSection(ConfigModel):
     audiences: list[Text] = Field(default=[DEFAULT_AUDIENCE], description="Accepted `aud` values (empty: the default).")
     ca_file: str | None = Field(default=None, description="CA bundle for the issuer's discovery and JWKS (unset: system trust).")
     tenant_ids: list[Text] | None = Field(default=None, description="Accepted `tid` values (unset: any).")
+    alias: str | None = Field(default=None, description="Short name of the issuer (role assignments may name "
+                              "their assignee's issuer by it: `principalIssuer`).")
+    admins: list[Text] = Field(default=[], description="Object ids (or group object ids) of this issuer with "
+                               "every role on `/` (bootstrap; docs/identity-providers.md).")
 
 
 class RelayOidcSection(ConfigModel):

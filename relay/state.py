@@ -25,7 +25,7 @@ from relay.metrics import RelayMetrics
 from relay.presence import MemoryPresence, Presence
 from relay.registry import ClusterRegistry
 from relay.revocation import LiveStreams
-from relay.roles import RoleStore
+from relay.roles import Action, RoleStore
 from relay.shares import StreamShares
 
 if TYPE_CHECKING:
@@ -110,7 +110,13 @@ class RelayState:
 
     async def may_connect(self, principal: Principal, scope: str) -> bool:
         """Whether ``principal`` holds a role allowing ``connect`` at ``scope``."""
-        return bool(await self.roles.allowed(self.principal_ids(principal), "connect", scope))
+        return await self.may(principal, "connect", scope)
+
+    async def may(self, principal: Principal, action: Action, scope: str) -> bool:
+        """Whether ``principal`` holds a role allowing ``action`` at ``scope``:
+        only assignments (and admins) of its own issuer count."""
+        return bool(await self.roles.allowed(principal.issuer, self.principal_ids(principal),
+                                             action, scope))
 
     def principal_ids(self, principal: Principal) -> set[str]:
         """The ids role assignments may name for ``principal`` under this

@@ -1,0 +1,142 @@
+"""A principal belongs to its issuer (issue 17 item 6, OIDC Core 5.7): with
+two real sandbox issuers trusted, issuer B's token carrying issuer A's admin
+``oid`` and group ids gets nothing at the relay: no role list, no cluster
+list, no cluster connect. Assignments name their assignee's issuer, and rows
+made before they did are claimed for the relay's only issuer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from relay import IssuerConfig, SqliteDatabase
+from relay.config import ConfigError, relay_config_from_dict
+from relay.roles import RoleAssignment, SqliteRoleStore
+from sandbox.idp import SandboxIdp
+from tests.support.relay import ADMIN_OID, DEMO_OID, VIEWERS_GROUP, RelayEnv, roundtrip, running_env
+from tests.support.servers import server_port, start_echo_server
+from tunnel import ErrorCode, StreamRefused
+
+SCOPE = "/resourceGroups/rg1/clusters/alpha"
+
+
+@pytest.fixture
+async def issuer_b(tmp_path: Path) -> AsyncIterator[SandboxIdp]:
+    """A second sandbox issuer: its own URL and keys, the same demo directory
+    (so its users carry exactly issuer A's oids and group ids)."""
+    idp = SandboxIdp(tmp_path / "idp-b")
+    await idp.start()
+    yield idp
+    await idp.stop()
+
+
+async def _agent_with_echo(env: RelayEnv) -> None:
+    echo = await start_echo_server()
+    keys = await env.register("rg1", "alpha")
+    await env.start_agent("rg1/alpha", keys, ("127.0.0.1", server_port(echo)))
+    await env.wait_agent("rg1/alpha")
+
+
+async def _open_outcome(env: RelayEnv, token: str) -> ErrorCode | bytes:
+    client = await env.client(token)
+    try:
+        return await roundtrip(client, b"rg1/alpha", b"hello")
+    except StreamRefused as exc:
+        return exc.code
+
+
+async def test_other_issuer_cannot_act_as_admin_or_user(tmp_path: Path, issuer_b: SandboxIdp) -> None:
+    """B's token with A's admin oid and A's group ids: 403 on the role list,
+    an empty cluster list, a refused connect; A's own principals keep their roles."""
+    b = IssuerConfig(issuer_b.issuer, ("api://cluster-connect",), issuer_b.ca_file, alias="b")
+    async with running_env(tmp_path / "a", alias="a", extra_issuers=(b,)) as env:
+        await _agent_with_echo(env)
+        admin_a = env.token("admin")
+        assert ADMIN_OID in str(env.relay.config.bootstrap_admins)
+        status, body = await env.api("PUT", "/api/v1/roleAssignments/demo", admin_a, {
+            "principalId": DEMO_OID, "principalIssuer": "a", "role": "cluster-user", "scope": SCOPE})
+        assert status == 201 and body["principalIssuer"] == env.idp.issuer
+        status, _ = await env.api("PUT", "/api/v1/roleAssignments/viewers", admin_a, {
+            "principalId": VIEWERS_GROUP, "principalType": "Group", "principalIssuer": env.idp.issuer,
+            "role": "admin", "scope": "/"})
+        assert status == 201
+        status, body = await env.api("GET", "/api/v1/roleAssignments", admin_a)
+        assert status == 200 and {a["id"] for a in body["value"]} == {"demo", "viewers"}
+
+        # Issuer B, same oid as A's admin, A's admin-holding group id in its groups claim.
+        impostor = issuer_b.mint("admin", groups=[VIEWERS_GROUP])
+        status, body = await env.api("GET", "/api/v1/roleAssignments", impostor)
+        assert status == 403, body
+        status, body = await env.api("GET", "/api/v1/clusters", impostor)
+        assert status == 200 and body["value"] == []
+        status, _ = await env.api("PUT", "/api/v1/roleAssignments/mine", impostor, {
+            "principalId": ADMIN_OID, "principalIssuer": "b", "role": "admin", "scope": "/"})
+        assert status == 403
+        assert await _open_outcome(env, issuer_b.mint("demo")) == ErrorCode.FORBIDDEN
+        assert await _open_outcome(env, env.token("demo")) == b"hello"
+
+        # Without principalIssuer the relay (trusting two) cannot tell whose id it is.
+        status, body = await env.api("PUT", "/api/v1/roleAssignments/x", admin_a, {
+            "principalId": DEMO_OID, "role": "viewer", "scope": "/"})
+        assert status == 400 and "principalIssuer is required" in body["error"]["message"]
+        status, body = await env.api("PUT", "/api/v1/roleAssignments/x", admin_a, {
+            "principalId": DEMO_OID, "principalIssuer": "https://elsewhere.example", "role": "viewer",
+            "scope": "/"})
+        assert status == 400 and "trusted issuer" in body["error"]["message"]
+        # Assigned to B's principal by name of B, B's demo may connect.
+        status, _ = await env.api("PUT", "/api/v1/roleAssignments/demo-b", admin_a, {
+            "principalId": DEMO_OID, "principalIssuer": "b", "role": "cluster-user", "scope": SCOPE})
+        assert status == 201
+        assert await _open_outcome(env, issuer_b.mint("demo")) == b"hello"
+
+
+async def _old_row(tmp: Path) -> None:
+    """A role assignment as a relay before migration 2 stored it (no issuer)."""
+    db = SqliteDatabase(tmp / "relay" / "relay.db")
+    await SqliteRoleStore(db).put(RoleAssignment("old", DEMO_OID, "User", "cluster-user", SCOPE))
+    db.close()
+
+
+async def test_old_assignments_belong_to_the_only_issuer(tmp_path: Path) -> None:
+    """Started with one issuer, the relay gives unscoped rows to it: the old
+    assignment keeps granting access."""
+    await _old_row(tmp_path)
+    async with running_env(tmp_path) as env:
+        old = await env.state.roles.get("old")
+        assert old is not None and old.principal_issuer == env.idp.issuer
+        await _agent_with_echo(env)
+        assert await _open_outcome(env, env.token("demo")) == b"hello"
+
+
+async def test_old_assignments_match_nobody_beside_several_issuers(
+        tmp_path: Path, issuer_b: SandboxIdp, caplog: pytest.LogCaptureFixture) -> None:
+    """Started with two issuers, the relay cannot tell whose an unscoped row
+    is: it stays unscoped, grants nothing, and one warning says what to do."""
+    caplog.set_level(logging.WARNING, logger="relay")
+    await _old_row(tmp_path)
+    b = IssuerConfig(issuer_b.issuer, ("api://cluster-connect",), issuer_b.ca_file)
+    async with running_env(tmp_path, extra_issuers=(b,)) as env:
+        lines = [r.getMessage() for r in caplog.records if "match nobody" in r.getMessage()]
+        assert len(lines) == 1 and "count=1" in lines[0] and "--assignee-issuer" in lines[0]
+        await _agent_with_echo(env)
+        assert await _open_outcome(env, env.token("demo")) == ErrorCode.FORBIDDEN
+
+
+def test_top_level_admins_need_a_single_issuer() -> None:
+    """Beside several issuers a bare admin id is refused in one line; under
+    its issuer it is that issuer's admin only."""
+    two = [{"issuer": "https://a.example/"}, {"issuer": "https://b.example/", "admins": ["x"]}]
+    with pytest.raises(ConfigError) as info:
+        relay_config_from_dict({"oidc": {"issuers": two}, "admins": ["x"]})
+    assert str(info.value).splitlines() == [
+        "relay config: admins: a bare id could be any of the 2 trusted issuers' principal: list each admin "
+        "under its issuer's oidc.issuers[].admins (docs/identity-providers.md)"]
+    config = relay_config_from_dict({"oidc": {"issuers": two}})
+    assert config.bootstrap_admins == {("https://b.example/", "x")}
+    one = relay_config_from_dict({"oidc": {"issuers": two[:1]}, "admins": ["y"]})
+    assert one.bootstrap_admins == {("https://a.example/", "y")}
+    with pytest.raises(ConfigError, match="alias 'a' names two issuers"):
+        relay_config_from_dict({"oidc": {"issuers": [{**two[0], "alias": "a"}, {**two[1], "alias": "a"}]}})
