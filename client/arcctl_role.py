@@ -5,7 +5,10 @@ Roles (relay/roles.py): ``cluster-user`` (connect), ``viewer`` (list/show),
 role assignments). Scopes: one cluster (``-n NAME [-g GROUP]``), a resource
 group (``-g GROUP``), everything (``--scope /``), or any of them spelled out
 with ``--scope``. The principal is an object id (user or service principal)
-or a group id, as in the token's ``oid`` / ``groups`` claims.
+or a group id, as in the token's ``oid`` / ``groups`` claims, of one issuer
+(``--assignee-issuer``: needed when the relay trusts several; an id of one
+issuer never matches another's token). A user name (``alice@contoso.example``)
+is refused by the relay unless it matches names (docs/identity-providers.md).
 
 ``export`` prints every assignment the caller administers as one document
 (JSON or YAML); ``import`` reads such a document back and PUTs each
@@ -41,7 +44,7 @@ EXPORT_KIND = "RoleAssignmentList"
 EXPORT_API_VERSION = "cluster-connect.dev/v1"
 # An import file is a list of small records; anything bigger is the wrong file.
 MAX_IMPORT_BYTES = 4 * 1024 * 1024
-_FIELDS = ("principalId", "principalType", "role", "scope")
+_FIELDS = ("principalId", "principalIssuer", "principalType", "role", "scope")
 
 
 def _scope(args: argparse.Namespace, config: ClientConfig, *, required: bool) -> str | None:
@@ -60,9 +63,11 @@ def _scope(args: argparse.Namespace, config: ClientConfig, *, required: bool) ->
     return None
 
 
-def assignment_id(principal_id: str, role: str, scope: str) -> str:
-    """A stable id for (principal, role, scope): assigning twice is a no-op."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cluster-connect:{principal_id}|{role}|{scope}"))
+def assignment_id(principal_id: str, role: str, scope: str, issuer: str = "") -> str:
+    """A stable id for (issuer, principal, role, scope): assigning twice is a
+    no-op. Without an issuer the id is the one made before issuers were named."""
+    who = f"{issuer}|{principal_id}" if issuer else principal_id
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cluster-connect:{who}|{role}|{scope}"))
 
 
 def _path(aid: str) -> str:
@@ -100,9 +105,10 @@ def cmd_assign(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     scope = _scope(args, config, required=True)
     assert scope is not None
-    aid = args.id or assignment_id(args.assignee, args.role, scope)
+    issuer = args.assignee_issuer or ""
+    aid = args.id or assignment_id(args.assignee, args.role, scope, issuer)
     spec = {"principalId": args.assignee, "principalType": args.assignee_type,
-            "role": args.role, "scope": scope}
+            "role": args.role, "scope": scope, **({"principalIssuer": issuer} if issuer else {})}
 
     async def body(api: RelayApi) -> Any:
         return await api.request("PUT", _path(aid), json=spec, what=f"role assignment {aid}")
@@ -149,7 +155,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def export_document(assignments: list[dict[str, Any]]) -> dict[str, Any]:
     """The export format: ``{apiVersion, kind, items: [{id, principalId, ...}]}``."""
-    items = [{"id": a["id"], **{k: a.get(k) for k in _FIELDS}}
+    items = [{"id": a["id"], **{k: a.get(k) for k in _FIELDS if a.get(k) is not None}}
              for a in sorted(assignments, key=lambda a: str(a.get("id")))]
     return {"apiVersion": EXPORT_API_VERSION, "kind": EXPORT_KIND, "items": items}
 
@@ -183,8 +189,10 @@ def parse_import_document(text: str, source: str) -> list[dict[str, Any]]:
             raise ConfigError(f"{source}: item {i} has principalType {ptype!r}; use one of "
                               f"{', '.join(PRINCIPAL_TYPES)}")
         principal, role, scope = str(item["principalId"]), str(item["role"]), str(item["scope"])
-        out.append({"id": str(item.get("id") or assignment_id(principal, role, scope)),
-                    "principalId": principal, "principalType": ptype, "role": role, "scope": scope})
+        issuer = str(item.get("principalIssuer") or "")
+        out.append({"id": str(item.get("id") or assignment_id(principal, role, scope, issuer)),
+                    "principalId": principal, "principalType": ptype, "role": role, "scope": scope,
+                    **({"principalIssuer": issuer} if issuer else {})})
     return out
 
 
@@ -221,7 +229,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     async def body(api: RelayApi) -> dict[str, Any]:
         applied = []
         for item in items:
-            spec = {k: item[k] for k in _FIELDS}
+            spec = {k: item[k] for k in _FIELDS if k in item}
             await api.request("PUT", _path(item["id"]), json=spec, what=f"role assignment {item['id']}")
             applied.append(item["id"])
         return {"applied": applied}
@@ -264,13 +272,18 @@ def add_role(sub: Subcommands) -> None:
                     examples=["arcctl role assign --role cluster-user --assignee OBJECT_ID -n edge-1 -g lab",
                               "arcctl role assign --role viewer --assignee GROUP_ID --assignee-type Group "
                               "-g lab",
-                              "arcctl role assign --role admin --assignee OBJECT_ID --scope /"],
+                              "arcctl role assign --role admin --assignee OBJECT_ID --scope /",
+                              "arcctl role assign --role cluster-user --assignee OBJECT_ID "
+                              "--assignee-issuer partner -g lab"],
                     notes=SCOPE_NOTES)
     p.add_argument("--role", required=True, choices=ROLES, help="the role to give")
     p.add_argument("--assignee", required=True, metavar="ID",
                    help="object id of a user or service principal, or a group id")
     p.add_argument("--assignee-type", default="User", choices=PRINCIPAL_TYPES,
                    help="what the assignee id names (default User)")
+    p.add_argument("--assignee-issuer", metavar="ISSUER",
+                   help="the assignee's issuer: its URL or the alias the relay gives it (needed when "
+                        "the relay trusts several issuers; default: the relay's only issuer)")
     p.add_argument("--id", metavar="ID",
                    help="the assignment's id (default: derived from assignee, role and scope, "
                         "so assigning twice changes nothing)")

@@ -27,6 +27,8 @@ from relay.roles import (
     RoleAssignment,
     assignment_errors,
     cluster_scope,
+    looks_like_name,
+    name_assignment_error,
     valid_assignment_id,
     valid_scope,
 )
@@ -249,6 +251,10 @@ async def put_role_assignment(request: web.Request) -> web.Response:
     if errors:
         return json_error(400, "InvalidRequest", "; ".join(errors))
     issuer = _assignee_issuer(state, body.get("principalIssuer", ""))
+    if (body.get("principalType", "User") != "Group" and looks_like_name(body["principalId"])
+            and not state.config.match_mutable_claims):
+        # Stored, it could never match: say so now, not by silence later.
+        return json_error(400, "InvalidRequest", name_assignment_error(body["principalId"]))
     await _require(request, principal, "manage_roles", body["scope"], "admin")
     existing = await state.roles.get(aid)
     if existing is not None:

@@ -20,6 +20,7 @@ its id and matches only tokens of that issuer; a bootstrap admin is an
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -97,6 +98,24 @@ class RoleAssignment:
             "scope": self.scope,
             "createdAt": self.created_at,
         }
+
+
+# A user or app name (``alice@contoso.example``): what upn, preferred_username
+# and email hold, never an object id or ``<iss>#<sub>``.
+_NAME_RE = re.compile(r"[^@#/:\s]+@[^@#/:\s]+\.[^@#/:\s]+")
+
+
+def looks_like_name(principal_id: str) -> bool:
+    """Whether ``principal_id`` is an email-like user name rather than an id."""
+    return bool(_NAME_RE.fullmatch(principal_id))
+
+
+def name_assignment_error(principal_id: str) -> str:
+    """Why an assignment to a user name is refused when only ids match, and the fix."""
+    return (f"principalId {principal_id!r} is a user name, which matches no token here (names can be "
+            "changed by their owner; the relay matches them only with authorization.match_mutable_claims): "
+            "pass the principal's object id (oid) instead, with principalIssuer when the relay trusts "
+            "several issuers (arcctl role assign --assignee OBJECT_ID --assignee-issuer ISSUER)")
 
 
 def assignment_errors(body: dict[str, Any]) -> list[str]:

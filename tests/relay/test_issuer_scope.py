@@ -6,18 +6,24 @@ made before they did are claimed for the relay's only issuer."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from relay import IssuerConfig, SqliteDatabase
 from relay.config import ConfigError, relay_config_from_dict
 from relay.roles import RoleAssignment, SqliteRoleStore
 from sandbox.idp import SandboxIdp
+from tests.support.processes import child_env
 from tests.support.relay import ADMIN_OID, DEMO_OID, VIEWERS_GROUP, RelayEnv, roundtrip, running_env
 from tests.support.servers import server_port, start_echo_server
+from tests.support.waits import WAIT
 from tunnel import ErrorCode, StreamRefused
 
 SCOPE = "/resourceGroups/rg1/clusters/alpha"
@@ -140,3 +146,42 @@ def test_top_level_admins_need_a_single_issuer() -> None:
     assert one.bootstrap_admins == {("https://a.example/", "y")}
     with pytest.raises(ConfigError, match="alias 'a' names two issuers"):
         relay_config_from_dict({"oidc": {"issuers": [{**two[0], "alias": "a"}, {**two[1], "alias": "a"}]}})
+
+
+async def _arcctl(env: RelayEnv, token: str, *args: str) -> tuple[int, str, str]:
+    """``arcctl ARGS`` as a process, with a client config whose token is ``token``."""
+    (env.tmp / "token").write_text(token)
+    (env.tmp / "relay-ca.crt").write_bytes(env.relay.ca_pem or b"")
+    config = env.tmp / "client.yaml"
+    config.write_text(yaml.safe_dump({"relay": {"url": env.relay.url, "ca_file": str(env.tmp / "relay-ca.crt")},
+                                      "auth": {"token_command": f"cat {env.tmp / 'token'}"}}))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "client.arcctl", *args, "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env())
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT * 3)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_arcctl_assign_names_the_issuer_and_refuses_a_user_name(
+        tmp_path: Path, issuer_b: SandboxIdp) -> None:
+    """``arcctl role assign --assignee alice@contoso.example`` is refused in one
+    line saying to pass the object id (stored, it would never match);
+    ``--assignee-issuer`` names whose id it is, by alias."""
+    b = IssuerConfig(issuer_b.issuer, ("api://cluster-connect",), issuer_b.ca_file, alias="b")
+    async with running_env(tmp_path, alias="a", extra_issuers=(b,)) as env:
+        admin = env.token("admin")
+        code, out, err = await _arcctl(env, admin, "role", "assign", "--role", "viewer",
+                                       "--assignee", "alice@contoso.example", "--assignee-issuer", "a", "-g", "rg1")
+        assert code != 0 and out == "" and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+        assert "is a user name" in err and "object id (oid)" in err and "--assignee-issuer" in err
+        assert await env.state.roles.list_all() == []
+
+        code, out, err = await _arcctl(env, admin, "role", "assign", "--role", "cluster-user",
+                                       "--assignee", DEMO_OID, "--assignee-issuer", "b", "-n", "alpha", "-g", "rg1")
+        assert code == 0, err
+        assert json.loads(out)["principalIssuer"] == issuer_b.issuer
+        await _agent_with_echo(env)
+        assert await _open_outcome(env, issuer_b.mint("demo")) == b"hello"
+        assert await _open_outcome(env, env.token("demo")) == ErrorCode.FORBIDDEN
