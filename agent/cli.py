@@ -93,7 +93,7 @@ def _token_validator(config: AgentConfig) -> TokenValidator | None:
         TrustedIssuer(issuer=i.issuer, audiences=list(i.audiences), ca_pem=i.ca_pem,
                       tenant_ids=list(i.tenant_ids) if i.tenant_ids else None)
         for i in kap.issuers
-    ], group_resolver=kap.group_source.build() if kap.group_source else None)
+    ], group_resolver=kap.group_source.build() if kap.group_source else None, **kap.validator_options)
 
 
 def _kube_aad_proxy(config: AgentConfig, validator: TokenValidator | None) -> KubeAadProxy:

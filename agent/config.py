@@ -52,6 +52,7 @@ from health import HealthLimits
 from health.config import HealthSection
 from identity import GroupSourceSettings
 from identity.issuer_names import IssuerNaming, Prefixes, resolve_prefixes
+from identity.validator_settings import ValidatorKeys
 
 __all__ = [
     "AgentConfig",
@@ -168,6 +169,8 @@ class KubeAadProxySettings:
     group_source: GroupSourceSettings | None = None
     # kube_aad_proxy.limits as KubeAadProxyConfig keyword arguments (_proxy_limits).
     limits: dict[str, Any] = field(default_factory=dict)
+    # oidc.clock_skew_seconds / jwks_*: identity.TokenValidator keyword arguments.
+    validator_options: dict[str, Any] = field(default_factory=lambda: ValidatorKeys().validator_kwargs())
 
 
 @dataclass(frozen=True)
@@ -296,6 +299,7 @@ def _kube_aad_proxy(section: KubeAadProxySection, base: Path, problems: Problems
         impersonate_with=section.impersonate_with,
         group_source=group_source,
         limits=section.limits.proxy_kwargs(),
+        validator_options=section.oidc.validator_kwargs(),
     )
 
 

@@ -224,7 +224,7 @@ class RelayServer:
             except ValueError as exc:
                 raise ConfigError(f"oidc issuer {raw.issuer}: {exc}") from None
         resolver = self.config.group_source.build() if self.config.group_source else None
-        return TokenValidator(issuers, group_resolver=resolver)
+        return TokenValidator(issuers, group_resolver=resolver, **self.config.validator_options)
 
     async def start(self) -> None:
         """Open the database, bind and serve.

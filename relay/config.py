@@ -58,6 +58,7 @@ from health import HealthLimits
 from identity import GroupSourceSettings
 from identity.agent_assertion import AGENT_CONNECT_PATH, agent_audiences
 from identity.issuer_names import check_aliases
+from identity.validator_settings import ValidatorKeys
 from relay.config_schema import (
     DEFAULT_AUDIENCE,
     DEFAULT_RECHECK_SECONDS,
@@ -120,6 +121,9 @@ class RelayConfig:
     database_url: str | None = None
     database_password_file: str | None = None
     issuers: tuple[IssuerConfig, ...] = ()
+    # oidc.clock_skew_seconds / jwks_refresh_seconds / jwks_min_refresh_seconds:
+    # identity.TokenValidator keyword arguments (identity/validator_settings.py).
+    validator_options: dict[str, Any] = field(default_factory=lambda: ValidatorKeys().validator_kwargs())
     group_source: GroupSourceSettings | None = None
     admins: tuple[str, ...] = ()
     agent_grace_seconds: float = 5.0
@@ -323,6 +327,7 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
             admins=tuple(item.admins),
         ) for item in doc.oidc.issuers),
         group_source=group_source,
+        validator_options=doc.oidc.validator_kwargs(),
         admins=tuple(doc.admins),
         agent_grace_seconds=limits.agent_grace_seconds,
         drain_seconds=limits.drain_seconds,

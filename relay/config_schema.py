@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from configfile import ConfigModel, Secret, Text, parse_host_port
 from health.config import HealthSection
 from identity import OptionalGroupSource
+from identity.validator_settings import ValidatorKeys
 from relay.edge_limits import (
     HEAD_TIMEOUT,
     KEEPALIVE_TIMEOUT,
@@ -76,7 +77,7 @@ class IssuerSection(ConfigModel):
                                "every role on `/` (bootstrap; docs/identity-providers.md).")
 
 
-class RelayOidcSection(ConfigModel):
+class RelayOidcSection(ValidatorKeys):
     """``oidc``: whose tokens users may present."""
 
     issuers: list[IssuerSection] = Field(default=[], description="Trusted issuers.")

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from agent.kube_aad_proxy.names import is_reserved
 from configfile import ConfigModel, Text, parse_host_port
 from identity import OptionalGroupSource
+from identity.validator_settings import ValidatorKeys
 
 if TYPE_CHECKING:
     from agent.kube_aad_proxy.names import NamePrefixes
@@ -150,7 +151,7 @@ class ProxyIssuerSection(ConfigModel):
         return value
 
 
-class ProxyOidcSection(ConfigModel):
+class ProxyOidcSection(ValidatorKeys):
     """``kube_aad_proxy.oidc``: whose tokens kubectl may present."""
 
     issuers: list[ProxyIssuerSection] = Field(default=[], description="Trusted issuers (none: every request "
