@@ -135,7 +135,7 @@ class TokenSource:
         if not a.token_endpoint:
             raise ConfigError("client config has no auth.token_endpoint nor auth.token_command: "
                               "add one, or pass --token")
-        base = {"client_id": a.client_id or "arc-cli", "scope": a.scope}
+        base = {"client_id": a.client_id or "arc-cli", "scope": a.scope, **a.token_parameters()}
         if a.lifetime:
             base["lifetime"] = str(a.lifetime)  # sandbox issuer extension (tests: short tokens)
         if old is not None and old.refresh_token:

@@ -10,6 +10,7 @@
       ca_file: /path/idp-ca.crt
       client_id: arc-cli
       scope: api://cluster-connect/.default
+      audience: null                    # or resource: sent with every token request when set
       username: demo@contoso.example   # password grant (demo), or
       password: ...
       client_secret: ...               # client-credentials grant, or
@@ -70,6 +71,11 @@ class AuthSection(ConfigModel):
     client_id: Text | None = Field(default=None, description="OAuth2 client id of the CLI application.")
     client_secret: Annotated[Text | None, Secret()] = Field(default=None, description="Client-credentials grant: the client secret (a service principal).")
     scope: Text = Field(default=DEFAULT_SCOPE, description="Scope requested for the token.")
+    audience: Text | None = Field(default=None, description="Sent as `audience` with every token request "
+                                  "(Auth0, Okta and others issue a JWT access token for an API only when "
+                                  "asked for its audience; without it, an opaque token the relay refuses).")
+    resource: Text | None = Field(default=None, description="Sent as `resource` with every token request "
+                                  "(RFC 8707; Entra ID v1 endpoints and AD FS name the API this way).")
     username: Text | None = Field(default=None, description="Password grant (demo issuer): the user name.")
     password: Annotated[Text | None, Secret()] = Field(default=None, description="Password grant: the password.")
     token_command: Text | None = Field(default=None, description="A command that prints a token on stdout "
@@ -98,12 +104,20 @@ class AuthConfig:
     client_id: str | None = None
     client_secret: str | None = None
     scope: str = DEFAULT_SCOPE
+    # Token-request parameters a provider may need to issue a JWT access token
+    # for our API (``audience``: Auth0/Okta; ``resource``: RFC 8707, Entra v1).
+    audience: str | None = None
+    resource: str | None = None
     username: str | None = None
     password: str | None = None
     token_command: str | None = None
     # Requested token lifetime in seconds, sent as the sandbox issuer's
     # ``lifetime`` extension (tests use a few seconds); None: the issuer's default.
     lifetime: str | None = None
+
+    def token_parameters(self) -> dict[str, str]:
+        """``audience`` / ``resource`` for every token request, when configured."""
+        return {k: v for k, v in (("audience", self.audience), ("resource", self.resource)) if v}
 
     def login_scopes(self) -> list[str]:
         """Scopes ``arcctl login`` asks for: ``scopes``, else ``scope`` with the
