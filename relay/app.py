@@ -9,6 +9,7 @@ tests use it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import socket
@@ -206,12 +207,13 @@ class RelayServer:
             raise RuntimeError("relay is not started")
         return self._listener
 
-    def _validator(self) -> TokenValidator | NoIssuers:
-        if not self.config.issuers:
+    def _validator(self, config: RelayConfig | None = None) -> TokenValidator | NoIssuers:
+        config = config or self.config
+        if not config.issuers:
             log.warning("no oidc.issuers configured: every user token will be refused")
             return NoIssuers()
         issuers = []
-        for raw in self.config.issuers:
+        for raw in config.issuers:
             ca_pem = None
             if raw.ca_file:
                 try:
@@ -223,8 +225,42 @@ class RelayServer:
                                              ca_pem=ca_pem, tenant_ids=raw.tenant_ids))
             except ValueError as exc:
                 raise ConfigError(f"oidc issuer {raw.issuer}: {exc}") from None
-        resolver = self.config.group_source.build() if self.config.group_source else None
-        return TokenValidator(issuers, group_resolver=resolver, **self.config.validator_options)
+        resolver = config.group_source.build() if config.group_source else None
+        return TokenValidator(issuers, group_resolver=resolver, **config.validator_options)
+
+    async def reload_identity(self, new: RelayConfig) -> None:
+        """Apply ``new``'s trusted issuers, admins, group source and token
+        validation keys (SIGHUP) without dropping a session: later tokens are
+        validated against them; open streams are re-checked at once (a removed
+        issuer's end). Everything else in ``new`` is ignored.
+
+        Raises:
+            ConfigError: ``new`` cannot be applied; the old configuration stays.
+        """
+        state = self.state
+        if state is None:
+            raise RuntimeError("relay is not started")
+        try:
+            candidate = dataclasses.replace(
+                self.config, issuers=new.issuers, admins=new.admins, group_source=new.group_source,
+                validator_options=new.validator_options)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        validator = self._validator(candidate)  # ConfigError: a CA file cannot be read
+        old = state.validator
+        self.config = state.config = candidate
+        state.validator = validator
+        state.roles.bootstrap_admins = candidate.bootstrap_admins
+        state.roles.cache.clear()
+        if state.validator_collector is not None:
+            state.validator_collector.validator = validator if isinstance(validator, TokenValidator) else None
+        for warning in authorization_warnings(candidate):
+            log.warning("%s", warning)
+        state.live_streams.wake()
+        await old.close()
+        log.info("issuer configuration reloaded issuers=%s admins=%d",
+                 ",".join(i.alias or i.issuer for i in candidate.issuers) or "none",
+                 len(candidate.bootstrap_admins))
 
     async def start(self) -> None:
         """Open the database, bind and serve.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from identity import Principal, TokenInvalid
+from identity import Principal, TokenInvalid, TokenValidatorCollector
 from identity.agent_assertion import AgentAssertionVerifier
 from relay.admission import HandshakeAdmission
 from relay.config import RelayConfig
@@ -86,6 +86,9 @@ class RelayState:
     # Routes to agent sessions on every replica (relay/presence.py); the
     # directory registers this replica's sessions in it.
     presence: Presence = field(default_factory=lambda: MemoryPresence("local", ""))
+    # The validator's metrics collector (relay/health_listener.py), pointed at
+    # the new validator when issuers are reloaded.
+    validator_collector: TokenValidatorCollector | None = None
 
     def __post_init__(self) -> None:
         config = self.config
@@ -114,7 +117,10 @@ class RelayState:
 
     async def may(self, principal: Principal, action: Action, scope: str) -> bool:
         """Whether ``principal`` holds a role allowing ``action`` at ``scope``:
-        only assignments (and admins) of its own issuer count."""
+        only assignments (and admins) of its own issuer count, and only while
+        that issuer is trusted (a reload may remove it)."""
+        if not any(i.issuer == principal.issuer for i in self.config.issuers):
+            return False
         return bool(await self.roles.allowed(principal.issuer, self.principal_ids(principal),
                                              action, scope))
 
