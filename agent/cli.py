@@ -55,7 +55,8 @@ Run the cluster-connect agent inside a cluster: it dials out to the relay
 (no inbound port), and pipes every stream the relay sends to kube-aad-proxy,
 which it runs in the same process. kube-aad-proxy ends kubectl's TLS, checks
 the user's token and calls the API server impersonating that user.
-SIGTERM or Ctrl-C stops both (exit 0).
+SIGTERM or Ctrl-C stops both (exit 0); SIGHUP re-reads the config file and
+applies kube_aad_proxy.oidc (trusted issuers, prefixes) without dropping a connection.
 
 'arcctl connect' or the Helm chart in deploy/ runs it in the cluster with its
 config; run it by hand to try a config out."""
