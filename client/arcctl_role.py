@@ -31,6 +31,7 @@ import yaml
 from client.arcctl_options import add_common_options
 from client.auth import TokenSource
 from client.config import ClientConfig, load_config
+from client.directory import looks_like_name, object_id_of
 from client.errors import CliError, ConfigError, Forbidden
 from client.output import render
 from client.relay_client import RelayApi
@@ -106,8 +107,14 @@ def cmd_assign(args: argparse.Namespace) -> int:
     scope = _scope(args, config, required=True)
     assert scope is not None
     issuer = args.assignee_issuer or ""
-    aid = args.id or assignment_id(args.assignee, args.role, scope, issuer)
-    spec = {"principalId": args.assignee, "principalType": args.assignee_type,
+    assignee = args.assignee
+    if args.assignee_type != "Group" and looks_like_name(assignee) and config.auth.directory_url:
+        # A name can change hands; the assignment must name the immutable id.
+        assignee = asyncio.run(object_id_of(config.auth, assignee))
+        print(f"arcctl role assign: {args.assignee} is object id {assignee} "
+              f"(from {config.auth.directory_url})", file=sys.stderr)
+    aid = args.id or assignment_id(assignee, args.role, scope, issuer)
+    spec = {"principalId": assignee, "principalType": args.assignee_type,
             "role": args.role, "scope": scope, **({"principalIssuer": issuer} if issuer else {})}
 
     async def body(api: RelayApi) -> Any:

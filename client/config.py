@@ -76,6 +76,9 @@ class AuthSection(ConfigModel):
                                   "asked for its audience; without it, an opaque token the relay refuses).")
     resource: Text | None = Field(default=None, description="Sent as `resource` with every token request "
                                   "(RFC 8707; Entra ID v1 endpoints and AD FS name the API this way).")
+    directory_url: Text | None = Field(default=None, description="A Graph-shaped user directory "
+                                       "(`GET {url}/users/{name}` gives `id`) that `arcctl role assign` "
+                                       "resolves user names with (the sandbox issuer: `<its url>/v1.0`).")
     username: Text | None = Field(default=None, description="Password grant (demo issuer): the user name.")
     password: Annotated[Text | None, Secret()] = Field(default=None, description="Password grant: the password.")
     token_command: Text | None = Field(default=None, description="A command that prints a token on stdout "
@@ -108,6 +111,8 @@ class AuthConfig:
     # for our API (``audience``: Auth0/Okta; ``resource``: RFC 8707, Entra v1).
     audience: str | None = None
     resource: str | None = None
+    # Where ``arcctl role assign`` resolves a user name to its object id.
+    directory_url: str | None = None
     username: str | None = None
     password: str | None = None
     token_command: str | None = None

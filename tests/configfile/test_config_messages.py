@@ -205,5 +205,5 @@ def test_config_error_keeps_a_forged_key_on_one_line(tmp_path: Path) -> None:
     """An unknown key holding a newline cannot start a second, forged line."""
     assert _problems(tmp_path, "client", {"auth": {"x\nforged: line": 1}}) == [
         ": auth.'x\\nforged: line': unknown key 'x\\nforged: line'; the keys here are audience, ca_file, client_id, "
-        "client_secret, issuer, lifetime, login, password, resource, scope, scopes, token_command, token_endpoint, "
-        "username"]
+        "client_secret, directory_url, issuer, lifetime, login, password, resource, scope, scopes, token_command, "
+        "token_endpoint, username"]

@@ -148,13 +148,14 @@ def test_top_level_admins_need_a_single_issuer() -> None:
         relay_config_from_dict({"oidc": {"issuers": [{**two[0], "alias": "a"}, {**two[1], "alias": "a"}]}})
 
 
-async def _arcctl(env: RelayEnv, token: str, *args: str) -> tuple[int, str, str]:
-    """``arcctl ARGS`` as a process, with a client config whose token is ``token``."""
+async def _arcctl(env: RelayEnv, token: str, *args: str, **auth: str) -> tuple[int, str, str]:
+    """``arcctl ARGS`` as a process, with a client config whose token is
+    ``token`` (and more ``auth`` keys)."""
     (env.tmp / "token").write_text(token)
     (env.tmp / "relay-ca.crt").write_bytes(env.relay.ca_pem or b"")
     config = env.tmp / "client.yaml"
     config.write_text(yaml.safe_dump({"relay": {"url": env.relay.url, "ca_file": str(env.tmp / "relay-ca.crt")},
-                                      "auth": {"token_command": f"cat {env.tmp / 'token'}"}}))
+                                      "auth": {"token_command": f"cat {env.tmp / 'token'}", **auth}}))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "client.arcctl", *args, "--config", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env())
@@ -185,3 +186,25 @@ async def test_arcctl_assign_names_the_issuer_and_refuses_a_user_name(
         await _agent_with_echo(env)
         assert await _open_outcome(env, issuer_b.mint("demo")) == b"hello"
         assert await _open_outcome(env, env.token("demo")) == ErrorCode.FORBIDDEN
+
+
+async def test_arcctl_assign_resolves_a_user_name_at_the_directory(tmp_path: Path) -> None:
+    """With ``auth.directory_url`` (the sandbox issuer's Graph-shaped users
+    lookup) a user name becomes its object id before anything is stored; an
+    unknown name is one line and stores nothing."""
+    async with running_env(tmp_path) as env:
+        directory = {"directory_url": f"{env.idp.url}/v1.0", "ca_file": str(env.idp.ca_file)}
+        code, out, err = await _arcctl(env, env.token("admin"), "role", "assign", "--role", "cluster-user",
+                                       "--assignee", "demo@contoso.example", "-n", "alpha", "-g", "rg1",
+                                       **directory)
+        assert code == 0, err
+        assert json.loads(out)["principalId"] == DEMO_OID
+        assert f"demo@contoso.example is object id {DEMO_OID}" in err
+        await _agent_with_echo(env)
+        assert await _open_outcome(env, env.token("demo")) == b"hello"
+
+        code, out, err = await _arcctl(env, env.token("admin"), "role", "assign", "--role", "viewer",
+                                       "--assignee", "nobody@contoso.example", "-g", "rg1", **directory)
+        assert code != 0 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert "has no user nobody@contoso.example" in err and "Traceback" not in err
+        assert len(await env.state.roles.list_all()) == 1
