@@ -62,7 +62,8 @@ async def _require(request: web.Request, principal: Principal, action: Action, s
     state = request.app[STATE]
     if not await state.may(principal, action, scope):
         state.metrics.auth_failures.labels("api", "forbidden").inc()
-        log.info("api forbidden principal=%s action=%s scope=%s", principal.name, action, scope)
+        log.info("api forbidden principal=%s issuer=%s action=%s scope=%s", principal.name,
+                 principal.issuer, action, scope)
         raise _Abort(json_error(
             403, "Forbidden", f"principal {principal.name} has no {role_hint} role at scope {scope} "
             "(nor at a scope containing it)"
@@ -263,8 +264,9 @@ async def put_role_assignment(request: web.Request) -> web.Response:
         aid, body["principalId"], body.get("principalType", "User"), body["role"], body["scope"],
         principal_issuer=issuer,
     ))
-    log.info("role assignment %s id=%s role=%s scope=%s by=%s", "created" if created else "updated",
-             aid, stored.role, stored.scope, principal.name)
+    log.info("role assignment %s id=%s role=%s scope=%s assignee_issuer=%s by=%s",
+             "created" if created else "updated", aid, stored.role, stored.scope, stored.principal_issuer,
+             principal.name)
     if existing is not None:
         state.live_streams.wake()  # a replaced assignment may have taken a role away
     return web.json_response(stored.to_json(), status=201 if created else 200)
@@ -341,7 +343,8 @@ async def list_role_assignments(request: web.Request) -> web.Response:
         await _require(request, principal, "manage_roles", want_scope, "admin")
     elif not await _administers_any_scope(state, principal):
         state.metrics.auth_failures.labels("api", "forbidden").inc()
-        log.info("api forbidden principal=%s action=manage_roles scope=any", principal.name)
+        log.info("api forbidden principal=%s issuer=%s action=manage_roles scope=any", principal.name,
+                 principal.issuer)
         return json_error(403, "Forbidden", f"principal {principal.name} has no admin role at any scope; "
                           "listing role assignments needs admin at the scopes they are listed for")
     value = [
