@@ -82,14 +82,15 @@ def _run(config: ClientConfig, body: Any) -> Any:
     return asyncio.run(go())
 
 
-async def _list(api: RelayApi, principal: str | None, scope: str | None) -> list[dict[str, Any]]:
+async def _list(api: RelayApi, principal: str | None, scope: str | None,
+                issuer: str | None = None) -> list[dict[str, Any]]:
     """The assignments the caller administers (at ``scope`` when given).
 
     Raises:
         Forbidden: the caller is admin nowhere (or not at ``scope``): the relay
             says so with 403 rather than an empty list.
     """
-    params = {k: v for k, v in (("principalId", principal), ("scope", scope)) if v}
+    params = {k: v for k, v in (("principalId", principal), ("principalIssuer", issuer), ("scope", scope)) if v}
     try:
         doc = await api.request("GET", "/api/v1/roleAssignments", params=params or None)
     except Forbidden:
@@ -129,7 +130,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     scope = _scope(args, config, required=False)
 
     async def body(api: RelayApi) -> list[dict[str, Any]]:
-        return await _list(api, args.assignee, scope)
+        return await _list(api, args.assignee, scope, args.assignee_issuer)
     print(render(_run(config, body), args.output))
     return 0
 
@@ -145,7 +146,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if args.id:
             ids = [args.id]
         else:
-            found = await _list(api, args.assignee, scope)
+            found = await _list(api, args.assignee, scope, args.assignee_issuer)
             ids = [a["id"] for a in found if not args.role or a.get("role") == args.role]
             if not ids:
                 raise CliError(f"no role assignment of {args.assignee} matches"
@@ -302,6 +303,8 @@ def add_role(sub: Subcommands) -> None:
                               "arcctl role list -n edge-1 -g lab"],
                     notes=SCOPE_NOTES)
     p.add_argument("--assignee", metavar="ID", help="only the assignments of this principal")
+    p.add_argument("--assignee-issuer", metavar="ISSUER",
+                   help="only principals of this issuer (its URL or the relay's alias for it)")
     _common(p)
     p.set_defaults(func=cmd_list)
 
@@ -313,6 +316,8 @@ def add_role(sub: Subcommands) -> None:
     p.add_argument("--assignee", metavar="ID",
                    help="every assignment of this principal (narrowed by --role and the scope)")
     p.add_argument("--role", choices=ROLES, help="with --assignee: only assignments of this role")
+    p.add_argument("--assignee-issuer", metavar="ISSUER",
+                   help="with --assignee: only that principal of this issuer (URL or relay alias)")
     _common(p)
     p.set_defaults(func=cmd_delete)
 

@@ -330,10 +330,13 @@ async def _administers_any_scope(state: RelayState, principal: Principal) -> boo
 
 @_handler
 async def list_role_assignments(request: web.Request) -> web.Response:
-    """GET /api/v1/roleAssignments[?principalId=&scope=]: those the caller administers."""
+    """GET /api/v1/roleAssignments[?principalId=&principalIssuer=&scope=]: those the caller administers."""
     state = request.app[STATE]
     principal = await _principal(request)
     want_principal, want_scope = request.query.get("principalId"), request.query.get("scope")
+    want_issuer = request.query.get("principalIssuer")
+    if want_issuer is not None:
+        want_issuer = _assignee_issuer(state, want_issuer)
     # A caller who administers nothing (or not the scope asked for) is told so,
     # not handed an empty list that reads as "there are no assignments".
     if want_scope is not None:
@@ -351,6 +354,7 @@ async def list_role_assignments(request: web.Request) -> web.Response:
         a.to_json() for a in await state.roles.list_all()
         if await state.may(principal, "manage_roles", a.scope)
         and (want_principal is None or a.principal_id == want_principal)
+        and (want_issuer is None or a.principal_issuer == want_issuer)
         and (want_scope is None or a.scope == want_scope)
     ]
     return web.json_response({"value": value})

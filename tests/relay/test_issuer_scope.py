@@ -187,6 +187,19 @@ async def test_arcctl_assign_names_the_issuer_and_refuses_a_user_name(
         assert await _open_outcome(env, issuer_b.mint("demo")) == b"hello"
         assert await _open_outcome(env, env.token("demo")) == ErrorCode.FORBIDDEN
 
+        # The same id under both issuers: list and delete name one by its issuer.
+        code, _, err = await _arcctl(env, admin, "role", "assign", "--role", "viewer", "--assignee", DEMO_OID,
+                                     "--assignee-issuer", "a", "-g", "rg1")
+        assert code == 0, err
+        code, out, err = await _arcctl(env, admin, "role", "list", "--assignee", DEMO_OID,
+                                       "--assignee-issuer", "b")
+        assert code == 0, err
+        assert [a["principalIssuer"] for a in json.loads(out)] == [issuer_b.issuer]
+        code, _, err = await _arcctl(env, admin, "role", "delete", "--assignee", DEMO_OID,
+                                     "--assignee-issuer", "b")
+        assert code == 0, err
+        assert [a.principal_issuer for a in await env.state.roles.list_all()] == [env.idp.issuer]
+
 
 async def test_arcctl_assign_resolves_a_user_name_at_the_directory(tmp_path: Path) -> None:
     """With ``auth.directory_url`` (the sandbox issuer's Graph-shaped users
