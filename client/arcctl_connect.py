@@ -402,6 +402,11 @@ async def connect(args: argparse.Namespace) -> int:
     tokens = TokenSource(config.auth)
     claims = {} if args.oidc_issuer and args.oidc_audience else await _token_claims(tokens)
     values = base_values(args, config, group, claims)
+    if args.helm_values and (values.extra_issuers or values.oidc_naming):
+        # The chart's values hold one issuer and no prefixes: refuse rather than drop some silently.
+        raise ConfigError("--helm-values takes one --oidc-issuer without alias=/username_prefix=/groups_prefix=: "
+                          "the chart trusts one issuer; for several, deploy with arcctl connect (no "
+                          "--helm-values) or add them to kube_aad_proxy.oidc.issuers in the agent config")
     if args.dry_run:
         # Keys are made and registered only by a real connect; the Secret's data stays empty.
         print(dump_manifests(build_manifests(values)), end="")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from client.arcctl_connect import base_values
 from client.config import ClientConfig
 from client.errors import ConfigError
 from client.manifests import SA_DIR, SECRET_DIR, build_manifests, dump_manifests
+from tests.support.processes import child_env
 
 CORP = "https://login.example.com/00000000-0000-0000-0000-000000000000/v2.0"
 PARTNER = "https://idp.partner.example/"
@@ -82,3 +85,17 @@ def test_connect_refuses_a_bad_issuer_spec_in_one_line(spec: str, needle: str) -
     with pytest.raises(ConfigError) as info:
         base_values(parsed, ClientConfig(relay_url="https://relay.example.com"), "lab", {})
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_connect_for_helm_refuses_what_the_chart_cannot_hold(tmp_path: Path) -> None:
+    """The chart trusts one issuer: --helm-values with two is one line, exit 2,
+    nothing written (the second issuer is not silently dropped)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"relay": {"url": "https://relay.example.com"},
+                                      "auth": {"token_endpoint": "https://login.example.com/token"}}))
+    p = subprocess.run(
+        [sys.executable, "-m", "client.arcctl", "connect", "-n", "edge", "--helm-values", str(tmp_path / "v.yaml"),
+         "--oidc-issuer", CORP, "--oidc-issuer", PARTNER, "--oidc-audience", "api://x", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env=child_env())
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "the chart trusts one issuer" in p.stderr and not (tmp_path / "v.yaml").exists()
