@@ -140,7 +140,7 @@ class TokenSource:
         if not a.token_endpoint:
             raise ConfigError("client config has no auth.token_endpoint nor auth.token_command: "
                               "add one, or pass --token")
-        base = {"client_id": a.client_id or "arc-cli", "scope": a.scope}
+        base = {"client_id": a.client_id or "arc-cli", "scope": a.scope, **a.token_parameters()}
         if a.lifetime:
             base["lifetime"] = str(a.lifetime)  # sandbox issuer extension (tests: short tokens)
         if old is not None and old.refresh_token:
@@ -172,7 +172,7 @@ class TokenSource:
                                   "the client config (or $AZURE_AUTHORITY_HOST and $AZURE_TENANT_ID)")
             endpoint = (await discover(issuer, auth.ca_file)).token_endpoint
         form = {"grant_type": "client_credentials", "client_id": client_id, "scope": auth.scope,
-                **client_authentication(auth, client_id, endpoint)}
+                **auth.token_parameters(), **client_authentication(auth, client_id, endpoint)}
         if auth.lifetime:
             form["lifetime"] = str(auth.lifetime)
         return await self._post(form, endpoint)

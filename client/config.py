@@ -10,6 +10,7 @@
       ca_file: /path/idp-ca.crt
       client_id: arc-cli
       scope: api://cluster-connect/.default
+      audience: null                    # or resource: sent with every token request when set
       username: demo@contoso.example   # password grant (demo), or
       password: ...
       client_secret: ...               # client-credentials grant (or login: client_credentials
@@ -87,6 +88,14 @@ class AuthSection(ConfigModel):
         "holding a token of a trusted issuer (a Kubernetes service-account token, a CI job's OIDC token), "
         "sent as the client assertion; read again on every token request because it rotates.")
     scope: Text = Field(default=DEFAULT_SCOPE, description="Scope requested for the token.")
+    audience: Text | None = Field(default=None, description="Sent as `audience` with every token request "
+                                  "(Auth0, Okta and others issue a JWT access token for an API only when "
+                                  "asked for its audience; without it, an opaque token the relay refuses).")
+    resource: Text | None = Field(default=None, description="Sent as `resource` with every token request "
+                                  "(RFC 8707; Entra ID v1 endpoints and AD FS name the API this way).")
+    directory_url: Text | None = Field(default=None, description="A Graph-shaped user directory "
+                                       "(`GET {url}/users/{name}` gives `id`) that `arcctl role assign` "
+                                       "resolves user names with (the sandbox issuer: `<its url>/v1.0`).")
     username: Text | None = Field(default=None, description="Password grant (demo issuer): the user name.")
     password: Annotated[Text | None, Secret()] = Field(default=None, description="Password grant: the password.")
     token_command: Text | None = Field(default=None, description="A command that prints a token on stdout "
@@ -119,12 +128,22 @@ class AuthConfig:
     client_key_file: str | None = None
     federated_token_file: str | None = None
     scope: str = DEFAULT_SCOPE
+    # Token-request parameters a provider may need to issue a JWT access token
+    # for our API (``audience``: Auth0/Okta; ``resource``: RFC 8707, Entra v1).
+    audience: str | None = None
+    resource: str | None = None
+    # Where ``arcctl role assign`` resolves a user name to its object id.
+    directory_url: str | None = None
     username: str | None = None
     password: str | None = None
     token_command: str | None = None
     # Requested token lifetime in seconds, sent as the sandbox issuer's
     # ``lifetime`` extension (tests use a few seconds); None: the issuer's default.
     lifetime: str | None = None
+
+    def token_parameters(self) -> dict[str, str]:
+        """``audience`` / ``resource`` for every token request, when configured."""
+        return {k: v for k, v in (("audience", self.audience), ("resource", self.resource)) if v}
 
     def login_scopes(self) -> list[str]:
         """Scopes ``arcctl login`` asks for: ``scopes``, else ``scope`` with the

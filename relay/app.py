@@ -9,6 +9,7 @@ tests use it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import socket
@@ -209,12 +210,13 @@ class RelayServer:
             raise RuntimeError("relay is not started")
         return self._listener
 
-    def _validator(self) -> TokenValidator | NoIssuers:
-        if not self.config.issuers:
+    def _validator(self, config: RelayConfig | None = None) -> TokenValidator | NoIssuers:
+        config = config or self.config
+        if not config.issuers:
             log.warning("no oidc.issuers configured: every user token will be refused")
             return NoIssuers()
         issuers = []
-        for raw in self.config.issuers:
+        for raw in config.issuers:
             ca_pem = None
             if raw.ca_file:
                 try:
@@ -226,8 +228,42 @@ class RelayServer:
                                              ca_pem=ca_pem, tenant_ids=raw.tenant_ids))
             except ValueError as exc:
                 raise ConfigError(f"oidc issuer {raw.issuer}: {exc}") from None
-        resolver = self.config.group_source.build() if self.config.group_source else None
-        return TokenValidator(issuers, group_resolver=resolver)
+        resolver = config.group_source.build() if config.group_source else None
+        return TokenValidator(issuers, group_resolver=resolver, **config.validator_options)
+
+    async def reload_identity(self, new: RelayConfig) -> None:
+        """Apply ``new``'s trusted issuers, admins, group source and token
+        validation keys (SIGHUP) without dropping a session: later tokens are
+        validated against them; open streams are re-checked at once (a removed
+        issuer's end). Everything else in ``new`` is ignored.
+
+        Raises:
+            ConfigError: ``new`` cannot be applied; the old configuration stays.
+        """
+        state = self.state
+        if state is None:
+            raise RuntimeError("relay is not started")
+        try:
+            candidate = dataclasses.replace(
+                self.config, issuers=new.issuers, admins=new.admins, group_source=new.group_source,
+                validator_options=new.validator_options)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        validator = self._validator(candidate)  # ConfigError: a CA file cannot be read
+        old = state.validator
+        self.config = state.config = candidate
+        state.validator = validator
+        state.roles.bootstrap_admins = candidate.bootstrap_admins
+        state.roles.cache.clear()
+        if state.validator_collector is not None:
+            state.validator_collector.validator = validator if isinstance(validator, TokenValidator) else None
+        for warning in authorization_warnings(candidate):
+            log.warning("%s", warning)
+        state.live_streams.wake()
+        await old.close()
+        log.info("issuer configuration reloaded issuers=%s admins=%d",
+                 ",".join(i.alias or i.issuer for i in candidate.issuers) or "none",
+                 len(candidate.bootstrap_admins))
 
     async def start(self) -> None:
         """Open the database, bind and serve.
@@ -244,6 +280,7 @@ class RelayServer:
             log.warning("%s", warning)
         validator = self._validator()
         store, writer, roles = await self._open_database()
+        await _scope_old_assignments(roles, config)
         presence = _presence(config)
         self._presence = presence
         directory = PresenceDirectory(LocalDirectory[TunnelSession](), presence, SessionIds())
@@ -363,7 +400,7 @@ class RelayServer:
                                   "database.password_file") from None
             # One pool: a flush takes a connection of its own from it.
             return (PostgresRegistry(self._postgres), None,
-                    PostgresRoleStore(self._postgres, config.admins))
+                    PostgresRoleStore(self._postgres, config.bootstrap_admins))
         try:
             self._db = SqliteDatabase(config.database_path)
             # Status is derived from the directory of live sessions (relay/status.py);
@@ -375,7 +412,7 @@ class RelayServer:
             self._close_databases()
             raise ConfigError(f"cannot open database {config.database_path}: {exc}") from None
         return (SqliteRegistry(self._db), SqliteRegistry(self._status_db) if self._status_db else None,
-                SqliteRoleStore(self._db, config.admins))
+                SqliteRoleStore(self._db, config.bootstrap_admins))
 
     def _close_databases(self) -> None:
         for db in (self._status_db, self._db):
@@ -426,3 +463,21 @@ class RelayServer:
             await self._health.stop()
             self._health = None
         log.info("relay stopped")
+
+
+async def _scope_old_assignments(roles: RoleStore, config: RelayConfig) -> None:
+    """Role assignments made before they named an issuer (migration 2) belong
+    to the issuer the relay trusted then: with exactly one trusted issuer they
+    are given to it; beside several they stay unscoped, match nobody, and the
+    relay says so once."""
+    if len(config.issuers) == 1:
+        claimed = await roles.claim_unscoped(config.issuers[0].issuer)
+        if claimed:
+            log.info("role assignments scoped to the only trusted issuer count=%d issuer=%s",
+                     claimed, config.issuers[0].issuer)
+        return
+    unscoped = await roles.count_unscoped()
+    if unscoped:
+        log.warning("role assignments name no issuer and match nobody count=%d: recreate them with "
+                    "principalIssuer (arcctl role assign --assignee-issuer), or start once with only "
+                    "the issuer they were made for", unscoped)

@@ -75,7 +75,8 @@ async def serve_client_session(state: RelayState, request: web.Request, principa
     state.sessions.add(session)
     state.metrics.sessions.labels("client").inc()
     state.metrics.sessions_total.labels("client").inc()
-    log.info("client connected principal=%s peer=%s", principal.name, request.remote)
+    log.info("client connected principal=%s issuer=%s peer=%s", principal.name, principal.issuer,
+             request.remote)
     loop = asyncio.get_running_loop()
     expiry = loop.call_later(max(0.0, principal.expires_at - time.time()),
                              lambda: state.spawn(session.goaway()))

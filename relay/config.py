@@ -11,8 +11,9 @@ Example::
     oidc:
       issuers:
         - {issuer: "https://login.example.com/TENANT/v2.0", audiences: ["api://cluster-connect"],
-           ca_file: null, tenant_ids: null}
-    admins: ["<object id or group object id>"]   # upn only with authorization.match_mutable_claims
+           ca_file: null, tenant_ids: null, alias: null, admins: []}   # alias: principalIssuer may name it
+    admins: ["<object id or group object id>"]   # of the only issuer; with several: oidc.issuers[].admins
+                                                 # upn only with authorization.match_mutable_claims
     authorization:
       match_mutable_claims: []                   # opt-in, e.g. [upn]: mutable in Entra ("nOAuth")
       recheck_seconds: 30                        # open streams re-authorised this often (role revoked)
@@ -61,6 +62,8 @@ from configfile import Problems, load_config_file, resolve_path, validate_config
 from health import HealthLimits
 from identity import GroupSourceSettings
 from identity.agent_assertion import AGENT_CONNECT_PATH, agent_audiences
+from identity.issuer_names import check_aliases
+from identity.validator_settings import ValidatorKeys
 from relay.config_schema import (
     DEFAULT_AUDIENCE,
     DEFAULT_RECHECK_SECONDS,
@@ -97,6 +100,16 @@ class IssuerConfig:
     audiences: tuple[str, ...] = (DEFAULT_AUDIENCE,)
     ca_file: str | None = None
     tenant_ids: tuple[str, ...] | None = None
+    #: short name a role assignment may use for this issuer (``principalIssuer``)
+    alias: str | None = None
+    #: bootstrap admins of this issuer (object or group ids)
+    admins: tuple[str, ...] = ()
+
+
+def several_issuers_admins_error(count: int) -> str:
+    """Why top-level ``admins`` is refused beside several issuers, and the fix."""
+    return (f"a bare id could be any of the {count} trusted issuers' principal: list each admin under "
+            "its issuer's oidc.issuers[].admins (docs/identity-providers.md)")
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,9 @@ class RelayConfig:
     database_url: str | None = None
     database_password_file: str | None = None
     issuers: tuple[IssuerConfig, ...] = ()
+    # oidc.clock_skew_seconds / jwks_refresh_seconds / jwks_min_refresh_seconds:
+    # identity.TokenValidator keyword arguments (identity/validator_settings.py).
+    validator_options: dict[str, Any] = field(default_factory=lambda: ValidatorKeys().validator_kwargs())
     group_source: GroupSourceSettings | None = None
     admins: tuple[str, ...] = ()
     agent_grace_seconds: float = 5.0
@@ -167,6 +183,9 @@ class RelayConfig:
     max_retry_after_seconds: int = 60
 
     def __post_init__(self) -> None:
+        if self.admins and len(self.issuers) > 1:
+            raise ValueError("admins: " + several_issuers_admins_error(len(self.issuers)))
+        check_aliases([(i.issuer, i.alias) for i in self.issuers])
         for name in ("streams_per_principal_per_cluster", "streams_per_client_session",
                      "max_concurrent_handshakes", "retry_after_seconds", "max_retry_after_seconds",
                      "max_queued_handshakes"):
@@ -196,6 +215,25 @@ class RelayConfig:
     peering: PeeringConfig | None = None
 
     @property
+    def bootstrap_admins(self) -> frozenset[tuple[str, str]]:
+        """(issuer, id) of every admin: top-level ``admins`` belong to the only
+        issuer (refused beside several), the others to the issuer they are listed under."""
+        pairs = {(i.issuer, a) for i in self.issuers for a in i.admins}
+        if len(self.issuers) == 1:
+            pairs.update((self.issuers[0].issuer, a) for a in self.admins)
+        return frozenset(pairs)
+
+    def issuer_named(self, name: str) -> str | None:
+        """The exact ``iss`` of the trusted issuer ``name`` names (its URL or
+        its alias), else None; "" names the only issuer when there is one."""
+        if not name:
+            return self.issuers[0].issuer if len(self.issuers) == 1 else None
+        for item in self.issuers:
+            if name in (item.issuer, item.alias):
+                return item.issuer
+        return None
+
+    @property
     def database_path(self) -> str:
         return self.database or str(Path(self.state_dir) / "relay.db")
 
@@ -217,7 +255,8 @@ def authorization_warnings(config: RelayConfig) -> list[str]:
         out.append(f"authorization.match_mutable_claims={list(config.match_mutable_claims)!r}: role "
                    "assignments and admins also match these mutable claims; a user able to change "
                    "them can take another user's roles")
-    if "upn" not in config.match_mutable_claims and any("@" in a for a in config.admins):
+    every_admin = (*config.admins, *(a for i in config.issuers for a in i.admins))
+    if "upn" not in config.match_mutable_claims and any("@" in a for a in every_admin):
         out.append("admins lists an email-like name, which matches nobody: name admins by object id "
                    "(or add upn to authorization.match_mutable_claims)")
     return out
@@ -280,6 +319,12 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
     group_source: GroupSourceSettings | None = None
     if doc.oidc.group_source is not None:
         group_source = doc.oidc.group_source.settings(base, "oidc.group_source", problems)
+    if doc.admins and len(doc.oidc.issuers) > 1:
+        problems.add("admins", several_issuers_admins_error(len(doc.oidc.issuers)))
+    try:
+        check_aliases([(i.issuer, i.alias) for i in doc.oidc.issuers])
+    except ValueError as exc:
+        problems.add("oidc.issuers", str(exc))
     problems.raise_if_any()
     host, port = parse_listen(doc.listen)
     limits, admission = doc.limits, doc.admission
@@ -300,8 +345,11 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
             audiences=tuple(item.audiences or (DEFAULT_AUDIENCE,)),
             ca_file=path(item.ca_file),
             tenant_ids=tuple(item.tenant_ids) if item.tenant_ids else None,
+            alias=item.alias,
+            admins=tuple(item.admins),
         ) for item in doc.oidc.issuers),
         group_source=group_source,
+        validator_options=doc.oidc.validator_kwargs(),
         admins=tuple(doc.admins),
         agent_grace_seconds=limits.agent_grace_seconds,
         drain_seconds=limits.drain_seconds,

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from configfile import ConfigModel, Secret, Text, parse_host_port
 from health.config import HealthSection
 from identity import OptionalGroupSource
+from identity.validator_settings import ValidatorKeys
 from relay.edge_limits import (
     HEAD_TIMEOUT,
     KEEPALIVE_TIMEOUT,
@@ -71,9 +72,13 @@ class IssuerSection(ConfigModel):
     audiences: list[Text] = Field(default=[DEFAULT_AUDIENCE], description="Accepted `aud` values (empty: the default).")
     ca_file: str | None = Field(default=None, description="CA bundle for the issuer's discovery and JWKS (unset: system trust).")
     tenant_ids: list[Text] | None = Field(default=None, description="Accepted `tid` values (unset: any).")
+    alias: str | None = Field(default=None, description="Short name of the issuer (role assignments may name "
+                              "their assignee's issuer by it: `principalIssuer`).")
+    admins: list[Text] = Field(default=[], description="Object ids (or group object ids) of this issuer with "
+                               "every role on `/` (bootstrap; docs/identity-providers.md).")
 
 
-class RelayOidcSection(ConfigModel):
+class RelayOidcSection(ValidatorKeys):
     """``oidc``: whose tokens users may present."""
 
     issuers: list[IssuerSection] = Field(default=[], description="Trusted issuers.")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from identity import Principal, TokenInvalid
+from identity import Principal, TokenInvalid, TokenValidatorCollector
 from identity.agent_assertion import AgentAssertionVerifier
 from relay.admission import HandshakeAdmission
 from relay.config import RelayConfig
@@ -25,7 +25,7 @@ from relay.metrics import RelayMetrics
 from relay.presence import MemoryPresence, Presence
 from relay.registry import ClusterRegistry
 from relay.revocation import LiveStreams
-from relay.roles import RoleStore
+from relay.roles import Action, RoleStore
 from relay.shares import StreamShares
 
 if TYPE_CHECKING:
@@ -89,6 +89,9 @@ class RelayState:
     presence: Presence = field(default_factory=lambda: MemoryPresence("local", ""))
     # Links to the other replicas (relay/peering.py); None: no forwarding.
     peering: Peering | None = None
+    # The validator's metrics collector (relay/health_listener.py), pointed at
+    # the new validator when issuers are reloaded.
+    validator_collector: TokenValidatorCollector | None = None
 
     def __post_init__(self) -> None:
         config = self.config
@@ -113,7 +116,16 @@ class RelayState:
 
     async def may_connect(self, principal: Principal, scope: str) -> bool:
         """Whether ``principal`` holds a role allowing ``connect`` at ``scope``."""
-        return bool(await self.roles.allowed(self.principal_ids(principal), "connect", scope))
+        return await self.may(principal, "connect", scope)
+
+    async def may(self, principal: Principal, action: Action, scope: str) -> bool:
+        """Whether ``principal`` holds a role allowing ``action`` at ``scope``:
+        only assignments (and admins) of its own issuer count, and only while
+        that issuer is trusted (a reload may remove it)."""
+        if not any(i.issuer == principal.issuer for i in self.config.issuers):
+            return False
+        return bool(await self.roles.allowed(principal.issuer, self.principal_ids(principal),
+                                             action, scope))
 
     def principal_ids(self, principal: Principal) -> set[str]:
         """The ids role assignments may name for ``principal`` under this

@@ -113,6 +113,7 @@ class IdpHandlers:
             web.post(t + "/oauth2/v2.0/authorize", self.authorize),
             web.post("/v1.0/users/{oid}/getMemberObjects", self.member_groups),
             FederationEndpoint(self.minter, self.client_auth).route(),
+            web.get("/v1.0/users/{name}", self.user_lookup),
             web.get("/healthz", self.healthz),
         ]
 
@@ -475,6 +476,25 @@ class IdpHandlers:
             return _graph_error(404, "Request_ResourceNotFound", "Resource does not exist.")
         log.info("member groups served oid=%s count=%d", oid, len(groups))
         return web.json_response({"value": list(groups)})
+
+
+    # -- user lookup (Graph GET /users/{id | userPrincipalName}) -----------
+
+    async def user_lookup(self, request: web.Request) -> web.Response:
+        """A user's immutable id by user principal name (or id), as Microsoft
+        Graph answers ``GET /v1.0/users/{upn}``: what ``arcctl role assign
+        --assignee alice@...`` resolves a name with. Any token of this issuer
+        may ask (Graph needs User.ReadBasic.All; the sandbox is one tenant)."""
+        self.request_counts["user_lookup"] += 1
+        auth = request.headers.get("Authorization", "")
+        if (self.minter.verify_own(auth[7:]) if auth[:7].lower() == "bearer " else None) is None:
+            return _graph_error(401, "InvalidAuthenticationToken", "Access token is missing or invalid.")
+        name = request.match_info["name"].lower()
+        user = next((u for u in self.directory.users if name in (u.username.lower(), u.oid)), None)
+        if user is None:
+            return _graph_error(404, "Request_ResourceNotFound", "Resource does not exist.")
+        return web.json_response({"id": user.oid, "userPrincipalName": user.username,
+                                  "displayName": user.name})
 
 
 def _token_body(token: str, scope: str, lifetime: int) -> dict[str, Any]:
