@@ -32,6 +32,7 @@ from relay.drain import move_agents
 from relay.health_listener import ready_checks, relay_health_listener
 from relay.listener import RelayListener
 from relay.metrics import PresenceCollector, RelayMetrics
+from relay.peering import Peering
 from relay.postgres_store import PostgresDatabase, PostgresRegistry, PostgresRoleStore
 from relay.presence import MemoryPresence, PresenceDirectory, SessionIds
 from relay.presence_redis import RedisPresence
@@ -129,12 +130,13 @@ def _presence(config: RelayConfig) -> MemoryPresence | RedisPresence:
         raise ConfigError(f"presence.redis_url: {exc}") from None
 
 
-def _advertise(config: RelayConfig, port: int) -> str:
+def _advertise(config: RelayConfig, port: int, host: str | None = None) -> str:
     """``presence.advertise``, else the listen address with the bound port (the
-    host name for a wildcard host)."""
+    host name for a wildcard host); with peering, the peer listener's."""
     if config.presence.advertise:
         return config.presence.advertise
-    host = config.host if config.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+    host = config.host if host is None else host
+    host = host if host not in ("0.0.0.0", "::", "") else socket.gethostname()
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -192,6 +194,7 @@ class RelayServer:
         self._listener: RelayListener | None = None
         self.state: RelayState | None = None
         self._presence: MemoryPresence | RedisPresence | None = None
+        self._peering: Peering | None = None
         self._db: SqliteDatabase | None = None
         self._status_db: SqliteDatabase | None = None
         self._postgres: PostgresDatabase | None = None
@@ -246,7 +249,7 @@ class RelayServer:
         self._presence = presence
         directory = PresenceDirectory(LocalDirectory[TunnelSession](), presence, SessionIds())
         self._status = LiveStatusRegistry(store, directory.is_present, config.status_flush_seconds,
-                                          writer=writer)
+                                          writer=writer, present_elsewhere=presence.live_clusters)
         await self._status.start()  # reconcile: nothing stays Connected without a session
         self._database_health = DatabaseHealth(self._status.ping)
         await self._database_health.start()
@@ -312,7 +315,17 @@ class RelayServer:
         self.health_url = self._health.url
         self.state.admission.start()  # its loop-lag timer
         self.port = self._listener.port
-        presence.address = _advertise(config, self.port)
+        if config.peering is not None:
+            try:
+                self._peering = self.state.peering = Peering(self.state, config.peering, config.edge)
+                await self._peering.start()
+            except ConfigError:
+                self._peering = self.state.peering = None
+                await self.stop(drain_seconds=0)
+                raise
+            presence.address = _advertise(config, self._peering.port, config.peering.host)
+        else:
+            presence.address = _advertise(config, self.port)
         presence.replica_id = config.presence.replica_id or presence.address
         await presence.start()
         host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -404,6 +417,9 @@ class RelayServer:
                                timeout=drain)
         await asyncio.gather(*(s.close() for s in list(state.sessions)), return_exceptions=True)
         await state.live_streams.close()
+        if self._peering is not None:
+            await self._peering.stop()
+            self._peering = None
         await self._runner.cleanup()
         await state.validator.close()
         if state.recorder is not None:

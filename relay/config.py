@@ -40,12 +40,17 @@ Example::
                ttl_seconds: 15,                  # a dead replica's routes lapse within this
                replica_id: null,                 # unique and stable per replica (default: advertise)
                advertise: null}                  # host:port other replicas reach this one at
+                                                 # (with peering: its peer listener's)
+    peering: {listen: "127.0.0.1:8444",          # replica-to-replica links, mutual TLS (unset: off)
+              ca_file: peer-ca.crt, cert_file: peer.crt, key_file: peer.key,
+              dial_timeout_seconds: 2, max_links: 64, max_streams_per_link: 1024}
     debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +76,7 @@ __all__ = [
     "MUTABLE_CLAIMS",
     "ConfigError",
     "IssuerConfig",
+    "PeeringConfig",
     "RelayConfig",
     "RelayFile",
     "agent_endpoint_url",
@@ -91,6 +97,20 @@ class IssuerConfig:
     audiences: tuple[str, ...] = (DEFAULT_AUDIENCE,)
     ca_file: str | None = None
     tenant_ids: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PeeringConfig:
+    """``peering``: replica-to-replica links (relay/peering.py). Paths absolute."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    host: str = "127.0.0.1"
+    port: int = 8444
+    dial_timeout_seconds: float = 2.0
+    max_links: int = 64
+    max_streams_per_link: int = 1024
 
 
 @dataclass(frozen=True)
@@ -175,6 +195,8 @@ class RelayConfig:
     max_cluster_series: int = 1000
     # presence.*: routes to agent sessions shared between replicas (relay/presence.py).
     presence: PresenceConfig = field(default_factory=PresenceConfig)
+    # peering.*: forwarding to the replica holding an agent session (None: off).
+    peering: PeeringConfig | None = None
 
     @property
     def database_path(self) -> str:
@@ -324,7 +346,19 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
         max_cluster_series=doc.health.max_cluster_series,
         presence=PresenceConfig(redis_url=doc.presence.redis_url, ttl_seconds=doc.presence.ttl_seconds,
                                 replica_id=doc.presence.replica_id, advertise=doc.presence.advertise),
+        peering=_peering(doc, path),
     )
+
+
+def _peering(doc: RelayFile, path: Callable[[str | None], str | None]) -> PeeringConfig | None:
+    section = doc.peering
+    if section is None:
+        return None
+    host, port = parse_listen(section.listen)
+    return PeeringConfig(ca_file=path(section.ca_file) or "", cert_file=path(section.cert_file) or "",
+                         key_file=path(section.key_file) or "", host=host, port=port,
+                         dial_timeout_seconds=section.dial_timeout_seconds,
+                         max_links=section.max_links, max_streams_per_link=section.max_streams_per_link)
 
 
 def load_relay_config(path: str | os.PathLike[str] | None) -> RelayConfig:

@@ -31,6 +31,7 @@ __all__ = [
     "DebugSection",
     "IssuerSection",
     "ListenerSection",
+    "PeeringSection",
     "PresenceSection",
     "RelayFile",
     "RelayLimitsSection",
@@ -192,6 +193,30 @@ class PresenceSection(ConfigModel):
         return value
 
 
+class PeeringSection(ConfigModel):
+    """``peering``: the replica-to-replica link a stream takes when its cluster's
+    agent is on another replica (relay/peering.py; unset: no forwarding)."""
+
+    listen: str = Field(default="127.0.0.1:8444", description="`host:port` of the peer listener "
+                        "(mutual TLS; `presence.advertise` must reach it).")
+    ca_file: str = Field(description="PEM CA that issued every replica's peer certificate (only "
+                         "certificates it signed are accepted, either way).")
+    cert_file: str = Field(description="This replica's peer certificate (server and client auth).")
+    key_file: str = Field(description="Its private key.")
+    dial_timeout_seconds: float = Field(default=2.0, gt=0, le=60, description="TCP + TLS + upgrade "
+                                        "of a peer link; beyond it the route counts as stale.")
+    max_links: int = Field(default=64, ge=1, description="Peer links this replica dials at most "
+                           "(one per other replica).")
+    max_streams_per_link: int = Field(default=1024, ge=1, description="Streams open at once on one "
+                                      "peer link, either way (beyond: refused, the next route is tried).")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
 class RelayHealthSection(HealthSection):
     """The relay's ``health`` section: the listener plus the per-cluster series cap."""
 
@@ -232,6 +257,8 @@ class RelayFile(ConfigModel):
     admission: AdmissionSection = Field(default=AdmissionSection(), description="Handshake admission.")
     presence: PresenceSection = Field(default=PresenceSection(), description="Routes to agent sessions "
                                       "shared between replicas (Redis).")
+    peering: PeeringSection | None = Field(default=None, description="Forwarding to the replica "
+                                           "holding a cluster's agent (unset: off).")
     debug: DebugSection = Field(default=DebugSection(), description="Test hooks.")
     health: RelayHealthSection = Field(default=RelayHealthSection(), description="The `/livez` `/readyz` "
                                        "`/metrics` listener (docs/metrics.md).")

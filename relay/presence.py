@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -122,6 +122,14 @@ class Presence(Protocol):
         """
         ...
 
+    async def live_clusters(self, cluster_ids: Sequence[str]) -> set[str]:
+        """Which of ``cluster_ids`` have a live route on any replica (status).
+
+        Raises:
+            PresenceUnavailable: the store did not answer.
+        """
+        ...
+
     async def start(self) -> None:
         """Begin keeping the store up to date (never fails on an unreachable store)."""
         ...
@@ -175,6 +183,9 @@ class MemoryPresence:
         if session_id is None:
             return []
         return [Route(session_id, self.replica_id, self.address, math.inf)]
+
+    async def live_clusters(self, cluster_ids: Sequence[str]) -> set[str]:
+        return {cid for cid in cluster_ids if cid in self._held}
 
     def held(self) -> dict[str, int]:
         """Cluster id -> session id of every registration (a copy)."""

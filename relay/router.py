@@ -46,6 +46,10 @@ from tunnel import (
 
 log = logging.getLogger("relay")
 
+# While a stream waits (agent_grace_seconds) for its cluster's agent, presence
+# is looked up again this often: the agent may reconnect to another replica.
+FORWARD_POLL_SECONDS = 0.25
+
 # Codes that mean "this agent session cannot take new streams" rather than
 # "the cluster refused": the router then waits for the agent's next session.
 _RETRY_ON_OTHER_SESSION = {ErrorCode.GOING_AWAY, ErrorCode.REFUSED_STREAM}
@@ -85,8 +89,22 @@ async def _open_upstream(state: RelayState, cid: str) -> TunnelStream | tuple[Er
     loop = asyncio.get_running_loop()
     deadline = loop.time() + state.config.agent_grace_seconds
     session: TunnelSession | None = state.directory.get(cid)
-    if session is None:
-        session = await state.directory.wait_for(cid, state.config.agent_grace_seconds)
+    peering = state.peering
+    while session is None:
+        if peering is not None:
+            # Not here: the agent may be live on another replica (presence).
+            forwarded = await peering.open_forwarded(cid)
+            if forwarded is not None:
+                return forwarded
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        # Within the grace the agent may come back here or on another replica:
+        # wait for a local session, looking at presence again every poll.
+        wait = min(remaining, FORWARD_POLL_SECONDS) if peering is not None else remaining
+        session = await state.directory.wait_for(cid, wait)
+        if peering is None and session is None:
+            break
     while session is not None:
         try:
             return await session.open_stream(UPSTREAM_TARGET, timeout=state.config.open_timeout_seconds)
@@ -115,7 +133,7 @@ BytesMeter = Callable[[bytes | memoryview], None]
 _shared_meters: weakref.WeakKeyDictionary[Any, dict[str, BytesMeter]] = weakref.WeakKeyDictionary()
 
 
-def _meter(byte_counter: Any, direction: str, recorder: DataRecorder | None) -> BytesMeter:
+def meter(byte_counter: Any, direction: str, recorder: DataRecorder | None) -> BytesMeter:
     """The per-chunk callback of one direction: count (and optionally record)
     every chunk the bridge forwards."""
     if recorder is None:
@@ -258,8 +276,8 @@ async def _route_within_share(state: RelayState, principal: Principal, stream: T
     # then calls routed.ended.
     join_streams(
         stream, upstream,
-        on_a_to_b=_meter(metrics.bytes, "client_to_agent", recorder),
-        on_b_to_a=_meter(metrics.bytes, "agent_to_client", recorder),
+        on_a_to_b=meter(metrics.bytes, "client_to_agent", recorder),
+        on_b_to_a=meter(metrics.bytes, "agent_to_client", recorder),
         on_done=routed.ended,
     )
     return True

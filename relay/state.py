@@ -29,6 +29,7 @@ from relay.roles import RoleStore
 from relay.shares import StreamShares
 
 if TYPE_CHECKING:
+    from relay.peering import Peering
     from relay.router import DataRecorder
     from tunnel import TunnelConfig, TunnelSession, TunnelStream
 
@@ -90,6 +91,8 @@ class RelayState:
     # Routes to agent sessions on every replica (relay/presence.py); the
     # directory registers this replica's sessions in it.
     presence: Presence = field(default_factory=lambda: MemoryPresence("local", ""))
+    # Links to the other replicas (relay/peering.py); None: no forwarding.
+    peering: Peering | None = None
 
     def __post_init__(self) -> None:
         config = self.config

@@ -67,7 +67,7 @@ CASES: list[tuple[str, str, str | dict[str, Any], list[str]]] = [
       "did you mean 'streams_per_client_session'?"]),
     ("relay unknown top-level key, nothing close", "relay", {"zzz": 1},
      [": zzz: unknown key 'zzz'; the keys here are admins, admission, authorization, database, debug, "
-      "health, limits, listen, listener, oidc, presence, public_url, state_dir, tls"]),
+      "health, limits, listen, listener, oidc, peering, presence, public_url, state_dir, tls"]),
     ("relay wrong value", "relay", {"admission": {"max_loop_lag_seconds": -1}},
      [": admission.max_loop_lag_seconds: expected a number >= 0, got -1"]),
     ("relay no string coercion", "relay", {"limits": {"max_head_bytes": "65536"}},
