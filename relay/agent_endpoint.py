@@ -27,6 +27,7 @@ from aiohttp import web
 from certs import fingerprint_sha256, generate_key_pair
 from identity import TokenInvalid
 from identity.agent_assertion import AGENT_CONNECT_PATH, unverified_cluster_id
+from relay.drain import ask_to_reconnect
 from relay.names import validate_agent_metadata
 from relay.state import (
     STATE,
@@ -103,6 +104,8 @@ async def control_stream(state: RelayState, cid: str, stream: TunnelStream) -> N
         return
     stream.accept()
     state.control_streams.add(stream)
+    if state.moving_agents:  # connected just before the stop: ask it too
+        state.spawn(ask_to_reconnect(stream, state.config.agent_move_seconds))
     buffer = b""
     try:
         while chunk := await stream.read(MAX_CONTROL_LINE):

@@ -407,7 +407,9 @@ class RelayServer:
         log.info("relay draining clients=%d agents=%d", len(clients), len(agents))
         # arc-proxy opens its next streams on a new session (another replica).
         await asyncio.gather(*(s.goaway() for s in clients), return_exceptions=True)
+        state.moving_agents = move > 0  # a control stream opening now is asked at once
         moved, stayed = await move_agents(agents, list(state.control_streams), move)
+        state.moving_agents = False
         if agents:
             log.info("relay agents moved=%d not_moved=%d", moved, stayed)
         sessions = list(state.sessions)

@@ -15,7 +15,8 @@ Theory of operation. ``RelayServer.stop`` runs these steps in order:
    the old one. The relay waits for that GOAWAY (or the session's end), at
    most ``limits.agent_move_seconds``; an agent that has not moved by then
    (an older agent, or no other replica to go to) gets the relay's GOAWAY in
-   step 4, which makes it redial as before.
+   step 4, which makes it redial as before. An agent whose control stream
+   opens during this step (it had just connected) is asked at once.
 4. Every remaining session (agents, peer links) gets GOAWAY; live streams
    finish, at most ``limits.drain_seconds``; then everything closes.
 
@@ -51,7 +52,9 @@ async def _moved(session: TunnelSession) -> None:
             waiter.cancel()
 
 
-async def _ask(stream: TunnelStream, bound: float) -> None:
+async def ask_to_reconnect(stream: TunnelStream, bound: float) -> None:
+    """Write :data:`RECONNECT_LINE` on an agent's control stream (waiting for
+    credit at most ``bound`` seconds; a stream already gone is skipped)."""
     with contextlib.suppress(StreamReset, TunnelClosed, TimeoutError):
         await asyncio.wait_for(stream.write(RECONNECT_LINE), bound)
 
@@ -74,7 +77,7 @@ async def move_agents(sessions: list[TunnelSession], controls: list[TunnelStream
         return 0, len(waiting)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + bound
-    await asyncio.gather(*(_ask(stream, bound) for stream in controls))
+    await asyncio.gather(*(ask_to_reconnect(stream, bound) for stream in controls))
     moves = [asyncio.ensure_future(_moved(s)) for s in waiting]
     _, pending = await asyncio.wait(moves, timeout=max(0.0, deadline - loop.time()))
     for move in pending:

@@ -72,6 +72,8 @@ class RelayState:
     client_sessions: set[TunnelSession] = field(default_factory=set)
     # Agents' open control streams (the drain asks each agent to move on it).
     control_streams: set[TunnelStream] = field(default_factory=set)
+    # True while a stop asks agents to move (relay/drain.py).
+    moving_agents: bool = False
     accepting: bool = True
     # Test hook recording routed DATA (RelayConfig.record_data_file); None: off.
     recorder: DataRecorder | None = None

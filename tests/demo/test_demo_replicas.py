@@ -104,3 +104,16 @@ def test_demo_replicas_refuses_a_bad_count_in_one_line() -> None:
     assert run.returncode != 0
     assert run.stderr.strip().splitlines() == ["arcctl demo: --replicas must be 1 or more, not 0"], run.stderr
     assert "Starting" not in run.stdout
+
+
+def test_demo_replicas_names_the_missing_debian_package_in_one_line() -> None:
+    """A PATH without redis-server: one line naming the Debian package, non-zero
+    exit, nothing started."""
+    run = subprocess.run([sys.executable, "-m", "demo", "--replicas", "3"], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "PATH": "/nonexistent"},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("arcctl demo: --replicas needs redis-server"), run.stderr
+    assert "apt-get install redis-server" in lines[0]
+    assert "Starting" not in run.stdout

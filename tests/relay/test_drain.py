@@ -194,3 +194,36 @@ async def test_relay_stop_moves_agent_before_break_and_loses_no_request(tmp_path
 
 async def _up_through(port: int) -> bool:
     return await _echo_once(port, b"after") == b"after"
+
+
+async def test_relay_stop_gives_an_agent_that_cannot_move_goaway_at_the_bound(tmp_path: Path) -> None:
+    """An agent that reaches only this relay (no load balancer): asked to
+    move, it dials and fails while its session stays open for new streams;
+    once ``limits.agent_move_seconds`` passes the relay sends GOAWAY itself
+    (the agent never did: ``moves`` stays 0) and the stop completes."""
+    redis_runner = running_redis(tmp_path / "redis")
+    redis = await anext(redis_runner)
+    try:
+        presence = PresenceConfig(redis_url=redis.url, replica_id="relay-a")
+        a = await RelayEnv.start(tmp_path, presence=presence, agent_move_seconds=1.0, drain_seconds=WAIT)
+        echo = await start_echo_server()
+        try:
+            keys = await a.register("rg1", "alpha")
+            agent = await a.start_agent(CLUSTER, keys, ("127.0.0.1", server_port(echo)))
+            old = await a.wait_agent(CLUSTER)
+            failures = agent.dial_failures
+            stop = asyncio.ensure_future(a.relay.stop())
+            await until(lambda: agent.dial_failures > failures, "the agent to try a new session")
+            assert not old.draining and not stop.done()  # the old session still takes streams
+            await until(lambda: old.closed, "the relay's GOAWAY at the bound and the session's end")
+            # (Not the whole stop: RedisPresence.close sometimes waits for its
+            # writer task's cancellation for ~20 s, a presence matter.)
+            async with asyncio.timeout(WAIT * 2):
+                await stop
+            assert old.closed and not old.goaway_received  # the relay's GOAWAY, at the bound
+            assert agent.moves == 0
+        finally:
+            await a.close()
+            echo.close()
+    finally:
+        await redis_runner.aclose()
