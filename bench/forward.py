@@ -9,8 +9,13 @@ agent). Measured in the same run, alternating local and forwarded blocks:
 
 * round trip of a 64-byte message on one open stream (p50/p99, ms) and the
   hop's added p50 (forwarded - local);
+* a short request on a new stream (OPEN, one 64-byte echo, close: what each
+  kubectl connection through arc-proxy starts with), p50/p99 (ms); the
+  forwarded one includes B's presence lookup;
 * one-stream throughput client -> agent (MB/s, 10^6 bytes, median of rounds)
-  and the ratio forwarded / local.
+  and the ratio forwarded / local;
+* CPU of both relay processes together per MB moved and per round trip
+  (ms; less sensitive to the machine's load than the times above).
 
 Prints a table on stderr, then one JSON line (last) on stdout. Issue 16's goals:
 added p50 <= 0.3 ms, throughput ratio >= 0.8. Absolute figures depend on the
@@ -86,6 +91,21 @@ async def rtt_block(stream: TunnelStream, rounds: int) -> list[float]:
     return out
 
 
+async def request_block(client: TunnelSession, rounds: int) -> list[float]:
+    """``rounds`` short requests, each on a new stream; seconds each."""
+    out = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        stream = await client.open_stream(CLUSTER.encode(), timeout=WAIT)
+        await stream.write(b"e" + MESSAGE)
+        got = 0
+        while got < len(MESSAGE):
+            got += len(await stream.read(len(MESSAGE) - got))
+        out.append(time.perf_counter() - started)
+        await stream.aclose()
+    return out
+
+
 async def throughput(client: TunnelSession, megabytes: int) -> float:
     """One stream: send ``megabytes`` MiB to the sink, MB/s until its count came back."""
     stream = await client.open_stream(CLUSTER.encode(), timeout=WAIT)
@@ -99,6 +119,15 @@ async def throughput(client: TunnelSession, megabytes: int) -> float:
     await stream.aclose()
     assert count == megabytes * len(CHUNK), count
     return count / elapsed / 1e6
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (Linux /proc)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -164,14 +193,23 @@ async def run(rtt_rounds: int, blocks: int, megabytes: int) -> dict[str, Any]:
                 echo[label] = stream
             rtts: dict[str, list[float]] = {"local": [], "forwarded": []}
             rates: dict[str, list[float]] = {"local": [], "forwarded": []}
+            requests: dict[str, list[float]] = {"local": [], "forwarded": []}
+            pids = [relay.proc.pid for relay in relays]
+            rtt_cpu: dict[str, float] = {"local": 0.0, "forwarded": 0.0}
+            mb_cpu: dict[str, float] = {"local": 0.0, "forwarded": 0.0}
             for _ in range(blocks):
                 for label in ("local", "forwarded"):
+                    before = cpu_seconds(pids)
                     rtts[label] += await rtt_block(echo[label], rtt_rounds)
+                    rtt_cpu[label] += cpu_seconds(pids) - before
+                    requests[label] += await request_block(clients[label], max(1, rtt_rounds // 5))
             for label in ("local", "forwarded"):
                 await throughput(clients[label], max(1, megabytes // 4))  # warm-up
             for _ in range(blocks):
                 for label in ("local", "forwarded"):
+                    before = cpu_seconds(pids)
                     rates[label].append(await throughput(clients[label], megabytes))
+                    mb_cpu[label] += cpu_seconds(pids) - before
         finally:
             for session, task in sessions:
                 with contextlib.suppress(Exception):
@@ -189,9 +227,14 @@ async def run(rtt_rounds: int, blocks: int, megabytes: int) -> dict[str, Any]:
     for label in ("local", "forwarded"):
         result[f"{label}_rtt_p50_ms"] = round(pct(rtts[label], 0.5) * 1e3, 3)
         result[f"{label}_rtt_p99_ms"] = round(pct(rtts[label], 0.99) * 1e3, 3)
+        result[f"{label}_request_p50_ms"] = round(pct(requests[label], 0.5) * 1e3, 3)
+        result[f"{label}_request_p99_ms"] = round(pct(requests[label], 0.99) * 1e3, 3)
         result[f"{label}_mb_s"] = round(statistics.median(rates[label]), 1)
+        result[f"{label}_relay_cpu_ms_per_mb"] = round(mb_cpu[label] * 1e3 / (blocks * megabytes * 1.048576), 3)
+        result[f"{label}_relay_cpu_us_per_rtt"] = round(rtt_cpu[label] * 1e6 / (blocks * rtt_rounds), 1)
     result["added_p50_ms"] = round(result["forwarded_rtt_p50_ms"] - result["local_rtt_p50_ms"], 3)
     result["added_p99_ms"] = round(result["forwarded_rtt_p99_ms"] - result["local_rtt_p99_ms"], 3)
+    result["added_request_p50_ms"] = round(result["forwarded_request_p50_ms"] - result["local_request_p50_ms"], 3)
     result["throughput_ratio"] = round(result["forwarded_mb_s"] / result["local_mb_s"], 3)
     return result
 
@@ -204,11 +247,15 @@ def main() -> None:
     args = parser.parse_args()
     tune_allocator()  # as the daemons do
     r = asyncio.run(run(args.rtt_rounds, args.blocks, args.megabytes))
-    print(f"{'path':<10} {'rtt p50 ms':>10} {'rtt p99 ms':>10} {'1 stream MB/s':>14}", file=sys.stderr)
+    print(f"{'path':<10} {'rtt p50 ms':>10} {'rtt p99 ms':>10} {'request p50':>11} {'request p99':>11} "
+          f"{'1 stream MB/s':>14} {'relay CPU ms/MB':>15} {'relay CPU us/rtt':>16}", file=sys.stderr)
     for label in ("local", "forwarded"):
         print(f"{label:<10} {r[f'{label}_rtt_p50_ms']:>10} {r[f'{label}_rtt_p99_ms']:>10} "
-              f"{r[f'{label}_mb_s']:>14}", file=sys.stderr)
-    print(f"added by the hop: p50 {r['added_p50_ms']} ms, p99 {r['added_p99_ms']} ms; throughput "
+              f"{r[f'{label}_request_p50_ms']:>11} {r[f'{label}_request_p99_ms']:>11} "
+              f"{r[f'{label}_mb_s']:>14} {r[f'{label}_relay_cpu_ms_per_mb']:>15} "
+              f"{r[f'{label}_relay_cpu_us_per_rtt']:>16}", file=sys.stderr)
+    print(f"added by the hop: rtt p50 {r['added_p50_ms']} ms, p99 {r['added_p99_ms']} ms; new-stream "
+          f"request p50 {r['added_request_p50_ms']} ms; throughput "
           f"forwarded/local {r['throughput_ratio']} (load {r['loadavg_1m']})", file=sys.stderr)
     print(json.dumps(r))
 

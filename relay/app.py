@@ -324,6 +324,9 @@ class RelayServer:
                 await self.stop(drain_seconds=0)
                 raise
             presence.address = _advertise(config, self._peering.port, config.peering.host)
+            if config.presence.redis_url is None:
+                log.warning("peering is configured but presence.redis_url is not: this replica "
+                            "sees no other replica's agents, so it forwards nothing")
         else:
             presence.address = _advertise(config, self.port)
         presence.replica_id = config.presence.replica_id or presence.address

@@ -174,7 +174,8 @@ class PresenceSection(ConfigModel):
                                     description="This replica's name in routes, unique in the tier "
                                     "and stable across its restarts, e.g. the pod name (unset: `advertise`).")
     advertise: str | None = Field(default=None, description="`host:port` other replicas reach this one "
-                                  "at (unset: `listen`, the host name standing in for a wildcard host).")
+                                  "at: with `peering`, its peer listener (unset: `peering.listen`, else "
+                                  "`listen`; the host name standing in for a wildcard host).")
 
     @field_validator("redis_url")
     @classmethod

@@ -39,6 +39,7 @@ import dataclasses
 import logging
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -52,7 +53,7 @@ from relay.background import cancel_and_wait
 from relay.config import ConfigError, PeeringConfig
 from relay.edge_limits import EdgeLimits
 from relay.listener import RelayListener
-from relay.presence import PresenceDirectory, PresenceUnavailable
+from relay.presence import PresenceDirectory, PresenceUnavailable, Route
 from relay.router import meter
 from relay.state import STATE, RelayState, json_error
 from tunnel import (
@@ -86,6 +87,14 @@ STALE_CODES = frozenset({ErrorCode.TARGET_UNAVAILABLE, ErrorCode.GOING_AWAY,
 # What the tunnel core of the far end of a link says when the link's stream
 # bound is reached (an agent's refusal is reworded by the far relay instead).
 LINK_FULL_REASON = "too many streams"
+
+
+# Routes that led somewhere are reused this long (seconds) without asking
+# presence again: a forwarded stream then costs no Redis round trip. Safe
+# because the far replica refuses a stale one and the route is then looked up.
+ROUTE_CACHE_SECONDS = 5.0
+# Clusters whose routes are remembered (a few hundred bytes each); oldest out.
+MAX_CACHED_ROUTES = 10_000
 
 
 class PeerUnreachable(Exception):
@@ -269,6 +278,8 @@ class Peering:
         self._runner: web.AppRunner | None = None
         self._listener: RelayListener | None = None
         self.inbound: set[TunnelSession] = set()
+        # cluster id -> (reuse until, monotonic; routes), oldest first.
+        self._routes: OrderedDict[str, tuple[float, list[Route]]] = OrderedDict()
 
     async def start(self) -> None:
         """Bind the peer listener.
@@ -301,14 +312,37 @@ class Peering:
     async def open_forwarded(self, cid: str) -> TunnelStream | tuple[ErrorCode | int, str] | None:
         """A stream to the agent of ``cid`` on another replica (presence's
         routes, newest session first; a stale one is skipped), the refusal of
-        the agent there, or None when no route led anywhere."""
+        the agent there, or None when no route led anywhere.
+
+        Routes that worked are remembered for ``ROUTE_CACHE_SECONDS``, so
+        most forwarded streams cost no presence lookup; a remembered route
+        that no longer leads anywhere is forgotten and presence asked again
+        (staleness is detected by the far replica, never assumed away)."""
+        cached = self._routes.get(cid)
+        if cached is not None and cached[0] > self.links.clock():
+            result = await self._try_routes(cid, cached[1])
+            if result is not None:
+                return result
+            self._routes.pop(cid, None)
         state = self.state
-        metrics = state.metrics
         try:
             routes = await state.presence.lookup(cid)
         except PresenceUnavailable as exc:
             state.refusals.refused("forward skipped", "-", cid, str(exc))
             return None
+        result = await self._try_routes(cid, routes)
+        if result is not None:
+            self._routes[cid] = (self.links.clock() + ROUTE_CACHE_SECONDS, routes)
+            self._routes.move_to_end(cid)
+            if len(self._routes) > MAX_CACHED_ROUTES:
+                self._routes.popitem(last=False)
+        return result
+
+    async def _try_routes(self, cid: str, routes: Sequence[Route]
+                          ) -> TunnelStream | tuple[ErrorCode | int, str] | None:
+        """Open a stream along the first of ``routes`` that leads somewhere."""
+        state = self.state
+        metrics = state.metrics
         for route in routes:
             if route.replica_id == state.presence.replica_id:
                 continue  # our own: the local directory is the truth for it
@@ -413,7 +447,10 @@ class PeerLinks:
     def _dialed(self, address: str, dial: asyncio.Future[TunnelSession]) -> None:
         self._dialing.pop(address, None)
         if not dial.cancelled() and dial.exception() is not None:
-            self._down_until[address] = self.clock() + DOWN_HOLD_SECONDS
+            now = self.clock()
+            # Pods come back under new addresses: forget the holds that passed.
+            self._down_until = {a: t for a, t in self._down_until.items() if t > now}
+            self._down_until[address] = now + DOWN_HOLD_SECONDS
 
     async def _dial(self, address: str) -> TunnelSession:
         settings = self._peering.settings

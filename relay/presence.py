@@ -85,8 +85,9 @@ class PresenceConfig:
         redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL; None: in memory.
         ttl_seconds: a route lapses this long after its last refresh.
         replica_id: this replica's name in routes (None: its advertise address).
-        advertise: ``host:port`` other replicas reach this one at (None: the
-            listen address, the host name standing in for a wildcard host).
+        advertise: ``host:port`` other replicas reach this one at: with
+            peering, its peer listener (None: ``peering.listen``, else the
+            listen address; the host name standing in for a wildcard host).
     """
 
     redis_url: str | None = None

@@ -69,6 +69,14 @@ AGENT_CERTIFICATE_TTL = 5.0
 FLUSH_CHUNK = 256
 
 
+async def is_registered(registry: ClusterRegistry, cluster_id: str) -> bool:
+    """Whether ``cluster_id`` is registered, without deriving its status: the
+    router asks this for every stream, and a status from presence would cost
+    a Redis round trip per forwarded stream."""
+    store = registry.store if isinstance(registry, LiveStatusRegistry) else registry
+    return await store.get(cluster_id) is not None
+
+
 class LiveStatusRegistry:
     """A ``ClusterRegistry`` whose status comes from live sessions (module docstring).
 

@@ -24,8 +24,9 @@ from certs import (
     server_ssl_context,
     write_pem_pair,
 )
+from identity.agent_assertion import sign_agent_assertion
 from relay import RelayServer
-from relay.config import ConfigError, relay_config_from_dict
+from relay.config import ConfigError, agent_endpoint_url, relay_config_from_dict
 from relay.peering import (
     PEER_CONNECT_PATH,
     STALE_ROUTE,
@@ -39,7 +40,7 @@ from tests.support.relay import DEMO_OID, RelayEnv, roundtrip
 from tests.support.replicas import Replicas, running_replicas
 from tests.support.servers import server_port, start_echo_server, start_firehose_or_echo_server
 from tests.support.waits import WAIT, until, until_async
-from tunnel import ErrorCode, StreamRefused, splice, ws_connect_kwargs
+from tunnel import ErrorCode, StreamRefused, TunnelSession, splice, ws_connect_kwargs
 from tunnel.limits import INITIAL_STREAM_WINDOW
 
 pytestmark = pytest.mark.e2e
@@ -329,3 +330,59 @@ async def test_relay_config_peering_keys_and_their_errors(tmp_path: Path) -> Non
         await RelayServer(broken).start()
     assert str(error.value).startswith("peering.ca_file ") and "No such file" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+async def test_remembered_route_to_a_replaced_session_is_looked_up_again(replicas: Replicas) -> None:
+    """Relay B remembers the route that worked; the agent then reconnects to
+    relay A (a new session id): B's next stream is refused 'stale route' by
+    A, B asks presence again and the stream goes to the new session."""
+    keys = await agent_on_a(replicas)
+    client = await replicas.b.client(replicas.b.token("demo"))
+    assert await roundtrip(client, CLUSTER.encode(), b"first") == b"first"
+    [old] = await routes_on(replicas.b, CLUSTER, "relay-a")
+    echo = await start_echo_server()
+    await replicas.a.connectors[0][0].stop()
+    await replicas.a.start_agent(CLUSTER, keys, ("127.0.0.1", server_port(echo)))
+
+    async def new_route() -> list[Route]:
+        return [r for r in await routes_on(replicas.b, CLUSTER, "relay-a") if r.session_id > old.session_id]
+
+    await until_async(new_route, "the new session's route")
+    stale_before = replicas.b.state.metrics.sample(
+        "arc_relay_streams_forwarded_total", {"direction": "out", "outcome": "stale"}) or 0
+    assert await roundtrip(client, CLUSTER.encode(), b"second") == b"second"
+    assert replicas.b.state.metrics.sample(
+        "arc_relay_streams_forwarded_total", {"direction": "out", "outcome": "stale"}) == stale_before + 1
+    assert replicas.a.state.metrics.sample(
+        "arc_relay_streams_forwarded_total", {"direction": "in", "outcome": "stale"}) == 1
+    echo.close()
+
+
+async def test_stream_on_a_draining_local_session_goes_to_the_agents_new_replica(
+        replicas: Replicas) -> None:
+    """The agent's session on relay B is going away (GOAWAY, as in a drain)
+    and its new session is on relay A: a stream opened on B is forwarded to A
+    at once instead of waiting for a new local session."""
+    echo = await start_echo_server()
+    keys = await replicas.b.register("rg1", "alpha")
+    await replicas.b.grant(DEMO_OID, "cluster-user", "/resourceGroups/rg1/clusters/alpha")
+    # A bare agent session on B (it never redials: a redial would win the race).
+    url = agent_endpoint_url(replicas.b.relay.url)
+    ws = await replicas.b.http.ws_connect(url, headers={
+        "Authorization": f"Bearer {sign_agent_assertion(keys.private_key_pem, CLUSTER, url)}"},
+        **ws_connect_kwargs())
+    bare = TunnelSession(ws, is_client=True, name="bare-agent")
+    bare_task = asyncio.ensure_future(bare.run())
+    local = await replicas.b.wait_agent(CLUSTER)
+    await replicas.a.start_agent(CLUSTER, keys, ("127.0.0.1", server_port(echo)))
+    await replicas.a.wait_agent(CLUSTER)
+    await until_async(lambda: routes_on(replicas.b, CLUSTER, "relay-a"), "relay A's route seen by relay B")
+    await local.goaway()
+    assert replicas.b.state.directory.get(CLUSTER) is local
+    client = await replicas.b.client(replicas.b.token("demo"))
+    assert await roundtrip(client, CLUSTER.encode(), b"moved") == b"moved"
+    assert replicas.b.state.metrics.sample("arc_relay_streams_forwarded_total",
+                                           {"direction": "out", "outcome": "forwarded"}) == 1
+    await bare.close()
+    await bare_task
+    echo.close()
