@@ -234,7 +234,8 @@ class Connector:
             while not self._stopping.is_set():
                 session = await self._dial()
                 if session is not None and superseded is not None:
-                    self._supersede(superseded)
+                    if not superseded.draining:  # else the relay's bound came first
+                        self._supersede(superseded)
                     superseded = None
                 if session is None:
                     if superseded is not None and superseded.closed:
@@ -484,7 +485,9 @@ class Connector:
     async def _shutdown(self) -> None:
         session = self.session
         if session is not None and not session.closed:
-            # GOAWAY was sent by _watch; let open streams finish, bounded.
+            # GOAWAY was sent by _watch (not when stopped while moving: send it
+            # now); let open streams finish, bounded.
+            await self._goaway_quietly(session)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session.wait_closed(), STOP_DRAIN)
             await session.close()
