@@ -189,6 +189,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         argv += ["--state-dir", str(args.state_dir)]
     if args.no_restart:
         argv.append("--no-restart")
+    if args.replicas != 1:
+        argv += ["--replicas", str(args.replicas)]
     if args.debug:
         argv.append("--debug")
     sys.stdout.flush()
@@ -273,7 +275,8 @@ def _add_demo(sub: Subcommands) -> None:
         description="Registers cluster 'demo' and prints what to run next (arc-proxy -n demo,\n"
                     "then kubectl). A child that dies is reported and restarted (--no-restart:\n"
                     "left down). Ctrl-C stops everything and removes what it made.",
-        examples=["arcctl demo", "arcctl demo --state-dir ./demo-state --relay-port 8443"])
+        examples=["arcctl demo", "arcctl demo --state-dir ./demo-state --relay-port 8443",
+                  "arcctl demo --replicas 3   # relays behind HAProxy, on PostgreSQL and Redis"])
     p.add_argument("--state-dir", type=Path, metavar="DIR",
                    help="keep every file of the demo here (default: a temporary folder, "
                         "removed on exit)")
@@ -283,6 +286,9 @@ def _add_demo(sub: Subcommands) -> None:
                    help="Kubernetes version the sandbox API server reports (default 1.33.0)")
     p.add_argument("--no-restart", action="store_true",
                    help="leave a child that dies down instead of restarting it (its files stay until Ctrl-C)")
+    p.add_argument("--replicas", type=int, default=1, metavar="N",
+                   help="run N relays behind HAProxy, on PostgreSQL and Redis (Debian packages haproxy, "
+                        "postgresql, redis-server; default 1: one relay on SQLite)")
     add_common_options(p, output=False)
     p.set_defaults(func=cmd_demo)
 

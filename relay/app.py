@@ -29,6 +29,7 @@ from relay import agent_endpoint, client_endpoint, management_api
 from relay.config import ConfigError, RelayConfig, authorization_warnings
 from relay.database_health import DatabaseHealth
 from relay.directory import LocalDirectory
+from relay.drain import move_agents
 from relay.health_listener import ready_checks, relay_health_listener
 from relay.listener import RelayListener
 from relay.metrics import PresenceCollector, RelayMetrics
@@ -420,20 +421,39 @@ class RelayServer:
                 db.close()
         self._status_db = self._db = None
 
-    async def stop(self, drain_seconds: float | None = None) -> None:
-        """Stop accepting, GOAWAY every session, wait up to ``drain_seconds``
-        (default ``config.drain_seconds``) for streams to finish, then close."""
+    async def stop(self, drain_seconds: float | None = None, move_seconds: float | None = None) -> None:
+        """Stop without loss (relay/drain.py): fail readiness and stop accepting,
+        GOAWAY the arc-proxy sessions, move the agents make-before-break (at
+        most ``move_seconds``, default ``config.agent_move_seconds``, never
+        more than an explicit ``drain_seconds``; not at all without shared
+        presence: a lone relay has no other replica), GOAWAY every session, wait up
+        to ``drain_seconds`` (default ``config.drain_seconds``) for streams to
+        finish, then close."""
         if self._runner is None or self.state is None:
             return
         state = self.state
-        state.accepting = False
+        state.accepting = False  # /readyz: 503 from now on
         state.admission.stop()
         if self._listener is not None:
             self._listener.close()
-        sessions = list(state.sessions)
-        log.info("relay draining sessions=%d", len(sessions))
-        await asyncio.gather(*(s.goaway() for s in sessions), return_exceptions=True)
         drain = self.config.drain_seconds if drain_seconds is None else drain_seconds
+        move = self.config.agent_move_seconds if move_seconds is None else move_seconds
+        if drain_seconds is not None:
+            move = min(move, drain_seconds)
+        if not self.config.presence.redis_url:
+            move = 0.0  # one replica (presence in memory): there is nowhere to move to
+        clients = list(state.client_sessions)
+        agents = list(state.agent_fingerprints)
+        log.info("relay draining clients=%d agents=%d", len(clients), len(agents))
+        # arc-proxy opens its next streams on a new session (another replica).
+        await asyncio.gather(*(s.goaway() for s in clients), return_exceptions=True)
+        state.moving_agents = move > 0  # a control stream opening now is asked at once
+        moved, stayed = await move_agents(agents, list(state.control_streams), move)
+        state.moving_agents = False
+        if agents:
+            log.info("relay agents moved=%d not_moved=%d", moved, stayed)
+        sessions = list(state.sessions)
+        await asyncio.gather(*(s.goaway() for s in sessions), return_exceptions=True)
         if sessions:
             await asyncio.wait([asyncio.ensure_future(s.wait_closed()) for s in sessions],
                                timeout=drain)

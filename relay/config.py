@@ -17,7 +17,7 @@ Example::
     authorization:
       match_mutable_claims: []                   # opt-in, e.g. [upn]: mutable in Entra ("nOAuth")
       recheck_seconds: 30                        # open streams re-authorised this often (role revoked)
-    limits: {agent_grace_seconds: 5, drain_seconds: 10, open_timeout_seconds: 10,
+    limits: {agent_grace_seconds: 5, drain_seconds: 10, agent_move_seconds: 5, open_timeout_seconds: 10,
              tls_handshake_timeout_seconds: 10, head_timeout_seconds: 10, max_head_bytes: 65536,
              max_preauth_connections: 1024, keepalive_timeout_seconds: 75,  # relay/edge_limits.py
              streams_per_principal_per_cluster: 256,  # one user's share of one agent session
@@ -148,6 +148,9 @@ class RelayConfig:
     admins: tuple[str, ...] = ()
     agent_grace_seconds: float = 5.0
     drain_seconds: float = 10.0
+    # On stop, an agent session keeps taking streams this long at most while
+    # its agent dials a new one (relay/drain.py).
+    agent_move_seconds: float = 5.0
     open_timeout_seconds: float = 10.0
     tunnel: dict[str, Any] = field(default_factory=dict)
     record_data_file: str | None = None
@@ -353,6 +356,7 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
         admins=tuple(doc.admins),
         agent_grace_seconds=limits.agent_grace_seconds,
         drain_seconds=limits.drain_seconds,
+        agent_move_seconds=limits.agent_move_seconds,
         open_timeout_seconds=limits.open_timeout_seconds,
         tunnel=dict(limits.tunnel),
         record_data_file=path(doc.debug.record_data_file)

@@ -109,7 +109,11 @@ class RelayLimitsSection(ConfigModel):
 
     agent_grace_seconds: float = Field(default=5.0, ge=0, description="A stream opened while the "
                                        "cluster's agent is not connected waits this long for it to (re)connect.")
-    drain_seconds: float = Field(default=10.0, ge=0, description="On SIGTERM, open streams get this long to finish.")
+    drain_seconds: float = Field(default=10.0, ge=0, description="On SIGTERM, open streams get this long to finish "
+                                 "(after the agents moved).")
+    agent_move_seconds: float = Field(default=5.0, ge=0, description="On SIGTERM, each agent session keeps "
+                                      "taking new streams until its agent's new session is up (elsewhere "
+                                      "behind the load balancer), at most this long; then GOAWAY.")
     open_timeout_seconds: float = Field(default=10.0, gt=0, description="A stream OPEN the agent does not answer "
                                         "within this is refused.")
     tls_handshake_timeout_seconds: float = Field(default=TLS_HANDSHAKE_TIMEOUT, gt=0,

@@ -31,7 +31,7 @@ from relay.shares import StreamShares
 if TYPE_CHECKING:
     from relay.peering import Peering
     from relay.router import DataRecorder
-    from tunnel import TunnelConfig, TunnelSession
+    from tunnel import TunnelConfig, TunnelSession, TunnelStream
 
 log = logging.getLogger("relay")
 
@@ -68,6 +68,12 @@ class RelayState:
     tunnel_config: TunnelConfig
     # Every open tunnel session (agent and client) so shutdown can GOAWAY them.
     sessions: set[TunnelSession] = field(default_factory=set)
+    # The arc-proxy sessions among them (told to move first on stop: relay/drain.py).
+    client_sessions: set[TunnelSession] = field(default_factory=set)
+    # Agents' open control streams (the drain asks each agent to move on it).
+    control_streams: set[TunnelStream] = field(default_factory=set)
+    # True while a stop asks agents to move (relay/drain.py).
+    moving_agents: bool = False
     accepting: bool = True
     # Test hook recording routed DATA (RelayConfig.record_data_file); None: off.
     recorder: DataRecorder | None = None
