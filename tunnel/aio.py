@@ -12,6 +12,9 @@ Public names (re-exported lazily by ``tunnel/__init__.py``)::
     tune_allocator                                              (aio_alloc)
     MessageTransport, TransportClosed                           (message_transport)
     AiohttpTransport                                            (aio_ws_aiohttp)
+    NativeWebSocket                                             (aio_ws_native)
+    dial_websocket, open_tunnel_websocket, WebSocketHandshakeRefused,
+    ProxyRefused                                                (aio_ws_dial)
 
 The session does its I/O through a ``MessageTransport`` (message_transport.py);
 ``AiohttpTransport`` is the one over aiohttp, which ``TunnelSession`` wraps
@@ -47,6 +50,13 @@ from tunnel.aio_session import StreamHandler, TunnelSession
 from tunnel.aio_splice import splice, splice_streams
 from tunnel.aio_stream import TunnelStream
 from tunnel.aio_ws_aiohttp import AiohttpTransport
+from tunnel.aio_ws_dial import (
+    ProxyRefused,
+    WebSocketHandshakeRefused,
+    dial_websocket,
+    open_tunnel_websocket,
+)
+from tunnel.aio_ws_native import NativeWebSocket
 from tunnel.message_transport import MessageTransport, TransportClosed
 
 __all__ = [
@@ -55,6 +65,8 @@ __all__ = [
     "SUBPROTOCOL",
     "AiohttpTransport",
     "MessageTransport",
+    "NativeWebSocket",
+    "ProxyRefused",
     "StreamError",
     "StreamHandler",
     "StreamRefused",
@@ -64,8 +76,11 @@ __all__ = [
     "TunnelConfig",
     "TunnelSession",
     "TunnelStream",
+    "WebSocketHandshakeRefused",
     "adapter_limits",
+    "dial_websocket",
     "join_streams",
+    "open_tunnel_websocket",
     "server_websocket_response",
     "splice",
     "splice_streams",
