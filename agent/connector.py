@@ -293,8 +293,8 @@ class Connector:
         session = TunnelSession(ws, is_client=True, config=cfg.tunnel, name=f"agent:{cfg.cluster_id}",
                                 on_stream=self._on_stream)
         self.session = session
-        log.info("agent connected relay=%s cluster=%s proxy=%s", cfg.relay_url, cfg.cluster_id,
-                 "yes" if proxy else "no")
+        log.info("agent connected relay=%s cluster=%s proxy=%s transport=%s", cfg.relay_url, cfg.cluster_id,
+                 "yes" if proxy else "no", cfg.tunnel.transport)
         return session
 
     def _dial_failed(self, url: str, error: str, level: int = logging.WARNING) -> None:
