@@ -454,7 +454,11 @@ class NativeWebSocket(asyncio.Protocol):
                 if end > size:
                     self._need = end - pos
                     break
-                if masked:
+                if masked and length > 1024:
+                    # Masked straight from the buffer: one copy of the payload, not two.
+                    with memoryview(buf) as view, view[start + 4:end] as part:
+                        payload = apply_mask(part, buf[start:start + 4])
+                elif masked:
                     payload = apply_mask(buf[start + 4:end], buf[start:start + 4])
                 else:
                     payload = bytes(buf[start:end])
