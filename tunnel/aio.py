@@ -13,6 +13,7 @@ Public names (re-exported lazily by ``tunnel/__init__.py``)::
     MessageTransport, TransportClosed                           (message_transport)
     AiohttpTransport                                            (aio_ws_aiohttp)
     NativeWebSocket                                             (aio_ws_native)
+    serve_websockets, UpgradeRequest                            (aio_ws_accept)
     dial_websocket, open_tunnel_websocket, WebSocketHandshakeRefused,
     ProxyRefused                                                (aio_ws_dial)
 
@@ -49,6 +50,7 @@ from tunnel.aio_forward import join_streams
 from tunnel.aio_session import StreamHandler, TunnelSession
 from tunnel.aio_splice import splice, splice_streams
 from tunnel.aio_stream import TunnelStream
+from tunnel.aio_ws_accept import UpgradeRequest, serve_websockets
 from tunnel.aio_ws_aiohttp import AiohttpTransport
 from tunnel.aio_ws_dial import (
     ProxyRefused,
@@ -76,11 +78,13 @@ __all__ = [
     "TunnelConfig",
     "TunnelSession",
     "TunnelStream",
+    "UpgradeRequest",
     "WebSocketHandshakeRefused",
     "adapter_limits",
     "dial_websocket",
     "join_streams",
     "open_tunnel_websocket",
+    "serve_websockets",
     "server_websocket_response",
     "splice",
     "splice_streams",

@@ -27,9 +27,11 @@ from tunnel.aio import (
     TunnelConfig,
     TunnelSession,
     TunnelStream,
+    UpgradeRequest,
     WebSocketHandshakeRefused,
     dial_websocket,
     open_tunnel_websocket,
+    serve_websockets,
     server_websocket_response,
 )
 from tunnel.aio_ws_dial import accept_key, parse_head
@@ -471,3 +473,106 @@ async def test_tunnel_session_over_native_client_and_aiohttp_server(tls: bool) -
                 await servers[0].wait_closed()
     finally:
         await runner.cleanup()
+
+
+# -- the accepting side: websockets' and aiohttp's clients, and sessions native on both ends -----
+
+
+@contextlib.asynccontextmanager
+async def native_server(handler: Callable[[NativeWebSocket, UpgradeRequest], Awaitable[None]],
+                        tls: ssl.SSLContext | None = None,
+                        authorize: Callable[[UpgradeRequest], Awaitable[tuple[int, dict[str, str]] | None]]
+                        | None = None) -> AsyncIterator[int]:
+    server = await serve_websockets(handler, "127.0.0.1", 0, ssl_context=tls, config=NATIVE, authorize=authorize)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _native_echo(ws: NativeWebSocket, request: UpgradeRequest) -> None:
+    with contextlib.suppress(TransportClosed):
+        while True:
+            message = await ws.receive()
+            if isinstance(message, str):
+                await ws.send_text(message)
+            else:
+                await ws.send(message)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_native_server_and_websockets_client_exchange_messages(tls: bool) -> None:
+    from websockets.asyncio.client import connect
+
+    server_ctx, client_ctx = _tls_pair() if tls else (None, None)
+    async with native_server(_native_echo, server_ctx) as port:
+        scheme = "wss" if tls else "ws"
+        async with connect(f"{scheme}://127.0.0.1:{port}/x", subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                           compression="deflate", ssl=client_ctx, max_size=None) as conn:
+            assert conn.subprotocol == SUBPROTOCOL
+            assert conn.response is not None and "Sec-WebSocket-Extensions" not in conn.response.headers
+            messages = [os.urandom(n) for n in (0, 125, 126, 65536)]
+            for message in messages:
+                await conn.send(message)
+            await conn.send([b"frag-", b"mented"])  # fragments from a client, masked
+            await conn.send("text")
+            pong = await conn.ping(b"hi")
+            async with asyncio.timeout(WAIT):
+                assert [await conn.recv() for _ in messages] == messages
+                assert await conn.recv() == b"frag-mented"
+                assert await conn.recv() == "text"
+                await pong
+            await conn.close(4001, "done")
+            assert conn.close_code == 4001
+
+
+async def test_native_server_refusal_and_aiohttp_client() -> None:
+    async def authorize(request: UpgradeRequest) -> tuple[int, dict[str, str]] | None:
+        if request.headers.get("Authorization") != "Bearer good":
+            return 503, {"Retry-After": "3"}
+        return None
+
+    async with native_server(_native_echo, authorize=authorize) as port, aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"ws://127.0.0.1:{port}/")
+        assert refused.value.status == 503 and refused.value.headers is not None
+        assert refused.value.headers["Retry-After"] == "3"
+        async with http.ws_connect(f"ws://127.0.0.1:{port}/", protocols=[SUBPROTOCOL],
+                                   headers={"Authorization": "Bearer good"}) as ws:
+            assert ws.protocol == SUBPROTOCOL
+            await ws.send_bytes(b"a" * 65536)
+            async with asyncio.timeout(WAIT):
+                assert await ws.receive_bytes() == b"a" * 65536
+            await ws.close(code=CLOSE_GOING_AWAY)
+            assert ws.close_code == CLOSE_GOING_AWAY
+
+
+async def test_tunnel_session_native_on_both_ends_over_tls() -> None:
+    server_ctx, client_ctx = _tls_pair()
+    servers: list[TunnelSession] = []
+
+    async def handle(ws: NativeWebSocket, request: UpgradeRequest) -> None:
+        session = TunnelSession(ws, is_client=False, config=NATIVE, name="server", on_stream=_echo)
+        servers.append(session)
+        await session.run()
+
+    async with native_server(handle, server_ctx) as port:
+        ws = await dial_websocket(f"wss://localhost:{port}/t", headers={}, ssl_context=client_ctx, config=NATIVE)
+        client = TunnelSession(ws, is_client=True, config=NATIVE, name="client")
+        task = asyncio.create_task(client.run())
+        payloads = [os.urandom(2_000_000 + i) for i in range(3)]
+
+        async def one(payload: bytes) -> bytes:
+            stream = await client.open_stream(b"echo")
+            writer = asyncio.create_task(stream.write(payload))
+            got = await stream.readexactly(len(payload))
+            await writer
+            await stream.aclose()
+            return got
+
+        async with asyncio.timeout(WAIT):
+            assert await asyncio.gather(*map(one, payloads)) == payloads
+            await client.close()
+            await task
+            await servers[0].wait_closed()
