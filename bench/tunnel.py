@@ -17,10 +17,11 @@ processes:
   4 on a second session to the same peer), divided by the throughput of the
   same 7 streams with no stalled stream (median of alternating rounds).
 
-``--compare-transports`` adds, in the same run, the dialling side's websocket
-transport (``TunnelConfig.transport``): aiohttp vs native (tunnel/aio_ws_native.py),
-alternating in rounds against the same peer: 1-stream MB/s and CPU s/GB, and
-the 64-byte round trip; ratios native / aiohttp.
+``--compare-transports`` adds, in the same run, the websocket transport
+(``TunnelConfig.transport``): aiohttp on both ends, native on the dialling side
+only (tunnel/aio_ws_native.py, the peer still aiohttp), and native on both ends
+(the peer's ``serve_websockets``), alternating in rounds against the same peer
+process: 1-stream MB/s and CPU s/GB, and the 64-byte round trip; ratios to aiohttp.
 
 Both processes call ``tunnel.aio.tune_allocator()`` first, as the production
 entry points should (BENCH_TUNE_MALLOC=0 disables it); BENCH_DURATION sets the
@@ -55,7 +56,7 @@ from tunnel import (
     server_websocket_response,
     ws_connect_kwargs,
 )
-from tunnel.aio import tune_allocator
+from tunnel.aio import NativeWebSocket, UpgradeRequest, serve_websockets, tune_allocator
 
 TRANSPORT_ROUNDS = 3  # alternations of aiohttp / native with --compare-transports
 COUNT = struct.Struct("!Q")
@@ -110,6 +111,12 @@ async def _peer_ws(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def _peer_native(ws: NativeWebSocket, request: UpgradeRequest) -> None:
+    config = TunnelConfig(transport="native")
+    await TunnelSession(ws, is_client=False, config=config, name="bench-peer-native",
+                        on_stream=_peer_stream).run()
+
+
 async def run_peer() -> None:
     """Serve tunnel and raw TCP until stdin closes; print the ports first."""
     app = web.Application()
@@ -119,13 +126,16 @@ async def run_peer() -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     tcp = await asyncio.start_server(_peer_tcp, "127.0.0.1", 0)
+    native = await serve_websockets(_peer_native, "127.0.0.1", 0)
     ws_port = runner.addresses[0][1]
-    print(json.dumps({"ws": ws_port, "tcp": tcp.sockets[0].getsockname()[1]}), flush=True)
+    print(json.dumps({"ws": ws_port, "tcp": tcp.sockets[0].getsockname()[1],
+                      "native": native.sockets[0].getsockname()[1]}), flush=True)
     try:
         # stdin reaches EOF when the parent closes it or dies: never outlive it.
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.read)
     finally:
         tcp.close()
+        native.close()
         await runner.cleanup()
 
 
@@ -308,12 +318,19 @@ async def _transport_session(http: aiohttp.ClientSession, port: int, transport: 
     return TunnelSession(ws, is_client=True, config=config, name=f"bench-{transport}")
 
 
-async def _compare_transports(http: aiohttp.ClientSession, port: int, peer_pid: int) -> dict[str, float]:
-    """aiohttp vs native on the dialling side, alternating TRANSPORT_ROUNDS times:
-    medians of 1-stream MB/s, CPU s/GB (both processes) and 64-byte RTT p50/p99."""
-    names = ("aiohttp", "native")
+# --compare-transports: (name, dialling side's transport, peer port key)
+TRANSPORT_VARIANTS = (("aiohttp", "aiohttp", "ws"), ("native", "native", "ws"), ("both", "native", "native"))
+
+
+async def _compare_transports(http: aiohttp.ClientSession, ports: dict[str, int],
+                              peer_pid: int) -> dict[str, float]:
+    """aiohttp vs native on the dialling side (peer aiohttp), and native on both
+    ends, alternating TRANSPORT_ROUNDS times: medians of 1-stream MB/s, CPU s/GB
+    (both processes) and 64-byte RTT p50/p99."""
+    names = [name for name, _, _ in TRANSPORT_VARIANTS]
     figures: dict[str, dict[str, list[float]]] = {n: {"MBps": [], "cpu": [], "p50": [], "p99": []} for n in names}
-    sessions = {n: await _transport_session(http, port, n) for n in names}
+    sessions = {name: await _transport_session(http, ports[key], transport)
+                for name, transport, key in TRANSPORT_VARIANTS}
     runners = [asyncio.create_task(s.run()) for s in sessions.values()]
     try:
         for session in sessions.values():
@@ -339,9 +356,10 @@ async def _compare_transports(http: aiohttp.ClientSession, port: int, peer_pid: 
     for name in names:
         for key, values in figures[name].items():
             r[f"{name}_{key}"] = statistics.median(values)
-    r["native_over_aiohttp_MBps"] = r["native_MBps"] / r["aiohttp_MBps"]
-    r["native_over_aiohttp_cpu"] = r["native_cpu"] / r["aiohttp_cpu"]
-    r["native_over_aiohttp_rtt_p50"] = r["native_p50"] / r["aiohttp_p50"]
+    for name in ("native", "both"):
+        r[f"{name}_over_aiohttp_MBps"] = r[f"{name}_MBps"] / r["aiohttp_MBps"]
+        r[f"{name}_over_aiohttp_cpu"] = r[f"{name}_cpu"] / r["aiohttp_cpu"]
+        r[f"{name}_over_aiohttp_rtt_p50"] = r[f"{name}_p50"] / r["aiohttp_p50"]
     return {f"transport_{k}": v for k, v in r.items()}
 
 
@@ -389,7 +407,7 @@ async def run_client(compare_transports: bool = False) -> dict[str, float | str]
             await session.close()
             await runner
             if compare_transports:
-                r.update(await _compare_transports(http, ports["ws"], proc.pid))
+                r.update(await _compare_transports(http, ports, proc.pid))
     finally:
         proc.stdin.close()
         await proc.wait()
@@ -487,12 +505,13 @@ def print_table(r: dict[str, float | str]) -> None:
         f"{FAIRNESS_ROUNDS} alternating rounds {_f(r['fairness']):.2f}"
     )
     if "transport_native_MBps" in r:
-        print(f"dialling side's transport, median of {TRANSPORT_ROUNDS} alternating rounds "
-              f"(peer: aiohttp)     aiohttp      native  native/aiohttp")
+        print(f"websocket transport, median of {TRANSPORT_ROUNDS} alternating rounds: aiohttp both ends; "
+              "native dialling side (peer aiohttp); native both ends")
+        print(f"  {'':26}{'aiohttp':>10}{'native':>10}{'both':>10}{'native/aio':>12}{'both/aio':>10}")
         for label, key in (("bulk, 1 stream (MB/s)", "MBps"), ("CPU s per GB, 1 stream", "cpu"),
                            ("64 B round trip p50 (us)", "p50"), ("64 B round trip p99 (us)", "p99")):
-            a, n = _f(r[f"transport_aiohttp_{key}"]), _f(r[f"transport_native_{key}"])
-            print(f"  {label:26}{a:12.2f}{n:12.2f}{n / a:16.2f}")
+            a, n, b = (_f(r[f"transport_{v}_{key}"]) for v in ("aiohttp", "native", "both"))
+            print(f"  {label:26}{a:10.2f}{n:10.2f}{b:10.2f}{n / a:12.2f}{b / a:10.2f}")
     print(
         f"goals: 1 stream >= 1000 MB/s {r['goal_1_stream_1000MBps']}; fairness >= 0.9 "
         f"{r['goal_fairness_0.9']}; RTT p50 <= 1.5x raw {r['goal_rtt_1.5x']}  "
