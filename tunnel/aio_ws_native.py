@@ -50,6 +50,9 @@ from tunnel.message_transport import (
 __all__ = [
     "CLOSE_INVALID_DATA",
     "CLOSE_MESSAGE_TOO_BIG",
+    "INBOX_HIGH",
+    "INBOX_LOW",
+    "MAX_HEAD_BYTES",
     "OP_BINARY",
     "OP_CLOSE",
     "OP_CONT",
@@ -74,6 +77,16 @@ _LEN64 = struct.Struct("!BBQ")
 _BATCH = WriteBatch()
 # Mask keys are drawn from os.urandom in blocks: one system call per 1024 frames.
 _MASK_BLOCK = 4096
+# Largest HTTP head (a proxy's CONNECT answer, the upgrade request or
+# response) before the websocket starts: aiohttp's own line and field limits
+# are 8 KiB each; a peer that sends more without the blank line is cut off.
+MAX_HEAD_BYTES = 16 * 1024
+# Messages waiting for receive() (push delivery off, or queued behind a text
+# or close): above the high mark the socket stops being read until the
+# session has taken them down to the low mark. The tunnel's credit bounds
+# DATA anyway; this bounds what a peer's unsolicited messages can pile up.
+INBOX_HIGH = 64
+INBOX_LOW = 16
 
 
 class _MaskKeys:
@@ -171,6 +184,7 @@ class NativeWebSocket(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._receiver: BinaryReceiver | None = None
         self._end: _End | None = None
+        self._reading_paused = False
         # Writing.
         self._paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -211,6 +225,10 @@ class NativeWebSocket(asyncio.Protocol):
                     head = bytes(self._buf[:end + 4])
                     del self._buf[:end + 4]
                     waiter.set_result(head)
+                elif len(self._buf) > MAX_HEAD_BYTES:
+                    waiter.set_exception(ConnectionAbortedError(f"HTTP head over {MAX_HEAD_BYTES} bytes"))
+            if len(self._buf) > MAX_HEAD_BYTES + 65536 and self._transport is not None:
+                self._transport.abort()  # nobody takes the head, and more keeps coming
             return
         buf = self._buf
         buf += data
@@ -253,6 +271,8 @@ class NativeWebSocket(asyncio.Protocol):
             head = bytes(self._buf[:end + 4])
             del self._buf[:end + 4]
             return head
+        if len(self._buf) > MAX_HEAD_BYTES:
+            raise ConnectionAbortedError(f"HTTP head over {MAX_HEAD_BYTES} bytes")
         if self._lost:
             raise ConnectionResetError("connection closed during the handshake")
         self._head_waiter = self._loop.create_future()
@@ -361,6 +381,10 @@ class NativeWebSocket(asyncio.Protocol):
         if isinstance(item, _End):
             self._inbox.appendleft(item)  # every later receive() raises it too
             raise item.error()
+        if self._reading_paused and len(self._inbox) <= INBOX_LOW:
+            self._reading_paused = False
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.resume_reading()
         return item
 
     async def close(self, code: int = CLOSE_OK, reason: bytes = b"") -> None:
@@ -397,6 +421,16 @@ class NativeWebSocket(asyncio.Protocol):
         self._end = end
         self._receiver = None
         self._inbox.append(end)
+        self._wake()
+
+    def _queued(self) -> None:
+        """A message went into the inbox: wake ``receive``, and stop reading
+        the socket while too many wait (INBOX_HIGH)."""
+        if len(self._inbox) >= INBOX_HIGH and not self._reading_paused:
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                self._reading_paused = True
+                transport.pause_reading()
         self._wake()
 
     def _wake(self) -> None:
@@ -516,7 +550,7 @@ class NativeWebSocket(asyncio.Protocol):
                 self._inbox.append(payload.decode())
             except UnicodeDecodeError:
                 raise _Failure(CLOSE_INVALID_DATA, "text message is not UTF-8") from None
-        self._wake()
+        self._queued()
 
     def _closing(self, payload: bytes) -> None:
         if len(payload) == 1:

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from certs import CertificateAuthority, client_ssl_context, server_ssl_context
+from tests.support.waits import until
 from tunnel import SUBPROTOCOL
 from tunnel.aio import (
     NativeWebSocket,
@@ -36,6 +37,8 @@ from tunnel.aio import (
 )
 from tunnel.aio_ws_dial import accept_key, parse_head
 from tunnel.aio_ws_native import (
+    INBOX_HIGH,
+    MAX_HEAD_BYTES,
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
@@ -576,3 +579,45 @@ async def test_tunnel_session_native_on_both_ends_over_tls() -> None:
             await client.close()
             await task
             await servers[0].wait_closed()
+
+
+# -- bounds (docs/limits.md) ---------------------------------------------------------------
+
+
+async def test_http_head_over_the_bound_fails_the_dial_and_the_accept() -> None:
+    async def endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\n" + b"X-Pad: " + b"a" * (MAX_HEAD_BYTES + 10))
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(endless_head, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ConnectionAbortedError, match="HTTP head over"):
+            await _dial(f"ws://127.0.0.1:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    async with native_server(_native_echo) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * (MAX_HEAD_BYTES + 10))
+        async with asyncio.timeout(WAIT):
+            assert await reader.read() == b""  # closed, no answer
+        writer.close()
+
+
+async def test_unread_messages_stop_reading_the_socket_until_taken() -> None:
+    async with raw_server() as (peer, url):
+        ws = await _dial(url)
+        await peer.connected.wait()
+        count = INBOX_HIGH * 3
+        peer.send(*(server_frame(OP_BINARY, i.to_bytes(4, "big")) for i in range(count)))
+        assert ws.transport is not None
+        transport = ws.transport
+        await until(lambda: not transport.is_reading(), "the socket to stop being read")
+        async with asyncio.timeout(WAIT):
+            assert [await ws.receive() for _ in range(count)] == [i.to_bytes(4, "big") for i in range(count)]
+        assert transport.is_reading()
