@@ -390,16 +390,20 @@ class NativeWebSocket(asyncio.Protocol):
     async def close(self, code: int = CLOSE_OK, reason: bytes = b"") -> None:
         if not self._lost and not self._close_sent:
             self._send_close(code, reason)
-        if not self._lost:
+        try:
+            if not self._lost:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_TIMEOUT):
+                        await self._peer_closed.wait()
+            self._close_transport()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await self._peer_closed.wait()
-        self._close_transport()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await self._connection_lost.wait()
-        if not self._lost and self._transport is not None:
-            self._transport.abort()
+                    await self._connection_lost.wait()
+        finally:
+            # Timed out, or the caller gave up (cancelled): a dead peer must not
+            # keep the socket, nor what is buffered for it.
+            if not self._lost and self._transport is not None:
+                self._transport.abort()
 
     # -- internals ----------------------------------------------------------
 

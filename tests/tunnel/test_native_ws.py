@@ -621,3 +621,18 @@ async def test_unread_messages_stop_reading_the_socket_until_taken() -> None:
         async with asyncio.timeout(WAIT):
             assert [await ws.receive() for _ in range(count)] == [i.to_bytes(4, "big") for i in range(count)]
         assert transport.is_reading()
+
+
+async def test_close_given_up_on_a_mute_peer_still_releases_the_socket() -> None:
+    async with raw_server() as (peer, url):
+        ws = await _dial(url)
+        await peer.connected.wait()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):  # as the session bounds its close by the flush timeout
+                await ws.close(CLOSE_GOING_AWAY)
+        assert ws.closed
+        async with asyncio.timeout(WAIT):
+            _, opcode, payload = await peer.read_frame()
+            assert (opcode, int.from_bytes(payload, "big")) == (OP_CLOSE, CLOSE_GOING_AWAY)
+            assert peer.reader is not None
+            assert await peer.reader.read() == b""
