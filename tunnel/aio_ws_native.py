@@ -230,9 +230,11 @@ class NativeWebSocket(asyncio.Protocol):
             if len(self._buf) > MAX_HEAD_BYTES + 65536 and self._transport is not None:
                 self._transport.abort()  # nobody takes the head, and more keeps coming
             return
+        if self._end is not None:
+            return  # nothing after the close frame (or a failure) counts
         buf = self._buf
         buf += data
-        if len(buf) < self._need or self._end is not None:
+        if len(buf) < self._need:
             return
         with _BATCH:
             self._parse()
@@ -532,7 +534,11 @@ class NativeWebSocket(asyncio.Protocol):
                 self._frag_size = 0
                 self._message(self._frag_opcode, b"".join(fragments))
         elif opcode == OP_PING:
-            if not self._close_sent and self._transport is not None and not self._transport.is_closing():
+            # Not while paused: a peer that pings without reading would grow our
+            # write buffer without bound (RFC 6455 5.5.3 lets a PONG answer
+            # only the latest PING; the tunnel has its own keepalive).
+            if (not self._close_sent and not self._paused and self._transport is not None
+                    and not self._transport.is_closing()):
                 self._transport.write(encode_frame(OP_PONG, payload, mask=self.is_client))
         elif opcode == OP_PONG:
             pass

@@ -636,3 +636,24 @@ async def test_close_given_up_on_a_mute_peer_still_releases_the_socket() -> None
             assert (opcode, int.from_bytes(payload, "big")) == (OP_CLOSE, CLOSE_GOING_AWAY)
             assert peer.reader is not None
             assert await peer.reader.read() == b""
+
+
+async def test_pings_are_not_answered_while_the_peer_does_not_read() -> None:
+    async with raw_server() as (peer, url):
+        ws = await _dial(url)
+        await peer.connected.wait()
+        assert ws.transport is not None
+        ws.transport.set_write_buffer_limits(high=65536)
+        blocked = asyncio.create_task(ws.send_many([b"x" * 65536] * 64))
+        await asyncio.sleep(0)  # one loop pass: written, paused, awaiting the drain
+        assert not ws.send_now([])
+        peer.send(*(server_frame(OP_PING, i.to_bytes(2, "big")) for i in range(1000)))
+        peer.send(server_frame(OP_TEXT, b"marker"))
+        async with asyncio.timeout(WAIT):
+            assert await ws.receive() == "marker"  # every ping before it was processed
+            for _ in range(64):
+                assert (await peer.read_frame())[1] == OP_BINARY  # and none was answered
+            await blocked
+        peer.send(server_frame(OP_PING, b"now"))
+        async with asyncio.timeout(WAIT):
+            assert await peer.read_frame() == (0x80, OP_PONG, b"now")
