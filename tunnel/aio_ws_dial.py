@@ -1,7 +1,8 @@
 """Dial a tunnel websocket on the native transport (aio_ws_native.py).
 
-TCP to the relay, or through an HTTP forward proxy with ``CONNECT`` (the
-proxy URL may carry ``user:password@``, sent as Basic ``Proxy-Authorization``);
+TCP to the relay, or through an HTTP forward proxy with ``CONNECT`` (an
+``http://`` or, over TLS, ``https://`` proxy URL; it may carry
+``user:password@``, sent as Basic ``Proxy-Authorization``);
 then TLS with the caller's ``ssl.SSLContext`` (the relay CA, plus a
 TLS-inspecting proxy's CA when one is configured: the caller builds it), then
 the HTTP/1.1 upgrade with subprotocol ``arc-tunnel.v1`` and the caller's
@@ -98,13 +99,20 @@ def _host_header(host: str, port: int, default_port: int) -> str:
 
 
 async def _connect_through_proxy(
-    proxy: str, host: str, port: int, make: NativeWebSocket
+    proxy: str, host: str, port: int, make: NativeWebSocket, context: ssl.SSLContext | None
 ) -> asyncio.Transport:
     loop = asyncio.get_running_loop()
     parts = urlsplit(proxy)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ProxyRefused(f"proxy {parts.scheme}://{parts.hostname} not supported: use an http:// proxy URL")
-    transport, _ = await loop.create_connection(lambda: make, parts.hostname, parts.port or 80)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProxyRefused(f"proxy URL {proxy!r} not supported: use http://host:port or https://host:port")
+    # An https:// proxy is reached over TLS (trusting what the relay's context
+    # trusts: the caller adds the proxy's CA there), and the relay's TLS runs
+    # inside that (TLS in TLS), as aiohttp does.
+    proxy_tls = (context or ssl.create_default_context()) if parts.scheme == "https" else None
+    proxy_port = parts.port or (443 if proxy_tls else 80)
+    transport, _ = await loop.create_connection(
+        lambda: make, parts.hostname, proxy_port, ssl=proxy_tls,
+        server_hostname=parts.hostname if proxy_tls else None)
     target = _host_header(host, port, 0)
     lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
     if parts.username is not None:
@@ -114,7 +122,7 @@ async def _connect_through_proxy(
     start_line, _ = parse_head(await make.read_head())
     status = _status(start_line)
     if not 200 <= status < 300:
-        raise ProxyRefused(f"proxy {parts.hostname}:{parts.port or 80} refused CONNECT {target} ({start_line})")
+        raise ProxyRefused(f"proxy {parts.hostname}:{proxy_port} refused CONNECT {target} ({start_line})")
     return transport
 
 
@@ -132,7 +140,7 @@ async def dial_websocket(
         url: The websocket URL.
         headers: Extra request headers (``Authorization``...).
         ssl_context: TLS trust for ``wss://`` (None: the system's defaults).
-        proxy: An ``http://[user:password@]host:port`` forward proxy, or None.
+        proxy: An ``http(s)://[user:password@]host:port`` forward proxy, or None.
         config: For the message size cap (default ``TunnelConfig()``).
 
     Returns:
@@ -155,7 +163,7 @@ async def dial_websocket(
     transport: asyncio.Transport | None = None
     try:
         if proxy:
-            transport = await _connect_through_proxy(proxy, host, port, ws)
+            transport = await _connect_through_proxy(proxy, host, port, ws, context)
             if context is not None:
                 tls_transport = await loop.start_tls(transport, ws, context, server_hostname=host)
                 assert tls_transport is not None

@@ -7,6 +7,7 @@ protocol errors)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import ssl
@@ -25,6 +26,7 @@ from tests.support.waits import until
 from tunnel import SUBPROTOCOL
 from tunnel.aio import (
     NativeWebSocket,
+    ProxyRefused,
     TunnelConfig,
     TunnelSession,
     TunnelStream,
@@ -657,3 +659,73 @@ async def test_pings_are_not_answered_while_the_peer_does_not_read() -> None:
         peer.send(server_frame(OP_PING, b"now"))
         async with asyncio.timeout(WAIT):
             assert await peer.read_frame() == (0x80, OP_PONG, b"now")
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy on loopback (over TLS when given a context) that
+    records the CONNECT heads it answered and pipes the bytes."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.heads.append(head)
+            host, port = head.split(b" ")[1].decode().rsplit(":", 1)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(OSError):
+                    while data := await r.read(65536):
+                        w.write(data)
+                        await w.drain()
+                with contextlib.suppress(OSError):
+                    w.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("proxy_tls", [False, True], ids=["http-proxy", "https-proxy"])
+async def test_dial_through_a_connect_proxy_with_credentials(proxy_tls: bool) -> None:
+    server_ctx, client_ctx = _tls_pair()  # one CA for the relay and the proxy: the client trusts both
+    proxy = ConnectProxy()
+    proxy_server = await asyncio.start_server(proxy.serve, "127.0.0.1", 0, ssl=server_ctx if proxy_tls else None)
+    proxy_port = proxy_server.sockets[0].getsockname()[1]
+    scheme = "https" if proxy_tls else "http"
+    try:
+        async with native_server(_native_echo, server_ctx) as port:
+            ws = await dial_websocket(f"wss://127.0.0.1:{port}/", headers={}, ssl_context=client_ctx,
+                                      proxy=f"{scheme}://us%3Aer:p%40ss@127.0.0.1:{proxy_port}", config=NATIVE)
+            await ws.send(b"through the proxy")
+            async with asyncio.timeout(WAIT):
+                assert await ws.receive() == b"through the proxy"
+            await ws.close()
+        start_line, headers = parse_head(proxy.heads[0])
+        assert start_line == f"CONNECT 127.0.0.1:{port} HTTP/1.1"
+        assert headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"us:er:p@ss").decode()
+    finally:
+        proxy_server.close()
+        await proxy_server.wait_closed()
+
+
+async def test_proxy_refusing_connect_fails_the_dial() -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    proxy_port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ProxyRefused, match="403"):
+            await _dial("ws://127.0.0.1:9/", proxy=f"http://127.0.0.1:{proxy_port}")
+    finally:
+        server.close()
+        await server.wait_closed()
