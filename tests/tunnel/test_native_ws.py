@@ -146,6 +146,8 @@ async def _dial(url: str, **kwargs: object) -> NativeWebSocket:
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 async def test_native_client_and_websockets_server_exchange_messages(tls: bool) -> None:
+    """Messages of every length class (7-bit, 16-bit, 64-bit) go to the websockets package's server
+    and back intact, with the Authorization header and the subprotocol."""
     server_ctx, client_ctx = _tls_pair() if tls else (None, None)
     seen_headers: list[str] = []
 
@@ -171,6 +173,8 @@ async def test_native_client_and_websockets_server_exchange_messages(tls: bool) 
 
 
 async def test_fragmented_message_with_ping_between_fragments_from_websockets_server() -> None:
+    """A fragmented message arrives whole; the server's PING gets its PONG; a text message follows
+    in order."""
     pong_seen = asyncio.Event()
 
     async def fragments(conn: ServerConnection) -> None:
@@ -191,6 +195,7 @@ async def test_fragmented_message_with_ping_between_fragments_from_websockets_se
 
 
 async def test_close_codes_travel_both_ways_with_websockets_server() -> None:
+    """The server's close code and reason reach receive(); ours (1001) reaches the server."""
     codes: list[int | None] = []
     recorded = asyncio.Event()
 
@@ -225,6 +230,8 @@ async def test_close_codes_travel_both_ways_with_websockets_server() -> None:
 
 
 async def test_refused_upgrade_reports_status_and_retry_after() -> None:
+    """A 503 upgrade answer raises WebSocketHandshakeRefused with its headers, and aiohttp's
+    WSServerHandshakeError through open_tunnel_websocket."""
     from websockets.datastructures import Headers
     from websockets.http11 import Response
 
@@ -249,6 +256,8 @@ async def test_refused_upgrade_reports_status_and_retry_after() -> None:
 
 
 async def test_concurrent_writers_frames_arrive_whole_and_in_order_per_writer() -> None:
+    """Eight writers mixing send, send_many and send_now on a paused-prone socket: every message
+    arrives whole and each writer's in order."""
     received: list[bytes] = []
     done = asyncio.Event()
     writers, per_writer = 8, 200
@@ -290,6 +299,8 @@ async def test_concurrent_writers_frames_arrive_whole_and_in_order_per_writer() 
 
 
 async def test_send_awaits_while_the_peer_does_not_read() -> None:
+    """Above the high-water mark send_many awaits the drain and send_now refuses; reading on the
+    peer releases it."""
     async with raw_server() as (peer, url):
         ws = await _dial(url)
         await peer.connected.wait()
@@ -312,6 +323,8 @@ async def test_send_awaits_while_the_peer_does_not_read() -> None:
 
 
 async def test_control_frames_interleaved_in_fragments_and_pong_echoes_ping() -> None:
+    """PING and PONG between the fragments of a binary and a text message: messages arrive whole,
+    the PONG echoes the PING's payload."""
     async with raw_server() as (peer, url):
         ws = await _dial(url)
         await peer.connected.wait()
@@ -329,6 +342,8 @@ async def test_control_frames_interleaved_in_fragments_and_pong_echoes_ping() ->
 
 
 async def test_pushed_binary_messages_keep_order_behind_a_queued_text_message() -> None:
+    """With a receiver set, a binary message behind a queued text message waits for receive(): order
+    is kept."""
     async with raw_server() as (peer, url):
         ws = await _dial(url)
         pushed: list[bytes] = []
@@ -359,6 +374,8 @@ async def test_pushed_binary_messages_keep_order_behind_a_queued_text_message() 
          "unknown-opcode", "one-byte-close", "reserved-close-code", "invalid-utf8", "too-big"],
 )
 async def test_protocol_errors_fail_the_connection_with_their_close_code(frames: list[bytes], code: int) -> None:
+    """Each protocol violation from the server fails the connection: close frame with its code, then
+    TCP close."""
     async with raw_server() as (peer, url):
         ws = await _dial(url)
         await peer.connected.wait()
@@ -376,6 +393,8 @@ async def test_protocol_errors_fail_the_connection_with_their_close_code(frames:
 
 
 async def test_server_side_refuses_unmasked_client_frames() -> None:
+    """The accepting side takes masked frames, never masks its own, and fails an unmasked client
+    frame with 1002."""
     accepted: list[NativeWebSocket] = []
 
     def factory() -> NativeWebSocket:
@@ -413,6 +432,8 @@ async def test_server_side_refuses_unmasked_client_frames() -> None:
 
 
 async def test_request_carries_subprotocol_and_headers_and_no_extension_offer() -> None:
+    """The upgrade request offers arc-tunnel.v1, carries the caller's headers and offers no
+    extension."""
     async with raw_server() as (peer, url):
         await _dial(url)
         _, headers = parse_head(peer.request_head)
@@ -433,6 +454,8 @@ async def _echo(stream: TunnelStream) -> None:
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 async def test_tunnel_session_over_native_client_and_aiohttp_server(tls: bool) -> None:
+    """Tunnel sessions, native dialling side and aiohttp's server: concurrent 1 MB echoes are byte-
+    exact, then both close."""
     server_ctx, client_ctx = _tls_pair() if tls else (None, None)
     servers: list[TunnelSession] = []
 
@@ -508,6 +531,8 @@ async def _native_echo(ws: NativeWebSocket, request: UpgradeRequest) -> None:
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 async def test_native_server_and_websockets_client_exchange_messages(tls: bool) -> None:
+    """The websockets package's client (offering permessage-deflate) against serve_websockets: no
+    extension accepted; binary, fragmented and text messages, PING and close code 4001 work."""
     from websockets.asyncio.client import connect
 
     server_ctx, client_ctx = _tls_pair() if tls else (None, None)
@@ -533,6 +558,8 @@ async def test_native_server_and_websockets_client_exchange_messages(tls: bool) 
 
 
 async def test_native_server_refusal_and_aiohttp_client() -> None:
+    """authorize's refusal reaches aiohttp's client as status and Retry-After; an authorized client
+    exchanges a 64 KiB message and closes with 1001."""
     async def authorize(request: UpgradeRequest) -> tuple[int, dict[str, str]] | None:
         if request.headers.get("Authorization") != "Bearer good":
             return 503, {"Retry-After": "3"}
@@ -554,6 +581,7 @@ async def test_native_server_refusal_and_aiohttp_client() -> None:
 
 
 async def test_tunnel_session_native_on_both_ends_over_tls() -> None:
+    """Tunnel sessions native on both ends over TLS: concurrent 2 MB echoes are byte-exact."""
     server_ctx, client_ctx = _tls_pair()
     servers: list[TunnelSession] = []
 
@@ -587,6 +615,8 @@ async def test_tunnel_session_native_on_both_ends_over_tls() -> None:
 
 
 async def test_http_head_over_the_bound_fails_the_dial_and_the_accept() -> None:
+    """An HTTP head over MAX_HEAD_BYTES without its end fails the dial, and the accepting side
+    closes without answering."""
     async def endless_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\n" + b"X-Pad: " + b"a" * (MAX_HEAD_BYTES + 10))
@@ -612,6 +642,7 @@ async def test_http_head_over_the_bound_fails_the_dial_and_the_accept() -> None:
 
 
 async def test_unread_messages_stop_reading_the_socket_until_taken() -> None:
+    """INBOX_HIGH unread messages stop reading the socket; taking them resumes it, order kept."""
     async with raw_server() as (peer, url):
         ws = await _dial(url)
         await peer.connected.wait()
@@ -626,6 +657,8 @@ async def test_unread_messages_stop_reading_the_socket_until_taken() -> None:
 
 
 async def test_close_given_up_on_a_mute_peer_still_releases_the_socket() -> None:
+    """A close cancelled while waiting for a mute peer's close frame still aborts the socket (after
+    the close frame went out)."""
     async with raw_server() as (peer, url):
         ws = await _dial(url)
         await peer.connected.wait()
@@ -641,6 +674,8 @@ async def test_close_given_up_on_a_mute_peer_still_releases_the_socket() -> None
 
 
 async def test_pings_are_not_answered_while_the_peer_does_not_read() -> None:
+    """PINGs that arrive while our writes are paused go unanswered; once drained, a PING is
+    answered."""
     async with raw_server() as (peer, url):
         ws = await _dial(url)
         await peer.connected.wait()
@@ -693,6 +728,8 @@ class ConnectProxy:
 
 @pytest.mark.parametrize("proxy_tls", [False, True], ids=["http-proxy", "https-proxy"])
 async def test_dial_through_a_connect_proxy_with_credentials(proxy_tls: bool) -> None:
+    """wss through an http:// and an https:// CONNECT proxy: Basic Proxy-Authorization from the URL,
+    the relay's TLS inside."""
     server_ctx, client_ctx = _tls_pair()  # one CA for the relay and the proxy: the client trusts both
     proxy = ConnectProxy()
     proxy_server = await asyncio.start_server(proxy.serve, "127.0.0.1", 0, ssl=server_ctx if proxy_tls else None)
@@ -715,6 +752,7 @@ async def test_dial_through_a_connect_proxy_with_credentials(proxy_tls: bool) ->
 
 
 async def test_proxy_refusing_connect_fails_the_dial() -> None:
+    """A proxy answering 403 to CONNECT fails the dial with ProxyRefused naming the status."""
     async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")

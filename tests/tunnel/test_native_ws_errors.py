@@ -67,6 +67,7 @@ async def _dial_error(url: str, ca_file: Path | None) -> CliError:
 
 async def test_dial_names_a_ca_that_did_not_sign_the_relay_certificate(
         tls_relay: tuple[int, CertificateAuthority], tmp_path: Path) -> None:
+    """A CA that did not sign the relay's certificate: verification failed, check relay.ca_file."""
     port, _ = tls_relay
     other = tmp_path / "other-ca.crt"
     other.write_bytes(CertificateAuthority.create("another CA").certificate_pem)
@@ -77,6 +78,7 @@ async def test_dial_names_a_ca_that_did_not_sign_the_relay_certificate(
 
 async def test_dial_names_a_certificate_for_another_host(
         tls_relay: tuple[int, CertificateAuthority], tmp_path: Path) -> None:
+    """The right CA, a certificate for another name: hostname mismatch."""
     port, ca = tls_relay
     ca_file = tmp_path / "ca.crt"
     ca_file.write_bytes(ca.certificate_pem)
@@ -85,6 +87,7 @@ async def test_dial_names_a_certificate_for_another_host(
 
 
 async def test_dial_names_a_refused_connection() -> None:
+    """Nothing listening: connection refused, is it running?"""
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
     text = str(await _dial_error(f"https://127.0.0.1:{port}", None))
@@ -93,12 +96,14 @@ async def test_dial_names_a_refused_connection() -> None:
 
 
 async def test_dial_names_a_host_name_that_does_not_resolve() -> None:
+    """A .invalid name: cannot resolve the relay's host name."""
     text = str(await _dial_error("https://relay.invalid:8443", None))
     assert text.startswith("cannot resolve the relay's host name 'relay.invalid'")
 
 
 async def test_dial_reports_a_busy_relay_with_its_retry_after(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 503 with Retry-After to the upgrade: RelayBusy."""
     monkeypatch.setattr("client.relay_client.START_BUSY_RETRIES", 0)  # the first refusal is the answer
     async with busy_relay(["127.0.0.1"]) as (port, ca):
         ca_file = tmp_path / "ca.crt"
