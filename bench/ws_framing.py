@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 from websockets.protocol import Protocol, Side, State
 
-from tunnel.aio_ws_native import OP_BINARY, NativeWebSocket, encode_frame
+from tunnel.aio_ws_frames import OP_BINARY, encode_frame
+from tunnel.aio_ws_native import NativeWebSocket
 
 READ = 16 * 1024
 SIZES = {"64KiB": 64 * 1024, "64B": 64}

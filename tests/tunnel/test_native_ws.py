@@ -38,7 +38,7 @@ from tunnel.aio import (
     server_websocket_response,
 )
 from tunnel.aio_ws_dial import accept_key, parse_head
-from tunnel.aio_ws_native import (
+from tunnel.aio_ws_frames import (
     INBOX_HIGH,
     MAX_HEAD_BYTES,
     OP_BINARY,
