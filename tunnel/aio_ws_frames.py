@@ -29,6 +29,7 @@ __all__ = [
     "VALID_CLOSE_CODES",
     "apply_mask",
     "encode_frame",
+    "frame_pieces",
 ]
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -75,8 +76,10 @@ class _MaskKeys:
 _KEYS = _MaskKeys()
 
 
-def encode_frame(opcode: int, payload: bytes, *, mask: bool, fin: bool = True) -> bytes:
-    """One websocket frame (header, mask key when ``mask``, payload) as bytes."""
+def frame_pieces(opcode: int, payload: bytes, mask: bool, out: list[bytes], fin: bool = True) -> None:
+    """Append one frame to ``out`` as header (with the mask key when
+    ``mask``) and payload (masked), for one ``b"".join`` of a whole batch:
+    each payload is copied once into the batch, not once per frame first."""
     n = len(payload)
     first = (0x80 if fin else 0) | opcode
     mask_bit = 0x80 if mask else 0
@@ -88,5 +91,15 @@ def encode_frame(opcode: int, payload: bytes, *, mask: bool, fin: bool = True) -
         header = _LEN64.pack(first, mask_bit | 127, n)
     if mask:
         key = _KEYS.next()
-        return b"".join((header, key, apply_mask(payload, key)))
-    return header + payload
+        out.append(header + key)
+        out.append(apply_mask(payload, key))
+    else:
+        out.append(header)
+        out.append(payload)
+
+
+def encode_frame(opcode: int, payload: bytes, *, mask: bool, fin: bool = True) -> bytes:
+    """One websocket frame (header, mask key when ``mask``, payload) as bytes."""
+    out: list[bytes] = []
+    frame_pieces(opcode, payload, mask, out, fin)
+    return b"".join(out)

@@ -51,6 +51,7 @@ from tunnel.aio_ws_frames import (
     VALID_CLOSE_CODES,
     apply_mask,
     encode_frame,
+    frame_pieces,
 )
 from tunnel.limits import CLOSE_TIMEOUT
 from tunnel.message_transport import (
@@ -263,12 +264,12 @@ class NativeWebSocket(asyncio.Protocol):
     def _write_messages(self, messages: Sequence[bytes]) -> None:
         transport = self._writable()
         mask = self.is_client
-        if len(messages) == 1:
-            transport.write(encode_frame(OP_BINARY, messages[0], mask=mask))
-            return
+        out: list[bytes] = []
+        for message in messages:
+            frame_pieces(OP_BINARY, message, mask, out)
         # One write for the batch: one TLS write, as few records and send()
         # calls as the stack manages, and the frames stay in order.
-        transport.write(b"".join([encode_frame(OP_BINARY, m, mask=mask) for m in messages]))
+        transport.write(b"".join(out))
 
     async def send(self, data: bytes) -> None:
         self._write_messages((data,))
