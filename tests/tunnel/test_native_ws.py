@@ -767,3 +767,36 @@ async def test_proxy_refusing_connect_fails_the_dial() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ("Sec-WebSocket-Extensions: permessage-deflate\r\n", "extension that was not offered"),
+        (f"Sec-WebSocket-Protocol: {SUBPROTOCOL}.other\r\n", "subprotocol"),
+        ("X-Wrong-Accept: 1\r\n", "invalid websocket upgrade answer"),
+    ],
+    ids=["deflate-imposed", "other-subprotocol", "wrong-accept"],
+)
+async def test_dial_refuses_an_answer_it_did_not_ask_for(answer: str, reason: str) -> None:
+    """A 101 that imposes permessage-deflate, picks another subprotocol, or
+    carries a wrong Sec-WebSocket-Accept fails the dial."""
+
+    async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
+        key = headers["Sec-WebSocket-Key"].encode()
+        accept = "d3Jvbmc=" if "Wrong-Accept" in answer else accept_key(key)
+        writer.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Accept: {accept}\r\n{answer}\r\n").encode())
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(upgrade, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(WebSocketHandshakeRefused, match=reason):
+            await _dial(f"ws://127.0.0.1:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()
