@@ -1,4 +1,5 @@
-"""The asyncio adapter of tunnel v1: drives the sans-I/O core over aiohttp.
+"""The asyncio adapter of tunnel v1: drives the sans-I/O core over a websocket
+(aiohttp's, or the native one of aio_ws_native.py).
 
 Public names (re-exported lazily by ``tunnel/__init__.py``)::
 
@@ -19,7 +20,10 @@ Public names (re-exported lazily by ``tunnel/__init__.py``)::
 
 The session does its I/O through a ``MessageTransport`` (message_transport.py);
 ``AiohttpTransport`` is the one over aiohttp, which ``TunnelSession`` wraps
-an aiohttp websocket in by itself.
+an aiohttp websocket in by itself; ``NativeWebSocket`` is one by itself
+(public APIs only), dialled with ``dial_websocket`` and accepted with
+``serve_websockets``. ``open_tunnel_websocket`` dials on the transport
+``TunnelConfig.transport`` names (the agent's and arc-proxy's one dial).
 
 Internals: aio_io.py (writer, keepalive, idle sweep, shutdown, write batches),
 aio_writer.py (batching frames onto the websocket), aio_fastpath.py (dispatch
