@@ -41,6 +41,7 @@ import collections
 import contextlib
 import json
 import logging
+import ssl
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ import aiohttp
 from agent.connector_dial import (
     agent_audience,
     agent_connect_url,
+    dial_relay,
     relay_not_listening,
     relay_ssl_context,
     resolve_proxy,
@@ -70,7 +72,6 @@ from tunnel import (
     retry_after_delay,
     retry_after_seconds,
     splice,
-    ws_connect_kwargs,
 )
 
 log = logging.getLogger("agent")
@@ -297,10 +298,8 @@ class Connector:
         proxy = resolve_proxy(cfg.relay_url, cfg.proxy_https, cfg.proxy_http, cfg.no_proxy)
         try:
             async with asyncio.timeout(cfg.effective_dial_timeout):
-                ws = await self._http.ws_connect(
-                    url, headers={"Authorization": f"Bearer {token}"}, proxy=proxy,
-                    **ws_connect_kwargs(cfg.tunnel),
-                )
+                ws = await dial_relay(self._http, url, token, proxy, cfg.tunnel, cfg.relay_ca_pem,
+                                      cfg.proxy_ca_pem)
         except aiohttp.WSServerHandshakeError as exc:
             hint = retry_after_seconds(exc.headers) if exc.status in BUSY_STATUSES else None
             if exc.status in (401, 403):
@@ -316,7 +315,7 @@ class Connector:
             else:
                 self._dial_failed(url, f"relay answered {exc.status} to the websocket upgrade")
             return None
-        except aiohttp.ClientConnectorCertificateError:
+        except (aiohttp.ClientConnectorCertificateError, ssl.SSLCertVerificationError):
             self._dial_failed(url, "relay TLS certificate not trusted: set relay.ca_file to its CA")
             return None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -328,8 +327,8 @@ class Connector:
         session = TunnelSession(ws, is_client=True, config=cfg.tunnel, name=f"agent:{cfg.cluster_id}",
                                 on_stream=self._on_stream)
         self.session = session
-        log.info("agent connected relay=%s cluster=%s proxy=%s", cfg.relay_url, cfg.cluster_id,
-                 "yes" if proxy else "no")
+        log.info("agent connected relay=%s cluster=%s proxy=%s transport=%s", cfg.relay_url, cfg.cluster_id,
+                 "yes" if proxy else "no", cfg.tunnel.transport)
         return session
 
     def _dial_failed(self, url: str, error: str, level: int = logging.WARNING) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, TypeGuard
 from urllib.parse import quote, urlsplit
@@ -78,21 +80,25 @@ def relay_unreachable(err: BaseException, config: ClientConfig) -> RelayUnreacha
     host = urlsplit(url).hostname or url
     ca = f"relay.ca_file ({config.relay_ca_file})" if config.relay_ca_file else \
         "relay.ca_file (not set: the system's CA store was used)"
+    # The native transport's dial raises the ssl/socket errors that aiohttp wraps.
+    cert_err: BaseException | None = err if isinstance(err, ssl.SSLCertVerificationError) else None
     if isinstance(err, aiohttp.ClientConnectorCertificateError):
         cert_err = err.certificate_error
+    if cert_err is not None:
         if getattr(cert_err, "verify_code", None) in _NAME_MISMATCH_CODES:
             return RelayUnreachable(
                 f"TLS certificate of the relay at {url} is not valid for {host!r} (hostname mismatch): "
                 "set relay.url to a name the relay's certificate holds")
         reason = getattr(cert_err, "verify_message", "") or type(cert_err).__name__
         return RelayUnreachable(f"TLS certificate verification failed for {url} ({reason}): check {ca}")
-    if isinstance(err, (aiohttp.ClientConnectorSSLError, aiohttp.ClientSSLError)):
+    if isinstance(err, (aiohttp.ClientConnectorSSLError, aiohttp.ClientSSLError, ssl.SSLError)):
         return RelayUnreachable(f"TLS handshake with the relay at {url} failed ({type(err).__name__}): "
                                 "check that relay.url names the relay's HTTPS port")
-    if isinstance(err, aiohttp.ClientConnectorDNSError):
+    if isinstance(err, (aiohttp.ClientConnectorDNSError, socket.gaierror)):
         return RelayUnreachable(f"cannot resolve the relay's host name {host!r} ({url}): "
                                 "check relay.url in the client config")
-    if isinstance(err, aiohttp.ClientConnectorError) and isinstance(err.os_error, ConnectionRefusedError):
+    if isinstance(err, ConnectionRefusedError) or (
+            isinstance(err, aiohttp.ClientConnectorError) and isinstance(err.os_error, ConnectionRefusedError)):
         return RelayUnreachable(f"cannot reach the relay at {url}: connection refused; is it running? "
                                 "check relay.url in the client config")
     if isinstance(err, TimeoutError):
@@ -357,9 +363,10 @@ class RelaySessionKeeper:
             token = token_info.access_token
             try:
                 async with asyncio.timeout(self._tcfg.handshake_timeout or None):
-                    ws = await self._http.ws_connect(
-                        self.url, headers={"Authorization": f"Bearer {token}"}, ssl=self._ssl,
-                        **tunnel.ws_connect_kwargs(self._tcfg))
+                    # No proxy, as before: arc-proxy's aiohttp session never trusted the environment.
+                    ws = await tunnel.open_tunnel_websocket(
+                        self._http, self.url, headers={"Authorization": f"Bearer {token}"},
+                        ssl_context=self._ssl, proxy=None, config=self._tcfg)
             except aiohttp.WSServerHandshakeError as err:
                 if err.status == 401:
                     self.tokens.invalidate()

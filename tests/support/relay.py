@@ -24,7 +24,7 @@ from relay import Cluster, IssuerConfig, RelayConfig, RelayServer
 from relay.roles import RoleAssignment
 from sandbox.idp import SandboxIdp
 from tests.support.waits import WAIT
-from tunnel import TunnelSession, ws_connect_kwargs
+from tunnel import TunnelConfig, TunnelSession, open_tunnel_websocket
 
 DEMO_OID = "35233192-fc5d-4d88-83c8-36ab5ca99ad9"   # demo@contoso.example (developers)
 BOB_OID = "7a338408-e16c-4e47-9de2-1202ff0e1eaa"    # bob@contoso.example (viewers)
@@ -117,10 +117,13 @@ class RelayEnv:
 
     async def client(self, token: str) -> TunnelSession:
         """A client tunnel session (what arc-proxy holds), already running."""
-        ws = await self.http.ws_connect(self.relay.url + "/client/v1/connect",
-                                        headers={"Authorization": f"Bearer {token}"},
-                                        **ws_connect_kwargs())
-        session = TunnelSession(ws, is_client=True, name="test-client")
+        # On the transport TunnelConfig names ($ARC_TUNNEL_TRANSPORT), as arc-proxy does.
+        url = "wss://" + self.relay.url.removeprefix("https://") + "/client/v1/connect"
+        config = TunnelConfig()
+        ws = await open_tunnel_websocket(self.http, url, headers={"Authorization": f"Bearer {token}"},
+                                         ssl_context=client_ssl_context(self.relay.ca_pem), proxy=None,
+                                         config=config)
+        session = TunnelSession(ws, is_client=True, config=config, name="test-client")
         self.clients.append((session, asyncio.ensure_future(session.run())))
         return session
 
