@@ -7,6 +7,10 @@ Proxy: ``proxy.https`` from the config wins; otherwise the standard
 (config ``proxy.no_proxy`` or the environment) exempts hosts. aiohttp's own
 ``trust_env`` looks up a proxy by URL scheme, i.e. ``WSS_PROXY`` for ``wss://``,
 which nobody sets, so the lookup is done here.
+
+The websocket itself: ``dial_relay`` opens it on the transport the tunnel
+config names (``tunnel.transport``: aiohttp, or the native one), with the same
+proxy, TLS trust and headers either way.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import aiohttp
 from certs import client_ssl_context
 from identity.agent_assertion import AGENT_CONNECT_PATH
 from identity.agent_assertion import agent_audience as agent_audience
+from tunnel import TunnelConfig, open_tunnel_websocket
 
 
 def agent_connect_url(relay_url: str) -> str:
@@ -42,7 +47,24 @@ def relay_not_listening(exc: BaseException) -> bool:
     nothing, so redialling fast is cheap. Any other failure (reset or closed
     during TLS: a relay up but shedding connections at accept; a timeout) is
     not: each redial costs the relay an accept or a handshake."""
+    if isinstance(exc, ConnectionRefusedError):  # the native transport's dial
+        return True
     return isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ConnectionRefusedError)
+
+
+async def dial_relay(http: aiohttp.ClientSession, url: str, token: str, proxy: str | None,
+                     tunnel: TunnelConfig, relay_ca_pem: bytes | None,
+                     proxy_ca_pem: bytes | None) -> object:
+    """The agent's websocket to the relay (hand it to ``TunnelSession``).
+
+    Raises:
+        aiohttp.WSServerHandshakeError: The relay refused the upgrade.
+        aiohttp.ClientError, OSError, ssl.SSLError: The dial failed.
+    """
+    # aiohttp's connector already holds the trust; the native dial needs it here.
+    context = relay_ssl_context(relay_ca_pem, proxy_ca_pem) if tunnel.transport == "native" else None
+    return await open_tunnel_websocket(http, url, headers={"Authorization": f"Bearer {token}"},
+                                       ssl_context=context, proxy=proxy, config=tunnel)
 
 
 def _bypassed(host: str, no_proxy: str) -> bool:

@@ -14,7 +14,9 @@ Each bulk row also gives the CPU seconds per GB of that path's own processes
 (arc-proxy, relay, agent; ssh and sshd): on a loaded machine MB/s swings, CPU
 per byte much less. ``--variant`` adds more full paths to the same run (another
 source tree, or environment knobs such as ``ARC_TUNNEL_SEND_PAYLOAD=16384`` or
-``ARC_TUNNEL_FASTPATH=0``), alternating with the others round by round.
+``ARC_TUNNEL_FASTPATH=0``), alternating with the others round by round;
+``--native`` is the variant whose arc-proxy and agent dial on the native
+websocket transport (``ARC_TUNNEL_TRANSPORT=native``).
 A "floor" path (bench/floor.py) runs beside them: three processes doing only
 the I/O and TLS the architecture requires (plain → TLS, TLS → TLS, TLS →
 plain), no framing, no asyncio; where it is slower than ssh -R, so is any
@@ -466,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="another full path measured side by side: from source tree ROOT "
                         "and/or with environment VAR=VAL (e.g. 'f16k:ARC_TUNNEL_SEND_PAYLOAD=16384'"
                         " or 'before=/tmp/old-tree'); repeatable")
+    p.add_argument("--native", action="store_true",
+                   help="also the full path with arc-proxy and the agent dialling on the native websocket "
+                        "transport (shorthand for --variant native:ARC_TUNNEL_TRANSPORT=native)")
     p.add_argument("--child", choices=["sink", "upstream", "kap", "fullpath"], help=argparse.SUPPRESS)
     p.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--label", help=argparse.SUPPRESS)
@@ -484,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         _child_fullpath(args.state, args.label, args.sink_port)
         return 0
 
+    if args.native:
+        args.variant.append("native:ARC_TUNNEL_TRANSPORT=native")
     from bench import floor
 
     work = Path(tempfile.mkdtemp(prefix="arc-bench-e2e-"))

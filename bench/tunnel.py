@@ -17,6 +17,12 @@ processes:
   4 on a second session to the same peer), divided by the throughput of the
   same 7 streams with no stalled stream (median of alternating rounds).
 
+``--compare-transports`` adds, in the same run, the websocket transport
+(``TunnelConfig.transport``): aiohttp on both ends, native on the dialling side
+only (tunnel/aio_ws_native.py, the peer still aiohttp), and native on both ends
+(the peer's ``serve_websockets``), alternating in rounds against the same peer
+process: 1-stream MB/s and CPU s/GB, and the 64-byte round trip; ratios to aiohttp.
+
 Both processes call ``tunnel.aio.tune_allocator()`` first, as the production
 entry points should (BENCH_TUNE_MALLOC=0 disables it); BENCH_DURATION sets the
 seconds per throughput figure (default 2.5).
@@ -46,11 +52,13 @@ from tunnel import (
     TunnelConfig,
     TunnelSession,
     TunnelStream,
+    open_tunnel_websocket,
     server_websocket_response,
     ws_connect_kwargs,
 )
-from tunnel.aio import tune_allocator
+from tunnel.aio import NativeWebSocket, UpgradeRequest, serve_websockets, tune_allocator
 
+TRANSPORT_ROUNDS = 3  # alternations of aiohttp / native with --compare-transports
 COUNT = struct.Struct("!Q")
 CHUNK = b"\x00" * (1 << 20)  # what a bulk sender writes per call (zeros: no compression anywhere)
 MESSAGE = b"m" * 64  # the round-trip message
@@ -103,6 +111,12 @@ async def _peer_ws(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def _peer_native(ws: NativeWebSocket, request: UpgradeRequest) -> None:
+    config = TunnelConfig(transport="native")
+    await TunnelSession(ws, is_client=False, config=config, name="bench-peer-native",
+                        on_stream=_peer_stream).run()
+
+
 async def run_peer() -> None:
     """Serve tunnel and raw TCP until stdin closes; print the ports first."""
     app = web.Application()
@@ -112,13 +126,16 @@ async def run_peer() -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     tcp = await asyncio.start_server(_peer_tcp, "127.0.0.1", 0)
+    native = await serve_websockets(_peer_native, "127.0.0.1", 0)
     ws_port = runner.addresses[0][1]
-    print(json.dumps({"ws": ws_port, "tcp": tcp.sockets[0].getsockname()[1]}), flush=True)
+    print(json.dumps({"ws": ws_port, "tcp": tcp.sockets[0].getsockname()[1],
+                      "native": native.sockets[0].getsockname()[1]}), flush=True)
     try:
         # stdin reaches EOF when the parent closes it or dies: never outlive it.
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.read)
     finally:
         tcp.close()
+        native.close()
         await runner.cleanup()
 
 
@@ -294,7 +311,59 @@ async def _small_frames(port: int, http: aiohttp.ClientSession) -> float:
         await runner
 
 
-async def run_client() -> dict[str, float | str]:
+async def _transport_session(http: aiohttp.ClientSession, port: int, transport: str) -> TunnelSession:
+    config = TunnelConfig(transport=transport)
+    ws = await open_tunnel_websocket(http, f"ws://127.0.0.1:{port}/tunnel", headers={}, ssl_context=None,
+                                     proxy=None, config=config)
+    return TunnelSession(ws, is_client=True, config=config, name=f"bench-{transport}")
+
+
+# --compare-transports: (name, dialling side's transport, peer port key)
+TRANSPORT_VARIANTS = (("aiohttp", "aiohttp", "ws"), ("native", "native", "ws"), ("both", "native", "native"))
+
+
+async def _compare_transports(http: aiohttp.ClientSession, ports: dict[str, int],
+                              peer_pid: int) -> dict[str, float]:
+    """aiohttp vs native on the dialling side (peer aiohttp), and native on both
+    ends, alternating TRANSPORT_ROUNDS times: medians of 1-stream MB/s, CPU s/GB
+    (both processes) and 64-byte RTT p50/p99."""
+    names = [name for name, _, _ in TRANSPORT_VARIANTS]
+    figures: dict[str, dict[str, list[float]]] = {n: {"MBps": [], "cpu": [], "p50": [], "p99": []} for n in names}
+    sessions = {name: await _transport_session(http, ports[key], transport)
+                for name, transport, key in TRANSPORT_VARIANTS}
+    runners = [asyncio.create_task(s.run()) for s in sessions.values()]
+    try:
+        for session in sessions.values():
+            await _timed_bulk(1, _tunnel_sink(session), duration=0.5)  # warm-up
+        for _ in range(TRANSPORT_ROUNDS):
+            for name, session in sessions.items():
+                with _CpuMeter(peer_pid) as cpu:
+                    mbps = await _timed_bulk(1, _tunnel_sink(session))
+                figures[name]["MBps"].append(mbps)
+                figures[name]["cpu"].append(cpu.per_gb(mbps))
+                stream = await session.open_stream(b"echo")
+                await _rtt_samples((stream.write, stream.readexactly), WARMUP_ROUNDS)
+                p50, p99 = _p50_p99(await _rtt_samples((stream.write, stream.readexactly), RTT_BLOCK * 2))
+                figures[name]["p50"].append(p50)
+                figures[name]["p99"].append(p99)
+                await stream.write_eof()
+                await stream.aclose()
+    finally:
+        for session in sessions.values():
+            await session.close()
+        await asyncio.gather(*runners)
+    r: dict[str, float] = {}
+    for name in names:
+        for key, values in figures[name].items():
+            r[f"{name}_{key}"] = statistics.median(values)
+    for name in ("native", "both"):
+        r[f"{name}_over_aiohttp_MBps"] = r[f"{name}_MBps"] / r["aiohttp_MBps"]
+        r[f"{name}_over_aiohttp_cpu"] = r[f"{name}_cpu"] / r["aiohttp_cpu"]
+        r[f"{name}_over_aiohttp_rtt_p50"] = r[f"{name}_p50"] / r["aiohttp_p50"]
+    return {f"transport_{k}": v for k, v in r.items()}
+
+
+async def run_client(compare_transports: bool = False) -> dict[str, float | str]:
     """Spawn the peer, measure everything, return the figures."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -337,6 +406,8 @@ async def run_client() -> dict[str, float | str]:
             await runner2
             await session.close()
             await runner
+            if compare_transports:
+                r.update(await _compare_transports(http, ports, proc.pid))
     finally:
         proc.stdin.close()
         await proc.wait()
@@ -433,6 +504,14 @@ def print_table(r: dict[str, float | str]) -> None:
         f" MB/s, alone {_f(r['fair_7_alone_MBps']):.1f} MB/s; median ratio of "
         f"{FAIRNESS_ROUNDS} alternating rounds {_f(r['fairness']):.2f}"
     )
+    if "transport_native_MBps" in r:
+        print(f"websocket transport, median of {TRANSPORT_ROUNDS} alternating rounds: aiohttp both ends; "
+              "native dialling side (peer aiohttp); native both ends")
+        print(f"  {'':26}{'aiohttp':>10}{'native':>10}{'both':>10}{'native/aio':>12}{'both/aio':>10}")
+        for label, key in (("bulk, 1 stream (MB/s)", "MBps"), ("CPU s per GB, 1 stream", "cpu"),
+                           ("64 B round trip p50 (us)", "p50"), ("64 B round trip p99 (us)", "p99")):
+            a, n, b = (_f(r[f"transport_{v}_{key}"]) for v in ("aiohttp", "native", "both"))
+            print(f"  {label:26}{a:10.2f}{n:10.2f}{b:10.2f}{n / a:12.2f}{b / a:10.2f}")
     print(
         f"goals: 1 stream >= 1000 MB/s {r['goal_1_stream_1000MBps']}; fairness >= 0.9 "
         f"{r['goal_fairness_0.9']}; RTT p50 <= 1.5x raw {r['goal_rtt_1.5x']}  "
@@ -446,13 +525,15 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.tunnel", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compare-transports", action="store_true",
+                        help="also compare the dialling side's websocket transports (aiohttp vs native)")
     args = parser.parse_args(argv)
     if os.environ.get("BENCH_TUNE_MALLOC", "1") == "1":
         tune_allocator()  # as the production entry points should (see tunnel/aio_alloc.py)
     if args.peer:
         asyncio.run(run_peer())
         return 0
-    results = asyncio.run(run_client())
+    results = asyncio.run(run_client(args.compare_transports))
     print_table(results)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()}))
     return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, TypeGuard
 from urllib.parse import quote, urlsplit
@@ -23,7 +25,8 @@ from tunnel import Backoff, ErrorCode, retry_after_delay, retry_after_seconds
 if TYPE_CHECKING:
     from tunnel import TunnelConfig, TunnelSession, TunnelStream
 
-__all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper", "relay_unreachable", "role_forbidden"]
+__all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper", "refused_by_goaway", "relay_unreachable",
+           "role_forbidden"]
 
 log = logging.getLogger("client")
 
@@ -41,6 +44,12 @@ START_BUSY_RETRIES = 3
 RENEW_TICK = 1.0
 # Floor between two renewals (seconds), whatever the token's lifetime says.
 MIN_RENEW_INTERVAL = 1.0
+
+
+def refused_by_goaway(code: ErrorCode | int, session: TunnelSession) -> bool:
+    """Whether a refused OPEN crossed the relay's GOAWAY on ``session`` (the
+    relay never processed it: safe to open again on the keeper's next session)."""
+    return code in (ErrorCode.REFUSED_STREAM, ErrorCode.GOING_AWAY) and session.draining
 
 
 class RelayBusy(RelayUnreachable):
@@ -71,21 +80,25 @@ def relay_unreachable(err: BaseException, config: ClientConfig) -> RelayUnreacha
     host = urlsplit(url).hostname or url
     ca = f"relay.ca_file ({config.relay_ca_file})" if config.relay_ca_file else \
         "relay.ca_file (not set: the system's CA store was used)"
+    # The native transport's dial raises the ssl/socket errors that aiohttp wraps.
+    cert_err: BaseException | None = err if isinstance(err, ssl.SSLCertVerificationError) else None
     if isinstance(err, aiohttp.ClientConnectorCertificateError):
         cert_err = err.certificate_error
+    if cert_err is not None:
         if getattr(cert_err, "verify_code", None) in _NAME_MISMATCH_CODES:
             return RelayUnreachable(
                 f"TLS certificate of the relay at {url} is not valid for {host!r} (hostname mismatch): "
                 "set relay.url to a name the relay's certificate holds")
         reason = getattr(cert_err, "verify_message", "") or type(cert_err).__name__
         return RelayUnreachable(f"TLS certificate verification failed for {url} ({reason}): check {ca}")
-    if isinstance(err, (aiohttp.ClientConnectorSSLError, aiohttp.ClientSSLError)):
+    if isinstance(err, (aiohttp.ClientConnectorSSLError, aiohttp.ClientSSLError, ssl.SSLError)):
         return RelayUnreachable(f"TLS handshake with the relay at {url} failed ({type(err).__name__}): "
                                 "check that relay.url names the relay's HTTPS port")
-    if isinstance(err, aiohttp.ClientConnectorDNSError):
+    if isinstance(err, (aiohttp.ClientConnectorDNSError, socket.gaierror)):
         return RelayUnreachable(f"cannot resolve the relay's host name {host!r} ({url}): "
                                 "check relay.url in the client config")
-    if isinstance(err, aiohttp.ClientConnectorError) and isinstance(err.os_error, ConnectionRefusedError):
+    if isinstance(err, ConnectionRefusedError) or (
+            isinstance(err, aiohttp.ClientConnectorError) and isinstance(err.os_error, ConnectionRefusedError)):
         return RelayUnreachable(f"cannot reach the relay at {url}: connection refused; is it running? "
                                 "check relay.url in the client config")
     if isinstance(err, TimeoutError):
@@ -255,6 +268,10 @@ class RelaySessionKeeper:
     ``logs -f``, exec) run on until they end, then the old session closes. The
     relay ends them (RESET FORBIDDEN "token expired") when the token that
     opened them expires: a stream lives no longer than its credential.
+
+    A relay that stops (rolling restart) sends GOAWAY: the keeper wakes at once
+    and dials a new session (through a load balancer: another replica) while
+    the old one's streams finish, the same make-before-break as a renewal.
     """
 
     def __init__(self, config: ClientConfig, tokens: TokenSource, *, name: str = "client") -> None:
@@ -346,9 +363,10 @@ class RelaySessionKeeper:
             token = token_info.access_token
             try:
                 async with asyncio.timeout(self._tcfg.handshake_timeout or None):
-                    ws = await self._http.ws_connect(
-                        self.url, headers={"Authorization": f"Bearer {token}"}, ssl=self._ssl,
-                        **tunnel.ws_connect_kwargs(self._tcfg))
+                    # No proxy, as before: arc-proxy's aiohttp session never trusted the environment.
+                    ws = await tunnel.open_tunnel_websocket(
+                        self._http, self.url, headers={"Authorization": f"Bearer {token}"},
+                        ssl_context=self._ssl, proxy=None, config=self._tcfg)
             except aiohttp.WSServerHandshakeError as err:
                 if err.status == 401:
                     self.tokens.invalidate()
@@ -383,8 +401,9 @@ class RelaySessionKeeper:
                     await old.goaway()  # its open streams finish; new ones use `session`
                 except Exception as err:  # the old session may be closing already
                     log.debug("goaway on the replaced session failed: %s", type(err).__name__)
-                log.info("%s renewed its relay session (connect #%d); previous session drains "
-                         "%d open stream(s)", self.name, self.connects, old.streams)
+                log.info("%s %s its relay session (connect #%d); previous session drains "
+                         "%d open stream(s)", self.name,
+                         "moved" if old.goaway_received else "renewed", self.connects, old.streams)
             else:
                 log.info("%s connected to the relay (connect #%d)", self.name, self.connects)
             if self.relay_lost_reason is not None:
@@ -412,10 +431,17 @@ class RelaySessionKeeper:
                 # Wake when the session ends, at renewal time, or every tick
                 # (a session replaced on demand by session() is noticed then).
                 tick = min(RENEW_TICK, max(0.0, self._renew_at - time.time()))
-                done, _ = await asyncio.wait({run}, timeout=tick)
+                goaway = asyncio.ensure_future(s.wait_goaway_received())
+                try:
+                    done, _ = await asyncio.wait({run, goaway}, timeout=tick)
+                finally:
+                    goaway.cancel()
                 if self._stopping:
                     return
-                if not done:
+                if goaway in done and run not in done:
+                    log.info("%s relay sent GOAWAY (it is stopping, or the token expired); opening a new session while "
+                             "open streams finish", self.name)
+                elif not done:
                     if time.time() < self._renew_at:
                         continue
                     renew = True

@@ -7,7 +7,10 @@ import asyncio
 import contextlib
 from typing import Any
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["RECANCEL_SECONDS", "cancel_and_wait"]
+
+# How long a cancelled task has to end before it is cancelled again.
+RECANCEL_SECONDS = 1.0
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | asyncio.Future[Any] | None) -> None:
@@ -16,6 +19,12 @@ async def cancel_and_wait(task: asyncio.Task[Any] | asyncio.Future[Any] | None) 
     ``None`` (never started) is a no-op."""
     if task is None:
         return
-    task.cancel()
+    # Cancel again until it ends: on Python 3.11 a cancel that lands while
+    # asyncio.timeout/wait_for is expiring (or inside a client library's own
+    # cleanup) can be swallowed, and a `while True` task would then run on
+    # (a relay stop waited ~19 s on the presence writer that way).
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=RECANCEL_SECONDS)
     with contextlib.suppress(asyncio.CancelledError):
         await task

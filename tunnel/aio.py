@@ -1,4 +1,5 @@
-"""The asyncio adapter of tunnel v1: drives the sans-I/O core over aiohttp.
+"""The asyncio adapter of tunnel v1: drives the sans-I/O core over a websocket
+(aiohttp's, or the native one of aio_ws_native.py).
 
 Public names (re-exported lazily by ``tunnel/__init__.py``)::
 
@@ -12,10 +13,17 @@ Public names (re-exported lazily by ``tunnel/__init__.py``)::
     tune_allocator                                              (aio_alloc)
     MessageTransport, TransportClosed                           (message_transport)
     AiohttpTransport                                            (aio_ws_aiohttp)
+    NativeWebSocket                                             (aio_ws_native)
+    serve_websockets, UpgradeRequest                            (aio_ws_accept)
+    dial_websocket, open_tunnel_websocket, WebSocketHandshakeRefused,
+    ProxyRefused                                                (aio_ws_dial)
 
 The session does its I/O through a ``MessageTransport`` (message_transport.py);
 ``AiohttpTransport`` is the one over aiohttp, which ``TunnelSession`` wraps
-an aiohttp websocket in by itself.
+an aiohttp websocket in by itself; ``NativeWebSocket`` is one by itself
+(public APIs only), dialled with ``dial_websocket`` and accepted with
+``serve_websockets``. ``open_tunnel_websocket`` dials on the transport
+``TunnelConfig.transport`` names (the agent's and arc-proxy's one dial).
 
 Internals: aio_io.py (writer, keepalive, idle sweep, shutdown, write batches),
 aio_writer.py (batching frames onto the websocket), aio_fastpath.py (dispatch
@@ -46,7 +54,15 @@ from tunnel.aio_forward import join_streams
 from tunnel.aio_session import StreamHandler, TunnelSession
 from tunnel.aio_splice import splice, splice_streams
 from tunnel.aio_stream import TunnelStream
+from tunnel.aio_ws_accept import UpgradeRequest, serve_websockets
 from tunnel.aio_ws_aiohttp import AiohttpTransport
+from tunnel.aio_ws_dial import (
+    ProxyRefused,
+    WebSocketHandshakeRefused,
+    dial_websocket,
+    open_tunnel_websocket,
+)
+from tunnel.aio_ws_native import NativeWebSocket
 from tunnel.message_transport import MessageTransport, TransportClosed
 
 __all__ = [
@@ -55,6 +71,8 @@ __all__ = [
     "SUBPROTOCOL",
     "AiohttpTransport",
     "MessageTransport",
+    "NativeWebSocket",
+    "ProxyRefused",
     "StreamError",
     "StreamHandler",
     "StreamRefused",
@@ -64,8 +82,13 @@ __all__ = [
     "TunnelConfig",
     "TunnelSession",
     "TunnelStream",
+    "UpgradeRequest",
+    "WebSocketHandshakeRefused",
     "adapter_limits",
+    "dial_websocket",
     "join_streams",
+    "open_tunnel_websocket",
+    "serve_websockets",
     "server_websocket_response",
     "splice",
     "splice_streams",

@@ -19,11 +19,14 @@ from tunnel import SUBPROTOCOL
 from tunnel import limits as _limits
 from tunnel.limits import Limits
 
-__all__ = ["TunnelConfig", "adapter_limits", "server_websocket_response", "ws_connect_kwargs"]
+__all__ = ["TRANSPORTS", "TunnelConfig", "adapter_limits", "server_websocket_response", "ws_connect_kwargs"]
 
 # Bytes a websocket message may have on top of the largest frame payload: the
 # frame header is a few bytes; 64 leaves room without admitting a second frame.
 _FRAME_OVERHEAD = 64
+
+# The websocket implementations a session can run on (``TunnelConfig.transport``).
+TRANSPORTS = ("aiohttp", "native")
 
 
 # DATA payload per frame when sending through this adapter. Every receiver
@@ -84,6 +87,9 @@ class TunnelConfig:
         fast_dispatch: Dispatch binary messages synchronously from aiohttp's
             parser (aio_fastpath.py) instead of through ``ws.receive()``;
             default on unless ``$ARC_TUNNEL_FASTPATH`` is ``0``.
+        transport: The websocket implementation of the dialling side:
+            ``aiohttp`` (default) or ``native`` (aio_ws_native.py, public
+            APIs only); ``$ARC_TUNNEL_TRANSPORT`` sets the default.
     """
 
     limits: Limits = dataclasses.field(default_factory=adapter_limits)
@@ -94,6 +100,9 @@ class TunnelConfig:
     ping_timeout: float = _limits.PING_TIMEOUT
     fast_dispatch: bool = dataclasses.field(
         default_factory=lambda: os.environ.get("ARC_TUNNEL_FASTPATH", "1") != "0"
+    )
+    transport: str = dataclasses.field(
+        default_factory=lambda: os.environ.get("ARC_TUNNEL_TRANSPORT") or "aiohttp"
     )
 
     def __post_init__(self) -> None:
@@ -106,6 +115,9 @@ class TunnelConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"TunnelConfig.{name} must be >= 0")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"TunnelConfig.transport must be one of {', '.join(TRANSPORTS)}, "
+                             f"not {self.transport!r}")
 
     @property
     def max_message_size(self) -> int:

@@ -101,6 +101,11 @@ class HeaderPolicy:
         self._with = impersonate_with
         self._names = names or NameMapper()
 
+    def use(self, gate: OidcGate | None, names: NameMapper) -> None:
+        """Decide with ``gate`` and ``names`` from the next request head on (a reload)."""
+        self.gate = gate
+        self._names = names
+
     def decide(self, head: RequestHead) -> Decision:
         """Decide without waiting; returns :class:`Validate` when :meth:`finish` must run."""
         kept: list[tuple[bytes, bytes]] = []

@@ -99,9 +99,13 @@ def _delete(env: LifecycleEnv, name: str) -> None:
     assert p.returncode == 0, p.stderr
 
 
-def test_agent_reaches_relay_through_tinyproxy(env: LifecycleEnv, proxy: Tinyproxy) -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "native"])
+def test_agent_reaches_relay_through_tinyproxy(env: LifecycleEnv, proxy: Tinyproxy, transport: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """--proxy-https/--proxy-skip-range land in the ConfigMap; the agent's
-    websocket goes through tinyproxy's CONNECT and the cluster is Connected."""
+    websocket (on either tunnel transport) goes through tinyproxy's CONNECT
+    and the cluster is Connected."""
+    monkeypatch.setenv("ARC_TUNNEL_TRANSPORT", transport)
     p = env.arcctl("connect", "-n", "via-proxy", "-g", GROUP, "--kube-config", env.kubeconfig, "--no-wait",
                    "--proxy-https", proxy.url, "--proxy-skip-range", "10.0.0.0/8,.svc.cluster.local")
     assert p.returncode == 0, p.stderr
@@ -112,13 +116,18 @@ def test_agent_reaches_relay_through_tinyproxy(env: LifecycleEnv, proxy: Tinypro
     env.start_agent("via-proxy")
     wait_until(lambda: env.status("via-proxy") == "Connected", "Connected through the proxy")
     assert proxy.connects_to(env.demo.relay_port) > before
+    assert f"transport={transport}" in env.children["via-proxy"].err.wait_for("agent connected")
     _delete(env, "via-proxy")
 
 
-def test_agent_trusts_relay_ca_from_proxy_cert_only(env: LifecycleEnv, proxy: Tinyproxy) -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "native"])
+def test_agent_trusts_relay_ca_from_proxy_cert_only(env: LifecycleEnv, proxy: Tinyproxy, transport: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The relay's certificate is signed by a custom CA that the agent learns
     only from --proxy-cert (given after --custom-ca-cert: the later one wins);
-    the client config names no relay CA (arcctl trusts it via SSL_CERT_FILE)."""
+    the client config names no relay CA (arcctl trusts it via SSL_CERT_FILE).
+    Either tunnel transport."""
+    monkeypatch.setenv("ARC_TUNNEL_TRANSPORT", transport)
     config = env.write_client_config("alice-no-relay-ca.yaml", relay_ca=False)
     decoy = env.base / "decoy-ca.crt"
     decoy.write_text(Path(env.demo.api["ca_file"]).read_text())  # a real CA, but not the relay's
@@ -135,4 +144,5 @@ def test_agent_trusts_relay_ca_from_proxy_cert_only(env: LifecycleEnv, proxy: Ti
     env.start_agent("custom-ca")
     wait_until(lambda: env.status("custom-ca") == "Connected", "Connected with the custom CA")
     assert proxy.connects_to(env.demo.relay_port) > before
+    assert f"transport={transport}" in env.children["custom-ca"].err.wait_for("agent connected")
     _delete(env, "custom-ca")

@@ -24,7 +24,7 @@ from relay import Cluster, IssuerConfig, RelayConfig, RelayServer
 from relay.roles import RoleAssignment
 from sandbox.idp import SandboxIdp
 from tests.support.waits import WAIT
-from tunnel import TunnelSession, ws_connect_kwargs
+from tunnel import TunnelConfig, TunnelSession, open_tunnel_websocket
 
 DEMO_OID = "35233192-fc5d-4d88-83c8-36ab5ca99ad9"   # demo@contoso.example (developers)
 BOB_OID = "7a338408-e16c-4e47-9de2-1202ff0e1eaa"    # bob@contoso.example (viewers)
@@ -46,12 +46,18 @@ class RelayEnv:
     async def start(cls, tmp: Path, **overrides: Any) -> RelayEnv:
         idp = SandboxIdp(tmp / "idp")
         await idp.start()
+        # extra_issuers: trusted beside the sandbox issuer (whose alias and
+        # admins are then alias= and issuer_admins=; top-level admins need one issuer).
+        extra: tuple[IssuerConfig, ...] = overrides.pop("extra_issuers", ())
+        first = IssuerConfig(idp.issuer, ("api://cluster-connect",), idp.ca_file,
+                             alias=overrides.pop("alias", None),
+                             admins=overrides.pop("issuer_admins", (ADMIN_OID,) if extra else ()))
         config = RelayConfig(
             host="127.0.0.1",
             port=overrides.pop("port", 0),
             state_dir=str(tmp / "relay"),
-            issuers=(IssuerConfig(idp.issuer, ("api://cluster-connect",), idp.ca_file),),
-            admins=overrides.pop("admins", (ADMIN_OID,)),
+            issuers=(first, *extra),
+            admins=overrides.pop("admins", () if extra else (ADMIN_OID,)),
             agent_grace_seconds=overrides.pop("agent_grace_seconds", 1.0),
             drain_seconds=overrides.pop("drain_seconds", 2.0),
             **overrides,
@@ -89,7 +95,8 @@ class RelayEnv:
 
     async def grant(self, principal: str, role: str, scope: str) -> None:
         aid = hashlib.sha256(f"{principal}{role}{scope}".encode()).hexdigest()[:16]
-        await self.state.roles.put(RoleAssignment(aid, principal, "User", role, scope))
+        await self.state.roles.put(RoleAssignment(aid, principal, "User", role, scope,
+                                                  principal_issuer=self.idp.issuer))
 
     async def start_agent(self, cluster_id: str, keys: KeyPair, upstream: tuple[str, int],
                           *, relay_url: str | None = None, **options: Any) -> Connector:
@@ -110,10 +117,13 @@ class RelayEnv:
 
     async def client(self, token: str) -> TunnelSession:
         """A client tunnel session (what arc-proxy holds), already running."""
-        ws = await self.http.ws_connect(self.relay.url + "/client/v1/connect",
-                                        headers={"Authorization": f"Bearer {token}"},
-                                        **ws_connect_kwargs())
-        session = TunnelSession(ws, is_client=True, name="test-client")
+        # On the transport TunnelConfig names ($ARC_TUNNEL_TRANSPORT), as arc-proxy does.
+        url = "wss://" + self.relay.url.removeprefix("https://") + "/client/v1/connect"
+        config = TunnelConfig()
+        ws = await open_tunnel_websocket(self.http, url, headers={"Authorization": f"Bearer {token}"},
+                                         ssl_context=client_ssl_context(self.relay.ca_pem), proxy=None,
+                                         config=config)
+        session = TunnelSession(ws, is_client=True, config=config, name="test-client")
         self.clients.append((session, asyncio.ensure_future(session.run())))
         return session
 

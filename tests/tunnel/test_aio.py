@@ -33,6 +33,7 @@ from tunnel import (
     TunnelConfig,
     TunnelSession,
     TunnelStream,
+    open_tunnel_websocket,
     server_websocket_response,
     splice,
     splice_streams,
@@ -40,7 +41,7 @@ from tunnel import (
 )
 from tunnel.limits import INITIAL_STREAM_WINDOW
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("client_transport")]
 
 Handler = Callable[[TunnelStream], Awaitable[None]]
 WAIT = 20.0  # bound for every wait in these tests (never reached when all is well)
@@ -99,9 +100,12 @@ async def tunnel_pair(
     runner, port = await _serve(app, server_ctx)
     try:
         async with aiohttp.ClientSession() as http:
-            scheme = "https" if tls else "http"
-            ws = await http.ws_connect(
-                f"{scheme}://127.0.0.1:{port}/tunnel", ssl=client_ctx, **ws_connect_kwargs(config)
+            scheme = "wss" if tls else "ws"
+            # On the transport TunnelConfig names ($ARC_TUNNEL_TRANSPORT=native: the native one).
+            ws = await open_tunnel_websocket(
+                http, f"{scheme}://127.0.0.1:{port}/tunnel", headers={},
+                ssl_context=client_ctx if isinstance(client_ctx, ssl.SSLContext) else None,
+                proxy=None, config=config,
             )
             client = TunnelSession(
                 ws, is_client=True, config=config, name="client", on_stream=client_handler

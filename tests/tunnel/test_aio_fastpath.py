@@ -27,6 +27,13 @@ from tunnel import (
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture(autouse=True)
+def _aiohttp_dials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path is aiohttp's: both ends of these sessions stay on aiohttp
+    whatever ``$ARC_TUNNEL_TRANSPORT`` says."""
+    monkeypatch.setenv("ARC_TUNNEL_TRANSPORT", "aiohttp")
+
+
 async def _chopper(target_port: int, seed: int) -> tuple[asyncio.Server, int]:
     """A TCP proxy that forwards both ways in random small pieces (1..3000
     bytes, yielding to the loop between pieces), so websocket frames reach

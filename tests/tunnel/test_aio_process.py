@@ -21,9 +21,9 @@ import aiohttp
 import pytest
 
 from tests.support.processes import ChildProcess
-from tunnel import TunnelClosed, TunnelSession, TunnelStream, ws_connect_kwargs
+from tunnel import TunnelClosed, TunnelConfig, TunnelSession, TunnelStream, open_tunnel_websocket
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("client_transport")]
 WAIT = 30.0
 
 
@@ -53,7 +53,8 @@ async def test_process_peer_moves_bytes_exactly_both_ways() -> None:
     """Upload (sha256 of 5 MB), download (5 MB seeded bytes) and a 3 MB echo on
     concurrent streams with a peer in another process: all byte-exact."""
     async with peer_process() as (port, _), aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(f"http://127.0.0.1:{port}/tunnel", **ws_connect_kwargs())
+        ws = await open_tunnel_websocket(http, f"ws://127.0.0.1:{port}/tunnel", headers={}, ssl_context=None,
+                                         proxy=None, config=TunnelConfig())
         session = TunnelSession(ws, is_client=True, name="test")
         runner = asyncio.create_task(session.run())
 
@@ -95,7 +96,8 @@ async def test_process_peer_killed_ends_session_with_tunnel_closed() -> None:
     """Killing the peer process mid-transfer ends the session: the blocked
     reader gets TunnelClosed and run() returns (no hang, nothing leaked)."""
     async with peer_process() as (port, proc), aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(f"http://127.0.0.1:{port}/tunnel", **ws_connect_kwargs())
+        ws = await open_tunnel_websocket(http, f"ws://127.0.0.1:{port}/tunnel", headers={}, ssl_context=None,
+                                         proxy=None, config=TunnelConfig())
         session = TunnelSession(ws, is_client=True, name="test")
         runner = asyncio.create_task(session.run())
         stream = await session.open_stream(b"echo")

@@ -27,6 +27,7 @@ from tunnel import (
     TunnelConfig,
     TunnelSession,
     TunnelStream,
+    open_tunnel_websocket,
     server_websocket_response,
     ws_connect_kwargs,
 )
@@ -34,6 +35,8 @@ from tunnel.aio_session import StreamHandler
 from tunnel.aio_timers import timer_wheel
 from tunnel.errors import ErrorCode
 from tunnel.frames import Frame, FrameType
+
+pytestmark = pytest.mark.usefixtures("client_transport")
 
 WAIT = 20.0  # bound for every wait (never reached when all is well)
 INTERVAL = 0.1
@@ -65,7 +68,8 @@ async def session_pair(server_config: TunnelConfig, client_config: TunnelConfig,
     port = runner.addresses[0][1]
     try:
         async with aiohttp.ClientSession() as http:
-            ws = await http.ws_connect(f"http://127.0.0.1:{port}/tunnel", **ws_connect_kwargs(client_config))
+            ws = await open_tunnel_websocket(http, f"ws://127.0.0.1:{port}/tunnel", headers={}, ssl_context=None,
+                                             proxy=None, config=client_config)
             client = TunnelSession(ws, is_client=True, config=client_config, name="client")
             task = asyncio.create_task(client.run())
             async with asyncio.timeout(WAIT):

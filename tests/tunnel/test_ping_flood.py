@@ -28,12 +28,13 @@ from tunnel import (
     Frame,
     TunnelConfig,
     TunnelSession,
+    open_tunnel_websocket,
     server_websocket_response,
     ws_connect_kwargs,
 )
 from tunnel.aio_config import adapter_limits
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("client_transport")]
 
 MAX_REPLIES = 256  # small, so that the test floods well past it quickly
 PINGS_PER_WRITE = 64
@@ -113,9 +114,8 @@ async def test_ping_flood_without_reading_is_closed_with_enhance_your_calm(
     runner, port = await _serve(app)
     try:
         async with aiohttp.ClientSession() as http:
-            ws = await http.ws_connect(
-                f"http://127.0.0.1:{port}/tunnel", **ws_connect_kwargs(config)
-            )
+            ws = await open_tunnel_websocket(http, f"ws://127.0.0.1:{port}/tunnel", headers={},
+                                             ssl_context=None, proxy=None, config=config)
             good = TunnelSession(ws, is_client=True, config=config, name="good")
             good_task = asyncio.create_task(good.run())
 
