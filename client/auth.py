@@ -175,7 +175,7 @@ class TokenSource:
                                   "the client config (or $AZURE_AUTHORITY_HOST and $AZURE_TENANT_ID)")
             endpoint = (await discover(issuer, auth.ca_file)).token_endpoint
         form = {"grant_type": "client_credentials", "client_id": client_id, "scope": auth.scope,
-                **auth.token_parameters(), **client_authentication(auth, client_id, endpoint)}
+                **auth.token_parameters(), **self._extra_form, **client_authentication(auth, client_id, endpoint)}
         if auth.lifetime:
             form["lifetime"] = str(auth.lifetime)
         return await self._post(form, endpoint)

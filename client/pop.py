@@ -153,7 +153,9 @@ async def bound_token(auth: AuthConfig, key: PopKey, *, interactive: bool) -> To
     if auth.token_command:
         raise ConfigError("arcctl get-token --pop needs a token the issuer binds to your key: "
                           "configure auth.issuer (arcctl login) or auth.token_endpoint, not auth.token_command")
-    if auth.token_endpoint or not auth.issuer:
+    from client.client_credentials import uses_client_credentials  # imports client.auth
+
+    if auth.token_endpoint or not auth.issuer or uses_client_credentials(auth):
         return await CachedTokenSource(auth, extra_form=pop_form(key)).get_token()
     from client.login import cached_token  # the login path only
     from client.oidc_discovery import discover

@@ -222,9 +222,23 @@ class IdpHandlers:
             raise OAuthError("invalid_scope", "Client credentials need a /.default scope.", code=1002012)
         aud, _ = self._audience(scope)
         lifetime = self._lifetime(params, app.token_lifetime)
-        token = self.minter.sign(self.minter.app_claims(app, aud, lifetime))
+        claims = self.minter.app_claims(app, aud, lifetime)
+        cnf = self._requested_cnf(params)  # a pipeline's token can be bound too (MSAL confidential clients)
+        if cnf is not None:
+            claims["cnf"] = cnf
+        token = self.minter.sign(claims)
         log.info("token issued grant=client_credentials oid=%s aud=%s", app.oid, aud)
-        return _token_body(token, scope, lifetime)
+        body = _token_body(token, scope, lifetime)
+        if cnf is not None:
+            body["token_type"] = "pop"
+        return body
+
+    @staticmethod
+    def _requested_cnf(params: dict[str, str]) -> dict[str, Any] | None:
+        try:
+            return requested_cnf(params)  # proof-of-possession (sandbox/idp/pop.py)
+        except PopRequestError as exc:
+            raise OAuthError("invalid_request", str(exc)) from exc
 
     def _authenticate_client(self, request: web.Request, params: dict[str, str]) -> ServicePrincipal:
         """The confidential client of a token request: secret, private_key_jwt
@@ -250,10 +264,7 @@ class IdpHandlers:
     ) -> dict[str, Any]:
         aud, scp = self._audience(scope)
         claims = self.minter.user_claims(user, aud, lifetime, client_id=client_id, scp=scp)
-        try:
-            cnf = requested_cnf(params or {})  # proof-of-possession (sandbox/idp/pop.py)
-        except PopRequestError as exc:
-            raise OAuthError("invalid_request", str(exc)) from exc
+        cnf = self._requested_cnf(params or {})
         if cnf is not None:
             claims["cnf"] = cnf
         token = self.minter.sign(claims)

@@ -64,7 +64,9 @@ def test_ci_job_with_a_federated_token_file_uses_arc_proxy_and_kubectl(
     doc = yaml.safe_load(demo_env.client_config_path.read_text())
     doc["auth"] = {"login": "client_credentials", "issuer": demo_env.idp["issuer"],
                    "ca_file": demo_env.idp["ca_file"], "client_id": DEMO_CI_APP,
-                   "federated_token_file": str(token_file)}
+                   "federated_token_file": str(token_file),
+                   # the demo's cluster requires proof-of-possession: the app's token is bound too
+                   "pop": bool(doc["auth"].get("pop"))}
     config = tmp_path / "ci-config.yaml"
     config.write_text(yaml.safe_dump(doc))
 
