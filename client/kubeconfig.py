@@ -15,10 +15,11 @@ from typing import Any
 import yaml
 
 from certs import write_secret_file
-from client.errors import ConfigError
+from client.errors import CliError, ConfigError
 
 __all__ = [
     "KubeconfigEntry",
+    "cluster_address",
     "default_kubeconfig_path",
     "dump",
     "exec_user",
@@ -84,6 +85,37 @@ def proxy_server_host(resource_group: str, name: str) -> str:
         return "".join(c if c.isascii() and (c.isalnum() or c in "-.") else "-"
                        for c in part.lower()).strip(".-") or "x"
     return f"{label(name)}.{label(resource_group)}.{PROXY_SERVER_DOMAIN}"
+
+
+def cluster_address(mode: str, cluster_id: str, proxy_host: str, port: int,
+                    tls_server_name: str | None, *, explicit: bool = True) -> tuple[str, str | None]:
+    """The cluster entry's ``server`` and ``proxy-url`` for arc-proxy on ``port``.
+
+    Args:
+        mode: ``proxy-url`` (server ``https://<proxy_host>``, proxy-url
+            ``http://127.0.0.1:PORT``) or ``direct`` (server ``https://127.0.0.1:PORT``).
+        cluster_id: ``<group>/<name>``, for the error.
+        proxy_host: :func:`proxy_server_host` of the cluster.
+        port: arc-proxy's bound port.
+        tls_server_name: the registration's ``tlsServerName``. The proxy-url
+            shape needs it: without it kubectl would check the serving
+            certificate against the never-resolving host.
+        explicit: the user asked for ``mode``; a default proxy-url without a
+            server name falls back to direct instead of failing.
+
+    Returns:
+        ``(server, proxy_url)``; ``proxy_url`` is None in the direct shape.
+
+    Raises:
+        CliError: proxy-url asked for explicitly, but there is no server name.
+    """
+    if mode == "proxy-url" and tls_server_name:
+        return f"https://{proxy_host}", f"http://127.0.0.1:{port}"
+    if mode == "proxy-url" and explicit:
+        raise CliError(f"cluster {cluster_id} has no tlsServerName in its registration, which "
+                       "--kubeconfig-mode proxy-url needs: re-register it, or use "
+                       "--kubeconfig-mode direct")
+    return f"https://127.0.0.1:{port}", None
 
 
 def token_user(token: str) -> dict[str, Any]:

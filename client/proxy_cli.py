@@ -33,7 +33,7 @@ PROG = "arc-proxy"
 DEFAULT_PORT = 47011
 PROBE_TIMEOUT = 15.0
 KUBECONFIG_MODES = ("proxy-url", "direct")
-DEFAULT_KUBECONFIG_MODE = "direct"
+DEFAULT_KUBECONFIG_MODE = "proxy-url"
 
 DESCRIPTION = """\
 Serve one registered cluster on https://127.0.0.1:PORT through the relay, and
@@ -48,14 +48,17 @@ EXAMPLES = (
 )
 
 NOTES = """\
-On exit current-context is put back to what it was before, if it still names
-this cluster's context. The cluster, user and context entries stay in the
-kubeconfig (server https://127.0.0.1:PORT) so the next run reuses them; with
---token the token stays in the user entry (the file is mode 0600). Nothing
-else in the file is changed. With --kubeconfig-mode proxy-url the cluster entry
-has server https://NAME.GROUP.arc-proxy.invalid and proxy-url
-http://127.0.0.1:PORT instead: kubectl then prints arc-proxy's reason when it has
-no way to the cluster (relay down, cluster offline, forbidden)."""
+The cluster entry has server https://NAME.GROUP.arc-proxy.invalid (a host that
+never resolves) and proxy-url http://127.0.0.1:PORT: kubectl CONNECTs through
+arc-proxy, so when there is no way to the cluster (relay down, cluster offline,
+forbidden) kubectl prints arc-proxy's reason. --kubeconfig-mode direct writes
+server https://127.0.0.1:PORT instead (kubectl then only sees "remote error:
+tls: internal error" and the cause is in this shell); a registration without a
+tlsServerName gets the direct shape, with a warning. On exit current-context is
+put back to what it was before, if it still names this cluster's context. The
+cluster, user and context entries stay in the kubeconfig so the next run reuses
+them; with --token the token stays in the user entry (the file is mode 0600).
+Nothing else in the file is changed."""
 
 
 def build_parser() -> CommandParser:
@@ -72,7 +75,9 @@ def build_parser() -> CommandParser:
     p.add_argument("-f", "--file", metavar="KUBECONFIG",
                    help="kubeconfig to merge into (default: $KUBECONFIG or ~/.kube/config); "
                         "'-' prints a kubeconfig on stdout instead")
-    p.add_argument("--kubeconfig-mode", choices=KUBECONFIG_MODES, default=DEFAULT_KUBECONFIG_MODE,
+    # None: the default, which falls back to direct for a registration that
+    # cannot have the proxy-url shape (see kubeconfig.cluster_address).
+    p.add_argument("--kubeconfig-mode", choices=KUBECONFIG_MODES, default=None,
                    help="proxy-url: kubectl CONNECTs through arc-proxy (server https://NAME.GROUP."
                         f"{kubeconfig.PROXY_SERVER_DOMAIN}, proxy-url http://127.0.0.1:PORT), so a "
                         "refusal reaches kubectl with its cause; direct: server https://127.0.0.1:PORT "
@@ -194,14 +199,13 @@ async def _run(args: argparse.Namespace) -> int:
         await _probe(keeper, target)
 
         server_name = reg.get("tlsServerName") or None
-        if args.kubeconfig_mode == "proxy-url":
-            if not server_name:
-                raise CliError(f"cluster {cluster_id} has no tlsServerName in its registration, which "
-                               "--kubeconfig-mode proxy-url needs: re-register it, or use "
-                               "--kubeconfig-mode direct")
-            server, proxy_url = f"https://{proxy_host}", f"http://127.0.0.1:{listener.port}"
-        else:
-            server, proxy_url = f"https://127.0.0.1:{listener.port}", None
+        if args.kubeconfig_mode is None and not server_name:
+            log.warning("cluster %s has no tlsServerName in its registration: the kubeconfig gets "
+                        "the direct shape, where kubectl does not see arc-proxy's causes; "
+                        "re-register it for the proxy-url shape", cluster_id)
+        server, proxy_url = kubeconfig.cluster_address(
+            args.kubeconfig_mode or DEFAULT_KUBECONFIG_MODE, cluster_id, proxy_host, listener.port,
+            server_name, explicit=args.kubeconfig_mode is not None)
         entry = kubeconfig.KubeconfigEntry(
             context=context, server=server, ca_pem=str(ca).encode(), tls_server_name=server_name,
             user=_kube_user(args, config.path, server_name if config.auth.pop else None), proxy_url=proxy_url)

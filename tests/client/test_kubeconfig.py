@@ -138,3 +138,24 @@ def test_kubeconfig_proxy_url_shape_and_back_to_direct(tmp_path: Path) -> None:
     assert cluster["tls-server-name"] == "demo.kube-aad-proxy.local"
     kubeconfig.merge(doc, _entry())
     assert "proxy-url" not in doc["clusters"][0]["cluster"]
+
+
+def test_kubeconfig_cluster_address_defaults_to_proxy_url_and_falls_back_without_server_name() -> None:
+    """proxy-url (arc-proxy's default) names the cluster's .invalid host and
+    arc-proxy's port as proxy-url; without a tlsServerName the default falls
+    back to direct, while an explicit --kubeconfig-mode proxy-url is a one-line
+    error naming the fix; direct is always server https://127.0.0.1:PORT."""
+    from client import proxy_cli
+    from client.errors import CliError
+
+    assert proxy_cli.DEFAULT_KUBECONFIG_MODE == "proxy-url"
+    assert proxy_cli.build_parser().parse_args(["-n", "x"]).kubeconfig_mode is None
+    host = kubeconfig.proxy_server_host("lab", "edge-1")
+    assert kubeconfig.cluster_address("proxy-url", "lab/edge-1", host, 4711, "edge-1.local") == (
+        "https://edge-1.lab.arc-proxy.invalid", "http://127.0.0.1:4711")
+    assert kubeconfig.cluster_address("direct", "lab/edge-1", host, 4711, "edge-1.local") == (
+        "https://127.0.0.1:4711", None)
+    assert kubeconfig.cluster_address("proxy-url", "lab/edge-1", host, 4711, None, explicit=False) == (
+        "https://127.0.0.1:4711", None)
+    with pytest.raises(CliError, match=r"lab/edge-1 has no tlsServerName.*--kubeconfig-mode direct"):
+        kubeconfig.cluster_address("proxy-url", "lab/edge-1", host, 4711, None)

@@ -39,7 +39,8 @@ def demo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoEnvironme
 
 @pytest.fixture(scope="session")
 def proxy(demo_env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    """One ``arc-proxy -n demo`` for the session, user = exec plugin (OIDC token)."""
+    """One ``arc-proxy -n demo`` for the session, user = exec plugin (OIDC token),
+    kubeconfig in the default shape (proxy-url: kubectl CONNECTs through it)."""
     kc = tmp_path_factory.mktemp("kube") / "config"
     p = start_proxy(demo_env.client_config_path, kc)
     yield p
@@ -47,9 +48,9 @@ def proxy(demo_env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="session")
-def connect_proxy(demo_env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    """One ``arc-proxy -n demo --kubeconfig-mode proxy-url``: kubectl CONNECTs through it."""
-    kc = tmp_path_factory.mktemp("kube-connect") / "config"
-    p = start_proxy(demo_env.client_config_path, kc, "--kubeconfig-mode", "proxy-url")
+def direct_proxy(demo_env: DemoEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """One ``arc-proxy -n demo --kubeconfig-mode direct``: kubectl's server is its port."""
+    kc = tmp_path_factory.mktemp("kube-direct") / "config"
+    p = start_proxy(demo_env.client_config_path, kc, "--kubeconfig-mode", "direct")
     yield p
     p.stop()

@@ -16,6 +16,7 @@ import re
 import socket
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -167,13 +168,12 @@ class RawResponse:
 def raw_request(proxy_kubeconfig: Path, head: bytes, timeout: float = 15.0) -> RawResponse:
     """Send one hand-written HTTP/1.1 request head through arc-proxy (TLS to
     kube-aad-proxy with the cluster's CA) and read the response (the head must
-    say ``Connection: close``)."""
+    say ``Connection: close``). With a ``proxy-url`` in the kubeconfig (arc-proxy's
+    default shape) the TLS runs inside a CONNECT to it, as kubectl's does."""
     cluster = cluster_of(proxy_kubeconfig)
-    server = str(cluster["server"])
-    host, port = server.split("//", 1)[1].rsplit(":", 1)
     ctx = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
     chunks = []
-    with socket.create_connection((host, int(port)), timeout=timeout) as sock, \
+    with _connect(cluster, timeout) as sock, \
             ctx.wrap_socket(sock, server_hostname=cluster["tls-server-name"]) as tls:
         tls.sendall(head)
         while True:
@@ -191,6 +191,35 @@ def raw_request(proxy_kubeconfig: Path, head: bytes, timeout: float = 15.0) -> R
     if "transfer-encoding: chunked" in text.lower():
         body = _unchunk(body)
     return RawResponse(status, text, body)
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parsed = urllib.parse.urlsplit(url)
+    assert parsed.hostname, url
+    return parsed.hostname, parsed.port or default_port
+
+
+def _connect(cluster: dict[str, Any], timeout: float) -> socket.socket:
+    """A TCP connection that carries bytes to the kubeconfig cluster's server:
+    straight to ``server``, or through ``proxy-url`` with an HTTP CONNECT."""
+    server = _host_port(str(cluster["server"]), 443)
+    proxy = cluster.get("proxy-url")
+    if not proxy:
+        return socket.create_connection(server, timeout=timeout)
+    sock = socket.create_connection(_host_port(str(proxy), 80), timeout=timeout)
+    authority = f"{server[0]}:{server[1]}"
+    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    answer = b""
+    while not answer.endswith(b"\r\n\r\n"):  # byte by byte: TLS bytes must stay unread
+        byte = sock.recv(1)
+        if not byte:
+            break
+        answer += byte
+    status_line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+    if status_line.split(" ")[1:2] != ["200"]:
+        sock.close()
+        raise AssertionError(f"arc-proxy refused the CONNECT: {status_line!r}")
+    return sock
 
 
 def _unchunk(data: bytes) -> bytes:

@@ -1,6 +1,7 @@
 """The demo's pods do what the README promises: ``kubectl port-forward`` to a
 demo pod's port 8080 answers, with nothing added by the user, through the
-whole path (kubectl -> arc-proxy -> relay -> agent -> kube-aad-proxy -> API server)."""
+whole path (kubectl -> arc-proxy -> relay -> agent -> kube-aad-proxy -> API server),
+and ``kubectl exec`` meets the built-in shell the README describes."""
 
 from __future__ import annotations
 
@@ -38,3 +39,17 @@ def test_demo_pods_name_the_web_responder_and_it_answers(demo_env: DemoEnvironme
     assert targets == {demo_env.info()["web"]}
     with urllib.request.urlopen(f"http://{targets.pop()}/", timeout=10) as resp:
         assert resp.read() == PAGE
+
+
+def test_demo_pod_shell_does_what_the_readme_says(demo_env: DemoEnvironment, proxy: Proxy) -> None:
+    """``kubectl exec`` into a demo pod runs the sandbox's built-in shell, as the
+    README describes it: ``$?`` and ``&&`` work, ``$((2+3))`` is printed as
+    it is (no arithmetic expansion), and ``tty`` is not a command (exit 127,
+    ``sh: tty: not found``)."""
+    k = Kubectl(require_kubectl("1.33"), proxy.kubeconfig)
+    pod = ["exec", "-n", "demo", "web-7d9f8b6c5-abcde", "--"]
+    r = k.run(*pod, "sh", "-c", "false; echo a$? && echo $((2+3))")
+    assert r.stdout.decode().splitlines() == ["a1", "$((2+3))"]
+    r = k.run(*pod, "sh", "-c", "tty", check=False)
+    assert r.returncode == 127, r.stderr
+    assert "sh: tty: not found" in r.stderr.decode()

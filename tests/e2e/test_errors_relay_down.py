@@ -26,12 +26,12 @@ LINE_WAIT = 30.0
 @pytest.mark.parametrize("version", ["1.27", "1.33"])
 def test_relay_down_is_said_once_and_kubectl_is_answered_at_once(
         demo_env: DemoEnvironment, tmp_path: Path, version: str) -> None:
-    """Stop the relay: one "lost the relay" line naming the cause; kubectl fails
+    """Direct kubeconfig shape. Stop the relay: one "lost the relay" line naming the cause; kubectl fails
     with "remote error: tls: internal error" (no EOF, no retries); start it
     again: one "reachable again" line and kubectl works."""
     kubectl = require_kubectl(version)
     kubeconfig = tmp_path / "kubeconfig"
-    proxy = start_proxy(demo_env.client_config_path, kubeconfig)
+    proxy = start_proxy(demo_env.client_config_path, kubeconfig, "--kubeconfig-mode", "direct")
     err = proxy.err
     k = Kubectl(kubectl, kubeconfig)
     try:
@@ -71,12 +71,12 @@ FAIL_FAST_BOUND = 15.0
 @pytest.mark.parametrize("version", ["1.27", "1.33"])
 def test_relay_down_kubectl_prints_the_cause_through_proxy_url(
         demo_env: DemoEnvironment, tmp_path: Path, version: str) -> None:
-    """proxy-url kubeconfig, relay stopped: `kubectl get pods` fails within
+    """proxy-url kubeconfig (the default), relay stopped: `kubectl get pods` fails within
     FAIL_FAST_BOUND and its stderr carries arc-proxy's cause (the refused
     CONNECT's reason phrase); with the relay back it works again."""
     kubectl = require_kubectl(version)
     kubeconfig = tmp_path / "kubeconfig"
-    proxy = start_proxy(demo_env.client_config_path, kubeconfig, "--kubeconfig-mode", "proxy-url")
+    proxy = start_proxy(demo_env.client_config_path, kubeconfig)  # proxy-url: the default shape
     k = Kubectl(kubectl, kubeconfig)
     try:
         k.run("get", "pods", "-A")

@@ -111,6 +111,9 @@ def test_delete_leaves_the_helm_release_to_helm(env: LifecycleEnv) -> None:
 
 
 def test_dry_run_says_what_it_left_out(env: LifecycleEnv) -> None:
+    """`connect --dry-run` says on stderr that nothing was registered or applied,
+    which Secret keys it left empty and that the loopback relay URL cannot be
+    reached from a pod; the manifests alone go to stdout."""
     p = env.arcctl("connect", "-n", "dry-1", "-g", GROUP, "--dry-run")
     assert p.returncode == 0, p.stderr
     assert "dry run: nothing was registered or applied" in p.stderr

@@ -1,7 +1,7 @@
 """Real kubectl (1.27: SPDY; 1.33: websocket) through arc-proxy → relay →
 agent → kube-aad-proxy → sandbox API server, each a separate process; each
-test with both kubeconfig shapes (direct: server is arc-proxy's port;
-proxy-url: kubectl CONNECTs through arc-proxy)."""
+test with both kubeconfig shapes (proxy-url, the default: kubectl CONNECTs
+through arc-proxy; direct: server is arc-proxy's port)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ PF_UP = 8 * 1024 * 1024       # bytes sent to it
 @pytest.fixture(params=[(v, m) for v in VERSIONS for m in MODES], ids=lambda p: f"{p[0]}-{p[1]}")
 def kubectl(request: pytest.FixtureRequest, proxy: Proxy) -> Kubectl:
     version, mode = request.param
-    via = proxy if mode == "direct" else request.getfixturevalue("connect_proxy")
+    via = proxy if mode == "proxy-url" else request.getfixturevalue("direct_proxy")
     return Kubectl(require_kubectl(version), via.kubeconfig)
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -210,6 +213,50 @@ def test_status_goes_offline_and_back(env: LifecycleEnv) -> None:
     wait_until(lambda: env.status(NAME) == "Connected", "Connected after the partition")
 
 
+def test_the_deployments_probes_reach_the_agents_health_endpoints(env: LifecycleEnv) -> None:
+    """The Deployment connect applied probes /livez and /readyz on the container
+    port named "health", the port of the ConfigMap's health.listen; the agent
+    started from that ConfigMap answers both with 200 while Connected (what the
+    kubelet asks before it counts the pod live and ready)."""
+    api = env.core().api_client
+    deployment: dict[str, Any] = api.sanitize_for_serialization(
+        k8s.AppsV1Api(api).read_namespaced_deployment("arc-agent", "arc-system"))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    paths = {kind: (container[kind]["httpGet"]["path"], container[kind]["httpGet"]["port"])
+             for kind in ("livenessProbe", "readinessProbe")}
+    assert paths == {"livenessProbe": ("/livez", "health"), "readinessProbe": ("/readyz", "health")}
+    _files, config = env.read_agent_objects()
+    assert config["health"]["listen"].rsplit(":", 1)[1] == str(ports["health"])
+    # Here the agent listens on loopback, any port (tests/support/lifecycle.py): its log says where.
+    agent = env.children[NAME]
+    needle = "agent health listener url="
+    line = next((ln for ln in agent.err.seen if needle in ln), None) or agent.err.wait_for(needle)
+    url = line.split(needle, 1)[1].split()[0]
+    wait_until(lambda: env.status(NAME) == "Connected", "Connected")
+    # Readiness also needs kube-aad-proxy's check of the API server, which the
+    # kubelet would re-probe: wait for it as the kubelet's retries would.
+    for path, _port in paths.values():
+        answers: list[tuple[int, str]] = []
+
+        def answered_200(path: str = path, answers: list[tuple[int, str]] = answers) -> bool:
+            answers.append(_http_get(url + path))
+            return answers[-1][0] == 200
+        try:
+            wait_until(answered_200, f"{path} to answer 200")
+        except AssertionError:
+            raise AssertionError(f"{path} answered {answers[-1]}") from None
+
+
+def _http_get(url: str) -> tuple[int, str]:
+    """Status and body of ``GET url`` (an error status is an answer, not an exception)."""
+    try:
+        with urllib.request.urlopen(url, timeout=15) as resp:
+            return int(resp.status), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return int(err.code), err.read().decode(errors="replace")
+
+
 def test_delete_without_yes_on_non_interactive_stdin_refuses(env: LifecycleEnv) -> None:
     """No -y and no terminal: one line, non-zero, nothing deleted."""
     p = env.arcctl("delete", "-n", NAME, "-g", GROUP, "--kube-config", env.kubeconfig)
@@ -246,6 +293,32 @@ def test_connect_adopts_a_hand_made_object_only_when_asked(env: LifecycleEnv) ->
     assert "took over ServiceAccount arc-system/arc-agent (owner: none)" in out
     sa = core.read_namespaced_service_account("arc-agent", "arc-system")
     assert sa.metadata.annotations["cluster-connect.io/cluster-id"] == f"{GROUP}/{NAME}"
+
+
+def test_delete_of_another_name_removes_nothing_of_this_install(env: LifecycleEnv) -> None:
+    """`arcctl delete` of a second registered name, against the kube context where
+    edge-1's agent runs (the issue's broken cluster): one line naming the agent
+    that runs there and --kube-context, nothing deleted; with --force only that
+    name's registration goes, and edge-1's objects stay untouched."""
+    other = generate_key_pair(f"{GROUP}/bystander").certificate_pem.decode()
+    asyncio.run(env.admin_call(lambda api: api.put_cluster(GROUP, "bystander", {
+        "agentPublicKeyCertificate": other})))
+    core = env.core()
+    before = core.read_namespaced_config_map("arc-agent", "arc-system").metadata.resource_version
+    p = env.arcctl("delete", "-n", "bystander", "-g", GROUP, "--kube-config", env.kubeconfig, "-y")
+    assert p.returncode != 0, p.stdout
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert f"runs the agent of {GROUP}/{NAME}, not {GROUP}/bystander: check --kube-context" in lines[0]
+    assert "nothing was deleted" in lines[0], lines[0]
+    assert env.registration("bystander")["name"] == "bystander"
+    p = env.arcctl("delete", "-n", "bystander", "-g", GROUP, "--kube-config", env.kubeconfig, "-y", "--force")
+    assert p.returncode == 0, p.stderr
+    assert "cluster: skipped (the Kubernetes cluster at" in p.stdout, p.stdout
+    assert "bystander" not in [c["name"] for c in json_out(env.arcctl("list", "-g", GROUP))]
+    assert core.read_namespaced_config_map("arc-agent", "arc-system").metadata.resource_version == before
+    assert core.read_namespaced_service_account("arc-agent", "arc-system").metadata.annotations[
+        "cluster-connect.io/cluster-id"] == f"{GROUP}/{NAME}"
 
 
 def test_delete_removes_objects_registration_and_key(env: LifecycleEnv) -> None:
