@@ -2,9 +2,13 @@
 
 Roles (relay/roles.py): ``cluster-user`` (connect), ``viewer`` (list/show),
 ``onboarding`` (register/delete clusters), ``admin`` (everything, including
-role assignments). Scopes: one cluster (``-n NAME [-g GROUP]``), a resource
-group (``-g GROUP``), everything (``--scope /``), or any of them spelled out
-with ``--scope``. The principal is an object id (user or service principal)
+role assignments), and the central Kubernetes roles ``kubernetes-viewer``,
+``kubernetes-writer``, ``kubernetes-admin``, ``kubernetes-cluster-admin``
+(enforced inside clusters that enabled central RBAC: docs/central-rbac.md).
+Scopes: one cluster (``-n NAME [-g GROUP]``), a resource group (``-g GROUP``),
+everything (``--scope /``), any of them spelled out with ``--scope``, and for
+the Kubernetes roles one namespace
+(``--scope /resourceGroups/RG/clusters/NAME/namespaces/NS``). The principal is an object id (user or service principal)
 or a group id, as in the token's ``oid`` / ``groups`` claims.
 
 ``export`` prints every assignment the caller administers as one document
@@ -35,7 +39,8 @@ from cmdline import Subcommands, add_command
 
 __all__ = ["add_role", "export_document", "parse_import_document"]
 
-ROLES = ("cluster-user", "viewer", "onboarding", "admin")
+ROLES = ("cluster-user", "viewer", "onboarding", "admin",
+         "kubernetes-viewer", "kubernetes-writer", "kubernetes-admin", "kubernetes-cluster-admin")
 PRINCIPAL_TYPES = ("User", "Group", "ServicePrincipal")
 EXPORT_KIND = "RoleAssignmentList"
 EXPORT_API_VERSION = "cluster-connect.dev/v1"
@@ -242,8 +247,9 @@ def _common(p: argparse.ArgumentParser, *, scope: bool = True) -> None:
                        help="scope: this cluster (in -g GROUP, default from the client config)")
         p.add_argument("-g", "--resource-group", dest="group", metavar="GROUP",
                        help="scope: this resource group")
-        p.add_argument("--scope", metavar="SCOPE", help="scope spelled out: '/', '/resourceGroups/RG' or "
-                       "'/resourceGroups/RG/clusters/NAME'")
+        p.add_argument("--scope", metavar="SCOPE", help="scope spelled out: '/', '/resourceGroups/RG', "
+                       "'/resourceGroups/RG/clusters/NAME' or (kubernetes-* roles) "
+                       "'/resourceGroups/RG/clusters/NAME/namespaces/NS'")
     add_common_options(p)
 
 

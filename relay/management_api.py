@@ -258,6 +258,7 @@ async def put_role_assignment(request: web.Request) -> web.Response:
     ))
     log.info("role assignment %s id=%s role=%s scope=%s by=%s", "created" if created else "updated",
              aid, stored.role, stored.scope, principal.name)
+    state.central_rbac_changed()
     if existing is not None:
         state.live_streams.wake()  # a replaced assignment may have taken a role away
     return web.json_response(stored.to_json(), status=201 if created else 200)
@@ -289,6 +290,7 @@ async def delete_role_assignment(request: web.Request) -> web.Response:
         return json_error(404, "NotFound", f"role assignment {aid} does not exist")
     await _require(request, principal, "manage_roles", found.scope, "admin")
     await state.roles.delete(aid)
+    state.central_rbac_changed()
     state.live_streams.wake()  # open streams of whoever held it are re-checked now
     log.info("role assignment deleted id=%s by=%s", aid, principal.name)
     return web.Response(status=204)
@@ -312,8 +314,8 @@ async def list_role_assignments(request: web.Request) -> web.Response:
     # not handed an empty list that reads as "there are no assignments".
     if want_scope is not None:
         if not valid_scope(want_scope):
-            return json_error(400, "InvalidScope", "scope must be '/', '/resourceGroups/RG' or "
-                              "'/resourceGroups/RG/clusters/NAME'")
+            return json_error(400, "InvalidScope", "scope must be '/', '/resourceGroups/RG', "
+                              "'/resourceGroups/RG/clusters/NAME' or '/resourceGroups/RG/clusters/NAME/namespaces/NS'")
         await _require(request, principal, "manage_roles", want_scope, "admin")
     elif not await _administers_any_scope(state, ids):
         state.metrics.auth_failures.labels("api", "forbidden").inc()

@@ -72,8 +72,18 @@ CREATE TABLE IF NOT EXISTS role_assignments (
 CREATE INDEX IF NOT EXISTS role_assignments_principal ON role_assignments (principal_id);
 """
 
+# Clusters that enabled central Kubernetes roles (relay/central_rbac_store.py);
+# a table of its own so a cluster's registration is untouched by the mode.
+_V2 = """
+CREATE TABLE IF NOT EXISTS central_rbac_clusters (
+    cluster_id TEXT PRIMARY KEY,
+    enabled_at TEXT NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "clusters and role assignments", _V1),
+    Migration(2, "clusters with central Kubernetes roles", _V2),
 )
 
 _VERSION_TABLE = ("CREATE TABLE IF NOT EXISTS schema_version "
