@@ -18,9 +18,9 @@ Order matters and is fixed:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agent.kube_aad_proxy.heads import RequestHead
 from agent.kube_aad_proxy.names import MappedNames, NameMapper
@@ -62,6 +62,18 @@ class Validate:
 
 Decision = Forward | Refuse | Validate
 
+# Groups only central RBAC may set (agent/central_rbac_objects.py): a token
+# claiming one has it dropped, whatever its issuer.
+CENTRAL_GROUP_PREFIX = "arc-central:"
+
+
+class CentralGroups(Protocol):
+    """Central Kubernetes roles (agent/central_rbac.py), asked per request."""
+
+    def groups_for(self, user_ids: Iterable[str], group_ids: Iterable[str]) -> tuple[tuple[str, ...], str]:
+        """(groups to impersonate, what the audit line says)."""
+        ...
+
 
 def _claims_overage(claims: Mapping[str, Any]) -> bool:
     names = claims.get("_claim_names")
@@ -91,6 +103,8 @@ class HeaderPolicy:
         self._auth = f"Bearer {upstream_token}".encode() if upstream_token else b""
         self._with = impersonate_with
         self._names = names or NameMapper()
+        # Set by arc-agent when central RBAC is wired (None: no central groups).
+        self.central: CentralGroups | None = None
 
     def decide(self, head: RequestHead) -> Decision:
         """Decide without waiting; returns :class:`Validate` when :meth:`finish` must run."""
@@ -176,7 +190,13 @@ class HeaderPolicy:
         if user is None:
             return Refuse(403, "token identity is not a valid header value", name)
         extra: list[tuple[bytes, bytes]] = [(b"Authorization", self._auth), (b"Impersonate-User", user)]
-        for g in mapped.groups:
+        groups = [g for g in mapped.groups if not g.startswith(CENTRAL_GROUP_PREFIX)]
+        audit_name = name
+        if self.central is not None:
+            central, said = self.central.groups_for(_user_ids(p), p.groups)
+            groups += central
+            audit_name = f"{name} central={said}"
+        for g in groups:
             gv = _header_value(g)
             if gv is None:
                 return Refuse(403, "token group is not a valid header value", name)
@@ -187,7 +207,17 @@ class HeaderPolicy:
                 if ev is None:
                     return Refuse(403, "token identity is not a valid header value", name)
                 extra.append((b"Impersonate-Extra-" + key.encode(), ev))
-        return Forward(_build(head.raw, headers, extra), name)
+        return Forward(_build(head.raw, headers, extra), audit_name)
+
+
+def _user_ids(p: PrincipalLike) -> list[str]:
+    """The ids a central User assignment may name, as the relay matches them:
+    ``oid`` and ``<iss>#<sub>`` (identity.Principal.immutable_ids)."""
+    ids = [p.oid] if p.oid else []
+    sub = p.claims.get("sub")
+    if isinstance(sub, str) and sub:
+        ids.append(f"{p.issuer}#{sub}")
+    return ids
 
 
 def _build(raw: bytes, headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]) -> bytes:
