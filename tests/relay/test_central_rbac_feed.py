@@ -16,7 +16,7 @@ from identity import sign_agent_assertion
 from relay.central_rbac_feed import MAX_FEED_BYTES, cluster_document
 from relay.roles import RoleAssignment
 from tests.support.relay import BOB_OID, DEMO_OID, VIEWERS_GROUP, RelayEnv, running_env
-from tests.support.waits import WAIT
+from tests.support.waits import WAIT, until
 from tunnel import CENTRAL_RBAC_TARGET, TunnelSession, TunnelStream, ws_connect_kwargs
 
 CLUSTER = "/api/v1/resourceGroups/rg1/clusters/alpha"
@@ -177,3 +177,33 @@ async def test_relay_central_rbac_switch_persists_in_postgresql_across_restart(
             200, {"enabled": False, "changed": True})
         assert await env.api("PUT", admin_path, env.token("admin"), {"enabled": False}) == (
             200, {"enabled": False, "changed": False})
+
+
+async def test_relay_does_not_send_a_central_rbac_list_over_the_bound(relay_env: RelayEnv, monkeypatch: Any,
+                                                                      caplog: Any) -> None:
+    """A cluster's list larger than ``MAX_FEED_BYTES`` is not sent (one
+    WARNING naming the bound); the agent keeps the previous list, and the
+    next list within the bound goes out."""
+    import logging
+
+    import relay.central_rbac_feed as feed_module
+
+    admin = relay_env.token("admin")
+    async with fake_agent(relay_env) as agent:
+        await agent.next()
+        await relay_env.api("PUT", CLUSTER + "/centralRbac", admin, {"enabled": True})
+        small = await agent.until(lambda d: d["enabled"])
+        monkeypatch.setattr(feed_module, "MAX_FEED_BYTES", len(json.dumps(small)) + 10)
+        caplog.set_level(logging.WARNING, logger="relay")
+        for i in range(3):
+            status, _ = await relay_env.api("PUT", f"/api/v1/roleAssignments/big{i}", admin, {
+                "principalId": BOB_OID, "role": "kubernetes-viewer", "scope": SCOPE})
+            assert status == 201
+        await until(lambda: any("central rbac list not sent" in r.getMessage() for r in caplog.records),
+                    "the relay's refusal line")
+        assert agent.documents.empty(), "a list over the bound was sent"
+        monkeypatch.setattr(feed_module, "MAX_FEED_BYTES", MAX_FEED_BYTES)
+        status, _ = await relay_env.api("PUT", "/api/v1/roleAssignments/big3", admin, {
+            "principalId": BOB_OID, "role": "kubernetes-viewer", "scope": SCOPE})
+        assert status == 201
+        await agent.until(lambda d: len(d["assignments"]) == 4)
