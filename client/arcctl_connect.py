@@ -41,6 +41,7 @@ import jwt
 import yaml
 
 from certs import CertificateAuthority, fingerprint_sha256, generate_key_pair, write_secret_file
+from client.arcctl_central_rbac import set_central_rbac
 from client.arcctl_options import add_cluster_options, add_common_options
 from client.auth import TokenSource
 from client.config import ClientConfig, load_config
@@ -408,7 +409,10 @@ async def connect(args: argparse.Namespace) -> int:
     if args.helm_values:
         _warn_unreachable_relay(values.relay_url)
         async with RelayApi(config, tokens) as helm_api:
-            return await _register_for_helm(args, helm_api, values, cid, object_id)
+            status = await _register_for_helm(args, helm_api, values, cid, object_id)
+            if status == 0 and args.enable_central_rbac:
+                await set_central_rbac(helm_api, group, args.name, True)
+            return status
     async with RelayApi(config, tokens) as api:
         registration = await _get_registration(api, group, args.name, object_id)
         _say(1, f"relay {config.relay_url}: cluster {cid} "
@@ -441,6 +445,10 @@ async def connect(args: argparse.Namespace) -> int:
             else:
                 await _put_registration(api, group, args.name, spec, object_id)
                 _say(5, f"relay: {'updated' if registration else 'registered'} {cid}")
+            if args.enable_central_rbac:
+                switched = await set_central_rbac(api, group, args.name, True)
+                _say(5, f"relay: central Kubernetes roles {'enabled' if switched.get('changed') else 'already enabled'}"
+                        f" for {cid}")
             rest = [await asyncio.to_thread(target.apply, m) for m in manifests[first:]]
             summary = _summary(manifests[first:], rest)
             config_changed = any(o == "updated" for m, o in zip(manifests, outcomes + rest, strict=True)
@@ -545,6 +553,9 @@ def add_connect(sub: Subcommands) -> None:
     default_image = AgentValues.__dataclass_fields__["image"].default
     p.add_argument("--image", default=default_image, metavar="IMAGE",
                    help=f"agent container image (default {default_image})")
+    p.add_argument("--enable-central-rbac", action="store_true",
+                   help="enforce the central Kubernetes roles assigned at the relay in this cluster "
+                        "(docs/central-rbac.md; off again: arcctl update --central-rbac off)")
     p.add_argument("--no-wait", action="store_true",
                    help="return once the agent is deployed, without waiting until it is Connected")
     p.add_argument("--wait-timeout", type=_seconds, default=WAIT_TIMEOUT, metavar="SECONDS",

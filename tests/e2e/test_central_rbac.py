@@ -99,8 +99,10 @@ def users(env: DemoEnvironment, forge: Forge, proxy: Proxy, admin_config: Path,
     and admin@ admin on namespace ``payments``, the overage user
     cluster-admin through its 250th group. Returns each user's kubeconfig
     (static bearer token) and prints assign-to-effect times."""
-    status, body = _relay(env, "PUT", SWITCH, forge.token("admin"), {"enabled": True})
-    assert status == 200 and body["enabled"] is True, body
+    r = _arcctl(admin_config, "update", "-n", "demo", "--central-rbac", "on")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["centralRbac"] == {"enabled": True, "changed": True}
+    assert _relay(env, "GET", SWITCH, forge.token("admin")) == (200, {"enabled": True})
     d = tmp_path_factory.mktemp("users")
     configs = {u: token_kubeconfig(proxy.kubeconfig, forge.token(u), d / u)
                for u in ("alice", "bob", "admin", "overage")}
@@ -164,9 +166,9 @@ def test_central_rbac_revocation_then_disable_leaves_nothing(env: DemoEnvironmen
                                                                admin_config: Path,
                                                                users: dict[str, Path]) -> None:
     """``arcctl role delete`` of alice's viewer role: her next request is
-    403 within 10 s (printed); bob (writer) keeps working. Turning central
-    RBAC off removes every owned object and bob's access with it; turning it
-    off again changes nothing."""
+    403 within 10 s (printed); bob (writer) keeps working. ``arcctl update
+    --central-rbac off`` removes every owned object and bob's access with it;
+    again, it changes nothing; for an unregistered cluster it is one line."""
     binary = require_kubectl("1.33")
     alice, bob = Kubectl(binary, users["alice"]), Kubectl(binary, users["bob"])
     assert "api-0" in alice.text("get", "pods", "-n", "demo", "-o", "name")
@@ -179,11 +181,15 @@ def test_central_rbac_revocation_then_disable_leaves_nothing(env: DemoEnvironmen
 
     sandbox = env.sandbox_admin()
     assert sandbox.call("GET", f"{RBAC}/clusterroles?{OWNED}")["items"], "no owned ClusterRoles while enabled"
-    status, body = _relay(env, "PUT", SWITCH, forge.token("admin"), {"enabled": False})
-    assert (status, body) == (200, {"enabled": False, "changed": True})
+    r = _arcctl(admin_config, "update", "-n", "demo", "--central-rbac", "off")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["centralRbac"] == {"enabled": False, "changed": True}
     wait_until(lambda: _forbidden(bob, "get", "deployments", "-n", "payments"), "bob's access to end", EFFECT_BOUND)
     for kind in ("clusterroles", "clusterrolebindings", "rolebindings"):
         wait_until(lambda kind=kind: not sandbox.call("GET", f"{RBAC}/{kind}?{OWNED}")["items"],
                    f"owned {kind} to be deleted", EFFECT_BOUND)
-    assert _relay(env, "PUT", SWITCH, forge.token("admin"), {"enabled": False}) == (
-        200, {"enabled": False, "changed": False})
+    r = _arcctl(admin_config, "update", "-n", "demo", "--central-rbac", "off")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["centralRbac"] == {"enabled": False, "changed": False}
+    r = _arcctl(admin_config, "update", "-n", "no-such-cluster", "--central-rbac", "on")
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
