@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 from typing import Any
 from urllib.parse import quote
 
@@ -17,7 +18,19 @@ from client.output import render
 from client.relay_client import RelayApi
 from cmdline import Subcommands, add_command
 
-__all__ = ["add_update", "set_central_rbac"]
+__all__ = ["CENTRAL_RBAC_SUFFIX", "add_update", "set_central_rbac", "with_central_rbac_rights"]
+
+# What the agent needs to keep central roles' objects in the cluster
+# (agent/central_rbac_reconcile.py); bind and escalate because it grants
+# roles it does not itself hold through a binding. Only clusters deployed
+# with --enable-central-rbac get it: without the mode the agent never
+# manages RBAC objects.
+CENTRAL_RBAC_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["rbac.authorization.k8s.io"],
+     "resources": ["clusterroles", "clusterrolebindings", "rolebindings"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "bind", "escalate"]},
+]
+CENTRAL_RBAC_SUFFIX = "-central-rbac"
 
 
 def _path(group: str, name: str) -> str:
@@ -33,6 +46,26 @@ async def set_central_rbac(api: RelayApi, group: str, name: str, enabled: bool) 
     result = await api.request("PUT", _path(group, name), json={"enabled": enabled},
                                what=f"cluster {group}/{name}")
     return dict(result or {})
+
+
+def with_central_rbac_rights(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``manifests`` plus a ClusterRole (``CENTRAL_RBAC_RULES``) and its
+    binding to the agent's ServiceAccount, right after the agent's own pair
+    (same labels and ownership annotations, name suffixed ``-central-rbac``)."""
+    out: list[dict[str, Any]] = []
+    for obj in manifests:
+        out.append(obj)
+        if obj["kind"] == "ClusterRole":
+            role = copy.deepcopy(obj)
+            role["metadata"]["name"] += CENTRAL_RBAC_SUFFIX
+            role["rules"] = copy.deepcopy(CENTRAL_RBAC_RULES)
+            extra_role = role
+        elif obj["kind"] == "ClusterRoleBinding":
+            binding = copy.deepcopy(obj)
+            binding["metadata"]["name"] += CENTRAL_RBAC_SUFFIX
+            binding["roleRef"]["name"] = extra_role["metadata"]["name"]
+            out += [extra_role, binding]
+    return out
 
 
 def cmd_update(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ import jwt
 import yaml
 
 from certs import CertificateAuthority, fingerprint_sha256, generate_key_pair, write_secret_file
-from client.arcctl_central_rbac import set_central_rbac
+from client.arcctl_central_rbac import set_central_rbac, with_central_rbac_rights
 from client.arcctl_options import add_cluster_options, add_common_options
 from client.auth import TokenSource
 from client.config import ClientConfig, load_config
@@ -388,6 +388,12 @@ async def _register_for_helm(args: argparse.Namespace, api: RelayApi, values: Ag
     return 0
 
 
+def _manifests(args: argparse.Namespace, values: AgentValues) -> list[dict[str, Any]]:
+    """The agent's objects; with --enable-central-rbac, plus the RBAC rights central roles need."""
+    manifests = build_manifests(values)
+    return with_central_rbac_rights(manifests) if args.enable_central_rbac else manifests
+
+
 async def connect(args: argparse.Namespace) -> int:
     """The whole command (see the module docstring)."""
     config = load_config(args.config)
@@ -398,7 +404,7 @@ async def connect(args: argparse.Namespace) -> int:
     values = base_values(args, config, group, claims)
     if args.dry_run:
         # Keys are made and registered only by a real connect; the Secret's data stays empty.
-        print(dump_manifests(build_manifests(values)), end="")
+        print(dump_manifests(_manifests(args, values)), end="")
         empty = ", ".join(k for k, name in SECRET_KEYS.items() if not getattr(values, name))
         _warn(f"dry run: nothing was registered or applied; the Secret's {empty} are empty because keys are "
               "generated and registered only by a real connect (or by --helm-values FILE)")
@@ -429,7 +435,7 @@ async def connect(args: argparse.Namespace) -> int:
             _say(2, f"cluster {target.host} (context {target.context or '-'}): "
                     + ("found an agent Secret" if found else "no agent installed yet"))
             values, note = choose_keys(values, registration, found, config.relay_url)
-            manifests, owned = await asyncio.to_thread(plan_ownership, target, build_manifests(values), cid,
+            manifests, owned = await asyncio.to_thread(plan_ownership, target, _manifests(args, values), cid,
                                                        args.adopt)
             fp = fingerprint_sha256(values.agent_cert.encode())
             _say(3, f"keys: {note} (agent certificate sha256 {fp[:16]}...)"
