@@ -208,6 +208,8 @@ async def delete_cluster(request: web.Request) -> web.Response:
         return web.Response(status=204)
     if not await state.registry.delete(cid):
         return json_error(404, "NotFound", f"cluster {cid} is not registered")
+    if state.central_rbac is not None:  # a cluster registered again later starts without the mode
+        await state.central_rbac.store.set_enabled(cid, False)
     session = state.directory.get(cid)
     if session is not None:
         state.directory.unregister(cid, session)

@@ -121,7 +121,8 @@ async def test_relay_pushes_central_rbac_list_on_connect_switch_and_every_change
 async def test_relay_refuses_namespace_scope_for_relay_roles_and_bad_switch_bodies(relay_env: RelayEnv) -> None:
     """A namespace scope takes only a Kubernetes role (400 names the four);
     a malformed namespace is a 400; the switch needs ``{"enabled": bool}``,
-    a registered cluster (404) and the onboarding role (403 without)."""
+    a registered cluster (404) and the onboarding role (403 without); a
+    deleted cluster loses it."""
     admin, bob = relay_env.token("admin"), relay_env.token("bob")
     status, body = await relay_env.api("PUT", "/api/v1/roleAssignments/x", admin, {
         "principalId": BOB_OID, "role": "cluster-user", "scope": SCOPE + "/namespaces/payments"})
@@ -139,6 +140,11 @@ async def test_relay_refuses_namespace_scope_for_relay_roles_and_bad_switch_bodi
     assert status == 403 and "onboarding" in body["error"]["message"]
     status, body = await relay_env.api("GET", CLUSTER + "/centralRbac", admin)
     assert (status, body) == (200, {"enabled": False})
+    # Deleting the cluster turns the mode off: registered again, it starts without it.
+    assert (await relay_env.api("PUT", CLUSTER + "/centralRbac", admin, {"enabled": True}))[0] == 200
+    assert (await relay_env.api("DELETE", CLUSTER, admin))[0] == 204
+    await relay_env.register("rg1", "alpha")
+    assert await relay_env.api("GET", CLUSTER + "/centralRbac", admin) == (200, {"enabled": False})
 
 
 def test_relay_cluster_document_holds_only_what_concerns_the_cluster() -> None:
