@@ -15,6 +15,7 @@ import logging
 import re
 import signal
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agent.central_rbac import CentralRbac
@@ -38,6 +39,7 @@ from tunnel.aio import adapter_limits, tune_allocator
 
 if TYPE_CHECKING:
     from agent import KubeAadProxy
+    from agent.kube_aad_proxy.names import NamePrefixes
     from health import HealthListener
     from identity import TokenValidator
 
@@ -55,7 +57,8 @@ Run the cluster-connect agent inside a cluster: it dials out to the relay
 (no inbound port), and pipes every stream the relay sends to kube-aad-proxy,
 which it runs in the same process. kube-aad-proxy ends kubectl's TLS, checks
 the user's token and calls the API server impersonating that user.
-SIGTERM or Ctrl-C stops both (exit 0).
+SIGTERM or Ctrl-C stops both (exit 0); SIGHUP re-reads the config file and
+applies kube_aad_proxy.oidc (trusted issuers, prefixes) without dropping a connection.
 
 'arcctl connect' or the Helm chart in deploy/ runs it in the cluster with its
 config; run it by hand to try a config out."""
@@ -95,7 +98,7 @@ def _token_validator(config: AgentConfig) -> TokenValidator | None:
         TrustedIssuer(issuer=i.issuer, audiences=list(i.audiences), ca_pem=i.ca_pem,
                       tenant_ids=list(i.tenant_ids) if i.tenant_ids else None)
         for i in kap.issuers
-    ], group_resolver=kap.group_source.build() if kap.group_source else None)
+    ], group_resolver=kap.group_source.build() if kap.group_source else None, **kap.validator_options)
 
 
 def _kube_aad_proxy(config: AgentConfig, validator: TokenValidator | None) -> KubeAadProxy:
@@ -105,7 +108,6 @@ def _kube_aad_proxy(config: AgentConfig, validator: TokenValidator | None) -> Ku
         ConfigError: a value kube-aad-proxy refuses.
     """
     from agent import KubeAadProxy, KubeAadProxyConfig
-    from agent.kube_aad_proxy.names import NamePrefixes
 
     kap = config.kube_aad_proxy
     leaf, ca = split_chain(kap.serving_cert_pem)
@@ -118,8 +120,7 @@ def _kube_aad_proxy(config: AgentConfig, validator: TokenValidator | None) -> Ku
             validator=validator,
             impersonate_with=kap.impersonate_with,  # type: ignore[arg-type]
             cluster_name=config.cluster_id,
-            name_prefixes={i.issuer: NamePrefixes(i.username_prefix, i.groups_prefix)
-                           for i in kap.issuers},
+            name_prefixes=_name_prefixes(config),
             **kap.limits,
         )
     except ValueError as exc:
@@ -176,25 +177,70 @@ async def _start_health(config: AgentConfig, health: HealthListener) -> None:
                           "fix 'health.listen'") from None
 
 
-async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
+def _name_prefixes(config: AgentConfig) -> dict[str, NamePrefixes]:
+    from agent.kube_aad_proxy.names import NamePrefixes
+
+    return {i.issuer: NamePrefixes(i.username_prefix, i.groups_prefix) for i in config.kube_aad_proxy.issuers}
+
+
+@dataclass
+class _Identity:
+    """The validator kube-aad-proxy uses now (a reload replaces it; the agent closes the last one)."""
+
+    validator: TokenValidator | None
+
+
+async def _reload(path: str, proxy: KubeAadProxy, identity: _Identity) -> None:
+    """SIGHUP: read the config file again and apply kube_aad_proxy.oidc (issuers,
+    prefixes, validation keys) without dropping a connection; a bad file
+    changes nothing and says why in one line."""
+    try:
+        new = load_agent_config(path)
+        validator = _token_validator(new)
+        try:
+            proxy.reload_identity(validator, _name_prefixes(new))
+        except ValueError as exc:
+            if validator is not None:
+                await validator.close()
+            raise AgentConfigError(f"kube_aad_proxy: {exc}") from None
+    except (AgentConfigError, ConfigError) as exc:
+        log.error("configuration reload refused, the previous configuration stays in force: %s",
+                  str(exc).replace("\n", "; "))
+        return
+    old, identity.validator = identity.validator, validator
+    if old is not None:
+        await old.close()
+    log.info("issuer configuration reloaded issuers=%d", len(new.kube_aad_proxy.issuers))
+
+
+async def run_agent(config: AgentConfig, stop: asyncio.Event, config_path: str | None = None) -> None:
     """Run the agent until ``stop`` is set, then stop it and close everything
     it opened (the connector, kube-aad-proxy, the token validator's sessions).
+    With ``config_path``, SIGHUP re-reads it and applies its issuers.
 
     Raises:
         ConfigError: kube-aad-proxy cannot be configured or cannot listen.
         PortInUse: kube-aad-proxy's port is taken.
     """
     proxy: KubeAadProxy | None = None
-    validator: TokenValidator | None = None
+    identity = _Identity(None)
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
     central: CentralRbac | None = None
     try:
         if config.forward_to is not None:
             upstream = config.forward_to
             metadata = static_metadata()
         else:
-            validator = _token_validator(config)
-            proxy = _kube_aad_proxy(config, validator)
+            identity.validator = _token_validator(config)
+            proxy = _kube_aad_proxy(config, identity.validator)
             upstream = await _start_kube_aad_proxy(config, proxy)
+            if config_path is not None:
+                def hangup(proxy: KubeAadProxy = proxy) -> None:
+                    task = asyncio.ensure_future(_reload(config_path, proxy, identity))
+                    reloads.add(task)
+                    task.add_done_callback(reloads.discard)
+                loop.add_signal_handler(signal.SIGHUP, hangup)
             kap = config.kube_aad_proxy
             metadata = api_server_metadata(kap.upstream_url, kap.upstream_ca_pem, kap.upstream_token)
             central = _central_rbac(config, proxy)
@@ -224,22 +270,26 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
             await connector.stop()
             await task
     finally:
+        if config_path is not None and proxy is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
+        for task in list(reloads):
+            await task
         if central is not None:
             await central.close()
         if proxy is not None:
             await proxy.stop()
-        if validator is not None:
+        if identity.validator is not None:
             # Its JWKS and group-source sessions: left open, asyncio reports
             # "Unclosed client session" at exit.
-            await validator.close()
+            await identity.validator.close()
 
 
-async def _serve(config: AgentConfig) -> None:
+async def _serve(config: AgentConfig, config_path: str | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await run_agent(config, stop)
+    await run_agent(config, stop, config_path)
 
 
 def build_parser() -> CommandParser:
@@ -262,7 +312,7 @@ def _run(args: argparse.Namespace) -> int:
         # (issue 13 item 2); then this clause changes nothing.
         raise ConfigError(str(exc)) from None
     tune_allocator()  # bulk frames: see tunnel/aio_alloc.py
-    asyncio.run(_serve(config))
+    asyncio.run(_serve(config, args.config))
     return 0
 
 

@@ -14,8 +14,9 @@ Example::
       upstream_token_file: /var/run/secrets/kubernetes.io/serviceaccount/token
       oidc:
         issuers: [{issuer: ..., audiences: [...], ca_file: ..., tenant_ids: [...],
-                   username_prefix: "", groups_prefix: ""}]   # e.g. "oidc:"; "": system: names
-                                                              # refused (user) / dropped (groups)
+                   alias: null, username_prefix: null, groups_prefix: null}]
+                   # prefixes unset: none with one issuer, "<alias>:" with several (identity/issuer_names.py);
+                   # "": system: names refused (user) / dropped (groups)
         group_source: {token_endpoint: ..., client_id: ..., client_secret_file: ..., scope: ...,
                        allowed_hosts: [...], ca_file: ...}   # overage; see identity/group_source.py
       impersonate_with: oid                       # or upn
@@ -50,6 +51,8 @@ from configfile import ConfigModel, Problems, Text, load_config_file, validate_c
 from health import HealthLimits
 from health.config import HealthSection
 from identity import GroupSourceSettings
+from identity.issuer_names import IssuerNaming, Prefixes, resolve_prefixes
+from identity.validator_settings import ValidatorKeys
 
 __all__ = [
     "AgentConfig",
@@ -176,6 +179,8 @@ class KubeAadProxySettings:
     group_source: GroupSourceSettings | None = None
     # kube_aad_proxy.limits as KubeAadProxyConfig keyword arguments (_proxy_limits).
     limits: dict[str, Any] = field(default_factory=dict)
+    # oidc.clock_skew_seconds / jwks_*: identity.TokenValidator keyword arguments.
+    validator_options: dict[str, Any] = field(default_factory=lambda: ValidatorKeys().validator_kwargs())
 
 
 @dataclass(frozen=True)
@@ -269,14 +274,21 @@ def _kube_aad_proxy(section: KubeAadProxySection, base: Path, problems: Problems
     """The ``kube_aad_proxy`` section with its files read (problems recorded)."""
     where = "kube_aad_proxy"
     issuers = []
+    try:
+        prefixes = resolve_prefixes([IssuerNaming(i.issuer, i.alias, i.username_prefix, i.groups_prefix)
+                                     for i in section.oidc.issuers])
+    except ValueError as exc:
+        problems.add(f"{where}.oidc.issuers", str(exc))
+        prefixes = {}
     for i, item in enumerate(section.oidc.issuers):
+        named = prefixes.get(item.issuer, Prefixes("", ""))
         issuers.append(IssuerSettings(
             issuer=item.issuer,
             audiences=tuple(item.audiences or (DEFAULT_AUDIENCE,)),
             ca_pem=problems.read(base, item.ca_file, f"{where}.oidc.issuers[{i}].ca_file"),
             tenant_ids=tuple(item.tenant_ids) if item.tenant_ids else None,
-            username_prefix=item.username_prefix,
-            groups_prefix=item.groups_prefix,
+            username_prefix=named.username,
+            groups_prefix=named.groups,
         ))
     group_source: GroupSourceSettings | None = None
     if section.oidc.group_source is not None:
@@ -300,6 +312,7 @@ def _kube_aad_proxy(section: KubeAadProxySection, base: Path, problems: Problems
         impersonate_with=section.impersonate_with,
         group_source=group_source,
         limits=section.limits.proxy_kwargs(),
+        validator_options=section.oidc.validator_kwargs(),
     )
 
 

@@ -27,7 +27,11 @@ timeout, so an agent never abandons a session the relay is about to finish
 (an abandoned one costs the relay a set-up for nothing, in a storm thousands).
 
 Metadata goes up a stream with target ``b"control"``: one JSON object per line,
-on connect and every ``metadata_interval`` seconds.
+on connect and every ``metadata_interval`` seconds. The relay writes one line
+down that stream when it stops (relay/drain.py), ``{"reconnect": ...}``: the
+loop then dials a new session (behind a load balancer: another replica) while
+the current one keeps serving new streams, and sends GOAWAY on the old one only
+once the new one is up (make-before-break); the old one's streams finish.
 """
 
 from __future__ import annotations
@@ -94,6 +98,17 @@ CHURN_INITIAL = 1.0
 STOP_DRAIN = 10.0
 # Statuses that mean "the relay is busy, come back later" (with Retry-After).
 BUSY_STATUSES = (429, 503)
+# A line the relay writes on the control stream is a few dozen bytes.
+MAX_CONTROL_LINE = 4096
+
+
+def asks_to_reconnect(line: bytes) -> bool:
+    """Whether a control line from the relay asks us to move to a new session."""
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(message, dict) and "reconnect" in message
 
 
 def goaway_received(session: TunnelSession) -> bool:
@@ -178,6 +193,12 @@ class Connector:
         self._connected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
+        # Set per session when the relay asks us to reconnect (it is stopping).
+        self._move_asked: dict[TunnelSession, asyncio.Event] = {}
+        # Each session's metadata reporter (ended early when the session is left).
+        self._reporters: dict[TunnelSession, asyncio.Task[None]] = {}
+        # Sessions moved away from, by the number of the session replacing them.
+        self.moves = 0
 
     @property
     def connected(self) -> bool:
@@ -213,10 +234,18 @@ class Connector:
         churn_backoff = Backoff(CHURN_INITIAL, AUTH_FAILURE_CAP)
         loop = asyncio.get_running_loop()
         lost_at: float | None = None  # when the last established session ended
+        # The session the relay asked us to leave; it serves until the next is up.
+        superseded: TunnelSession | None = None
         try:
             while not self._stopping.is_set():
                 session = await self._dial()
+                if session is not None and superseded is not None:
+                    if not superseded.draining:  # else the relay's bound came first
+                        self._supersede(superseded)
+                    superseded = None
                 if session is None:
+                    if superseded is not None and superseded.closed:
+                        superseded = None
                     if self._retry_after is not None:
                         self.last_delay = retry_after_delay(self._retry_after)
                     elif self._auth_refused:
@@ -224,13 +253,18 @@ class Connector:
                     else:
                         recently_lost = lost_at is not None and loop.time() - lost_at < FAST_WINDOW
                         fast = recently_lost and self._relay_not_listening
-                        self.last_delay = backoff.next_delay(FAST_CAP if fast else None)
+                        moving = superseded is not None
+                        self.last_delay = backoff.next_delay(FAST_CAP if fast or moving else None)
                     await self._sleep(self.last_delay)
                     continue
                 auth_backoff.reset()
                 started = loop.time()
                 run_task = self._spawn(self._serve(session))
-                ended_by_goaway = await self._watch(session, run_task)
+                outcome = await self._watch(session, run_task)
+                if outcome == "move":
+                    superseded = session  # serving on until the next session is up
+                    continue
+                ended_by_goaway = outcome == "goaway"
                 lost_at = loop.time()
                 lived = lost_at - started
                 if lived >= cfg.stable_after:
@@ -313,38 +347,70 @@ class Connector:
         log.log(level, "agent dial failed url=%s error=%r", url, error)
 
     async def _serve(self, session: TunnelSession) -> None:
-        reporter = self._spawn(self._report_metadata(session))
+        move_asked = self._move_asked.setdefault(session, asyncio.Event())
+        reporter = self._reporters[session] = self._spawn(self._report_metadata(session, move_asked))
         try:
             await session.run()
         finally:
             reporter.cancel()
+            self._move_asked.pop(session, None)
+            self._reporters.pop(session, None)
             log.info("agent session ended cluster=%s reason=%r", self.config.cluster_id, session.close_reason)
 
-    async def _watch(self, session: TunnelSession, run_task: asyncio.Task[None]) -> bool:
-        """Wait until the session ends, a GOAWAY arrives, or ``stop()``.
+    def _supersede(self, old: TunnelSession) -> None:
+        """The session replacing ``old`` is up: GOAWAY ``old`` (its open
+        streams finish; the relay routes new ones to the new session)."""
+        self.moves += 1
+        log.info("agent new session is up cluster=%s: the previous one takes no new streams "
+                 "and drains %d open stream(s)", self.config.cluster_id, old.streams)
+        self._spawn(self._goaway_quietly(old))
+        reporter = self._reporters.get(old)
+        if reporter is not None:
+            reporter.cancel()  # its control stream must not keep the old session open
+
+    @staticmethod
+    async def _goaway_quietly(session: TunnelSession) -> None:
+        with contextlib.suppress(TunnelClosed):
+            await session.goaway()
+
+    async def _watch(self, session: TunnelSession, run_task: asyncio.Task[None]) -> str:
+        """Wait until the session ends, a GOAWAY arrives, the relay asks us to
+        move, or ``stop()``.
 
         Returns:
-            True when the relay asked us to go away (redial at once).
+            ``"goaway"`` (the relay sent GOAWAY: redial at once), ``"move"``
+            (dial a new session; this one serves until it is up), or
+            ``"ended"`` (the session ended, or ``stop()``).
         """
         self._connected.set()
+        move_asked = self._move_asked.setdefault(session, asyncio.Event())
         goaway = asyncio.ensure_future(session.wait_goaway_received())
         stopping = asyncio.ensure_future(self._stopping.wait())
+        move = asyncio.ensure_future(move_asked.wait())
+        outcome = "ended"
         try:
-            await asyncio.wait({run_task, goaway, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({run_task, goaway, stopping, move}, return_when=asyncio.FIRST_COMPLETED)
             if goaway_received(session):
                 log.info("agent got GOAWAY cluster=%s: redialling while streams drain",
                          self.config.cluster_id)
-                return True
-            if self._stopping.is_set() and not run_task.done():
-                await session.goaway()
-            return False
+                outcome = "goaway"
+            elif self._stopping.is_set():
+                if not run_task.done():
+                    await session.goaway()
+            elif move_asked.is_set() and not run_task.done():
+                log.info("agent asked to reconnect cluster=%s: dialling a new session while this "
+                         "one keeps serving", self.config.cluster_id)
+                outcome = "move"
+            return outcome
         finally:
             goaway.cancel()
             stopping.cancel()
-            self._connected.clear()
-            # On stop the session stays referenced so _shutdown can drain it.
-            if self.session is session and not self._stopping.is_set():
-                self.session = None
+            move.cancel()
+            if outcome != "move":  # a session being moved from still serves
+                self._connected.clear()
+                # On stop the session stays referenced so _shutdown can drain it.
+                if self.session is session and not self._stopping.is_set():
+                    self.session = None
 
     async def _until_goaway_or_stop(self, session: TunnelSession, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for a GOAWAY, the session's end or ``stop()``."""
@@ -360,12 +426,30 @@ class Connector:
             for waiter in waits:
                 waiter.cancel()
 
-    async def _report_metadata(self, session: TunnelSession) -> None:
-        """Open the control stream and send metadata now and every interval;
-        close it on GOAWAY so the old session can drain."""
+    async def _read_control(self, stream: TunnelStream, move_asked: asyncio.Event) -> None:
+        """Read the relay's lines on the control stream; set ``move_asked``
+        on a reconnect request."""
+        buffer = b""
+        with contextlib.suppress(StreamReset, TunnelClosed):
+            while chunk := await stream.read(MAX_CONTROL_LINE):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if asks_to_reconnect(line):
+                        move_asked.set()
+                if len(buffer) > MAX_CONTROL_LINE:
+                    log.warning("agent ignores the relay's control stream: line too long")
+                    return
+
+    async def _report_metadata(self, session: TunnelSession, move_asked: asyncio.Event) -> None:
+        """Open the control stream and send metadata now and every interval
+        (reading the relay's requests meanwhile); close it on GOAWAY so the
+        old session can drain."""
         stream: TunnelStream | None = None
+        reader: asyncio.Task[None] | None = None
         try:
             stream = await session.open_stream(CONTROL_TARGET)
+            reader = self._spawn(self._read_control(stream, move_asked))
             loop = asyncio.get_running_loop()
             next_report = 0.0
             while not (session.closed or goaway_received(session) or self._stopping.is_set()):
@@ -377,6 +461,8 @@ class Connector:
         except (StreamRefused, StreamReset, TunnelClosed) as exc:
             log.info("agent metadata stream ended reason=%r", getattr(exc, "reason", str(exc)))
         finally:
+            if reader is not None:
+                reader.cancel()
             if stream is not None:
                 with contextlib.suppress(StreamReset, TunnelClosed):
                     await stream.write_eof()
@@ -409,7 +495,9 @@ class Connector:
     async def _shutdown(self) -> None:
         session = self.session
         if session is not None and not session.closed:
-            # GOAWAY was sent by _watch; let open streams finish, bounded.
+            # GOAWAY was sent by _watch (not when stopped while moving: send it
+            # now); let open streams finish, bounded.
+            await self._goaway_quietly(session)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session.wait_closed(), STOP_DRAIN)
             await session.close()

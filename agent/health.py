@@ -87,8 +87,13 @@ def agent_health_listener(connector: Connector, proxy: KubeAadProxy | None,
     if proxy is not None:
         registry.register(KubeAadProxyCollector(proxy))
         validator = proxy.config.validator
-        registry.register(TokenValidatorCollector(
-            validator if isinstance(validator, TokenValidator) else None, PROXY_PREFIX))
+        collector = TokenValidatorCollector(
+            validator if isinstance(validator, TokenValidator) else None, PROXY_PREFIX)
+        registry.register(collector)
+
+        def follow(new: object) -> None:  # a reload swapped the validator
+            collector.validator = new if isinstance(new, TokenValidator) else None
+        proxy.reload_listeners.append(follow)
         ready["kube-aad-proxy"] = proxy.health.check
     health = HealthListener(registry, ready, live=live, limits=limits, name="agent")
     registry.register(health.collector(PREFIX))

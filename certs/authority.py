@@ -97,12 +97,29 @@ class CertificateAuthority:
         """A client certificate; Kubernetes reads CN as the user and O as groups."""
         return self._issue(common_name, list(organizations), [], ExtendedKeyUsageOID.CLIENT_AUTH, valid_days, kind)
 
+    def issue_peer(
+        self,
+        common_name: str,
+        dns_names: Iterable[str] = ("localhost",),
+        ip_addresses: Iterable[str] = ("127.0.0.1", "::1"),
+        *,
+        valid_days: int = 825,
+        kind: KeyKind = "ec",
+    ) -> IssuedCertificate:
+        """A relay replica's peer certificate: it serves the replica's peer
+        listener and authenticates the replica when it dials another one
+        (server and client authentication)."""
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+        return self._issue(common_name, [], sans, [ExtendedKeyUsageOID.SERVER_AUTH,
+                                                   ExtendedKeyUsageOID.CLIENT_AUTH], valid_days, kind)
+
     def _issue(
         self,
         common_name: str,
         organizations: list[str],
         sans: list[x509.GeneralName],
-        usage: x509.ObjectIdentifier,
+        usage: x509.ObjectIdentifier | list[x509.ObjectIdentifier],
         valid_days: int,
         kind: KeyKind,
     ) -> IssuedCertificate:
@@ -119,7 +136,8 @@ class CertificateAuthority:
             .not_valid_before(now - BACKDATE)
             .not_valid_after(now + dt.timedelta(days=valid_days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usage if isinstance(usage, list) else [usage]),
+                           critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._cert.public_key()),  # type: ignore[arg-type]
                 critical=False,

@@ -20,10 +20,12 @@ from client.arcctl_central_rbac import add_update
 from client.arcctl_connect import add_connect
 from client.arcctl_delete import add_delete
 from client.arcctl_entry import config_path, exec_credential
+from client.arcctl_known_clusters import add_known_clusters
 from client.arcctl_options import add_common_options
 from client.arcctl_role import add_role
 from client.auth import CachedTokenSource, TokenSource
-from client.config import load_config
+from client.client_credentials import uses_client_credentials
+from client.config import AuthConfig, load_config
 from client.login import cached_token, login
 from client.output import render, with_certificate_fingerprints
 from client.relay_client import RelayApi
@@ -100,7 +102,8 @@ def cmd_get_token(args: argparse.Namespace) -> int:
     cache = TokenCache()
     path = config_path(str(args.config) if args.config else None)
     auth = config.auth
-    if auth.issuer and not auth.token_endpoint and not auth.token_command:  # as TokenSource decides
+    if auth.issuer and not auth.token_endpoint and not auth.token_command \
+            and not uses_client_credentials(auth):  # as TokenSource decides
         account = asyncio.run(cached_token(config.auth, cache, interactive=sys.stdin.isatty()))
         token, expires_at = account.access_token, account.expires_at
         cache.index(path, cache.path, account.key)
@@ -116,6 +119,9 @@ def cmd_get_token(args: argparse.Namespace) -> int:
 def cmd_login(args: argparse.Namespace) -> int:
     """``arcctl login [--method devicecode|browser]``."""
     config = load_config(args.config)
+    if config.auth.login == "client_credentials" and not args.method:
+        raise CliError("auth.login is client_credentials in the client config: a workload needs no sign-in, "
+                       "arcctl get-token and arc-proxy get its tokens (or pass --method devicecode)")
     account = asyncio.run(login(config.auth, method=args.method))
     print(f"signed in to {account.issuer} as {account.username or account.account}", file=sys.stderr)
     return 0
@@ -142,6 +148,9 @@ def cmd_logout(args: argparse.Namespace) -> int:
 def cmd_account_show(args: argparse.Namespace) -> int:
     """``arcctl account show``: the signed-in account, never its token."""
     auth = load_config(args.config).auth
+    if uses_client_credentials(auth):
+        print(render(_application_summary(auth), args.output))
+        return 0
     if not auth.issuer:
         raise CliError("client config has no auth.issuer: `arcctl account show` shows an "
                        "`arcctl login` account; add auth.issuer and run `arcctl login`")
@@ -150,6 +159,24 @@ def cmd_account_show(args: argparse.Namespace) -> int:
         raise CliError(f"not logged in to {auth.issuer}: run `arcctl login`")
     print(render(account.summary(), args.output))
     return 0
+
+
+def _application_summary(auth: AuthConfig) -> dict[str, Any]:
+    """Who a workload is (client-credentials grant): from its cached or a new
+    token's claims, never the token."""
+    import time
+
+    import jwt
+
+    token = asyncio.run(CachedTokenSource(auth).get_token())
+    try:
+        claims = jwt.decode(token.access_token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        claims = {}  # an opaque token: only what the config says
+    return {"type": "application", "clientId": claims.get("azp") or claims.get("appid") or auth.client_id,
+            "account": claims.get("oid") or claims.get("sub"), "tenant": claims.get("tid"),
+            "issuer": claims.get("iss") or auth.issuer,
+            "expiresOn": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(token.expires_at))}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -163,6 +190,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         argv += ["--state-dir", str(args.state_dir)]
     if args.no_restart:
         argv.append("--no-restart")
+    if args.replicas != 1:
+        argv += ["--replicas", str(args.replicas)]
     if args.debug:
         argv.append("--debug")
     sys.stdout.flush()
@@ -247,7 +276,8 @@ def _add_demo(sub: Subcommands) -> None:
         description="Registers cluster 'demo' and prints what to run next (arc-proxy -n demo,\n"
                     "then kubectl). A child that dies is reported and restarted (--no-restart:\n"
                     "left down). Ctrl-C stops everything and removes what it made.",
-        examples=["arcctl demo", "arcctl demo --state-dir ./demo-state --relay-port 8443"])
+        examples=["arcctl demo", "arcctl demo --state-dir ./demo-state --relay-port 8443",
+                  "arcctl demo --replicas 3   # relays behind HAProxy, on PostgreSQL and Redis"])
     p.add_argument("--state-dir", type=Path, metavar="DIR",
                    help="keep every file of the demo here (default: a temporary folder, "
                         "removed on exit)")
@@ -257,6 +287,9 @@ def _add_demo(sub: Subcommands) -> None:
                    help="Kubernetes version the sandbox API server reports (default 1.33.0)")
     p.add_argument("--no-restart", action="store_true",
                    help="leave a child that dies down instead of restarting it (its files stay until Ctrl-C)")
+    p.add_argument("--replicas", type=int, default=1, metavar="N",
+                   help="run N relays behind HAProxy, on PostgreSQL and Redis (Debian packages haproxy, "
+                        "postgresql, redis-server; default 1: one relay on SQLite)")
     add_common_options(p, output=False)
     p.set_defaults(func=cmd_demo)
 
@@ -264,7 +297,7 @@ def _add_demo(sub: Subcommands) -> None:
 COMMANDS: list[Callable[[Subcommands], None]] = [
     _add_demo, _add_login, _add_logout, _add_account, _add_list, _add_show, _add_get_token,
     add_connect, add_delete, add_update,
-    add_role,
+    add_role, add_known_clusters,
 ]
 
 

@@ -46,12 +46,14 @@ from client.arcctl_options import add_cluster_options, add_common_options
 from client.auth import TokenSource
 from client.config import ClientConfig, load_config
 from client.errors import AgentOffline, CliError, ClusterNotFound, ConfigError, Forbidden
+from client.issuer_spec import IssuerSpec, parse_issuer_spec
 from client.manifests import (
     AGENT_NAME,
     NAMESPACE,
     OWNER_ANNOTATION,
     SECRET_KEYS,
     AgentValues,
+    OidcIssuerValues,
     build_manifests,
     dump_manifests,
 )
@@ -275,20 +277,25 @@ async def _token_claims(tokens: TokenSource) -> dict[str, Any]:
 def base_values(args: argparse.Namespace, config: ClientConfig, group: str,
                 claims: dict[str, Any]) -> AgentValues:
     """Values from the flags and the client config (no keys yet)."""
-    issuer = args.oidc_issuer or str(claims.get("iss") or "")
-    if not issuer:
+    specs = [parse_issuer_spec(v) for v in args.oidc_issuer or ()]
+    first = specs[0] if specs else IssuerSpec(str(claims.get("iss") or ""))
+    if not first.issuer:
         raise ConfigError("cannot tell which OIDC issuer kube-aad-proxy should trust: pass --oidc-issuer URL")
     aud = claims.get("aud")
     audience = args.oidc_audience or (aud[0] if isinstance(aud, list) and aud else aud) \
         or "api://cluster-connect"
+    extra = tuple(OidcIssuerValues(
+        s.issuer, s.audience or str(audience), _read_file(s.ca_file, f"CA file of issuer {s.issuer}"),
+        s.alias, s.username_prefix, s.groups_prefix) for s in specs[1:])
     return AgentValues(
         cluster_name=args.name, resource_group=group, relay_url=config.relay_url,
-        oidc_issuer=issuer, oidc_audience=str(audience), image=args.image,
+        oidc_issuer=first.issuer, oidc_audience=first.audience or str(audience), image=args.image,
+        oidc_naming=first.naming(), extra_issuers=extra,
         proxy_https=args.proxy_https or "", proxy_http=args.proxy_http or "",
         no_proxy=args.proxy_skip_range or "",
         relay_ca=_read_file(config.relay_ca_file, "relay CA file"),
         proxy_ca=_read_file(args.proxy_cert, "proxy CA file"),
-        oidc_ca=_read_file(config.auth.ca_file, "OIDC issuer CA file"),
+        oidc_ca=_read_file(first.ca_file or config.auth.ca_file, "OIDC issuer CA file"),
     )
 
 
@@ -385,6 +392,7 @@ async def _register_for_helm(args: argparse.Namespace, api: RelayApi, values: Ag
         _say(4, f"relay: {'updated' if registration else 'registered'} {cid}")
     print(f"Cluster {cid} is registered at {values.relay_url}. Deploy its agent with: helm install arc-agent "
           f"deploy/helm/cluster-connect-agent -n arc-system --create-namespace -f {path}")
+    _print_ca_fingerprint(cid, values.serving_ca)
     return 0
 
 
@@ -392,6 +400,13 @@ def _manifests(args: argparse.Namespace, values: AgentValues) -> list[dict[str, 
     """The agent's objects; with --enable-central-rbac, plus the RBAC rights central roles need."""
     manifests = build_manifests(values)
     return with_central_rbac_rights(manifests) if args.enable_central_rbac else manifests
+
+
+def _print_ca_fingerprint(cid: str, serving_ca: str) -> None:
+    """The fingerprint arc-proxy pins, for the admin to hand out of band."""
+    if serving_ca:
+        fp = fingerprint_sha256(serving_ca.encode())
+        print(f"Serving CA of {cid}: sha256:{fp} (users may pass it as arc-proxy --ca-fingerprint)", flush=True)
 
 
 async def connect(args: argparse.Namespace) -> int:
@@ -402,6 +417,11 @@ async def connect(args: argparse.Namespace) -> int:
     tokens = TokenSource(config.auth)
     claims = {} if args.oidc_issuer and args.oidc_audience else await _token_claims(tokens)
     values = base_values(args, config, group, claims)
+    if args.helm_values and (values.extra_issuers or values.oidc_naming):
+        # The chart's values hold one issuer and no prefixes: refuse rather than drop some silently.
+        raise ConfigError("--helm-values takes one --oidc-issuer without alias=/username_prefix=/groups_prefix=: "
+                          "the chart trusts one issuer; for several, deploy with arcctl connect (no "
+                          "--helm-values) or add them to kube_aad_proxy.oidc.issuers in the agent config")
     if args.dry_run:
         # Keys are made and registered only by a real connect; the Secret's data stays empty.
         print(dump_manifests(_manifests(args, values)), end="")
@@ -470,6 +490,7 @@ async def connect(args: argparse.Namespace) -> int:
         print(f"Cluster {cid} is registered at {config.relay_url} and its agent is deployed"
               + ("" if changed else " (nothing changed)")
               + f". Check it with: arcctl show -n {args.name} -g {group}", flush=True)
+        _print_ca_fingerprint(cid, values.serving_ca)
         if not args.no_wait:
             await wait_connected(api, group, args.name, args.wait_timeout, config.relay_url)
     return 0
@@ -552,10 +573,13 @@ def add_connect(sub: Subcommands) -> None:
     # The two spellings of az connectedk8s; the later one on the command line wins.
     p.add_argument("--proxy-cert", "--custom-ca-cert", dest="proxy_cert", metavar="FILE",
                    help="an extra CA (PEM) the agent trusts: a TLS-inspecting proxy's, or the relay's")
-    p.add_argument("--oidc-issuer", metavar="URL",
-                   help="token issuer kube-aad-proxy trusts (default: the issuer of your token)")
+    p.add_argument("--oidc-issuer", metavar="URL[,KEY=VALUE...]", action="append",
+                   help="token issuer kube-aad-proxy trusts (default: the issuer of your token); repeat "
+                        "for several, each with its own audience=, ca_file=, alias=, username_prefix=, "
+                        "groups_prefix= (several issuers: names are prefixed '<alias>:' by default)")
     p.add_argument("--oidc-audience", metavar="AUDIENCE",
-                   help="token audience kube-aad-proxy expects (default: the audience of your token)")
+                   help="token audience kube-aad-proxy expects of an issuer without audience= "
+                        "(default: the audience of your token)")
     default_image = AgentValues.__dataclass_fields__["image"].default
     p.add_argument("--image", default=default_image, metavar="IMAGE",
                    help=f"agent container image (default {default_image})")

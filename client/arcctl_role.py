@@ -8,8 +8,12 @@ role assignments), and the central Kubernetes roles ``kubernetes-viewer``,
 Scopes: one cluster (``-n NAME [-g GROUP]``), a resource group (``-g GROUP``),
 everything (``--scope /``), any of them spelled out with ``--scope``, and for
 the Kubernetes roles one namespace
-(``--scope /resourceGroups/RG/clusters/NAME/namespaces/NS``). The principal is an object id (user or service principal)
-or a group id, as in the token's ``oid`` / ``groups`` claims.
+(``--scope /resourceGroups/RG/clusters/NAME/namespaces/NS``). The principal is
+an object id (user or service principal) or a group id, as in the token's
+``oid`` / ``groups`` claims, of one issuer (``--assignee-issuer``: needed when
+the relay trusts several; an id of one issuer never matches another's token,
+central Kubernetes roles included). A user name (``alice@contoso.example``)
+is refused by the relay unless it matches names (docs/identity-providers.md).
 
 ``export`` prints every assignment the caller administers as one document
 (JSON or YAML); ``import`` reads such a document back and PUTs each
@@ -32,6 +36,7 @@ import yaml
 from client.arcctl_options import add_common_options
 from client.auth import TokenSource
 from client.config import ClientConfig, load_config
+from client.directory import looks_like_name, object_id_of
 from client.errors import CliError, ConfigError, Forbidden
 from client.output import render
 from client.relay_client import RelayApi
@@ -46,7 +51,7 @@ EXPORT_KIND = "RoleAssignmentList"
 EXPORT_API_VERSION = "cluster-connect.dev/v1"
 # An import file is a list of small records; anything bigger is the wrong file.
 MAX_IMPORT_BYTES = 4 * 1024 * 1024
-_FIELDS = ("principalId", "principalType", "role", "scope")
+_FIELDS = ("principalId", "principalIssuer", "principalType", "role", "scope")
 
 
 def _scope(args: argparse.Namespace, config: ClientConfig, *, required: bool) -> str | None:
@@ -65,9 +70,11 @@ def _scope(args: argparse.Namespace, config: ClientConfig, *, required: bool) ->
     return None
 
 
-def assignment_id(principal_id: str, role: str, scope: str) -> str:
-    """A stable id for (principal, role, scope): assigning twice is a no-op."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cluster-connect:{principal_id}|{role}|{scope}"))
+def assignment_id(principal_id: str, role: str, scope: str, issuer: str = "") -> str:
+    """A stable id for (issuer, principal, role, scope): assigning twice is a
+    no-op. Without an issuer the id is the one made before issuers were named."""
+    who = f"{issuer}|{principal_id}" if issuer else principal_id
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cluster-connect:{who}|{role}|{scope}"))
 
 
 def _path(aid: str) -> str:
@@ -81,14 +88,15 @@ def _run(config: ClientConfig, body: Any) -> Any:
     return asyncio.run(go())
 
 
-async def _list(api: RelayApi, principal: str | None, scope: str | None) -> list[dict[str, Any]]:
+async def _list(api: RelayApi, principal: str | None, scope: str | None,
+                issuer: str | None = None) -> list[dict[str, Any]]:
     """The assignments the caller administers (at ``scope`` when given).
 
     Raises:
         Forbidden: the caller is admin nowhere (or not at ``scope``): the relay
             says so with 403 rather than an empty list.
     """
-    params = {k: v for k, v in (("principalId", principal), ("scope", scope)) if v}
+    params = {k: v for k, v in (("principalId", principal), ("principalIssuer", issuer), ("scope", scope)) if v}
     try:
         doc = await api.request("GET", "/api/v1/roleAssignments", params=params or None)
     except Forbidden:
@@ -105,9 +113,16 @@ def cmd_assign(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     scope = _scope(args, config, required=True)
     assert scope is not None
-    aid = args.id or assignment_id(args.assignee, args.role, scope)
-    spec = {"principalId": args.assignee, "principalType": args.assignee_type,
-            "role": args.role, "scope": scope}
+    issuer = args.assignee_issuer or ""
+    assignee = args.assignee
+    if args.assignee_type != "Group" and looks_like_name(assignee) and config.auth.directory_url:
+        # A name can change hands; the assignment must name the immutable id.
+        assignee = asyncio.run(object_id_of(config.auth, assignee))
+        print(f"arcctl role assign: {args.assignee} is object id {assignee} "
+              f"(from {config.auth.directory_url})", file=sys.stderr)
+    aid = args.id or assignment_id(assignee, args.role, scope, issuer)
+    spec = {"principalId": assignee, "principalType": args.assignee_type,
+            "role": args.role, "scope": scope, **({"principalIssuer": issuer} if issuer else {})}
 
     async def body(api: RelayApi) -> Any:
         return await api.request("PUT", _path(aid), json=spec, what=f"role assignment {aid}")
@@ -121,7 +136,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     scope = _scope(args, config, required=False)
 
     async def body(api: RelayApi) -> list[dict[str, Any]]:
-        return await _list(api, args.assignee, scope)
+        return await _list(api, args.assignee, scope, args.assignee_issuer)
     print(render(_run(config, body), args.output))
     return 0
 
@@ -137,7 +152,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if args.id:
             ids = [args.id]
         else:
-            found = await _list(api, args.assignee, scope)
+            found = await _list(api, args.assignee, scope, args.assignee_issuer)
             ids = [a["id"] for a in found if not args.role or a.get("role") == args.role]
             if not ids:
                 raise CliError(f"no role assignment of {args.assignee} matches"
@@ -154,7 +169,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def export_document(assignments: list[dict[str, Any]]) -> dict[str, Any]:
     """The export format: ``{apiVersion, kind, items: [{id, principalId, ...}]}``."""
-    items = [{"id": a["id"], **{k: a.get(k) for k in _FIELDS}}
+    items = [{"id": a["id"], **{k: a.get(k) for k in _FIELDS if a.get(k) is not None}}
              for a in sorted(assignments, key=lambda a: str(a.get("id")))]
     return {"apiVersion": EXPORT_API_VERSION, "kind": EXPORT_KIND, "items": items}
 
@@ -188,8 +203,10 @@ def parse_import_document(text: str, source: str) -> list[dict[str, Any]]:
             raise ConfigError(f"{source}: item {i} has principalType {ptype!r}; use one of "
                               f"{', '.join(PRINCIPAL_TYPES)}")
         principal, role, scope = str(item["principalId"]), str(item["role"]), str(item["scope"])
-        out.append({"id": str(item.get("id") or assignment_id(principal, role, scope)),
-                    "principalId": principal, "principalType": ptype, "role": role, "scope": scope})
+        issuer = str(item.get("principalIssuer") or "")
+        out.append({"id": str(item.get("id") or assignment_id(principal, role, scope, issuer)),
+                    "principalId": principal, "principalType": ptype, "role": role, "scope": scope,
+                    **({"principalIssuer": issuer} if issuer else {})})
     return out
 
 
@@ -226,7 +243,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     async def body(api: RelayApi) -> dict[str, Any]:
         applied = []
         for item in items:
-            spec = {k: item[k] for k in _FIELDS}
+            spec = {k: item[k] for k in _FIELDS if k in item}
             await api.request("PUT", _path(item["id"]), json=spec, what=f"role assignment {item['id']}")
             applied.append(item["id"])
         return {"applied": applied}
@@ -270,13 +287,18 @@ def add_role(sub: Subcommands) -> None:
                     examples=["arcctl role assign --role cluster-user --assignee OBJECT_ID -n edge-1 -g lab",
                               "arcctl role assign --role viewer --assignee GROUP_ID --assignee-type Group "
                               "-g lab",
-                              "arcctl role assign --role admin --assignee OBJECT_ID --scope /"],
+                              "arcctl role assign --role admin --assignee OBJECT_ID --scope /",
+                              "arcctl role assign --role cluster-user --assignee OBJECT_ID "
+                              "--assignee-issuer partner -g lab"],
                     notes=SCOPE_NOTES)
     p.add_argument("--role", required=True, choices=ROLES, help="the role to give")
     p.add_argument("--assignee", required=True, metavar="ID",
                    help="object id of a user or service principal, or a group id")
     p.add_argument("--assignee-type", default="User", choices=PRINCIPAL_TYPES,
                    help="what the assignee id names (default User)")
+    p.add_argument("--assignee-issuer", metavar="ISSUER",
+                   help="the assignee's issuer: its URL or the alias the relay gives it (needed when "
+                        "the relay trusts several issuers; default: the relay's only issuer)")
     p.add_argument("--id", metavar="ID",
                    help="the assignment's id (default: derived from assignee, role and scope, "
                         "so assigning twice changes nothing)")
@@ -288,6 +310,8 @@ def add_role(sub: Subcommands) -> None:
                               "arcctl role list -n edge-1 -g lab"],
                     notes=SCOPE_NOTES)
     p.add_argument("--assignee", metavar="ID", help="only the assignments of this principal")
+    p.add_argument("--assignee-issuer", metavar="ISSUER",
+                   help="only principals of this issuer (its URL or the relay's alias for it)")
     _common(p)
     p.set_defaults(func=cmd_list)
 
@@ -299,6 +323,8 @@ def add_role(sub: Subcommands) -> None:
     p.add_argument("--assignee", metavar="ID",
                    help="every assignment of this principal (narrowed by --role and the scope)")
     p.add_argument("--role", choices=ROLES, help="with --assignee: only assignments of this role")
+    p.add_argument("--assignee-issuer", metavar="ISSUER",
+                   help="with --assignee: only that principal of this issuer (URL or relay alias)")
     _common(p)
     p.set_defaults(func=cmd_delete)
 

@@ -1,5 +1,6 @@
 """Token acquisition for the user: OIDC token endpoint grants (password,
-client credentials, refresh), an external ``token_command``, or a fixed token.
+client credentials with a secret, a certificate or a federated token file,
+refresh), an external ``token_command``, or a fixed token.
 
 Tokens are never logged nor put into an error message.
 """
@@ -130,12 +131,16 @@ class TokenSource:
         a = self._auth
         if a.token_command:
             return await self._run_command(a.token_command)
+        from client.client_credentials import uses_client_credentials  # imports this module
+
+        if uses_client_credentials(a):
+            return await self._client_credentials(a)
         if a.issuer and not a.token_endpoint:
             return await self._from_login(a)
         if not a.token_endpoint:
             raise ConfigError("client config has no auth.token_endpoint nor auth.token_command: "
                               "add one, or pass --token")
-        base = {"client_id": a.client_id or "arc-cli", "scope": a.scope}
+        base = {"client_id": a.client_id or "arc-cli", "scope": a.scope, **a.token_parameters()}
         if a.lifetime:
             base["lifetime"] = str(a.lifetime)  # sandbox issuer extension (tests: short tokens)
         if old is not None and old.refresh_token:
@@ -144,16 +149,33 @@ class TokenSource:
                                          "refresh_token": old.refresh_token})
             except AuthError:
                 log.info("token refresh refused; using the configured grant again")
-        if a.username:
-            if a.password is None:
-                raise ConfigError("client config auth.username is set but auth.password is not")
-            form = {**base, "grant_type": "password", "username": a.username, "password": a.password}
-        elif a.client_secret:
-            form = {**base, "grant_type": "client_credentials", "client_secret": a.client_secret}
-        else:
-            raise ConfigError("client config auth has neither username/password nor client_secret: "
+        if not a.username:
+            raise ConfigError("client config auth has neither username/password nor a client credential: "
                               "add one, set auth.token_command, or pass --token")
+        if a.password is None:
+            raise ConfigError("client config auth.username is set but auth.password is not")
+        form = {**base, "grant_type": "password", "username": a.username, "password": a.password}
         return await self._post(form)
+
+    async def _client_credentials(self, auth: AuthConfig) -> Token:
+        # No refresh token in this grant: every renewal authenticates the
+        # client again, reading its credential files afresh (they rotate).
+        from client.client_credentials import client_authentication, client_id_of, issuer_of
+        from client.oidc_discovery import discover  # imports this module
+
+        client_id = client_id_of(auth)
+        endpoint = auth.token_endpoint
+        if not endpoint:
+            issuer = issuer_of(auth)
+            if issuer is None:
+                raise ConfigError("the client-credentials grant needs auth.token_endpoint or auth.issuer in "
+                                  "the client config (or $AZURE_AUTHORITY_HOST and $AZURE_TENANT_ID)")
+            endpoint = (await discover(issuer, auth.ca_file)).token_endpoint
+        form = {"grant_type": "client_credentials", "client_id": client_id, "scope": auth.scope,
+                **auth.token_parameters(), **client_authentication(auth, client_id, endpoint)}
+        if auth.lifetime:
+            form["lifetime"] = str(auth.lifetime)
+        return await self._post(form, endpoint)
 
     async def _from_login(self, auth: AuthConfig) -> Token:
         # `arcctl login`'s cache, refreshed silently; a needed sign-in is an
@@ -164,8 +186,8 @@ class TokenSource:
         account = await cached_token(auth, TokenCache(), interactive=False)
         return Token(account.access_token, account.expires_at, issued_at=account.issued_at)
 
-    async def _post(self, form: dict[str, str]) -> Token:
-        url = self._auth.token_endpoint or ""
+    async def _post(self, form: dict[str, str], url: str | None = None) -> Token:
+        url = url or self._auth.token_endpoint or ""
         ctx = ssl_context_for(self._auth.ca_file, "identity provider")
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as s:
@@ -213,6 +235,9 @@ def _cache_key(auth: AuthConfig) -> str:
 
     ident = "\0".join(str(x) for x in (auth.token_endpoint, auth.client_id, auth.scope,
                                         auth.username, auth.token_command, auth.lifetime))
+    workload = (auth.issuer, auth.login, auth.client_certificate_file, auth.federated_token_file)
+    if any(workload[2:]) or auth.login == "client_credentials":  # keeps older configs' cache files
+        ident += "\0" + "\0".join(str(x) for x in workload)
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 

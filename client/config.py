@@ -10,9 +10,13 @@
       ca_file: /path/idp-ca.crt
       client_id: arc-cli
       scope: api://cluster-connect/.default
+      audience: null                    # or resource: sent with every token request when set
       username: demo@contoso.example   # password grant (demo), or
       password: ...
-      client_secret: ...               # client-credentials grant, or
+      client_secret: ...               # client-credentials grant (or login: client_credentials
+      client_secret_file: /path/secret #   with one of these three), or
+      client_certificate_file: /path/cert.pem   # + client_key_file: private_key_jwt
+      federated_token_file: /var/run/secrets/azure/tokens/azure-identity-token
       token_command: "cmd that prints a token"
       lifetime: 5                        # sandbox issuer only: short-lived tokens (tests)
 """
@@ -60,16 +64,38 @@ class AuthSection(ConfigModel):
     issuer: Text | None = Field(default=None, description="OIDC issuer URL for `arcctl login` (its "
                                 "`.well-known/openid-configuration` names the endpoints; TLS checked "
                                 "with `ca_file`). Omit: the grants below, with `token_endpoint`.")
-    login: Literal["devicecode", "browser"] = Field(
+    login: Literal["devicecode", "browser", "client_credentials"] = Field(
         default="devicecode", description="How `arcctl login` signs in: `devicecode` (a code to enter on "
-        "any device) or `browser` (authorization code + PKCE, redirect to a loopback port).")
+        "any device) or `browser` (authorization code + PKCE, redirect to a loopback port); "
+        "`client_credentials`: no sign-in, a workload's client-credentials grant (token endpoint from "
+        "`issuer` or `token_endpoint`; `client_id` and `federated_token_file` default to $AZURE_CLIENT_ID "
+        "and $AZURE_FEDERATED_TOKEN_FILE, `issuer` to $AZURE_AUTHORITY_HOST/$AZURE_TENANT_ID/v2.0).")
     scopes: list[Text] | None = Field(default=None, description="Scopes `arcctl login` requests "
                                       "(omit: `scope` plus `openid profile offline_access`).")
     token_endpoint: Text | None = Field(default=None, description="The identity provider's OAuth2 token endpoint.")
     ca_file: Text | None = Field(default=None, description="CA bundle for the token endpoint (omit: system trust).")
     client_id: Text | None = Field(default=None, description="OAuth2 client id of the CLI application.")
     client_secret: Annotated[Text | None, Secret()] = Field(default=None, description="Client-credentials grant: the client secret (a service principal).")
+    client_secret_file: Text | None = Field(default=None, description="Client-credentials grant: a file "
+                                            "holding the client secret (read on every token request).")
+    client_certificate_file: Text | None = Field(
+        default=None, description="Client-credentials grant with a certificate: its PEM file; the client "
+        "signs a `private_key_jwt` assertion with its key (RFC 7523).")
+    client_key_file: Text | None = Field(default=None, description="The certificate's PEM private key "
+                                         "(omit: in `client_certificate_file`).")
+    federated_token_file: Text | None = Field(
+        default=None, description="Client-credentials grant with workload identity federation: a file "
+        "holding a token of a trusted issuer (a Kubernetes service-account token, a CI job's OIDC token), "
+        "sent as the client assertion; read again on every token request because it rotates.")
     scope: Text = Field(default=DEFAULT_SCOPE, description="Scope requested for the token.")
+    audience: Text | None = Field(default=None, description="Sent as `audience` with every token request "
+                                  "(Auth0, Okta and others issue a JWT access token for an API only when "
+                                  "asked for its audience; without it, an opaque token the relay refuses).")
+    resource: Text | None = Field(default=None, description="Sent as `resource` with every token request "
+                                  "(RFC 8707; Entra ID v1 endpoints and AD FS name the API this way).")
+    directory_url: Text | None = Field(default=None, description="A Graph-shaped user directory "
+                                       "(`GET {url}/users/{name}` gives `id`) that `arcctl role assign` "
+                                       "resolves user names with (the sandbox issuer: `<its url>/v1.0`).")
     username: Text | None = Field(default=None, description="Password grant (demo issuer): the user name.")
     password: Annotated[Text | None, Secret()] = Field(default=None, description="Password grant: the password.")
     token_command: Text | None = Field(default=None, description="A command that prints a token on stdout "
@@ -97,13 +123,27 @@ class AuthConfig:
     ca_file: str | None = None
     client_id: str | None = None
     client_secret: str | None = None
+    client_secret_file: str | None = None
+    client_certificate_file: str | None = None
+    client_key_file: str | None = None
+    federated_token_file: str | None = None
     scope: str = DEFAULT_SCOPE
+    # Token-request parameters a provider may need to issue a JWT access token
+    # for our API (``audience``: Auth0/Okta; ``resource``: RFC 8707, Entra v1).
+    audience: str | None = None
+    resource: str | None = None
+    # Where ``arcctl role assign`` resolves a user name to its object id.
+    directory_url: str | None = None
     username: str | None = None
     password: str | None = None
     token_command: str | None = None
     # Requested token lifetime in seconds, sent as the sandbox issuer's
     # ``lifetime`` extension (tests use a few seconds); None: the issuer's default.
     lifetime: str | None = None
+
+    def token_parameters(self) -> dict[str, str]:
+        """``audience`` / ``resource`` for every token request, when configured."""
+        return {k: v for k, v in (("audience", self.audience), ("resource", self.resource)) if v}
 
     def login_scopes(self) -> list[str]:
         """Scopes ``arcctl login`` asks for: ``scopes``, else ``scope`` with the

@@ -33,7 +33,7 @@ from client.errors import (
     PortInUse,
     RelayUnreachable,
 )
-from client.relay_client import BACKOFF_CAP, RelaySessionKeeper
+from client.relay_client import BACKOFF_CAP, RelaySessionKeeper, refused_by_goaway
 from tunnel import ErrorCode, TunnelStream
 
 __all__ = ["TLS_ALERT_INTERNAL_ERROR", "LocalListener", "refusal_error"]
@@ -214,6 +214,13 @@ class LocalListener:
         import tunnel
 
         try:
+            session = await self.keeper.session()
+            try:
+                return await session.open_stream(self.target, timeout=OPEN_TIMEOUT)
+            except tunnel.StreamRefused as err:
+                if not refused_by_goaway(err.code, session):
+                    raise
+            # The OPEN crossed the relay's GOAWAY: once more, on the next session.
             session = await self.keeper.session()
             return await session.open_stream(self.target, timeout=OPEN_TIMEOUT)
         except tunnel.StreamRefused as err:

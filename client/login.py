@@ -61,8 +61,9 @@ def _client_id(auth: AuthConfig) -> str:
 
 
 def _extra(auth: AuthConfig) -> dict[str, str]:
-    # Sandbox issuer extension: short-lived tokens for tests.
-    return {"lifetime": str(auth.lifetime)} if auth.lifetime else {}
+    # audience/resource: what some providers need to issue a JWT for our API;
+    # lifetime: a sandbox issuer extension (short-lived tokens for tests).
+    return {**auth.token_parameters(), **({"lifetime": str(auth.lifetime)} if auth.lifetime else {})}
 
 
 async def _post(url: str, form: dict[str, str], auth: AuthConfig) -> tuple[int, dict[str, Any]]:
@@ -112,7 +113,8 @@ async def _device_flow(auth: AuthConfig, endpoints: Endpoints) -> dict[str, Any]
     print(f"To sign in, open {uri} and enter the code {start.get('user_code')}", file=sys.stderr, flush=True)
     interval = float(start.get("interval") or DEFAULT_INTERVAL)
     deadline = time.monotonic() + float(start.get("expires_in") or 900)
-    form = {"grant_type": DEVICE_CODE_GRANT, "device_code": start["device_code"], "client_id": client_id}
+    form = {"grant_type": DEVICE_CODE_GRANT, "device_code": start["device_code"], "client_id": client_id,
+            **auth.token_parameters()}
     while True:
         await asyncio.sleep(interval)
         status, body = await _post(endpoints.token_endpoint, form, auth)
@@ -188,7 +190,7 @@ async def _browser_flow(auth: AuthConfig, endpoints: Endpoints) -> dict[str, Any
                         "run `arcctl login` again")
     status, body = await _post(endpoints.token_endpoint, {
         "grant_type": "authorization_code", "code": answer["code"], "redirect_uri": redirect_uri,
-        "client_id": client_id, "code_verifier": verifier}, auth)
+        "client_id": client_id, "code_verifier": verifier, **auth.token_parameters()}, auth)
     if status != 200 or "access_token" not in body:
         raise _refused("authorization code", body, status)
     return body

@@ -27,7 +27,7 @@ __all__ = [
     "AGENT_NAME", "CONFIG_PATH", "DEFAULT_IMAGE", "DEFAULT_RESOURCES", "MANAGED_BY_ARCCTL", "MANAGED_BY_LABEL",
     "NAMESPACE", "OWNER_ANNOTATION", "PLACEMENT_FIELDS",
     "POD_SECURITY_LABELS", "REQUIRED_VALUES", "SECRET_DIR", "SECRET_KEYS",
-    "AgentValues", "agent_config", "build_manifests", "cluster_scoped_name", "dump_manifests", "install_id",
+    "AgentValues", "OidcIssuerValues", "agent_config", "build_manifests", "cluster_scoped_name", "dump_manifests", "install_id",
     "object_path",
 ]
 
@@ -96,6 +96,25 @@ REQUIRED_VALUES: dict[str, str] = {
 
 
 @dataclass(frozen=True)
+class OidcIssuerValues:
+    """One more issuer kube-aad-proxy trusts beside ``AgentValues.oidc_issuer``
+    (``arcctl connect --oidc-issuer`` given again). ``None``: the agent's default."""
+
+    issuer: str
+    audience: str = "api://cluster-connect"
+    ca_pem: str = ""
+    alias: str | None = None
+    username_prefix: str | None = None
+    groups_prefix: str | None = None
+
+
+def _naming(alias: str | None, username_prefix: str | None, groups_prefix: str | None) -> dict[str, str]:
+    """The agent config keys naming an issuer's principals, those that are set."""
+    return {k: v for k, v in (("alias", alias), ("username_prefix", username_prefix),
+                              ("groups_prefix", groups_prefix)) if v is not None}
+
+
+@dataclass(frozen=True)
 class AgentValues:
     """Everything the manifests depend on; ``""`` means unset.
 
@@ -127,6 +146,10 @@ class AgentValues:
     tolerations: Sequence[Mapping[str, Any]] = ()
     affinity: Mapping[str, Any] = field(default_factory=dict)
     image_pull_secrets: Sequence[Mapping[str, str]] = ()
+    # The first issuer's alias/username_prefix/groups_prefix, and more issuers
+    # (arcctl only: the chart trusts one issuer).
+    oidc_naming: Mapping[str, str] = field(default_factory=dict)
+    extra_issuers: Sequence[OidcIssuerValues] = ()
     chart: bool = False  # emit Helm sentinels instead of values (client.manifests_chart)
 
     @classmethod
@@ -229,7 +252,8 @@ def agent_config(values: AgentValues) -> dict[str, Any]:
                 "issuer": _v(values, "oidc_issuer"),
                 "audiences": [_v(values, "oidc_audience")],
                 "ca_file": _path_if(values, "oidc_ca", f"{SECRET_DIR}/oidc-ca.crt"),
-            }]},
+                **({} if values.chart else dict(values.oidc_naming)),
+            }, *_extra_issuers(values)]},
         },
         "health": {"listen": f"0.0.0.0:{HEALTH_PORT}"},
         "proxy": {
@@ -239,6 +263,27 @@ def agent_config(values: AgentValues) -> dict[str, Any]:
             "ca_file": _path_if(values, "proxy_ca", f"{SECRET_DIR}/proxy-ca.crt"),
         },
     }
+
+
+def _extra_issuer_ca_key(index: int) -> str:
+    return f"oidc-ca-{index + 2}.crt"
+
+
+def _extra_issuers(values: AgentValues) -> list[dict[str, Any]]:
+    if values.chart:
+        return []
+    return [{"issuer": extra.issuer, "audiences": [extra.audience],
+             "ca_file": f"{SECRET_DIR}/{_extra_issuer_ca_key(i)}" if extra.ca_pem else "",
+             **_naming(extra.alias, extra.username_prefix, extra.groups_prefix)}
+            for i, extra in enumerate(values.extra_issuers)]
+
+
+def _secret_data(values: AgentValues) -> dict[str, str]:
+    data = {key: _b64(values, name) for key, name in SECRET_KEYS.items()}
+    if not values.chart:
+        data.update({_extra_issuer_ca_key(i): base64.b64encode(extra.ca_pem.encode()).decode()
+                     for i, extra in enumerate(values.extra_issuers) if extra.ca_pem})
+    return data
 
 
 def cluster_scoped_name(values: AgentValues) -> str:
@@ -364,7 +409,7 @@ def build_manifests(values: AgentValues) -> list[dict[str, Any]]:
     return [
         *([] if values.chart else [namespace]),
         {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(values, AGENT_NAME), "type": "Opaque",
-         "data": {key: _b64(values, name) for key, name in SECRET_KEYS.items()}},
+         "data": _secret_data(values)},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(values, AGENT_NAME)},
         *_rbac(values),
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(values, AGENT_NAME),

@@ -18,6 +18,7 @@ from client.arcctl_options import CONFIG_HELP
 from client.auth import TokenSource
 from client.config import load_config
 from client.errors import AgentOffline, CliError, ConfigError, run_cli
+from client.known_clusters import KnownClusters, check_pin, parse_fingerprint
 from client.listener import LocalListener, refusal_error
 from client.relay_client import RelayApi, RelaySessionKeeper
 from cmdline import INTERRUPTED, TERMINATED, CommandParser, add_version_argument, help_epilog
@@ -78,6 +79,12 @@ def build_parser() -> CommandParser:
                         f"(default {DEFAULT_KUBECONFIG_MODE}; the port serves both)")
     p.add_argument("--kube-context", metavar="CONTEXT",
                    help="name of the context to write (default: the cluster's name)")
+    p.add_argument("--ca-fingerprint", metavar="sha256:HEX",
+                   help="the cluster's serving CA fingerprint, handed out of band (arcctl connect prints "
+                        "it): refuse any other, and pin it")
+    p.add_argument("--accept-new-ca", action="store_true",
+                   help="accept a serving CA that differs from the one pinned in known_clusters (next to "
+                        "the client config) and pin the new one")
     p.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="log every kubectl connection and relay session event")
@@ -176,6 +183,11 @@ async def _run(args: argparse.Namespace) -> int:
         if not ca:
             raise CliError(f"cluster {cluster_id} has no servingCaCertificate in its registration: "
                            "re-register it")
+        pinned = check_pin(KnownClusters.beside(config.path), config.relay_url, cluster_id, str(ca).encode(),
+                           str(reg.get("tlsServerName") or ""), expected=args.ca_fingerprint,
+                           accept_new=args.accept_new_ca)
+        if pinned:
+            print(pinned, file=sys.stderr, flush=True)
         await keeper.start()
         await _probe(keeper, target)
 
@@ -244,6 +256,8 @@ def _restore_context(kube_path: Path | None, context: str, previous: str | None)
 def _serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a TCP port: choose one in 0-65535")
+    if args.ca_fingerprint:
+        parse_fingerprint(args.ca_fingerprint)
     tune_allocator()  # bulk frames: see tunnel/aio_alloc.py
     return asyncio.run(_run(args))
 

@@ -23,7 +23,8 @@ from tunnel import Backoff, ErrorCode, retry_after_delay, retry_after_seconds
 if TYPE_CHECKING:
     from tunnel import TunnelConfig, TunnelSession, TunnelStream
 
-__all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper", "relay_unreachable", "role_forbidden"]
+__all__ = ["RelayApi", "RelayBusy", "RelaySessionKeeper", "refused_by_goaway", "relay_unreachable",
+           "role_forbidden"]
 
 log = logging.getLogger("client")
 
@@ -41,6 +42,12 @@ START_BUSY_RETRIES = 3
 RENEW_TICK = 1.0
 # Floor between two renewals (seconds), whatever the token's lifetime says.
 MIN_RENEW_INTERVAL = 1.0
+
+
+def refused_by_goaway(code: ErrorCode | int, session: TunnelSession) -> bool:
+    """Whether a refused OPEN crossed the relay's GOAWAY on ``session`` (the
+    relay never processed it: safe to open again on the keeper's next session)."""
+    return code in (ErrorCode.REFUSED_STREAM, ErrorCode.GOING_AWAY) and session.draining
 
 
 class RelayBusy(RelayUnreachable):
@@ -255,6 +262,10 @@ class RelaySessionKeeper:
     ``logs -f``, exec) run on until they end, then the old session closes. The
     relay ends them (RESET FORBIDDEN "token expired") when the token that
     opened them expires: a stream lives no longer than its credential.
+
+    A relay that stops (rolling restart) sends GOAWAY: the keeper wakes at once
+    and dials a new session (through a load balancer: another replica) while
+    the old one's streams finish, the same make-before-break as a renewal.
     """
 
     def __init__(self, config: ClientConfig, tokens: TokenSource, *, name: str = "client") -> None:
@@ -383,8 +394,9 @@ class RelaySessionKeeper:
                     await old.goaway()  # its open streams finish; new ones use `session`
                 except Exception as err:  # the old session may be closing already
                     log.debug("goaway on the replaced session failed: %s", type(err).__name__)
-                log.info("%s renewed its relay session (connect #%d); previous session drains "
-                         "%d open stream(s)", self.name, self.connects, old.streams)
+                log.info("%s %s its relay session (connect #%d); previous session drains "
+                         "%d open stream(s)", self.name,
+                         "moved" if old.goaway_received else "renewed", self.connects, old.streams)
             else:
                 log.info("%s connected to the relay (connect #%d)", self.name, self.connects)
             if self.relay_lost_reason is not None:
@@ -412,10 +424,17 @@ class RelaySessionKeeper:
                 # Wake when the session ends, at renewal time, or every tick
                 # (a session replaced on demand by session() is noticed then).
                 tick = min(RENEW_TICK, max(0.0, self._renew_at - time.time()))
-                done, _ = await asyncio.wait({run}, timeout=tick)
+                goaway = asyncio.ensure_future(s.wait_goaway_received())
+                try:
+                    done, _ = await asyncio.wait({run, goaway}, timeout=tick)
+                finally:
+                    goaway.cancel()
                 if self._stopping:
                     return
-                if not done:
+                if goaway in done and run not in done:
+                    log.info("%s relay sent GOAWAY (it is stopping, or the token expired); opening a new session while "
+                             "open streams finish", self.name)
+                elif not done:
                     if time.time() < self._renew_at:
                         continue
                     renew = True

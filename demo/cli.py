@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kube-version", default="1.33.0", help="version the sandbox API server reports")
     p.add_argument("--no-restart", action="store_true",
                    help="leave a child that dies down instead of restarting it (its files stay until Ctrl-C)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="run N relays behind HAProxy, on PostgreSQL and Redis (Debian packages haproxy, "
+                        "postgresql, redis-server; default 1: one relay on SQLite)")
     p.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
     add_log_format_argument(p)
     return p
@@ -126,7 +129,8 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         try:
             env = DemoEnvironment(args.state_dir, relay_port=args.relay_port, say=say,
-                                  kube_version=args.kube_version, checkpoint=stops.check)
+                                  kube_version=args.kube_version, checkpoint=stops.check,
+                                  replicas=args.replicas)
         except OSError as err:
             raise CliError(f"cannot create the demo's files in {err.filename or args.state_dir}: "
                            f"{err.strerror}; pass a writable --state-dir") from None

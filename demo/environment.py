@@ -35,6 +35,7 @@ from cmdline.errors import CliError
 from demo.identity import AUDIENCE, load_demo_identity, oidc_section
 from demo.processes import Child, free_port, wait_until
 from demo.seed import SandboxAdmin, seed_demo
+from demo.tier import RelayTier, check_tier_tools
 from demo.web import DemoWebServer
 
 __all__ = ["CHILD_NAMES", "DemoEnvironment"]
@@ -42,7 +43,8 @@ __all__ = ["CHILD_NAMES", "DemoEnvironment"]
 RESOURCE_GROUP = "default"
 CLUSTER = "demo"
 READY_TIMEOUT = 30.0
-# Every child the demo may start, in start order (stop goes the other way).
+# Every child the demo may start, in start order (stop goes the other way);
+# with --replicas N the relay is a tier: redis, postgres, relay-1..N, haproxy.
 CHILD_NAMES = ("apiserver", "idp", "relay", "agent")
 
 
@@ -71,7 +73,8 @@ class DemoEnvironment:
                  kube_version: str = "1.33.0", relay_env: dict[str, str] | None = None,
                  agent_forward_to: str | None = None,
                  checkpoint: Callable[[], None] | None = None,
-                 relay_database: dict[str, str] | None = None) -> None:
+                 relay_database: dict[str, str] | None = None, replicas: int = 1) -> None:
+        check_tier_tools(replicas)  # before anything is created: one line, nothing to clean
         self.own_dir = state_dir is None
         # mkdtemp and mode 0700: keys, tokens and logs below are the user's only.
         self.dir = Path(tempfile.mkdtemp(prefix="arc-demo-")) if state_dir is None else state_dir
@@ -89,6 +92,9 @@ class DemoEnvironment:
         # The relay config's `database` section (tests: PostgreSQL); None: the SQLite file.
         self.relay_database = relay_database
         self.children: dict[str, Child] = {}
+        # --replicas N > 1: the relay tier behind HAProxy (on relay_port).
+        self.tier = RelayTier(self.dir / "relay", self.logs, replicas, self.relay_port, self.children,
+                              self._alive_check) if replicas > 1 else None
         self.identity = load_demo_identity()
         self.api: dict[str, Any] = {}
         self.idp: dict[str, Any] = {}
@@ -189,19 +195,32 @@ class DemoEnvironment:
         ca = CertificateAuthority.create("cluster-connect demo relay CA")
         (d / "ca.crt").write_bytes(ca.certificate_pem)
         write_pem_pair(d, "tls", ca.issue_server(["localhost"], ["127.0.0.1", "::1"]))
+        return self._relay_config("config", self.relay_port, {})
+
+    def _relay_config(self, name: str, port: int, sections: dict[str, Any]) -> Path:
+        """Write relay config ``NAME.yaml`` serving ``port`` (``sections``
+        override the single relay's: a replica's database, presence, peering, health)."""
+        d = self.dir / "relay"
         config = {
-            "listen": f"127.0.0.1:{self.relay_port}",
+            "listen": f"127.0.0.1:{port}",
             "public_url": self.relay_url,
-            "state_dir": str(d),
+            "state_dir": str(d if name == "config" else d / name),
             "tls": {"cert_file": str(d / "tls.crt"), "key_file": str(d / "tls.key")},
             "database": self.relay_database or str(d / "relay.db"),
             "oidc": self._oidc(d),
             "admins": [self.identity.admin_oid],
             "limits": {"agent_grace_seconds": 5},
+            **sections,
         }
-        path = d / "config.yaml"
+        path = d / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
+
+    def start_tier(self) -> None:
+        """Start the relay tier (``--replicas``): Redis, PostgreSQL, the relays, HAProxy."""
+        assert self.tier is not None
+        self.tier.start(self._relay_config, lambda path: self._python("relay.cli", "--config", str(path)),
+                        self.relay_env)
 
     def auth_config(self, user: str, password: str) -> AuthConfig:
         """How ``user`` signs in at the sandbox issuer (password grant, demo audience)."""
@@ -235,6 +254,17 @@ class DemoEnvironment:
                 "principalId": self.identity.user_oid, "principalType": "User",
                 "role": "cluster-user", "scope": f"/resourceGroups/{RESOURCE_GROUP}/clusters/{CLUSTER}",
             })
+
+    def _pin_cluster_ca(self, cluster_ca: CertificateAuthority, tls_server_name: str) -> None:
+        """Pin the demo cluster's new serving CA for the client config, as an
+        admin hands the fingerprint out: a demo restarted on the same relay
+        port makes a new CA, which arc-proxy would otherwise refuse as changed."""
+        from certs import fingerprint_sha256
+        from client.known_clusters import KnownClusters, Pin
+
+        KnownClusters.beside(self.client_config_path).put(Pin(
+            self.relay_url, f"{RESOURCE_GROUP}/{CLUSTER}", fingerprint_sha256(cluster_ca.certificate_pem),
+            tls_server_name))
 
     async def cluster_status(self) -> str:
         """The demo cluster's ``connectivityStatus`` at the relay (asked as the admin)."""
@@ -301,13 +331,19 @@ class DemoEnvironment:
         self._say(f"[2/7] sandbox OIDC issuer    {self.idp['issuer']}")
         self._checkpoint()
         self.write_relay_config()
-        self.start_relay()
-        self._say(f"[3/7] relay                  {self.relay_url}")
+        if self.tier is not None:
+            self.start_tier()
+            self._say(f"[3/7] relay tier             {self.relay_url} (HAProxy) -> "
+                      f"{len(self.tier.replicas)} relays on PostgreSQL and Redis")
+        else:
+            self.start_relay()
+            self._say(f"[3/7] relay                  {self.relay_url}")
         tls_server_name = f"{CLUSTER}.{RESOURCE_GROUP}.kube-aad-proxy.cluster-connect.local"
         cluster_ca = CertificateAuthority.create(f"{RESOURCE_GROUP}/{CLUSTER} serving CA")
         agent_keys = generate_key_pair(f"{RESOURCE_GROUP}/{CLUSTER}")
         self._checkpoint()
         asyncio.run(self._register(cluster_ca, tls_server_name, agent_keys.certificate_pem))
+        self._pin_cluster_ca(cluster_ca, tls_server_name)
         self._say(f"[4/7] cluster registered     {RESOURCE_GROUP}/{CLUSTER}; "
                   f"{self.identity.user} has cluster-user")
         self._checkpoint()
@@ -352,11 +388,16 @@ class DemoEnvironment:
         return note
 
     def _restart(self, name: str) -> str:
-        if name not in CHILD_NAMES:
+        tier = self.tier is not None and name in self.tier.names
+        if name not in CHILD_NAMES and not tier:
             raise ValueError(f"not a child of the demo: {name!r}")
         old = self.children.pop(name, None)
         if old is not None:
             old.stop()  # it ended already, or the apiserver's restart replaced it
+        if tier:
+            assert self.tier is not None
+            self.tier.restart(name)
+            return ""
         if name == "apiserver":
             self.start_apiserver(port=int(self.api["port"]))
             self._seed()
@@ -398,6 +439,7 @@ class DemoEnvironment:
             "apiserver": self.api, "idp": self.idp,
             "web": self.web.address if self.web else None,
             "pids": {n: c.pid for n, c in self.children.items() if c.proc is not None},
+            "tier": self.tier.info() if self.tier is not None else None,
         }
 
     def sandbox_admin(self) -> SandboxAdmin:
@@ -412,10 +454,16 @@ class DemoEnvironment:
         Returns:
             ``"name (pid N)"`` of each child still there after SIGKILL (normally none).
         """
-        order = list(reversed(CHILD_NAMES))
-        names = sorted(self.children, key=lambda n: order.index(n) if n in order else len(order))
+        order = ["agent", "haproxy", "relay", "postgres", "redis", "idp", "apiserver"]
+
+        def rank(name: str) -> int:
+            return order.index("relay") if name.startswith("relay-") else \
+                order.index(name) if name in order else len(order)
+        names = sorted(self.children, key=rank)
         stuck = [f"{name} (pid {self.children[name].pid})" for name in names if not self.children[name].stop()]
         self.children.clear()
+        if self.tier is not None:
+            self.tier.remove()
         if self.web is not None:
             self.web.stop()
             self.web = None

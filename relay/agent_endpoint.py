@@ -9,7 +9,10 @@ drains its streams.
 Metadata: the agent opens a stream with target ``b"control"`` and writes JSON
 objects, one per line (``{"agentVersion", "kubernetesVersion", "totalNodeCount",
 "totalCoreCount"}``, all optional); the relay stores each in the registry. The
-relay never writes on that stream.
+relay writes one line the other way, only when it stops: ``{"reconnect": ...}``
+(relay/drain.py): the agent dials a new session, then sends GOAWAY on this one.
+An agent's GOAWAY takes its session out of the directory (and presence) at once,
+so new streams go to the agent's newer session, here or on another replica.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from aiohttp import web
 from certs import fingerprint_sha256, generate_key_pair
 from identity import TokenInvalid
 from identity.agent_assertion import AGENT_CONNECT_PATH, unverified_cluster_id
+from relay.drain import ask_to_reconnect
 from relay.names import validate_agent_metadata
 from relay.state import (
     STATE,
@@ -99,6 +103,9 @@ async def control_stream(state: RelayState, cid: str, stream: TunnelStream) -> N
         stream.reject(ErrorCode.NOT_FOUND, "agents may open only the 'control' stream")
         return
     stream.accept()
+    state.control_streams.add(stream)
+    if state.moving_agents:  # connected just before the stop: ask it too
+        state.spawn(ask_to_reconnect(stream, state.config.agent_move_seconds))
     buffer = b""
     try:
         while chunk := await stream.read(MAX_CONTROL_LINE):
@@ -112,6 +119,7 @@ async def control_stream(state: RelayState, cid: str, stream: TunnelStream) -> N
     except (StreamReset, TunnelClosed):
         return
     finally:
+        state.control_streams.discard(stream)
         await stream.aclose()
 
 
@@ -210,6 +218,7 @@ async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
     if previous is not None:
         # The old session drains its streams; new streams go to this one.
         state.spawn(previous.goaway())
+    state.spawn(_leave_directory_on_goaway(state, cid, session))
     try:
         await session.run()
     finally:
@@ -219,6 +228,23 @@ async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
         if state.directory.unregister(cid, session):
             await state.registry.set_connectivity(cid, "Offline")
         log.info("agent disconnected cluster=%s reason=%r", cid, _reason(session))
+
+
+async def _leave_directory_on_goaway(state: RelayState, cid: str, session: TunnelSession) -> None:
+    """When the agent sends GOAWAY (its newer session is up, maybe on another
+    replica: relay/drain.py, or it is stopping), stop routing new streams here
+    at once; its open streams finish. The status shown is derived from live
+    sessions (relay/status.py), so recording the disconnect now is safe."""
+    goaway = asyncio.ensure_future(session.wait_goaway_received())
+    closed = asyncio.ensure_future(session.wait_closed())
+    try:
+        await asyncio.wait({goaway, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        goaway.cancel()
+        closed.cancel()
+    if session.goaway_received and state.directory.unregister(cid, session):
+        await state.registry.set_connectivity(cid, "Offline")
+        log.info("agent sent GOAWAY cluster=%s: new streams wait for its next session", cid)
 
 
 async def end_sessions_of_old_key(state: RelayState, cid: str, new_fingerprint: str) -> int:

@@ -9,6 +9,7 @@ tests use it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import socket
@@ -34,9 +35,11 @@ from relay.central_rbac_store import (
 from relay.config import ConfigError, RelayConfig, authorization_warnings
 from relay.database_health import DatabaseHealth
 from relay.directory import LocalDirectory
+from relay.drain import move_agents
 from relay.health_listener import ready_checks, relay_health_listener
 from relay.listener import RelayListener
 from relay.metrics import PresenceCollector, RelayMetrics
+from relay.peering import Peering
 from relay.postgres_store import PostgresDatabase, PostgresRegistry, PostgresRoleStore
 from relay.presence import MemoryPresence, PresenceDirectory, SessionIds
 from relay.presence_redis import RedisPresence
@@ -134,12 +137,13 @@ def _presence(config: RelayConfig) -> MemoryPresence | RedisPresence:
         raise ConfigError(f"presence.redis_url: {exc}") from None
 
 
-def _advertise(config: RelayConfig, port: int) -> str:
+def _advertise(config: RelayConfig, port: int, host: str | None = None) -> str:
     """``presence.advertise``, else the listen address with the bound port (the
-    host name for a wildcard host)."""
+    host name for a wildcard host); with peering, the peer listener's."""
     if config.presence.advertise:
         return config.presence.advertise
-    host = config.host if config.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+    host = config.host if host is None else host
+    host = host if host not in ("0.0.0.0", "::", "") else socket.gethostname()
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -197,6 +201,7 @@ class RelayServer:
         self._listener: RelayListener | None = None
         self.state: RelayState | None = None
         self._presence: MemoryPresence | RedisPresence | None = None
+        self._peering: Peering | None = None
         self._db: SqliteDatabase | None = None
         self._status_db: SqliteDatabase | None = None
         self._postgres: PostgresDatabase | None = None
@@ -212,12 +217,13 @@ class RelayServer:
             raise RuntimeError("relay is not started")
         return self._listener
 
-    def _validator(self) -> TokenValidator | NoIssuers:
-        if not self.config.issuers:
+    def _validator(self, config: RelayConfig | None = None) -> TokenValidator | NoIssuers:
+        config = config or self.config
+        if not config.issuers:
             log.warning("no oidc.issuers configured: every user token will be refused")
             return NoIssuers()
         issuers = []
-        for raw in self.config.issuers:
+        for raw in config.issuers:
             ca_pem = None
             if raw.ca_file:
                 try:
@@ -229,8 +235,42 @@ class RelayServer:
                                              ca_pem=ca_pem, tenant_ids=raw.tenant_ids))
             except ValueError as exc:
                 raise ConfigError(f"oidc issuer {raw.issuer}: {exc}") from None
-        resolver = self.config.group_source.build() if self.config.group_source else None
-        return TokenValidator(issuers, group_resolver=resolver)
+        resolver = config.group_source.build() if config.group_source else None
+        return TokenValidator(issuers, group_resolver=resolver, **config.validator_options)
+
+    async def reload_identity(self, new: RelayConfig) -> None:
+        """Apply ``new``'s trusted issuers, admins, group source and token
+        validation keys (SIGHUP) without dropping a session: later tokens are
+        validated against them; open streams are re-checked at once (a removed
+        issuer's end). Everything else in ``new`` is ignored.
+
+        Raises:
+            ConfigError: ``new`` cannot be applied; the old configuration stays.
+        """
+        state = self.state
+        if state is None:
+            raise RuntimeError("relay is not started")
+        try:
+            candidate = dataclasses.replace(
+                self.config, issuers=new.issuers, admins=new.admins, group_source=new.group_source,
+                validator_options=new.validator_options)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        validator = self._validator(candidate)  # ConfigError: a CA file cannot be read
+        old = state.validator
+        self.config = state.config = candidate
+        state.validator = validator
+        state.roles.bootstrap_admins = candidate.bootstrap_admins
+        state.roles.cache.clear()
+        if state.validator_collector is not None:
+            state.validator_collector.validator = validator if isinstance(validator, TokenValidator) else None
+        for warning in authorization_warnings(candidate):
+            log.warning("%s", warning)
+        state.live_streams.wake()
+        await old.close()
+        log.info("issuer configuration reloaded issuers=%s admins=%d",
+                 ",".join(i.alias or i.issuer for i in candidate.issuers) or "none",
+                 len(candidate.bootstrap_admins))
 
     async def start(self) -> None:
         """Open the database, bind and serve.
@@ -247,11 +287,12 @@ class RelayServer:
             log.warning("%s", warning)
         validator = self._validator()
         store, writer, roles = await self._open_database()
+        await _scope_old_assignments(roles, config)
         presence = _presence(config)
         self._presence = presence
         directory = PresenceDirectory(LocalDirectory[TunnelSession](), presence, SessionIds())
         self._status = LiveStatusRegistry(store, directory.is_present, config.status_flush_seconds,
-                                          writer=writer)
+                                          writer=writer, present_elsewhere=presence.live_clusters)
         await self._status.start()  # reconcile: nothing stays Connected without a session
         self._database_health = DatabaseHealth(self._status.ping)
         await self._database_health.start()
@@ -320,7 +361,20 @@ class RelayServer:
         self.health_url = self._health.url
         self.state.admission.start()  # its loop-lag timer
         self.port = self._listener.port
-        presence.address = _advertise(config, self.port)
+        if config.peering is not None:
+            try:
+                self._peering = self.state.peering = Peering(self.state, config.peering, config.edge)
+                await self._peering.start()
+            except ConfigError:
+                self._peering = self.state.peering = None
+                await self.stop(drain_seconds=0)
+                raise
+            presence.address = _advertise(config, self._peering.port, config.peering.host)
+            if config.presence.redis_url is None:
+                log.warning("peering is configured but presence.redis_url is not: this replica "
+                            "sees no other replica's agents, so it forwards nothing")
+        else:
+            presence.address = _advertise(config, self.port)
         presence.replica_id = config.presence.replica_id or presence.address
         await presence.start()
         host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
@@ -363,7 +417,7 @@ class RelayServer:
                                   "database.password_file") from None
             # One pool: a flush takes a connection of its own from it.
             return (PostgresRegistry(self._postgres), None,
-                    PostgresRoleStore(self._postgres, config.admins))
+                    PostgresRoleStore(self._postgres, config.bootstrap_admins))
         try:
             self._db = SqliteDatabase(config.database_path)
             # Status is derived from the directory of live sessions (relay/status.py);
@@ -375,7 +429,7 @@ class RelayServer:
             self._close_databases()
             raise ConfigError(f"cannot open database {config.database_path}: {exc}") from None
         return (SqliteRegistry(self._db), SqliteRegistry(self._status_db) if self._status_db else None,
-                SqliteRoleStore(self._db, config.admins))
+                SqliteRoleStore(self._db, config.bootstrap_admins))
 
     def _close_databases(self) -> None:
         for db in (self._status_db, self._db):
@@ -383,20 +437,39 @@ class RelayServer:
                 db.close()
         self._status_db = self._db = None
 
-    async def stop(self, drain_seconds: float | None = None) -> None:
-        """Stop accepting, GOAWAY every session, wait up to ``drain_seconds``
-        (default ``config.drain_seconds``) for streams to finish, then close."""
+    async def stop(self, drain_seconds: float | None = None, move_seconds: float | None = None) -> None:
+        """Stop without loss (relay/drain.py): fail readiness and stop accepting,
+        GOAWAY the arc-proxy sessions, move the agents make-before-break (at
+        most ``move_seconds``, default ``config.agent_move_seconds``, never
+        more than an explicit ``drain_seconds``; not at all without shared
+        presence: a lone relay has no other replica), GOAWAY every session, wait up
+        to ``drain_seconds`` (default ``config.drain_seconds``) for streams to
+        finish, then close."""
         if self._runner is None or self.state is None:
             return
         state = self.state
-        state.accepting = False
+        state.accepting = False  # /readyz: 503 from now on
         state.admission.stop()
         if self._listener is not None:
             self._listener.close()
-        sessions = list(state.sessions)
-        log.info("relay draining sessions=%d", len(sessions))
-        await asyncio.gather(*(s.goaway() for s in sessions), return_exceptions=True)
         drain = self.config.drain_seconds if drain_seconds is None else drain_seconds
+        move = self.config.agent_move_seconds if move_seconds is None else move_seconds
+        if drain_seconds is not None:
+            move = min(move, drain_seconds)
+        if not self.config.presence.redis_url:
+            move = 0.0  # one replica (presence in memory): there is nowhere to move to
+        clients = list(state.client_sessions)
+        agents = list(state.agent_fingerprints)
+        log.info("relay draining clients=%d agents=%d", len(clients), len(agents))
+        # arc-proxy opens its next streams on a new session (another replica).
+        await asyncio.gather(*(s.goaway() for s in clients), return_exceptions=True)
+        state.moving_agents = move > 0  # a control stream opening now is asked at once
+        moved, stayed = await move_agents(agents, list(state.control_streams), move)
+        state.moving_agents = False
+        if agents:
+            log.info("relay agents moved=%d not_moved=%d", moved, stayed)
+        sessions = list(state.sessions)
+        await asyncio.gather(*(s.goaway() for s in sessions), return_exceptions=True)
         if sessions:
             await asyncio.wait([asyncio.ensure_future(s.wait_closed()) for s in sessions],
                                timeout=drain)
@@ -404,6 +477,9 @@ class RelayServer:
         await state.live_streams.close()
         if state.central_rbac is not None:
             await state.central_rbac.stop()
+        if self._peering is not None:
+            await self._peering.stop()
+            self._peering = None
         await self._runner.cleanup()
         await state.validator.close()
         if state.recorder is not None:
@@ -425,3 +501,21 @@ class RelayServer:
             await self._health.stop()
             self._health = None
         log.info("relay stopped")
+
+
+async def _scope_old_assignments(roles: RoleStore, config: RelayConfig) -> None:
+    """Role assignments made before they named an issuer (migration 2) belong
+    to the issuer the relay trusted then: with exactly one trusted issuer they
+    are given to it; beside several they stay unscoped, match nobody, and the
+    relay says so once."""
+    if len(config.issuers) == 1:
+        claimed = await roles.claim_unscoped(config.issuers[0].issuer)
+        if claimed:
+            log.info("role assignments scoped to the only trusted issuer count=%d issuer=%s",
+                     claimed, config.issuers[0].issuer)
+        return
+    unscoped = await roles.count_unscoped()
+    if unscoped:
+        log.warning("role assignments name no issuer and match nobody count=%d: recreate them with "
+                    "principalIssuer (arcctl role assign --assignee-issuer), or start once with only "
+                    "the issuer they were made for", unscoped)

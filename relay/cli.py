@@ -23,11 +23,13 @@ from tunnel.aio import tune_allocator
 __all__ = ["build_parser", "main"]
 
 PROG = "arc-relay"
+log = logging.getLogger("relay")
 
 DESCRIPTION = """\
 Serve the cluster-connect relay: agents inside clusters dial out to it, and
 arc-proxy users reach their clusters through it. It listens with TLS and prints
-one line with its URL when it serves; SIGTERM or Ctrl-C stops it (exit 0).
+one line with its URL when it serves; SIGTERM or Ctrl-C stops it (exit 0); SIGHUP
+re-reads the config file and applies its oidc issuers and admins (sessions stay).
 
 Without --config it serves on 127.0.0.1:8443 with a development certificate and
 keeps its state (one SQLite file) in ~/.local/state/cluster-connect/relay."""
@@ -53,7 +55,7 @@ def build_parser() -> CommandParser:
     return parser
 
 
-async def _serve(server: RelayServer) -> None:
+async def _serve(server: RelayServer, config_path: str | None = None) -> None:
     await server.start()
     ca = f" ca_file={server.ca_file}" if server.ca_file else ""
     print(f"{PROG}: serving {server.url}{ca}", flush=True)
@@ -61,15 +63,32 @@ async def _serve(server: RelayServer) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:
+        task = asyncio.ensure_future(_reload(server, config_path))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     await stop.wait()
     await server.stop()
+
+
+async def _reload(server: RelayServer, config_path: str | None) -> None:
+    """SIGHUP: read the config file again and apply its issuers and admins
+    (RelayServer.reload_identity); a bad file changes nothing and says why in one line."""
+    try:
+        await server.reload_identity(load_relay_config(config_path))
+    except relay_config.ConfigError as exc:
+        log.error("configuration reload refused, the previous configuration stays in force: %s",
+                  str(exc).replace("\n", "; "))
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         config = load_relay_config(args.config)
         tune_allocator()  # bulk frames: see tunnel/aio_alloc.py
-        asyncio.run(_serve(RelayServer(config)))
+        asyncio.run(_serve(RelayServer(config), args.config))
     except relay_config.ConfigError as exc:
         # relay.config's own type until its loader raises cmdline's ConfigError
         # (issue 13 item 2); then this clause changes nothing.

@@ -73,9 +73,11 @@ async def serve_client_session(state: RelayState, request: web.Request, principa
     session = TunnelSession(ws, is_client=False, config=state.tunnel_config,
                             name=f"client:{principal.name}", on_stream=handler)
     state.sessions.add(session)
+    state.client_sessions.add(session)
     state.metrics.sessions.labels("client").inc()
     state.metrics.sessions_total.labels("client").inc()
-    log.info("client connected principal=%s peer=%s", principal.name, request.remote)
+    log.info("client connected principal=%s issuer=%s peer=%s", principal.name, principal.issuer,
+             request.remote)
     loop = asyncio.get_running_loop()
     expiry = loop.call_later(max(0.0, principal.expires_at - time.time()),
                              lambda: state.spawn(session.goaway()))
@@ -84,6 +86,7 @@ async def serve_client_session(state: RelayState, request: web.Request, principa
     finally:
         expiry.cancel()
         state.sessions.discard(session)
+        state.client_sessions.discard(session)
         state.metrics.sessions.labels("client").dec()
         log.info("client disconnected principal=%s reason=%r", principal.name,
                  str(getattr(session, "close_reason", "") or "")[:200])

@@ -11,12 +11,13 @@ Example::
     oidc:
       issuers:
         - {issuer: "https://login.example.com/TENANT/v2.0", audiences: ["api://cluster-connect"],
-           ca_file: null, tenant_ids: null}
-    admins: ["<object id or group object id>"]   # upn only with authorization.match_mutable_claims
+           ca_file: null, tenant_ids: null, alias: null, admins: []}   # alias: principalIssuer may name it
+    admins: ["<object id or group object id>"]   # of the only issuer; with several: oidc.issuers[].admins
+                                                 # upn only with authorization.match_mutable_claims
     authorization:
       match_mutable_claims: []                   # opt-in, e.g. [upn]: mutable in Entra ("nOAuth")
       recheck_seconds: 30                        # open streams re-authorised this often (role revoked)
-    limits: {agent_grace_seconds: 5, drain_seconds: 10, open_timeout_seconds: 10,
+    limits: {agent_grace_seconds: 5, drain_seconds: 10, agent_move_seconds: 5, open_timeout_seconds: 10,
              tls_handshake_timeout_seconds: 10, head_timeout_seconds: 10, max_head_bytes: 65536,
              max_preauth_connections: 1024, keepalive_timeout_seconds: 75,  # relay/edge_limits.py
              streams_per_principal_per_cluster: 256,  # one user's share of one agent session
@@ -40,12 +41,17 @@ Example::
                ttl_seconds: 15,                  # a dead replica's routes lapse within this
                replica_id: null,                 # unique and stable per replica (default: advertise)
                advertise: null}                  # host:port other replicas reach this one at
+                                                 # (with peering: its peer listener's)
+    peering: {listen: "127.0.0.1:8444",          # replica-to-replica links, mutual TLS (unset: off)
+              ca_file: peer-ca.crt, cert_file: peer.crt, key_file: peer.key,
+              dial_timeout_seconds: 2, max_links: 64, max_streams_per_link: 1024}
     debug: {record_data_file: null}              # test hook: append routed DATA bytes to a file
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +62,8 @@ from configfile import Problems, load_config_file, resolve_path, validate_config
 from health import HealthLimits
 from identity import GroupSourceSettings
 from identity.agent_assertion import AGENT_CONNECT_PATH, agent_audiences
+from identity.issuer_names import check_aliases
+from identity.validator_settings import ValidatorKeys
 from relay.config_schema import (
     DEFAULT_AUDIENCE,
     DEFAULT_RECHECK_SECONDS,
@@ -71,6 +79,7 @@ __all__ = [
     "MUTABLE_CLAIMS",
     "ConfigError",
     "IssuerConfig",
+    "PeeringConfig",
     "RelayConfig",
     "RelayFile",
     "agent_endpoint_url",
@@ -91,6 +100,30 @@ class IssuerConfig:
     audiences: tuple[str, ...] = (DEFAULT_AUDIENCE,)
     ca_file: str | None = None
     tenant_ids: tuple[str, ...] | None = None
+    #: short name a role assignment may use for this issuer (``principalIssuer``)
+    alias: str | None = None
+    #: bootstrap admins of this issuer (object or group ids)
+    admins: tuple[str, ...] = ()
+
+
+def several_issuers_admins_error(count: int) -> str:
+    """Why top-level ``admins`` is refused beside several issuers, and the fix."""
+    return (f"a bare id could be any of the {count} trusted issuers' principal: list each admin under "
+            "its issuer's oidc.issuers[].admins (docs/identity-providers.md)")
+
+
+@dataclass(frozen=True)
+class PeeringConfig:
+    """``peering``: replica-to-replica links (relay/peering.py). Paths absolute."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    host: str = "127.0.0.1"
+    port: int = 8444
+    dial_timeout_seconds: float = 2.0
+    max_links: int = 64
+    max_streams_per_link: int = 1024
 
 
 @dataclass(frozen=True)
@@ -108,10 +141,16 @@ class RelayConfig:
     database_url: str | None = None
     database_password_file: str | None = None
     issuers: tuple[IssuerConfig, ...] = ()
+    # oidc.clock_skew_seconds / jwks_refresh_seconds / jwks_min_refresh_seconds:
+    # identity.TokenValidator keyword arguments (identity/validator_settings.py).
+    validator_options: dict[str, Any] = field(default_factory=lambda: ValidatorKeys().validator_kwargs())
     group_source: GroupSourceSettings | None = None
     admins: tuple[str, ...] = ()
     agent_grace_seconds: float = 5.0
     drain_seconds: float = 10.0
+    # On stop, an agent session keeps taking streams this long at most while
+    # its agent dials a new one (relay/drain.py).
+    agent_move_seconds: float = 5.0
     open_timeout_seconds: float = 10.0
     tunnel: dict[str, Any] = field(default_factory=dict)
     record_data_file: str | None = None
@@ -147,6 +186,9 @@ class RelayConfig:
     max_retry_after_seconds: int = 60
 
     def __post_init__(self) -> None:
+        if self.admins and len(self.issuers) > 1:
+            raise ValueError("admins: " + several_issuers_admins_error(len(self.issuers)))
+        check_aliases([(i.issuer, i.alias) for i in self.issuers])
         for name in ("streams_per_principal_per_cluster", "streams_per_client_session",
                      "max_concurrent_handshakes", "retry_after_seconds", "max_retry_after_seconds",
                      "max_queued_handshakes"):
@@ -172,6 +214,27 @@ class RelayConfig:
     max_cluster_series: int = 1000
     # presence.*: routes to agent sessions shared between replicas (relay/presence.py).
     presence: PresenceConfig = field(default_factory=PresenceConfig)
+    # peering.*: forwarding to the replica holding an agent session (None: off).
+    peering: PeeringConfig | None = None
+
+    @property
+    def bootstrap_admins(self) -> frozenset[tuple[str, str]]:
+        """(issuer, id) of every admin: top-level ``admins`` belong to the only
+        issuer (refused beside several), the others to the issuer they are listed under."""
+        pairs = {(i.issuer, a) for i in self.issuers for a in i.admins}
+        if len(self.issuers) == 1:
+            pairs.update((self.issuers[0].issuer, a) for a in self.admins)
+        return frozenset(pairs)
+
+    def issuer_named(self, name: str) -> str | None:
+        """The exact ``iss`` of the trusted issuer ``name`` names (its URL or
+        its alias), else None; "" names the only issuer when there is one."""
+        if not name:
+            return self.issuers[0].issuer if len(self.issuers) == 1 else None
+        for item in self.issuers:
+            if name in (item.issuer, item.alias):
+                return item.issuer
+        return None
 
     @property
     def database_path(self) -> str:
@@ -195,7 +258,8 @@ def authorization_warnings(config: RelayConfig) -> list[str]:
         out.append(f"authorization.match_mutable_claims={list(config.match_mutable_claims)!r}: role "
                    "assignments and admins also match these mutable claims; a user able to change "
                    "them can take another user's roles")
-    if "upn" not in config.match_mutable_claims and any("@" in a for a in config.admins):
+    every_admin = (*config.admins, *(a for i in config.issuers for a in i.admins))
+    if "upn" not in config.match_mutable_claims and any("@" in a for a in every_admin):
         out.append("admins lists an email-like name, which matches nobody: name admins by object id "
                    "(or add upn to authorization.match_mutable_claims)")
     return out
@@ -258,6 +322,12 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
     group_source: GroupSourceSettings | None = None
     if doc.oidc.group_source is not None:
         group_source = doc.oidc.group_source.settings(base, "oidc.group_source", problems)
+    if doc.admins and len(doc.oidc.issuers) > 1:
+        problems.add("admins", several_issuers_admins_error(len(doc.oidc.issuers)))
+    try:
+        check_aliases([(i.issuer, i.alias) for i in doc.oidc.issuers])
+    except ValueError as exc:
+        problems.add("oidc.issuers", str(exc))
     problems.raise_if_any()
     host, port = parse_listen(doc.listen)
     limits, admission = doc.limits, doc.admission
@@ -278,11 +348,15 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
             audiences=tuple(item.audiences or (DEFAULT_AUDIENCE,)),
             ca_file=path(item.ca_file),
             tenant_ids=tuple(item.tenant_ids) if item.tenant_ids else None,
+            alias=item.alias,
+            admins=tuple(item.admins),
         ) for item in doc.oidc.issuers),
         group_source=group_source,
+        validator_options=doc.oidc.validator_kwargs(),
         admins=tuple(doc.admins),
         agent_grace_seconds=limits.agent_grace_seconds,
         drain_seconds=limits.drain_seconds,
+        agent_move_seconds=limits.agent_move_seconds,
         open_timeout_seconds=limits.open_timeout_seconds,
         tunnel=dict(limits.tunnel),
         record_data_file=path(doc.debug.record_data_file)
@@ -320,7 +394,19 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
         max_cluster_series=doc.health.max_cluster_series,
         presence=PresenceConfig(redis_url=doc.presence.redis_url, ttl_seconds=doc.presence.ttl_seconds,
                                 replica_id=doc.presence.replica_id, advertise=doc.presence.advertise),
+        peering=_peering(doc, path),
     )
+
+
+def _peering(doc: RelayFile, path: Callable[[str | None], str | None]) -> PeeringConfig | None:
+    section = doc.peering
+    if section is None:
+        return None
+    host, port = parse_listen(section.listen)
+    return PeeringConfig(ca_file=path(section.ca_file) or "", cert_file=path(section.cert_file) or "",
+                         key_file=path(section.key_file) or "", host=host, port=port,
+                         dial_timeout_seconds=section.dial_timeout_seconds,
+                         max_links=section.max_links, max_streams_per_link=section.max_streams_per_link)
 
 
 def load_relay_config(path: str | os.PathLike[str] | None) -> RelayConfig:

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from configfile import ConfigModel, Secret, Text, parse_host_port
 from health.config import HealthSection
 from identity import OptionalGroupSource
+from identity.validator_settings import ValidatorKeys
 from relay.edge_limits import (
     HEAD_TIMEOUT,
     KEEPALIVE_TIMEOUT,
@@ -31,6 +32,7 @@ __all__ = [
     "DebugSection",
     "IssuerSection",
     "ListenerSection",
+    "PeeringSection",
     "PresenceSection",
     "RelayFile",
     "RelayLimitsSection",
@@ -70,9 +72,13 @@ class IssuerSection(ConfigModel):
     audiences: list[Text] = Field(default=[DEFAULT_AUDIENCE], description="Accepted `aud` values (empty: the default).")
     ca_file: str | None = Field(default=None, description="CA bundle for the issuer's discovery and JWKS (unset: system trust).")
     tenant_ids: list[Text] | None = Field(default=None, description="Accepted `tid` values (unset: any).")
+    alias: str | None = Field(default=None, description="Short name of the issuer (role assignments may name "
+                              "their assignee's issuer by it: `principalIssuer`).")
+    admins: list[Text] = Field(default=[], description="Object ids (or group object ids) of this issuer with "
+                               "every role on `/` (bootstrap; docs/identity-providers.md).")
 
 
-class RelayOidcSection(ConfigModel):
+class RelayOidcSection(ValidatorKeys):
     """``oidc``: whose tokens users may present."""
 
     issuers: list[IssuerSection] = Field(default=[], description="Trusted issuers.")
@@ -103,7 +109,11 @@ class RelayLimitsSection(ConfigModel):
 
     agent_grace_seconds: float = Field(default=5.0, ge=0, description="A stream opened while the "
                                        "cluster's agent is not connected waits this long for it to (re)connect.")
-    drain_seconds: float = Field(default=10.0, ge=0, description="On SIGTERM, open streams get this long to finish.")
+    drain_seconds: float = Field(default=10.0, ge=0, description="On SIGTERM, open streams get this long to finish "
+                                 "(after the agents moved).")
+    agent_move_seconds: float = Field(default=5.0, ge=0, description="On SIGTERM, each agent session keeps "
+                                      "taking new streams until its agent's new session is up (elsewhere "
+                                      "behind the load balancer), at most this long; then GOAWAY.")
     open_timeout_seconds: float = Field(default=10.0, gt=0, description="A stream OPEN the agent does not answer "
                                         "within this is refused.")
     tls_handshake_timeout_seconds: float = Field(default=TLS_HANDSHAKE_TIMEOUT, gt=0,
@@ -169,7 +179,8 @@ class PresenceSection(ConfigModel):
                                     description="This replica's name in routes, unique in the tier "
                                     "and stable across its restarts, e.g. the pod name (unset: `advertise`).")
     advertise: str | None = Field(default=None, description="`host:port` other replicas reach this one "
-                                  "at (unset: `listen`, the host name standing in for a wildcard host).")
+                                  "at: with `peering`, its peer listener (unset: `peering.listen`, else "
+                                  "`listen`; the host name standing in for a wildcard host).")
 
     @field_validator("redis_url")
     @classmethod
@@ -185,6 +196,30 @@ class PresenceSection(ConfigModel):
             host, port = parse_host_port(value)
             if not host or port == 0:
                 raise ValueError("expected host:port with a host and a non-zero port")
+        return value
+
+
+class PeeringSection(ConfigModel):
+    """``peering``: the replica-to-replica link a stream takes when its cluster's
+    agent is on another replica (relay/peering.py; unset: no forwarding)."""
+
+    listen: str = Field(default="127.0.0.1:8444", description="`host:port` of the peer listener "
+                        "(mutual TLS; `presence.advertise` must reach it).")
+    ca_file: str = Field(description="PEM CA that issued every replica's peer certificate (only "
+                         "certificates it signed are accepted, either way).")
+    cert_file: str = Field(description="This replica's peer certificate (server and client auth).")
+    key_file: str = Field(description="Its private key.")
+    dial_timeout_seconds: float = Field(default=2.0, gt=0, le=60, description="TCP + TLS + upgrade "
+                                        "of a peer link; beyond it the route counts as stale.")
+    max_links: int = Field(default=64, ge=1, description="Peer links this replica dials at most "
+                           "(one per other replica).")
+    max_streams_per_link: int = Field(default=1024, ge=1, description="Streams open at once on one "
+                                      "peer link, either way (beyond: refused, the next route is tried).")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_listen(value)
         return value
 
 
@@ -228,6 +263,8 @@ class RelayFile(ConfigModel):
     admission: AdmissionSection = Field(default=AdmissionSection(), description="Handshake admission.")
     presence: PresenceSection = Field(default=PresenceSection(), description="Routes to agent sessions "
                                       "shared between replicas (Redis).")
+    peering: PeeringSection | None = Field(default=None, description="Forwarding to the replica "
+                                           "holding a cluster's agent (unset: off).")
     debug: DebugSection = Field(default=DebugSection(), description="Test hooks.")
     health: RelayHealthSection = Field(default=RelayHealthSection(), description="The `/livez` `/readyz` "
                                        "`/metrics` listener (docs/metrics.md).")

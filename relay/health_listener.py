@@ -50,7 +50,8 @@ def relay_health_listener(state: RelayState, listener: RelayListener) -> HealthL
     registry.register(clusters)
     state.metrics.clusters = clusters
     validator = state.validator if isinstance(state.validator, TokenValidator) else None
-    registry.register(TokenValidatorCollector(validator, PREFIX))
+    state.validator_collector = TokenValidatorCollector(validator, PREFIX)
+    registry.register(state.validator_collector)
     health = HealthListener(registry, ready_checks(state), limits=config.health_limits, name="relay",
                             before_metrics=clusters.refresh)
     registry.register(health.collector(PREFIX))

@@ -27,6 +27,8 @@ from relay.roles import (
     RoleAssignment,
     assignment_errors,
     cluster_scope,
+    looks_like_name,
+    name_assignment_error,
     valid_assignment_id,
     valid_scope,
 )
@@ -58,9 +60,10 @@ class _Abort(Exception):
 
 async def _require(request: web.Request, principal: Principal, action: Action, scope: str, role_hint: str) -> None:
     state = request.app[STATE]
-    if not await state.roles.allowed(state.principal_ids(principal), action, scope):
+    if not await state.may(principal, action, scope):
         state.metrics.auth_failures.labels("api", "forbidden").inc()
-        log.info("api forbidden principal=%s action=%s scope=%s", principal.name, action, scope)
+        log.info("api forbidden principal=%s issuer=%s action=%s scope=%s", principal.name,
+                 principal.issuer, action, scope)
         raise _Abort(json_error(
             403, "Forbidden", f"principal {principal.name} has no {role_hint} role at scope {scope} "
             "(nor at a scope containing it)"
@@ -226,10 +229,9 @@ async def list_clusters(request: web.Request) -> web.Response:
     rg = request.query.get("resourceGroup")
     if rg is not None and not valid_name(rg):
         return json_error(400, "InvalidName", f"resource group {rg!r} is not a valid name")
-    ids = state.principal_ids(principal)
     clusters = [
         c.to_json() for c in await state.registry.list(rg)
-        if await state.roles.allowed(ids, "read", cluster_scope(c.resource_group, c.name))
+        if await state.may(principal, "read", cluster_scope(c.resource_group, c.name))
     ]
     return web.json_response({"value": clusters})
 
@@ -251,15 +253,22 @@ async def put_role_assignment(request: web.Request) -> web.Response:
     errors = assignment_errors(body)
     if errors:
         return json_error(400, "InvalidRequest", "; ".join(errors))
+    issuer = _assignee_issuer(state, body.get("principalIssuer", ""))
+    if (body.get("principalType", "User") != "Group" and looks_like_name(body["principalId"])
+            and not state.config.match_mutable_claims):
+        # Stored, it could never match: say so now, not by silence later.
+        return json_error(400, "InvalidRequest", name_assignment_error(body["principalId"]))
     await _require(request, principal, "manage_roles", body["scope"], "admin")
     existing = await state.roles.get(aid)
     if existing is not None:
         await _require(request, principal, "manage_roles", existing.scope, "admin")
     stored, created = await state.roles.put(RoleAssignment(
-        aid, body["principalId"], body.get("principalType", "User"), body["role"], body["scope"]
+        aid, body["principalId"], body.get("principalType", "User"), body["role"], body["scope"],
+        principal_issuer=issuer,
     ))
-    log.info("role assignment %s id=%s role=%s scope=%s by=%s", "created" if created else "updated",
-             aid, stored.role, stored.scope, principal.name)
+    log.info("role assignment %s id=%s role=%s scope=%s assignee_issuer=%s by=%s",
+             "created" if created else "updated", aid, stored.role, stored.scope, stored.principal_issuer,
+             principal.name)
     state.central_rbac_changed()
     if existing is not None:
         state.live_streams.wake()  # a replaced assignment may have taken a role away
@@ -273,7 +282,7 @@ async def get_role_assignment(request: web.Request) -> web.Response:
     principal = await _principal(request)
     aid = _assignment_id(request)
     found = await state.roles.get(aid)
-    if found is None or not await state.roles.allowed(state.principal_ids(principal), "manage_roles", found.scope):
+    if found is None or not await state.may(principal, "manage_roles", found.scope):
         # Without admin at its scope an assignment is indistinguishable from none.
         await _require(request, principal, "manage_roles", found.scope if found else "/", "admin")
         return json_error(404, "NotFound", f"role assignment {aid} does not exist")
@@ -298,20 +307,40 @@ async def delete_role_assignment(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def _administers_any_scope(state: RelayState, principal_ids: set[str]) -> bool:
-    ids = frozenset(principal_ids)
-    if ids & state.roles.bootstrap_admins:
+def _assignee_issuer(state: RelayState, value: Any) -> str:
+    """The exact ``iss`` a request's ``principalIssuer`` names (URL or alias;
+    absent: the only trusted issuer), or a 400: an assignment to an issuer the
+    relay does not trust could never match."""
+    issuers = state.config.issuers
+    found = state.config.issuer_named(value) if isinstance(value, str) else None
+    if found is not None:
+        return found
+    trusted = ", ".join(i.alias or i.issuer for i in issuers) or "none"
+    if value == "" and issuers:
+        message = (f"principalIssuer is required: this relay trusts {len(issuers)} issuers ({trusted}); "
+                   "name the assignee's issuer by URL or alias")
+    else:
+        message = f"principalIssuer must name a trusted issuer by URL or alias (trusted: {trusted})"
+    raise _Abort(json_error(400, "InvalidRequest", message))
+
+
+async def _administers_any_scope(state: RelayState, principal: Principal) -> bool:
+    ids = state.principal_ids(principal)
+    if state.roles.is_bootstrap_admin(principal.issuer, ids):
         return True
-    return any("manage_roles" in ROLES.get(a.role, ()) for a in await state.roles.for_principals(ids))
+    return any("manage_roles" in ROLES.get(a.role, ())
+               for a in await state.roles.for_principals(principal.issuer, ids))
 
 
 @_handler
 async def list_role_assignments(request: web.Request) -> web.Response:
-    """GET /api/v1/roleAssignments[?principalId=&scope=]: those the caller administers."""
+    """GET /api/v1/roleAssignments[?principalId=&principalIssuer=&scope=]: those the caller administers."""
     state = request.app[STATE]
     principal = await _principal(request)
-    ids = state.principal_ids(principal)
     want_principal, want_scope = request.query.get("principalId"), request.query.get("scope")
+    want_issuer = request.query.get("principalIssuer")
+    if want_issuer is not None:
+        want_issuer = _assignee_issuer(state, want_issuer)
     # A caller who administers nothing (or not the scope asked for) is told so,
     # not handed an empty list that reads as "there are no assignments".
     if want_scope is not None:
@@ -319,15 +348,17 @@ async def list_role_assignments(request: web.Request) -> web.Response:
             return json_error(400, "InvalidScope", "scope must be '/', '/resourceGroups/RG', "
                               "'/resourceGroups/RG/clusters/NAME' or '/resourceGroups/RG/clusters/NAME/namespaces/NS'")
         await _require(request, principal, "manage_roles", want_scope, "admin")
-    elif not await _administers_any_scope(state, ids):
+    elif not await _administers_any_scope(state, principal):
         state.metrics.auth_failures.labels("api", "forbidden").inc()
-        log.info("api forbidden principal=%s action=manage_roles scope=any", principal.name)
+        log.info("api forbidden principal=%s issuer=%s action=manage_roles scope=any", principal.name,
+                 principal.issuer)
         return json_error(403, "Forbidden", f"principal {principal.name} has no admin role at any scope; "
                           "listing role assignments needs admin at the scopes they are listed for")
     value = [
         a.to_json() for a in await state.roles.list_all()
-        if await state.roles.allowed(ids, "manage_roles", a.scope)
+        if await state.may(principal, "manage_roles", a.scope)
         and (want_principal is None or a.principal_id == want_principal)
+        and (want_issuer is None or a.principal_issuer == want_issuer)
         and (want_scope is None or a.scope == want_scope)
     ]
     return web.json_response({"value": value})

@@ -99,6 +99,30 @@ class RelayMetrics:
             ["endpoint"],
             registry=r,
         )
+        self.forwarded = Counter(
+            "arc_relay_streams_forwarded_total",
+            "Streams across peer links by direction (out: to the agent's replica, in: from a "
+            "replica a client reached) and outcome (forwarded, stale, unreachable, refused, bad_target).",
+            ["direction", "outcome"],
+            registry=r,
+        )
+        self.forwarded_open = Gauge(
+            "arc_relay_streams_forwarded_open", "Streams open on peer links now, by direction.",
+            ["direction"], registry=r,
+        )
+        self.peer_links = Gauge(
+            "arc_relay_peer_links_open", "Peer links up now, by direction (out: dialled, in: accepted).",
+            ["direction"], registry=r,
+        )
+        self.peer_link_events = Counter(
+            "arc_relay_peer_link_events_total",
+            "Peer link events by direction and event (up, down, dial_failed).",
+            ["direction", "event"],
+            registry=r,
+        )
+        for direction in ("out", "in"):
+            self.peer_links.labels(direction).set(0)
+            self.forwarded_open.labels(direction).set(0)
         for kind in ("agent", "client"):
             self.sessions.labels(kind).set(0)
         for direction in ("client_to_agent", "agent_to_client"):

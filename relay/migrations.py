@@ -72,9 +72,19 @@ CREATE TABLE IF NOT EXISTS role_assignments (
 CREATE INDEX IF NOT EXISTS role_assignments_principal ON role_assignments (principal_id);
 """
 
+# A principal belongs to its issuer (docs/identity-providers.md): the assignee's
+# exact ``iss``. Rows made before it get "" (matching nobody) until the relay,
+# started with exactly one trusted issuer, claims them for it
+# (claim_unscoped_*): the issuer they were made for.
+_V2 = """
+ALTER TABLE role_assignments ADD COLUMN principal_issuer TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS role_assignments_issuer_principal
+    ON role_assignments (principal_issuer, principal_id)
+"""
+
 # Clusters that enabled central Kubernetes roles (relay/central_rbac_store.py);
 # a table of its own so a cluster's registration is untouched by the mode.
-_V2 = """
+_V3 = """
 CREATE TABLE IF NOT EXISTS central_rbac_clusters (
     cluster_id TEXT PRIMARY KEY,
     enabled_at TEXT NOT NULL
@@ -83,8 +93,35 @@ CREATE TABLE IF NOT EXISTS central_rbac_clusters (
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "clusters and role assignments", _V1),
-    Migration(2, "clusters with central Kubernetes roles", _V2),
+    Migration(2, "role assignments name their assignee's issuer", _V2),
+    Migration(3, "clusters with central Kubernetes roles", _V3),
 )
+
+_CLAIM_UNSCOPED = "UPDATE role_assignments SET principal_issuer = {mark} WHERE principal_issuer = ''"
+_COUNT_UNSCOPED = "SELECT count(*) FROM role_assignments WHERE principal_issuer = ''"
+
+
+def claim_unscoped_sqlite(cur: sqlite3.Cursor, issuer: str) -> int:
+    """Give role assignments that name no issuer to ``issuer`` (inside the
+    caller's transaction); returns how many."""
+    cur.execute(_CLAIM_UNSCOPED.format(mark="?"), (issuer,))
+    return cur.rowcount
+
+
+def count_unscoped_sqlite(cur: sqlite3.Cursor) -> int:
+    """Role assignments that name no issuer."""
+    return int(cur.execute(_COUNT_UNSCOPED).fetchone()[0])
+
+
+async def claim_unscoped_postgresql(conn: asyncpg.Pool | asyncpg.Connection, issuer: str) -> int:
+    """Give role assignments that name no issuer to ``issuer``; returns how many."""
+    status = await conn.execute(_CLAIM_UNSCOPED.format(mark="$1"), issuer)
+    return int(str(status).rsplit(" ", 1)[-1])
+
+
+async def count_unscoped_postgresql(conn: asyncpg.Pool | asyncpg.Connection) -> int:
+    """Role assignments that name no issuer."""
+    return int(await conn.fetchval(_COUNT_UNSCOPED))
 
 _VERSION_TABLE = ("CREATE TABLE IF NOT EXISTS schema_version "
                   "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)")

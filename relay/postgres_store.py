@@ -15,7 +15,11 @@ from typing import Any
 
 import asyncpg
 
-from relay.migrations import migrate_postgresql
+from relay.migrations import (
+    claim_unscoped_postgresql,
+    count_unscoped_postgresql,
+    migrate_postgresql,
+)
 from relay.registry import (
     COLUMNS,
     Cluster,
@@ -25,7 +29,13 @@ from relay.registry import (
     metadata_columns,
     utc_now,
 )
-from relay.roles import AuthorizationCache, CachedAuthorization, RoleAssignment, assignment_from_row
+from relay.roles import (
+    AuthorizationCache,
+    CachedAuthorization,
+    IssuerScopedId,
+    RoleAssignment,
+    assignment_from_row,
+)
 
 # Connections one relay holds: enough for the management API and the
 # write-behind flush to overlap, few enough for many replicas on one server.
@@ -140,7 +150,7 @@ class PostgresRegistry:
 class PostgresRoleStore(CachedAuthorization):
     """Role assignments in PostgreSQL, plus the bootstrap admins."""
 
-    def __init__(self, db: PostgresDatabase, bootstrap_admins: Iterable[str] = (),
+    def __init__(self, db: PostgresDatabase, bootstrap_admins: Iterable[IssuerScopedId] = (),
                  cache: AuthorizationCache | None = None) -> None:
         self.db = db
         self.bootstrap_admins = frozenset(bootstrap_admins)
@@ -148,13 +158,14 @@ class PostgresRoleStore(CachedAuthorization):
 
     async def put(self, assignment: RoleAssignment) -> tuple[RoleAssignment, bool]:
         row = await self.db.pool.fetchrow(
-            "INSERT INTO role_assignments (id, principal_id, principal_type, role, scope, created_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6) "
+            "INSERT INTO role_assignments (id, principal_id, principal_type, role, scope, created_at, "
+            "principal_issuer) VALUES ($1, $2, $3, $4, $5, $6, $7) "
             "ON CONFLICT (id) DO UPDATE SET principal_id = EXCLUDED.principal_id, "
-            "principal_type = EXCLUDED.principal_type, role = EXCLUDED.role, scope = EXCLUDED.scope "
+            "principal_type = EXCLUDED.principal_type, role = EXCLUDED.role, scope = EXCLUDED.scope, "
+            "principal_issuer = EXCLUDED.principal_issuer "
             "RETURNING created_at, (xmax = 0) AS inserted",
             assignment.id, assignment.principal_id, assignment.principal_type, assignment.role,
-            assignment.scope, utc_now())
+            assignment.scope, utc_now(), assignment.principal_issuer)
         self.cache.clear()
         return replace(assignment, created_at=row["created_at"]), bool(row["inserted"])
 
@@ -171,10 +182,19 @@ class PostgresRoleStore(CachedAuthorization):
         rows = await self.db.pool.fetch("SELECT * FROM role_assignments ORDER BY id")
         return [assignment_from_row(r) for r in rows]
 
-    async def for_principals(self, principal_ids: Iterable[str]) -> list[RoleAssignment]:
+    async def for_principals(self, issuer: str, principal_ids: Iterable[str]) -> list[RoleAssignment]:
         ids = sorted(set(principal_ids))
-        if not ids:
+        if not ids or not issuer:
             return []
         rows = await self.db.pool.fetch(
-            "SELECT * FROM role_assignments WHERE principal_id = ANY($1::text[])", ids)
+            "SELECT * FROM role_assignments WHERE principal_issuer = $1 AND principal_id = ANY($2::text[])",
+            issuer, ids)
         return [assignment_from_row(r) for r in rows]
+
+    async def claim_unscoped(self, issuer: str) -> int:
+        claimed = await claim_unscoped_postgresql(self.db.pool, issuer)
+        self.cache.clear()
+        return claimed
+
+    async def count_unscoped(self) -> int:
+        return await count_unscoped_postgresql(self.db.pool)

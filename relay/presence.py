@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -85,8 +85,9 @@ class PresenceConfig:
         redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL; None: in memory.
         ttl_seconds: a route lapses this long after its last refresh.
         replica_id: this replica's name in routes (None: its advertise address).
-        advertise: ``host:port`` other replicas reach this one at (None: the
-            listen address, the host name standing in for a wildcard host).
+        advertise: ``host:port`` other replicas reach this one at: with
+            peering, its peer listener (None: ``peering.listen``, else the
+            listen address; the host name standing in for a wildcard host).
     """
 
     redis_url: str | None = None
@@ -116,6 +117,14 @@ class Presence(Protocol):
 
     def lookup(self, cluster_id: str) -> Awaitable[list[Route]]:
         """The live routes of ``cluster_id``, newest session first.
+
+        Raises:
+            PresenceUnavailable: the store did not answer.
+        """
+        ...
+
+    async def live_clusters(self, cluster_ids: Sequence[str]) -> set[str]:
+        """Which of ``cluster_ids`` have a live route on any replica (status).
 
         Raises:
             PresenceUnavailable: the store did not answer.
@@ -175,6 +184,9 @@ class MemoryPresence:
         if session_id is None:
             return []
         return [Route(session_id, self.replica_id, self.address, math.inf)]
+
+    async def live_clusters(self, cluster_ids: Sequence[str]) -> set[str]:
+        return {cid for cid in cluster_ids if cid in self._held}
 
     def held(self) -> dict[str, int]:
         """Cluster id -> session id of every registration (a copy)."""

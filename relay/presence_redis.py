@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -63,6 +64,8 @@ MAX_PIPELINE = 256
 # What a failed Redis call raises: the client's own errors, and socket errors
 # redis-py lets through on some connect paths.
 STORE_ERRORS = (RedisError, OSError, TimeoutError)
+# Clusters looked up per pipeline by ``live_clusters``.
+LOOKUP_CHUNK = 500
 
 # KEYS[1] the cluster's hash; ARGV: replica id, session id, address, TTL ms.
 # Returns 2 when the field was created, 1 when refreshed, 0 when a newer
@@ -199,6 +202,24 @@ class RedisPresence:
                                       f"{type(exc).__name__}") from exc
         routes = (parse_route(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2))
         return sorted((r for r in routes if r is not None), reverse=True)
+
+    async def live_clusters(self, cluster_ids: Sequence[str]) -> set[str]:
+        """Which of ``cluster_ids`` have a live route (one pipeline per
+        ``LOOKUP_CHUNK`` ids: ``arcctl list`` of many clusters is a few round trips)."""
+        live: set[str] = set()
+        try:
+            for start in range(0, len(cluster_ids), LOOKUP_CHUNK):
+                chunk = cluster_ids[start:start + LOOKUP_CHUNK]
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for cid in chunk:
+                        await self._lookup(keys=[presence_key(cid)], client=pipe)
+                    answers = await pipe.execute()
+                live.update(cid for cid, flat in zip(chunk, answers, strict=True) if flat)
+        except STORE_ERRORS as exc:
+            self._failed(exc)
+            raise PresenceUnavailable(f"presence store {redacted_url(self.url)} did not answer: "
+                                      f"{type(exc).__name__}") from exc
+        return live
 
     async def start(self) -> None:
         if self._task is None:

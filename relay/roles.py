@@ -11,18 +11,25 @@ Scopes: ``/`` (everything), ``/resourceGroups/RG`` (a resource group and its
 clusters), ``/resourceGroups/RG/clusters/NAME`` (one cluster). An assignment at
 a scope covers every scope below it. ``admins`` from the relay config are
 bootstrap admins on ``/`` and are not stored.
+
+A principal belongs to its issuer (docs/identity-providers.md): an assignment
+names its assignee's issuer (``principal_issuer``, the exact ``iss``) beside
+its id and matches only tokens of that issuer; a bootstrap admin is an
+(issuer, id) pair.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeAlias
 
 from relay import names
 from relay.kubernetes_roles import KUBERNETES_ROLE_ACTIONS, scope_role_errors
+from relay.migrations import claim_unscoped_sqlite, count_unscoped_sqlite
 from relay.registry import SqliteDatabase, utc_now
 
 Action = Literal["read", "write", "delete", "connect", "manage_roles"]
@@ -34,6 +41,9 @@ ROLES: dict[str, frozenset[str]] = {
     **KUBERNETES_ROLE_ACTIONS,  # enforced in the cluster (relay/kubernetes_roles.py)
 }
 PRINCIPAL_TYPES = ("User", "Group", "ServicePrincipal")
+#: (issuer, id): a principal id as one issuer means it.
+IssuerScopedId: TypeAlias = tuple[str, str]
+_DecisionKey: TypeAlias = tuple[str, frozenset[str], str, str]
 # Checked by relay.names (fullmatch, closed alphabet).
 _SCOPE_RE = names.SCOPE_RE
 _ID_RE = names.ASSIGNMENT_ID_RE
@@ -76,16 +86,38 @@ class RoleAssignment:
     role: str
     scope: str
     created_at: str = ""
+    #: the exact ``iss`` of the assignee's tokens ("" only on rows made before
+    #: issuers were stored and not yet claimed: they match nobody)
+    principal_issuer: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "principalId": self.principal_id,
+            "principalIssuer": self.principal_issuer,
             "principalType": self.principal_type,
             "role": self.role,
             "scope": self.scope,
             "createdAt": self.created_at,
         }
+
+
+# A user or app name (``alice@contoso.example``): what upn, preferred_username
+# and email hold, never an object id or ``<iss>#<sub>``.
+_NAME_RE = re.compile(r"[^@#/:\s]+@[^@#/:\s]+\.[^@#/:\s]+")
+
+
+def looks_like_name(principal_id: str) -> bool:
+    """Whether ``principal_id`` is an email-like user name rather than an id."""
+    return bool(_NAME_RE.fullmatch(principal_id))
+
+
+def name_assignment_error(principal_id: str) -> str:
+    """Why an assignment to a user name is refused when only ids match, and the fix."""
+    return (f"principalId {principal_id!r} is a user name, which matches no token here (names can be "
+            "changed by their owner; the relay matches them only with authorization.match_mutable_claims): "
+            "pass the principal's object id (oid) instead, with principalIssuer when the relay trusts "
+            "several issuers (arcctl role assign --assignee OBJECT_ID --assignee-issuer ISSUER)")
 
 
 def assignment_errors(body: dict[str, Any]) -> list[str]:
@@ -127,12 +159,12 @@ class AuthorizationCache:
         # Bumped by clear(): a decision read from the store before a change
         # committed and answered after it must not be cached (see allowed()).
         self.generation = 0
-        self._decisions: OrderedDict[tuple[frozenset[str], str, str], tuple[bool, float]] = OrderedDict()
+        self._decisions: OrderedDict[_DecisionKey, tuple[bool, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._decisions)
 
-    def get(self, key: tuple[frozenset[str], str, str]) -> bool | None:
+    def get(self, key: _DecisionKey) -> bool | None:
         """The cached decision, or None when absent or expired."""
         found = self._decisions.get(key)
         if found is None or found[1] <= self.clock():
@@ -144,7 +176,7 @@ class AuthorizationCache:
         self.hits += 1
         return found[0]
 
-    def put(self, key: tuple[frozenset[str], str, str], decision: bool) -> None:
+    def put(self, key: _DecisionKey, decision: bool) -> None:
         if self.ttl <= 0 or self.entries <= 0:
             return
         self._decisions[key] = (decision, self.clock() + self.ttl)
@@ -164,7 +196,7 @@ class RoleStore(Protocol):
     when it can; ``put`` and ``delete`` clear that cache.
     """
 
-    bootstrap_admins: frozenset[str]
+    bootstrap_admins: frozenset[IssuerScopedId]
     cache: AuthorizationCache
 
     async def put(self, assignment: RoleAssignment) -> tuple[RoleAssignment, bool]:
@@ -177,13 +209,26 @@ class RoleStore(Protocol):
 
     async def list_all(self) -> list[RoleAssignment]: ...
 
-    async def for_principals(self, principal_ids: Iterable[str]) -> list[RoleAssignment]:
-        """Assignments held by any of ``principal_ids`` (a user and its groups)."""
+    async def for_principals(self, issuer: str, principal_ids: Iterable[str]) -> list[RoleAssignment]:
+        """Assignments of ``issuer`` held by any of ``principal_ids`` (a user and its groups)."""
         ...
 
-    async def allowed(self, principal_ids: Iterable[str], action: Action, scope: str) -> bool:
-        """Whether any of ``principal_ids`` holds a role granting ``action`` at
-        ``scope`` (directly or through a covering scope)."""
+    async def allowed(self, issuer: str, principal_ids: Iterable[str], action: Action, scope: str) -> bool:
+        """Whether any of ``principal_ids`` of ``issuer`` holds a role granting
+        ``action`` at ``scope`` (directly or through a covering scope)."""
+        ...
+
+    def is_bootstrap_admin(self, issuer: str, principal_ids: Iterable[str]) -> bool:
+        """Whether one of ``principal_ids`` of ``issuer`` is among ``admins``."""
+        ...
+
+    async def claim_unscoped(self, issuer: str) -> int:
+        """Give rows stored before issuers were (``principal_issuer`` "") to
+        ``issuer``, the relay's only one; returns how many."""
+        ...
+
+    async def count_unscoped(self) -> int:
+        """Rows that name no issuer (they match nobody)."""
         ...
 
 
@@ -191,7 +236,7 @@ def assignment_from_row(row: Any) -> RoleAssignment:
     """A :class:`RoleAssignment` from a database row with the table's column names."""
     return RoleAssignment(
         row["id"], row["principal_id"], row["principal_type"], row["role"], row["scope"],
-        row["created_at"],
+        row["created_at"], row["principal_issuer"],
     )
 
 
@@ -199,24 +244,30 @@ class CachedAuthorization:
     """``allowed`` for a role store: bootstrap admins first, then the cache,
     then the store's ``for_principals``."""
 
-    bootstrap_admins: frozenset[str]
+    bootstrap_admins: frozenset[IssuerScopedId]
     cache: AuthorizationCache
 
-    async def for_principals(self, principal_ids: Iterable[str]) -> list[RoleAssignment]:
+    async def for_principals(self, issuer: str, principal_ids: Iterable[str]) -> list[RoleAssignment]:
         raise NotImplementedError
 
-    async def allowed(self, principal_ids: Iterable[str], action: Action, scope: str) -> bool:
+    def is_bootstrap_admin(self, issuer: str, principal_ids: Iterable[str]) -> bool:
+        """Whether one of ``principal_ids`` of ``issuer`` is among ``admins``."""
+        return any((issuer, i) in self.bootstrap_admins for i in principal_ids)
+
+    async def allowed(self, issuer: str, principal_ids: Iterable[str], action: Action, scope: str) -> bool:
         ids = frozenset(principal_ids)
-        if ids & self.bootstrap_admins:
+        if not issuer:  # "" names the unclaimed rows, never a caller
+            return False
+        if self.is_bootstrap_admin(issuer, ids):
             return True
-        key = (ids, action, scope)
+        key = (issuer, ids, action, scope)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
         generation = self.cache.generation
         decision = any(
             action in ROLES.get(a.role, ()) and scope_covers(a.scope, scope)
-            for a in await self.for_principals(ids)
+            for a in await self.for_principals(issuer, ids)
         )
         if self.cache.generation == generation:  # no change committed meanwhile
             self.cache.put(key, decision)
@@ -227,7 +278,7 @@ class SqliteRoleStore(CachedAuthorization):
     """Role assignments in the relay's SQLite file (statements on the
     database's worker thread), plus the bootstrap admins."""
 
-    def __init__(self, db: SqliteDatabase, bootstrap_admins: Iterable[str] = (),
+    def __init__(self, db: SqliteDatabase, bootstrap_admins: Iterable[IssuerScopedId] = (),
                  cache: AuthorizationCache | None = None) -> None:
         self.db = db
         self.bootstrap_admins = frozenset(bootstrap_admins)
@@ -247,9 +298,10 @@ class SqliteRoleStore(CachedAuthorization):
             created_at = old["created_at"] if old else utc_now()
             cur.execute(
                 "INSERT OR REPLACE INTO role_assignments "
-                "(id, principal_id, principal_type, role, scope, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "(id, principal_id, principal_type, role, scope, created_at, principal_issuer) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (assignment.id, assignment.principal_id, assignment.principal_type,
-                 assignment.role, assignment.scope, created_at),
+                 assignment.role, assignment.scope, created_at, assignment.principal_issuer),
             )
         return replace(assignment, created_at=created_at), old is None
 
@@ -279,17 +331,34 @@ class SqliteRoleStore(CachedAuthorization):
             rows = cur.execute("SELECT * FROM role_assignments ORDER BY id").fetchall()
         return [assignment_from_row(r) for r in rows]
 
-    async def for_principals(self, principal_ids: Iterable[str]) -> list[RoleAssignment]:
-        """Assignments held by any of ``principal_ids`` (a user and its groups)."""
+    async def for_principals(self, issuer: str, principal_ids: Iterable[str]) -> list[RoleAssignment]:
+        """Assignments of ``issuer`` held by any of ``principal_ids`` (a user and its groups)."""
         ids = sorted(set(principal_ids))
-        if not ids:
+        if not ids or not issuer:
             return []
-        return await self.db.run(self._for_principals, ids)
+        return await self.db.run(self._for_principals, issuer, ids)
 
-    def _for_principals(self, ids: list[str]) -> list[RoleAssignment]:
+    def _for_principals(self, issuer: str, ids: list[str]) -> list[RoleAssignment]:
         marks = ", ".join("?" for _ in ids)
         with self.db.reading() as cur:
             rows = cur.execute(
-                f"SELECT * FROM role_assignments WHERE principal_id IN ({marks})", ids
+                "SELECT * FROM role_assignments WHERE principal_issuer = ? "
+                f"AND principal_id IN ({marks})", [issuer, *ids]
             ).fetchall()
         return [assignment_from_row(r) for r in rows]
+
+    async def claim_unscoped(self, issuer: str) -> int:
+        claimed = await self.db.run(self._claim_unscoped, issuer)
+        self.cache.clear()
+        return claimed
+
+    def _claim_unscoped(self, issuer: str) -> int:
+        with self.db.transaction() as cur:
+            return claim_unscoped_sqlite(cur, issuer)
+
+    async def count_unscoped(self) -> int:
+        return await self.db.run(self._count_unscoped)
+
+    def _count_unscoped(self) -> int:
+        with self.db.reading() as cur:
+            return count_unscoped_sqlite(cur)

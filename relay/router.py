@@ -2,7 +2,9 @@
 
 For each OPEN on a client session: authorise (cluster-user or admin on the
 cluster), find the live agent session (waiting a short grace for an agent that
-is reconnecting, e.g. after a relay restart), open a stream on it, and only
+is reconnecting, e.g. after a relay restart; with ``peering``, on another
+replica through a peer link when it is not live here: relay/peering.py), open
+a stream on it, and only
 then accept the client's stream and join the two at the frame level
 (``tunnel.join_streams``). Nothing inside DATA is parsed; memory per stream
 is bounded by the tunnel's windows because bytes move from one stream to the
@@ -34,6 +36,7 @@ from relay.revocation import LiveStream
 from relay.roles import cluster_scope
 from relay.shares import SessionShare
 from relay.state import RelayState
+from relay.status import is_registered
 from tunnel import (
     UPSTREAM_TARGET,
     ErrorCode,
@@ -45,6 +48,10 @@ from tunnel import (
 )
 
 log = logging.getLogger("relay")
+
+# While a stream waits (agent_grace_seconds) for its cluster's agent, presence
+# is looked up again this often: the agent may reconnect to another replica.
+FORWARD_POLL_SECONDS = 0.25
 
 # Codes that mean "this agent session cannot take new streams" rather than
 # "the cluster refused": the router then waits for the agent's next session.
@@ -81,28 +88,40 @@ def parse_target(target: bytes) -> tuple[str, str] | None:
 
 
 async def _open_upstream(state: RelayState, cid: str) -> TunnelStream | tuple[ErrorCode | int, str]:
-    """A stream on the cluster's live agent session, or (code, reason) to reset with."""
+    """A stream on the cluster's live agent session (here, or on another
+    replica through a peer link), or (code, reason) to reset with."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + state.config.agent_grace_seconds
-    session: TunnelSession | None = state.directory.get(cid)
-    if session is None:
-        session = await state.directory.wait_for(cid, state.config.agent_grace_seconds)
-    while session is not None:
-        try:
-            return await session.open_stream(UPSTREAM_TARGET, timeout=state.config.open_timeout_seconds)
-        except StreamRefused as exc:
-            if exc.code == ErrorCode.TOO_MANY_STREAMS:
-                return exc.code, (f"the agent of cluster {cid} has all its streams in use "
-                                  "(agent limits.max_concurrent_streams); retry when some close")
-            if exc.code not in _RETRY_ON_OTHER_SESSION:
-                return exc.code, exc.reason or "agent refused the stream"
-        except TunnelClosed:
-            pass
-        # That session is going away: an agent honouring GOAWAY redials at
-        # once, so wait for its new session within what is left of the grace.
-        session = await state.directory.wait_for(
-            cid, max(0.0, deadline - loop.time()), not_this=session
-        )
+    peering = state.peering
+    tried: TunnelSession | None = None  # the local session that refused: going away
+    while True:
+        session = state.directory.get(cid)
+        if session is not None and session is not tried:
+            try:
+                return await session.open_stream(UPSTREAM_TARGET, timeout=state.config.open_timeout_seconds)
+            except StreamRefused as exc:
+                if exc.code == ErrorCode.TOO_MANY_STREAMS:
+                    return exc.code, (f"the agent of cluster {cid} has all its streams in use "
+                                      "(agent limits.max_concurrent_streams); retry when some close")
+                if exc.code not in _RETRY_ON_OTHER_SESSION:
+                    return exc.code, exc.reason or "agent refused the stream"
+            except TunnelClosed:
+                pass
+            # That session is going away: an agent honouring GOAWAY redials at
+            # once (here or, with several replicas, perhaps elsewhere).
+            tried = session
+        if peering is not None and (session is None or session is tried):
+            # Not live here: the agent may be live on another replica (presence).
+            forwarded = await peering.open_forwarded(cid)
+            if forwarded is not None:
+                return forwarded
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        # Within the grace, wait for the agent's next session here; with
+        # peering, look at presence again every poll (it may come back elsewhere).
+        wait = min(remaining, FORWARD_POLL_SECONDS) if peering is not None else remaining
+        await state.directory.wait_for(cid, wait, not_this=tried)
     return ErrorCode.TARGET_UNAVAILABLE, f"cluster {cid} is offline"
 
 
@@ -115,7 +134,7 @@ BytesMeter = Callable[[bytes | memoryview], None]
 _shared_meters: weakref.WeakKeyDictionary[Any, dict[str, BytesMeter]] = weakref.WeakKeyDictionary()
 
 
-def _meter(byte_counter: Any, direction: str, recorder: DataRecorder | None) -> BytesMeter:
+def meter(byte_counter: Any, direction: str, recorder: DataRecorder | None) -> BytesMeter:
     """The per-chunk callback of one direction: count (and optionally record)
     every chunk the bridge forwards."""
     if recorder is None:
@@ -198,7 +217,7 @@ async def route_stream(state: RelayState, principal: Principal, stream: TunnelSt
         stream.reject(ErrorCode.FORBIDDEN, f"principal {principal.name} has no cluster-user or admin "
                                            f"role at scope {scope} (or /resourceGroups/{rg} or /)")
         return
-    if await state.registry.get(cid) is None:
+    if not await is_registered(state.registry, cid):
         metrics.streams_total.labels("not_found").inc()
         stream.reject(ErrorCode.NOT_FOUND, f"cluster {cid} is not registered")
         return
@@ -258,8 +277,8 @@ async def _route_within_share(state: RelayState, principal: Principal, stream: T
     # then calls routed.ended.
     join_streams(
         stream, upstream,
-        on_a_to_b=_meter(metrics.bytes, "client_to_agent", recorder),
-        on_b_to_a=_meter(metrics.bytes, "agent_to_client", recorder),
+        on_a_to_b=meter(metrics.bytes, "client_to_agent", recorder),
+        on_b_to_a=meter(metrics.bytes, "agent_to_client", recorder),
         on_done=routed.ended,
     )
     return True

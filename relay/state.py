@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from identity import Principal, TokenInvalid
+from identity import Principal, TokenInvalid, TokenValidatorCollector
 from identity.agent_assertion import AgentAssertionVerifier
 from relay.admission import HandshakeAdmission
 from relay.config import RelayConfig
@@ -25,13 +25,14 @@ from relay.metrics import RelayMetrics
 from relay.presence import MemoryPresence, Presence
 from relay.registry import ClusterRegistry
 from relay.revocation import LiveStreams
-from relay.roles import RoleStore
+from relay.roles import Action, RoleStore
 from relay.shares import StreamShares
 
 if TYPE_CHECKING:
     from relay.central_rbac_feed import CentralRbacFeed
+    from relay.peering import Peering
     from relay.router import DataRecorder
-    from tunnel import TunnelConfig, TunnelSession
+    from tunnel import TunnelConfig, TunnelSession, TunnelStream
 
 log = logging.getLogger("relay")
 
@@ -68,6 +69,12 @@ class RelayState:
     tunnel_config: TunnelConfig
     # Every open tunnel session (agent and client) so shutdown can GOAWAY them.
     sessions: set[TunnelSession] = field(default_factory=set)
+    # The arc-proxy sessions among them (told to move first on stop: relay/drain.py).
+    client_sessions: set[TunnelSession] = field(default_factory=set)
+    # Agents' open control streams (the drain asks each agent to move on it).
+    control_streams: set[TunnelStream] = field(default_factory=set)
+    # True while a stop asks agents to move (relay/drain.py).
+    moving_agents: bool = False
     accepting: bool = True
     # Test hook recording routed DATA (RelayConfig.record_data_file); None: off.
     recorder: DataRecorder | None = None
@@ -89,6 +96,11 @@ class RelayState:
     presence: Presence = field(default_factory=lambda: MemoryPresence("local", ""))
     # Pushes central Kubernetes role lists to agents (relay/central_rbac_feed.py); None: off.
     central_rbac: CentralRbacFeed | None = None
+    # Links to the other replicas (relay/peering.py); None: no forwarding.
+    peering: Peering | None = None
+    # The validator's metrics collector (relay/health_listener.py), pointed at
+    # the new validator when issuers are reloaded.
+    validator_collector: TokenValidatorCollector | None = None
 
     def __post_init__(self) -> None:
         config = self.config
@@ -113,7 +125,16 @@ class RelayState:
 
     async def may_connect(self, principal: Principal, scope: str) -> bool:
         """Whether ``principal`` holds a role allowing ``connect`` at ``scope``."""
-        return bool(await self.roles.allowed(self.principal_ids(principal), "connect", scope))
+        return await self.may(principal, "connect", scope)
+
+    async def may(self, principal: Principal, action: Action, scope: str) -> bool:
+        """Whether ``principal`` holds a role allowing ``action`` at ``scope``:
+        only assignments (and admins) of its own issuer count, and only while
+        that issuer is trusted (a reload may remove it)."""
+        if not any(i.issuer == principal.issuer for i in self.config.issuers):
+            return False
+        return bool(await self.roles.allowed(principal.issuer, self.principal_ids(principal),
+                                             action, scope))
 
     def principal_ids(self, principal: Principal) -> set[str]:
         """The ids role assignments may name for ``principal`` under this

@@ -6,8 +6,8 @@ agent was away came back reporting ``Connected`` with no session. Now:
 
 - **derived**: :class:`LiveStatusRegistry` answers ``get``/``list`` with
   ``Connected`` exactly when the session directory says a live session exists
-  (``SessionDirectory.is_present``: this replica's sessions today, a shared
-  presence store such as Redis behind the same method later), ``Connecting``
+  (``SessionDirectory.is_present``: this replica's sessions) or presence
+  says one is live on another replica (``present_elsewhere``), ``Connecting``
   for a cluster never seen connected, ``Offline`` otherwise.
   ``lastConnectivityTime`` (last seen connected) and agent metadata come from
   the store, overlaid with writes not yet flushed.
@@ -22,7 +22,7 @@ agent was away came back reporting ``Connected`` with no session. Now:
   agent connects and the management API (seconds at 5,000 agents
   reconnecting, measured by ``bench.scale``).
 - **reconciled at start-up**: :meth:`LiveStatusRegistry.start` marks every
-  stored ``Connected`` row without a live session ``Offline`` (a crash leaves
+  stored ``Connected`` row without a live session on any replica ``Offline`` (a crash leaves
   no such row behind for long; the derived view never shows one at all).
 
 Losing the last flush interval in a crash costs at most that much of
@@ -36,11 +36,12 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from relay.background import cancel_and_wait
+from relay.presence import PresenceUnavailable
 from relay.registry import (
     Cluster,
     ClusterRegistry,
@@ -68,6 +69,14 @@ AGENT_CERTIFICATE_TTL = 5.0
 FLUSH_CHUNK = 256
 
 
+async def is_registered(registry: ClusterRegistry, cluster_id: str) -> bool:
+    """Whether ``cluster_id`` is registered, without deriving its status: the
+    router asks this for every stream, and a status from presence would cost
+    a Redis round trip per forwarded stream."""
+    store = registry.store if isinstance(registry, LiveStatusRegistry) else registry
+    return await store.get(cluster_id) is not None
+
+
 class LiveStatusRegistry:
     """A ``ClusterRegistry`` whose status comes from live sessions (module docstring).
 
@@ -80,13 +89,18 @@ class LiveStatusRegistry:
         writer: the store flushes go to (default ``store``): a registry on
             its own database connection, so that a flush never holds the
             connection the event loop reads through.
+        present_elsewhere: which of some cluster ids have a live agent
+            session on any replica (presence, ``live_clusters``); asked only
+            for the ids without a local session. None: this replica only.
     """
 
     def __init__(self, store: ClusterRegistry, is_present: Callable[[str], bool],
-                 flush_seconds: float = 1.0, writer: ClusterRegistry | None = None) -> None:
+                 flush_seconds: float = 1.0, writer: ClusterRegistry | None = None,
+                 present_elsewhere: Callable[[Sequence[str]], Awaitable[set[str]]] | None = None) -> None:
         self.store = store
         self.writer = writer or store
         self.is_present = is_present
+        self.present_elsewhere = present_elsewhere
         self.flush_seconds = flush_seconds
         self.flushes = 0
         # cluster id -> columns to write; one entry per cluster at most.
@@ -101,8 +115,9 @@ class LiveStatusRegistry:
     async def reconcile(self) -> int:
         """Mark stored ``Connected`` rows without a live session ``Offline``;
         returns how many were changed. Run before serving."""
-        stale = [c.id for c in await self.store.list()
-                 if c.connectivity_status == "Connected" and not self.is_present(c.id)]
+        stored = [c.id for c in await self.store.list() if c.connectivity_status == "Connected"]
+        present = await self._present(stored)
+        stale = [cid for cid in stored if cid not in present]
         if stale:
             await self.store.apply_updates({cid: {"connectivity_status": "Offline"} for cid in stale})
         log.info("status reconciled offline=%d", len(stale))
@@ -160,11 +175,23 @@ class LiveStatusRegistry:
         self._dirty.set()
 
     # -- ClusterRegistry ---------------------------------------------------------
-    def _view(self, cluster: Cluster) -> Cluster:
+    async def _present(self, cluster_ids: Sequence[str]) -> set[str]:
+        """Which of ``cluster_ids`` have a live agent session here or, by
+        presence, on another replica (this one's only, when presence does not answer)."""
+        present = {cid for cid in cluster_ids if self.is_present(cid)}
+        rest = [cid for cid in cluster_ids if cid not in present]
+        if rest and self.present_elsewhere is not None:
+            try:
+                present |= await self.present_elsewhere(rest)
+            except PresenceUnavailable as exc:
+                log.warning("status from this replica only: %s", exc)
+        return present
+
+    def _view(self, cluster: Cluster, present: bool) -> Cluster:
         pending = self._pending.get(cluster.id)
         if pending:
             cluster = replace(cluster, **pending)
-        if self.is_present(cluster.id):
+        if present:
             status: ConnectivityStatus = "Connected"
         elif cluster.connectivity_status == "Connecting" and cluster.last_connectivity_time is None:
             status = "Connecting"
@@ -174,7 +201,9 @@ class LiveStatusRegistry:
 
     async def get(self, cluster_id: str) -> Cluster | None:
         cluster = await self.store.get(cluster_id)
-        return self._view(cluster) if cluster is not None else None
+        if cluster is None:
+            return None
+        return self._view(cluster, cluster_id in await self._present([cluster_id]))
 
     async def agent_certificate(self, cluster_id: str) -> str | None:
         """The registered agent certificate, from a bounded cache of at most
@@ -196,7 +225,9 @@ class LiveStatusRegistry:
         return certificate
 
     async def list(self, resource_group: str | None = None) -> list[Cluster]:
-        return [self._view(c) for c in await self.store.list(resource_group)]
+        clusters = await self.store.list(resource_group)
+        present = await self._present([c.id for c in clusters])
+        return [self._view(c, c.id in present) for c in clusters]
 
     async def ids(self) -> tuple[str, ...]:
         return await self.store.ids()
@@ -204,7 +235,7 @@ class LiveStatusRegistry:
     async def put(self, cluster: Cluster) -> tuple[Cluster, bool]:
         stored, created = await self.store.put(cluster)
         self._certificates.pop(cluster.id, None)
-        return self._view(stored), created
+        return self._view(stored, stored.id in await self._present([stored.id])), created
 
     async def delete(self, cluster_id: str) -> bool:
         self._pending.pop(cluster_id, None)

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from agent.kube_aad_proxy.names import is_reserved
 from configfile import ConfigModel, Text, parse_host_port
 from identity import OptionalGroupSource
+from identity.validator_settings import ValidatorKeys
 
 if TYPE_CHECKING:
     from agent.kube_aad_proxy.names import NamePrefixes
@@ -130,22 +131,27 @@ class ProxyIssuerSection(ConfigModel):
     audiences: list[Text] = Field(default=[DEFAULT_AUDIENCE], description="Accepted `aud` values (empty: the default).")
     ca_file: str | None = Field(default=None, description="CA bundle for discovery and JWKS (unset: system trust).")
     tenant_ids: list[Text] | None = Field(default=None, description="Accepted `tid` values (unset: any).")
-    username_prefix: str = Field(default="", description="Prepended to every user name of this issuer (the API "
-                                 "server's --oidc-username-prefix, e.g. `oidc:`); empty: `system:` "
-                                 "user names are refused.")
-    groups_prefix: str = Field(default="", description="Prepended to every group of this issuer; empty: "
-                               "`system:` groups are dropped.")
+    alias: str | None = Field(default=None, description="Short name of the issuer; with several issuers its "
+                              "names are prefixed `<alias>:` by default (docs/identity-providers.md).")
+    username_prefix: str | None = Field(default=None, description="Prepended to every user name of this issuer "
+                                        "(the API server's --oidc-username-prefix, e.g. `oidc:`). Unset: none "
+                                        "with one issuer, `<alias>:` (else `<issuer>#`) with several; empty: "
+                                        "`system:` user names are refused.")
+    groups_prefix: str | None = Field(default=None, description="Prepended to every group of this issuer; "
+                                      "unset: as username_prefix; empty: `system:` groups are dropped.")
 
     @field_validator("username_prefix", "groups_prefix")
     @classmethod
-    def _safe_prefix(cls, value: str) -> str:
+    def _safe_prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         if is_reserved(value) or any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
             raise ValueError("expected a prefix such as 'oidc:', not starting with 'system:', "
                              "without spaces")
         return value
 
 
-class ProxyOidcSection(ConfigModel):
+class ProxyOidcSection(ValidatorKeys):
     """``kube_aad_proxy.oidc``: whose tokens kubectl may present."""
 
     issuers: list[ProxyIssuerSection] = Field(default=[], description="Trusted issuers (none: every request "

@@ -168,6 +168,16 @@ class OidcGate:
             self._not_ours.put(key, True)
         return ours
 
+    def retarget(self, validator: TokenValidatorLike, trusted_issuers: frozenset[str],
+                 trusted_audiences: frozenset[str]) -> None:
+        """Trust other issuers from now on (a configuration reload): tokens
+        are validated by ``validator``; "not ours" answers are forgotten, since
+        a newly trusted issuer's token may be among them."""
+        self.validator = validator
+        self.trusted_issuers = trusted_issuers
+        self.trusted_audiences = trusted_audiences
+        self._not_ours = _Lru(ISSUER_CACHE_SIZE)
+
     def cached(self, key: bytes) -> PrincipalLike | None:
         """The principal of a token validated before and not yet expired."""
         p: PrincipalLike | None = self.validator.cached(key)

@@ -106,6 +106,11 @@ class HeaderPolicy:
         # Set by arc-agent when central RBAC is wired (None: no central groups).
         self.central: CentralGroups | None = None
 
+    def use(self, gate: OidcGate | None, names: NameMapper) -> None:
+        """Decide with ``gate`` and ``names`` from the next request head on (a reload)."""
+        self.gate = gate
+        self._names = names
+
     def decide(self, head: RequestHead) -> Decision:
         """Decide without waiting; returns :class:`Validate` when :meth:`finish` must run."""
         kept: list[tuple[bytes, bytes]] = []

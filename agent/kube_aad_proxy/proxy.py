@@ -12,9 +12,11 @@ than ``head_timeout``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import time
+from collections.abc import Callable, Mapping
 
 from agent.kube_aad_proxy.config import (
     WRITE_HIGH_WATER,
@@ -23,8 +25,8 @@ from agent.kube_aad_proxy.config import (
 )
 from agent.kube_aad_proxy.connection import ProxyConnection
 from agent.kube_aad_proxy.health import UpstreamHealth
-from agent.kube_aad_proxy.names import NameMapper
-from agent.kube_aad_proxy.oidc import OidcGate, audiences_of, issuers_of
+from agent.kube_aad_proxy.names import NameMapper, NamePrefixes
+from agent.kube_aad_proxy.oidc import OidcGate, TokenValidatorLike, audiences_of, issuers_of
 from agent.kube_aad_proxy.policy import HeaderPolicy
 from agent.kube_aad_proxy.upstream import upstream_ssl_context
 from certs import server_ssl_context
@@ -95,6 +97,20 @@ def _tls_reason(exc: BaseException) -> str:
     return exc.__class__.__name__
 
 
+def _gate(config: KubeAadProxyConfig) -> OidcGate | None:
+    """The OIDC gate of ``config``'s validator (None: pass-through only).
+
+    Raises:
+        ValueError: a validator without a trusted issuer.
+    """
+    if config.validator is None:
+        return None
+    issuers = config.trusted_issuers if config.trusted_issuers is not None else issuers_of(config.validator)
+    if not issuers:
+        raise ValueError("validator has no trusted issuers; pass trusted_issuers")
+    return OidcGate(config.validator, issuers, audiences_of(config.validator))
+
+
 class KubeAadProxy:
     """Terminates kubectl's TLS, applies the header policy, forwards to the API server.
 
@@ -109,13 +125,10 @@ class KubeAadProxy:
 
     def __init__(self, config: KubeAadProxyConfig) -> None:
         self.config = config
-        gate = None
-        if config.validator is not None:
-            issuers = config.trusted_issuers if config.trusted_issuers is not None else issuers_of(config.validator)
-            if not issuers:
-                raise ValueError("validator has no trusted issuers; pass trusted_issuers")
-            gate = OidcGate(config.validator, issuers, audiences_of(config.validator))
+        gate = _gate(config)
         self.gate = gate
+        #: called with the new validator after :meth:`reload_identity` (metrics)
+        self.reload_listeners: list[Callable[[TokenValidatorLike | None], None]] = []
         self.policy = HeaderPolicy(gate, config.upstream_token, config.impersonate_with,
                                    NameMapper(config.name_prefixes))
         self.upstream_ssl = upstream_ssl_context(config)
@@ -129,6 +142,27 @@ class KubeAadProxy:
         self._sweeper: asyncio.Task[None] | None = None
         # Readiness (the API server answered) and counters (agent/kube_aad_proxy/health.py).
         self.health = UpstreamHealth(config, self.upstream_ssl)
+
+    def reload_identity(self, validator: TokenValidatorLike | None,
+                        name_prefixes: Mapping[str, NamePrefixes] | None) -> None:
+        """Trust ``validator``'s issuers and map names with ``name_prefixes``
+        from the next request head on; open connections stay (SIGHUP). The
+        caller closes the old validator.
+
+        Raises:
+            ValueError: ``validator`` has no trusted issuer (nothing changes).
+        """
+        config = dataclasses.replace(self.config, validator=validator, trusted_issuers=None,
+                                     name_prefixes=name_prefixes)
+        gate = _gate(config)
+        if gate is not None and self.gate is not None:
+            self.gate.retarget(gate.validator, gate.trusted_issuers, gate.trusted_audiences)
+        else:
+            self.gate = gate
+        self.config = config
+        self.policy.use(self.gate, NameMapper(name_prefixes))
+        for listener in self.reload_listeners:
+            listener(validator)
 
     @property
     def port(self) -> int:

@@ -9,7 +9,6 @@ Nothing here logs a password, secret or token.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import html
@@ -23,6 +22,8 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
+from sandbox.idp.client_auth import ClientAuthenticator, ClientAuthError
+from sandbox.idp.federation import FederationEndpoint
 from sandbox.idp.tokens import (
     DEFAULT_LIFETIME,
     MAX_LIFETIME,
@@ -32,7 +33,7 @@ from sandbox.idp.tokens import (
     audience_of,
     new_device_code,
 )
-from sandbox.idp.users import User
+from sandbox.idp.users import ServicePrincipal, User
 
 log = logging.getLogger("sandbox.idp")
 
@@ -93,6 +94,7 @@ class IdpHandlers:
         self.minter = minter
         self.directory = minter.directory
         self.refresh_tokens = RefreshTokens()
+        self.client_auth = ClientAuthenticator(self.directory)
         self.devices: dict[str, DeviceCode] = {}
         self.auth_codes: dict[str, AuthCode] = {}
         #: requests served, by kind (discovery, jwks, token, member_groups, ...)
@@ -110,6 +112,8 @@ class IdpHandlers:
             web.get(t + "/oauth2/v2.0/authorize", self.authorize_form),
             web.post(t + "/oauth2/v2.0/authorize", self.authorize),
             web.post("/v1.0/users/{oid}/getMemberObjects", self.member_groups),
+            FederationEndpoint(self.minter, self.client_auth).route(),
+            web.get("/v1.0/users/{name}", self.user_lookup),
             web.get("/healthz", self.healthz),
         ]
 
@@ -134,7 +138,8 @@ class IdpHandlers:
                 "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
                 "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
                 "jwks_uri": f"{base}/discovery/v2.0/keys",
-                "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post", "client_secret_basic", "private_key_jwt"],
                 "grant_types_supported": [
                     "authorization_code", "client_credentials", "password", "refresh_token",
                     DEVICE_CODE_GRANT,
@@ -210,16 +215,7 @@ class IdpHandlers:
             raise OAuthError("invalid_scope", str(exc), code=70011) from exc
 
     def _client_credentials(self, request: web.Request, params: dict[str, str]) -> dict[str, Any]:
-        client_id, secret = params.get("client_id", ""), params.get("client_secret", "")
-        auth = request.headers.get("Authorization", "")
-        if auth.lower().startswith("basic "):
-            try:
-                client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError) as exc:
-                raise OAuthError("invalid_client", "Malformed client authentication.", 401) from exc
-        app = self.directory.find_app(client_id) if client_id else None
-        if app is None or app.client_id != client_id or not app.secret_matches(secret):
-            raise OAuthError("invalid_client", "Invalid client secret provided.", 401, code=7000215)
+        app = self._authenticate_client(request, params)
         scope = params.get("scope", "")
         if not scope.endswith("/.default"):
             raise OAuthError("invalid_scope", "Client credentials need a /.default scope.", code=1002012)
@@ -228,6 +224,18 @@ class IdpHandlers:
         token = self.minter.sign(self.minter.app_claims(app, aud, lifetime))
         log.info("token issued grant=client_credentials oid=%s aud=%s", app.oid, aud)
         return _token_body(token, scope, lifetime)
+
+    def _authenticate_client(self, request: web.Request, params: dict[str, str]) -> ServicePrincipal:
+        """The confidential client of a token request: secret, private_key_jwt
+        or federated assertion (see client_auth.py)."""
+        token_endpoint = f"{self.minter.base_url}/{self.directory.tenant_id}/oauth2/v2.0/token"
+        try:
+            who = self.client_auth.authenticate(params, request.headers.get("Authorization", ""),
+                                                [token_endpoint, self.minter.issuer])
+        except ClientAuthError as exc:
+            raise OAuthError(exc.error, exc.description, exc.status, code=exc.code) from exc
+        log.info("client authenticated client_id=%s method=%s", who.app.client_id, who.method)
+        return who.app
 
     def _public_client(self, params: dict[str, str]) -> str:
         client_id = params.get("client_id") or self.minter.default_client_id
@@ -468,6 +476,25 @@ class IdpHandlers:
             return _graph_error(404, "Request_ResourceNotFound", "Resource does not exist.")
         log.info("member groups served oid=%s count=%d", oid, len(groups))
         return web.json_response({"value": list(groups)})
+
+
+    # -- user lookup (Graph GET /users/{id | userPrincipalName}) -----------
+
+    async def user_lookup(self, request: web.Request) -> web.Response:
+        """A user's immutable id by user principal name (or id), as Microsoft
+        Graph answers ``GET /v1.0/users/{upn}``: what ``arcctl role assign
+        --assignee alice@...`` resolves a name with. Any token of this issuer
+        may ask (Graph needs User.ReadBasic.All; the sandbox is one tenant)."""
+        self.request_counts["user_lookup"] += 1
+        auth = request.headers.get("Authorization", "")
+        if (self.minter.verify_own(auth[7:]) if auth[:7].lower() == "bearer " else None) is None:
+            return _graph_error(401, "InvalidAuthenticationToken", "Access token is missing or invalid.")
+        name = request.match_info["name"].lower()
+        user = next((u for u in self.directory.users if name in (u.username.lower(), u.oid)), None)
+        if user is None:
+            return _graph_error(404, "Request_ResourceNotFound", "Resource does not exist.")
+        return web.json_response({"id": user.oid, "userPrincipalName": user.username,
+                                  "displayName": user.name})
 
 
 def _token_body(token: str, scope: str, lifetime: int) -> dict[str, Any]:

@@ -164,6 +164,12 @@ class SandboxIdp:
         """Requests served so far by kind: discovery, jwks, token, member_groups, devicecode."""
         return dict(self._handlers.request_counts) if self._handlers else {}
 
+    @property
+    def accepted_assertions(self) -> list[tuple[str, str, str]]:
+        """(client id, ``private_key_jwt``|``federated``, jti) of the client
+        assertions accepted lately, oldest first (tests)."""
+        return list(self._handlers.client_auth.accepted) if self._handlers else []
+
     def info(self) -> dict[str, Any]:
         """The ready-file JSON object."""
         return {

@@ -19,6 +19,8 @@ import yaml
 DEMO_USERS_FILE = Path(__file__).with_name("demo-users.yaml")
 # Entra puts at most 200 groups in a JWT; more and it sends the overage form.
 GROUPS_CLAIM_LIMIT = 200
+# Entra's default audience of federated tokens (kubelogin, azure-workload-identity).
+FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 # uuid5 namespace for generated_groups, so ids are the same on every machine.
 _GENERATED_NS = uuid.UUID("3ca55096-aa81-423f-8938-0bb921796de0")
 
@@ -40,15 +42,39 @@ class User:
 
 
 @dataclass(frozen=True)
+class FederatedCredential:
+    """A federation trust of an application (Entra's "federated identity
+    credential"): a token from ``issuer`` whose ``sub`` is ``subject`` and
+    whose ``aud`` is ``audience`` authenticates the application.
+
+    ``public_key_pem`` is the external issuer's signing key. Entra fetches it
+    from the issuer's discovery document; the sandbox is given it in the users
+    file, so tests can play a Kubernetes service-account issuer with a local key.
+    """
+
+    issuer: str
+    subject: str
+    audience: str
+    public_key_pem: bytes
+
+
+@dataclass(frozen=True)
 class ServicePrincipal:
-    """An application identity (client credentials; tokens carry ``idtyp: app``)."""
+    """An application identity (client credentials; tokens carry ``idtyp: app``).
+
+    A confidential client authenticates with its secret, a ``private_key_jwt``
+    assertion signed by the key of one of ``certificates`` (PEM), or a
+    federated token matching one of ``federated_credentials``.
+    """
 
     name: str
     client_id: str
-    client_secret: str | None  # None: a public client (password/refresh grants only)
+    client_secret: str | None  # None: no secret (public client, or certificate/federation only)
     oid: str
     groups: tuple[str, ...] = ()
     token_lifetime: int | None = None
+    certificates: tuple[bytes, ...] = ()
+    federated_credentials: tuple[FederatedCredential, ...] = ()
 
     def secret_matches(self, secret: str) -> bool:
         """Constant-time comparison of a presented client secret."""
@@ -148,13 +174,54 @@ def _entries(doc: dict[str, Any], key: str, source: Path) -> list[dict[str, Any]
 
 def _app(e: dict[str, Any], source: Path, group_ids: Any, *, public: bool) -> ServicePrincipal:
     client_id = _text(e, "client_id", source)
+    certificates = () if public else tuple(_pem(source, f"{client_id}: certificates", c)
+                                           for c in _list(e, "certificates", source))
+    federated = () if public else tuple(_federated(source, client_id, f)
+                                        for f in _list(e, "federated_credentials", source))
+    secret = None
+    if not public and ("client_secret" in e or not (certificates or federated)):
+        secret = _text(e, "client_secret", source)
     return ServicePrincipal(
         name=str(e.get("name") or client_id),
         client_id=client_id,
-        client_secret=None if public else _text(e, "client_secret", source),
+        client_secret=secret,
         oid=_uuid(e.get("oid", client_id), f"{source}: {client_id}: oid"),
         groups=() if public else group_ids(e, client_id),
         token_lifetime=e.get("token_lifetime"),
+        certificates=certificates,
+        federated_credentials=federated,
+    )
+
+
+def _list(e: dict[str, Any], key: str, source: Path) -> list[Any]:
+    raw = e.get(key) or []
+    if not isinstance(raw, list):
+        raise DirectoryError(f"{source}: {e.get('client_id')}: {key} must be a list")
+    return raw
+
+
+def _pem(source: Path, where: str, value: Any) -> bytes:
+    """PEM text given inline or as a file path (relative to the users file)."""
+    if not isinstance(value, str) or not value:
+        raise DirectoryError(f"{source}: {where}: expected PEM text or a file path")
+    if "-----BEGIN " in value:
+        return value.encode()
+    path = source.parent / value
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DirectoryError(f"{source}: {where}: cannot read {path} ({exc.strerror})") from exc
+
+
+def _federated(source: Path, client_id: str, f: Any) -> FederatedCredential:
+    where = f"{client_id}: federated_credentials"
+    if not isinstance(f, dict):
+        raise DirectoryError(f"{source}: {where}: each entry must be a mapping")
+    return FederatedCredential(
+        issuer=_text(f, "issuer", source),
+        subject=_text(f, "subject", source),
+        audience=str(f.get("audience") or FEDERATION_AUDIENCE),
+        public_key_pem=_pem(source, f"{where}: public_key", f.get("public_key")),
     )
 
 

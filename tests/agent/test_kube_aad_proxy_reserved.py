@@ -158,6 +158,6 @@ def test_name_prefixes_refuse_reserved_or_unsafe_prefix() -> None:
         with pytest.raises(AgentConfigError, match=r"issuers\[0\]\.groups_prefix: expected a prefix"):
             validate_config(ProxyIssuerSection, {"issuer": "i", "groups_prefix": bad}, "agent.yaml",
                             at="kube_aad_proxy.oidc.issuers[0]")
-    assert validate_config(ProxyIssuerSection, {"issuer": "i"}, "agent.yaml").username_prefix == ""
+    assert validate_config(ProxyIssuerSection, {"issuer": "i"}, "agent.yaml").username_prefix is None
     mapped = NameMapper().map("https://other", "u", ["system:nodes", "g"])
     assert (mapped.username, mapped.groups, mapped.dropped_groups) == ("u", ("g",), 1)

@@ -65,7 +65,8 @@ async def test_arc_proxy_says_it_stopped_and_restored_the_context(
     relay_env: RelayEnv, tmp_path: Path, sig: signal.Signals
 ) -> None:
     """Ready line, then on SIGTERM/Ctrl-C: "Proxy for cluster rg1/alpha stopped;
-    current-context in FILE is 'before' again.", exit 0, nothing on stderr."""
+    current-context in FILE is 'before' again.", exit 0, nothing on stderr but
+    the first-use pin line."""
     await _registered_cluster(relay_env, "rg1", "alpha")
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config",
@@ -90,5 +91,7 @@ async def test_arc_proxy_says_it_stopped_and_restored_the_context(
     assert proc.returncode == 0, err
     assert out.decode() == f"Proxy for cluster rg1/alpha stopped; current-context in {kubeconfig} " \
                            "is 'before' again.\n"
-    assert err.decode() == ""
+    # The only stderr line: the serving CA pinned at first use (client/known_clusters.py).
+    assert err.decode().startswith("First use of cluster rg1/alpha: pinned its serving CA sha256:"), err
+    assert err.decode().count("\n") == 1
     assert yaml.safe_load(kubeconfig.read_text())["current-context"] == "before"

@@ -67,7 +67,7 @@ CASES: list[tuple[str, str, str | dict[str, Any], list[str]]] = [
       "did you mean 'streams_per_client_session'?"]),
     ("relay unknown top-level key, nothing close", "relay", {"zzz": 1},
      [": zzz: unknown key 'zzz'; the keys here are admins, admission, authorization, database, debug, "
-      "health, limits, listen, listener, oidc, presence, public_url, state_dir, tls"]),
+      "health, limits, listen, listener, oidc, peering, presence, public_url, state_dir, tls"]),
     ("relay wrong value", "relay", {"admission": {"max_loop_lag_seconds": -1}},
      [": admission.max_loop_lag_seconds: expected a number >= 0, got -1"]),
     ("relay no string coercion", "relay", {"limits": {"max_head_bytes": "65536"}},
@@ -204,5 +204,7 @@ def test_config_error_shows_an_alias_bomb_in_a_few_characters(tmp_path: Path) ->
 def test_config_error_keeps_a_forged_key_on_one_line(tmp_path: Path) -> None:
     """An unknown key holding a newline cannot start a second, forged line."""
     assert _problems(tmp_path, "client", {"auth": {"x\nforged: line": 1}}) == [
-        ": auth.'x\\nforged: line': unknown key 'x\\nforged: line'; the keys here are ca_file, client_id, "
-        "client_secret, issuer, lifetime, login, password, scope, scopes, token_command, token_endpoint, username"]
+        ": auth.'x\\nforged: line': unknown key 'x\\nforged: line'; the keys here are audience, ca_file, "
+        "client_certificate_file, client_id, client_key_file, client_secret, client_secret_file, directory_url, "
+        "federated_token_file, issuer, lifetime, login, password, resource, scope, scopes, token_command, "
+        "token_endpoint, username"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from certs import fingerprint_sha256
 from client.kube_apply import KubeTarget
 from client.manifests_chart import chart_template
 from tests.support.helm_chart import render
@@ -53,6 +54,9 @@ def test_helm_values_registers_and_writes_secret_values_without_touching_the_clu
     assert "PRIVATE KEY" in doc["secret"]["agentKey"]
     assert doc["cluster"] == {"name": NAME, "resourceGroup": GROUP}
     assert doc["relay"]["url"] == env.demo.relay_url
+    # The fingerprint arc-proxy pins, for the admin to hand out (--ca-fingerprint).
+    ca_fp = fingerprint_sha256(reg["servingCaCertificate"].encode())
+    assert f"Serving CA of {GROUP}/{NAME}: sha256:{ca_fp}" in out
     assert "arc-system" not in [n.metadata.name for n in env.core().list_namespace().items]
 
 

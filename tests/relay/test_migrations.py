@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from relay import SqliteDatabase, SqliteRegistry
+from relay import SqliteDatabase, SqliteRegistry, SqliteRoleStore
 from relay.migrations import MIGRATIONS, migrate_sqlite
 
 # The schema the relay wrote before migrations existed (relay/registry.py's
@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS role_assignments (
 CREATE INDEX IF NOT EXISTS role_assignments_principal ON role_assignments (principal_id);
 INSERT INTO clusters (id, name, resource_group, agent_public_key_certificate, created_at)
     VALUES ('rg1/old', 'old', 'rg1', 'PEM', '2026-01-01T00:00:00Z');
+INSERT INTO role_assignments VALUES ('old', 'user-1', 'User', 'viewer', '/', '2026-01-01T00:00:00Z');
 """
 
 
@@ -56,6 +57,9 @@ async def test_sqlite_file_made_before_versioning_is_adopted_as_version_1(tmp_pa
     try:
         cluster = await SqliteRegistry(db).get("rg1/old")
         assert cluster is not None and cluster.agent_public_key_certificate == "PEM"
+        # Migration 2: the old assignment names no issuer yet (the relay claims it at start-up).
+        old = await SqliteRoleStore(db).get("old")
+        assert old is not None and old.principal_issuer == "" and old.role == "viewer"
     finally:
         db.close()
     versions = _versions(path)

@@ -33,7 +33,7 @@ class Backend:
         self.location = location
         self._open: list[Any] = []
 
-    async def open(self, bootstrap_admins: Iterable[str] = ()) -> tuple[ClusterRegistry, RoleStore]:
+    async def open(self, bootstrap_admins: Iterable[tuple[str, str]] = ()) -> tuple[ClusterRegistry, RoleStore]:
         if self.kind == "sqlite":
             db = SqliteDatabase(self.location)
             self._open.append(db)
@@ -59,6 +59,10 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     store = Backend(request.param, location)
     yield store
     await store.close()
+
+
+ISS = "https://issuer-a.example/tenant/v2.0"
+OTHER = "https://issuer-b.example/"
 
 
 def _cluster(rg: str = "rg1", name: str = "alpha") -> Cluster:
@@ -143,21 +147,51 @@ def test_roles_scope_covers_nested_scopes() -> None:
 
 async def test_roles_grant_by_role_group_and_bootstrap_admin(backend: Backend) -> None:
     """Roles grant their actions at their scope; groups count; bootstrap admins get all."""
-    _, roles = await backend.open(bootstrap_admins=["boss"])
-    await roles.put(RoleAssignment("a1", "user-1", "User", "cluster-user", "/resourceGroups/rg1/clusters/a"))
-    await roles.put(RoleAssignment("a2", "group-v", "Group", "viewer", "/resourceGroups/rg2"))
-    await roles.put(RoleAssignment("a3", "user-3", "User", "onboarding", "/"))
+    _, roles = await backend.open(bootstrap_admins=[(ISS, "boss")])
+    await roles.put(RoleAssignment("a1", "user-1", "User", "cluster-user", "/resourceGroups/rg1/clusters/a",
+                                   principal_issuer=ISS))
+    await roles.put(RoleAssignment("a2", "group-v", "Group", "viewer", "/resourceGroups/rg2", principal_issuer=ISS))
+    await roles.put(RoleAssignment("a3", "user-3", "User", "onboarding", "/", principal_issuer=ISS))
     a = "/resourceGroups/rg1/clusters/a"
-    assert await roles.allowed({"user-1"}, "connect", a)
-    assert not await roles.allowed({"user-1"}, "connect", "/resourceGroups/rg1/clusters/b")
-    assert not await roles.allowed({"user-1"}, "write", a)
-    assert await roles.allowed({"user-2", "group-v"}, "read", "/resourceGroups/rg2/clusters/x")
-    assert not await roles.allowed({"group-v"}, "connect", "/resourceGroups/rg2/clusters/x")
-    assert await roles.allowed({"user-3"}, "write", a) and not await roles.allowed({"user-3"}, "connect", a)
-    assert not await roles.allowed({"user-3"}, "manage_roles", "/")
-    assert await roles.allowed({"boss"}, "manage_roles", "/")
-    assert not await roles.allowed(set(), "read", a)
-    assert [r.id for r in await roles.for_principals({"user-1", "group-v"})] in (["a1", "a2"], ["a2", "a1"])
+    assert await roles.allowed(ISS, {"user-1"}, "connect", a)
+    assert not await roles.allowed(ISS, {"user-1"}, "connect", "/resourceGroups/rg1/clusters/b")
+    assert not await roles.allowed(ISS, {"user-1"}, "write", a)
+    assert await roles.allowed(ISS, {"user-2", "group-v"}, "read", "/resourceGroups/rg2/clusters/x")
+    assert not await roles.allowed(ISS, {"group-v"}, "connect", "/resourceGroups/rg2/clusters/x")
+    assert await roles.allowed(ISS, {"user-3"}, "write", a) and not await roles.allowed(ISS, {"user-3"}, "connect", a)
+    assert not await roles.allowed(ISS, {"user-3"}, "manage_roles", "/")
+    assert await roles.allowed(ISS, {"boss"}, "manage_roles", "/")
+    assert not await roles.allowed(ISS, set(), "read", a)
+    assert [r.id for r in await roles.for_principals(ISS, {"user-1", "group-v"})] in (["a1", "a2"], ["a2", "a1"])
+
+
+async def test_roles_match_only_their_own_issuer(backend: Backend) -> None:
+    """A principal belongs to its issuer (issue 17 item 6): the same ids from
+    another issuer hold neither the assignments nor the bootstrap admin role."""
+    _, roles = await backend.open(bootstrap_admins=[(ISS, "boss")])
+    await roles.put(RoleAssignment("a1", "user-1", "User", "admin", "/", principal_issuer=ISS))
+    await roles.put(RoleAssignment("a2", "group-v", "Group", "viewer", "/", principal_issuer=ISS))
+    for ids in ({"user-1"}, {"group-v"}, {"boss"}):
+        assert await roles.allowed(ISS, ids, "read", "/")
+        assert not await roles.allowed(OTHER, ids, "read", "/")
+        assert not await roles.allowed("", ids, "read", "/")
+    assert await roles.for_principals(OTHER, {"user-1", "group-v"}) == []
+    found = await roles.get("a1")
+    assert found is not None and found.principal_issuer == ISS and found.to_json()["principalIssuer"] == ISS
+
+
+async def test_roles_made_before_issuers_are_claimed_for_the_only_issuer(backend: Backend) -> None:
+    """Rows without an issuer (made before migration 2) match nobody until
+    claimed for the relay's only issuer; claiming is idempotent."""
+    _, roles = await backend.open()
+    await roles.put(RoleAssignment("old", "user-1", "User", "viewer", "/"))
+    await roles.put(RoleAssignment("new", "user-2", "User", "viewer", "/", principal_issuer=OTHER))
+    assert await roles.count_unscoped() == 1
+    assert not await roles.allowed(ISS, {"user-1"}, "read", "/")
+    assert await roles.claim_unscoped(ISS) == 1
+    assert await roles.claim_unscoped(ISS) == 0 and await roles.count_unscoped() == 0
+    assert await roles.allowed(ISS, {"user-1"}, "read", "/")
+    assert [(a.id, a.principal_issuer) for a in await roles.list_all()] == [("new", OTHER), ("old", ISS)]
 
 
 async def test_postgresql_concurrent_migrations_apply_each_once(postgres_dsn: str) -> None:

@@ -17,7 +17,7 @@ import weakref
 import pytest
 
 from relay.metrics import RelayMetrics
-from relay.router import _meter, principal_key
+from relay.router import meter, principal_key
 from tests.support.relay import DEMO_OID, RelayEnv
 from tests.support.servers import server_port, start_echo_server
 from tests.support.waits import WAIT, until
@@ -141,14 +141,14 @@ def test_router_byte_meters_are_shared_and_go_with_their_metrics() -> None:
     closure per stream); it counts into that relay's counter; the cache
     keeps no relay's metrics alive once the relay dropped them."""
     metrics = RelayMetrics()
-    meter = _meter(metrics.bytes, "client_to_agent", None)
-    assert _meter(metrics.bytes, "client_to_agent", None) is meter
-    assert _meter(metrics.bytes, "agent_to_client", None) is not meter
-    meter(b"abc")
-    meter(memoryview(b"de"))
+    shared = meter(metrics.bytes, "client_to_agent", None)
+    assert meter(metrics.bytes, "client_to_agent", None) is shared
+    assert meter(metrics.bytes, "agent_to_client", None) is not shared
+    shared(b"abc")
+    shared(memoryview(b"de"))
     assert metrics.registry.get_sample_value(
         "arc_relay_bytes_total", {"direction": "client_to_agent"}) == 5
     gone = [weakref.ref(metrics.bytes), weakref.ref(metrics.bytes.labels("client_to_agent"))]
-    del metrics, meter
+    del metrics, shared
     gc.collect()
     assert [ref() for ref in gone] == [None, None]

@@ -1,6 +1,7 @@
 """A real PostgreSQL server for the test session: ``initdb`` + ``postgres``
 from Debian's ``/usr/lib/postgresql/<newest>/bin`` into a temporary
-directory, listening on 127.0.0.1 (and a unix socket in that directory),
+directory (the binaries are found and run as ``nobody`` by demo/backing.py,
+which ``arcctl demo --replicas`` uses too), listening on 127.0.0.1 (and a unix socket in that directory),
 fsync off. As root it runs as ``nobody`` (PostgreSQL refuses root).
 
 tests/conftest.py's ``postgres_server`` (session fixture) is the server;
@@ -23,19 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from demo.backing import as_postgres_user, postgres_bin
 from tests.support.waits import WAIT, wait_until
 
 USER = "relay"
-
-
-def postgres_bin() -> Path | None:
-    """The newest ``/usr/lib/postgresql/*/bin`` holding initdb and postgres."""
-    found = []
-    for bin_dir in Path("/usr/lib/postgresql").glob("*/bin"):
-        if (bin_dir / "initdb").exists() and (bin_dir / "postgres").exists():
-            with contextlib.suppress(ValueError):
-                found.append((int(bin_dir.parent.name), bin_dir))
-    return max(found)[1] if found else None
 
 
 @dataclass
@@ -49,12 +41,6 @@ class PostgresServer:
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://{USER}@{self.host}:{self.port}/{database}"
-
-
-def _as_postgres_user(argv: list[str]) -> list[str]:
-    if os.geteuid() != 0:
-        return argv
-    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *argv]
 
 
 def _free_port() -> int:
@@ -75,14 +61,14 @@ def running_postgres() -> Iterator[PostgresServer]:
         shutil.chown(tmp, "nobody", "nogroup")
     data = tmp / "data"
     try:
-        subprocess.run(_as_postgres_user([str(bin_dir / "initdb"), "-D", str(data), "-U", USER,
+        subprocess.run(as_postgres_user([str(bin_dir / "initdb"), "-D", str(data), "-U", USER,
                                           "--auth=trust", "-E", "UTF8", "--no-sync"]),
                        check=True, capture_output=True, timeout=120)
         ready = bin_dir / "pg_isready"
         for _attempt in range(5):  # a port picked then bound by someone else: pick again
             port = _free_port()
             log = (tmp / "postgres.log").open("wb")
-            process = subprocess.Popen(_as_postgres_user([
+            process = subprocess.Popen(as_postgres_user([
                 str(bin_dir / "postgres"), "-D", str(data), "-F", "-h", "127.0.0.1",
                 "-p", str(port), "-k", str(tmp), "-c", "max_connections=200"]),
                 stdout=log, stderr=subprocess.STDOUT)

@@ -46,12 +46,18 @@ class RelayEnv:
     async def start(cls, tmp: Path, **overrides: Any) -> RelayEnv:
         idp = SandboxIdp(tmp / "idp")
         await idp.start()
+        # extra_issuers: trusted beside the sandbox issuer (whose alias and
+        # admins are then alias= and issuer_admins=; top-level admins need one issuer).
+        extra: tuple[IssuerConfig, ...] = overrides.pop("extra_issuers", ())
+        first = IssuerConfig(idp.issuer, ("api://cluster-connect",), idp.ca_file,
+                             alias=overrides.pop("alias", None),
+                             admins=overrides.pop("issuer_admins", (ADMIN_OID,) if extra else ()))
         config = RelayConfig(
             host="127.0.0.1",
             port=overrides.pop("port", 0),
             state_dir=str(tmp / "relay"),
-            issuers=(IssuerConfig(idp.issuer, ("api://cluster-connect",), idp.ca_file),),
-            admins=overrides.pop("admins", (ADMIN_OID,)),
+            issuers=(first, *extra),
+            admins=overrides.pop("admins", () if extra else (ADMIN_OID,)),
             agent_grace_seconds=overrides.pop("agent_grace_seconds", 1.0),
             drain_seconds=overrides.pop("drain_seconds", 2.0),
             **overrides,
@@ -89,7 +95,8 @@ class RelayEnv:
 
     async def grant(self, principal: str, role: str, scope: str) -> None:
         aid = hashlib.sha256(f"{principal}{role}{scope}".encode()).hexdigest()[:16]
-        await self.state.roles.put(RoleAssignment(aid, principal, "User", role, scope))
+        await self.state.roles.put(RoleAssignment(aid, principal, "User", role, scope,
+                                                  principal_issuer=self.idp.issuer))
 
     async def start_agent(self, cluster_id: str, keys: KeyPair, upstream: tuple[str, int],
                           *, relay_url: str | None = None, **options: Any) -> Connector:

@@ -78,3 +78,27 @@ def threaded_tcp_server(serve: Callable[[socket.socket], None]) -> Iterator[int]
             srv.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         srv.close()
         acceptor.join(5)
+
+
+async def start_firehose_or_echo_server(chunk: bytes = b"f" * 65536) -> asyncio.Server:
+    """A TCP server on 127.0.0.1 whose first byte picks the mode: ``F``/``f``
+    sends ``chunk`` forever (a stream whose reader stalls fills every window on
+    its way), anything else echoes the rest."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            mode = (await reader.readexactly(1)).upper()
+            if mode == b"F":
+                while True:
+                    writer.write(chunk)
+                    await writer.drain()
+            while data := await reader.read(READ_SIZE):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
