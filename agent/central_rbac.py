@@ -3,14 +3,22 @@
 The relay pushes this cluster's list over the agent's session (one
 ``central-rbac`` stream per list: relay/central_rbac_feed.py); this module
 
-- checks each list (version 1, this cluster, at most ``MAX_FEED_BYTES``, well
+- checks each list (version 2, this cluster, at most ``MAX_FEED_BYTES``, well
   formed) and refuses a bad one with one log line, keeping the previous list;
 - hands the accepted list to a :class:`~agent.central_rbac_reconcile.Reconciler`
   (one background task, latest list wins) that keeps the owned
   ClusterRoles/bindings in step; ``enabled: false`` removes them all;
 - answers kube-aad-proxy, per request, which central groups to impersonate
   (:meth:`CentralRbac.groups_for`): those of the principal's assignments,
-  only while the list was confirmed within ``max_staleness`` seconds. After
+  only while the list was confirmed within ``max_staleness`` seconds.
+
+An assignment belongs to its assignee's issuer (``principalIssuer``, as the
+relay's own roles: relay/roles.py). It is granted only to a token of that
+issuer, and its central group carries the name kube-aad-proxy impersonates
+for that issuer (its user or group prefix, identity/issuer_names.py;
+:meth:`CentralRbac.use_names`), so no issuer's token reaches a binding made
+for another issuer's principal of the same id. An assignment of an issuer
+this agent does not trust is ignored (no token of it gets in). After
   that (agent cut off from the relay) nothing central is granted: fail closed,
   while native RBAC keeps working.
 """
@@ -26,11 +34,12 @@ from typing import Any
 
 from agent.central_rbac_objects import Assignment, central_group, desired_objects
 from agent.central_rbac_reconcile import Reconciler
+from agent.kube_aad_proxy.names import NameMapper
 from tunnel import StreamReset, TunnelClosed, TunnelStream
 
 log = logging.getLogger("agent")
 
-FEED_VERSION = 1
+FEED_VERSION = 2
 # The relay sends at most this much (relay/central_rbac_feed.py); a bigger
 # list is refused, the previous one kept.
 MAX_FEED_BYTES = 1024 * 1024
@@ -40,6 +49,7 @@ _ROLES = ("kubernetes-viewer", "kubernetes-writer", "kubernetes-admin", "kuberne
 _TYPES = ("User", "Group", "ServicePrincipal")
 _MAX_FIELD = 256
 _MAX_NAMESPACE = 63
+_MAX_ISSUER = 2048
 
 # What the audit line says about the central mode for one request.
 OFF = "off"
@@ -59,7 +69,7 @@ def _text(value: Any, limit: int) -> bool:
 
 
 def parse_feed(data: bytes, cluster_id: str) -> tuple[bool, tuple[Assignment, ...]]:
-    """(enabled, assignments) of one version-1 list for ``cluster_id``.
+    """(enabled, assignments) of one version-2 list for ``cluster_id``.
 
     Raises:
         FeedRefused: too large, not JSON, another version or cluster, or a bad entry.
@@ -83,10 +93,12 @@ def parse_feed(data: bytes, cluster_id: str) -> tuple[bool, tuple[Assignment, ..
             raise FeedRefused(f"assignment {i} is not an object")
         ns = item.get("namespace")
         if not (_text(item.get("id"), _MAX_FIELD) and _text(item.get("principalId"), _MAX_FIELD)
+                and _text(item.get("principalIssuer"), _MAX_ISSUER)
                 and item.get("principalType") in _TYPES and item.get("role") in _ROLES
                 and (ns is None or _text(ns, _MAX_NAMESPACE))):
             raise FeedRefused(f"assignment {i} is malformed")
-        out.append(Assignment(item["id"], item["principalId"], item["principalType"], item["role"], ns))
+        out.append(Assignment(item["id"], item["principalId"], item["principalType"], item["role"], ns,
+                              item["principalIssuer"]))
     return enabled, tuple(out) if enabled else ()
 
 
@@ -98,12 +110,17 @@ class CentralRbac:
         reconciler: applies lists to the cluster (None: groups only, tests).
         max_staleness: seconds a list counts without the relay confirming it.
         clock: monotonic seconds.
+        names: kube-aad-proxy's names of each trusted issuer (the policy
+            keeps it current: :meth:`use_names`); an issuer absent from it is
+            not trusted and its assignments are ignored.
     """
 
     def __init__(self, cluster_id: str, reconciler: Reconciler | None, *,
                  max_staleness: float = DEFAULT_MAX_STALENESS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 names: NameMapper | None = None) -> None:
         self.cluster_id = cluster_id
+        self.names = names or NameMapper()
         self.reconciler = reconciler
         self.max_staleness = max_staleness
         self.clock = clock
@@ -113,8 +130,9 @@ class CentralRbac:
         self.lists_accepted = 0
         self.lists_refused = 0
         self.reconciled = asyncio.Event()  # set after each reconcile that worked
-        self._users: dict[str, tuple[str, ...]] = {}
-        self._groups: dict[str, tuple[str, ...]] = {}
+        # (issuer, id) -> central groups
+        self._users: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._groups: dict[tuple[str, str], tuple[str, ...]] = {}
         self._wanted: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stale_logged = False
@@ -160,20 +178,44 @@ class CentralRbac:
         self._want_reconcile()
         return "ok"
 
+    def use_names(self, names: NameMapper) -> None:
+        """Name central groups as ``names`` does from now on (kube-aad-proxy's
+        issuers were reloaded): re-index and reconcile the bindings."""
+        self.names = names
+        self._index()
+        if self.received_at is not None:
+            self._want_reconcile()
+
+    def central_group_of(self, a: Assignment) -> str | None:
+        """``a``'s central group: its id as kube-aad-proxy impersonates it for
+        its issuer (that issuer's user or group prefix); None when this agent
+        does not trust the issuer."""
+        prefixes = self.names.prefixes.get(a.principal_issuer)
+        if prefixes is None:
+            return None
+        prefix = prefixes.groups if a.principal_type == "Group" else prefixes.username
+        return central_group(a.principal_type, prefix + a.principal_id)
+
     def _index(self) -> None:
-        users: dict[str, list[str]] = {}
-        groups: dict[str, list[str]] = {}
+        users: dict[tuple[str, str], list[str]] = {}
+        groups: dict[tuple[str, str], list[str]] = {}
         for a in self.assignments:
+            group = self.central_group_of(a)
+            if group is None:
+                continue
             where = groups if a.principal_type == "Group" else users
-            where.setdefault(a.principal_id, []).append(central_group(a.principal_type, a.principal_id))
+            where.setdefault((a.principal_issuer, a.principal_id), []).append(group)
         self._users = {k: tuple(dict.fromkeys(v)) for k, v in users.items()}
         self._groups = {k: tuple(dict.fromkeys(v)) for k, v in groups.items()}
 
     # -- kube-aad-proxy's question -------------------------------------------------
 
-    def groups_for(self, user_ids: Iterable[str], group_ids: Iterable[str]) -> tuple[tuple[str, ...], str]:
-        """The central groups to impersonate for a principal known by
-        ``user_ids`` (oid, ``iss#sub``) and ``group_ids``, and what the
+    def groups_for(self, issuer: str, user_ids: Iterable[str],
+                   group_ids: Iterable[str]) -> tuple[tuple[str, ...], str]:
+        """The central groups to impersonate for a token of ``issuer`` (its
+        exact ``iss``) whose principal is known by ``user_ids`` (oid,
+        ``iss#sub``) and ``group_ids`` (only that issuer's assignments
+        count), and what the
         audit line says: ``off``, ``stale``, or the groups joined by ``,``
         (``-`` when the principal holds no central role)."""
         if not self.enabled or self.received_at is None:
@@ -187,9 +229,9 @@ class CentralRbac:
             return (), STALE
         found: list[str] = []
         for uid in user_ids:
-            found += self._users.get(uid, ())
+            found += self._users.get((issuer, uid), ())
         for gid in group_ids:
-            found += self._groups.get(gid, ())
+            found += self._groups.get((issuer, gid), ())
         groups = tuple(dict.fromkeys(found))
         return groups, ",".join(groups) or "-"
 
@@ -209,7 +251,7 @@ class CentralRbac:
         while True:
             await self._wanted.wait()
             self._wanted.clear()
-            desired = desired_objects(self.assignments) if self.enabled else {}
+            desired = desired_objects(self.assignments, self.central_group_of) if self.enabled else {}
             if await self.reconciler.apply(desired) and not self._wanted.is_set():
                 self.reconciled.set()
 

@@ -4,8 +4,10 @@ Four ClusterRoles, modelled on Arc's built-in Kubernetes roles, and one
 binding per (principal, role, namespace): a ClusterRoleBinding for an
 assignment on the cluster (or a scope above it), a RoleBinding in the
 namespace for a namespace assignment. Each binding's only subject is the
-principal's **central group**, ``arc-central:user:<id>`` or
-``arc-central:group:<id>``: kube-aad-proxy adds that group to a request's
+principal's **central group**, ``arc-central:user:<name>`` or
+``arc-central:group:<name>``, where ``<name>`` is the id as kube-aad-proxy
+impersonates it: with the assignee issuer's user or group prefix
+(identity/issuer_names.py), so the same id under two issuers is two groups: kube-aad-proxy adds that group to a request's
 ``Impersonate-Group`` only while the agent's list is fresh and names the
 principal, so revocation and a disconnected agent take effect on the next
 request, before the binding itself is deleted. Every object carries the
@@ -16,7 +18,7 @@ never touches anything else. Pure functions: no I/O.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,13 +98,20 @@ class Assignment:
     principal_type: str  # User, Group or ServicePrincipal
     role: str
     namespace: str | None
+    principal_issuer: str = ""  # the assignee's exact ``iss``
 
 
-def central_group(principal_type: str, principal_id: str) -> str:
-    """The group a principal's bindings name (users and service principals
-    alike are ``user``: both are matched by the token's own ids)."""
+def central_group(principal_type: str, name: str) -> str:
+    """The group a principal's bindings name; ``name`` is its issuer-scoped
+    name (the issuer's prefix, then the id). Users and service principals
+    alike are ``user``: both are matched by the token's own ids."""
     kind = "group" if principal_type == "Group" else "user"
-    return f"{CENTRAL_GROUP_PREFIX}{kind}:{principal_id}"
+    return f"{CENTRAL_GROUP_PREFIX}{kind}:{name}"
+
+
+def unprefixed_group(a: Assignment) -> str | None:
+    """The central group of ``a`` when names carry no issuer prefix."""
+    return central_group(a.principal_type, a.principal_id)
 
 
 def cluster_role_name(role: str) -> str:
@@ -114,18 +123,21 @@ def _labels() -> dict[str, str]:
     return {OWNED_LABEL: OWNED_VALUE}
 
 
-def desired_objects(assignments: Iterable[Assignment]) -> dict[tuple[str, str, str], dict[str, Any]]:
+def desired_objects(assignments: Iterable[Assignment],
+                    group_of: Callable[[Assignment], str | None] = unprefixed_group,
+                    ) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Every owned object the list asks for, keyed by (kind, namespace, name);
-    the four ClusterRoles always (they grant nothing unbound)."""
+    the four ClusterRoles always (they grant nothing unbound). ``group_of``
+    gives an assignment's central group (None: bind nothing for it)."""
     out: dict[tuple[str, str, str], dict[str, Any]] = {}
     for role, rules in ROLE_RULES.items():
         name = cluster_role_name(role)
         out[("ClusterRole", "", name)] = {"apiVersion": RBAC_API, "kind": "ClusterRole",
                                           "metadata": {"name": name, "labels": _labels()}, "rules": rules()}
     for a in assignments:
-        if a.role not in ROLE_RULES:
+        group = group_of(a)
+        if a.role not in ROLE_RULES or group is None:
             continue
-        group = central_group(a.principal_type, a.principal_id)
         digest = hashlib.sha256(f"{a.role}\n{a.namespace or ''}\n{group}".encode()).hexdigest()[:20]
         name = f"arc-central-{digest}"
         kind = "RoleBinding" if a.namespace else "ClusterRoleBinding"

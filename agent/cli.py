@@ -134,7 +134,7 @@ def _central_rbac(config: AgentConfig, proxy: KubeAadProxy) -> CentralRbac:
     kap = config.kube_aad_proxy
     central = CentralRbac(config.cluster_id, Reconciler(kap.upstream_url, kap.upstream_ca_pem, kap.upstream_token),
                           max_staleness=config.central_rbac_max_staleness)
-    proxy.policy.central = central
+    proxy.policy.use_central(central)  # names its groups with the proxy's issuer prefixes
     return central
 
 

@@ -15,12 +15,18 @@ A push is one relay-opened stream with target ``central-rbac``: the JSON
 document, FIN; the agent answers one line (``ok`` or ``refused: why``). One
 push per session at a time; a change during a push is sent by the next wake.
 
-The document (version 1)::
+The document (version 2)::
 
-    {"version": 1, "cluster": "rg/name", "enabled": true,
-     "assignments": [{"id", "principalId", "principalType", "role", "namespace"}]}
+    {"version": 2, "cluster": "rg/name", "enabled": true,
+     "assignments": [{"id", "principalId", "principalIssuer", "principalType", "role", "namespace"}]}
 
 ``namespace`` is null for an assignment on the cluster or a scope above it.
+``principalIssuer`` is the assignee's exact ``iss`` (relay/roles.py): the agent
+grants an assignment only to a token of that issuer, under that issuer's
+prefixed names (identity/issuer_names.py). An assignment made before issuers
+(``principalIssuer`` "") matches nobody at the relay and is not sent.
+Version 1 had no issuer: an agent of that version refuses this document and
+fails closed rather than granting an id to every issuer's token.
 A disabled cluster gets ``enabled: false`` and no assignments (the agent then
 removes every object it owns), once per session and on every change.
 """
@@ -44,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relay")
 
-FEED_VERSION = 1
+FEED_VERSION = 2
 # Changes made through another replica reach this replica's agents within
 # this (plus one push): well inside the issue's 10 s from assign to effect.
 POLL_SECONDS = 3.0
@@ -69,13 +75,13 @@ class _Sent:
 
 
 def cluster_document(cluster_id: str, enabled: bool, assignments: list[RoleAssignment]) -> bytes:
-    """The version-1 document for one cluster (stable bytes: sorted by id)."""
+    """The version-2 document for one cluster (stable bytes: sorted by id)."""
     items: list[dict[str, Any]] = []
     if enabled:
         group, _, name = cluster_id.partition("/")
         scope = cluster_scope(group, name)
         for a in sorted(assignments, key=lambda a: a.id):
-            if not is_kubernetes_role(a.role):
+            if not is_kubernetes_role(a.role) or not a.principal_issuer:
                 continue
             namespace = namespace_of(a.scope)
             if namespace is not None:
@@ -83,8 +89,8 @@ def cluster_document(cluster_id: str, enabled: bool, assignments: list[RoleAssig
                     continue
             elif not scope_covers(a.scope, scope):
                 continue
-            items.append({"id": a.id, "principalId": a.principal_id, "principalType": a.principal_type,
-                          "role": a.role, "namespace": namespace})
+            items.append({"id": a.id, "principalId": a.principal_id, "principalIssuer": a.principal_issuer,
+                          "principalType": a.principal_type, "role": a.role, "namespace": namespace})
     doc = {"version": FEED_VERSION, "cluster": cluster_id, "enabled": enabled, "assignments": items}
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 

@@ -70,8 +70,13 @@ CENTRAL_GROUP_PREFIX = "arc-central:"
 class CentralGroups(Protocol):
     """Central Kubernetes roles (agent/central_rbac.py), asked per request."""
 
-    def groups_for(self, user_ids: Iterable[str], group_ids: Iterable[str]) -> tuple[tuple[str, ...], str]:
-        """(groups to impersonate, what the audit line says)."""
+    def groups_for(self, issuer: str, user_ids: Iterable[str],
+                   group_ids: Iterable[str]) -> tuple[tuple[str, ...], str]:
+        """(groups to impersonate for a token of ``issuer``, what the audit line says)."""
+        ...
+
+    def use_names(self, names: NameMapper) -> None:
+        """Name central groups as kube-aad-proxy names principals (``names``)."""
         ...
 
 
@@ -106,10 +111,18 @@ class HeaderPolicy:
         # Set by arc-agent when central RBAC is wired (None: no central groups).
         self.central: CentralGroups | None = None
 
+    def use_central(self, central: CentralGroups) -> None:
+        """Add ``central``'s groups from the next request head on; it names
+        them with this policy's issuer prefixes, now and after each reload."""
+        self.central = central
+        central.use_names(self._names)
+
     def use(self, gate: OidcGate | None, names: NameMapper) -> None:
         """Decide with ``gate`` and ``names`` from the next request head on (a reload)."""
         self.gate = gate
         self._names = names
+        if self.central is not None:
+            self.central.use_names(names)
 
     def decide(self, head: RequestHead) -> Decision:
         """Decide without waiting; returns :class:`Validate` when :meth:`finish` must run."""
@@ -198,7 +211,7 @@ class HeaderPolicy:
         groups = [g for g in mapped.groups if not g.startswith(CENTRAL_GROUP_PREFIX)]
         audit_name = name
         if self.central is not None:
-            central, said = self.central.groups_for(_user_ids(p), p.groups)
+            central, said = self.central.groups_for(p.issuer, _user_ids(p), p.groups)
             groups += central
             audit_name = f"{name} central={said}"
         for g in groups:

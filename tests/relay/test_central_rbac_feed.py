@@ -82,7 +82,7 @@ async def test_relay_pushes_central_rbac_list_on_connect_switch_and_every_change
     admin = relay_env.token("admin")
     async with fake_agent(relay_env) as agent:
         first = await agent.next()
-        assert first == {"version": 1, "cluster": "rg1/alpha", "enabled": False, "assignments": []}
+        assert first == {"version": 2, "cluster": "rg1/alpha", "enabled": False, "assignments": []}
         status, body = await relay_env.api("PUT", CLUSTER + "/centralRbac", admin, {"enabled": True})
         assert (status, body) == (200, {"enabled": True, "changed": True})
         assert (await agent.until(lambda d: d["enabled"]))["assignments"] == []
@@ -101,10 +101,10 @@ async def test_relay_pushes_central_rbac_list_on_connect_switch_and_every_change
             assert status == 201, body
         doc = await agent.until(lambda d: len(d["assignments"]) == 2)
         assert doc["assignments"] == [
-            {"id": "v-rg", "principalId": VIEWERS_GROUP, "principalType": "Group",
-             "role": "kubernetes-viewer", "namespace": None},
-            {"id": "w-ns", "principalId": BOB_OID, "principalType": "User",
-             "role": "kubernetes-writer", "namespace": "payments"},
+            {"id": "v-rg", "principalId": VIEWERS_GROUP, "principalIssuer": relay_env.idp.issuer,
+             "principalType": "Group", "role": "kubernetes-viewer", "namespace": None},
+            {"id": "w-ns", "principalId": BOB_OID, "principalIssuer": relay_env.idp.issuer,
+             "principalType": "User", "role": "kubernetes-writer", "namespace": "payments"},
         ]
         started = time.perf_counter()
         status, _ = await relay_env.api("DELETE", "/api/v1/roleAssignments/w-ns", admin)
@@ -150,24 +150,28 @@ async def test_relay_refuses_namespace_scope_for_relay_roles_and_bad_switch_bodi
 def test_relay_cluster_document_holds_only_what_concerns_the_cluster() -> None:
     """Scopes above the cluster, the cluster and its namespaces count; a
     same-prefix cluster (``alpha2``), another cluster's namespace and relay
-    roles do not; a disabled cluster's document lists nothing."""
-    def a(aid: str, role: str, scope: str) -> RoleAssignment:
-        return RoleAssignment(aid, "p", "User", role, scope)
+    roles do not, nor an assignment naming no issuer (made before issuers:
+    it matches nobody); each carries its assignee's issuer; a disabled
+    cluster's document lists nothing."""
+    def a(aid: str, role: str, scope: str, issuer: str = "https://idp.example") -> RoleAssignment:
+        return RoleAssignment(aid, "p", "User", role, scope, principal_issuer=issuer)
 
     assignments = [a("1", "kubernetes-cluster-admin", "/"), a("2", "kubernetes-admin", "/resourceGroups/rg1"),
                    a("3", "kubernetes-viewer", SCOPE), a("4", "kubernetes-writer", SCOPE + "/namespaces/n"),
                    a("5", "kubernetes-viewer", "/resourceGroups/rg1/clusters/alpha2"),
                    a("6", "kubernetes-viewer", "/resourceGroups/rg1/clusters/alpha2/namespaces/n"),
-                   a("7", "admin", SCOPE), a("8", "kubernetes-viewer", "/resourceGroups/rg2")]
+                   a("7", "admin", SCOPE), a("8", "kubernetes-viewer", "/resourceGroups/rg2"),
+                   a("9", "kubernetes-viewer", SCOPE, issuer="")]
     doc = json.loads(cluster_document("rg1/alpha", True, assignments))
-    assert [(x["id"], x["namespace"]) for x in doc["assignments"]] == [
-        ("1", None), ("2", None), ("3", None), ("4", "n")]
+    assert [(x["id"], x["namespace"], x["principalIssuer"]) for x in doc["assignments"]] == [
+        ("1", None, "https://idp.example"), ("2", None, "https://idp.example"),
+        ("3", None, "https://idp.example"), ("4", "n", "https://idp.example")]
     assert json.loads(cluster_document("rg1/alpha", False, assignments))["assignments"] == []
 
 
 async def test_relay_central_rbac_switch_persists_in_postgresql_across_restart(
         tmp_path: Path, postgres_dsn: str) -> None:
-    """On PostgreSQL (migration 2) the switch is idempotent both ways and
+    """On PostgreSQL (migration 3) the switch is idempotent both ways and
     survives a relay restart; the agent then hears ``enabled: true`` again."""
     admin_path = CLUSTER + "/centralRbac"
     async with running_env(tmp_path, database_url=postgres_dsn) as env:
