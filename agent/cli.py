@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent.central_rbac import CentralRbac
+from agent.central_rbac_reconcile import Reconciler
 from agent.config import AgentConfig, AgentConfigError, load_agent_config
 from agent.connector import Connector, ConnectorConfig
 from agent.connector_metadata import api_server_metadata, static_metadata
@@ -32,7 +34,7 @@ from cmdline import (
     run_cli,
 )
 from logfmt import add_log_format_argument, configure_logging
-from tunnel import TunnelConfig
+from tunnel import CENTRAL_RBAC_TARGET, TunnelConfig
 from tunnel.aio import adapter_limits, tune_allocator
 
 if TYPE_CHECKING:
@@ -127,6 +129,16 @@ def _kube_aad_proxy(config: AgentConfig, validator: TokenValidator | None) -> Ku
     return KubeAadProxy(proxy_config)
 
 
+def _central_rbac(config: AgentConfig, proxy: KubeAadProxy) -> CentralRbac:
+    """Central Kubernetes roles: the relay's lists reconciled into the cluster
+    with the agent's credentials, their groups added by ``proxy``."""
+    kap = config.kube_aad_proxy
+    central = CentralRbac(config.cluster_id, Reconciler(kap.upstream_url, kap.upstream_ca_pem, kap.upstream_token),
+                          max_staleness=config.central_rbac_max_staleness)
+    proxy.policy.use_central(central)  # names its groups with the proxy's issuer prefixes
+    return central
+
+
 async def _start_kube_aad_proxy(config: AgentConfig, proxy: KubeAadProxy) -> tuple[str, int]:
     """Start ``proxy`` on ``kube_aad_proxy.listen``; returns where it listens.
 
@@ -215,6 +227,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event, config_path: str |
     identity = _Identity(None)
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[None]] = set()
+    central: CentralRbac | None = None
     try:
         if config.forward_to is not None:
             upstream = config.forward_to
@@ -231,6 +244,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event, config_path: str |
                 loop.add_signal_handler(signal.SIGHUP, hangup)
             kap = config.kube_aad_proxy
             metadata = api_server_metadata(kap.upstream_url, kap.upstream_ca_pem, kap.upstream_token)
+            central = _central_rbac(config, proxy)
         connector = Connector(ConnectorConfig(
             relay_url=config.relay_url,
             cluster_id=config.cluster_id,
@@ -243,7 +257,8 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event, config_path: str |
             proxy_ca_pem=config.proxy_ca_pem,
             metadata_interval=config.metadata_interval,
             tunnel=TunnelConfig(limits=adapter_limits(max_concurrent_streams=config.max_concurrent_streams)),
-        ), metadata=metadata)
+        ), metadata=metadata,
+            stream_handlers={CENTRAL_RBAC_TARGET: central.on_stream} if central is not None else None)
         task = asyncio.ensure_future(connector.run())
         try:
             health = agent_health_listener(connector, proxy, config.health_limits, dial_loop=task)
@@ -260,6 +275,8 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event, config_path: str |
             loop.remove_signal_handler(signal.SIGHUP)
         for task in list(reloads):
             await task
+        if central is not None:
+            await central.close()
         if proxy is not None:
             await proxy.stop()
         if identity.validator is not None:

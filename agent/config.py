@@ -112,6 +112,14 @@ class AgentLimitsSection(ConfigModel):
                                         "at once, shared by every user.")
 
 
+class CentralRbacSection(ConfigModel):
+    """``central_rbac``: central Kubernetes roles from the relay (docs/central-rbac.md)."""
+
+    max_staleness_seconds: float = Field(default=90.0, gt=0, description="A central role list not confirmed "
+                                         "by the relay for this long (disconnected agent) stops granting "
+                                         "anything: fail closed. The relay re-sends it every 30 s.")
+
+
 class AgentFile(ConfigModel):
     """The ``arc-agent --config`` file."""
 
@@ -128,6 +136,8 @@ class AgentFile(ConfigModel):
     limits: AgentLimitsSection = Field(default=AgentLimitsSection(), description="Session bounds.")
     health: HealthSection = Field(default=HealthSection(), description="The `/livez` `/readyz` `/metrics` "
                                   "listener (ready: relay session up, API server answering).")
+    central_rbac: CentralRbacSection = Field(default=CentralRbacSection(), description="Central Kubernetes "
+                                             "roles (enabled per cluster at the relay).")
 
     @field_validator("forward_to")
     @classmethod
@@ -198,6 +208,8 @@ class AgentConfig:
     health_host: str = "127.0.0.1"
     health_port: int = 0
     health_limits: HealthLimits = field(default_factory=HealthLimits)
+    # central_rbac.max_staleness_seconds (agent/central_rbac.py).
+    central_rbac_max_staleness: float = 90.0
 
     @property
     def cluster_id(self) -> str:
@@ -256,6 +268,7 @@ def agent_config_from_file(doc: AgentFile, base: Path, source: str) -> AgentConf
         health_host=doc.health.address()[0],
         health_port=doc.health.address()[1],
         health_limits=doc.health.limits(),
+        central_rbac_max_staleness=doc.central_rbac.max_staleness_seconds,
     )
 
 

@@ -42,7 +42,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,8 @@ from tunnel import (
 )
 
 log = logging.getLogger("agent")
+
+StreamHandler = Callable[[TunnelStream], Awaitable[None]]
 
 # kube-aad-proxy is on loopback: a connect that takes longer is a dead process.
 UPSTREAM_CONNECT_TIMEOUT = 5.0
@@ -166,8 +168,12 @@ class Connector:
     a caller wait for the first (or next) session.
     """
 
-    def __init__(self, config: ConnectorConfig, *, metadata: MetadataSource | None = None) -> None:
+    def __init__(self, config: ConnectorConfig, *, metadata: MetadataSource | None = None,
+                 stream_handlers: Mapping[bytes, StreamHandler] | None = None) -> None:
         self.config = config
+        # Relay-opened streams with these targets are served here, not piped
+        # upstream (``central-rbac``: agent/central_rbac.py).
+        self.stream_handlers = dict(stream_handlers or {})
         self.metadata = metadata or static_metadata()
         self.session: TunnelSession | None = None
         self.sessions_started = 0
@@ -463,6 +469,10 @@ class Connector:
 
     async def _on_stream(self, stream: TunnelStream) -> None:
         """Pipe one relay-opened stream to the upstream TCP target."""
+        handler = self.stream_handlers.get(stream.target)
+        if handler is not None:
+            await handler(stream)
+            return
         if stream.target != UPSTREAM_TARGET:
             self.streams["unknown_target"] += 1
             stream.reject(ErrorCode.NOT_FOUND, "unknown target")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from client.arcctl_central_rbac import add_update
 from client.arcctl_connect import add_connect
 from client.arcctl_delete import add_delete
 from client.arcctl_entry import config_path, exec_credential
@@ -321,7 +322,7 @@ def _add_demo(sub: Subcommands) -> None:
 
 COMMANDS: list[Callable[[Subcommands], None]] = [
     _add_demo, _add_login, _add_logout, _add_account, _add_list, _add_show, _add_get_token,
-    add_connect, add_delete,
+    add_connect, add_delete, add_update,
     add_role, add_known_clusters,
 ]
 

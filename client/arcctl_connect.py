@@ -41,6 +41,7 @@ import jwt
 import yaml
 
 from certs import CertificateAuthority, fingerprint_sha256, generate_key_pair, write_secret_file
+from client.arcctl_central_rbac import set_central_rbac, with_central_rbac_rights
 from client.arcctl_options import add_cluster_options, add_common_options
 from client.auth import TokenSource
 from client.config import ClientConfig, load_config
@@ -395,6 +396,12 @@ async def _register_for_helm(args: argparse.Namespace, api: RelayApi, values: Ag
     return 0
 
 
+def _manifests(args: argparse.Namespace, values: AgentValues) -> list[dict[str, Any]]:
+    """The agent's objects; with --enable-central-rbac, plus the RBAC rights central roles need."""
+    manifests = build_manifests(values)
+    return with_central_rbac_rights(manifests) if args.enable_central_rbac else manifests
+
+
 def _print_ca_fingerprint(cid: str, serving_ca: str) -> None:
     """The fingerprint arc-proxy pins, for the admin to hand out of band."""
     if serving_ca:
@@ -417,7 +424,7 @@ async def connect(args: argparse.Namespace) -> int:
                           "--helm-values) or add them to kube_aad_proxy.oidc.issuers in the agent config")
     if args.dry_run:
         # Keys are made and registered only by a real connect; the Secret's data stays empty.
-        print(dump_manifests(build_manifests(values)), end="")
+        print(dump_manifests(_manifests(args, values)), end="")
         empty = ", ".join(k for k, name in SECRET_KEYS.items() if not getattr(values, name))
         _warn(f"dry run: nothing was registered or applied; the Secret's {empty} are empty because keys are "
               "generated and registered only by a real connect (or by --helm-values FILE)")
@@ -428,7 +435,10 @@ async def connect(args: argparse.Namespace) -> int:
     if args.helm_values:
         _warn_unreachable_relay(values.relay_url)
         async with RelayApi(config, tokens) as helm_api:
-            return await _register_for_helm(args, helm_api, values, cid, object_id)
+            status = await _register_for_helm(args, helm_api, values, cid, object_id)
+            if status == 0 and args.enable_central_rbac:
+                await set_central_rbac(helm_api, group, args.name, True)
+            return status
     async with RelayApi(config, tokens) as api:
         registration = await _get_registration(api, group, args.name, object_id)
         _say(1, f"relay {config.relay_url}: cluster {cid} "
@@ -445,7 +455,7 @@ async def connect(args: argparse.Namespace) -> int:
             _say(2, f"cluster {target.host} (context {target.context or '-'}): "
                     + ("found an agent Secret" if found else "no agent installed yet"))
             values, note = choose_keys(values, registration, found, config.relay_url)
-            manifests, owned = await asyncio.to_thread(plan_ownership, target, build_manifests(values), cid,
+            manifests, owned = await asyncio.to_thread(plan_ownership, target, _manifests(args, values), cid,
                                                        args.adopt)
             fp = fingerprint_sha256(values.agent_cert.encode())
             _say(3, f"keys: {note} (agent certificate sha256 {fp[:16]}...)"
@@ -461,6 +471,10 @@ async def connect(args: argparse.Namespace) -> int:
             else:
                 await _put_registration(api, group, args.name, spec, object_id)
                 _say(5, f"relay: {'updated' if registration else 'registered'} {cid}")
+            if args.enable_central_rbac:
+                switched = await set_central_rbac(api, group, args.name, True)
+                _say(5, f"relay: central Kubernetes roles {'enabled' if switched.get('changed') else 'already enabled'}"
+                        f" for {cid}")
             rest = [await asyncio.to_thread(target.apply, m) for m in manifests[first:]]
             summary = _summary(manifests[first:], rest)
             config_changed = any(o == "updated" for m, o in zip(manifests, outcomes + rest, strict=True)
@@ -569,6 +583,9 @@ def add_connect(sub: Subcommands) -> None:
     default_image = AgentValues.__dataclass_fields__["image"].default
     p.add_argument("--image", default=default_image, metavar="IMAGE",
                    help=f"agent container image (default {default_image})")
+    p.add_argument("--enable-central-rbac", action="store_true",
+                   help="enforce the central Kubernetes roles assigned at the relay in this cluster "
+                        "(docs/central-rbac.md; off again: arcctl update --central-rbac off)")
     p.add_argument("--no-wait", action="store_true",
                    help="return once the agent is deployed, without waiting until it is Connected")
     p.add_argument("--wait-timeout", type=_seconds, default=WAIT_TIMEOUT, metavar="SECONDS",

@@ -19,6 +19,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
+from client.arcctl_central_rbac import CENTRAL_RBAC_SUFFIX, with_central_rbac_rights
 from client.arcctl_connect import owner_of, read_in_cluster
 from client.arcctl_options import add_cluster_options, add_common_options
 from client.auth import TokenSource
@@ -63,7 +64,8 @@ def remove_in_cluster(target: KubeTarget, cluster_id: str, relay_url: str) -> li
     if found is not None and found.relay_url and found.relay_url.rstrip("/") != relay_url.rstrip("/"):
         return [f"agent left in place (it now connects to {found.relay_url})"]
     # Names and kinds are all that delete needs; the values do not matter.
-    objects = build_manifests(AgentValues("x", "x", "https://x", "https://x"))
+    # With the central RBAC pair (absent ones are skipped as not found).
+    objects = with_central_rbac_rights(build_manifests(AgentValues("x", "x", "https://x", "https://x")))
     order = [o for o in reversed(objects) if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding")]
     order += [o for o in objects if o["kind"] == "Namespace"]
     order += [o for o in reversed(objects) if o["kind"] in ("ClusterRoleBinding", "ClusterRole")]
@@ -76,6 +78,8 @@ def remove_in_cluster(target: KubeTarget, cluster_id: str, relay_url: str) -> li
         else:
             outcome = _delete_if_ours(target, obj, cluster_id)
             kept_inside |= outcome.startswith("left alone") and bool(obj["metadata"].get("namespace"))
+            if outcome == "absent" and obj["metadata"]["name"].endswith(CENTRAL_RBAC_SUFFIX):
+                continue  # deployed without --enable-central-rbac: nothing to report
         lines.append(f"{obj['kind']} {obj['metadata']['name']} {outcome}")
     return lines
 

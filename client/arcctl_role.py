@@ -2,12 +2,17 @@
 
 Roles (relay/roles.py): ``cluster-user`` (connect), ``viewer`` (list/show),
 ``onboarding`` (register/delete clusters), ``admin`` (everything, including
-role assignments). Scopes: one cluster (``-n NAME [-g GROUP]``), a resource
-group (``-g GROUP``), everything (``--scope /``), or any of them spelled out
-with ``--scope``. The principal is an object id (user or service principal)
-or a group id, as in the token's ``oid`` / ``groups`` claims, of one issuer
-(``--assignee-issuer``: needed when the relay trusts several; an id of one
-issuer never matches another's token). A user name (``alice@contoso.example``)
+role assignments), and the central Kubernetes roles ``kubernetes-viewer``,
+``kubernetes-writer``, ``kubernetes-admin``, ``kubernetes-cluster-admin``
+(enforced inside clusters that enabled central RBAC: docs/central-rbac.md).
+Scopes: one cluster (``-n NAME [-g GROUP]``), a resource group (``-g GROUP``),
+everything (``--scope /``), any of them spelled out with ``--scope``, and for
+the Kubernetes roles one namespace
+(``--scope /resourceGroups/RG/clusters/NAME/namespaces/NS``). The principal is
+an object id (user or service principal) or a group id, as in the token's
+``oid`` / ``groups`` claims, of one issuer (``--assignee-issuer``: needed when
+the relay trusts several; an id of one issuer never matches another's token,
+central Kubernetes roles included). A user name (``alice@contoso.example``)
 is refused by the relay unless it matches names (docs/identity-providers.md).
 
 ``export`` prints every assignment the caller administers as one document
@@ -39,7 +44,8 @@ from cmdline import Subcommands, add_command
 
 __all__ = ["add_role", "export_document", "parse_import_document"]
 
-ROLES = ("cluster-user", "viewer", "onboarding", "admin")
+ROLES = ("cluster-user", "viewer", "onboarding", "admin",
+         "kubernetes-viewer", "kubernetes-writer", "kubernetes-admin", "kubernetes-cluster-admin")
 PRINCIPAL_TYPES = ("User", "Group", "ServicePrincipal")
 EXPORT_KIND = "RoleAssignmentList"
 EXPORT_API_VERSION = "cluster-connect.dev/v1"
@@ -258,8 +264,9 @@ def _common(p: argparse.ArgumentParser, *, scope: bool = True) -> None:
                        help="scope: this cluster (in -g GROUP, default from the client config)")
         p.add_argument("-g", "--resource-group", dest="group", metavar="GROUP",
                        help="scope: this resource group")
-        p.add_argument("--scope", metavar="SCOPE", help="scope spelled out: '/', '/resourceGroups/RG' or "
-                       "'/resourceGroups/RG/clusters/NAME'")
+        p.add_argument("--scope", metavar="SCOPE", help="scope spelled out: '/', '/resourceGroups/RG', "
+                       "'/resourceGroups/RG/clusters/NAME' or (kubernetes-* roles) "
+                       "'/resourceGroups/RG/clusters/NAME/namespaces/NS'")
     add_common_options(p)
 
 

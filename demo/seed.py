@@ -121,6 +121,12 @@ def seed_demo(admin: SandboxAdmin, *, demo_user_oid: str, web_address: str | Non
              "resources": ["userextras/oid", "userextras/tid", "uids"], "verbs": ["impersonate"]},
             {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
             {"nonResourceURLs": ["/version", "/api", "/apis"], "verbs": ["get"]},
+            # Central Kubernetes roles (agent/central_rbac.py): the agent keeps its
+            # owned ClusterRoles and bindings; granting what it binds needs
+            # bind/escalate on a real API server.
+            {"apiGroups": ["rbac.authorization.k8s.io"],
+             "resources": ["clusterroles", "clusterrolebindings", "rolebindings"],
+             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "bind", "escalate"]},
         ],
     })
     admin.create(f"{rbac}/clusterrolebindings", {

@@ -214,6 +214,7 @@ async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
     previous = state.directory.register(cid, session)
     await state.registry.set_connectivity(cid, "Connected")
     log.info("agent connected cluster=%s peer=%s replaced=%s", cid, request.remote, previous is not None)
+    state.central_rbac_changed()  # its central role list goes out now
     if previous is not None:
         # The old session drains its streams; new streams go to this one.
         state.spawn(previous.goaway())

@@ -25,7 +25,13 @@ from certs import CertificateAuthority, IssuedCertificate, server_ssl_context, w
 from health import HealthListener
 from identity import Principal, TokenInvalid, TokenValidator, TrustedIssuer
 from identity.agent_assertion import AgentAssertionVerifier
-from relay import agent_endpoint, client_endpoint, management_api
+from relay import agent_endpoint, central_rbac_api, client_endpoint, management_api
+from relay.central_rbac_feed import CentralRbacFeed
+from relay.central_rbac_store import (
+    CentralRbacStore,
+    PostgresCentralRbacStore,
+    SqliteCentralRbacStore,
+)
 from relay.config import ConfigError, RelayConfig, authorization_warnings
 from relay.database_health import DatabaseHealth
 from relay.directory import LocalDirectory
@@ -303,6 +309,8 @@ class RelayServer:
             recorder=DataRecorder(config.record_data_file) if config.record_data_file else None,
             presence=presence,
         )
+        self.state.central_rbac = CentralRbacFeed(self.state, self._central_rbac_store())
+        self.state.central_rbac.start()
         self.state.metrics.registry.register(PresenceCollector(presence))
         install_parser_error_filter()
         app = web.Application(client_max_size=64 * 1024, middlewares=[unexpected_error_middleware])
@@ -311,6 +319,7 @@ class RelayServer:
         app.router.add_get("/readyz", readyz, allow_head=False)
         app.router.add_get("/openapi.json", openapi, allow_head=False)
         management_api.add_routes(app)
+        central_rbac_api.add_routes(app)
         agent_endpoint.add_routes(app)
         client_endpoint.add_routes(app)
         # Access logs would be one line per kubectl stream setup; events are
@@ -375,6 +384,13 @@ class RelayServer:
                  "replica=%s", self.url, self.state.verifier.audiences[0], dev is not None,
                  config.edge.tls_engine, "redis" if config.presence.redis_url else "memory",
                  presence.replica_id)
+
+    def _central_rbac_store(self) -> CentralRbacStore:
+        """The central RBAC switch in the database :meth:`_open_database` opened."""
+        if self._postgres is not None:
+            return PostgresCentralRbacStore(self._postgres)
+        assert self._db is not None
+        return SqliteCentralRbacStore(self._db)
 
     async def _open_database(self) -> tuple[ClusterRegistry, ClusterRegistry | None, RoleStore]:
         """The cluster store, the store the status write-behind flushes
@@ -459,6 +475,8 @@ class RelayServer:
                                timeout=drain)
         await asyncio.gather(*(s.close() for s in list(state.sessions)), return_exceptions=True)
         await state.live_streams.close()
+        if state.central_rbac is not None:
+            await state.central_rbac.stop()
         if self._peering is not None:
             await self._peering.stop()
             self._peering = None

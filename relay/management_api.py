@@ -211,6 +211,8 @@ async def delete_cluster(request: web.Request) -> web.Response:
         return web.Response(status=204)
     if not await state.registry.delete(cid):
         return json_error(404, "NotFound", f"cluster {cid} is not registered")
+    if state.central_rbac is not None:  # a cluster registered again later starts without the mode
+        await state.central_rbac.store.set_enabled(cid, False)
     session = state.directory.get(cid)
     if session is not None:
         state.directory.unregister(cid, session)
@@ -267,6 +269,7 @@ async def put_role_assignment(request: web.Request) -> web.Response:
     log.info("role assignment %s id=%s role=%s scope=%s assignee_issuer=%s by=%s",
              "created" if created else "updated", aid, stored.role, stored.scope, stored.principal_issuer,
              principal.name)
+    state.central_rbac_changed()
     if existing is not None:
         state.live_streams.wake()  # a replaced assignment may have taken a role away
     return web.json_response(stored.to_json(), status=201 if created else 200)
@@ -298,6 +301,7 @@ async def delete_role_assignment(request: web.Request) -> web.Response:
         return json_error(404, "NotFound", f"role assignment {aid} does not exist")
     await _require(request, principal, "manage_roles", found.scope, "admin")
     await state.roles.delete(aid)
+    state.central_rbac_changed()
     state.live_streams.wake()  # open streams of whoever held it are re-checked now
     log.info("role assignment deleted id=%s by=%s", aid, principal.name)
     return web.Response(status=204)
@@ -341,8 +345,8 @@ async def list_role_assignments(request: web.Request) -> web.Response:
     # not handed an empty list that reads as "there are no assignments".
     if want_scope is not None:
         if not valid_scope(want_scope):
-            return json_error(400, "InvalidScope", "scope must be '/', '/resourceGroups/RG' or "
-                              "'/resourceGroups/RG/clusters/NAME'")
+            return json_error(400, "InvalidScope", "scope must be '/', '/resourceGroups/RG', "
+                              "'/resourceGroups/RG/clusters/NAME' or '/resourceGroups/RG/clusters/NAME/namespaces/NS'")
         await _require(request, principal, "manage_roles", want_scope, "admin")
     elif not await _administers_any_scope(state, principal):
         state.metrics.auth_failures.labels("api", "forbidden").inc()

@@ -82,9 +82,19 @@ CREATE INDEX IF NOT EXISTS role_assignments_issuer_principal
     ON role_assignments (principal_issuer, principal_id)
 """
 
+# Clusters that enabled central Kubernetes roles (relay/central_rbac_store.py);
+# a table of its own so a cluster's registration is untouched by the mode.
+_V3 = """
+CREATE TABLE IF NOT EXISTS central_rbac_clusters (
+    cluster_id TEXT PRIMARY KEY,
+    enabled_at TEXT NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "clusters and role assignments", _V1),
     Migration(2, "role assignments name their assignee's issuer", _V2),
+    Migration(3, "clusters with central Kubernetes roles", _V3),
 )
 
 _CLAIM_UNSCOPED = "UPDATE role_assignments SET principal_issuer = {mark} WHERE principal_issuer = ''"

@@ -31,7 +31,10 @@ _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
 NAME_RE = re.compile(_NAME)
 # Role assignment ids are URL path segments: a little longer, same alphabet.
 ASSIGNMENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-SCOPE_RE = re.compile(rf"/|/resourceGroups/{_NAME}(?:/clusters/{_NAME})?")
+# Kubernetes namespace names are DNS labels (RFC 1123).
+_NAMESPACE = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+# The namespace form is for central Kubernetes roles only (relay/kubernetes_roles.py).
+SCOPE_RE = re.compile(rf"/|/resourceGroups/{_NAME}(?:/clusters/{_NAME}(?:/namespaces/{_NAMESPACE})?)?")
 # Object ids are GUIDs, UPNs are e-mail like; 256 leaves room for both and for
 # group names some issuers use, while keeping one log line short.
 MAX_PRINCIPAL_ID = 256
@@ -59,7 +62,8 @@ def valid_assignment_id(value: object) -> bool:
 
 
 def valid_scope(value: object) -> bool:
-    """Whether ``value`` is ``/``, ``/resourceGroups/RG`` or ``/resourceGroups/RG/clusters/NAME``."""
+    """Whether ``value`` is ``/``, ``/resourceGroups/RG``, ``/resourceGroups/RG/clusters/NAME``
+    or ``/resourceGroups/RG/clusters/NAME/namespaces/NS``."""
     return _str_fullmatch(SCOPE_RE, value)
 
 

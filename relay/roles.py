@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, TypeAlias
 
 from relay import names
+from relay.kubernetes_roles import KUBERNETES_ROLE_ACTIONS, scope_role_errors
 from relay.migrations import claim_unscoped_sqlite, count_unscoped_sqlite
 from relay.registry import SqliteDatabase, utc_now
 
@@ -37,6 +38,7 @@ ROLES: dict[str, frozenset[str]] = {
     "onboarding": frozenset({"read", "write", "delete"}),
     "viewer": frozenset({"read"}),
     "cluster-user": frozenset({"read", "connect"}),
+    **KUBERNETES_ROLE_ACTIONS,  # enforced in the cluster (relay/kubernetes_roles.py)
 }
 PRINCIPAL_TYPES = ("User", "Group", "ServicePrincipal")
 #: (issuer, id): a principal id as one issuer means it.
@@ -131,7 +133,9 @@ def assignment_errors(body: dict[str, Any]) -> list[str]:
     if not isinstance(role, str) or role not in ROLES:
         errors.append(f"role must be one of {', '.join(ROLES)}")
     if not isinstance(body.get("scope"), str) or not valid_scope(body["scope"]):
-        errors.append("scope must be '/', '/resourceGroups/RG' or '/resourceGroups/RG/clusters/NAME'")
+        errors.append("scope must be '/', '/resourceGroups/RG', '/resourceGroups/RG/clusters/NAME' "
+                      "or '/resourceGroups/RG/clusters/NAME/namespaces/NS'")
+    errors += scope_role_errors(role, body.get("scope"))
     return errors
 
 

@@ -29,6 +29,7 @@ from relay.roles import Action, RoleStore
 from relay.shares import StreamShares
 
 if TYPE_CHECKING:
+    from relay.central_rbac_feed import CentralRbacFeed
     from relay.peering import Peering
     from relay.router import DataRecorder
     from tunnel import TunnelConfig, TunnelSession, TunnelStream
@@ -93,6 +94,8 @@ class RelayState:
     # Routes to agent sessions on every replica (relay/presence.py); the
     # directory registers this replica's sessions in it.
     presence: Presence = field(default_factory=lambda: MemoryPresence("local", ""))
+    # Pushes central Kubernetes role lists to agents (relay/central_rbac_feed.py); None: off.
+    central_rbac: CentralRbacFeed | None = None
     # Links to the other replicas (relay/peering.py); None: no forwarding.
     peering: Peering | None = None
     # The validator's metrics collector (relay/health_listener.py), pointed at
@@ -137,6 +140,12 @@ class RelayState:
         """The ids role assignments may name for ``principal`` under this
         relay's ``authorization.match_mutable_claims``."""
         return principal_ids(principal, self.config.match_mutable_claims)
+
+    def central_rbac_changed(self) -> None:
+        """Role assignments, a cluster's central RBAC switch or an agent
+        session changed: push central role lists now."""
+        if self.central_rbac is not None:
+            self.central_rbac.wake()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, holding a reference until it ends."""

@@ -48,7 +48,7 @@ from tunnel.redial import (
     retry_after_seconds,
 )
 from tunnel.state import ConnectionState, StreamState
-from tunnel.targets import CONTROL_TARGET, UPSTREAM_TARGET
+from tunnel.targets import CENTRAL_RBAC_TARGET, CONTROL_TARGET, UPSTREAM_TARGET
 
 if TYPE_CHECKING:
     from tunnel.aio import (
@@ -87,6 +87,7 @@ _ADAPTER_NAMES = frozenset(
 )
 
 __all__ = [
+    "CENTRAL_RBAC_TARGET",
     "CONTROL_TARGET",
     "RETRY_AFTER_CAP",
     "RETRY_AFTER_JITTER",

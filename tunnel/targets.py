@@ -10,10 +10,13 @@ and ``agent`` import; the core gives them no meaning (tunnel/PROTOCOL.md).
 
 from __future__ import annotations
 
-__all__ = ["CONTROL_TARGET", "UPSTREAM_TARGET"]
+__all__ = ["CENTRAL_RBAC_TARGET", "CONTROL_TARGET", "UPSTREAM_TARGET"]
 
 #: Relay -> agent: a stream the agent pipes to its kube-aad-proxy (one per
 #: kubectl connection).
 UPSTREAM_TARGET = b"kube-aad-proxy"
 #: Agent -> relay: the agent's metadata stream (one JSON object per line).
 CONTROL_TARGET = b"control"
+#: Relay -> agent: one central Kubernetes role list per stream (a JSON
+#: document, then FIN; the agent answers one line): docs/central-rbac.md.
+CENTRAL_RBAC_TARGET = b"central-rbac"

@@ -18,9 +18,9 @@ Order matters and is fixed:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agent.kube_aad_proxy.heads import RequestHead
 from agent.kube_aad_proxy.names import MappedNames, NameMapper
@@ -70,6 +70,23 @@ class Validate:
 
 Decision = Forward | Refuse | Validate
 
+# Groups only central RBAC may set (agent/central_rbac_objects.py): a token
+# claiming one has it dropped, whatever its issuer.
+CENTRAL_GROUP_PREFIX = "arc-central:"
+
+
+class CentralGroups(Protocol):
+    """Central Kubernetes roles (agent/central_rbac.py), asked per request."""
+
+    def groups_for(self, issuer: str, user_ids: Iterable[str],
+                   group_ids: Iterable[str]) -> tuple[tuple[str, ...], str]:
+        """(groups to impersonate for a token of ``issuer``, what the audit line says)."""
+        ...
+
+    def use_names(self, names: NameMapper) -> None:
+        """Name central groups as kube-aad-proxy names principals (``names``)."""
+        ...
+
 
 def _claims_overage(claims: Mapping[str, Any]) -> bool:
     names = claims.get("_claim_names")
@@ -100,11 +117,21 @@ class HeaderPolicy:
         self._auth = f"Bearer {upstream_token}".encode() if upstream_token else b""
         self._with = impersonate_with
         self._names = names or NameMapper()
+        # Set by arc-agent when central RBAC is wired (None: no central groups).
+        self.central: CentralGroups | None = None
+
+    def use_central(self, central: CentralGroups) -> None:
+        """Add ``central``'s groups from the next request head on; it names
+        them with this policy's issuer prefixes, now and after each reload."""
+        self.central = central
+        central.use_names(self._names)
 
     def use(self, gate: OidcGate | None, names: NameMapper) -> None:
         """Decide with ``gate`` and ``names`` from the next request head on (a reload)."""
         self.gate = gate
         self._names = names
+        if self.central is not None:
+            self.central.use_names(names)
 
     def decide(self, head: RequestHead) -> Decision:
         """Decide without waiting; returns :class:`Validate` when :meth:`finish` must run."""
@@ -212,7 +239,13 @@ class HeaderPolicy:
         if user is None:
             return Refuse(403, "token identity is not a valid header value", name)
         extra: list[tuple[bytes, bytes]] = [(b"Authorization", self._auth), (b"Impersonate-User", user)]
-        for g in mapped.groups:
+        groups = [g for g in mapped.groups if not g.startswith(CENTRAL_GROUP_PREFIX)]
+        audit_name = name
+        if self.central is not None:
+            central, said = self.central.groups_for(p.issuer, _user_ids(p), p.groups)
+            groups += central
+            audit_name = f"{name} central={said}"
+        for g in groups:
             gv = _header_value(g)
             if gv is None:
                 return Refuse(403, "token group is not a valid header value", name)
@@ -223,7 +256,17 @@ class HeaderPolicy:
                 if ev is None:
                     return Refuse(403, "token identity is not a valid header value", name)
                 extra.append((b"Impersonate-Extra-" + key.encode(), ev))
-        return Forward(_build(head.raw, headers, extra), name)
+        return Forward(_build(head.raw, headers, extra), audit_name)
+
+
+def _user_ids(p: PrincipalLike) -> list[str]:
+    """The ids a central User assignment may name, as the relay matches them:
+    ``oid`` and ``<iss>#<sub>`` (identity.Principal.immutable_ids)."""
+    ids = [p.oid] if p.oid else []
+    sub = p.claims.get("sub")
+    if isinstance(sub, str) and sub:
+        ids.append(f"{p.issuer}#{sub}")
+    return ids
 
 
 def _build(raw: bytes, headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]) -> bytes:
