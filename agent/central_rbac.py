@@ -235,6 +235,17 @@ class CentralRbac:
         groups = tuple(dict.fromkeys(found))
         return groups, ",".join(groups) or "-"
 
+    def stale_warning(self) -> str | None:
+        """The reason kube-aad-proxy adds to a 403 while the list is stale
+        (enabled, not confirmed within the bound), else None."""
+        if not self.enabled or self.received_at is None:
+            return None
+        age = self.clock() - self.received_at
+        if age <= self.max_staleness:
+            return None
+        return (f"central Kubernetes roles are not applied: the agent has not heard from the relay "
+                f"for {age:.0f} s (bound {self.max_staleness:g} s)")
+
     # -- the reconciler ------------------------------------------------------------
 
     def _want_reconcile(self) -> None:

@@ -193,6 +193,8 @@ class ProxyConnection(asyncio.Protocol):
         if isinstance(decision, Refuse):
             self._refuse(decision.status, decision.message, ex)
             return
+        if decision.warning_on_403 is not None:
+            ex.warning_on_403 = decision.warning_on_403.encode("ascii", "replace")
         self._pending.append(ex)
         self._send_up(decision.head)
 

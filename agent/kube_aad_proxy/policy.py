@@ -42,6 +42,9 @@ class Forward:
 
     head: bytes
     principal: str
+    # Added as a ``Warning`` header when the API server answers 403: why
+    # central roles did not count (kubectl prints it as ``Warning: ...``).
+    warning_on_403: str | None = None
 
 
 @dataclass(slots=True)
@@ -85,6 +88,10 @@ class CentralGroups(Protocol):
 
     def use_names(self, names: NameMapper) -> None:
         """Name central groups as kube-aad-proxy names principals (``names``)."""
+        ...
+
+    def stale_warning(self) -> str | None:
+        """Why central roles count for nothing now (list stale), else None."""
         ...
 
 
@@ -241,10 +248,13 @@ class HeaderPolicy:
         extra: list[tuple[bytes, bytes]] = [(b"Authorization", self._auth), (b"Impersonate-User", user)]
         groups = [g for g in mapped.groups if not g.startswith(CENTRAL_GROUP_PREFIX)]
         audit_name = name
+        warning: str | None = None
         if self.central is not None:
             central, said = self.central.groups_for(p.issuer, _user_ids(p), p.groups)
             groups += central
             audit_name = f"{name} central={said}"
+            if not central:
+                warning = self.central.stale_warning()
         for g in groups:
             gv = _header_value(g)
             if gv is None:
@@ -256,7 +266,7 @@ class HeaderPolicy:
                 if ev is None:
                     return Refuse(403, "token identity is not a valid header value", name)
                 extra.append((b"Impersonate-Extra-" + key.encode(), ev))
-        return Forward(_build(head.raw, headers, extra), audit_name)
+        return Forward(_build(head.raw, headers, extra), audit_name, warning)
 
 
 def _user_ids(p: PrincipalLike) -> list[str]:

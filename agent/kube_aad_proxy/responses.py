@@ -33,6 +33,9 @@ class Exchange:
     status: int = 0
     #: response bytes were already sent to the client for it
     answered: bool = False
+    #: a reason added as a ``Warning`` header if the API server answers 403
+    #: (central roles not applied: agent/central_rbac.py)
+    warning_on_403: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -123,7 +126,8 @@ class ResponseReader:
                     # Never relay a switch the client did not ask for; the 502 says why.
                     events.append(ResponseInvalid("101 for a request that did not ask to upgrade"))
                     return events
-                events.append(head.raw)
+                events.append(_with_warning(head.raw, ex.warning_on_403)
+                              if head.status == 403 and ex.warning_on_403 else head.raw)
                 ex.answered = True
                 pos = i + 4
                 if head.status == 101:
@@ -156,3 +160,10 @@ class ResponseReader:
             self._framer = None
             return ResponseDone(self.pending.popleft(), True)
         return None
+
+
+def _with_warning(raw_head: bytes, text: bytes) -> bytes:
+    """``raw_head`` with one RFC 9111 ``Warning: 299 - "text"`` header before
+    its blank line (the form client-go shows as ``Warning: text``)."""
+    safe = bytes(c for c in text if 0x20 <= c < 0x7F and c not in b'"\\')
+    return raw_head[:-2] + b'Warning: 299 - "' + safe + b'"\r\n\r\n'
