@@ -9,7 +9,10 @@ cluster is reported and the registration is removed anyway; the next
 Deleting the registration also ends the agent's session at the relay and
 makes its key worthless there. Only objects this install owns are deleted
 (``client.manifests.OWNER_ANNOTATION``); anything else with the same name, or
-installed by Helm, is left alone and named in the output.
+installed by Helm, is left alone and named in the output. The objects the
+agent itself made for central Kubernetes roles (labelled
+``CENTRAL_OWNED_SELECTOR``: docs/central-rbac.md) go too: once the agent is
+gone nothing keeps them current.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from client.arcctl_central_rbac import CENTRAL_RBAC_SUFFIX, with_central_rbac_rights
 from client.arcctl_connect import owner_of, read_in_cluster
@@ -32,7 +36,14 @@ from cmdline import Subcommands, add_command
 if TYPE_CHECKING:
     from client.kube_apply import KubeTarget
 
-__all__ = ["add_delete", "cmd_delete"]
+__all__ = ["CENTRAL_OWNED_SELECTOR", "add_delete", "cmd_delete", "remove_central_rbac_objects"]
+
+# The label the agent puts on every object it makes for central roles
+# (agent/central_rbac_objects.py OWNED_LABEL=OWNED_VALUE; client may not
+# import agent: tests/client/test_arcctl_delete_central.py checks they agree).
+CENTRAL_OWNED_SELECTOR = "cluster-connect.dev/central-rbac=owned"
+_RBAC = "/apis/rbac.authorization.k8s.io/v1"
+_CENTRAL_KINDS = ("rolebindings", "clusterrolebindings", "clusterroles")
 
 
 def confirm(question: str) -> bool:
@@ -69,7 +80,7 @@ def remove_in_cluster(target: KubeTarget, cluster_id: str, relay_url: str) -> li
     order = [o for o in reversed(objects) if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding")]
     order += [o for o in objects if o["kind"] == "Namespace"]
     order += [o for o in reversed(objects) if o["kind"] in ("ClusterRoleBinding", "ClusterRole")]
-    lines: list[str] = []
+    lines: list[str] = remove_central_rbac_objects(target)
     kept_inside = False
     for obj in order:
         if obj["kind"] == "Namespace" and kept_inside:
@@ -82,6 +93,22 @@ def remove_in_cluster(target: KubeTarget, cluster_id: str, relay_url: str) -> li
                 continue  # deployed without --enable-central-rbac: nothing to report
         lines.append(f"{obj['kind']} {obj['metadata']['name']} {outcome}")
     return lines
+
+
+def remove_central_rbac_objects(target: KubeTarget) -> list[str]:
+    """Delete every object the agent labelled as its own for central roles
+    (bindings first, then the ClusterRoles they name). Returns one
+    ``"central RBAC objects: N deleted"`` line, or none when there were none."""
+    deleted = 0
+    for plural in _CENTRAL_KINDS:
+        page = target.request("GET", f"{_RBAC}/{plural}?labelSelector={quote(CENTRAL_OWNED_SELECTOR)}") or {}
+        for item in page.get("items") or []:
+            meta = item.get("metadata") or {}
+            where = f"/namespaces/{meta['namespace']}" if meta.get("namespace") else ""
+            body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+            if target.request("DELETE", f"{_RBAC}{where}/{plural}/{meta.get('name')}", body) is not None:
+                deleted += 1
+    return [f"central RBAC objects: {deleted} deleted"] if deleted else []
 
 
 def _delete_if_ours(target: KubeTarget, obj: dict[str, Any], cluster_id: str) -> str:
