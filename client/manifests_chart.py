@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from client.arcctl_central_rbac import CENTRAL_RBAC_SUFFIX, with_central_rbac_rights
 from client.manifests import REQUIRED_VALUES, AgentValues, build_manifests, dump_manifests
 
 __all__ = ["EXAMPLE", "VALUE_PATHS", "chart_files", "chart_template", "rendered_example"]
@@ -115,9 +116,25 @@ def _embedded(match: re.Match[str]) -> str:
     return f"{{{{ .Values.{VALUE_PATHS[name]} }}}}"
 
 
+# The value that adds the central-RBAC pair (what --enable-central-rbac adds).
+CENTRAL_RBAC_VALUE = "centralRbac.enabled"
+
+
+def _documents() -> str:
+    """The builder's manifests with the central-RBAC pair, that pair only
+    under ``if .Values.centralRbac.enabled`` (one block per document)."""
+    out = []
+    for obj in with_central_rbac_rights(build_manifests(AgentValues.chart_values())):
+        doc = dump_manifests([obj])
+        if obj["metadata"]["name"].endswith(CENTRAL_RBAC_SUFFIX):
+            doc = f"{{{{- if .Values.{CENTRAL_RBAC_VALUE} }}}}\n{doc}{{{{- end }}}}\n"
+        out.append(doc)
+    return "".join(out)
+
+
 def chart_template() -> str:
     """``templates/agent.yaml``: the builder's manifests with Go template actions."""
-    text = dump_manifests(build_manifests(AgentValues.chart_values()))
+    text = _documents()
     out = _EMBEDDED.sub(_embedded, _SENTINEL.sub(_action, _WITH_LINE.sub(_with_block, text)))
     if "@@" in out:
         raise ValueError("a sentinel was left in the chart template: extend _SENTINEL")
@@ -175,6 +192,11 @@ def values_yaml() -> str:
         dumped = yaml.safe_dump({leaf: list(value) if isinstance(value, tuple) else value},
                                 sort_keys=False, width=10_000)
         lines.extend(indent + line for line in dumped.splitlines())
+    lines += ["centralRbac:",
+              "  # Also grant the agent RBAC write with bind and escalate (a second ClusterRole and",
+              "  # ClusterRoleBinding, as `arcctl connect --enable-central-rbac`): needed only when",
+              "  # central Kubernetes roles are on for this cluster (docs/central-rbac.md).",
+              "  enabled: false"]
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from client.arcctl_central_rbac import CENTRAL_RBAC_SUFFIX, with_central_rbac_rights
@@ -50,3 +51,34 @@ def test_connect_dry_run_with_enable_central_rbac_prints_the_rights(tmp_path: Pa
     docs = [d for d in yaml.safe_load_all(p.stdout) if d]
     names = [d["metadata"]["name"] for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     assert sum(n.endswith(CENTRAL_RBAC_SUFFIX) for n in names) == 2, names
+
+
+@pytest.mark.parametrize("namespace", ["arc-system", "team-infra"])
+def test_helm_chart_central_rbac_enabled_renders_the_pair_as_connect_does(namespace: str) -> None:
+    """``centralRbac.enabled: true`` renders exactly the objects of
+    ``arcctl connect --enable-central-rbac`` (the Namespace aside, Helm's),
+    in the release namespace; the default (false) renders none of the pair;
+    every pod still passes the restricted Pod Security Standard."""
+    from client.arcctl_connect import helm_values
+    from client.manifests_chart import CHART_DIR, chart_template
+    from tests.client.test_pod_security import PLACED, pod_specs, restricted_violations
+    from tests.support.helm_chart import render
+
+    defaults = yaml.safe_load((ROOT / CHART_DIR / "values.yaml").read_text())
+    assert defaults["centralRbac"] == {"enabled": False}
+    values = helm_values(PLACED)
+    off = render(chart_template(), {**values, "centralRbac": {"enabled": False}}, namespace)
+    assert render(chart_template(), values, namespace) == off  # the value left out: off
+    on = render(chart_template(), {**values, "centralRbac": {"enabled": True}}, namespace)
+    pair = [o for o in on if o["metadata"]["name"].endswith(CENTRAL_RBAC_SUFFIX)]
+    assert not any(o["metadata"]["name"].endswith(CENTRAL_RBAC_SUFFIX) for o in off)
+    assert [o for o in on if o not in pair] == off
+    connect = [o for o in with_central_rbac_rights(build_manifests(PLACED))
+               if o["metadata"]["name"].endswith(CENTRAL_RBAC_SUFFIX)]
+    assert [o["kind"] for o in pair] == [o["kind"] for o in connect] == ["ClusterRole", "ClusterRoleBinding"]
+    assert pair[0]["rules"] == connect[0]["rules"]
+    assert pair[0]["metadata"]["name"] == pair[1]["roleRef"]["name"] == f"arc-agent-{namespace}{CENTRAL_RBAC_SUFFIX}"
+    assert pair[1]["subjects"] == [{"kind": "ServiceAccount", "name": "arc-agent", "namespace": namespace}]
+    assert pair[0]["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    for spec in pod_specs(on):
+        assert restricted_violations(spec) == []

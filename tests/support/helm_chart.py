@@ -3,7 +3,8 @@
 Evaluates exactly the template constructs ``client.manifests_chart`` emits,
 with Helm's semantics for each: ``.Values.a.b | quote``, ``| b64enc``,
 ``required "msg" .Values.x``, ``.Release.Namespace``, ``.Release.Service``, ``if/else/end`` around
-one literal, and a ``with`` block whose body is ``toYaml . | nindent N``.
+one literal, a ``with`` block whose body is ``toYaml . | nindent N``, and
+whole documents under ``{{- if .Values.x }}`` ... ``{{- end }}`` lines.
 Anything else in a template is an error, so a construct the generator starts
 emitting cannot pass unchecked.
 """
@@ -27,6 +28,7 @@ class RequiredValueMissing(Exception):
 _WITH = re.compile(
     r"^( *)\{\{- with \.Values\.([\w.]+) \}\}\n\1(\w+):\n\1  \{\{- toYaml \. \| nindent (\d+) \}\}\n\1\{\{- end \}\}\n",
     re.MULTILINE)
+_IF_DOCUMENT = re.compile(r"^\{\{- if \.Values\.([\w.]+) \}\}\n(.*?)^\{\{- end \}\}\n", re.MULTILINE | re.DOTALL)
 _IF = re.compile(r'\{\{ if \.Values\.([\w.]+) \}\}("[^"]*")\{\{ else \}\}""\{\{ end \}\}')
 _ACTION = re.compile(r"\{\{ (.*?) \}\}")
 _REQUIRED = re.compile(r'^required "([^"]*)" \.Values\.([\w.]+)$')
@@ -78,7 +80,8 @@ def render(template: str, values: dict[str, Any], namespace: str) -> list[dict[s
         pad = " " * int(m.group(4))
         return f"{m.group(1)}{m.group(3)}:" + "".join("\n" + pad + line for line in body.splitlines()) + "\n"
 
-    text = _WITH.sub(with_block, template)
+    text = _IF_DOCUMENT.sub(lambda m: m.group(2) if _truthy(_lookup(values, m.group(1))) else "", template)
+    text = _WITH.sub(with_block, text)
     text = _IF.sub(lambda m: m.group(2) if _truthy(_lookup(values, m.group(1))) else '""', text)
     text = _ACTION.sub(lambda m: _pipeline(m.group(1), values, namespace), text)
     if "{{" in text:
