@@ -26,6 +26,7 @@ this agent does not trust is ignored (no token of it gets in). After
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -45,6 +46,11 @@ FEED_VERSION = 2
 MAX_FEED_BYTES = 1024 * 1024
 # A list is re-sent every 30 s; a few missed re-sends are tolerated.
 DEFAULT_MAX_STALENESS = 90.0
+# A reconcile that failed (API server error, a namespace not created yet) is
+# retried after RETRY_FIRST s, doubling up to RETRY_MAX s, and at once when a
+# new list comes: the relay's re-sends alone would retry only every 30 s.
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
 _ROLES = ("kubernetes-viewer", "kubernetes-writer", "kubernetes-admin", "kubernetes-cluster-admin")
 _TYPES = ("User", "Group", "ServicePrincipal")
 _MAX_FIELD = 256
@@ -108,6 +114,8 @@ class CentralRbac:
     Args:
         cluster_id: ``<resourceGroup>/<name>``: lists for others are refused.
         reconciler: applies lists to the cluster (None: groups only, tests).
+        retry: (first, largest) delay in seconds before a failed reconcile is
+            tried again; it doubles between them.
         max_staleness: seconds a list counts without the relay confirming it.
         clock: monotonic seconds.
         names: kube-aad-proxy's names of each trusted issuer (the policy
@@ -118,8 +126,11 @@ class CentralRbac:
     def __init__(self, cluster_id: str, reconciler: Reconciler | None, *,
                  max_staleness: float = DEFAULT_MAX_STALENESS,
                  clock: Callable[[], float] = time.monotonic,
-                 names: NameMapper | None = None) -> None:
+                 names: NameMapper | None = None,
+                 retry: tuple[float, float] = (RETRY_FIRST, RETRY_MAX)) -> None:
         self.cluster_id = cluster_id
+        self.retry_first, self.retry_max = retry
+        self.reconcile_failures = 0  # failed reconciles since the last one that worked
         self.names = names or NameMapper()
         self.reconciler = reconciler
         self.max_staleness = max_staleness
@@ -259,12 +270,24 @@ class CentralRbac:
 
     async def _reconcile_loop(self) -> None:
         assert self._wanted is not None and self.reconciler is not None
+        delay: float | None = None  # None: wait for a list; else retry after it
         while True:
-            await self._wanted.wait()
+            if delay is None:
+                await self._wanted.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wanted.wait(), delay)
             self._wanted.clear()
             desired = desired_objects(self.assignments, self.central_group_of) if self.enabled else {}
-            if await self.reconciler.apply(desired) and not self._wanted.is_set():
-                self.reconciled.set()
+            if await self.reconciler.apply(desired):
+                if self.reconcile_failures:
+                    log.info("central rbac reconcile worked after %d failed attempts", self.reconcile_failures)
+                self.reconcile_failures, delay = 0, None
+                if not self._wanted.is_set():
+                    self.reconciled.set()
+            else:
+                self.reconcile_failures += 1
+                delay = self.retry_first if delay is None else min(delay * 2, self.retry_max)
 
     async def close(self) -> None:
         """Stop the reconciler (owned objects stay: a restarted agent adopts them)."""

@@ -4,7 +4,8 @@ Reads every object carrying ``OWNED_LABEL`` (three list calls), creates what
 is missing, replaces what differs and deletes what nobody wants any more,
 with the agent's own credentials. Objects without the label are never
 touched. A failure (an API server error, a namespace that does not exist) is
-logged once per cause and retried at the next list the relay sends.
+logged once per cause; agent/central_rbac.py retries with backoff and at
+each new list.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class Reconciler:
     def _failed(self, error: str) -> None:
         level = logging.DEBUG if error == self._last_error else logging.WARNING
         self._last_error = error
-        log.log(level, "central rbac reconcile failed error=%r; retried with the next list", error)
+        log.log(level, "central rbac reconcile failed error=%r; retried with backoff and at the next list", error)
 
 
 _VERB = {"POST": "created", "PUT": "updated", "DELETE": "deleted"}
