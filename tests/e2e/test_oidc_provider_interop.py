@@ -176,7 +176,8 @@ async def test_kube_aad_proxy_impersonates_the_issuer_scoped_subject(
         tmp_path: Path, provider: OidcProvider) -> None:
     """An agent config trusting the sandbox issuer and the provider (so names
     carry their issuer): the API server sees alice as the provider's prefixed
-    ``alice``; the provider's token for another API never reaches it."""
+    ``alice``; the provider's token for another API is refused and nothing
+    reaches the API server."""
     corp = SandboxIdp(tmp_path / "idp")
     await corp.start()
     api = SandboxApiServer(tmp_path / "api")
@@ -209,9 +210,12 @@ async def test_kube_aad_proxy_impersonates_the_issuer_scoped_subject(
                                "POST", WHOAMI, review)
         assert resp.status == 201, resp.body
         assert json.loads(resp.body)["status"]["userInfo"]["username"] == prefix + "alice"
-        resp = await _kap_call(proxy.port, ca.certificate_pem,
-                               await access_token(provider, "alice", OTHER_RESOURCE), "POST", WHOAMI, review)
+        other = await access_token(provider, "alice", OTHER_RESOURCE)
+        served = len(api.audit)
+        assert served > 0, "the accepted whoami is in the audit trail"
+        resp = await _kap_call(proxy.port, ca.certificate_pem, other, "POST", WHOAMI, review)
         assert resp.status == 401, resp.body
+        assert len(api.audit) == served, "a refused token must not reach the API server"
     finally:
         await proxy.stop()
         await validator.close()
@@ -248,14 +252,14 @@ def _validate(provider: OidcProvider, token: str) -> tuple[str, str]:
 
 
 def test_arcctl_login_device_flow_then_silent_refresh(tmp_path: Path, provider: OidcProvider) -> None:
-    """``arcctl login`` (config: issuer, client id, scopes, resource; nothing
-    else) prints the code, the test signs carol in at the provider's pages,
+    """``arcctl login`` (config: issuer, client id, resource; arcctl's own
+    default scopes) prints the code, the test signs carol in at the provider's pages,
     login exits 0; get-token hands out her token, and once it has expired a new
     one from the refresh token, with no prompt."""
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"relay": {"url": "https://127.0.0.1:1"}, "auth": {
         "issuer": provider.issuer, "ca_file": str(provider.ca_file), "client_id": CLIENT_ID,
-        "scopes": ["openid", "offline_access", "cluster-connect"], "resource": AUDIENCE}}))
+        "resource": AUDIENCE}}))
     cache = tmp_path / "cache"
     login = _arcctl("login", "--config", str(config), cache=cache)
     try:
