@@ -11,6 +11,7 @@ provider's own pages (user code, login, consent) over plain HTTP.
 
 from __future__ import annotations
 
+import fcntl
 import html
 import http.cookiejar
 import json
@@ -50,6 +51,13 @@ def _install() -> None:
     for tool in ("node", "npm"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (Debian: apt-get install nodejs npm; .ci/run does it)")
+    # One npm ci at a time (two pytest runs of this tree would wreck each other's node_modules).
+    with open(PROVIDER_DIR / ".npm-ci.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        _npm_ci()
+
+
+def _npm_ci() -> None:
     lock = (PROVIDER_DIR / "package-lock.json").read_bytes()
     if _STAMP.exists() and _STAMP.read_bytes() == lock:
         return
