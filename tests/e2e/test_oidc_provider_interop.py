@@ -206,10 +206,11 @@ async def test_kube_aad_proxy_impersonates_the_issuer_scoped_subject(
         prefix = next(i.username_prefix for i in config.issuers if i.issuer == provider.issuer)
         assert prefix, "two trusted issuers: each one's names carry a prefix"
         review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
-        resp = await _kap_call(proxy.port, ca.certificate_pem, await access_token(provider, "alice"),
-                               "POST", WHOAMI, review)
-        assert resp.status == 201, resp.body
-        assert json.loads(resp.body)["status"]["userInfo"]["username"] == prefix + "alice"
+        for resource in (AUDIENCE, RESOURCE_ES256):  # RS256, then ES256
+            resp = await _kap_call(proxy.port, ca.certificate_pem, await access_token(provider, "alice", resource),
+                                   "POST", WHOAMI, review)
+            assert resp.status == 201, resp.body
+            assert json.loads(resp.body)["status"]["userInfo"]["username"] == prefix + "alice"
         other = await access_token(provider, "alice", OTHER_RESOURCE)
         served = len(api.audit)
         assert served > 0, "the accepted whoami is in the audit trail"
