@@ -201,9 +201,15 @@ async def refresh(auth: AuthConfig, account: Account, cache: TokenCache) -> Acco
     if not account.refresh_token:
         return None
     endpoints = await discover(account.issuer, auth.ca_file)
-    status, body = await _post(endpoints.token_endpoint, {
-        "grant_type": "refresh_token", "refresh_token": account.refresh_token,
-        "client_id": account.client_id, "scope": " ".join(auth.login_scopes()), **_extra(auth)}, auth)
+    form = {"grant_type": "refresh_token", "refresh_token": account.refresh_token,
+            "client_id": account.client_id, "scope": " ".join(auth.login_scopes()), **_extra(auth)}
+    status, body = await _post(endpoints.token_endpoint, form, auth)
+    if status == 400 and body.get("error") == "invalid_scope":
+        # A provider that granted fewer scopes than the login asked for (it
+        # drops ones it does not know, e.g. Entra's ".default") refuses them on
+        # refresh; without ``scope`` it renews what it granted (RFC 6749 §6).
+        del form["scope"]
+        status, body = await _post(endpoints.token_endpoint, form, auth)
     if status != 200 or "access_token" not in body:
         log.info("token refresh refused by %s (%s)", account.issuer, body.get("error") or status)
         return None

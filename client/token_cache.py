@@ -82,9 +82,12 @@ def account_from_token(issuer: str, client_id: str, body: dict[str, Any]) -> Acc
     """An :class:`Account` from a token endpoint response (``access_token``,
     ``expires_in``, ``refresh_token``, ``id_token``, ``scope``)."""
     access = str(body["access_token"])
-    claims = {**_claims(access), **_claims(body.get("id_token"))}
+    access_claims = _claims(access)
+    claims = {**access_claims, **_claims(body.get("id_token"))}
     now = time.time()
-    exp = claims.get("exp") if isinstance(claims.get("exp"), int | float) else None
+    # The access token's own expiry: an id token may outlive it (oidc-provider:
+    # an hour beside a short access token), and get-token hands out the latter.
+    exp = access_claims.get("exp") if isinstance(access_claims.get("exp"), int | float) else None
     try:
         expires_at = float(exp) if exp is not None else now + float(body.get("expires_in", 300))
     except (TypeError, ValueError):
