@@ -249,7 +249,7 @@ class DemoEnvironment:
     async def _register(self, cluster_ca: CertificateAuthority, tls_server_name: str,
                         agent_cert_pem: bytes) -> None:
         cfg = self.admin_config()
-        async with RelayApi(cfg, TokenSource(cfg.auth)) as api:
+        async with RelayApi(cfg, TokenSource(cfg.auth.for_relay())) as api:
             await api.put_cluster(RESOURCE_GROUP, CLUSTER, {
                 "location": "local",
                 "agentPublicKeyCertificate": agent_cert_pem.decode(),
@@ -275,7 +275,7 @@ class DemoEnvironment:
     async def cluster_status(self) -> str:
         """The demo cluster's ``connectivityStatus`` at the relay (asked as the admin)."""
         cfg = self.admin_config()
-        async with RelayApi(cfg, TokenSource(cfg.auth)) as api:
+        async with RelayApi(cfg, TokenSource(cfg.auth.for_relay())) as api:
             reg = await api.get_cluster(RESOURCE_GROUP, CLUSTER)
         return str(reg.get("connectivityStatus", ""))
 
