@@ -73,7 +73,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     config = load_config(args.config)
 
     async def go() -> list[dict[str, Any]]:
-        async with RelayApi(config, TokenSource(config.auth)) as api:
+        async with RelayApi(config, TokenSource(config.auth.for_relay())) as api:
             return await api.list_clusters(args.group)
     clusters = asyncio.run(go())
     if not args.show_certificates:
@@ -88,7 +88,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     group = args.group or config.resource_group
 
     async def go() -> dict[str, Any]:
-        async with RelayApi(config, TokenSource(config.auth)) as api:
+        async with RelayApi(config, TokenSource(config.auth.for_relay())) as api:
             return await api.get_cluster(group, args.name)
     cluster = asyncio.run(go())
     print(render(cluster if args.show_certificates else with_certificate_fingerprints(cluster), args.output))

@@ -74,7 +74,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     group = args.group or config.resource_group
 
     async def go() -> dict[str, Any]:
-        async with RelayApi(config, TokenSource(config.auth)) as api:
+        async with RelayApi(config, TokenSource(config.auth.for_relay())) as api:
             return await set_central_rbac(api, group, args.name, args.central_rbac == "on")
     result = asyncio.run(go())
     print(render({"id": f"{group}/{args.name}", "centralRbac": result}, args.output))

@@ -282,8 +282,10 @@ def base_values(args: argparse.Namespace, config: ClientConfig, group: str,
     if not first.issuer:
         raise ConfigError("cannot tell which OIDC issuer kube-aad-proxy should trust: pass --oidc-issuer URL")
     aud = claims.get("aud")
-    audience = args.oidc_audience or (aud[0] if isinstance(aud, list) and aud else aud) \
-        or "api://cluster-connect"
+    # The claims are the relay's token's: with auth.relay_scope its aud is the
+    # relay's own, which no cluster may accept; the clusters' is auth.scope's.
+    audience = args.oidc_audience or config.auth.cluster_audience() \
+        or (aud[0] if isinstance(aud, list) and aud else aud) or "api://cluster-connect"
     extra = tuple(OidcIssuerValues(
         s.issuer, s.audience or str(audience), _read_file(s.ca_file, f"CA file of issuer {s.issuer}"),
         s.alias, s.username_prefix, s.groups_prefix) for s in specs[1:])
@@ -414,7 +416,7 @@ async def connect(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     group = args.group or config.resource_group
     cid = f"{group}/{args.name}"
-    tokens = TokenSource(config.auth)
+    tokens = TokenSource(config.auth.for_relay())
     claims = {} if args.oidc_issuer and args.oidc_audience else await _token_claims(tokens)
     values = base_values(args, config, group, claims)
     if args.helm_values and (values.extra_issuers or values.oidc_naming):

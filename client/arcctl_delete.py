@@ -131,7 +131,7 @@ async def delete(args: argparse.Namespace) -> int:
     if not args.yes and not confirm(f"Delete cluster {cid}: its agent in the cluster and its registration?"):
         print("Nothing deleted.")
         return 1
-    async with RelayApi(config, TokenSource(config.auth)) as api:
+    async with RelayApi(config, TokenSource(config.auth.for_relay())) as api:
         # Authorisation and existence first: a user without the right to
         # delete the registration (a viewer, say) must not get as far as
         # deleting objects in the cluster.

@@ -83,7 +83,7 @@ def _path(aid: str) -> str:
 
 def _run(config: ClientConfig, body: Any) -> Any:
     async def go() -> Any:
-        async with RelayApi(config, TokenSource(config.auth)) as api:
+        async with RelayApi(config, TokenSource(config.auth.for_relay())) as api:
             return await body(api)
     return asyncio.run(go())
 

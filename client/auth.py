@@ -12,7 +12,7 @@ import logging
 import shlex
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +186,40 @@ class TokenSource:
         from client.login import cached_token  # login imports this module
         from client.token_cache import TokenCache
 
+        if auth.signed_in_scopes is not None:  # AuthConfig.for_relay()
+            return await self._relay_from_login(auth, auth.signed_in_scopes)
         account = await cached_token(auth, TokenCache(), interactive=False)
         return Token(account.access_token, account.expires_at, issued_at=account.issued_at)
+
+    async def _relay_from_login(self, auth: AuthConfig, signed_in_scopes: list[str]) -> Token:
+        # The login account holds the cluster token (kubectl's); the relay's is
+        # asked for with its refresh token and cached apart, as client/pop.py does.
+        from client.login import cached_token
+        from client.oidc_discovery import discover  # imports this module
+        from client.token_cache import TokenCache
+
+        assert auth.issuer is not None  # _acquire's condition
+        endpoints = await discover(auth.issuer, auth.ca_file)
+        derived = replace(auth, token_endpoint=endpoints.token_endpoint, signed_in_scopes=None,
+                          scope=" ".join([auth.scope, "openid", "profile", "offline_access"]))
+        source = CachedTokenSource(derived)
+        if source.path.exists():
+            try:
+                return await source.get_token()
+            except (AuthError, ConfigError):
+                pass  # its refresh token ran out: start again from the login account
+        account = await cached_token(replace(auth, scopes=signed_in_scopes, signed_in_scopes=None),
+                                     TokenCache(), interactive=False)
+        if not account.refresh_token:
+            raise AuthError("the identity provider gave `arcctl login` no refresh token, which the relay's "
+                            "token needs: add offline_access to auth.scopes and run `arcctl login`")
+        source = CachedTokenSource(derived)
+        source.seed_refresh_token(account.refresh_token)
+        try:
+            return await source.get_token()
+        except ConfigError:  # the refresh grant was refused and no other grant is configured
+            raise AuthError("the identity provider refused a token for the relay's audience "
+                            "(auth.relay_scope): run `arcctl login` again") from None
 
     async def _post(self, form: dict[str, str], url: str | None = None) -> Token:
         url = url or self._auth.token_endpoint or ""

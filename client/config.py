@@ -9,7 +9,8 @@
       token_endpoint: https://idp/TENANT/oauth2/v2.0/token
       ca_file: /path/idp-ca.crt
       client_id: arc-cli
-      scope: api://cluster-connect/.default
+      scope: api://cluster-connect/.default         # kubectl's token (what clusters see)
+      relay_scope: api://cluster-connect-relay/.default   # the relay's own token (omit: scope)
       audience: null                    # or resource: sent with every token request when set
       username: demo@contoso.example   # password grant (demo), or
       password: ...
@@ -24,7 +25,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -87,7 +88,11 @@ class AuthSection(ConfigModel):
         default=None, description="Client-credentials grant with workload identity federation: a file "
         "holding a token of a trusted issuer (a Kubernetes service-account token, a CI job's OIDC token), "
         "sent as the client assertion; read again on every token request because it rotates.")
-    scope: Text = Field(default=DEFAULT_SCOPE, description="Scope requested for the token.")
+    scope: Text = Field(default=DEFAULT_SCOPE, description="Scope requested for the token kubectl presents "
+                        "to clusters (and to the relay when `relay_scope` is unset).")
+    relay_scope: Text | None = Field(default=None, description="Scope requested for the relay's own token "
+                                     "(arcctl's management calls, arc-proxy's relay session), an audience no "
+                                     "cluster ever sees (docs/identity-providers.md); omit: `scope` for both.")
     audience: Text | None = Field(default=None, description="Sent as `audience` with every token request "
                                   "(Auth0, Okta and others issue a JWT access token for an API only when "
                                   "asked for its audience; without it, an opaque token the relay refuses).")
@@ -131,6 +136,11 @@ class AuthConfig:
     client_key_file: str | None = None
     federated_token_file: str | None = None
     scope: str = DEFAULT_SCOPE
+    # The relay's own audience, never sent to a cluster; None: ``scope`` (old configs).
+    relay_scope: str | None = None
+    # Set by for_relay(): the scopes `arcctl login`'s account was signed in
+    # with, whose refresh token then asks for the relay's token.
+    signed_in_scopes: list[str] | None = None
     # Token-request parameters a provider may need to issue a JWT access token
     # for our API (``audience``: Auth0/Okta; ``resource``: RFC 8707, Entra v1).
     audience: str | None = None
@@ -149,6 +159,25 @@ class AuthConfig:
     def token_parameters(self) -> dict[str, str]:
         """``audience`` / ``resource`` for every token request, when configured."""
         return {k: v for k, v in (("audience", self.audience), ("resource", self.resource)) if v}
+
+    def for_relay(self) -> AuthConfig:
+        """How to get the token the relay accepts: ``relay_scope`` instead of
+        ``scope`` when set (a bearer token, never bound to a key), else this config."""
+        if not self.relay_scope:
+            return self
+        return replace(self, scope=self.relay_scope, scopes=None, pop=False,
+                       signed_in_scopes=self.login_scopes())
+
+    def cluster_audience(self) -> str | None:
+        """The resource ``scope`` names (``api://x/.default`` -> ``api://x``),
+        when the relay has its own scope; None otherwise."""
+        if not self.relay_scope:
+            return None
+        for item in self.scope.split():
+            resource, sep, _ = item.rpartition("/")
+            if sep and resource and "://" in item:
+                return resource
+        return None
 
     def login_scopes(self) -> list[str]:
         """Scopes ``arcctl login`` asks for: ``scopes``, else ``scope`` with the

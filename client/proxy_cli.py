@@ -156,7 +156,7 @@ async def _run(args: argparse.Namespace) -> int:
         kube_path = Path(args.file).expanduser() if args.file else kubeconfig.default_kubeconfig_path()
         kubeconfig.load(kube_path)  # fail early on an unreadable kubeconfig
 
-    tokens = TokenSource(config.auth)
+    tokens = TokenSource(config.auth.for_relay())
     keeper = RelaySessionKeeper(config, tokens, name=f"arc-proxy:{cluster_id}")
     proxy_host = kubeconfig.proxy_server_host(group, args.name)
     # A CONNECT must name this cluster's host: another kubeconfig's proxy-url

@@ -32,7 +32,7 @@ from client.auth import TokenSource
 from client.config import AuthConfig, ClientConfig, default_config_path, write_config
 from client.relay_client import RelayApi
 from cmdline.errors import CliError
-from demo.identity import AUDIENCE, load_demo_identity, oidc_section
+from demo.identity import AUDIENCE, RELAY_AUDIENCE, load_demo_identity, oidc_section
 from demo.processes import Child, free_port, wait_until
 from demo.seed import SandboxAdmin, seed_demo
 from demo.tier import RelayTier, check_tier_tools
@@ -74,7 +74,7 @@ class DemoEnvironment:
                  agent_forward_to: str | None = None,
                  checkpoint: Callable[[], None] | None = None,
                  relay_database: dict[str, str] | None = None, require_pop: bool = True,
-                 replicas: int = 1) -> None:
+                 replicas: int = 1, relay_audience: bool = True) -> None:
         check_tier_tools(replicas)  # before anything is created: one line, nothing to clean
         self.own_dir = state_dir is None
         # mkdtemp and mode 0700: keys, tokens and logs below are the user's only.
@@ -95,6 +95,10 @@ class DemoEnvironment:
         # kube-aad-proxy refuses bare bearer tokens: kubectl's are bound to the
         # cluster (docs/pop.md). Off only for suites that send forged bare tokens.
         self.require_pop = require_pop
+        # The relay accepts only its own audience (RELAY_AUDIENCE), which no cluster
+        # sees; off (one audience for both, as older configs) only for suites that
+        # send one forged token to both.
+        self.relay_audience = RELAY_AUDIENCE if relay_audience else AUDIENCE
         self.children: dict[str, Child] = {}
         # --replicas N > 1: the relay tier behind HAProxy (on relay_port).
         self.tier = RelayTier(self.dir / "relay", self.logs, replicas, self.relay_port, self.children,
@@ -183,10 +187,10 @@ class DemoEnvironment:
         if child is not None:
             child.stop()
 
-    def _oidc(self, secret_dir: Path) -> dict[str, Any]:
+    def _oidc(self, secret_dir: Path, audience: str = AUDIENCE) -> dict[str, Any]:
         """The ``oidc`` section of relay and agent, its group reader's secret in ``secret_dir``."""
         secret = write_secret_file(secret_dir / "group-source.secret", self.identity.group_reader_secret)
-        return oidc_section(self.identity, self.idp, secret)
+        return oidc_section(self.identity, self.idp, secret, audience)
 
     def write_relay_config(self) -> Path:
         """Write the relay's CA, TLS pair and config (needs the issuer started).
@@ -211,7 +215,7 @@ class DemoEnvironment:
             "state_dir": str(d if name == "config" else d / name),
             "tls": {"cert_file": str(d / "tls.crt"), "key_file": str(d / "tls.key")},
             "database": self.relay_database or str(d / "relay.db"),
-            "oidc": self._oidc(d),
+            "oidc": self._oidc(d, self.relay_audience),
             "admins": [self.identity.admin_oid],
             "limits": {"agent_grace_seconds": 5},
             **sections,
@@ -230,6 +234,7 @@ class DemoEnvironment:
         """How ``user`` signs in at the sandbox issuer (password grant, demo audience)."""
         return AuthConfig(token_endpoint=self.idp["token_endpoint"], ca_file=self.idp["ca_file"],
                           client_id=self.identity.client_id, scope=f"{AUDIENCE}/.default",
+                          relay_scope=f"{self.relay_audience}/.default" if self.relay_audience != AUDIENCE else None,
                           username=user, password=password,
                           # arc-proxy's kubeconfig asks for tokens bound to the cluster (docs/pop.md).
                           pop=self.require_pop)
@@ -249,7 +254,7 @@ class DemoEnvironment:
     async def _register(self, cluster_ca: CertificateAuthority, tls_server_name: str,
                         agent_cert_pem: bytes) -> None:
         cfg = self.admin_config()
-        async with RelayApi(cfg, TokenSource(cfg.auth)) as api:
+        async with RelayApi(cfg, TokenSource(cfg.auth.for_relay())) as api:
             await api.put_cluster(RESOURCE_GROUP, CLUSTER, {
                 "location": "local",
                 "agentPublicKeyCertificate": agent_cert_pem.decode(),
@@ -275,7 +280,7 @@ class DemoEnvironment:
     async def cluster_status(self) -> str:
         """The demo cluster's ``connectivityStatus`` at the relay (asked as the admin)."""
         cfg = self.admin_config()
-        async with RelayApi(cfg, TokenSource(cfg.auth)) as api:
+        async with RelayApi(cfg, TokenSource(cfg.auth.for_relay())) as api:
             reg = await api.get_cluster(RESOURCE_GROUP, CLUSTER)
         return str(reg.get("connectivityStatus", ""))
 

@@ -10,10 +10,13 @@ from typing import Any
 
 import yaml
 
-__all__ = ["AUDIENCE", "DemoIdentity", "load_demo_identity", "oidc_section"]
+__all__ = ["AUDIENCE", "RELAY_AUDIENCE", "DemoIdentity", "load_demo_identity", "oidc_section"]
 
-# The audience of the demo's tokens (relay and kube-aad-proxy accept it).
+# The audience of kubectl's tokens, which every cluster's kube-aad-proxy sees.
 AUDIENCE = "api://cluster-connect"
+# The relay's own audience: no cluster ever sees (nor accepts) a token for it,
+# so a token captured inside a cluster opens nothing at the relay.
+RELAY_AUDIENCE = "api://cluster-connect-relay"
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,8 @@ def load_demo_identity() -> DemoIdentity:
         group_reader_secret=str(sps[0].get("client_secret", "")))
 
 
-def oidc_section(identity: DemoIdentity, idp: dict[str, Any], group_reader_secret_file: Path) -> dict[str, Any]:
+def oidc_section(identity: DemoIdentity, idp: dict[str, Any], group_reader_secret_file: Path,
+                 audience: str = AUDIENCE) -> dict[str, Any]:
     """The ``oidc`` section of the relay's and the agent's config: the sandbox
     issuer, its tenant only, and its member-groups endpoint as the overage group source.
 
@@ -59,10 +63,11 @@ def oidc_section(identity: DemoIdentity, idp: dict[str, Any], group_reader_secre
         identity: the demo's users and service principal.
         idp: the issuer's ready data (``url``, ``issuer``, ``token_endpoint``, ``ca_file``).
         group_reader_secret_file: the group reader's client secret (a 0600 file).
+        audience: the accepted ``aud`` (the relay's: :data:`RELAY_AUDIENCE`).
     """
     host = str(idp["url"]).split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
     return {
-        "issuers": [{"issuer": idp["issuer"], "audiences": [AUDIENCE],
+        "issuers": [{"issuer": idp["issuer"], "audiences": [audience],
                      "ca_file": idp["ca_file"], "tenant_ids": [identity.tenant_id]}],
         "group_source": {"token_endpoint": idp["token_endpoint"],
                          "client_id": identity.group_reader_client_id,

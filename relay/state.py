@@ -243,8 +243,13 @@ async def authenticate(request: web.Request, endpoint: str) -> Principal | web.R
     except TokenInvalid as exc:
         state.metrics.auth_failures.labels(endpoint, exc.reason).inc()
         log.info("auth refused endpoint=%s reason=%r peer=%s", endpoint, exc.reason, request.remote)
-        return json_error(401, "InvalidToken", f"token refused: {exc.reason}",
-                          **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        message = f"token refused: {exc.reason}"
+        if exc.reason == "wrong audience":
+            # Most often kubectl's token, meant for clusters (every cluster sees
+            # those): the relay's management API and client endpoint have their own.
+            message += (": the relay accepts only tokens for its own audience, never a cluster's; "
+                        "set auth.relay_scope in the client config (docs/identity-providers.md)")
+        return json_error(401, "InvalidToken", message, **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
 def log_fields(**fields: Any) -> str:

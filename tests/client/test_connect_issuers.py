@@ -99,3 +99,17 @@ def test_connect_for_helm_refuses_what_the_chart_cannot_hold(tmp_path: Path) -> 
         capture_output=True, text=True, timeout=60, env=child_env())
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "the chart trusts one issuer" in p.stderr and not (tmp_path / "v.yaml").exists()
+
+
+def test_connect_gives_the_agent_the_clusters_audience_not_the_relays() -> None:
+    """With auth.relay_scope the token arcctl connect holds is the relay's (its aud
+    is the relay's own): the agent trusts scope's audience, never the relay's."""
+    from client.config import AuthConfig
+
+    parsed = build_parser().parse_args(["connect", "-n", "edge"])
+    claims = {"iss": "https://idp.example.com/t/v2.0", "aud": "api://cluster-connect-relay"}
+    split = ClientConfig(relay_url="https://relay.example.com", auth=AuthConfig(
+        scope="api://cluster-connect/.default", relay_scope="api://cluster-connect-relay/.default"))
+    assert base_values(parsed, split, "lab", claims).oidc_audience == "api://cluster-connect"
+    old = ClientConfig(relay_url="https://relay.example.com")  # one audience for both, as before
+    assert base_values(parsed, old, "lab", {**claims, "aud": "api://x"}).oidc_audience == "api://x"

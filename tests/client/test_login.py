@@ -298,3 +298,23 @@ async def test_browser_login_without_an_answer_gives_up_with_one_line(
     with pytest.raises(AuthError, match="no sign-in within 1 s: run `arcctl login` again"):
         await login_module.login(auth, TokenCache(tmp_path / "cache"), method="browser")
     assert not (tmp_path / "cache" / "login-tokens.json").exists()
+
+
+async def test_login_with_relay_scope_keeps_the_cluster_token_for_kubectl(
+        idp: SandboxIdp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With auth.relay_scope, get-token still prints the cluster's token while the
+    relay's (its own audience) comes from the login account's refresh token, cached apart."""
+    from client.auth import TokenSource
+    from client.config import load_config
+
+    config = _config(tmp_path, idp, scope="api://cluster-connect/.default",
+                     relay_scope="api://cluster-connect-relay/.default")
+    code, err = await _login_device(tmp_path, idp, config)
+    assert code == 0, err
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    relay = await TokenSource(load_config(config).auth.for_relay()).get()
+    assert jwt.decode(relay, options={"verify_signature": False})["aud"] == "api://cluster-connect-relay"
+    code, out, err = await _arcctl(tmp_path, "get-token", "--config", str(config))
+    assert code == 0, err
+    token = json.loads(out)["status"]["token"]
+    assert jwt.decode(token, options={"verify_signature": False})["aud"] == "api://cluster-connect"

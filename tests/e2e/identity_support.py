@@ -38,15 +38,18 @@ WAIT = 30.0
 
 
 @contextmanager
-def demo(state: Path, *, require_pop: bool = False) -> Iterator[DemoEnvironment]:
+def demo(state: Path, *, require_pop: bool = False, relay_audience: bool = False) -> Iterator[DemoEnvironment]:
     """A fresh demo (API server, issuer, relay, agent) in ``state``; the token
-    cache of ``arcctl get-token`` is kept in ``state`` too."""
+    cache of ``arcctl get-token`` is kept in ``state`` too. The identity suites
+    send one forged token to both relay and cluster, so by default the relay
+    accepts the clusters' audience, as a config without the split does
+    (``relay_audience``: the relay's own, as the demo ships)."""
     old_cache = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(state / "cache")
     # The identity suites send forged bare bearer tokens of many users through
     # kubectl, which require_pop would refuse (PoP itself: tests/e2e/test_pop.py).
     env = DemoEnvironment(state / "state", client_config_path=state / "client-config.yaml",
-                          require_pop=require_pop)
+                          require_pop=require_pop, relay_audience=relay_audience)
     try:
         try:
             env.start()

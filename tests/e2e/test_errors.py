@@ -102,7 +102,7 @@ def test_arc_proxy_viewer_without_cluster_user_is_refused_at_open(demo_env: Demo
 
     async def grant() -> None:
         cfg = demo_env.admin_config()
-        async with RelayApi(cfg, TokenSource(cfg.auth)) as api:
+        async with RelayApi(cfg, TokenSource(cfg.auth.for_relay())) as api:
             await api.put_role_assignment("e2e-bob-viewer", {
                 "principalId": "7a338408-e16c-4e47-9de2-1202ff0e1eaa", "principalType": "User",
                 "role": "viewer", "scope": "/resourceGroups/default/clusters/demo"})

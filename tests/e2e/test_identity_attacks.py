@@ -256,7 +256,7 @@ def test_attack_two_authorization_headers_are_refused(env: DemoEnvironment, forg
 
 async def _admin_api(env: DemoEnvironment, method: str, *args: Any) -> Any:
     cfg = env.admin_config()
-    async with RelayApi(cfg, TokenSource(cfg.auth)) as api:
+    async with RelayApi(cfg, TokenSource(cfg.auth.for_relay())) as api:
         return await getattr(api, method)(*args)
 
 

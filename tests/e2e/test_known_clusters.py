@@ -33,13 +33,13 @@ REGISTRATION_KEYS = ("location", "agentPublicKeyCertificate", "servingCaCertific
 
 async def _registration(env: DemoEnvironment) -> dict[str, Any]:
     cfg = env.admin_config()
-    async with RelayApi(cfg, TokenSource(cfg.auth)) as api:
+    async with RelayApi(cfg, TokenSource(cfg.auth.for_relay())) as api:
         return await api.get_cluster(RESOURCE_GROUP, CLUSTER)
 
 
 async def _register(env: DemoEnvironment, spec: dict[str, Any]) -> None:
     cfg = env.admin_config()
-    async with RelayApi(cfg, TokenSource(cfg.auth)) as api:
+    async with RelayApi(cfg, TokenSource(cfg.auth.for_relay())) as api:
         await api.put_cluster(RESOURCE_GROUP, CLUSTER, {k: spec[k] for k in REGISTRATION_KEYS})
 
 

@@ -29,6 +29,8 @@ def test_login_device_code_then_kubectl_through_arc_proxy(demo_env: DemoEnvironm
     doc = yaml.safe_load(demo_env.client_config_path.read_text())
     doc["auth"] = {"issuer": str(demo_env.idp["issuer"]), "ca_file": str(demo_env.idp["ca_file"]),
                    "client_id": demo_env.identity.client_id,
+                   # kubectl's token for the cluster, the relay's own for the relay.
+                   **{k: doc["auth"][k] for k in ("scope", "relay_scope") if k in doc["auth"]},
                    # The demo requires PoP: the bound token comes from the login's refresh token.
                    "pop": demo_env.require_pop}
     config = tmp_path / "login-config.yaml"

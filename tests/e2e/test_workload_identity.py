@@ -46,7 +46,7 @@ async def _trust(env: DemoEnvironment, sa: ServiceAccountIssuer) -> None:
                 "issuer": sa.issuer, "subject": SA_SUBJECT, "audiences": [TOKEN_EXCHANGE_AUDIENCE],
                 "publicKey": sa.public_key_pem}) as resp:
             assert resp.status == 201, await resp.text()
-    async with RelayApi(admin, TokenSource(admin.auth)) as api:
+    async with RelayApi(admin, TokenSource(admin.auth.for_relay())) as api:
         await api.put_role_assignment("wi-ci-cluster-user", {
             "principalId": DEMO_CI_OID, "principalType": "ServicePrincipal", "role": "cluster-user",
             "scope": f"/resourceGroups/{RESOURCE_GROUP}/clusters/{CLUSTER}"})
@@ -66,7 +66,9 @@ def test_ci_job_with_a_federated_token_file_uses_arc_proxy_and_kubectl(
                    "ca_file": demo_env.idp["ca_file"], "client_id": DEMO_CI_APP,
                    "federated_token_file": str(token_file),
                    # the demo's cluster requires proof-of-possession: the app's token is bound too
-                   "pop": bool(doc["auth"].get("pop"))}
+                   "pop": bool(doc["auth"].get("pop")),
+                   # kubectl's token for the cluster, the relay's own for arc-proxy's relay session
+                   **{k: doc["auth"][k] for k in ("scope", "relay_scope") if k in doc["auth"]}}
     config = tmp_path / "ci-config.yaml"
     config.write_text(yaml.safe_dump(doc))
 

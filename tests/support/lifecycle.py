@@ -140,7 +140,7 @@ class LifecycleEnv:
     # -- clients -------------------------------------------------------------------
     async def admin_call(self, fn: Callable[[RelayApi], Any]) -> Any:
         cfg = self.demo.admin_config()
-        async with RelayApi(cfg, TokenSource(cfg.auth)) as api:
+        async with RelayApi(cfg, TokenSource(cfg.auth.for_relay())) as api:
             return await fn(api)
 
     def registration(self, name: str) -> dict[str, Any]:
