@@ -356,6 +356,18 @@ def helm_values(values: AgentValues) -> dict[str, Any]:
     return tree
 
 
+def _helm_values_of(values: AgentValues, central_rbac: bool) -> dict[str, Any]:
+    """The values file's content; with ``--enable-central-rbac`` the chart also
+    grants the agent the rights that mode needs, as a plain connect applies them."""
+    from client.manifests_chart import CENTRAL_RBAC_VALUE
+
+    tree = helm_values(values)
+    if central_rbac:
+        section, key = CENTRAL_RBAC_VALUE.split(".")
+        tree.setdefault(section, {})[key] = True
+    return tree
+
+
 async def _register_for_helm(args: argparse.Namespace, api: RelayApi, values: AgentValues, cid: str,
                              object_id: str) -> int:
     path = Path(args.helm_values).expanduser()
@@ -381,7 +393,7 @@ async def _register_for_helm(args: argparse.Namespace, api: RelayApi, values: Ag
     text = ("# Helm values written by `arcctl connect --helm-values`: they hold the agent's private\n"
             "# key; keep this file secret. Install: helm install arc-agent "
             "deploy/helm/cluster-connect-agent -n arc-system --create-namespace -f " + str(path) + "\n"
-            + yaml.safe_dump(helm_values(values), sort_keys=False, width=10_000))
+            + yaml.safe_dump(_helm_values_of(values, args.enable_central_rbac), sort_keys=False, width=10_000))
     try:
         write_secret_file(path, text)
     except OSError as err:

@@ -120,3 +120,22 @@ def test_dry_run_says_what_it_left_out(env: LifecycleEnv) -> None:
     assert "agent.key, agent.crt, serving.crt, serving.key" in p.stderr
     assert "loopback" in p.stderr
     assert p.stdout.startswith("---\n")
+
+
+def test_helm_values_with_central_rbac_set_the_charts_value_and_render_the_rights(env: LifecycleEnv) -> None:
+    """`--helm-values FILE --enable-central-rbac` writes `centralRbac.enabled: true`,
+    so `helm install -f FILE` grants the agent the extra rights that a plain
+    `connect --enable-central-rbac` applies (issue 18), and turns the mode on."""
+    values = env.base / "values-central.yaml"
+    p = env.arcctl("connect", "-n", "helm-central", "-g", GROUP, "--kube-config", env.kubeconfig,
+                   "--helm-values", str(values), "--enable-central-rbac")
+    assert p.returncode == 0, p.stderr + p.stdout
+    doc = yaml.safe_load(values.read_text())
+    assert doc["centralRbac"]["enabled"] is True
+    rendered = render(chart_template(), doc, "arc-system")
+    verbs = {v for d in rendered if d["kind"] == "ClusterRole" for rule in d.get("rules", [])
+             for v in rule.get("verbs", [])}
+    assert {"bind", "escalate"} <= verbs, verbs
+    without = render(chart_template(), {**doc, "centralRbac": {"enabled": False}}, "arc-system")
+    assert not {v for d in without if d["kind"] == "ClusterRole" for rule in d.get("rules", [])
+                for v in rule.get("verbs", [])} & {"bind", "escalate"}
