@@ -206,5 +206,5 @@ def test_config_error_keeps_a_forged_key_on_one_line(tmp_path: Path) -> None:
     assert _problems(tmp_path, "client", {"auth": {"x\nforged: line": 1}}) == [
         ": auth.'x\\nforged: line': unknown key 'x\\nforged: line'; the keys here are audience, ca_file, "
         "client_certificate_file, client_id, client_key_file, client_secret, client_secret_file, directory_url, "
-        "federated_token_file, issuer, lifetime, login, password, pop, resource, scope, scopes, token_command, "
-        "token_endpoint, username"]
+        "federated_token_file, issuer, lifetime, login, password, pop, relay_scope, resource, scope, scopes, "
+        "token_command, token_endpoint, username"]
