@@ -105,6 +105,7 @@ class IdpHandlers:
         t = "/{tenant}"
         return [
             web.get(t + "/v2.0/.well-known/openid-configuration", self.discovery),
+            web.get(t + "/.well-known/openid-configuration", self.discovery_v1),
             web.get(t + "/discovery/v2.0/keys", self.jwks),
             web.post(t + "/oauth2/v2.0/token", self.token),
             web.post(t + "/oauth2/v2.0/devicecode", self.devicecode),
@@ -156,6 +157,23 @@ class IdpHandlers:
                 ],
                 "tenant_region_scope": "SANDBOX",
                 "cloud_instance_name": "sandbox.cluster-connect.dev",
+            }
+        )
+
+    async def discovery_v1(self, request: web.Request) -> web.Response:
+        """The v1 discovery document: as Entra's, its ``issuer`` is
+        sts.windows.net/<tid>/; the keys are the same."""
+        self._tenant(request)
+        self.request_counts["discovery"] += 1
+        base = f"{self.minter.base_url}/{self.directory.tenant_id}"
+        return web.json_response(
+            {
+                "issuer": self.minter.v1_issuer,
+                "jwks_uri": f"{base}/discovery/v2.0/keys",
+                "token_endpoint": f"{base}/oauth2/token",
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "claims_supported": ["iss", "aud", "exp", "iat", "nbf", "oid", "tid", "upn",
+                                     "unique_name", "groups", "appid", "ver"],
             }
         )
 
