@@ -6,16 +6,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from agent.kube_aad_proxy.heads import parse_request_head
 from agent.kube_aad_proxy.oidc import OidcGate, audiences_of
 from agent.kube_aad_proxy.policy import Forward, HeaderPolicy, Validate
+from certs import client_ssl_context
 from identity import TokenInvalid, TokenValidator, TrustedIssuer
 from sandbox.idp import SandboxIdp
 
 AUD = "api://cluster-connect"
 APP = "cluster-connect-ci"
+CI_CLIENT_ID, CI_SECRET = "2788b2a2-9ad3-4af4-8567-a7214ea67c4a", "ci-secret"
 
 
 def _v2(idp: SandboxIdp) -> TrustedIssuer:
@@ -103,3 +106,32 @@ async def test_kube_aad_proxy_impersonates_the_same_user_for_both_shapes(
     assert seen[0] == seen[1] and len(seen[0]) == 1
     expected = "demo@contoso.example" if impersonate_with == "upn" else (await both.validate(idp.mint("demo"))).oid
     assert seen[0][0].split(b":", 1)[1].strip().decode().endswith(expected)
+
+
+async def _token(idp: SandboxIdp, path: str, **form: str) -> str:
+    async with aiohttp.ClientSession() as s, s.post(
+        f"{idp.url}/{idp.tenant_id}/{path}", data=form, ssl=client_ssl_context(idp.ca_pem)
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+        assert "refresh_token" not in body or path.endswith("v2.0/token")
+        token: str = body["access_token"]
+        return token
+
+
+async def test_v1_token_endpoint_takes_resource_and_issues_v1_tokens(
+    idp: SandboxIdp, both: TokenValidator
+) -> None:
+    """Entra v1's ``/oauth2/token`` with ``resource=`` gives v1 tokens that
+    validate to the same principal as the v2 endpoint's, user and app alike."""
+    user = {"grant_type": "password", "username": "demo@contoso.example", "password": "demo-password"}
+    app = {"grant_type": "client_credentials", "client_id": CI_CLIENT_ID, "client_secret": CI_SECRET}
+    for form in (user, app):
+        p1 = await both.validate(await _token(idp, "oauth2/token", resource=AUD, **form))
+        p2 = await both.validate(await _token(idp, "oauth2/v2.0/token", scope=f"{AUD}/.default", **form))
+        assert (p1.claims["ver"], p1.issuer, p2.issuer) == ("1.0", idp.v1_issuer, idp.issuer)
+        assert _fields(p1) == _fields(p2)
+    async with aiohttp.ClientSession() as s, s.post(
+        f"{idp.url}/{idp.tenant_id}/oauth2/token", data=user, ssl=client_ssl_context(idp.ca_pem)
+    ) as resp:
+        assert resp.status == 400 and "resource" in (await resp.json())["error_description"]
