@@ -309,7 +309,7 @@ class TokenValidator:
             if not isinstance(raw, list) or not all(isinstance(g, str) for g in raw):
                 raise TokenInvalid("malformed groups claim")
             groups = raw
-        upn = claims.get("upn") or claims.get("preferred_username")
+        upn = claims.get("upn") or claims.get("preferred_username") or claims.get("unique_name")
         tid = claims.get("tid")
         return Principal(
             oid=str(claims.get("oid") or claims.get("sub")),

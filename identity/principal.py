@@ -13,7 +13,8 @@ class Principal:
 
     Attributes:
         oid: object id of the user or service principal (``oid``, else ``sub``).
-        upn: ``upn``, else ``preferred_username``; ``None`` for apps.
+        upn: ``upn``, else ``preferred_username`` (v2), else ``unique_name``
+            (v1); ``None`` for apps.
         tid: tenant id (``tid``), ``None`` when the issuer has no tenants.
         groups: group ids, resolved through the group source when the token
             carried the overage form instead of ``groups``.
@@ -37,6 +38,13 @@ class Principal:
     def is_app(self) -> bool:
         """True for an application (service principal) token: Entra's ``idtyp: app``."""
         return self.claims.get("idtyp") == "app"
+
+    @property
+    def app_id(self) -> str | None:
+        """Client (application) id the token was issued to: ``azp`` in Entra
+        v2 tokens, ``appid`` in v1."""
+        value = self.claims.get("azp") or self.claims.get("appid")
+        return value if isinstance(value, str) else None
 
     @property
     def immutable_ids(self) -> frozenset[str]:

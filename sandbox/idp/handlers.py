@@ -105,8 +105,10 @@ class IdpHandlers:
         t = "/{tenant}"
         return [
             web.get(t + "/v2.0/.well-known/openid-configuration", self.discovery),
+            web.get(t + "/.well-known/openid-configuration", self.discovery_v1),
             web.get(t + "/discovery/v2.0/keys", self.jwks),
             web.post(t + "/oauth2/v2.0/token", self.token),
+            web.post(t + "/oauth2/token", self.token_v1),
             web.post(t + "/oauth2/v2.0/devicecode", self.devicecode),
             web.get(t + "/oauth2/v2.0/deviceauth", self.deviceauth_form),
             web.post(t + "/oauth2/v2.0/deviceauth", self.deviceauth),
@@ -159,6 +161,23 @@ class IdpHandlers:
             }
         )
 
+    async def discovery_v1(self, request: web.Request) -> web.Response:
+        """The v1 discovery document: as Entra's, its ``issuer`` is
+        sts.windows.net/<tid>/; the keys are the same."""
+        self._tenant(request)
+        self.request_counts["discovery"] += 1
+        base = f"{self.minter.base_url}/{self.directory.tenant_id}"
+        return web.json_response(
+            {
+                "issuer": self.minter.v1_issuer,
+                "jwks_uri": f"{base}/discovery/v2.0/keys",
+                "token_endpoint": f"{base}/oauth2/token",
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "claims_supported": ["iss", "aud", "exp", "iat", "nbf", "oid", "tid", "upn",
+                                     "unique_name", "groups", "appid", "ver"],
+            }
+        )
+
     async def jwks(self, request: web.Request) -> web.Response:
         """The published signing keys."""
         self._tenant(request)
@@ -196,6 +215,34 @@ class IdpHandlers:
             return exc.response()
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
+    async def token_v1(self, request: web.Request) -> web.Response:
+        """``POST /<tenant>/oauth2/token``: Entra's v1 endpoint, ``resource=``
+        instead of ``scope=``, v1-shaped tokens (client_credentials and password
+        grants; no refresh token, so a refresh never changes the shape)."""
+        self._tenant(request)
+        self.request_counts["token"] += 1
+        form = await request.post()
+        params = {k: v for k, v in form.items() if isinstance(v, str)}
+        grant = params.get("grant_type", "")
+        try:
+            resource = params.get("resource", "").rstrip("/")
+            if not resource:
+                raise OAuthError("invalid_request", "The request body must contain the 'resource' parameter.",
+                                 code=50001)
+            params["scope"] = f"{resource}/.default"
+            if grant == "client_credentials":
+                body = self._client_credentials(request, params, v1=True)
+            elif grant == "password":
+                body = self._password(params, v1=True)
+            else:
+                raise OAuthError("unsupported_grant_type", "The grant type is not supported.", code=70003)
+        except OAuthError as exc:
+            log.info("token refused grant=%s error=%s", grant or "-", exc.error)
+            return exc.response()
+        body.pop("scope", None)
+        body["resource"] = resource
+        return web.json_response(body, headers={"Cache-Control": "no-store"})
+
     def _lifetime(self, params: dict[str, str], default: int | None) -> int:
         # `lifetime` is a sandbox extension so tests can ask for short-lived tokens.
         raw = params.get("lifetime")
@@ -215,7 +262,8 @@ class IdpHandlers:
         except ScopeError as exc:
             raise OAuthError("invalid_scope", str(exc), code=70011) from exc
 
-    def _client_credentials(self, request: web.Request, params: dict[str, str]) -> dict[str, Any]:
+    def _client_credentials(self, request: web.Request, params: dict[str, str], *, v1: bool = False
+                            ) -> dict[str, Any]:
         app = self._authenticate_client(request, params)
         scope = params.get("scope", "")
         if not scope.endswith("/.default"):
@@ -223,6 +271,8 @@ class IdpHandlers:
         aud, _ = self._audience(scope)
         lifetime = self._lifetime(params, app.token_lifetime)
         claims = self.minter.app_claims(app, aud, lifetime)
+        if v1:
+            claims = self.minter.as_v1(claims)
         cnf = self._requested_cnf(params)  # a pipeline's token can be bound too (MSAL confidential clients)
         if cnf is not None:
             claims["cnf"] = cnf
@@ -260,10 +310,12 @@ class IdpHandlers:
 
     def _user_token(
         self, user: User, client_id: str, scope: str, lifetime: int, grant: str, *, refresh: bool = True,
-        params: dict[str, str] | None = None,
+        params: dict[str, str] | None = None, v1: bool = False,
     ) -> dict[str, Any]:
         aud, scp = self._audience(scope)
         claims = self.minter.user_claims(user, aud, lifetime, client_id=client_id, scp=scp)
+        if v1:
+            claims = self.minter.as_v1(claims)
         cnf = self._requested_cnf(params or {})
         if cnf is not None:
             claims["cnf"] = cnf
@@ -276,7 +328,7 @@ class IdpHandlers:
         log.info("token issued grant=%s oid=%s aud=%s", grant, user.oid, aud)
         return body
 
-    def _password(self, params: dict[str, str]) -> dict[str, Any]:
+    def _password(self, params: dict[str, str], *, v1: bool = False) -> dict[str, Any]:
         client_id = self._public_client(params)
         user = self.directory.find_user(params.get("username", ""))
         if user is None or not _same(user.password, params.get("password", "")):
@@ -286,7 +338,8 @@ class IdpHandlers:
             )
         scope = params.get("scope", "")
         lifetime = self._lifetime(params, user.token_lifetime)
-        return self._user_token(user, client_id, scope, lifetime, "password", params=params)
+        return self._user_token(user, client_id, scope, lifetime, "password", params=params,
+                                refresh=not v1, v1=v1)
 
     def _refresh(self, params: dict[str, str]) -> dict[str, Any]:
         grant = self.refresh_tokens.redeem(params.get("refresh_token", ""))

@@ -143,6 +143,16 @@ class SandboxIdp:
         return self._m.issuer
 
     @property
+    def v1_issuer(self) -> str:
+        """The ``iss`` of v1-shaped tokens (``https://sts.windows.net/<tid>/``)."""
+        return self._m.v1_issuer
+
+    @property
+    def v1_discovery_url(self) -> str:
+        """Where the v1 discovery document is (its ``issuer`` is :attr:`v1_issuer`)."""
+        return f"{self.url}/{self.tenant_id}/.well-known/openid-configuration"
+
+    @property
     def token_endpoint(self) -> str:
         return f"{self.url}/{self.tenant_id}/oauth2/v2.0/token"
 
@@ -197,12 +207,14 @@ class SandboxIdp:
         key: SigningKey | Any = None,
         algorithm: str = "RS256",
         headers: dict[str, Any] | None = None,
+        version: str = "2.0",
         **claim_overrides: Any,
     ) -> str:
         """A signed access token for a user (username, its local part, or
         oid) or a service principal (name, client id, or oid), as the token
         endpoint would issue it. ``claim_overrides`` replace claims; a value
-        of None removes the claim (e.g. ``exp=None``)."""
+        of None removes the claim (e.g. ``exp=None``). ``version="1.0"``: the
+        Entra v1 shape (issuer :attr:`v1_issuer`, see ``TokenMinter.as_v1``)."""
         who = self.directory.find_user(user)
         if who is not None:
             claims = self._m.user_claims(who, audience, lifetime)
@@ -211,6 +223,8 @@ class SandboxIdp:
             if app is None:
                 raise KeyError(f"no user or service principal named {user!r}")
             claims = self._m.app_claims(app, audience, lifetime)
+        if version == "1.0":
+            claims = self._m.as_v1(claims)
         for name, value in claim_overrides.items():
             if value is None:
                 claims.pop(name, None)

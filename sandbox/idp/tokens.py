@@ -143,6 +143,24 @@ class TokenMinter:
         self._groups(claims, app.oid, app.groups)
         return claims
 
+    @property
+    def v1_issuer(self) -> str:
+        """The ``iss`` of v1 tokens: Entra's, for an API whose manifest has
+        ``accessTokenAcceptedVersion`` null or 1 (not a URL this issuer serves;
+        its discovery document is at ``/<tenant>/.well-known/openid-configuration``)."""
+        return f"https://sts.windows.net/{self.directory.tenant_id}/"
+
+    def as_v1(self, claims: dict[str, Any]) -> dict[str, Any]:
+        """The v1 shape of v2 ``claims``: ``ver`` 1.0, the sts.windows.net
+        ``iss``, ``appid``/``appidacr`` for ``azp``/``azpacr``, and for users
+        ``upn`` and ``unique_name`` instead of ``preferred_username``."""
+        v1 = dict(claims, ver="1.0", iss=self.v1_issuer)
+        v1["appid"], v1["appidacr"] = v1.pop("azp"), v1.pop("azpacr")
+        username = v1.pop("preferred_username", None)
+        if username is not None:
+            v1["upn"] = v1["unique_name"] = username
+        return v1
+
     def sign(
         self,
         claims: dict[str, Any],
