@@ -194,32 +194,15 @@ class TokenSource:
     async def _relay_from_login(self, auth: AuthConfig, signed_in_scopes: list[str]) -> Token:
         # The login account holds the cluster token (kubectl's); the relay's is
         # asked for with its refresh token and cached apart, as client/pop.py does.
-        from client.login import cached_token
         from client.oidc_discovery import discover  # imports this module
-        from client.token_cache import TokenCache
 
         assert auth.issuer is not None  # _acquire's condition
         endpoints = await discover(auth.issuer, auth.ca_file)
         derived = replace(auth, token_endpoint=endpoints.token_endpoint, signed_in_scopes=None,
                           scope=" ".join([auth.scope, "openid", "profile", "offline_access"]))
-        source = CachedTokenSource(derived)
-        if source.path.exists():
-            try:
-                return await source.get_token()
-            except (AuthError, ConfigError):
-                pass  # its refresh token ran out: start again from the login account
-        account = await cached_token(replace(auth, scopes=signed_in_scopes, signed_in_scopes=None),
-                                     TokenCache(), interactive=False)
-        if not account.refresh_token:
-            raise AuthError("the identity provider gave `arcctl login` no refresh token, which the relay's "
-                            "token needs: add offline_access to auth.scopes and run `arcctl login`")
-        source = CachedTokenSource(derived)
-        source.seed_refresh_token(account.refresh_token)
-        try:
-            return await source.get_token()
-        except ConfigError:  # the refresh grant was refused and no other grant is configured
-            raise AuthError("the identity provider refused a token for the relay's audience "
-                            "(auth.relay_scope): run `arcctl login` again") from None
+        return await token_from_login(
+            derived, replace(auth, scopes=signed_in_scopes, signed_in_scopes=None), interactive=False,
+            needs="the relay's token needs", refused="a token for the relay's audience (auth.relay_scope)")
 
     async def _post(self, form: dict[str, str], url: str | None = None) -> Token:
         url = url or self._auth.token_endpoint or ""
@@ -329,3 +312,35 @@ class CachedTokenSource(TokenSource):
                  "refresh_token": token.refresh_token, "issued_at": token.issued_at}))
         except OSError as err:
             log.debug("token cache not written: %s", err.strerror)
+
+
+async def token_from_login(derived: AuthConfig, login_auth: AuthConfig, *, interactive: bool, needs: str,
+                           refused: str, extra_form: dict[str, str] | None = None) -> Token:
+    """A token for ``derived`` (another audience, or bound to a key: ``extra_form``)
+    asked for with the refresh token of ``arcctl login``'s account (``login_auth``)
+    and cached apart from the account's own token, so that kubectl's token, the
+    relay's and a bound one never overwrite each other.
+
+    Raises:
+        AuthError: no refresh token, or the issuer refused; ``needs`` and
+            ``refused`` name what the token was for in the message.
+    """
+    from client.login import cached_token  # login imports this module
+    from client.token_cache import TokenCache
+
+    source = CachedTokenSource(derived, extra_form=extra_form)
+    if source.path.exists():
+        try:
+            return await source.get_token()
+        except (AuthError, ConfigError):
+            pass  # its refresh token ran out: start again from the login account
+    account = await cached_token(login_auth, TokenCache(), interactive=interactive)
+    if not account.refresh_token:
+        raise AuthError(f"the identity provider gave `arcctl login` no refresh token, which {needs}: "
+                        "add offline_access to auth.scopes and run `arcctl login`")
+    source = CachedTokenSource(derived, extra_form=extra_form)
+    source.seed_refresh_token(account.refresh_token)
+    try:
+        return await source.get_token()
+    except ConfigError:  # the refresh grant was refused and no other grant is configured
+        raise AuthError(f"the identity provider refused {refused}: run `arcctl login` again") from None

@@ -22,9 +22,9 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certs import load_private_key, write_secret_file
-from client.auth import CachedTokenSource, Token
+from client.auth import CachedTokenSource, Token, token_from_login
 from client.config import AuthConfig
-from client.errors import AuthError, ConfigError
+from client.errors import ConfigError
 
 __all__ = ["SHR_LIFETIME", "PopKey", "bound_token", "jwk_thumbprint", "key_path", "load_or_create_key",
            "pop_form", "sign_shr"]
@@ -157,26 +157,10 @@ async def bound_token(auth: AuthConfig, key: PopKey, *, interactive: bool) -> To
 
     if auth.token_endpoint or not auth.issuer or uses_client_credentials(auth):
         return await CachedTokenSource(auth, extra_form=pop_form(key)).get_token()
-    from client.login import cached_token  # the login path only
     from client.oidc_discovery import discover
-    from client.token_cache import TokenCache
 
     endpoints = await discover(auth.issuer, auth.ca_file)
     derived = replace(auth, token_endpoint=endpoints.token_endpoint, scope=" ".join(auth.login_scopes()))
-    source = CachedTokenSource(derived, extra_form=pop_form(key))
-    if source.path.exists():
-        try:
-            return await source.get_token()
-        except (AuthError, ConfigError):
-            pass  # its refresh token ran out: start again from the login account
-    account = await cached_token(auth, TokenCache(), interactive=interactive)
-    if not account.refresh_token:
-        raise AuthError("the identity provider gave `arcctl login` no refresh token, which --pop needs "
-                        "to ask for a bound token: add offline_access to auth.scopes and run `arcctl login`")
-    source = CachedTokenSource(derived, extra_form=pop_form(key))
-    source.seed_refresh_token(account.refresh_token)
-    try:
-        return await source.get_token()
-    except ConfigError:  # the refresh grant was refused and no other grant is configured
-        raise AuthError("the identity provider refused to bind a token to your key: "
-                        "run `arcctl login` again") from None
+    return await token_from_login(derived, auth, interactive=interactive, extra_form=pop_form(key),
+                                  needs="--pop needs to ask for a bound token",
+                                  refused="to bind a token to your key")
