@@ -20,7 +20,7 @@ import socket
 import pytest
 
 from tests.support.relay import ADMIN_OID, BOB_OID, DEMO_OID, RelayEnv, roundtrip
-from tests.support.servers import server_port
+from tests.support.servers import server_port, start_firehose_or_echo_server
 from tests.support.waits import WAIT, until
 from tunnel import TunnelSession, TunnelStream
 from tunnel.aio import ADAPTER_STREAM_WINDOW
@@ -36,24 +36,7 @@ CHUNK = b"f" * 65536
 async def _start_upstream() -> asyncio.Server:
     """b"F": send forever (until the connection goes); b"E": echo. Lower case
     too: through arc-proxy's listener a capital first byte means an HTTP request."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            mode = (await reader.readexactly(1)).upper()
-            if mode == b"F":
-                while True:
-                    writer.write(CHUNK)
-                    await writer.drain()
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-            writer.write_eof()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.transport.abort()
-
-    return await asyncio.start_server(serve, "127.0.0.1", 0)
+    return await start_firehose_or_echo_server(CHUNK)
 
 
 async def _stall(session: TunnelSession) -> TunnelStream:
