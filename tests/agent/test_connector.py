@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
 from agent.connector_dial import agent_audience, agent_connect_url, resolve_proxy
 from agent.connector_metadata import parse_cpu
 from tests.support.relay import RelayEnv, roundtrip
-from tests.support.servers import server_port, start_echo_server
+from tests.support.servers import server_port, splice, start_echo_server
 from tests.support.waits import WAIT, until
 from tunnel import Backoff
 
@@ -42,16 +41,7 @@ class ConnectProxy:
                 return
             up_reader, up_writer = await asyncio.open_connection(host, int(port))
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-
-            async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-                with contextlib.suppress(OSError):
-                    while data := await r.read(65536):
-                        w.write(data)
-                        await w.drain()
-                with contextlib.suppress(OSError):
-                    w.close()
-
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            await splice(reader, writer, up_reader, up_writer)
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
             pass
         finally:

@@ -102,3 +102,18 @@ async def start_firehose_or_echo_server(chunk: bytes = b"f" * 65536) -> asyncio.
             writer.transport.abort()
 
     return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def splice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+    """Copy bytes both ways until each side ends (the body of a test CONNECT proxy)."""
+
+    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await r.read(READ_SIZE):
+                w.write(data)
+                await w.drain()
+        with contextlib.suppress(OSError):
+            w.close()
+
+    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))

@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from certs import CertificateAuthority, client_ssl_context, server_ssl_context
+from tests.support.servers import splice
 from tests.support.waits import until
 from tunnel import SUBPROTOCOL
 from tunnel.aio import (
@@ -710,16 +711,7 @@ class ConnectProxy:
             host, port = head.split(b" ")[1].decode().rsplit(":", 1)
             up_reader, up_writer = await asyncio.open_connection(host, int(port))
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-
-            async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-                with contextlib.suppress(OSError):
-                    while data := await r.read(65536):
-                        w.write(data)
-                        await w.drain()
-                with contextlib.suppress(OSError):
-                    w.close()
-
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            await splice(reader, writer, up_reader, up_writer)
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
