@@ -16,9 +16,8 @@ import logging
 from aiohttp import web
 
 from relay.central_rbac_feed import CentralRbacFeed
-from relay.management_api import _handler, _json_body, _names, _principal, _require
+from relay.management_api import _cluster_caller, _handler, _json_body
 from relay.registry import cluster_id
-from relay.roles import cluster_scope
 from relay.state import STATE, json_error
 
 log = logging.getLogger("relay")
@@ -36,9 +35,7 @@ def _feed(request: web.Request) -> CentralRbacFeed:
 async def put_central_rbac(request: web.Request) -> web.Response:
     """PUT: ``{"enabled": bool}``; onboarding at the cluster's scope."""
     state = request.app[STATE]
-    principal = await _principal(request)
-    rg, name = _names(request)
-    await _require(request, principal, "write", cluster_scope(rg, name), "onboarding")
+    principal, rg, name = await _cluster_caller(request, "write", "onboarding")
     body = await _json_body(request)
     enabled = body.get("enabled")
     if not isinstance(enabled, bool) or set(body) - {"enabled"}:
@@ -57,9 +54,7 @@ async def put_central_rbac(request: web.Request) -> web.Response:
 @_handler
 async def get_central_rbac(request: web.Request) -> web.Response:
     """GET: ``{"enabled": bool}``; read at the cluster's scope."""
-    principal = await _principal(request)
-    rg, name = _names(request)
-    await _require(request, principal, "read", cluster_scope(rg, name), "viewer")
+    _, rg, name = await _cluster_caller(request, "read", "viewer")
     cid = cluster_id(rg, name)
     if await request.app[STATE].registry.get(cid) is None:
         return json_error(404, "NotFound", f"cluster {cid} is not registered")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -112,23 +113,34 @@ def _descriptive_field_problem(body: dict[str, Any]) -> str:
     return ""
 
 
-def _handler(fn: Any) -> Any:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _handler(fn: Handler) -> Handler:
+    """Answers with the response a helper aborted with (``_Abort``)."""
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
-            return await fn(request)  # type: ignore[no-any-return]
+            return await fn(request)
         except _Abort as abort:
             return abort.response
     wrapped.__name__ = fn.__name__
     return wrapped
 
 
+async def _cluster_caller(request: web.Request, action: Action, role_hint: str) -> tuple[Principal, str, str]:
+    """The caller of a call on ``{rg}/{name}``, authorised for ``action`` at the
+    cluster's scope (before anything is looked up); its names."""
+    principal = await _principal(request)
+    rg, name = _names(request)
+    await _require(request, principal, action, cluster_scope(rg, name), role_hint)
+    return principal, rg, name
+
+
 @_handler
 async def put_cluster(request: web.Request) -> web.Response:
     """PUT /api/v1/resourceGroups/{rg}/clusters/{name}: register or update."""
     state = request.app[STATE]
-    principal = await _principal(request)
-    rg, name = _names(request)
-    await _require(request, principal, "write", cluster_scope(rg, name), "onboarding")
+    principal, rg, name = await _cluster_caller(request, "write", "onboarding")
     body = await _json_body(request)
     if not _valid_pem_certificate(body.get("agentPublicKeyCertificate")):
         return json_error(400, "InvalidRequest", "agentPublicKeyCertificate must be a PEM certificate")
@@ -183,9 +195,7 @@ async def _on_credentials_changed(request: web.Request, principal: Principal, ol
 async def get_cluster(request: web.Request) -> web.Response:
     """GET /api/v1/resourceGroups/{rg}/clusters/{name}."""
     state = request.app[STATE]
-    principal = await _principal(request)
-    rg, name = _names(request)
-    await _require(request, principal, "read", cluster_scope(rg, name), "viewer or cluster-user")
+    _, rg, name = await _cluster_caller(request, "read", "viewer or cluster-user")
     cluster = await state.registry.get(cluster_id(rg, name))
     if cluster is None:
         return json_error(404, "NotFound", f"cluster {rg}/{name} is not registered")
@@ -201,9 +211,7 @@ async def delete_cluster(request: web.Request) -> web.Response:
     refused delete changes nothing anywhere.
     """
     state = request.app[STATE]
-    principal = await _principal(request)
-    rg, name = _names(request)
-    await _require(request, principal, "delete", cluster_scope(rg, name), "onboarding")
+    principal, rg, name = await _cluster_caller(request, "delete", "onboarding")
     cid = cluster_id(rg, name)
     if request.query.get("dryRun") == "true":
         if await state.registry.get(cid) is None:
