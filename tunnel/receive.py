@@ -166,14 +166,22 @@ class FrameReceiver(SessionCore):
         self._their_last_processed = stream_id
         return [StreamOpened(stream_id, frame.target)]
 
-    def _receive_open_ok(self, frame: Frame) -> list[Event]:
-        stream = self._streams.get(frame.stream_id)
+    def _advance(self, stream_id: int, frame_type: int, stream_input: StreamInput) -> StreamRecord | list[Event]:
+        """The live stream ``stream_id`` after ``stream_input``; or, when it is
+        gone or the input is not allowed in its state, the events of that."""
+        stream = self._streams.get(stream_id)
         if stream is None or stream.machine.state is _CLOSED:
-            return self._receive_on_inactive(frame.stream_id, frame.type)
+            return self._receive_on_inactive(stream_id, frame_type)
         try:
-            stream.machine.process(StreamInput.RECV_OPEN_OK)
+            stream.machine.process(stream_input)
         except InvalidTransition as exc:
             return self._stream_error(stream, exc.error_code)
+        return stream
+
+    def _receive_open_ok(self, frame: Frame) -> list[Event]:
+        stream = self._advance(frame.stream_id, frame.type, StreamInput.RECV_OPEN_OK)
+        if isinstance(stream, list):
+            return stream
         return [StreamAccepted(frame.stream_id)]
 
     def _receive_window(self, frame: Frame) -> list[Event]:
@@ -185,13 +193,9 @@ class FrameReceiver(SessionCore):
                 )
             self._session_send_window += increment
             return [WindowUpdated(0, increment)]
-        stream = self._streams.get(stream_id)
-        if stream is None or stream.machine.state is _CLOSED:
-            return self._receive_on_inactive(stream_id, frame.type)
-        try:
-            stream.machine.process(StreamInput.RECV_WINDOW)
-        except InvalidTransition as exc:
-            return self._stream_error(stream, exc.error_code)
+        stream = self._advance(stream_id, frame.type, StreamInput.RECV_WINDOW)
+        if isinstance(stream, list):
+            return stream
         if stream.send_window + increment > MAX_WINDOW_SIZE:
             # A stream-level flow-control error, as in RFC 9113 6.9.1.
             return self._stream_error(stream, ErrorCode.FLOW_CONTROL_ERROR)
@@ -199,13 +203,9 @@ class FrameReceiver(SessionCore):
         return [WindowUpdated(stream_id, increment)]
 
     def _receive_fin(self, frame: Frame) -> list[Event]:
-        stream = self._streams.get(frame.stream_id)
-        if stream is None or stream.machine.state is _CLOSED:
-            return self._receive_on_inactive(frame.stream_id, frame.type)
-        try:
-            stream.machine.process(StreamInput.RECV_FIN)
-        except InvalidTransition as exc:
-            return self._stream_error(stream, exc.error_code)
+        stream = self._advance(frame.stream_id, frame.type, StreamInput.RECV_FIN)
+        if isinstance(stream, list):
+            return stream
         if stream.machine.state is _CLOSED:
             self._finish(stream)
         return [StreamEnded(frame.stream_id)]
