@@ -15,7 +15,10 @@ agent). Measured in the same run, alternating local and forwarded blocks:
 * one-stream throughput client -> agent (MB/s, 10^6 bytes, median of rounds)
   and the ratio forwarded / local;
 * CPU of both relay processes together per MB moved and per round trip
-  (ms; less sensitive to the machine's load than the times above).
+  (ms; less sensitive to the machine's load than the times above);
+* CPU per MB of each process (this one, relay A, relay B) and from it the
+  throughput ratio CPU alone would allow: on this machine's cores, and with
+  a core per process (client, agent and relays each on their own machine).
 
 Prints a table on stderr, then one JSON line (last) on stdout. Issue 16's goals:
 added p50 <= 0.3 ms, throughput ratio >= 0.8. Absolute figures depend on the
@@ -197,6 +200,9 @@ async def run(rtt_rounds: int, blocks: int, megabytes: int) -> dict[str, Any]:
             pids = [relay.proc.pid for relay in relays]
             rtt_cpu: dict[str, float] = {"local": 0.0, "forwarded": 0.0}
             mb_cpu: dict[str, float] = {"local": 0.0, "forwarded": 0.0}
+            # CPU per process during the throughput rounds: bench (client and agent), relay A, relay B.
+            process_cpu = {label: [0.0, 0.0, 0.0] for label in ("local", "forwarded")}
+            processes = [os.getpid(), *pids]
             for _ in range(blocks):
                 for label in ("local", "forwarded"):
                     before = cpu_seconds(pids)
@@ -208,8 +214,11 @@ async def run(rtt_rounds: int, blocks: int, megabytes: int) -> dict[str, Any]:
             for _ in range(blocks):
                 for label in ("local", "forwarded"):
                     before = cpu_seconds(pids)
+                    each = [cpu_seconds([pid]) for pid in processes]
                     rates[label].append(await throughput(clients[label], megabytes))
                     mb_cpu[label] += cpu_seconds(pids) - before
+                    for i, pid in enumerate(processes):
+                        process_cpu[label][i] += cpu_seconds([pid]) - each[i]
         finally:
             for session, task in sessions:
                 with contextlib.suppress(Exception):
@@ -236,7 +245,32 @@ async def run(rtt_rounds: int, blocks: int, megabytes: int) -> dict[str, Any]:
     result["added_p99_ms"] = round(result["forwarded_rtt_p99_ms"] - result["local_rtt_p99_ms"], 3)
     result["added_request_p50_ms"] = round(result["forwarded_request_p50_ms"] - result["local_request_p50_ms"], 3)
     result["throughput_ratio"] = round(result["forwarded_mb_s"] / result["local_mb_s"], 3)
+    result.update(cpu_bound_ratios(process_cpu, blocks * megabytes * 1.048576))
     return result
+
+
+def cpu_bound_ratios(process_cpu: dict[str, list[float]], megabytes: float) -> dict[str, Any]:
+    """What the throughput ratio would be if CPU were the only bound.
+
+    A stream's MB takes at least max(busiest process, all processes' CPU /
+    cores) of wall time. Here the bench process (client and agent together)
+    and the relays share this machine's cores; the other prediction gives
+    each process a core of its own (as client, agent and each relay have in a
+    deployment), so only the busiest process sets the pace."""
+    per_mb = {label: [seconds * 1e3 / megabytes for seconds in cpu] for label, cpu in process_cpu.items()}
+    cores = os.cpu_count() or 1
+
+    def wall(label: str, cores: int) -> float:
+        return max(max(per_mb[label]), sum(per_mb[label]) / cores)
+
+    out: dict[str, Any] = {"cores": cores}
+    for label in ("local", "forwarded"):
+        bench_ms, relay_a_ms, relay_b_ms = per_mb[label]
+        out[f"{label}_cpu_ms_per_mb"] = {"bench": round(bench_ms, 3), "relay_a": round(relay_a_ms, 3),
+                                         "relay_b": round(relay_b_ms, 3)}
+    out["cpu_bound_ratio_these_cores"] = round(wall("local", cores) / wall("forwarded", cores), 3)
+    out["cpu_bound_ratio_core_per_process"] = round(wall("local", 1 << 16) / wall("forwarded", 1 << 16), 3)
+    return out
 
 
 def main() -> None:
@@ -257,6 +291,10 @@ def main() -> None:
     print(f"added by the hop: rtt p50 {r['added_p50_ms']} ms, p99 {r['added_p99_ms']} ms; new-stream "
           f"request p50 {r['added_request_p50_ms']} ms; throughput "
           f"forwarded/local {r['throughput_ratio']} (load {r['loadavg_1m']})", file=sys.stderr)
+    for label in ("local", "forwarded"):
+        print(f"{label} CPU ms/MB by process: {r[f'{label}_cpu_ms_per_mb']}", file=sys.stderr)
+    print(f"throughput ratio if CPU were the only bound: {r['cpu_bound_ratio_these_cores']} on these "
+          f"{r['cores']} cores, {r['cpu_bound_ratio_core_per_process']} with a core per process", file=sys.stderr)
     print(json.dumps(r))
 
 
