@@ -157,10 +157,17 @@ async def run_tier(env: DemoEnvironment, opts: Options, work: Path) -> dict[str,
         for name in ("kill", "rolling", "redis"):
             if name in opts.scenarios:
                 say(f"scenario {name}")
+                load.phase = name
                 result[name] = await getattr(scenarios, name)()
+                load.phase = f"after {name}"
                 await scenarios.wait_all_routes(all_agents)
+        failed_by_phase: dict[str, int] = {}
+        for g in load.gets:
+            if g.error:
+                failed_by_phase[g.phase] = failed_by_phase.get(g.phase, 0) + 1
         result["load"] = {"gets": len(load.gets), "failed_gets": sum(1 for g in load.gets if g.error),
-                          "get_failure_kinds": error_kinds(load.gets, 0.0, float("inf")),
+                          "failed_gets_by_phase": failed_by_phase, "get_failure_kinds": error_kinds(load.gets),
+                          "get_failure_samples": [g.error for g in load.gets if g.error][:5],
                           "watch_events": load.watch_events, "forward_rounds": load.forward_rounds,
                           "forward_bytes": load.forward_bytes, "workers": workers.stats()}
         return result
@@ -188,22 +195,26 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         out.append(("memory", "RSS per idle agent (printed)", f"{m['kib_per_idle_agent']} KiB", None))
     if "kill" in result:
         k = result["kill"]
-        out.append(("kill -9", f"new requests again <= {GOAL_GAP_S} s", f"{k['request_gap_s']} s "
-                    f"({k['failed_requests']} of {k['requests']} failed)", at_most(k["request_gap_s"], GOAL_GAP_S)))
-        out.append(("kill -9", f"{k['affected_agents']} agents back <= {GOAL_RECONNECT_S} s",
-                    f"{k['agents_reconnected_s']} s", at_most(k["agents_reconnected_s"], GOAL_RECONNECT_S)))
+        out.append(("kill -9", f"new requests OK again <= {GOAL_GAP_S} s (worst)",
+                    f"gap {k['request_gap_s']} s, slowest {k['slowest_ok_request_s']} s, "
+                    f"{k['failed_requests']}/{k['requests']} failed", at_most(k["recovery_s"], GOAL_GAP_S)))
+        out.append(("kill -9", f"affected agents back <= {GOAL_RECONNECT_S} s",
+                    f"{k['agents_reconnected_s']} s ({k['affected_agents']} agents)",
+                    at_most(k["agents_reconnected_s"], GOAL_RECONNECT_S)))
         out.append(("kill -9", f"dead routes gone <= {PRESENCE_TTL_SECONDS} s", f"{k['routes_gone_s']} s",
                     at_most(k["routes_gone_s"], PRESENCE_TTL_SECONDS)))
         ended, bad = count(k["streams_ended"]), count(k["streams_ended_not_crossing"])
         clean = bad == 0 and k["streams_hung"] == 0 and k["streams_ended_without_error_text"] == 0
         out.append(("kill -9", "only crossing streams end, with error, none hung",
-                    f"{ended} ended, {bad} not crossing, {k['streams_hung']} hung", clean))
+                    f"{ended} ended (+{k['in_flight_failed']} GETs), {bad} not crossing, {k['streams_hung']} hung",
+                    clean))
     if "rolling" in result:
         r = result["rolling"]
         out.append(("rolling", "0 failed short requests", f"{r['failed_requests']} of {r['requests']}",
                     r["failed_requests"] == 0))
         out.append(("rolling", "0 broken streams within grace", f"{count(r['forward_rounds_broken'])} broken, "
-                    f"{r['streams_hung']} hung", not r["forward_rounds_broken"] and r["streams_hung"] == 0))
+                    f"{r['streams_hung']} hung ({count(r['watches_ended'])} watch ends)",
+                    not r["forward_rounds_broken"] and r["streams_hung"] == 0))
     if "redis" in result:
         d = result["redis"]
         out.append(("redis", "0 failed requests", f"{d['failed_requests']} of {d['requests']}",
@@ -211,6 +222,9 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         period = round(PRESENCE_TTL_SECONDS / 3, 2)
         out.append(("redis", f"routes back <= {period} s (one refresh)", f"{d['routes_reasserted_s']} s",
                     at_most(d["routes_reasserted_s"], period)))
+    if "load" in result:
+        g = result["load"]
+        out.append(("load", "(whole run, printed)", f"{g['failed_gets']} of {g['gets']} GETs failed", None))
     if "forward" in result:
         f = result["forward"]
         out.append(("forward", f"added p50 <= {GOAL_ADDED_P50_MS} ms", f"{f['added_p50_ms']} ms",
@@ -222,10 +236,10 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
 
 def print_table(result: dict[str, Any]) -> None:
     table = rows(result)
-    print(f"{'scenario':<9} {'goal':<50} {'measured':<36} verdict", file=sys.stderr)
+    print(f"{'scenario':<9} {'goal':<50} {'measured':<44} verdict", file=sys.stderr)
     for scenario, goal, measured, passed in table:
         verdict = "-" if passed is None else "PASS" if passed else "MISS"
-        print(f"{scenario:<9} {goal:<50} {measured:<36} {verdict}", file=sys.stderr)
+        print(f"{scenario:<9} {goal:<50} {measured:<44} {verdict}", file=sys.stderr)
     result["verdicts"] = {f"{s}: {g}": (None if p is None else "PASS" if p else "MISS") for s, g, _m, p in table}
     print(f"(loadavg {result['loadavg_start']} at start, {result['loadavg_end']} at end: a shared, loaded "
           "machine; timings are loaded-machine timings)", file=sys.stderr)

@@ -57,6 +57,7 @@ class Outcome:
     start: float
     end: float
     error: str
+    phase: str = ""
 
 
 @dataclass
@@ -97,6 +98,8 @@ class Load:
     gets: list[Outcome] = field(default_factory=list)
     ends: list[StreamEnd] = field(default_factory=list)
     watch_events: int = 0
+    # Which scenario runs (set by bench/ha_scenarios.py); each GET records it.
+    phase: str = "warm-up"
     forward_rounds: int = 0
     forward_bytes: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -141,6 +144,7 @@ class Load:
     async def _get(self, slots: asyncio.Semaphore) -> None:
         assert self._http is not None
         start = time.monotonic()
+        phase = self.phase
         error = ""
         try:
             async with asyncio.timeout(GET_TIMEOUT):
@@ -155,7 +159,7 @@ class Load:
             error = f"{type(exc).__name__}: {exc}"[:200]
         finally:
             slots.release()
-        self.gets.append(Outcome(start, time.monotonic(), error))
+        self.gets.append(Outcome(start, time.monotonic(), error, phase))
 
     # -- watches ------------------------------------------------------------------
     async def _ticker(self, http: aiohttp.ClientSession, url: str, token: str) -> None:
