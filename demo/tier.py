@@ -11,6 +11,7 @@ survived (the agent redials through HAProxy, the other relays forward to it).
 
 from __future__ import annotations
 
+import os
 import ssl
 import urllib.request
 from collections.abc import Callable
@@ -141,17 +142,17 @@ class RelayTier:
         return child
 
     def _wait_relay(self, replica: Replica) -> None:
-        ctx = ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
-        url = f"https://127.0.0.1:{replica.port}/readyz"
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-        wait_until(ready, READY_TIMEOUT, f"{replica.name} to be ready",
+        wait_until(lambda: self._relay_ready(replica), READY_TIMEOUT, f"{replica.name} to be ready",
                    alive=self._check(self.children[replica.name]))
+
+    def _relay_ready(self, replica: Replica) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{replica.port}/readyz", context=ctx,
+                                        timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
 
     def start_haproxy(self) -> None:
         binary = haproxy_binary()
@@ -173,6 +174,36 @@ class RelayTier:
             replica = next(r for r in self.replicas if r.name == name)
             self._spawn_relay(replica)
             self._wait_relay(replica)
+
+    def pid(self, name: str) -> int:
+        """The process id of child ``name`` (a relay, ``redis``, ...)."""
+        return self.children[name].pid
+
+    def send_signal(self, name: str, signum: int) -> None:
+        """Send ``signum`` to child ``name`` (``bench.ha``: a real kill -9 or
+        SIGTERM); :meth:`exited` tells when it is gone."""
+        os.kill(self.pid(name), signum)
+
+    def exited(self, name: str) -> bool:
+        """Whether child ``name`` has ended (and is reaped)."""
+        return self.children[name].exit_code() is not None
+
+    def spawn(self, name: str) -> None:
+        """Start relay or ``redis`` child ``name`` again without waiting (same
+        ports, files, data); poll :meth:`serving` from an event loop, which
+        :meth:`restart` would block. Call it from the main thread (see
+        ``demo.processes``: children die with the thread that started them)."""
+        if name == "redis":
+            self.children["redis"] = redis_child(self.redis_dir, self.logs).start()
+        else:
+            self._spawn_relay(next(r for r in self.replicas if r.name == name))
+
+    def serving(self, name: str) -> bool:
+        """One check, without waiting: does relay (``/readyz``) or ``redis``
+        (PING) child ``name`` serve?"""
+        if name == "redis":
+            return redis_ready(self.redis_dir / "redis.sock")
+        return self._relay_ready(next(r for r in self.replicas if r.name == name))
 
     def info(self) -> dict[str, Any]:
         """Ports of each relay, Redis's socket, PostgreSQL's port (tests read it)."""

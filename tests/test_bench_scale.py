@@ -18,10 +18,10 @@ AGENTS = 20
 RUN_TIMEOUT = 180
 
 
-def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """``python -m bench.scale ARGS`` in its own process group, so that a hung
+def run_bench(args: list[str], timeout: float, module: str = "bench.scale") -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` in its own process group, so that a hung
     run is stopped with every process it started (relay, workers)."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.scale", *args], cwd=ROOT, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -29,7 +29,7 @@ def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[st
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        raise AssertionError(f"bench.scale still running after {timeout} s: {err[-2000:]}") from None
+        raise AssertionError(f"{module} still running after {timeout} s: {err[-2000:]}") from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
