@@ -372,6 +372,7 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
             keepalive_timeout=limits.keepalive_timeout_seconds,
             listen_backlog=limits.listen_backlog,
             tls_handshake_threads=doc.listener.tls_handshake_threads,
+            transport=doc.listener.transport,
         ),
         streams_per_principal_per_cluster=limits.streams_per_principal_per_cluster,
         streams_per_client_session=limits.streams_per_client_session,
