@@ -39,7 +39,7 @@ from relay.drain import move_agents
 from relay.health_listener import ready_checks, relay_health_listener
 from relay.listener import RelayListener
 from relay.metrics import PresenceCollector, RelayMetrics
-from relay.native_upgrade import NativeUpgrades
+from relay.native_upgrade import NativeRouter, connect_router
 from relay.peering import Peering
 from relay.postgres_store import PostgresDatabase, PostgresRegistry, PostgresRoleStore
 from relay.presence import MemoryPresence, PresenceDirectory, SessionIds
@@ -201,7 +201,7 @@ class RelayServer:
         self._runner: web.AppRunner | None = None
         self._listener: RelayListener | None = None
         # The connect paths' native websockets (listener.transport: native); None: aiohttp's.
-        self._native: NativeUpgrades | None = None
+        self._native: NativeRouter | None = None
         self.state: RelayState | None = None
         self._presence: MemoryPresence | RedisPresence | None = None
         self._peering: Peering | None = None
@@ -333,7 +333,7 @@ class RelayServer:
         # Our own listener, not a TCPSite: it terminates TLS with small buffers
         # and bounds what a connection holds before its first request head.
         if config.edge.transport == "native":
-            self._native = NativeUpgrades(self.state)
+            self._native = connect_router(self.state)
         self._listener = RelayListener(self._runner, ssl_ctx, config.edge, self._native)
         await self._runner.setup()
         try:

@@ -3,8 +3,9 @@
 
 aiohttp has no public way to hand an upgraded connection over, so the upgrade
 is taken before aiohttp sees it: ``relay.edge.HeadGuard`` holds the first
-head and gives the connection to :class:`NativeUpgrades` when it is a
-websocket upgrade GET on ``/agent/v1/connect`` or ``/client/v1/connect``;
+head and gives the connection to a :class:`NativeRouter` when it is a
+websocket upgrade GET on ``/agent/v1/connect`` or ``/client/v1/connect``
+(the peer listener likewise for ``/peer/v1/connect``: relay/peering.py);
 everything else (management API, health, metrics, other requests) goes to
 aiohttp as before. The handshake runs the endpoints' own transport-free steps
 (relay/agent_endpoint.py, relay/client_endpoint.py: admission, authentication,
@@ -37,46 +38,50 @@ from tunnel.aio import (
 log = logging.getLogger("relay")
 
 CLIENT_CONNECT_PATH = "/client/v1/connect"
-_ENDPOINTS = {AGENT_CONNECT_PATH.encode(): "agent", CLIENT_CONNECT_PATH.encode(): "client"}
+CONNECT_PATHS = frozenset({AGENT_CONNECT_PATH, CLIENT_CONNECT_PATH})
+
+ServeNative = Callable[[NativeWebSocket, asyncio.Transport], Awaitable[None]]
 
 
-def connect_endpoint(head: bytes) -> str | None:
-    """``'agent'`` or ``'client'`` when ``head`` (a complete request head) is a
-    websocket upgrade GET on that endpoint's path, else None."""
+def upgrade_path(head: bytes) -> str | None:
+    """The path (query aside) when ``head`` (a complete request head) is a
+    websocket upgrade GET, else None."""
     first_end = head.find(b"\r\n")
     if first_end < 0 or not head.endswith(b"\r\n\r\n"):
         return None  # only CRLF heads: what the native reader parses
     parts = head[:first_end].split(b" ")
     if len(parts) != 3 or parts[0] != b"GET":
         return None
-    endpoint = _ENDPOINTS.get(parts[1].split(b"?", 1)[0])
-    if endpoint is None:
-        return None
     for line in head[first_end + 2:].split(b"\r\n"):
         name, sep, value = line.partition(b":")
         if sep and name.strip().lower() == b"upgrade" and value.strip().lower() == b"websocket":
-            return endpoint
+            return parts[1].split(b"?", 1)[0].decode("latin-1")
     return None
 
 
-class NativeUpgrades:
-    """The ``relay.edge.UpgradeRouter`` of the native transport (module docstring).
+class NativeRouter:
+    """A ``relay.edge.UpgradeRouter``: websocket upgrades on ``paths`` are
+    served by ``serve`` on a ``NativeWebSocket`` (module docstring).
 
     Args:
-        state: The relay's shared state.
+        paths: The upgrade paths taken from aiohttp.
+        serve: Runs one adopted connection, from its upgrade request on; the
+            connection is closed when it returns.
+        max_message_size: The websocket's message bound.
     """
 
-    def __init__(self, state: RelayState) -> None:
-        self.state = state
+    def __init__(self, paths: frozenset[str], serve: ServeNative, max_message_size: int) -> None:
+        self.paths = paths
+        self.serve = serve
+        self.max_message_size = max_message_size
         self._tasks: set[asyncio.Task[None]] = set()
 
     def wants(self, head: bytes) -> bool:
-        return connect_endpoint(head) is not None
+        return upgrade_path(head) in self.paths
 
     def adopt(self, transport: asyncio.Transport, received: bytes) -> None:
-        ws = adopt_connection(transport, received,
-                              max_message_size=self.state.tunnel_config.max_message_size)
-        task = asyncio.get_running_loop().create_task(self._serve(ws, transport))
+        ws = adopt_connection(transport, received, max_message_size=self.max_message_size)
+        task = asyncio.get_running_loop().create_task(self._run(ws, transport))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -87,61 +92,71 @@ class NativeUpgrades:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _serve(self, ws: NativeWebSocket, transport: asyncio.Transport) -> None:
-        state = self.state
+    async def _run(self, ws: NativeWebSocket, transport: asyncio.Transport) -> None:
         try:
-            upgraded = await self._handshake(ws, transport)
-            if upgraded is None:
-                return
-            view, endpoint, proved = upgraded
-            if endpoint == "agent":
-                assert isinstance(proved, tuple)
-                await agent_endpoint.serve_agent_session(state, view, proved[0], proved[1], ws)
-            else:
-                assert isinstance(proved, Principal)
-                await client_endpoint.serve_client_session(state, view, proved, ws)
+            await self.serve(ws, transport)
         finally:
             if not transport.is_closing():
                 transport.close()
 
-    async def _handshake(self, ws: NativeWebSocket, transport: asyncio.Transport
-                         ) -> tuple[RequestView, str, tuple[str, str] | Principal] | None:
-        """Read, admit, authenticate and upgrade; None when refused (answered)."""
-        state = self.state
-        view: RequestView | None = None
-        endpoint = "client"
-        try:
-            async with asyncio.timeout(state.tunnel_config.handshake_timeout or None):
-                request = await read_upgrade(ws)
-                if request is None:
-                    return None
-                view = RequestView.of_upgrade(request, transport)
-                endpoint = "agent" if view.path == AGENT_CONNECT_PATH else "client"
-                authenticate: Callable[[], Awaitable[tuple[str, str] | Principal | ErrorAnswer]]
-                if endpoint == "agent":
-                    authenticate = partial(agent_endpoint.authenticate_agent, state, view)
-                else:
-                    authenticate = partial(authenticate_view, state, view, "client")
-                result = await admitted(state, endpoint, partial(_upgrade, ws, request, authenticate))
-                if isinstance(result, ErrorAnswer):
-                    refuse_upgrade(ws, result.status, result.raw_headers(), result.body)
-                    return None
-                return view, endpoint, result
-        except TimeoutError:
-            # Before the 101 (nothing after it is inside the timeout).
-            remote = view.remote if view is not None else None
+
+def connect_router(state: RelayState) -> NativeRouter:
+    """The router of the relay's main port: the agent and client connect paths."""
+    return NativeRouter(CONNECT_PATHS, partial(serve_connect, state),
+                        state.tunnel_config.max_message_size)
+
+
+async def serve_connect(state: RelayState, ws: NativeWebSocket, transport: asyncio.Transport) -> None:
+    """Admit, authenticate and upgrade an agent or a client, then serve its session."""
+    upgraded = await _connect_handshake(state, ws, transport)
+    if upgraded is None:
+        return
+    view, endpoint, proved = upgraded
+    if endpoint == "agent":
+        assert isinstance(proved, tuple)
+        await agent_endpoint.serve_agent_session(state, view, proved[0], proved[1], ws)
+    else:
+        assert isinstance(proved, Principal)
+        await client_endpoint.serve_client_session(state, view, proved, ws)
+
+
+async def _connect_handshake(state: RelayState, ws: NativeWebSocket, transport: asyncio.Transport
+                             ) -> tuple[RequestView, str, tuple[str, str] | Principal] | None:
+    """Read, admit, authenticate and upgrade; None when refused (answered)."""
+    view: RequestView | None = None
+    endpoint = "client"
+    try:
+        async with asyncio.timeout(state.tunnel_config.handshake_timeout or None):
+            request = await read_upgrade(ws)
+            if request is None:
+                return None
+            view = RequestView.of_upgrade(request, transport)
+            endpoint = "agent" if view.path == AGENT_CONNECT_PATH else "client"
+            authenticate: Callable[[], Awaitable[tuple[str, str] | Principal | ErrorAnswer]]
             if endpoint == "agent":
-                log.info("agent handshake timed out cluster=- peer=%s", remote)
-                answer = agent_endpoint.HANDSHAKE_TIMED_OUT
+                authenticate = partial(agent_endpoint.authenticate_agent, state, view)
             else:
-                log.info("client handshake timed out peer=%s", remote)
-                answer = client_endpoint.HANDSHAKE_TIMED_OUT
-            refuse_upgrade(ws, answer.status, answer.raw_headers(), answer.body)
-            return None
-        except ConnectionError as exc:
-            if view is not None:
-                upgrade_aborted(state, view, endpoint, exc)
-            return None
+                authenticate = partial(authenticate_view, state, view, "client")
+            result = await admitted(state, endpoint, partial(_upgrade, ws, request, authenticate))
+            if isinstance(result, ErrorAnswer):
+                refuse_upgrade(ws, result.status, result.raw_headers(), result.body)
+                return None
+            return view, endpoint, result
+    except TimeoutError:
+        # Before the 101 (nothing after it is inside the timeout).
+        remote = view.remote if view is not None else None
+        if endpoint == "agent":
+            log.info("agent handshake timed out cluster=- peer=%s", remote)
+            answer = agent_endpoint.HANDSHAKE_TIMED_OUT
+        else:
+            log.info("client handshake timed out peer=%s", remote)
+            answer = client_endpoint.HANDSHAKE_TIMED_OUT
+        refuse_upgrade(ws, answer.status, answer.raw_headers(), answer.body)
+        return None
+    except ConnectionError as exc:
+        if view is not None:
+            upgrade_aborted(state, view, endpoint, exc)
+        return None
 
 
 async def _upgrade(ws: NativeWebSocket, request: UpgradeRequest,
