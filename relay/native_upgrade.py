@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from functools import partial
 
 from identity import Principal
 from identity.agent_assertion import AGENT_CONNECT_PATH
 from relay import agent_endpoint, client_endpoint
+from relay.edge import peer_label
 from relay.request_view import ErrorAnswer, RequestView
 from relay.state import RelayState, admitted, authenticate_view, upgrade_aborted
 from tunnel.aio import (
@@ -95,6 +97,15 @@ class NativeRouter:
     async def _run(self, ws: NativeWebSocket, transport: asyncio.Transport) -> None:
         try:
             await self.serve(ws, transport)
+        except Exception as exc:
+            # As relay/unexpected_errors.py for aiohttp's handlers: one ERROR
+            # line, the traceback at DEBUG; the connection ends (a websocket
+            # may be running on it, so no HTTP answer can follow).
+            request_id = secrets.token_hex(8)
+            log.error("unexpected error request_id=%s transport=native peer=%s error=%s", request_id,
+                      peer_label(transport), type(exc).__name__)
+            log.debug("traceback of request_id=%s", request_id, exc_info=True)
+            transport.abort()
         finally:
             if not transport.is_closing():
                 transport.close()
