@@ -29,12 +29,12 @@ from identity import TokenInvalid
 from identity.agent_assertion import AGENT_CONNECT_PATH, unverified_cluster_id
 from relay.drain import ask_to_reconnect
 from relay.names import validate_agent_metadata
+from relay.request_view import ErrorAnswer, RequestView
 from relay.state import (
     STATE,
     RelayState,
     admitted,
     bearer_token,
-    json_error,
     upgrade_aborted,
 )
 from tunnel import (
@@ -46,6 +46,7 @@ from tunnel import (
     TunnelStream,
     server_websocket_response,
 )
+from tunnel.aio import MessageTransport
 
 log = logging.getLogger("relay")
 
@@ -71,16 +72,16 @@ MAX_CACHED_FINGERPRINTS = 10_000
 NOT_ACCEPTED = "assertion not accepted"
 
 
-def _refuse(state: RelayState, request: web.Request, reason: str, claimed: str | None,
-            *, public_reason: str | None = None) -> web.Response:
+def _refuse(state: RelayState, request: RequestView, reason: str, claimed: str | None,
+            *, public_reason: str | None = None) -> ErrorAnswer:
     """401 for a refused agent. ``reason`` is logged; the response and the
     metric label carry ``public_reason`` (default: ``reason``)."""
     shown = public_reason or reason
     state.metrics.auth_failures.labels("agent", shown).inc()
     log.info("agent refused reason=%r claimed_cluster=%r peer=%s", reason,
              (claimed or "")[:160], request.remote)
-    return json_error(401, "InvalidAssertion", f"agent refused: {shown}",
-                      **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    return ErrorAnswer(401, "InvalidAssertion", f"agent refused: {shown}",
+                       {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
 @lru_cache(maxsize=MAX_CACHED_FINGERPRINTS)
@@ -141,21 +142,52 @@ async def _store_metadata(state: RelayState, cid: str, line: bytes) -> None:
                  data.get("totalNodeCount"), data.get("totalCoreCount"))
 
 
+# What a handshake that outlived ``limits.tunnel.handshake_timeout`` answers.
+HANDSHAKE_TIMED_OUT = ErrorAnswer(504, "HandshakeTimeout", "websocket handshake timed out")
+
+
 async def agent_connect(request: web.Request) -> web.StreamResponse:
     """Admit, authenticate and upgrade an agent, then serve its tunnel session."""
     state = request.app[STATE]
-    upgraded = await admitted(state, "agent", partial(_agent_handshake, state, request))
+    view = RequestView.of_aiohttp(request)
+    upgraded = await admitted(state, "agent", partial(_agent_handshake, state, request, view))
+    if isinstance(upgraded, ErrorAnswer):
+        return upgraded.response()
     if isinstance(upgraded, web.StreamResponse):
         return upgraded
     cid, fingerprint, ws = upgraded
-    await serve_agent_session(state, request, cid, fingerprint, ws)
+    await serve_agent_session(state, view, cid, fingerprint, ws)
     return ws
 
 
-async def _agent_handshake(state: RelayState, request: web.Request
+async def _agent_handshake(state: RelayState, request: web.Request, view: RequestView
                            ) -> tuple[str, str, web.WebSocketResponse] | web.StreamResponse:
     """Verify the assertion and upgrade; (cluster id, fingerprint of the key it
     proved, websocket) or the answer to send."""
+    proved = await authenticate_agent(state, view)
+    if isinstance(proved, ErrorAnswer):
+        return proved.response()
+    cid, fingerprint = proved
+    ws = server_websocket_response(state.tunnel_config)
+    try:
+        # A peer that stalls the upgrade must not hold a handler forever.
+        async with asyncio.timeout(state.tunnel_config.handshake_timeout or None):
+            await ws.prepare(request)
+    except TimeoutError:
+        log.info("agent handshake timed out cluster=%s peer=%s", cid, view.remote)
+        if not ws.prepared:
+            return HANDSHAKE_TIMED_OUT.response()
+        if request.transport is not None:
+            request.transport.abort()
+        return ws
+    except ConnectionError as exc:
+        return upgrade_aborted(state, view, "agent", exc, cluster=cid)
+    return cid, fingerprint, ws
+
+
+async def authenticate_agent(state: RelayState, request: RequestView) -> tuple[str, str] | ErrorAnswer:
+    """Verify the agent's assertion: (cluster id, fingerprint of the key it
+    proved) or the 401 to send (logged and counted)."""
     token = bearer_token(request)
     if token is None:
         return _refuse(state, request, "missing assertion", None)
@@ -177,25 +209,11 @@ async def _agent_handshake(state: RelayState, request: web.Request
         await asyncio.sleep(max(0.0, started + REFUSAL_FLOOR_SECONDS - loop.time()))
         reason = exc.reason if registered is not None else "unknown cluster"
         return _refuse(state, request, reason, claimed, public_reason=NOT_ACCEPTED)
-    ws = server_websocket_response(state.tunnel_config)
-    try:
-        # A peer that stalls the upgrade must not hold a handler forever.
-        async with asyncio.timeout(state.tunnel_config.handshake_timeout or None):
-            await ws.prepare(request)
-    except TimeoutError:
-        log.info("agent handshake timed out cluster=%s peer=%s", cid, request.remote)
-        if not ws.prepared:
-            return json_error(504, "HandshakeTimeout", "websocket handshake timed out")
-        if request.transport is not None:
-            request.transport.abort()
-        return ws
-    except ConnectionError as exc:
-        return upgrade_aborted(state, request, "agent", exc, cluster=cid)
-    return cid, _fingerprint(certificate), ws
+    return cid, _fingerprint(certificate)
 
 
-async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
-                              fingerprint: str, ws: web.WebSocketResponse) -> None:
+async def serve_agent_session(state: RelayState, request: RequestView, cid: str,
+                              fingerprint: str, ws: web.WebSocketResponse | MessageTransport) -> None:
     """Run an upgraded agent's session: live in the directory until it ends."""
     session = TunnelSession(ws, is_client=False, config=state.tunnel_config, name=f"agent:{cid}",
                             on_stream=partial(control_stream, state, cid))
@@ -205,7 +223,7 @@ async def serve_agent_session(state: RelayState, request: web.Request, cid: str,
         # the key it proved is no longer the registered one.
         log.info("agent refused after upgrade cluster=%s reason='agent key changed' peer=%s",
                  cid, request.remote)
-        await ws.close(code=WS_POLICY_VIOLATION, message=b"agent key changed")
+        await session.transport.close(WS_POLICY_VIOLATION, b"agent key changed")
         return
     state.agent_fingerprints[session] = (cid, fingerprint)
     state.sessions.add(session)

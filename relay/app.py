@@ -39,6 +39,7 @@ from relay.drain import move_agents
 from relay.health_listener import ready_checks, relay_health_listener
 from relay.listener import RelayListener
 from relay.metrics import PresenceCollector, RelayMetrics
+from relay.native_upgrade import NativeRouter, connect_router
 from relay.peering import Peering
 from relay.postgres_store import PostgresDatabase, PostgresRegistry, PostgresRoleStore
 from relay.presence import MemoryPresence, PresenceDirectory, SessionIds
@@ -199,6 +200,8 @@ class RelayServer:
         self.ca_pem: bytes | None = None
         self._runner: web.AppRunner | None = None
         self._listener: RelayListener | None = None
+        # The connect paths' native websockets (listener.transport: native); None: aiohttp's.
+        self._native: NativeRouter | None = None
         self.state: RelayState | None = None
         self._presence: MemoryPresence | RedisPresence | None = None
         self._peering: Peering | None = None
@@ -329,7 +332,9 @@ class RelayServer:
                                      keepalive_timeout=config.edge.keepalive_timeout)
         # Our own listener, not a TCPSite: it terminates TLS with small buffers
         # and bounds what a connection holds before its first request head.
-        self._listener = RelayListener(self._runner, ssl_ctx, config.edge)
+        if config.edge.transport == "native":
+            self._native = connect_router(self.state)
+        self._listener = RelayListener(self._runner, ssl_ctx, config.edge, self._native)
         await self._runner.setup()
         try:
             await self._listener.start(config.host, config.port)
@@ -475,6 +480,9 @@ class RelayServer:
                                timeout=drain)
         await asyncio.gather(*(s.close() for s in list(state.sessions)), return_exceptions=True)
         await state.live_streams.close()
+        if self._native is not None:
+            await self._native.close()
+            self._native = None
         if state.central_rbac is not None:
             await state.central_rbac.stop()
         if self._peering is not None:

@@ -17,31 +17,39 @@ from functools import partial
 from aiohttp import web
 
 from identity import Principal
+from relay.request_view import ErrorAnswer, RequestView
 from relay.router import route_stream
 from relay.state import (
     STATE,
     RelayState,
     admitted,
-    authenticate,
-    json_error,
+    authenticate_view,
     upgrade_aborted,
 )
 from tunnel import TunnelSession, server_websocket_response
+from tunnel.aio import MessageTransport
 
 log = logging.getLogger("relay")
+
+# What a handshake that outlived ``limits.tunnel.handshake_timeout`` answers.
+HANDSHAKE_TIMED_OUT = ErrorAnswer(504, "HandshakeTimeout", "authentication or handshake timed out")
+
 
 async def client_connect(request: web.Request) -> web.StreamResponse:
     """Admit, authenticate and upgrade a client, then serve its tunnel session."""
     state = request.app[STATE]
-    upgraded = await admitted(state, "client", partial(_client_handshake, state, request))
+    view = RequestView.of_aiohttp(request)
+    upgraded = await admitted(state, "client", partial(_client_handshake, state, request, view))
+    if isinstance(upgraded, ErrorAnswer):
+        return upgraded.response()
     if isinstance(upgraded, web.StreamResponse):
         return upgraded
     principal, ws = upgraded
-    await serve_client_session(state, request, principal, ws)
+    await serve_client_session(state, view, principal, ws)
     return ws
 
 
-async def _client_handshake(state: RelayState, request: web.Request
+async def _client_handshake(state: RelayState, request: web.Request, view: RequestView
                             ) -> tuple[Principal, web.WebSocketResponse] | web.StreamResponse:
     """Validate the bearer and upgrade; (principal, websocket) or the answer to send."""
     ws = server_websocket_response(state.tunnel_config)
@@ -49,24 +57,24 @@ async def _client_handshake(state: RelayState, request: web.Request
         # Authentication plus the upgrade, bounded: a stalling peer must not
         # hold a handler forever.
         async with asyncio.timeout(state.tunnel_config.handshake_timeout or None):
-            principal = await authenticate(request, "client")
-            if isinstance(principal, web.Response):
-                return principal
+            principal = await authenticate_view(state, view, "client")
+            if isinstance(principal, ErrorAnswer):
+                return principal.response()
             await ws.prepare(request)
     except TimeoutError:
-        log.info("client handshake timed out peer=%s", request.remote)
+        log.info("client handshake timed out peer=%s", view.remote)
         if not ws.prepared:
-            return json_error(504, "HandshakeTimeout", "authentication or handshake timed out")
+            return HANDSHAKE_TIMED_OUT.response()
         if request.transport is not None:
             request.transport.abort()
         return ws
     except ConnectionError as exc:
-        return upgrade_aborted(state, request, "client", exc)
+        return upgrade_aborted(state, view, "client", exc)
     return principal, ws
 
 
-async def serve_client_session(state: RelayState, request: web.Request, principal: Principal,
-                               ws: web.WebSocketResponse) -> None:
+async def serve_client_session(state: RelayState, request: RequestView, principal: Principal,
+                               ws: web.WebSocketResponse | MessageTransport) -> None:
     """Run an upgraded client's session until it ends (GOAWAY at token expiry)."""
     handler = partial(route_stream, state, principal, recorder=state.recorder,
                       share=state.shares.new_session())

@@ -72,7 +72,7 @@ from relay.config_schema import (
     RelayFile,
     parse_listen,
 )
-from relay.edge_limits import EdgeLimits
+from relay.edge_limits import EdgeLimits, default_transport
 from relay.presence import PresenceConfig
 
 __all__ = [
@@ -372,6 +372,7 @@ def relay_config_from_file(doc: RelayFile, base: Path, source: str) -> RelayConf
             keepalive_timeout=limits.keepalive_timeout_seconds,
             listen_backlog=limits.listen_backlog,
             tls_handshake_threads=doc.listener.tls_handshake_threads,
+            transport=doc.listener.transport or default_transport(),
         ),
         streams_per_principal_per_cluster=limits.streams_per_principal_per_cluster,
         streams_per_client_session=limits.streams_per_client_session,

@@ -102,6 +102,10 @@ class ListenerSection(ConfigModel):
     tls_engine: Literal["memorybio", "asyncio"] = Field(default="memorybio", description="`memorybio` (small per-connection buffers) or `asyncio` (aiohttp's TLS site).")
     tls_handshake_threads: int = Field(default=TLS_HANDSHAKE_THREADS, ge=0, le=64,
                                        description="Threads answering ClientHellos (memorybio; 0: on the event loop).")
+    transport: Literal["aiohttp", "native"] | None = Field(
+        default=None,
+        description="Websocket of the agent and client connect paths: `aiohttp`, or `native` "
+        "(the project's own, public APIs only); unset: `$ARC_TUNNEL_TRANSPORT`, else `aiohttp`.")
 
 
 class RelayLimitsSection(ConfigModel):

@@ -10,6 +10,13 @@ complete: it closes the connection when the head is not complete within
 ``head_timeout`` or grows past ``max_head_bytes``, then steps out of the way
 (``transport.set_protocol``) so the hot path has no extra hop. From there the
 endpoints' handshake timeout bounds authentication and the upgrade.
+
+With an :class:`UpgradeRouter` (``listener.transport: native``) the guard
+holds the first head's bytes instead of feeding aiohttp as they come; once
+the head is complete, a websocket upgrade on a connect path goes to the
+router (relay/native_upgrade.py: aiohttp never sees that connection) and
+anything else to aiohttp, bytes and all. The same timeout, size bound and
+gate slot apply to both.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from typing import Protocol
 
 from tunnel import PreAuthGate, PreAuthSlot
 
@@ -49,6 +57,19 @@ def peer_label(transport: asyncio.BaseTransport) -> str:
     return repr(f"{peer[0]}:{peer[1]}") if isinstance(peer, tuple) and len(peer) >= 2 else "'-'"
 
 
+class UpgradeRouter(Protocol):
+    """Takes some connections away from aiohttp at their first head."""
+
+    def wants(self, head: bytes) -> bool:
+        """Whether the connection whose first head is ``head`` is the router's."""
+        ...
+
+    def adopt(self, transport: asyncio.Transport, received: bytes) -> None:
+        """Take ``transport`` over (``set_protocol``); ``received``: every byte
+        read so far, the head first."""
+        ...
+
+
 class HeadGuard(asyncio.Protocol):
     """Wraps aiohttp's protocol until the first request head is complete (module docstring).
 
@@ -58,11 +79,15 @@ class HeadGuard(asyncio.Protocol):
         slot: The slot taken at TCP accept; None: take one in ``connection_made``.
         head_timeout: Seconds for the first head.
         max_head_bytes: Largest first head.
+        router: Where a connect upgrade goes instead of aiohttp; None: all to aiohttp.
     """
 
     def __init__(self, inner: asyncio.Protocol, gate: EdgeGate, slot: PreAuthSlot | None,
-                 head_timeout: float, max_head_bytes: int) -> None:
+                 head_timeout: float, max_head_bytes: int, router: UpgradeRouter | None = None) -> None:
         self.inner = inner
+        self.router = router
+        # With a router: the bytes of the first head, held until it is complete.
+        self._held: bytearray | None = bytearray() if router is not None else None
         self.gate = gate
         self.slot = slot
         self.head_timeout = head_timeout
@@ -83,10 +108,14 @@ class HeadGuard(asyncio.Protocol):
                 transport.abort()
                 return
         self._timer = asyncio.get_running_loop().call_later(self.head_timeout, self._timed_out)
-        self._forwarding = True
-        self.inner.connection_made(transport)
+        if self._held is None:
+            self._forwarding = True
+            self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._held is not None:
+            self._hold(data)
+            return
         if not self._forwarding or self._closing or self.transport is None:
             return
         window = self._tail + data
@@ -99,6 +128,35 @@ class HeadGuard(asyncio.Protocol):
                 self._close("head too large", f"first request head over {self.max_head_bytes} bytes")
                 return
         self.inner.data_received(data)
+
+    def _hold(self, data: bytes) -> None:
+        """Collect the first head; route the connection once it is complete."""
+        held = self._held
+        if held is None or self._closing or self.transport is None:
+            return
+        start = max(0, len(held) - 3)
+        held += data
+        end = -1
+        for marker in _HEAD_ENDS:
+            found = held.find(marker, start)
+            if found >= 0 and (end < 0 or found + len(marker) < end):
+                end = found + len(marker)
+        if end < 0:
+            if len(held) > self.max_head_bytes:
+                self._close("head too large", f"first request head over {self.max_head_bytes} bytes")
+            return
+        self._cancel()
+        self._held = None
+        transport = self.transport
+        received = bytes(held)
+        assert self.router is not None
+        if self.router.wants(received[:end]):
+            self.router.adopt(transport, received)
+            return
+        self._forwarding = True
+        self.inner.connection_made(transport)
+        transport.set_protocol(self.inner)
+        self.inner.data_received(received)
 
     def _head_completed(self) -> None:
         self._cancel()

@@ -9,7 +9,8 @@ head on a kept-alive connection.
 YAML::
 
     listener: {tls_engine: memorybio,          # or asyncio (aiohttp's own TLS site)
-               tls_handshake_threads: 2}       # ClientHello steps off the event loop (0: inline)
+               tls_handshake_threads: 2,       # ClientHello steps off the event loop (0: inline)
+               transport: aiohttp}             # or native (relay/native_upgrade.py)
     limits: {tls_handshake_timeout_seconds: 10, head_timeout_seconds: 10,
              max_head_bytes: 65536, max_preauth_connections: 1024,
              keepalive_timeout_seconds: 75, listen_backlog: 4096}
@@ -17,7 +18,9 @@ YAML::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from typing import Literal
 
 # A TLS handshake is one or two round trips; ten seconds covers a slow mobile
 # link and still frees a stalled socket quickly.
@@ -45,6 +48,14 @@ TLS_ENGINES = ("memorybio", "asyncio")
 # responsive during a reconnect storm; two use a second core without letting
 # handshakes crowd out the loop on a small machine.
 TLS_HANDSHAKE_THREADS = 2
+# Websockets of the connect paths (``listener.transport``).
+TRANSPORTS = ("aiohttp", "native")
+
+
+def default_transport() -> Literal["aiohttp", "native"]:
+    """``listener.transport`` when unset: ``$ARC_TUNNEL_TRANSPORT`` (the
+    switch the dialling side reads too), else ``aiohttp``."""
+    return "native" if os.environ.get("ARC_TUNNEL_TRANSPORT") == "native" else "aiohttp"
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,8 @@ class EdgeLimits:
             kernel's net.core.somaxconn).
         tls_handshake_threads: Pool threads for the ClientHello step of TLS
             handshakes (``memorybio`` engine; 0: on the event loop).
+        transport: The websocket of the agent and client connect paths:
+            ``aiohttp`` or ``native`` (relay/native_upgrade.py).
     """
 
     tls_engine: str = "memorybio"
@@ -74,10 +87,13 @@ class EdgeLimits:
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
     listen_backlog: int = LISTEN_BACKLOG
     tls_handshake_threads: int = TLS_HANDSHAKE_THREADS
+    transport: str = field(default_factory=lambda: default_transport())
 
     def __post_init__(self) -> None:
         if self.tls_engine not in TLS_ENGINES:
             raise ValueError(f"listener.tls_engine {self.tls_engine!r} must be one of {', '.join(TLS_ENGINES)}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"listener.transport {self.transport!r} must be one of {', '.join(TRANSPORTS)}")
         for name in ("tls_handshake_timeout", "head_timeout", "keepalive_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"limits.{name}_seconds must be > 0")

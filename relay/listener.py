@@ -23,7 +23,7 @@ import ssl
 
 from aiohttp import web
 
-from relay.edge import EdgeGate, EdgeStats, HeadGuard
+from relay.edge import EdgeGate, EdgeStats, HeadGuard, UpgradeRouter
 from relay.edge_limits import EdgeLimits
 from relay.tls_server import SharedReadBuffer, TlsTerminator
 from tunnel import PreAuthSlot
@@ -38,10 +38,14 @@ class RelayListener:
         runner: A set-up ``web.AppRunner`` (no site is added).
         ssl_context: The server TLS context.
         limits: The edge bounds.
+        router: Takes connect upgrades away from aiohttp (``listener.transport:
+            native``, relay/native_upgrade.py); None: aiohttp serves everything.
     """
 
-    def __init__(self, runner: web.AppRunner, ssl_context: ssl.SSLContext, limits: EdgeLimits) -> None:
+    def __init__(self, runner: web.AppRunner, ssl_context: ssl.SSLContext, limits: EdgeLimits,
+                 router: UpgradeRouter | None = None) -> None:
         self.runner = runner
+        self.router = router
         self.ssl_context = ssl_context
         self.limits = limits
         self.stats = EdgeStats()
@@ -91,7 +95,8 @@ class RelayListener:
     def _guard(self, slot: PreAuthSlot | None) -> HeadGuard:
         server = self.runner.server
         assert server is not None, "runner.setup() must run before the listener starts"
-        return HeadGuard(server(), self.gate, slot, self.limits.head_timeout, self.limits.max_head_bytes)
+        return HeadGuard(server(), self.gate, slot, self.limits.head_timeout, self.limits.max_head_bytes,
+                         self.router)
 
     def close(self) -> None:
         """Stop accepting; drop connections still in their TLS handshake. Served

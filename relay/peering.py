@@ -53,9 +53,11 @@ from relay.background import cancel_and_wait
 from relay.config import ConfigError, PeeringConfig
 from relay.edge_limits import EdgeLimits
 from relay.listener import RelayListener
+from relay.native_upgrade import NativeRouter
 from relay.presence import PresenceDirectory, PresenceUnavailable, Route
+from relay.request_view import ErrorAnswer
 from relay.router import meter
-from relay.state import STATE, RelayState, json_error
+from relay.state import STATE, RelayState
 from tunnel import (
     UPSTREAM_TARGET,
     ErrorCode,
@@ -67,6 +69,14 @@ from tunnel import (
     join_streams,
     server_websocket_response,
     ws_connect_kwargs,
+)
+from tunnel.aio import (
+    NativeWebSocket,
+    WebSocketHandshakeRefused,
+    complete_upgrade,
+    dial_websocket,
+    read_upgrade,
+    refuse_upgrade,
 )
 
 log = logging.getLogger("relay")
@@ -230,17 +240,29 @@ async def serve_forwarded(state: RelayState, stream: TunnelStream) -> None:
                  on_b_to_a=meter(metrics.bytes, "agent_to_client", state.recorder))
 
 
+# The refusals of the peer path, the same on both transports.
+NO_PEER_CERTIFICATE = ErrorAnswer(403, "Forbidden", "a peer certificate is required")
+SHUTTING_DOWN = ErrorAnswer(503, "ShuttingDown", "relay is shutting down; retry shortly")
+
+
+def _peer_refusal(state: RelayState, transport: asyncio.BaseTransport | None,
+                  remote: str | None) -> ErrorAnswer | None:
+    if transport is None or not transport.get_extra_info("peercert"):
+        # The TLS listener requires a certificate; this only guards a misconfiguration.
+        log.info("peer link refused reason='no peer certificate' peer=%s", remote)
+        return NO_PEER_CERTIFICATE
+    if not state.accepting:
+        return SHUTTING_DOWN
+    return None
+
+
 async def peer_connect(request: web.Request) -> web.StreamResponse:
     """Upgrade an authenticated peer replica and serve its link."""
     state = request.app[STATE]
     peering = request.app[PEERING]
-    transport = request.transport
-    if transport is None or not transport.get_extra_info("peercert"):
-        # The TLS listener requires a certificate; this only guards a misconfiguration.
-        log.info("peer link refused reason='no peer certificate' peer=%s", request.remote)
-        return json_error(403, "Forbidden", "a peer certificate is required")
-    if not state.accepting:
-        return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
+    refusal = _peer_refusal(state, request.transport, request.remote)
+    if refusal is not None:
+        return refusal.response()
     config = peering.tunnel_config
     ws = server_websocket_response(config)
     try:
@@ -255,6 +277,31 @@ async def peer_connect(request: web.Request) -> web.StreamResponse:
                             on_stream=partial(serve_forwarded, state))
     await peering.serve_link(session, "in", str(request.remote))
     return ws
+
+
+async def serve_peer_native(peering: Peering, ws: NativeWebSocket, transport: asyncio.Transport) -> None:
+    """``peer_connect`` on the native websocket (``listener.transport: native``)."""
+    state = peering.state
+    config = peering.tunnel_config
+    peer = transport.get_extra_info("peername")
+    remote = str(peer[0]) if isinstance(peer, tuple) and peer else None
+    try:
+        async with asyncio.timeout(config.handshake_timeout or None):
+            request = await read_upgrade(ws)
+            if request is None:
+                return
+            refusal = _peer_refusal(state, transport, remote)
+            if refusal is not None:
+                refuse_upgrade(ws, refusal.status, refusal.raw_headers(), refusal.body)
+                return
+            complete_upgrade(ws, request)
+    except (TimeoutError, ConnectionError) as exc:
+        log.info("peer link upgrade failed peer=%s error=%s", remote, type(exc).__name__)
+        transport.abort()
+        return
+    session = TunnelSession(ws, is_client=False, config=config, name=f"peer-in:{remote}",
+                            on_stream=partial(serve_forwarded, state))
+    await peering.serve_link(session, "in", str(remote))
 
 
 class Peering:
@@ -277,6 +324,11 @@ class Peering:
         self._edge = dataclasses.replace(edge, tls_engine="memorybio", tls_handshake_threads=0)
         self._runner: web.AppRunner | None = None
         self._listener: RelayListener | None = None
+        # Links served on the native websocket (listener.transport: native); None: aiohttp's.
+        self._native = (NativeRouter(frozenset({PEER_CONNECT_PATH}), partial(serve_peer_native, self),
+                                     self.tunnel_config.max_message_size)
+                        if edge.transport == "native" else None)
+        self.transport = edge.transport
         self.inbound: set[TunnelSession] = set()
         # cluster id -> (reuse until, monotonic; routes), oldest first.
         self._routes: OrderedDict[str, tuple[float, list[Route]]] = OrderedDict()
@@ -293,7 +345,7 @@ class Peering:
         app.router.add_get(PEER_CONNECT_PATH, peer_connect, allow_head=False)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        self._listener = RelayListener(self._runner, self._server_ctx, self._edge)
+        self._listener = RelayListener(self._runner, self._server_ctx, self._edge, self._native)
         try:
             await self._listener.start(self.settings.host, self.settings.port)
         except OSError as exc:
@@ -393,6 +445,8 @@ class Peering:
         """Close the links and the listener (the relay's drain already GOAWAYed them)."""
         await self.links.close()
         await asyncio.gather(*(s.close() for s in list(self.inbound)), return_exceptions=True)
+        if self._native is not None:
+            await self._native.close()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -455,18 +509,24 @@ class PeerLinks:
     async def _dial(self, address: str) -> TunnelSession:
         settings = self._peering.settings
         config = self._peering.tunnel_config
-        if self._http is None:
-            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0))
         metrics = self._peering.state.metrics
+        ws: aiohttp.ClientWebSocketResponse | NativeWebSocket
         try:
             async with asyncio.timeout(settings.dial_timeout_seconds):
-                ws = await self._http.ws_connect(f"https://{address}{PEER_CONNECT_PATH}",
-                                                 **ws_connect_kwargs(config))
+                if self._peering.transport == "native":
+                    ws = await dial_websocket(f"wss://{address}{PEER_CONNECT_PATH}", headers={},
+                                              ssl_context=self._ssl, config=config)
+                else:
+                    if self._http is None:
+                        self._http = aiohttp.ClientSession(
+                            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0))
+                    ws = await self._http.ws_connect(f"https://{address}{PEER_CONNECT_PATH}",
+                                                     **ws_connect_kwargs(config))
         except TimeoutError:
             metrics.peer_link_events.labels("out", "dial_failed").inc()
             raise PeerUnreachable(f"peer {address} did not answer within "
                                   f"{settings.dial_timeout_seconds:g} s (peering.dial_timeout_seconds)") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, WebSocketHandshakeRefused) as exc:
             metrics.peer_link_events.labels("out", "dial_failed").inc()
             raise PeerUnreachable(f"peer {address} refused the link: {type(exc).__name__}: "
                                   f"{str(exc)[:160]}") from None

@@ -24,6 +24,7 @@ from relay.log_limit import RefusalLog
 from relay.metrics import RelayMetrics
 from relay.presence import MemoryPresence, Presence
 from relay.registry import ClusterRegistry
+from relay.request_view import ErrorAnswer, RequestView
 from relay.revocation import LiveStreams
 from relay.roles import Action, RoleStore
 from relay.shares import StreamShares
@@ -165,12 +166,12 @@ def json_error(status: int, code: str, message: str, **headers: str) -> web.Resp
 
 
 async def admitted(state: RelayState, endpoint: str,
-                   handshake: Callable[[], Awaitable[_T]]) -> _T | web.Response:
+                   handshake: Callable[[], Awaitable[_T]]) -> _T | ErrorAnswer:
     """Run one websocket endpoint's handshake (authentication + upgrade) under
     admission: a relay shutting down, or one at its admission bound, answers
     503 at once; otherwise the handshake holds an admission slot while it runs."""
     if not state.accepting:
-        return json_error(503, "ShuttingDown", "relay is shutting down; retry shortly")
+        return ErrorAnswer(503, "ShuttingDown", "relay is shutting down; retry shortly")
     if not await state.admission.admit():
         return admission_refused(state, endpoint)
     try:
@@ -179,16 +180,16 @@ async def admitted(state: RelayState, endpoint: str,
         state.admission.done()
 
 
-def admission_refused(state: RelayState, endpoint: str) -> web.Response:
+def admission_refused(state: RelayState, endpoint: str) -> ErrorAnswer:
     """The answer to a handshake beyond admission: 503 with ``Retry-After``,
     counted, not logged per refusal (a storm would flood the log)."""
     state.metrics.admission_refused.labels(endpoint).inc()
     hint = state.admission.retry_after_hint()
-    return json_error(503, "Busy", f"relay is admitting handshakes at its limit; retry after {hint} s",
-                      **{"Retry-After": str(hint)})
+    return ErrorAnswer(503, "Busy", f"relay is admitting handshakes at its limit; retry after {hint} s",
+                       {"Retry-After": str(hint)})
 
 
-def upgrade_aborted(state: RelayState, request: web.Request, endpoint: str, exc: BaseException,
+def upgrade_aborted(state: RelayState, request: RequestView, endpoint: str, exc: BaseException,
                     **fields: str) -> web.Response:
     """The peer went away mid-handshake (e.g. an agent that gave up waiting):
     one INFO line, counted, no traceback. Returns a response aiohttp will
@@ -199,7 +200,7 @@ def upgrade_aborted(state: RelayState, request: web.Request, endpoint: str, exc:
     return web.Response(status=499, text="client closed request\n")
 
 
-def bearer_token(request: web.Request) -> str | None:
+def bearer_token(request: web.Request | RequestView) -> str | None:
     """The token of ``Authorization: Bearer <token>``, or None."""
     value = request.headers.get("Authorization", "")
     scheme, _, token = value.partition(" ")
@@ -221,18 +222,25 @@ def principal_ids(principal: Principal, mutable_claims: Iterable[str] = ()) -> s
 
 
 async def authenticate(request: web.Request, endpoint: str) -> Principal | web.Response:
-    """Validate the OIDC bearer; returns the principal or a 401 response to send.
+    """Validate the OIDC bearer; returns the principal or a 401 response to send
+    (:func:`authenticate_view`)."""
+    result = await authenticate_view(request.app[STATE], RequestView.of_aiohttp(request), endpoint)
+    return result.response() if isinstance(result, ErrorAnswer) else result
+
+
+async def authenticate_view(state: RelayState, request: RequestView,
+                            endpoint: str) -> Principal | ErrorAnswer:
+    """Validate the OIDC bearer; returns the principal or the 401 to send.
 
     The failure is logged (reason only, never the token) and counted.
     """
-    state = request.app[STATE]
     token = bearer_token(request)
     if token is None:
         state.metrics.auth_failures.labels(endpoint, "missing bearer token").inc()
         log.info("auth refused endpoint=%s reason=%r peer=%s", endpoint, "missing bearer token",
                  request.remote)
-        return json_error(401, "Unauthorized", "an 'Authorization: Bearer <OIDC token>' header is required",
-                          **{"WWW-Authenticate": "Bearer"})
+        return ErrorAnswer(401, "Unauthorized", "an 'Authorization: Bearer <OIDC token>' header is required",
+                           {"WWW-Authenticate": "Bearer"})
     try:
         principal = await state.validator.validate(token)
         if bound_key_id(principal.claims) is not None:
@@ -249,7 +257,7 @@ async def authenticate(request: web.Request, endpoint: str) -> Principal | web.R
             # those): the relay's management API and client endpoint have their own.
             message += (": the relay accepts only tokens for its own audience, never a cluster's; "
                         "set auth.relay_scope in the client config (docs/identity-providers.md)")
-        return json_error(401, "InvalidToken", message, **{"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return ErrorAnswer(401, "InvalidToken", message, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
 def log_fields(**fields: Any) -> str:

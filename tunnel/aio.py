@@ -14,7 +14,8 @@ Public names (re-exported lazily by ``tunnel/__init__.py``)::
     MessageTransport, TransportClosed                           (message_transport)
     AiohttpTransport                                            (aio_ws_aiohttp)
     NativeWebSocket                                             (aio_ws_native)
-    serve_websockets, UpgradeRequest                            (aio_ws_accept)
+    serve_websockets, UpgradeRequest, adopt_connection,
+    read_upgrade, refuse_upgrade, complete_upgrade              (aio_ws_accept)
     dial_websocket, open_tunnel_websocket, WebSocketHandshakeRefused,
     ProxyRefused                                                (aio_ws_dial)
 
@@ -54,7 +55,14 @@ from tunnel.aio_forward import join_streams
 from tunnel.aio_session import StreamHandler, TunnelSession
 from tunnel.aio_splice import splice, splice_streams
 from tunnel.aio_stream import TunnelStream
-from tunnel.aio_ws_accept import UpgradeRequest, serve_websockets
+from tunnel.aio_ws_accept import (
+    UpgradeRequest,
+    adopt_connection,
+    complete_upgrade,
+    read_upgrade,
+    refuse_upgrade,
+    serve_websockets,
+)
 from tunnel.aio_ws_aiohttp import AiohttpTransport
 from tunnel.aio_ws_dial import (
     ProxyRefused,
@@ -85,9 +93,13 @@ __all__ = [
     "UpgradeRequest",
     "WebSocketHandshakeRefused",
     "adapter_limits",
+    "adopt_connection",
+    "complete_upgrade",
     "dial_websocket",
     "join_streams",
     "open_tunnel_websocket",
+    "read_upgrade",
+    "refuse_upgrade",
     "serve_websockets",
     "server_websocket_response",
     "splice",

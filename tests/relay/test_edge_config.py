@@ -27,9 +27,21 @@ def test_relay_config_reads_listener_and_edge_limits() -> None:
     assert relay_config_from_dict({}).edge == EdgeLimits()
 
 
+def test_listener_transport_is_read_else_taken_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """listener.transport wins; unset, $ARC_TUNNEL_TRANSPORT decides; else aiohttp."""
+    monkeypatch.delenv("ARC_TUNNEL_TRANSPORT", raising=False)
+    assert relay_config_from_dict({}).edge.transport == "aiohttp"
+    assert relay_config_from_dict({"listener": {"transport": "native"}}).edge.transport == "native"
+    monkeypatch.setenv("ARC_TUNNEL_TRANSPORT", "native")
+    assert relay_config_from_dict({}).edge.transport == "native"
+    assert relay_config_from_dict({"listener": {"transport": "aiohttp"}}).edge.transport == "aiohttp"
+
+
 @pytest.mark.parametrize(("data", "message"), [
     ({"listener": {"tls_engine": "openssl"}},
      "listener.tls_engine: expected 'memorybio' or 'asyncio', got 'openssl'"),
+    ({"listener": {"transport": "websockets"}},
+     "listener.transport: expected 'aiohttp' or 'native', got 'websockets'"),
     ({"limits": {"head_timeout_seconds": 0}}, "limits.head_timeout_seconds: expected a number > 0, got 0"),
     ({"limits": {"max_preauth_connections": 0}},
      "limits.max_preauth_connections: expected a whole number >= 1, got 0"),
