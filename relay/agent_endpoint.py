@@ -36,6 +36,7 @@ from relay.state import (
     admitted,
     bearer_token,
     upgrade_aborted,
+    upgrade_timed_out,
 )
 from tunnel import (
     CONTROL_TARGET,
@@ -175,11 +176,7 @@ async def _agent_handshake(state: RelayState, request: web.Request, view: Reques
             await ws.prepare(request)
     except TimeoutError:
         log.info("agent handshake timed out cluster=%s peer=%s", cid, view.remote)
-        if not ws.prepared:
-            return HANDSHAKE_TIMED_OUT.response()
-        if request.transport is not None:
-            request.transport.abort()
-        return ws
+        return upgrade_timed_out(request, ws, HANDSHAKE_TIMED_OUT)
     except ConnectionError as exc:
         return upgrade_aborted(state, view, "agent", exc, cluster=cid)
     return cid, fingerprint, ws

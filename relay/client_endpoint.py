@@ -25,6 +25,7 @@ from relay.state import (
     admitted,
     authenticate_view,
     upgrade_aborted,
+    upgrade_timed_out,
 )
 from tunnel import TunnelSession, server_websocket_response
 from tunnel.aio import MessageTransport
@@ -63,11 +64,7 @@ async def _client_handshake(state: RelayState, request: web.Request, view: Reque
             await ws.prepare(request)
     except TimeoutError:
         log.info("client handshake timed out peer=%s", view.remote)
-        if not ws.prepared:
-            return HANDSHAKE_TIMED_OUT.response()
-        if request.transport is not None:
-            request.transport.abort()
-        return ws
+        return upgrade_timed_out(request, ws, HANDSHAKE_TIMED_OUT)
     except ConnectionError as exc:
         return upgrade_aborted(state, view, "client", exc)
     return principal, ws

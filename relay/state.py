@@ -200,6 +200,17 @@ def upgrade_aborted(state: RelayState, request: RequestView, endpoint: str, exc:
     return web.Response(status=499, text="client closed request\n")
 
 
+def upgrade_timed_out(request: web.Request, ws: web.WebSocketResponse, timed_out: ErrorAnswer
+                      ) -> web.StreamResponse:
+    """What an aiohttp handler answers when its handshake bound ran out: the
+    504 while nothing was sent, else (the 101 is out) the connection is cut."""
+    if not ws.prepared:
+        return timed_out.response()
+    if request.transport is not None:
+        request.transport.abort()
+    return ws
+
+
 def bearer_token(request: web.Request | RequestView) -> str | None:
     """The token of ``Authorization: Bearer <token>``, or None."""
     value = request.headers.get("Authorization", "")
