@@ -529,9 +529,10 @@ def state_dir(work: Path, tls_lib: str, io: str, framing: str) -> Path:
 
 
 def start_floor(work: Path, sink_port: int, tls_lib: str = "stdlib", io: str = "threads",
-                framing: str = "none") -> tuple[list[subprocess.Popen[bytes]], int, dict[str, int]]:
-    """Start hops C, B, A in front of the sink (each one's port is written
-    to ``NAME.port`` in ``state_dir(...)``).
+                framing: str = "none", hops: tuple[tuple[str, str, str], ...] = HOPS,
+                ) -> tuple[list[subprocess.Popen[bytes]], int, dict[str, int]]:
+    """Start ``hops`` (default C, B, A) in front of the sink, sink side first
+    (each one's port is written to ``NAME.port`` in ``state_dir(...)``).
 
     Returns:
         The processes, the port to send to (hop A), and each hop's pid by name.
@@ -541,6 +542,8 @@ def start_floor(work: Path, sink_port: int, tls_lib: str = "stdlib", io: str = "
     if framing == "ws" and io != "threads":
         raise ValueError("the websocket-framed floor runs on threads only")
     state = state_dir(work, tls_lib, io, framing)
+    if hops != HOPS:
+        state = state.with_name(state.name + "-" + "".join(name for name, _, _ in hops))
     state.mkdir()
     ca = CertificateAuthority.create("bench floor CA")
     leaf = ca.issue_server(["localhost"], ["127.0.0.1"])
@@ -552,7 +555,7 @@ def start_floor(work: Path, sink_port: int, tls_lib: str = "stdlib", io: str = "
     pids: dict[str, int] = {}
     port = sink_port
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for name, kind_in, kind_out in HOPS:
+    for name, kind_in, kind_out in hops:
         listen = socket.create_server(("127.0.0.1", 0))
         with listen, open(state / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
