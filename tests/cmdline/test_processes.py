@@ -42,6 +42,11 @@ def _client_config(tmp_path: Path, port: int) -> Path:
     return path
 
 
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["SIGINT", "SIGTERM"])
 def test_arcctl_stopped_while_waiting_on_the_relay_exits_quietly(
@@ -54,7 +59,10 @@ def test_arcctl_stopped_while_waiting_on_the_relay_exits_quietly(
         port = relay.getsockname()[1]
         proc = subprocess.Popen(
             [sys.executable, "-m", "client.arcctl", "list", "--config", str(_client_config(tmp_path, port))],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # As from a terminal: a suite started in the background by a
+            # non-interactive shell ignores SIGINT, and children inherit that.
+            preexec_fn=_default_signals)
         try:
             conn, _ = relay.accept()
             with conn:
